@@ -1,0 +1,115 @@
+"""``migctl`` entry point. Each verb lives in its own module exposing ``register(app)``.
+
+The CLI is thin: it parses, calls the library, renders. Heavy imports happen inside commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from migctl.cli.common import CliState
+
+app = typer.Typer(
+    name="migctl",
+    help="Planned, safe and reproducible NVIDIA MIG partitioning (real GPUs through NVML, or a simulated node).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# Verb modules, registered in this order (a module that is missing is skipped, so the CLI stays usable
+# while a verb is being developed).
+VERB_MODULES = [
+    "migctl.cli.devices",
+    "migctl.cli.sim_cmds",
+    "migctl.cli.smi",
+    "migctl.cli.apply",
+    "migctl.cli.plan",
+    "migctl.cli.jobs",
+    "migctl.cli.slurm",
+    "migctl.cli.k8s",
+]
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    sim: str | None = typer.Option(
+        None, "--sim", envvar="MIGCTL_SIM", help="Use a simulated node, e.g. 8xH100-80GB or 2xA100-40GB,2xA30@545.23.08."
+    ),
+    sim_state: str | None = typer.Option(
+        None, "--sim-state", envvar="MIGCTL_SIM_STATE", help="State file of the simulated node (default: per spec, in the user state dir)."
+    ),
+) -> None:
+    ctx.obj = CliState(sim=sim, sim_state=sim_state)
+
+
+def _register() -> None:
+    for name in VERB_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        mod.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line on stderr and exit non-zero, never a traceback."""
+    import click
+
+    from migctl.errors import UserError
+
+    try:
+        app(args=argv, standalone_mode=False, prog_name="migctl")
+        return 0
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    except UserError as e:
+        sys.stderr.write(f"migctl: error: {e}\n")
+        return e.exit_code
+    except click.exceptions.UsageError as e:
+        e.show()
+        return 2
+    except click.exceptions.Abort:
+        sys.stderr.write("migctl: aborted\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("migctl: interrupted\n")
+        return 130
+    except Exception as e:  # known library errors become one line too
+        msg = _known_error(e)
+        if msg is None:
+            raise
+        sys.stderr.write(f"migctl: error: {msg}\n")
+        return 2
+
+
+def _known_error(e: Exception) -> str | None:
+    from migctl.catalog import CatalogError
+    from migctl.device import DeviceError
+    from migctl.sim import SpecError, StateFileError
+
+    if isinstance(e, (CatalogError, DeviceError, SpecError, StateFileError)):
+        return str(e)
+    import pynvml
+
+    if isinstance(e, pynvml.NVMLError):
+        return f"NVML: {e}"
+    return None
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

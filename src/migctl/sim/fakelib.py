@@ -1,0 +1,760 @@
+"""A stand-in for ``libnvidia-ml.so``: the C entry points pynvml calls, implemented over the simulator.
+
+pynvml (nvidia-ml-py) looks every C function up with ``getattr(nvmlLib, name)`` and calls it with ctypes
+arguments. Installing an instance of :class:`FakeNvmlLib` as ``pynvml.nvmlLib`` therefore runs *all* of
+pynvml's own Python code (argument packing, structs, ``NVMLError_*`` raising) unchanged, with only the
+driver underneath simulated. migctl's device layer cannot tell the difference, which is the point.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from typing import Any
+
+from migctl.catalog import Placement
+from migctl.sim import state as S
+from migctl.sim.store import Store
+
+_KIND_GPU, _KIND_GI, _KIND_CI, _KIND_MIG = 1, 2, 3, 4
+
+ERROR_STRINGS = {
+    0: "Success",
+    1: "Uninitialized",
+    2: "Invalid Argument",
+    3: "Not Supported",
+    4: "Insufficient Permissions",
+    5: "Already Initialized",
+    6: "Not Found",
+    7: "Insufficient Size",
+    9: "Driver Not Loaded",
+    12: "NVML Shared Library Not Found",
+    13: "Function Not Found",
+    19: "In use by another client",
+    23: "Insufficient Resources",
+    999: "Unknown Error",
+}
+
+
+def _val(x: Any) -> Any:
+    """The Python value of a ctypes scalar, a byref() to one, or a plain value."""
+    x = getattr(x, "_obj", x)
+    return x.value if hasattr(x, "value") else x
+
+
+def _obj(ref: Any) -> Any:
+    """The ctypes object behind byref()/pointer(), or the object itself."""
+    if ref is None:
+        return None
+    if hasattr(ref, "_obj"):
+        return ref._obj
+    if isinstance(ref, ctypes._Pointer) and hasattr(ref, "contents"):  # a POINTER(struct) argument
+        try:
+            return ref.contents
+        except ValueError:
+            return None
+    return ref
+
+
+def _addr(handle: Any) -> int:
+    handle = getattr(handle, "_obj", handle)
+    return ctypes.cast(handle, ctypes.c_void_p).value or 0
+
+
+def _encode(kind: int, gpu: int, gi: int = 0, ci: int = 0) -> int:
+    return (kind << 40) | ((gpu + 1) << 24) | ((gi + 1) << 12) | (ci + 1)
+
+
+def _decode(addr: int) -> tuple[int, int, int, int]:
+    return addr >> 40, ((addr >> 24) & 0xFFFF) - 1, ((addr >> 12) & 0xFFF) - 1, (addr & 0xFFF) - 1
+
+
+def _set_handle(ref: Any, addr: int) -> None:
+    target = _obj(ref)
+    ctypes.cast(ctypes.pointer(target), ctypes.POINTER(ctypes.c_void_p))[0] = addr
+
+
+def _handle_of(ptr_type: Any, addr: int) -> Any:
+    return ctypes.cast(ctypes.c_void_p(addr), ptr_type)
+
+
+def _set_str(buf: Any, size: Any, text: str) -> int:
+    data = text.encode()
+    if len(data) + 1 > int(_val(size)):
+        return S.ERROR_INSUFFICIENT_SIZE
+    ctypes.memmove(buf, data + b"\0", len(data) + 1)
+    return S.SUCCESS
+
+
+class _Fn:
+    """A callable with settable attributes, as ctypes function pointers have (pynvml sets ``restype``)."""
+
+    def __init__(self, f: Callable[..., Any]) -> None:
+        self._f = f
+        self.restype: Any = None
+        self.argtypes: Any = None
+
+    def __call__(self, *args: Any) -> Any:
+        return self._f(*args)
+
+
+class FakeNvmlLib:
+    """The simulated NVML library. See module docstring."""
+
+    def __init__(self, store: Store, alive: Callable[[int, float], bool] = S.pid_alive) -> None:
+        self.store = store
+        self.alive = alive
+        self.initialized = 0
+
+    def __getattr__(self, name: str) -> _Fn:
+        impl = getattr(type(self), "_" + name, None)
+        if impl is None:
+            raise AttributeError(name)  # pynvml turns this into NVMLError_FunctionNotFound
+        fn = _Fn(impl.__get__(self))
+        self.__dict__[name] = fn
+        return fn
+
+    # ---------------------------------------------------------------- plumbing
+    def _driver(self, st: S.SimState) -> S.Driver:
+        return S.Driver(st, self.alive)
+
+    def _resolve(self, st: S.SimState, handle: Any, want: int) -> tuple[S.SimGPU | None, Any, Any, int]:
+        """(gpu, gi, ci, rc) for a handle of kind ``want``; MIG device handles resolve to their (gi, ci)."""
+        kind, g, gi_id, ci_id = _decode(_addr(handle))
+        if kind != want or not (0 <= g < len(st.gpus)):
+            return None, None, None, S.ERROR_INVALID_ARGUMENT
+        gpu = st.gpus[g]
+        if kind == _KIND_GPU:
+            return gpu, None, None, S.SUCCESS
+        gi = next((x for x in gpu.gis if x.id == gi_id), None)
+        if gi is None:
+            return None, None, None, S.ERROR_INVALID_ARGUMENT
+        if kind == _KIND_GI:
+            return gpu, gi, None, S.SUCCESS
+        ci = next((x for x in gi.cis if x.id == ci_id), None)
+        if ci is None:
+            return None, None, None, S.ERROR_INVALID_ARGUMENT
+        return gpu, gi, ci, S.SUCCESS
+
+    def _any_device(self, st: S.SimState, handle: Any) -> tuple[S.SimGPU | None, Any, Any, int]:
+        kind = _decode(_addr(handle))[0]
+        return self._resolve(st, handle, _KIND_MIG if kind == _KIND_MIG else _KIND_GPU)
+
+    # ---------------------------------------------------------------- init / system
+    def _nvmlInitWithFlags(self, flags: Any) -> int:
+        self.store.load()  # surfaces a corrupt or foreign state file at init, like a driver error
+        self.initialized += 1
+        return S.SUCCESS
+
+    def _nvmlInit_v2(self) -> int:
+        return self._nvmlInitWithFlags(0)
+
+    def _nvmlShutdown(self) -> int:
+        self.initialized = max(0, self.initialized - 1)
+        return S.SUCCESS
+
+    def _nvmlErrorString(self, code: Any) -> bytes:
+        return ERROR_STRINGS.get(int(_val(code)), "Unknown Error").encode()
+
+    def _nvmlSystemGetDriverVersion(self, buf: Any, size: Any) -> int:
+        return _set_str(buf, size, self.store.load().driver)
+
+    def _nvmlSystemGetNVMLVersion(self, buf: Any, size: Any) -> int:
+        major = self.store.load().driver.split(".")[0]
+        return _set_str(buf, size, f"{int(major) - 468}.{self.store.load().driver}")
+
+    def _nvmlSystemGetCudaDriverVersion(self, ref: Any) -> int:
+        major = int(self.store.load().driver.split(".")[0])
+        # CUDA version bundled with each driver branch (545 -> 12.3 per seed 003; later per NVIDIA tables)
+        table = [(580, 13000), (575, 12090), (570, 12080), (560, 12060), (555, 12050), (550, 12040),
+                 (545, 12030), (535, 12020), (530, 12010), (525, 12000), (520, 11080), (515, 11070),
+                 (510, 11060), (470, 11040), (0, 11000)]
+        _obj(ref).value = next(v for m, v in table if major >= m)
+        return S.SUCCESS
+
+    _nvmlSystemGetCudaDriverVersion_v2 = _nvmlSystemGetCudaDriverVersion
+
+    # ---------------------------------------------------------------- devices
+    def _nvmlDeviceGetCount_v2(self, ref: Any) -> int:
+        _obj(ref).value = len(self.store.load().gpus)
+        return S.SUCCESS
+
+    def _nvmlDeviceGetHandleByIndex_v2(self, index: Any, ref: Any) -> int:
+        i = int(_val(index))
+        if not 0 <= i < len(self.store.load().gpus):
+            return S.ERROR_INVALID_ARGUMENT
+        _set_handle(ref, _encode(_KIND_GPU, i))
+        return S.SUCCESS
+
+    def _nvmlDeviceGetHandleByUUID(self, uuid: Any, ref: Any) -> int:
+        text = _val(uuid)
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        st = self.store.load()
+        d = self._driver(st)
+        for gpu in st.gpus:
+            if gpu.uuid == text:
+                _set_handle(ref, _encode(_KIND_GPU, gpu.index))
+                return S.SUCCESS
+            for gi, ci in d.mig_devices(gpu):
+                if ci.uuid == text:
+                    _set_handle(ref, _encode(_KIND_MIG, gpu.index, gi.id, ci.id))
+                    return S.SUCCESS
+        return S.ERROR_NOT_FOUND
+
+    def _nvmlDeviceGetHandleByPciBusId_v2(self, bus: Any, ref: Any) -> int:
+        text = _val(bus)
+        text = (text.decode() if isinstance(text, bytes) else str(text)).upper()
+        for gpu in self.store.load().gpus:
+            if gpu.bus_id.upper() in (text, "0000" + text) or gpu.bus_id[4:].upper() == text:
+                _set_handle(ref, _encode(_KIND_GPU, gpu.index))
+                return S.SUCCESS
+        return S.ERROR_NOT_FOUND
+
+    def _nvmlDeviceGetIndex(self, handle: Any, ref: Any) -> int:
+        gpu, _, _, rc = self._resolve(self.store.load(), handle, _KIND_GPU)
+        if rc:
+            return rc
+        _obj(ref).value = gpu.index
+        return S.SUCCESS
+
+    def _nvmlDeviceGetName(self, handle: Any, buf: Any, size: Any) -> int:
+        st = self.store.load()
+        gpu, gi, ci, rc = self._any_device(st, handle)
+        if rc:
+            return rc
+        name = gpu.catalog.name
+        if ci is not None:
+            gp = gpu.catalog.profile(gi.profile_id)
+            cp = gp.ci_profile(ci.profile_id)
+            name = f"{name} MIG {cp.name}"
+        return _set_str(buf, size, name)
+
+    def _nvmlDeviceGetUUID(self, handle: Any, buf: Any, size: Any) -> int:
+        gpu, _, ci, rc = self._any_device(self.store.load(), handle)
+        if rc:
+            return rc
+        return _set_str(buf, size, ci.uuid if ci is not None else gpu.uuid)
+
+    def _nvmlDeviceGetSerial(self, handle: Any, buf: Any, size: Any) -> int:
+        gpu, _, _, rc = self._resolve(self.store.load(), handle, _KIND_GPU)
+        if rc:
+            return rc
+        return _set_str(buf, size, gpu.serial)
+
+    def _nvmlDeviceGetPciInfo_v3(self, handle: Any, ref: Any) -> int:
+        gpu, _, _, rc = self._resolve(self.store.load(), handle, _KIND_GPU)
+        if rc:
+            return rc
+        info = _obj(ref)
+        info.busId = gpu.bus_id.encode()
+        info.busIdLegacy = gpu.bus_id[4:].encode()
+        dom, bus, devfn = gpu.bus_id.split(":")
+        info.domain = int(dom, 16)
+        info.bus = int(bus, 16)
+        info.device = int(devfn.split(".")[0], 16)
+        info.pciDeviceId = gpu.catalog.pci_device_id_full
+        info.pciSubSystemId = 0
+        return S.SUCCESS
+
+    _nvmlDeviceGetPciInfo_v2 = _nvmlDeviceGetPciInfo_v3
+
+    def _nvmlDeviceGetMemoryInfo(self, handle: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, gi, ci, rc = self._any_device(st, handle)
+        if rc:
+            return rc
+        if gi is not None:
+            gp = gpu.catalog.profile(gi.profile_id)
+            total = gp.memory_on(self._driver(st).driver_version)
+            used = 25 + sum(p.used_mib for p in self._driver(st).busy(gpu, gi.id))
+        else:
+            total = gpu.catalog.memory_mib
+            used = (0 if gpu.mig_current else 4) + sum(p.used_mib for p in self._driver(st).live_processes(gpu))
+            if gpu.mig_current:
+                used += sum(25 for g in gpu.gis if g.cis)
+        m = _obj(ref)
+        m.total = total << 20
+        m.used = min(used, total) << 20
+        m.free = (total - min(used, total)) << 20
+        return S.SUCCESS
+
+    _nvmlDeviceGetMemoryInfo_v2 = _nvmlDeviceGetMemoryInfo
+
+    def _nvmlDeviceGetBAR1MemoryInfo(self, handle: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, gi, _, rc = self._any_device(st, handle)
+        if rc:
+            return rc
+        total = gpu.catalog.bar1_mib if gi is None else max(1, gpu.catalog.bar1_mib // 2 - 1)
+        m = _obj(ref)
+        m.bar1Total = total << 20
+        m.bar1Used = 0
+        m.bar1Free = total << 20
+        return S.SUCCESS
+
+    def _nvmlDeviceGetTemperature(self, handle: Any, sensor: Any, ref: Any) -> int:
+        gpu, _, _, rc = self._resolve(self.store.load(), handle, _KIND_GPU)
+        if rc:
+            return rc
+        _obj(ref).value = gpu.temperature_c
+        return S.SUCCESS
+
+    def _nvmlDeviceGetPowerUsage(self, handle: Any, ref: Any) -> int:
+        gpu, _, _, rc = self._resolve(self.store.load(), handle, _KIND_GPU)
+        if rc:
+            return rc
+        _obj(ref).value = gpu.power_w * 1000
+        return S.SUCCESS
+
+    def _nvmlDeviceGetEnforcedPowerLimit(self, handle: Any, ref: Any) -> int:
+        gpu, _, _, rc = self._resolve(self.store.load(), handle, _KIND_GPU)
+        if rc:
+            return rc
+        if not gpu.catalog.power_cap_w:
+            return S.ERROR_NOT_SUPPORTED
+        _obj(ref).value = gpu.catalog.power_cap_w * 1000
+        return S.SUCCESS
+
+    _nvmlDeviceGetPowerManagementLimit = _nvmlDeviceGetEnforcedPowerLimit
+
+    def _nvmlDeviceGetPersistenceMode(self, handle: Any, ref: Any) -> int:
+        _obj(ref).value = 1
+        return S.SUCCESS
+
+    def _nvmlDeviceGetComputeMode(self, handle: Any, ref: Any) -> int:
+        _obj(ref).value = 0
+        return S.SUCCESS
+
+    def _nvmlDeviceGetPerformanceState(self, handle: Any, ref: Any) -> int:
+        _obj(ref).value = 0
+        return S.SUCCESS
+
+    def _nvmlDeviceGetFanSpeed(self, handle: Any, ref: Any) -> int:
+        return S.ERROR_NOT_SUPPORTED  # passively cooled data-centre parts: nvidia-smi prints N/A
+
+    def _nvmlDeviceGetDisplayActive(self, handle: Any, ref: Any) -> int:
+        _obj(ref).value = 0
+        return S.SUCCESS
+
+    def _nvmlDeviceGetUtilizationRates(self, handle: Any, ref: Any) -> int:
+        gpu, _, _, rc = self._resolve(self.store.load(), handle, _KIND_GPU)
+        if rc:
+            return rc
+        if gpu.mig_current:
+            return S.ERROR_NOT_SUPPORTED  # no utilization in MIG mode: nvidia-smi shows N/A
+        u = _obj(ref)
+        u.gpu = 0
+        u.memory = 0
+        return S.SUCCESS
+
+    def _nvmlDeviceGetTotalEccErrors(self, handle: Any, etype: Any, ctype: Any, ref: Any) -> int:
+        _obj(ref).value = 0
+        return S.SUCCESS
+
+    # ---------------------------------------------------------------- MIG mode
+    def _nvmlDeviceGetMigMode(self, handle: Any, cur: Any, pending: Any) -> int:
+        st = self.store.load()
+        gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+        if rc:
+            return rc
+        rc, c, p = self._driver(st).get_mig_mode(gpu)
+        if rc:
+            return rc
+        _obj(cur).value = c
+        _obj(pending).value = p
+        return S.SUCCESS
+
+    def _nvmlDeviceSetMigMode(self, handle: Any, mode: Any, status: Any) -> int:
+        with self.store.transaction() as st:
+            gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+            if rc:
+                return rc
+            if not gpu.catalog.gi_profiles:
+                return S.ERROR_NOT_SUPPORTED
+            rc, activation = self._driver(st).set_mig_mode(gpu, int(_val(mode)))
+            _obj(status).value = activation
+            return rc
+
+    # ---------------------------------------------------------------- GI profiles
+    def _fill_gi_profile(self, st: S.SimState, gpu: S.SimGPU, p: Any, info: Any) -> None:
+        d = self._driver(st)
+        info.id = p.id
+        info.isP2pSupported = int(p.p2p)
+        info.sliceCount = p.slices
+        info.instanceCount = p.max_instances
+        info.multiprocessorCount = p.sms
+        info.copyEngineCount = p.ce
+        info.decoderCount = p.dec
+        info.encoderCount = p.enc
+        info.jpegCount = p.jpeg
+        info.ofaCount = p.ofa
+        info.memorySizeMB = p.memory_on(d.driver_version)
+        if hasattr(info, "name"):
+            info.name = f"MIG {p.name}".encode()
+
+    def _nvmlDeviceGetGpuInstanceProfileInfoV(self, handle: Any, index: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+        if rc:
+            return rc
+        idx = int(_val(index))
+        if not gpu.catalog.gi_profiles:
+            return S.ERROR_NOT_SUPPORTED
+        if not 0 <= idx < 0x12:
+            return S.ERROR_INVALID_ARGUMENT
+        p = self._driver(st).profile_by_index(gpu, idx)
+        if p is None:
+            return S.ERROR_NOT_SUPPORTED
+        self._fill_gi_profile(st, gpu, p, _obj(ref))
+        return S.SUCCESS
+
+    _nvmlDeviceGetGpuInstanceProfileInfo = _nvmlDeviceGetGpuInstanceProfileInfoV
+
+    def _nvmlDeviceGetGpuInstanceProfileInfoByIdV(self, handle: Any, pid: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+        if rc:
+            return rc
+        p = self._driver(st).profile_by_id(gpu, int(_val(pid)))
+        if p is None:
+            return S.ERROR_INVALID_ARGUMENT
+        self._fill_gi_profile(st, gpu, p, _obj(ref))
+        return S.SUCCESS
+
+    def _nvmlDeviceGetGpuInstanceRemainingCapacity(self, handle: Any, pid: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+        if rc:
+            return rc
+        rc, n = self._driver(st).gi_remaining(gpu, int(_val(pid)))
+        if rc:
+            return rc
+        _obj(ref).value = n
+        return S.SUCCESS
+
+    @staticmethod
+    def _write_placements(pls: list[Placement], arr: Any, count: Any) -> int:
+        cobj = _obj(count)
+        if arr is None:
+            cobj.value = len(pls)
+            return S.SUCCESS
+        if cobj.value < len(pls):
+            cobj.value = len(pls)
+            return S.ERROR_INSUFFICIENT_SIZE
+        target = _obj(arr)
+        for i, pl in enumerate(pls):
+            target[i].start = pl.start
+            target[i].size = pl.size
+        cobj.value = len(pls)
+        return S.SUCCESS
+
+    def _nvmlDeviceGetGpuInstancePossiblePlacements_v2(self, handle: Any, pid: Any, arr: Any, count: Any) -> int:
+        st = self.store.load()
+        gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+        if rc:
+            return rc
+        p = self._driver(st).profile_by_id(gpu, int(_val(pid)))
+        if p is None:
+            return S.ERROR_INVALID_ARGUMENT
+        return self._write_placements(list(p.placements), arr, count)
+
+    # ---------------------------------------------------------------- GI create / destroy / query
+    def _create_gi(self, handle: Any, pid: Any, placement: Placement | None, ref: Any) -> int:
+        with self.store.transaction() as st:
+            gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+            if rc:
+                return rc
+            rc, gi = self._driver(st).create_gi(gpu, int(_val(pid)), placement)
+            if rc:
+                return rc
+            _set_handle(ref, _encode(_KIND_GI, gpu.index, gi.id))
+            return S.SUCCESS
+
+    def _nvmlDeviceCreateGpuInstance(self, handle: Any, pid: Any, ref: Any) -> int:
+        return self._create_gi(handle, pid, None, ref)
+
+    def _nvmlDeviceCreateGpuInstanceWithPlacement(self, handle: Any, pid: Any, placement: Any, ref: Any) -> int:
+        pl = _obj(placement)
+        return self._create_gi(handle, pid, Placement(int(pl.start), int(pl.size)), ref)
+
+    def _nvmlGpuInstanceDestroy(self, handle: Any) -> int:
+        with self.store.transaction() as st:
+            gpu, gi, _, rc = self._resolve(st, handle, _KIND_GI)
+            if rc:
+                return rc
+            return self._driver(st).destroy_gi(gpu, gi)
+
+    def _nvmlDeviceGetGpuInstances(self, handle: Any, pid: Any, arr: Any, count: Any) -> int:
+        st = self.store.load()
+        gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+        if rc:
+            return rc
+        d = self._driver(st)
+        if gpu.mig_current != 1:
+            return S.ERROR_NOT_SUPPORTED
+        if d.profile_by_id(gpu, int(_val(pid))) is None:
+            return S.ERROR_INVALID_ARGUMENT
+        gis = [g for g in gpu.gis if g.profile_id == int(_val(pid))]
+        cobj = _obj(count)
+        if arr is None:
+            cobj.value = len(gis)
+            return S.SUCCESS
+        if cobj.value < len(gis):
+            cobj.value = len(gis)
+            return S.ERROR_INSUFFICIENT_SIZE
+        from pynvml import c_nvmlGpuInstance_t
+
+        target = _obj(arr)
+        for i, g in enumerate(gis):
+            target[i] = _handle_of(c_nvmlGpuInstance_t, _encode(_KIND_GI, gpu.index, g.id))
+        cobj.value = len(gis)
+        return S.SUCCESS
+
+    def _nvmlDeviceGetGpuInstanceById(self, handle: Any, gi_id: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+        if rc:
+            return rc
+        if gpu.mig_current != 1:
+            return S.ERROR_NOT_SUPPORTED
+        gi = next((g for g in gpu.gis if g.id == int(_val(gi_id))), None)
+        if gi is None:
+            return S.ERROR_NOT_FOUND
+        _set_handle(ref, _encode(_KIND_GI, gpu.index, gi.id))
+        return S.SUCCESS
+
+    def _nvmlGpuInstanceGetInfo(self, handle: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, gi, _, rc = self._resolve(st, handle, _KIND_GI)
+        if rc:
+            return rc
+        from pynvml import c_nvmlDevice_t
+
+        info = _obj(ref)
+        info.device = _handle_of(c_nvmlDevice_t, _encode(_KIND_GPU, gpu.index))
+        info.id = gi.id
+        info.profileId = gi.profile_id
+        info.placement.start = gi.start
+        info.placement.size = gi.size
+        return S.SUCCESS
+
+    # ---------------------------------------------------------------- CI profiles / create / destroy
+    def _nvmlGpuInstanceGetComputeInstanceProfileInfoV(self, handle: Any, profile: Any, eng: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, gi, _, rc = self._resolve(st, handle, _KIND_GI)
+        if rc:
+            return rc
+        idx = int(_val(profile))
+        if not 0 <= idx < 0x9 or int(_val(eng)) != 0:
+            return S.ERROR_INVALID_ARGUMENT
+        gp = gpu.catalog.profile(gi.profile_id)
+        cp = gp.ci_profile(idx)
+        if cp is None:
+            return S.ERROR_NOT_SUPPORTED
+        info = _obj(ref)
+        info.id = cp.id
+        info.sliceCount = cp.slices
+        info.instanceCount = cp.max_instances
+        info.multiprocessorCount = cp.sms
+        info.sharedCopyEngineCount = gp.ce
+        info.sharedDecoderCount = gp.dec
+        info.sharedEncoderCount = gp.enc
+        info.sharedJpegCount = gp.jpeg
+        info.sharedOfaCount = gp.ofa
+        if hasattr(info, "name"):
+            info.name = f"MIG {cp.name}".encode()
+        return S.SUCCESS
+
+    _nvmlGpuInstanceGetComputeInstanceProfileInfo = _nvmlGpuInstanceGetComputeInstanceProfileInfoV
+
+    def _nvmlGpuInstanceGetComputeInstanceRemainingCapacity(self, handle: Any, pid: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, gi, _, rc = self._resolve(st, handle, _KIND_GI)
+        if rc:
+            return rc
+        rc, n = self._driver(st).ci_remaining(gpu, gi, int(_val(pid)))
+        if rc:
+            return rc
+        _obj(ref).value = n
+        return S.SUCCESS
+
+    def _nvmlGpuInstanceGetComputeInstancePossiblePlacements(self, handle: Any, pid: Any, arr: Any, count: Any) -> int:
+        st = self.store.load()
+        gpu, gi, _, rc = self._resolve(st, handle, _KIND_GI)
+        if rc:
+            return rc
+        cp = gpu.catalog.profile(gi.profile_id).ci_profile(int(_val(pid)))
+        if cp is None:
+            return S.ERROR_NOT_SUPPORTED
+        return self._write_placements(list(cp.placements), arr, count)
+
+    def _create_ci(self, handle: Any, pid: Any, placement: Placement | None, ref: Any) -> int:
+        with self.store.transaction() as st:
+            gpu, gi, _, rc = self._resolve(st, handle, _KIND_GI)
+            if rc:
+                return rc
+            rc, ci = self._driver(st).create_ci(gpu, gi, int(_val(pid)), placement)
+            if rc:
+                return rc
+            _set_handle(ref, _encode(_KIND_CI, gpu.index, gi.id, ci.id))
+            return S.SUCCESS
+
+    def _nvmlGpuInstanceCreateComputeInstance(self, handle: Any, pid: Any, ref: Any) -> int:
+        return self._create_ci(handle, pid, None, ref)
+
+    def _nvmlGpuInstanceCreateComputeInstanceWithPlacement(self, handle: Any, pid: Any, placement: Any, ref: Any) -> int:
+        pl = _obj(placement)
+        return self._create_ci(handle, pid, Placement(int(pl.start), int(pl.size)), ref)
+
+    def _nvmlComputeInstanceDestroy(self, handle: Any) -> int:
+        with self.store.transaction() as st:
+            gpu, gi, ci, rc = self._resolve(st, handle, _KIND_CI)
+            if rc:
+                return rc
+            return self._driver(st).destroy_ci(gpu, gi, ci)
+
+    def _nvmlGpuInstanceGetComputeInstances(self, handle: Any, pid: Any, arr: Any, count: Any) -> int:
+        st = self.store.load()
+        gpu, gi, _, rc = self._resolve(st, handle, _KIND_GI)
+        if rc:
+            return rc
+        if gpu.catalog.profile(gi.profile_id).ci_profile(int(_val(pid))) is None:
+            return S.ERROR_NOT_SUPPORTED
+        cis = [c for c in gi.cis if c.profile_id == int(_val(pid))]
+        cobj = _obj(count)
+        if arr is None:
+            cobj.value = len(cis)
+            return S.SUCCESS
+        if cobj.value < len(cis):
+            cobj.value = len(cis)
+            return S.ERROR_INSUFFICIENT_SIZE
+        from pynvml import c_nvmlComputeInstance_t
+
+        target = _obj(arr)
+        for i, c in enumerate(cis):
+            target[i] = _handle_of(c_nvmlComputeInstance_t, _encode(_KIND_CI, gpu.index, gi.id, c.id))
+        cobj.value = len(cis)
+        return S.SUCCESS
+
+    def _nvmlGpuInstanceGetComputeInstanceById(self, handle: Any, ci_id: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, gi, _, rc = self._resolve(st, handle, _KIND_GI)
+        if rc:
+            return rc
+        ci = next((c for c in gi.cis if c.id == int(_val(ci_id))), None)
+        if ci is None:
+            return S.ERROR_NOT_FOUND
+        _set_handle(ref, _encode(_KIND_CI, gpu.index, gi.id, ci.id))
+        return S.SUCCESS
+
+    def _nvmlComputeInstanceGetInfo_v2(self, handle: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, gi, ci, rc = self._resolve(st, handle, _KIND_CI)
+        if rc:
+            return rc
+        from pynvml import c_nvmlDevice_t, c_nvmlGpuInstance_t
+
+        info = _obj(ref)
+        info.device = _handle_of(c_nvmlDevice_t, _encode(_KIND_GPU, gpu.index))
+        info.gpuInstance = _handle_of(c_nvmlGpuInstance_t, _encode(_KIND_GI, gpu.index, gi.id))
+        info.id = ci.id
+        info.profileId = ci.profile_id
+        info.placement.start = ci.start
+        info.placement.size = ci.size
+        return S.SUCCESS
+
+    # ---------------------------------------------------------------- MIG device handles
+    def _nvmlDeviceIsMigDeviceHandle(self, handle: Any, ref: Any) -> int:
+        _obj(ref).value = int(_decode(_addr(handle))[0] == _KIND_MIG)
+        return S.SUCCESS
+
+    def _nvmlDeviceGetGpuInstanceId(self, handle: Any, ref: Any) -> int:
+        gpu, gi, _, rc = self._resolve(self.store.load(), handle, _KIND_MIG)
+        if rc:
+            return S.ERROR_NOT_SUPPORTED if rc == S.ERROR_INVALID_ARGUMENT else rc
+        _obj(ref).value = gi.id
+        return S.SUCCESS
+
+    def _nvmlDeviceGetComputeInstanceId(self, handle: Any, ref: Any) -> int:
+        gpu, _, ci, rc = self._resolve(self.store.load(), handle, _KIND_MIG)
+        if rc:
+            return S.ERROR_NOT_SUPPORTED if rc == S.ERROR_INVALID_ARGUMENT else rc
+        _obj(ref).value = ci.id
+        return S.SUCCESS
+
+    def _nvmlDeviceGetMaxMigDeviceCount(self, handle: Any, ref: Any) -> int:
+        gpu, _, _, rc = self._resolve(self.store.load(), handle, _KIND_GPU)
+        if rc:
+            return rc
+        # "Returns zero if MIG is not supported or enabled" (nvml.h)
+        _obj(ref).value = gpu.catalog.compute_slices if gpu.mig_current == 1 and gpu.catalog.gi_profiles else 0
+        return S.SUCCESS
+
+    def _nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+        if rc:
+            return rc
+        devs = self._driver(st).mig_devices(gpu)
+        i = int(_val(index))
+        if not 0 <= i < len(devs):
+            return S.ERROR_NOT_FOUND
+        gi, ci = devs[i]
+        _set_handle(ref, _encode(_KIND_MIG, gpu.index, gi.id, ci.id))
+        return S.SUCCESS
+
+    def _nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: Any, ref: Any) -> int:
+        gpu, _, _, rc = self._resolve(self.store.load(), handle, _KIND_MIG)
+        if rc:
+            return rc
+        _set_handle(ref, _encode(_KIND_GPU, gpu.index))
+        return S.SUCCESS
+
+    def _nvmlDeviceGetAttributes_v2(self, handle: Any, ref: Any) -> int:
+        st = self.store.load()
+        gpu, gi, ci, rc = self._resolve(st, handle, _KIND_MIG)
+        if rc:
+            return S.ERROR_NOT_SUPPORTED  # "Only MIG device handles are supported"
+        gp = gpu.catalog.profile(gi.profile_id)
+        cp = gp.ci_profile(ci.profile_id)
+        a = _obj(ref)
+        a.multiprocessorCount = cp.sms
+        a.sharedCopyEngineCount = gp.ce
+        a.sharedDecoderCount = gp.dec
+        a.sharedEncoderCount = gp.enc
+        a.sharedJpegCount = gp.jpeg
+        a.sharedOfaCount = gp.ofa
+        a.gpuInstanceSliceCount = gp.slices
+        a.computeInstanceSliceCount = cp.slices
+        a.memorySizeMB = gp.memory_on(self._driver(st).driver_version)
+        return S.SUCCESS
+
+    # ---------------------------------------------------------------- processes
+    def _nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any, arr: Any) -> int:
+        st = self.store.load()
+        gpu, gi, ci, rc = self._any_device(st, handle)
+        if rc:
+            return rc
+        d = self._driver(st)
+        procs = d.busy(gpu, gi.id, ci.id) if gi is not None else d.live_processes(gpu)
+        cobj = _obj(count)
+        if not procs:
+            cobj.value = 0
+            return S.SUCCESS
+        if arr is None or cobj.value < len(procs):
+            cobj.value = len(procs)
+            return S.ERROR_INSUFFICIENT_SIZE
+        target = _obj(arr)
+        for i, p in enumerate(procs):
+            target[i].pid = p.pid
+            target[i].usedGpuMemory = p.used_mib << 20
+            target[i].gpuInstanceId = p.gi if p.gi is not None else 0xFFFFFFFF
+            target[i].computeInstanceId = p.ci if p.ci is not None else 0xFFFFFFFF
+        cobj.value = len(procs)
+        return S.SUCCESS
+
+    _nvmlDeviceGetComputeRunningProcesses_v2 = _nvmlDeviceGetComputeRunningProcesses_v3
+
+    def _nvmlDeviceGetGraphicsRunningProcesses_v3(self, handle: Any, count: Any, arr: Any) -> int:
+        _obj(count).value = 0
+        return S.SUCCESS

@@ -1,0 +1,412 @@
+"""The simulated node's state and the driver semantics that change it.
+
+Every operation returns an NVML return code (``NVML_SUCCESS`` or an ``NVML_ERROR_*`` value) exactly as
+the driver would, so :mod:`migctl.sim.fakelib` can hand it straight back through pynvml. The rules
+(mode changes pending while busy, Insufficient Resources on overlap, In use on live clients, ID and
+placement choice) are documented with their sources in docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from migctl.catalog import GIProfile, GpuModel, Placement, load_model, parse_driver
+from migctl.catalog.geometry import PlacedGI, auto_placement, conflict, remaining_capacity, tree_gi_id
+
+# NVML return codes (nvml.h; identical values in pynvml).
+SUCCESS = 0
+ERROR_INVALID_ARGUMENT = 2
+ERROR_NOT_SUPPORTED = 3
+ERROR_NOT_FOUND = 6
+ERROR_INSUFFICIENT_SIZE = 7
+ERROR_IN_USE = 19
+ERROR_INSUFFICIENT_RESOURCES = 23
+
+STATE_FORMAT = "migctl-sim-state"
+STATE_VERSION = 1
+
+
+@dataclass
+class SimCI:
+    id: int
+    profile_id: int
+    start: int
+    size: int
+    uuid: str
+
+
+@dataclass
+class SimGI:
+    id: int
+    profile_id: int
+    start: int
+    size: int
+    cis: list[SimCI] = field(default_factory=list)
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.start, self.size)
+
+
+@dataclass
+class SimProcess:
+    """A client of a GPU (gi is None) or of a MIG device (gi, ci): a real OS process, alive while its PID is."""
+
+    pid: int
+    gi: int | None
+    ci: int | None
+    used_mib: int = 0
+    start_time: float = 0.0  # psutil create_time, to tell a reused PID from the original
+    name: str = ""
+
+
+@dataclass
+class SimGPU:
+    index: int
+    model: str
+    uuid: str
+    bus_id: str
+    serial: str
+    mig_current: int = 0
+    mig_pending: int = 0
+    gis: list[SimGI] = field(default_factory=list)
+    processes: list[SimProcess] = field(default_factory=list)
+    temperature_c: int = 30
+    power_w: int = 30
+
+    @property
+    def catalog(self) -> GpuModel:
+        return load_model(self.model)
+
+
+@dataclass
+class SimState:
+    spec: str
+    driver: str
+    gpus: list[SimGPU]
+    seed: str
+    fail_at: int | None = None  # fault injection: fail the Nth mutating operation (test hook)
+    op_count: int = 0
+
+    # ---------------------------------------------------------------- serialisation
+    def to_json(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> SimState:
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise ValueError("not a migctl simulator state file")
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"simulator state version {data.get('version')!r} is not supported (expected {STATE_VERSION})")
+        gpus = []
+        for g in data["gpus"]:
+            gis = [SimGI(**{**gi, "cis": [SimCI(**ci) for ci in gi["cis"]]}) for gi in g["gis"]]
+            procs = [SimProcess(**p) for p in g["processes"]]
+            gpus.append(SimGPU(**{**g, "gis": gis, "processes": procs}))
+        return cls(
+            spec=data["spec"],
+            driver=data["driver"],
+            gpus=gpus,
+            seed=data["seed"],
+            fail_at=data.get("fail_at"),
+            op_count=data.get("op_count", 0),
+        )
+
+    @classmethod
+    def new(cls, models: tuple[str, ...], driver: str, spec: str, seed: str | None = None) -> SimState:
+        seed = seed or uuidlib.uuid4().hex
+        rng = random.Random(seed)
+        gpus = []
+        for i, key in enumerate(models):
+            bus = (0x17 + 0x1E * i) % 0x100 if len(models) <= 8 else i + 1
+            gpus.append(
+                SimGPU(
+                    index=i,
+                    model=key,
+                    uuid="GPU-" + str(uuidlib.UUID(int=rng.getrandbits(128))),
+                    bus_id=f"00000000:{bus:02X}:00.0",
+                    serial=str(1320000000000 + rng.randrange(10**9)),
+                    temperature_c=27 + rng.randrange(4),
+                    power_w=26 + rng.randrange(10),
+                )
+            )
+        return cls(spec=spec, driver=driver, gpus=gpus, seed=seed)
+
+
+def pid_alive(pid: int, start_time: float) -> bool:
+    """True while the process ``pid`` that started at ``start_time`` runs (PID reuse is detected)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not start_time or abs(p.create_time() - start_time) < 0.01
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+class Driver:
+    """Driver semantics over a :class:`SimState`. ``alive`` decides PID liveness (injectable for tests)."""
+
+    def __init__(self, state: SimState, alive: Callable[[int, float], bool] = pid_alive) -> None:
+        self.state = state
+        self.alive = alive
+        self.driver_version = parse_driver(state.driver)
+        self.dirty = False
+
+    # ---------------------------------------------------------------- helpers
+    def gpu(self, index: int) -> SimGPU | None:
+        if 0 <= index < len(self.state.gpus):
+            return self.state.gpus[index]
+        return None
+
+    def model(self, gpu: SimGPU) -> GpuModel:
+        return gpu.catalog
+
+    def profiles(self, gpu: SimGPU) -> tuple[GIProfile, ...]:
+        return gpu.catalog.profiles_on(self.driver_version)
+
+    def profile_by_id(self, gpu: SimGPU, profile_id: int) -> GIProfile | None:
+        return next((p for p in self.profiles(gpu) if p.id == profile_id), None)
+
+    def profile_by_index(self, gpu: SimGPU, index: int) -> GIProfile | None:
+        return next((p for p in self.profiles(gpu) if p.index == index), None)
+
+    def placed(self, gpu: SimGPU) -> list[PlacedGI]:
+        out = []
+        for gi in gpu.gis:
+            p = gpu.catalog.profile(gi.profile_id)
+            assert p is not None
+            out.append(PlacedGI(p, gi.placement))
+        return out
+
+    def live_processes(self, gpu: SimGPU) -> list[SimProcess]:
+        live = [p for p in gpu.processes if self.alive(p.pid, p.start_time)]
+        if len(live) != len(gpu.processes):
+            gpu.processes = live
+            self.dirty = True
+        return live
+
+    def busy(self, gpu: SimGPU, gi: int | None = None, ci: int | None = None) -> list[SimProcess]:
+        procs = self.live_processes(gpu)
+        if gi is None:
+            return procs
+        return [p for p in procs if p.gi == gi and (ci is None or p.ci == ci)]
+
+    def _fault(self) -> int | None:
+        """Test hooks. ``fail_at``: the Nth mutating operation since ``inject_fault`` fails with Unknown Error.
+        ``$MIGCTL_SIM_CRASH_AT=N``: the process SIGKILLs itself at the Nth, before the operation is written."""
+        self.state.op_count += 1
+        self.dirty = True
+        crash = os.environ.get("MIGCTL_SIM_CRASH_AT")
+        if crash and self.state.op_count >= int(crash):
+            # crash test hook: die like SIGKILL in the middle of the operation (nothing of it is written)
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.state.fail_at is not None and self.state.op_count == self.state.fail_at:
+            return 999
+        return None
+
+    def _mig_uuid(self, gpu: SimGPU, gi: int, ci: int) -> str:
+        # R470+ form MIG-<uuid>: version-5-like UUID, unique per instance life (mig-hardware.md §6)
+        nonce = os.urandom(8).hex()
+        return "MIG-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_OID, f"{gpu.uuid}/{gi}/{ci}/{nonce}"))
+
+    # ---------------------------------------------------------------- MIG mode
+    def get_mig_mode(self, gpu: SimGPU) -> tuple[int, int, int]:
+        if not gpu.catalog.gi_profiles:
+            return ERROR_NOT_SUPPORTED, 0, 0
+        return SUCCESS, gpu.mig_current, gpu.mig_pending
+
+    def set_mig_mode(self, gpu: SimGPU, mode: int) -> tuple[int, int]:
+        """nvmlDeviceSetMigMode: returns (return code, activation status)."""
+        if mode not in (0, 1):
+            return ERROR_INVALID_ARGUMENT, 0
+        fault = self._fault()
+        if fault:
+            return fault, 0
+        gpu.mig_pending = mode
+        if mode == gpu.mig_current:
+            return SUCCESS, SUCCESS
+        if self.busy(gpu):
+            # the driver cannot unbind/reset a device in use: the change stays pending
+            return SUCCESS, ERROR_IN_USE
+        self._activate(gpu)
+        return SUCCESS, SUCCESS
+
+    def _activate(self, gpu: SimGPU) -> None:
+        gpu.mig_current = gpu.mig_pending
+        gpu.gis = []  # GIs and CIs do not survive a reset (MIG User Guide)
+        self.dirty = True
+
+    def reset(self, gpu: SimGPU) -> int:
+        """GPU reset (nvidia-smi --gpu-reset): refused while in use; applies a pending mode; clears instances."""
+        if self.busy(gpu):
+            return ERROR_IN_USE
+        fault = self._fault()
+        if fault:
+            return fault
+        self._activate(gpu)
+        return SUCCESS
+
+    # ---------------------------------------------------------------- GPU instances
+    def gi_remaining(self, gpu: SimGPU, profile_id: int) -> tuple[int, int]:
+        if gpu.mig_current != 1:
+            return ERROR_NOT_SUPPORTED, 0
+        p = self.profile_by_id(gpu, profile_id)
+        if p is None:
+            return ERROR_INVALID_ARGUMENT, 0
+        return SUCCESS, remaining_capacity(gpu.catalog, self.placed(gpu), p)
+
+    def create_gi(self, gpu: SimGPU, profile_id: int, placement: Placement | None) -> tuple[int, SimGI | None]:
+        if not gpu.catalog.gi_profiles:
+            return ERROR_NOT_SUPPORTED, None
+        if gpu.mig_current != 1:
+            return ERROR_NOT_SUPPORTED, None
+        p = self.profile_by_id(gpu, profile_id)
+        if p is None:
+            return ERROR_INVALID_ARGUMENT, None
+        if any(proc.gi is None for proc in self.busy(gpu)):
+            return ERROR_IN_USE, None
+        existing = self.placed(gpu)
+        if placement is None:
+            placement = auto_placement(gpu.catalog, existing, p)
+            if placement is None:
+                return ERROR_INSUFFICIENT_RESOURCES, None
+        else:
+            if placement not in p.placements:
+                return ERROR_INVALID_ARGUMENT, None
+            if conflict(gpu.catalog, existing, p, placement):
+                return ERROR_INSUFFICIENT_RESOURCES, None
+        fault = self._fault()
+        if fault:
+            return fault, None
+        gi_id = tree_gi_id(gpu.catalog, placement)
+        used = {gi.id for gi in gpu.gis}
+        if gi_id in used:  # cannot happen with non-overlapping placements; keep IDs unique regardless
+            gi_id = min(set(range(64)) - used)
+        gi = SimGI(id=gi_id, profile_id=p.id, start=placement.start, size=placement.size)
+        gpu.gis.append(gi)
+        gpu.gis.sort(key=lambda g: g.id)
+        return SUCCESS, gi
+
+    def find_gi(self, gpu: SimGPU, gi_id: int) -> SimGI | None:
+        return next((g for g in gpu.gis if g.id == gi_id), None)
+
+    def destroy_gi(self, gpu: SimGPU, gi: SimGI) -> int:
+        if gi.cis or self.busy(gpu, gi.id):
+            return ERROR_IN_USE
+        fault = self._fault()
+        if fault:
+            return fault
+        gpu.gis.remove(gi)
+        return SUCCESS
+
+    # ---------------------------------------------------------------- compute instances
+    def gi_profile(self, gpu: SimGPU, gi: SimGI) -> GIProfile:
+        p = gpu.catalog.profile(gi.profile_id)
+        assert p is not None
+        return p
+
+    def ci_conflict(self, gpu: SimGPU, gi: SimGI, ci_profile_id: int, placement: Placement) -> int:
+        gp = self.gi_profile(gpu, gi)
+        cp = gp.ci_profile(ci_profile_id)
+        if cp is None:
+            return ERROR_INVALID_ARGUMENT
+        if placement not in cp.placements:
+            return ERROR_INVALID_ARGUMENT
+        used = sum(c.size for c in gi.cis)
+        if used + cp.slices > gp.slices:
+            return ERROR_INSUFFICIENT_RESOURCES
+        if any(Placement(c.start, c.size).overlaps(placement) for c in gi.cis):
+            return ERROR_INSUFFICIENT_RESOURCES
+        if sum(1 for c in gi.cis if c.profile_id == ci_profile_id) >= cp.max_instances:
+            return ERROR_INSUFFICIENT_RESOURCES
+        return SUCCESS
+
+    def ci_free_placements(self, gpu: SimGPU, gi: SimGI, ci_profile_id: int) -> list[Placement]:
+        cp = self.gi_profile(gpu, gi).ci_profile(ci_profile_id)
+        if cp is None:
+            return []
+        return [pl for pl in cp.placements if self.ci_conflict(gpu, gi, ci_profile_id, pl) == SUCCESS]
+
+    def ci_remaining(self, gpu: SimGPU, gi: SimGI, ci_profile_id: int) -> tuple[int, int]:
+        cp = self.gi_profile(gpu, gi).ci_profile(ci_profile_id)
+        if cp is None:
+            return ERROR_INVALID_ARGUMENT, 0
+        saved = list(gi.cis)
+        count = 0
+        try:
+            while True:
+                free = self.ci_free_placements(gpu, gi, ci_profile_id)
+                if not free:
+                    return SUCCESS, count
+                gi.cis.append(SimCI(-1, ci_profile_id, free[0].start, free[0].size, ""))
+                count += 1
+        finally:
+            gi.cis = saved
+
+    def create_ci(self, gpu: SimGPU, gi: SimGI, ci_profile_id: int, placement: Placement | None) -> tuple[int, SimCI | None]:
+        gp = self.gi_profile(gpu, gi)
+        cp = gp.ci_profile(ci_profile_id)
+        if cp is None:
+            return ERROR_INVALID_ARGUMENT, None
+        if placement is None:
+            free = self.ci_free_placements(gpu, gi, ci_profile_id)
+            if not free:
+                return ERROR_INSUFFICIENT_RESOURCES, None
+            placement = free[0]
+        else:
+            rc = self.ci_conflict(gpu, gi, ci_profile_id, placement)
+            if rc != SUCCESS:
+                return rc, None
+        fault = self._fault()
+        if fault:
+            return fault, None
+        used = {c.id for c in gi.cis}
+        ci_id = min(set(range(64)) - used)
+        ci = SimCI(id=ci_id, profile_id=ci_profile_id, start=placement.start, size=placement.size,
+                   uuid=self._mig_uuid(gpu, gi.id, ci_id))
+        gi.cis.append(ci)
+        gi.cis.sort(key=lambda c: c.id)
+        return SUCCESS, ci
+
+    def destroy_ci(self, gpu: SimGPU, gi: SimGI, ci: SimCI) -> int:
+        if self.busy(gpu, gi.id, ci.id):
+            return ERROR_IN_USE
+        fault = self._fault()
+        if fault:
+            return fault
+        gi.cis.remove(ci)
+        return SUCCESS
+
+    # ---------------------------------------------------------------- MIG devices
+    def mig_devices(self, gpu: SimGPU) -> list[tuple[SimGI, SimCI]]:
+        """MIG devices in index order: ascending (GI ID, CI ID) (mig-hardware.md §5.4)."""
+        if gpu.mig_current != 1:
+            return []
+        return [(gi, ci) for gi in sorted(gpu.gis, key=lambda g: g.id) for ci in sorted(gi.cis, key=lambda c: c.id)]
+
+    # ---------------------------------------------------------------- clients
+    def add_process(self, gpu: SimGPU, proc: SimProcess) -> int:
+        if proc.gi is not None:
+            gi = self.find_gi(gpu, proc.gi)
+            if gi is None or (proc.ci is not None and not any(c.id == proc.ci for c in gi.cis)):
+                return ERROR_NOT_FOUND
+        gpu.processes = [p for p in gpu.processes if p.pid != proc.pid]
+        gpu.processes.append(proc)
+        self.dirty = True
+        return SUCCESS
+
+    def remove_process(self, gpu: SimGPU, pid: int) -> int:
+        before = len(gpu.processes)
+        gpu.processes = [p for p in gpu.processes if p.pid != pid]
+        self.dirty = self.dirty or len(gpu.processes) != before
+        return SUCCESS

@@ -1,0 +1,162 @@
+"""Where a simulated node's state lives between invocations, and safe concurrent access to it.
+
+The state file is JSON in the user state dir (``$MIGCTL_SIM_STATE`` or ``--sim-state`` overrides it).
+Every mutating NVML call is a read-modify-write under an exclusive file lock, and the file is replaced
+atomically, so concurrent invocations never lose an update and a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from migctl.sim.spec import NodeSpec
+from migctl.sim.state import SimState
+
+
+class StateFileError(RuntimeError):
+    """The state file is corrupt, foreign, or belongs to another spec."""
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("MIGCTL_STATE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("migctl"))
+
+
+def default_state_path(spec: NodeSpec) -> Path:
+    """One state file per spec, so ``--sim 8xH100-80GB`` and ``--sim 4xA30`` are separate nodes."""
+    key = str(spec)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:60]
+    return default_state_dir() / "sim" / f"{safe}-{digest}.json"
+
+
+class Store:
+    """State of one simulated node: in memory (``path=None``) or in a locked JSON file."""
+
+    def __init__(self, spec: NodeSpec, path: Path | None) -> None:
+        self.spec = spec
+        self.path = path
+        self._mem: SimState | None = None
+        self._cache: tuple[tuple[int, int, int], SimState] | None = None
+        self._tlock = threading.RLock()
+        self._depth = 0
+        self._flock = None
+        if path is not None:
+            from filelock import FileLock
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._flock = FileLock(str(path) + ".lock")
+
+    # ---------------------------------------------------------------- reading
+    def _fresh(self) -> SimState:
+        return SimState.new(self.spec.models, self.spec.driver, str(self.spec))
+
+    def _read_file(self) -> SimState:
+        assert self.path is not None
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return self._fresh()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._cache and self._cache[0] == key:
+            return self._cache[1]
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            state = SimState.from_json(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StateFileError(
+                f"simulator state file {self.path} is corrupt ({e.__class__.__name__}: {e}); "
+                "remove it (migctl sim reset-state) to start from a fresh node"
+            ) from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateFileError(
+                f"{self.path} is not a migctl simulator state file ({e}); point MIGCTL_SIM_STATE elsewhere or remove it"
+            ) from None
+        if state.spec != str(self.spec):
+            raise StateFileError(
+                f"simulator state file {self.path} holds node {state.spec}, not {self.spec}; "
+                "use the matching --sim spec or another state file"
+            )
+        self._cache = (key, state)
+        return state
+
+    def load(self) -> SimState:
+        """The current state (a snapshot; mutate only inside :meth:`transaction`)."""
+        with self._tlock:
+            if self.path is None:
+                if self._mem is None:
+                    self._mem = self._fresh()
+                return self._mem
+            if self._depth:
+                assert self._txn_state is not None
+                return self._txn_state
+            return self._read_file()
+
+    # ---------------------------------------------------------------- writing
+    _txn_state: SimState | None = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[SimState]:
+        """Exclusive read-modify-write of the state; nested calls join the outer transaction."""
+        with self._tlock:
+            if self.path is None:
+                yield self.load()
+                return
+            if self._depth:
+                self._depth += 1
+                try:
+                    assert self._txn_state is not None
+                    yield self._txn_state
+                finally:
+                    self._depth -= 1
+                return
+            assert self._flock is not None
+            with self._flock:
+                self._cache = None
+                state = self._read_file()
+                self._txn_state = state
+                self._depth = 1
+                try:
+                    yield state
+                    self._write(state)
+                finally:
+                    self._depth = 0
+                    self._txn_state = None
+
+    def _write(self, state: SimState) -> None:
+        assert self.path is not None
+        data = json.dumps(state.to_json(), indent=1, sort_keys=True)
+        fd, tmp = tempfile.mkstemp(dir=str(self.path.parent), prefix=".state-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._cache = None
+
+    def reset(self) -> None:
+        """Forget the node (fresh GPUs, new UUIDs)."""
+        with self._tlock:
+            self._mem = None
+            if self.path is not None:
+                assert self._flock is not None
+                with self._flock:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()
+                    self._cache = None
