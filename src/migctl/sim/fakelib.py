@@ -369,7 +369,7 @@ class FakeNvmlLib:
             gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
             if rc:
                 return rc
-            if not gpu.catalog.gi_profiles:
+            if not S.Driver.mig_supported(gpu):
                 return S.ERROR_NOT_SUPPORTED
             rc, activation = self._driver(st).set_mig_mode(gpu, int(_val(mode)))
             _obj(status).value = activation
@@ -398,7 +398,7 @@ class FakeNvmlLib:
         if rc:
             return rc
         idx = int(_val(index))
-        if not gpu.catalog.gi_profiles:
+        if not S.Driver.mig_supported(gpu):
             return S.ERROR_NOT_SUPPORTED
         if not 0 <= idx < 0x12:
             return S.ERROR_INVALID_ARGUMENT
@@ -687,7 +687,7 @@ class FakeNvmlLib:
         if rc:
             return rc
         # "Returns zero if MIG is not supported or enabled" (nvml.h)
-        _obj(ref).value = gpu.catalog.compute_slices if gpu.mig_current == 1 and gpu.catalog.gi_profiles else 0
+        _obj(ref).value = gpu.catalog.compute_slices if gpu.mig_current == 1 and S.Driver.mig_supported(gpu) else 0
         return S.SUCCESS
 
     def _nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: Any, ref: Any) -> int:

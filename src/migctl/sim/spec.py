@@ -1,7 +1,9 @@
 """Simulated node specs: ``8xH100-80GB``, ``2xA100-40GB,2xA30``, ``4xA30@545.23.08``.
 
-A spec is a comma-separated list of ``[N x]MODEL`` groups, optionally followed by ``@DRIVER`` (one
+A spec is a comma-separated list of ``[N x]MODEL[~nomig]`` groups, optionally followed by ``@DRIVER`` (one
 driver per node, as on a real machine; the suffix may be written on any group, but all must agree).
+``~nomig`` makes a GPU answer Not Supported to every MIG call, as a GPU without MIG does (and as an RTX PRO
+6000 Workstation edition does before it is switched to compute display mode, MIG User Guide v580).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from migctl.catalog import CatalogError, load_model, model_keys
 DEFAULT_DRIVER = "580.65.06"
 DEFAULT_SPEC = "8xH100-80GB"
 
-_GROUP = re.compile(r"^\s*(?:(\d+)\s*[xX*]\s*)?([A-Za-z0-9._+-]+?)\s*(?:@\s*([0-9]+(?:\.[0-9]+){1,2}))?\s*$")
+_GROUP = re.compile(
+    r"^\s*(?:(\d+)\s*[xX*]\s*)?([A-Za-z0-9._+-]+?)(~nomig)?\s*(?:@\s*([0-9]+(?:\.[0-9]+){1,2}))?\s*$"
+)
 
 
 class SpecError(ValueError):
@@ -24,7 +28,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class NodeSpec:
-    models: tuple[str, ...]  # catalog key per GPU index
+    models: tuple[str, ...]  # catalog key per GPU index (with "~nomig" when MIG is unavailable)
     driver: str
 
     def __str__(self) -> str:
@@ -47,7 +51,7 @@ def parse_spec(text: str) -> NodeSpec:
         m = _GROUP.match(part)
         if not m:
             raise SpecError(
-                f"cannot parse simulator spec group {part.strip()!r}; expected [N x]MODEL[@DRIVER], "
+                f"cannot parse simulator spec group {part.strip()!r}; expected [N x]MODEL[~nomig][@DRIVER], "
                 "e.g. 8xH100-80GB or 4xA30@545.23.08"
             )
         count = int(m.group(1) or 1)
@@ -57,9 +61,9 @@ def parse_spec(text: str) -> NodeSpec:
             model = load_model(m.group(2))
         except CatalogError:
             raise SpecError(f"unknown GPU model {m.group(2)!r} in simulator spec; valid: {', '.join(model_keys())}") from None
-        models.extend([model.key] * count)
-        if m.group(3):
-            drivers.add(m.group(3))
+        models.extend([model.key + (m.group(3) or "")] * count)
+        if m.group(4):
+            drivers.add(m.group(4))
     if len(drivers) > 1:
         raise SpecError(f"one driver per node, but the spec names {', '.join(sorted(drivers))}")
     if len(models) > 64:

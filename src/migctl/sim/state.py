@@ -78,6 +78,7 @@ class SimGPU:
     processes: list[SimProcess] = field(default_factory=list)
     temperature_c: int = 30
     power_w: int = 30
+    mig_supported: bool = True
 
     @property
     def catalog(self) -> GpuModel:
@@ -123,6 +124,7 @@ class SimState:
         rng = random.Random(seed)
         gpus = []
         for i, key in enumerate(models):
+            key, _, flag = key.partition("~")
             bus = (0x17 + 0x1E * i) % 0x100 if len(models) <= 8 else i + 1
             gpus.append(
                 SimGPU(
@@ -133,6 +135,7 @@ class SimState:
                     serial=str(1320000000000 + rng.randrange(10**9)),
                     temperature_c=27 + rng.randrange(4),
                     power_w=26 + rng.randrange(10),
+                    mig_supported=flag != "nomig",
                 )
             )
         return cls(spec=spec, driver=driver, gpus=gpus, seed=seed)
@@ -168,6 +171,10 @@ class Driver:
 
     def model(self, gpu: SimGPU) -> GpuModel:
         return gpu.catalog
+
+    @staticmethod
+    def mig_supported(gpu: SimGPU) -> bool:
+        return gpu.mig_supported and bool(gpu.catalog.gi_profiles)
 
     def profiles(self, gpu: SimGPU) -> tuple[GIProfile, ...]:
         return gpu.catalog.profiles_on(self.driver_version)
@@ -221,7 +228,7 @@ class Driver:
 
     # ---------------------------------------------------------------- MIG mode
     def get_mig_mode(self, gpu: SimGPU) -> tuple[int, int, int]:
-        if not gpu.catalog.gi_profiles:
+        if not self.mig_supported(gpu):
             return ERROR_NOT_SUPPORTED, 0, 0
         return SUCCESS, gpu.mig_current, gpu.mig_pending
 
@@ -266,7 +273,7 @@ class Driver:
         return SUCCESS, remaining_capacity(gpu.catalog, self.placed(gpu), p)
 
     def create_gi(self, gpu: SimGPU, profile_id: int, placement: Placement | None) -> tuple[int, SimGI | None]:
-        if not gpu.catalog.gi_profiles:
+        if not self.mig_supported(gpu):
             return ERROR_NOT_SUPPORTED, None
         if gpu.mig_current != 1:
             return ERROR_NOT_SUPPORTED, None
