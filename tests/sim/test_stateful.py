@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import migctl.sim as sim
-from migctl.catalog import Placement, load_model
+from migctl.catalog import Placement, load_model, model_keys
 from migctl.device import open_node
 
-MODELS = ["H100-80GB", "A30"]
+MODELS = model_keys()
 
 
 def independent_can_create(model, gis, profile, placement=None) -> bool:
@@ -29,6 +29,11 @@ def independent_can_create(model, gis, profile, placement=None) -> bool:
     compute = sum(model.profile(gi.profile_id).slices for gi in gis)
     same = sum(1 for gi in gis if gi.profile_id == profile.id)
     if compute + profile.slices > model.compute_slices or same >= profile.max_instances:
+        return False
+    kinds = [model.profile(gi.profile_id).index_name for gi in gis]
+    if profile.index_name.endswith("ALL_ME") and any(not k.endswith("NO_ME") for k in kinds):
+        return False  # nvml.h: ALL_ME "prevents allocation of all but _NO_ME profiles"
+    if any(k.endswith("ALL_ME") for k in kinds) and not profile.index_name.endswith("NO_ME"):
         return False
     starts = profile.placement_starts if placement is None else [placement.start]
     if placement is not None and placement.start not in profile.placement_starts:

@@ -228,10 +228,16 @@ def load_model(key: str) -> GpuModel:
     raise CatalogError(f"unknown GPU model {key!r}; valid models: {valid}")
 
 
-def model_by_pci_id(device_id: int) -> GpuModel | None:
-    """The model for a PCI device id (0xDDDD or NVML's 0xDDDD10DE form), or None."""
+def model_by_pci_id(device_id: int, name: str | None = None) -> GpuModel | None:
+    """The model for a PCI device id (0xDDDD or NVML's 0xDDDD10DE form), or None.
+
+    Some ids are shared by several catalog models (mig-parted groups H100 SXM and PCIe under one
+    filter); the device name (nvmlDeviceGetName) then decides.
+    """
     dev = device_id >> 16 if device_id > 0xFFFF else device_id
-    for m in all_models():
-        if dev in m.pci_device_ids:
-            return m
-    return None
+    matches = [m for m in all_models() if dev in m.pci_device_ids]
+    if name is not None:
+        by_name = [m for m in matches if m.name == name]
+        if by_name:
+            return by_name[0]
+    return matches[0] if matches else None
