@@ -1,0 +1,5 @@
+"""``python -m migctl`` runs the CLI."""
+
+from migctl.cli.main import run
+
+run()
