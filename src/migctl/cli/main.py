@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from migctl.errors import UserError
 
     try:
-        app(args=argv, standalone_mode=False, prog_name="migctl")
-        return 0
+        rv = app(args=argv, standalone_mode=False, prog_name="migctl")
+        return rv if isinstance(rv, int) else 0
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except UserError as e:
