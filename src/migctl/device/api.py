@@ -467,7 +467,11 @@ def open_node(sim: str | None = None, sim_state: str | None = None) -> Node:
         node = simmod.active()
         wanted = simmod.parse_spec(spec or simmod.DEFAULT_SPEC)
         state = sim_state or os.environ.get("MIGCTL_SIM_STATE")
-        if node is None or node.spec != wanted or (state and node.store.path != _abspath(state)):
+        if state:
+            same_file = node is not None and node.store.path == _abspath(state)
+        else:  # an in-memory node (tests) or the default file of the current state dir
+            same_file = node is not None and node.store.path in (None, simmod.default_state_path(wanted))
+        if node is None or node.spec != wanted or not same_file:
             node = simmod.install(wanted, state_path=state if state else True)
         return Node(sim=node)
     simmod.uninstall()

@@ -67,7 +67,8 @@ class Store:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            return self._fresh()
+            self._create()
+            st = self.path.stat()
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._cache and self._cache[0] == key:
             return self._cache[1]
@@ -90,6 +91,13 @@ class Store:
             )
         self._cache = (key, state)
         return state
+
+    def _create(self) -> None:
+        """Write a fresh node on first use, so its UUIDs and serials are the same for every reader."""
+        assert self._flock is not None and self.path is not None
+        with self._flock:
+            if not self.path.exists():
+                self._write(self._fresh())
 
     def load(self) -> SimState:
         """The current state (a snapshot; mutate only inside :meth:`transaction`)."""

@@ -1,0 +1,981 @@
+"""Core verbs: gpus, catalog, profiles, placements, mode, reset, gi ..., ci ....
+
+Each verb mirrors an nvidia-smi command (named in its help) and works the same on real GPUs and on
+the simulator. Conventions shared by all of them:
+
+* -i/--gpu selects GPUs as nvidia-smi does (indices, UUIDs or PCI bus ids, comma-separated; all by default);
+* every listing takes --json (keys documented in docs/cli.md);
+* bad input is checked for *all* targets before anything changes, and fails with one line naming what was
+  wrong and what is valid (exit 2); an operation the device refuses exits 1.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from migctl.cli.common import emit_json, fail, node
+from migctl.cli.render import (
+    UNCONFIRMED_LEGEND,
+    gib,
+    id_list,
+    mark,
+    mode_name,
+    note,
+    out,
+    parse_ids,
+    pids_text,
+    placement_json,
+    placements_text,
+    table,
+)
+
+# exit codes
+EXIT_DEVICE = 1  # the device refused or failed the operation (e.g. In use, Insufficient Resources)
+EXIT_INPUT = 2  # bad input; nothing was changed
+
+GpuSel = Annotated[
+    str | None,
+    typer.Option("-i", "--gpu", "--id", help="GPUs: comma-separated indices, UUIDs or PCI bus ids (default: all)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (keys documented in docs/cli.md).")]
+
+gi_app = typer.Typer(help="GPU instances: create, destroy, list (nvidia-smi mig -cgi/-dgi/-lgi).", no_args_is_help=True)
+ci_app = typer.Typer(
+    help="Compute instances: profiles, create, destroy, list (nvidia-smi mig -lcip/-cci/-dci/-lci).", no_args_is_help=True
+)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _nvml() -> Any:
+    import pynvml
+
+    return pynvml
+
+
+def _select(ctx: typer.Context, spec: str | None) -> list[Any]:
+    return node(ctx).select(spec)
+
+
+def _mig_state(gpu: Any) -> tuple[int | None, int | None]:
+    """(current, pending) MIG mode, (None, None) when the GPU is not MIG capable."""
+    N = _nvml()
+    try:
+        return gpu.mig_mode()
+    except N.NVMLError_NotSupported:
+        return None, None
+
+
+def _gpu_label(gpu: Any) -> str:
+    return f"GPU {gpu.index} ({gpu.bus_id})"
+
+
+def _device_error(action: str, e: BaseException) -> str:
+    """One line for an NVML failure, with a hint for the common ones."""
+    N = _nvml()
+    text = str(e)
+    if isinstance(e, N.NVMLError_NoPermission):
+        text += " (MIG configuration needs root)"
+    return f"{action}: {text}"
+
+
+def _require_mig_enabled(gpus: list[Any]) -> None:
+    """Bad input unless every selected GPU has MIG mode enabled now."""
+    bad = []
+    for g in gpus:
+        cur, pending = _mig_state(g)
+        if cur != 1:
+            why = "not MIG capable" if cur is None else "MIG mode disabled" + (", enable pending" if pending == 1 else "")
+            bad.append(f"GPU {g.index} ({why})")
+    if bad:
+        enabled = [str(g.index) for g in gpus[0].node.gpus() if _mig_state(g)[0] == 1] if gpus else []
+        hint = f"MIG-enabled GPUs: {','.join(enabled)} (select with -i)" if enabled else "enable it with `migctl mode enable`"
+        fail(f"MIG mode is not enabled on {', '.join(bad)}; {hint}", EXIT_INPUT)
+
+
+def _mig_enabled(gpus: list[Any]) -> list[Any]:
+    return [g for g in gpus if _mig_state(g)[0] == 1]
+
+
+def _procs(gpu: Any) -> list[Any]:
+    N = _nvml()
+    try:
+        return gpu.processes()
+    except N.NVMLError:
+        return []
+
+
+def _profiles_text(gpu: Any) -> str:
+    return ", ".join(f"{p.id} ({p.name})" for p in gpu.profiles())
+
+
+def _catalog_profile(gpu: Any, profile_id: int) -> Any:
+    return gpu.model.profile(profile_id) if gpu.model is not None else None
+
+
+def _free_placements(gpu: Any, profile_id: int, gis: list[Any] | None = None) -> list[Any] | None:
+    """Placements where a GI of profile_id fits now (catalog geometry over the live GIs); None if unknown."""
+    from migctl.catalog.geometry import PlacedGI, free_placements
+
+    model = gpu.model
+    prof = _catalog_profile(gpu, profile_id)
+    if model is None or prof is None:
+        return None
+    placed = []
+    for g in gpu.gpu_instances() if gis is None else gis:
+        p = _catalog_profile(gpu, g.profile_id)
+        if p is None:
+            return None
+        placed.append(PlacedGI(p, g.placement))
+    return free_placements(model, placed, prof)
+
+
+def _gi_json(gpu: Any, gi: Any) -> dict[str, Any]:
+    prof = gi.profile()
+    return {
+        "gpu": gpu.index,
+        "gi_id": gi.id,
+        "profile_id": gi.profile_id,
+        "profile": prof.name,
+        "placement": placement_json(gi.placement),
+        "memory_mib": prof.memory_mib,
+        "sms": prof.sms,
+        "compute_instances": [c.id for c in gi.compute_instances()],
+    }
+
+
+def _gi_list(gpu: Any) -> list[Any]:
+    N = _nvml()
+    try:
+        return gpu.gpu_instances()
+    except N.NVMLError_NotSupported:
+        return []
+
+
+def _find_gis(gpu: Any, ids: list[int] | None) -> list[Any]:
+    """The GIs named by ids on gpu (all when None); bad input if one does not exist."""
+    gis = gpu.gpu_instances()
+    if ids is None:
+        return gis
+    by_id = {g.id: g for g in gis}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        fail(
+            f"GPU {gpu.index} has no GPU instance {id_list(missing)}; existing GPU instance IDs: {id_list(sorted(by_id))}",
+            EXIT_INPUT,
+        )
+    return [by_id[i] for i in ids]
+
+
+# --------------------------------------------------------------------------------------------- gpus
+def gpus_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) -> None:
+    """List GPUs and the MIG devices under each (like nvidia-smi -L), with bus id and MIG mode."""
+    n = node(ctx)
+    rows = []
+    for g in n.select(gpu):
+        cur, pending = _mig_state(g)
+        devs = []
+        for d in g.mig_devices() if cur == 1 else []:
+            devs.append({"index": d.index, "profile": d.profile_name, "gi_id": d.gi_id, "ci_id": d.ci_id,
+                         "uuid": d.uuid, "memory_mib": d.memory_mib, "sms": d.sms})
+        rows.append({
+            "index": g.index, "name": g.name, "uuid": g.uuid, "bus_id": g.bus_id,
+            "model": g.model.key if g.model is not None else None,
+            "mig_capable": cur is not None,
+            "mig_current": None if cur is None else cur == 1,
+            "mig_pending": None if pending is None else pending == 1,
+            "mig_devices": devs,
+        })
+    if as_json:
+        emit_json({"backend": n.backend, "driver_version": n.driver_version, "gpus": rows})
+        return
+    from rich.text import Text
+
+    for r in rows:
+        if not r["mig_capable"]:
+            mode = "MIG N/A"
+        else:
+            mode = "MIG " + mode_name(int(r["mig_current"]))
+            if r["mig_pending"] != r["mig_current"]:
+                mode += f" (pending {mode_name(int(r['mig_pending'])).lower()}: `migctl reset -i {r['index']}`)"
+        line = Text(f"GPU {r['index']}: {r['name']} (UUID: {r['uuid']})  {r['bus_id']}  ")
+        line.append(mode, style="bold" if r["mig_current"] else "")
+        out(line)
+        for d in r["mig_devices"]:
+            out(f"  {'MIG ' + d['profile']:<15} Device {d['index']:>2}: (UUID: {d['uuid']})  "
+                f"GI {d['gi_id']:>2}  CI {d['ci_id']}  {d['memory_mib']} MiB  {d['sms']} SMs")
+    if not rows:
+        out("No GPUs found.")
+
+
+# --------------------------------------------------------------------------------------------- catalog
+def _catalog_models_json(models: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": m.key, "name": m.name, "architecture": m.architecture, "memory_mib": m.memory_mib,
+            "sms": m.sms, "compute_slices": m.compute_slices, "memory_slices": m.memory_slices,
+            "pci_device_ids": [f"0x{x:04X}" for x in m.pci_device_ids], "aliases": list(m.aliases),
+            "gi_profiles": len(m.gi_profiles),
+        }
+        for m in models
+    ]
+
+
+def _driver_text(v: tuple[int, ...] | None) -> str | None:
+    if v is None:
+        return None
+    return ".".join(str(x) for x in v)
+
+
+def _catalog_model_json(m: Any) -> dict[str, Any]:
+    return {
+        "key": m.key, "name": m.name, "architecture": m.architecture, "memory_mib": m.memory_mib,
+        "sms": m.sms, "compute_slices": m.compute_slices, "memory_slices": m.memory_slices,
+        "pci_device_ids": [f"0x{x:04X}" for x in m.pci_device_ids], "aliases": list(m.aliases),
+        "unconfirmed": sorted(m.unconfirmed), "sources": dict(m.sources), "notes": list(m.notes),
+        "gi_profiles": [
+            {
+                "id": p.id, "index": p.index, "index_name": p.index_name, "name": p.name, "slices": p.slices,
+                "memory_mib": p.memory_mib, "sms": p.sms, "ce": p.ce, "dec": p.dec, "enc": p.enc,
+                "jpeg": p.jpeg, "ofa": p.ofa, "max_instances": p.max_instances,
+                "placements": [placement_json(pl) for pl in p.placements],
+                "min_driver": _driver_text(p.min_driver),
+                "unconfirmed": sorted(p.unconfirmed), "source": p.source,
+                "ci_profiles": [
+                    {
+                        "id": c.id, "name": c.name, "slices": c.slices, "sms": c.sms,
+                        "max_instances": c.max_instances, "placements": [placement_json(pl) for pl in c.placements],
+                        "default": c.is_default, "unconfirmed": sorted(c.unconfirmed), "source": c.source,
+                    }
+                    for c in p.ci_profiles
+                ],
+            }
+            for p in m.gi_profiles
+        ],
+    }
+
+
+def catalog_cmd(
+    model: Annotated[str | None, typer.Argument(help="A model key or alias (e.g. H100-80GB, A30); all models when omitted.")] = None,
+    as_json: JsonOpt = False,
+    sources: Annotated[bool, typer.Option("--sources", help="Show where every value comes from.")] = False,
+) -> None:
+    """The MIG hardware catalog: models, or one model's GI and CI profiles (no GPU needed)."""
+    from migctl.catalog import all_models, load_model
+
+    if model is None:
+        models = all_models()
+        if as_json:
+            emit_json({"models": _catalog_models_json(models)})
+            return
+        t = table("Model", "Name", "Arch", "Memory MiB", "SMs", "Slices C/M", "Profiles", "PCI device IDs",
+                  right=("Memory MiB", "SMs", "Profiles"))
+        for m in models:
+            t.add_row(m.key, m.name, m.architecture, str(m.memory_mib), str(m.sms),
+                      f"{m.compute_slices}/{m.memory_slices}", str(len(m.gi_profiles)),
+                      ",".join(f"{x:04X}" for x in m.pci_device_ids))
+        out(t)
+        out("`migctl catalog MODEL` shows a model's profiles.")
+        return
+
+    m = load_model(model)
+    if as_json:
+        emit_json(_catalog_model_json(m))
+        return
+    any_unconfirmed = bool(m.unconfirmed)
+    out(f"{m.name} ({m.key}{', ' + m.architecture if m.architecture else ''}): {mark(m.memory_mib, 'memory_mib', m.unconfirmed)} MiB, "
+        f"{mark(m.sms, 'sms', m.unconfirmed)} SMs, {m.compute_slices} compute slices, {m.memory_slices} memory slices; "
+        f"PCI device IDs {', '.join(f'0x{x:04X}' for x in m.pci_device_ids)}")
+    if m.aliases:
+        out(f"Aliases: {', '.join(m.aliases)}")
+    with_driver = any(p.min_driver for p in m.gi_profiles)
+    cols = ["ID", "Index", "Name", "Memory MiB", "GiB", "SMs", "CE", "DEC", "ENC", "JPEG", "OFA", "Max", "Placements"]
+    if with_driver:
+        cols.append("Min driver")
+    gt = table(*cols, title="GPU instance profiles", right=cols[3:12])
+    for p in m.gi_profiles:
+        u = p.unconfirmed
+        any_unconfirmed = any_unconfirmed or bool(u)
+        row = [mark(p.id, "id", u), p.index_name, mark(p.name, "name", u), mark(p.memory_mib, "memory_mib", u),
+               mark(gib(p.memory_mib), "memory_mib", u), mark(p.sms, "sms", u), mark(p.ce, "ce", u),
+               mark(p.dec, "dec", u), mark(p.enc, "enc", u), mark(p.jpeg, "jpeg", u), mark(p.ofa, "ofa", u),
+               mark(p.max_instances, "max_instances", u), mark(placements_text(p.placements), "placements", u)]
+        if with_driver:
+            row.append(mark(_driver_text(p.min_driver) or "", "min_driver", u))
+        gt.add_row(*row)
+    out(gt)
+    ct = table("GI profile", "CI ID", "Name", "SMs", "Max", "Placements", title="Compute instance profiles (* = default)",
+               right=("SMs", "Max"))
+    for p in m.gi_profiles:
+        for i, c in enumerate(p.ci_profiles):
+            u = c.unconfirmed
+            any_unconfirmed = any_unconfirmed or bool(u)
+            ct.add_row(f"{p.name} ({p.id})" if i == 0 else "", mark(f"{c.id}{'*' if c.is_default else ''}", "id", u),
+                       mark(c.name, "name", u), mark(c.sms, "sms", u), mark(c.max_instances, "max_instances", u),
+                       mark(placements_text(c.placements), "placements", u))
+    out(ct)
+    if any_unconfirmed:
+        out(UNCONFIRMED_LEGEND)
+    if sources:
+        out("")
+        out("Sources:")
+        for k, v in m.sources.items():
+            out(f"  [{k}] {v}")
+        for p in m.gi_profiles:
+            out(f"  {p.name} ({p.id}): {p.source or '-'}")
+            for c in p.ci_profiles:
+                if c.source:
+                    out(f"    {c.name} (CI {c.id}): {c.source}")
+        for n in m.notes:
+            out(f"  note: {n}")
+
+
+# --------------------------------------------------------------------------------------------- profiles
+def profiles_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) -> None:
+    """GPU instance profiles each GPU offers, with Free/Total (nvidia-smi mig -lgip), from NVML."""
+    N = _nvml()
+    result = []
+    for g in _select(ctx, gpu):
+        cur, _ = _mig_state(g)
+        entry: dict[str, Any] = {"index": g.index, "name": g.name, "mig_capable": cur is not None,
+                                 "mig_enabled": cur == 1, "profiles": []}
+        if cur is not None:
+            for p in g.profiles():
+                try:
+                    free: int | None = g.remaining(p.id) if cur == 1 else None
+                except N.NVMLError_NotSupported:
+                    free = None
+                entry["profiles"].append({
+                    "id": p.id, "index": p.index, "name": p.name, "slices": p.slices, "free": free,
+                    "total": p.instance_count, "memory_mib": p.memory_mib, "sms": p.sms, "ce": p.ce, "dec": p.dec,
+                    "enc": p.enc, "jpeg": p.jpeg, "ofa": p.ofa, "p2p": p.p2p,
+                    "placements": [placement_json(pl) for pl in p.placements],
+                })
+        result.append(entry)
+    if as_json:
+        emit_json({"gpus": result})
+        return
+    cols = ("GPU", "Name", "ID", "Free/Total", "Memory MiB", "GiB", "P2P", "SMs", "CE", "DEC", "ENC", "JPEG", "OFA",
+            "Placements")
+    t = table(*cols, title="GPU instance profiles", right=("GPU", "ID", "Free/Total", "Memory MiB", "GiB", "SMs", "CE",
+                                                           "DEC", "ENC", "JPEG", "OFA"))
+    disabled = []
+    for e in result:
+        if not e["mig_capable"]:
+            note(f"GPU {e['index']} ({e['name']}) does not support MIG")
+            continue
+        if not e["mig_enabled"]:
+            disabled.append(str(e["index"]))
+        for p in e["profiles"]:
+            free = "-" if p["free"] is None else str(p["free"])
+            t.add_row(str(e["index"]), "MIG " + p["name"], str(p["id"]), f"{free}/{p['total']}", str(p["memory_mib"]),
+                      gib(p["memory_mib"]), "Yes" if p["p2p"] else "No", str(p["sms"]), str(p["ce"]), str(p["dec"]),
+                      str(p["enc"]), str(p["jpeg"]), str(p["ofa"]), placements_text(_pls(p["placements"])))
+    if t.row_count:
+        out(t)
+    else:
+        out("No MIG-supported devices found.")
+    if disabled:
+        note(f"MIG mode is disabled on GPU {','.join(disabled)} (Free shown as -); `migctl mode enable -i "
+             f"{','.join(disabled)}` enables it")
+
+
+def _pls(items: list[dict[str, int]]) -> list[Any]:
+    from migctl.catalog import Placement
+
+    return [Placement(i["start"], i["size"]) for i in items]
+
+
+# --------------------------------------------------------------------------------------------- placements
+def placements_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) -> None:
+    """Possible placements of every GI profile (nvidia-smi mig -lgipp) and which are free now."""
+    result = []
+    for g in _select(ctx, gpu):
+        cur, _ = _mig_state(g)
+        if cur is None:
+            result.append({"index": g.index, "name": g.name, "mig_capable": False, "mig_enabled": False,
+                           "memory_slices": None, "occupied": [], "profiles": []})
+            continue
+        profiles = g.profiles()
+        gis = _gi_list(g) if cur == 1 else []
+        grid = g.model.memory_slices if g.model is not None else max(
+            (pl.end for p in profiles for pl in p.placements), default=0)
+        occupied = [{"gi_id": gi.id, "profile_id": gi.profile_id, "profile": gi.profile().name,
+                     "placement": placement_json(gi.placement)} for gi in gis]
+        profs = []
+        for p in profiles:
+            free = _free_placements(g, p.id, gis)
+            free_starts = None if free is None else {pl.start for pl in free}
+            profs.append({
+                "id": p.id, "name": p.name,
+                "placements": [{**placement_json(pl), "free": None if free_starts is None else pl.start in free_starts}
+                               for pl in p.placements],
+            })
+        result.append({"index": g.index, "name": g.name, "mig_capable": True, "mig_enabled": cur == 1,
+                       "memory_slices": grid, "occupied": occupied, "profiles": profs})
+    if as_json:
+        emit_json({"gpus": result})
+        return
+    for e in result:
+        if not e["mig_capable"]:
+            note(f"GPU {e['index']} ({e['name']}) does not support MIG")
+            continue
+        slots = ["."] * int(e["memory_slices"])
+        for o in e["occupied"]:
+            pl = o["placement"]
+            for s in range(pl["start"], pl["start"] + pl["size"]):
+                if s < len(slots):
+                    slots[s] = str(o["gi_id"])
+        state = "" if e["mig_enabled"] else "  (MIG mode disabled: nothing can be created)"
+        out(f"GPU {e['index']}: {e['name']}  memory slices [{' '.join(f'{s:>2}' for s in slots)} ] "
+            f"(GI ID per slice, . = free){state}")
+        t = table("Name", "ID", "Placements", "Free now", right=("ID",))
+        for p in e["profiles"]:
+            pls = _pls(p["placements"])
+            if not e["mig_enabled"]:
+                free_text = "-"
+            elif any(x["free"] is None for x in p["placements"]):
+                free_text = "?"
+            else:
+                free_text = placements_text([pl for pl, x in zip(pls, p["placements"], strict=True) if x["free"]])
+                free_text = "none" if free_text == "-" else free_text
+            t.add_row("MIG " + p["name"], str(p["id"]), placements_text(pls), free_text)
+        out(t)
+
+
+# --------------------------------------------------------------------------------------------- mode
+def mode_cmd(
+    ctx: typer.Context,
+    action: Annotated[str | None, typer.Argument(help="enable or disable; omit it to show the current and pending mode.",
+                                                 metavar="ACTION")] = None,
+    gpu: GpuSel = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enable or disable MIG mode (nvidia-smi -i N -mig 1|0), or show it."""
+    N = _nvml()
+    if action is not None and action.lower() not in ("enable", "disable", "1", "0", "on", "off"):
+        fail(f"unknown mode action {action!r}; valid: enable, disable (or omit it to show the mode)", EXIT_INPUT)
+    gpus = _select(ctx, gpu)
+    states = {g.index: _mig_state(g) for g in gpus}
+    if action is None:
+        rows = [{"index": g.index, "bus_id": g.bus_id, "mig_capable": states[g.index][0] is not None,
+                 "mig_current": None if states[g.index][0] is None else states[g.index][0] == 1,
+                 "mig_pending": None if states[g.index][1] is None else states[g.index][1] == 1} for g in gpus]
+        if as_json:
+            emit_json({"gpus": rows})
+            return
+        t = table("GPU", "Bus ID", "MIG current", "MIG pending", right=("GPU",))
+        for g in gpus:
+            cur, pending = states[g.index]
+            t.add_row(str(g.index), g.bus_id, mode_name(cur), mode_name(pending))
+        out(t)
+        return
+
+    want = 1 if action.lower() in ("enable", "1", "on") else 0
+    verb = "enable" if want else "disable"
+    unsupported = [g for g in gpus if states[g.index][0] is None]
+    if unsupported and (gpu is not None or len(unsupported) == len(gpus)):
+        capable = [str(g.index) for g in gpus[0].node.gpus() if _mig_state(g)[0] is not None]
+        fail(f"{', '.join(f'GPU {g.index} ({g.name})' for g in unsupported)} does not support MIG; "
+             f"MIG-capable GPUs: {','.join(capable) or 'none'}", EXIT_INPUT)
+    rows = []
+    failed = None
+    for g in gpus:
+        cur, pending = states[g.index]
+        row: dict[str, Any] = {"index": g.index, "bus_id": g.bus_id, "requested": mode_name(want)}
+        if cur is None:
+            note(f"GPU {g.index} ({g.name}) does not support MIG; skipped")
+            rows.append({**row, "result": "unsupported", "mig_current": None, "mig_pending": None, "pids": []})
+            continue
+        if cur == want and pending == want:
+            result, pids, reason = "unchanged", [], None
+            msg = f"MIG mode is already {mode_name(want).lower()} on {_gpu_label(g)}"
+        else:
+            try:
+                status = g.set_mig_mode(bool(want))
+            except N.NVMLError as e:
+                failed = _device_error(f"cannot {verb} MIG mode on {_gpu_label(g)}", e)
+                break
+            if status == 0:
+                result, pids, reason = "done", [], None
+                msg = f"{'Enabled' if want else 'Disabled'} MIG mode on {_gpu_label(g)}"
+            else:
+                pids = [p.pid for p in _procs(g)]
+                reason = str(N.NVMLError(status))
+                result = "pending"
+                if pids:
+                    msg = (f"MIG mode {verb} is pending on {_gpu_label(g)}: the GPU is in use by {pids_text(pids)}; "
+                           f"once {'it has' if len(pids) == 1 else 'they have'} exited, `migctl reset -i {g.index}` "
+                           "applies it (or reboot)")
+                else:
+                    msg = (f"MIG mode {verb} is pending on {_gpu_label(g)} ({reason}); `migctl reset -i {g.index}` "
+                           "or a reboot applies it")
+        now_cur, now_pending = _mig_state(g)
+        rows.append({**row, "result": result, "mig_current": now_cur == 1, "mig_pending": now_pending == 1,
+                     "pids": pids, "reason": reason})
+        if not as_json:
+            out(msg)
+    if as_json:
+        emit_json({"gpus": rows, "error": failed})
+    if failed:
+        fail(failed, EXIT_DEVICE)
+
+
+# --------------------------------------------------------------------------------------------- reset
+def reset_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) -> None:
+    """Reset GPUs (nvidia-smi --gpu-reset): applies a pending MIG mode, removes all GPU instances.
+
+    Refused, for every selected GPU, while any of them is in use.
+    """
+    N = _nvml()
+    gpus = _select(ctx, gpu)
+    busy = [(g, [p.pid for p in _procs(g)]) for g in gpus]
+    busy = [(g, pids) for g, pids in busy if pids]
+    if busy:
+        what = "; ".join(f"GPU {g.index} is in use by {pids_text(pids)}" for g, pids in busy)
+        fail(f"cannot reset: {what}; stop those processes first (nothing was reset)", EXIT_DEVICE)
+    rows = []
+    for g in gpus:
+        n_gis = len(_gi_list(g)) if _mig_state(g)[0] == 1 else 0
+        try:
+            g.reset()
+        except N.NVMLError as e:
+            if as_json:
+                emit_json({"gpus": rows, "error": str(e)})
+            fail(_device_error(f"cannot reset {_gpu_label(g)}", e), EXIT_DEVICE)
+        cur, _ = _mig_state(g)
+        rows.append({"index": g.index, "bus_id": g.bus_id, "mig_current": None if cur is None else cur == 1,
+                     "gpu_instances_removed": n_gis})
+        if not as_json:
+            extra = f"; removed {n_gis} GPU instance{'s' if n_gis != 1 else ''}" if n_gis else ""
+            out(f"Reset {_gpu_label(g)}: MIG mode {mode_name(cur).lower()}{extra}")
+    if as_json:
+        emit_json({"gpus": rows, "error": None})
+
+
+# --------------------------------------------------------------------------------------------- gi
+def _gi_tokens(profiles: list[str]) -> list[str]:
+    tokens = [t.strip() for arg in profiles for t in arg.split(",") if t.strip()]
+    if not tokens:
+        fail("no GPU instance profile given; e.g. `migctl gi create 3g.40gb,1g.10gb` (see `migctl profiles`)", EXIT_INPUT)
+    return tokens
+
+
+def _order_hint(gpu: Any, requested: list[Any], before: list[tuple[int, Any]], created_ids: list[int]) -> str:
+    """A hint when the whole request fits if created largest first (the driver places GIs in order)."""
+    from migctl.catalog.geometry import PlacedGI, auto_placement
+
+    model = gpu.model
+    if model is None:
+        return ""
+    placed = []
+    for pid, pl in before:
+        p = _catalog_profile(gpu, pid)
+        if p is None:
+            return ""
+        placed.append(PlacedGI(p, pl))
+    profs = [_catalog_profile(gpu, p.id) for p in requested]
+    if any(p is None for p in profs):
+        return ""
+    order = sorted(profs, key=lambda p: (-p.placement_size, -p.slices, p.id))
+    for p in order:
+        pl = auto_placement(model, placed, p)
+        if pl is None:
+            return ""
+        placed.append(PlacedGI(p, pl))
+    undo = f"`migctl gi destroy -i {gpu.index} --gi {','.join(map(str, created_ids))}`, then " if created_ids else ""
+    return (f"; hint: they all fit if created largest first: {undo}"
+            f"`migctl gi create -i {gpu.index} {','.join(p.name for p in order)}`")
+
+
+def _no_room_message(gpu: Any, prof: Any, token: str, e: BaseException) -> str:
+    """Why prof could not be created: what is occupied, and where it could still go."""
+    gis = _gi_list(gpu)
+    occupied = ", ".join(f"GI {g.id} {g.profile().name} at {g.placement}" for g in gis) or "nothing"
+    free = _free_placements(gpu, prof.id, gis)
+    if free is None:
+        where = "unknown (GPU model not in the catalog)"
+    elif free:
+        where = ", ".join(str(p) for p in free) + f" (try --placement {free[0].start})"
+    else:
+        where = "none"
+    return (f"cannot create GPU instance {prof.name} (profile {prof.id}, given as {token!r}) on GPU {gpu.index}: {e}; "
+            f"occupied: {occupied}; free placements for {prof.name}: {where}")
+
+
+@gi_app.command("create")
+def gi_create(
+    ctx: typer.Context,
+    profiles: Annotated[list[str], typer.Argument(help="PROFILE[,PROFILE...]: ID, short name (3g.40gb) or 'MIG 3g.40gb'.",
+                                                  metavar="PROFILES")],
+    gpu: GpuSel = None,
+    placement: Annotated[int | None, typer.Option("--placement", help="Start memory slice (single profile only).")] = None,
+    default_ci: Annotated[bool, typer.Option("--default-ci", "-C", help="Also create the default CI in each new GI.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create GPU instances (nvidia-smi mig -cgi PROFILES [-C]), in order, stopping at the first failure."""
+    from migctl.catalog import Placement
+
+    N = _nvml()
+    tokens = _gi_tokens(profiles)
+    gpus = _select(ctx, gpu)
+    _require_mig_enabled(gpus)
+    if placement is not None and len(tokens) != 1:
+        fail(f"--placement applies to one profile, but {len(tokens)} were given ({', '.join(tokens)})", EXIT_INPUT)
+    plan: list[tuple[Any, list[tuple[str, Any]]]] = []
+    for g in gpus:
+        resolved = []
+        for tok in tokens:
+            p = g.profile(tok)
+            if p is None:
+                fail(f"unknown GPU instance profile {tok!r} for GPU {g.index} ({g.name}); valid: {_profiles_text(g)}",
+                     EXIT_INPUT)
+            if placement is not None and placement not in [pl.start for pl in p.placements]:
+                fail(f"placement {placement} is not valid for {p.name} (profile {p.id}); valid starts: "
+                     f"{', '.join(str(pl.start) for pl in p.placements)} (size {p.placements[0].size})", EXIT_INPUT)
+            resolved.append((tok, p))
+        whole_gpu = [pr.pid for pr in _procs(g) if pr.gi_id is None]
+        if whole_gpu:
+            fail(f"GPU {g.index} is in use by {pids_text(whole_gpu)} (a client of the whole GPU); GPU instances "
+                 "cannot be created until it exits (nothing was created)", EXIT_DEVICE)
+        plan.append((g, resolved))
+
+    created: list[dict[str, Any]] = []
+    error: str | None = None
+    for g, resolved in plan:
+        before = [(x.profile_id, x.placement) for x in g.gpu_instances()]
+        created_here: list[int] = []
+        for tok, p in resolved:
+            try:
+                pl = Placement(placement, p.placements[0].size) if placement is not None else None
+                gi = g.create_gi(p.id, pl)
+            except N.NVMLError as e:
+                if isinstance(e, N.NVMLError_InsufficientResources):
+                    error = _no_room_message(g, p, tok, e)
+                    if placement is None and len(resolved) > 1:
+                        error += _order_hint(g, [r[1] for r in resolved], before, created_here)
+                else:
+                    error = _device_error(f"cannot create GPU instance {p.name} (profile {p.id}) on GPU {g.index}", e)
+                break
+            rec: dict[str, Any] = {"gpu": g.index, "gi_id": gi.id, "profile_id": p.id, "profile": p.name,
+                                   "placement": placement_json(gi.placement), "compute_instances": []}
+            created.append(rec)
+            created_here.append(gi.id)
+            if not as_json:
+                out(f"Created GPU instance {gi.id:>2} on GPU {g.index}: MIG {p.name} (profile {p.id}) at {gi.placement}")
+            if default_ci:
+                try:
+                    ci = gi.create_ci()
+                except N.NVMLError as e:
+                    error = _device_error(f"cannot create the default compute instance in GPU instance {gi.id} "
+                                          f"on GPU {g.index}", e)
+                    break
+                dev = ci.mig_device()
+                cprof = ci.profile()
+                rec["compute_instances"].append({"ci_id": ci.id, "profile_id": ci.profile_id,
+                                                 "profile": cprof.name if cprof else None,
+                                                 "uuid": dev.uuid if dev else None})
+                if not as_json:
+                    out(f"  Created compute instance {ci.id} in GPU instance {gi.id}: MIG {cprof.name if cprof else '?'} "
+                        f"(CI profile {ci.profile_id}){', ' + dev.uuid if dev else ''}")
+        if error:
+            break
+    if as_json:
+        emit_json({"created": created, "error": error})
+    if error:
+        if created and not as_json:
+            out(f"Created {len(created)} GPU instance(s) before the failure; `migctl gi destroy` removes them")
+        fail(error, EXIT_DEVICE)
+
+
+@gi_app.command("destroy")
+def gi_destroy(
+    ctx: typer.Context,
+    gpu: GpuSel = None,
+    gi: Annotated[str | None, typer.Option("--gi", "-gi", help="GPU instance IDs, comma-separated.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Destroy every GPU instance on the selected GPUs.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Destroy GPU instances (nvidia-smi mig -dci; -dgi), their compute instances first.
+
+    Refused (nothing destroyed) while a process uses any of them.
+    """
+    N = _nvml()
+    if gi is None and not all_:
+        fail("name the GPU instances to destroy with --gi IDS or --all (see `migctl gi list`)", EXIT_INPUT)
+    if gi is not None and all_:
+        fail("--gi and --all are exclusive; use one", EXIT_INPUT)
+    ids = parse_ids(gi, "--gi") if gi is not None else None
+    gpus = _select(ctx, gpu)
+    _require_mig_enabled(gpus)
+    targets = [(g, _find_gis(g, ids)) for g in gpus]
+    busy = []
+    for g, gis in targets:
+        ids_here = {x.id for x in gis}
+        pids = [p.pid for p in _procs(g) if p.gi_id in ids_here]
+        if pids:
+            busy.append(f"GPU {g.index} GPU instance(s) {id_list(sorted({p.gi_id for p in _procs(g) if p.gi_id in ids_here}))} "
+                        f"in use by {pids_text(pids)}")
+    if busy:
+        fail(f"cannot destroy: {'; '.join(busy)} (nothing was destroyed)", EXIT_DEVICE)
+    destroyed: list[dict[str, Any]] = []
+    error = None
+    for g, gis in targets:
+        for x in gis:
+            try:
+                cis = x.compute_instances()
+                for c in cis:
+                    c.destroy()
+                    if not as_json:
+                        out(f"Destroyed compute instance {c.id} from GPU {g.index} GPU instance {x.id}")
+                x.destroy()
+            except N.NVMLError as e:
+                error = _device_error(f"cannot destroy GPU instance {x.id} on GPU {g.index}", e)
+                break
+            destroyed.append({"gpu": g.index, "gi_id": x.id, "compute_instances": [c.id for c in cis]})
+            if not as_json:
+                out(f"Destroyed GPU instance {x.id} from GPU {g.index}")
+        if error:
+            break
+    if as_json:
+        emit_json({"destroyed": destroyed, "error": error})
+    elif not destroyed and not error:
+        out("No GPU instances to destroy.")
+    if error:
+        fail(error, EXIT_DEVICE)
+
+
+@gi_app.command("list")
+def gi_list(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) -> None:
+    """List GPU instances (nvidia-smi mig -lgi)."""
+    rows = []
+    disabled = []
+    for g in _select(ctx, gpu):
+        if _mig_state(g)[0] != 1:
+            disabled.append(str(g.index))
+            continue
+        rows.extend(_gi_json(g, x) for x in _gi_list(g))
+    if as_json:
+        emit_json({"gpu_instances": rows})
+        return
+    if rows:
+        t = table("GPU", "GI", "Name", "Profile ID", "Placement", "Memory MiB", "SMs", "CI IDs",
+                  right=("GPU", "GI", "Profile ID", "Memory MiB", "SMs"))
+        for r in rows:
+            t.add_row(str(r["gpu"]), str(r["gi_id"]), "MIG " + r["profile"], str(r["profile_id"]),
+                      f"{r['placement']['start']}:{r['placement']['size']}", str(r["memory_mib"]), str(r["sms"]),
+                      id_list(r["compute_instances"]))
+        out(t)
+    else:
+        out("No GPU instances found.")
+    if disabled:
+        note(f"MIG mode is disabled on GPU {','.join(disabled)}")
+
+
+# --------------------------------------------------------------------------------------------- ci
+def _ci_profile(gi: Any, token: str) -> Any:
+    text = token.strip()
+    profs = gi.ci_profiles()
+    if text.isdigit():
+        found = next((p for p in profs if p.id == int(text)), None)
+    else:
+        if text.upper().startswith("MIG "):
+            text = text[4:].strip()
+        found = next((p for p in profs if p.name == text), None)
+    if found is None:
+        valid = ", ".join(f"{p.id}{'*' if p.is_default else ''} ({p.name})" for p in profs)
+        fail(f"unknown compute instance profile {token!r} for GPU instance {gi.id} ({gi.profile().name}) on GPU "
+             f"{gi.gpu.index}; valid: {valid} (* = default)", EXIT_INPUT)
+    return found
+
+
+def _select_gis(ctx: typer.Context, gpu: str | None, gi: str | None) -> list[tuple[Any, list[Any]]]:
+    ids = parse_ids(gi, "--gi") if gi is not None else None
+    gpus = _select(ctx, gpu)
+    if ids is not None:
+        _require_mig_enabled(gpus)
+        return [(g, _find_gis(g, ids)) for g in gpus]
+    return [(g, _gi_list(g)) for g in _mig_enabled(gpus)]
+
+
+GiOpt = Annotated[str | None, typer.Option("--gi", "-gi", help="GPU instance IDs, comma-separated (default: all).")]
+
+
+@ci_app.command("profiles")
+def ci_profiles(ctx: typer.Context, gpu: GpuSel = None, gi: GiOpt = None, as_json: JsonOpt = False) -> None:
+    """Compute instance profiles of GPU instances (nvidia-smi mig -lcip -gi ID); * marks the default."""
+    rows = []
+    for g, gis in _select_gis(ctx, gpu, gi):
+        for x in gis:
+            profs = []
+            for p in x.ci_profiles():
+                profs.append({"id": p.id, "name": p.name, "default": p.is_default, "free": x.ci_remaining(p.id),
+                              "total": p.instance_count, "slices": p.slices, "sms": p.sms, "ce": p.ce, "dec": p.dec,
+                              "enc": p.enc, "jpeg": p.jpeg, "ofa": p.ofa,
+                              "placements": [placement_json(pl) for pl in p.placements]})
+            rows.append({"gpu": g.index, "gi_id": x.id, "gi_profile": x.profile().name, "profiles": profs})
+    if as_json:
+        emit_json({"gpu_instances": rows})
+        return
+    if not rows:
+        out("No GPU instances found.")
+        return
+    t = table("GPU", "GI", "Name", "ID", "Free/Total", "SMs", "CE", "DEC", "ENC", "JPEG", "OFA", "Placements",
+              title="Compute instance profiles (* = default)",
+              right=("GPU", "GI", "ID", "Free/Total", "SMs", "CE", "DEC", "ENC", "JPEG", "OFA"))
+    for r in rows:
+        for p in r["profiles"]:
+            t.add_row(str(r["gpu"]), str(r["gi_id"]), "MIG " + p["name"], f"{p['id']}{'*' if p['default'] else ''}",
+                      f"{p['free']}/{p['total']}", str(p["sms"]), str(p["ce"]), str(p["dec"]), str(p["enc"]),
+                      str(p["jpeg"]), str(p["ofa"]), placements_text(_pls(p["placements"])))
+    out(t)
+
+
+@ci_app.command("create")
+def ci_create(
+    ctx: typer.Context,
+    profiles: Annotated[list[str] | None, typer.Argument(
+        help="CI profiles (ID or name, e.g. 1c.3g.40gb), comma-separated; the default CI profile when omitted.",
+        metavar="PROFILES")] = None,
+    gpu: GpuSel = None,
+    gi: Annotated[str | None, typer.Option("--gi", "-gi", help="GPU instance IDs (default: every GI with no CI yet).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create compute instances (nvidia-smi mig -cci [PROFILES] -gi ID), in order, stopping at the first failure."""
+    N = _nvml()
+    tokens = [t.strip() for arg in profiles or [] for t in arg.split(",") if t.strip()]
+    targets = _select_gis(ctx, gpu, gi)
+    if gi is None:
+        targets = [(g, [x for x in gis if not x.compute_instances()]) for g, gis in targets]
+    if not any(gis for _, gis in targets):
+        fail("no GPU instance to create compute instances in" + (" (every GPU instance already has one)" if gi is None
+             else "") + "; name one with --gi ID (see `migctl gi list`)", EXIT_INPUT)
+    plan = []
+    for g, gis in targets:
+        for x in gis:
+            profs = [_ci_profile(x, t) for t in tokens] if tokens else [next(p for p in x.ci_profiles() if p.is_default)]
+            plan.append((g, x, profs))
+    created: list[dict[str, Any]] = []
+    error = None
+    for g, x, profs in plan:
+        for p in profs:
+            try:
+                ci = x.create_ci(p.id)
+            except N.NVMLError as e:
+                existing = ", ".join(f"CI {c.id} ({c.profile().name if c.profile() else c.profile_id}) at {c.placement}"
+                                     for c in x.compute_instances()) or "none"
+                error = (f"cannot create compute instance {p.name} (CI profile {p.id}) in GPU instance {x.id} on GPU "
+                         f"{g.index}: {e}; existing compute instances: {existing}; free: {x.ci_remaining(p.id)}")
+                break
+            dev = ci.mig_device()
+            created.append({"gpu": g.index, "gi_id": x.id, "ci_id": ci.id, "profile_id": p.id, "profile": p.name,
+                            "placement": placement_json(ci.placement), "uuid": dev.uuid if dev else None})
+            if not as_json:
+                out(f"Created compute instance {ci.id} on GPU {g.index} GPU instance {x.id}: MIG {p.name} "
+                    f"(CI profile {p.id}){', ' + dev.uuid if dev else ''}")
+        if error:
+            break
+    if as_json:
+        emit_json({"created": created, "error": error})
+    if error:
+        fail(error, EXIT_DEVICE)
+
+
+@ci_app.command("destroy")
+def ci_destroy(
+    ctx: typer.Context,
+    gpu: GpuSel = None,
+    gi: GiOpt = None,
+    ci: Annotated[str | None, typer.Option("--ci", "-ci", help="Compute instance IDs, comma-separated (needs --gi).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Destroy every CI of the selected GPU instances.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Destroy compute instances (nvidia-smi mig -dci [-ci IDS] -gi IDS); refused while one is in use."""
+    N = _nvml()
+    if ci is None and not all_:
+        fail("name the compute instances with --gi ID --ci IDS, or use --all (see `migctl ci list`)", EXIT_INPUT)
+    if ci is not None and all_:
+        fail("--ci and --all are exclusive; use one", EXIT_INPUT)
+    if ci is not None and gi is None:
+        fail("--ci needs --gi (compute instance IDs are per GPU instance)", EXIT_INPUT)
+    ci_ids = parse_ids(ci, "--ci") if ci is not None else None
+    plan = []
+    for g, gis in _select_gis(ctx, gpu, gi):
+        procs = _procs(g)
+        for x in gis:
+            cis = x.compute_instances()
+            if ci_ids is not None:
+                have = {c.id: c for c in cis}
+                missing = [i for i in ci_ids if i not in have]
+                if missing:
+                    fail(f"GPU instance {x.id} on GPU {g.index} has no compute instance {id_list(missing)}; existing: "
+                         f"{id_list(sorted(have))}", EXIT_INPUT)
+                cis = [have[i] for i in ci_ids]
+            for c in cis:
+                pids = [p.pid for p in procs if p.gi_id == x.id and p.ci_id == c.id]
+                if pids:
+                    fail(f"cannot destroy compute instance {c.id} of GPU instance {x.id} on GPU {g.index}: in use by "
+                         f"{pids_text(pids)} (nothing was destroyed)", EXIT_DEVICE)
+            plan.append((g, x, cis))
+    destroyed = []
+    error = None
+    for g, x, cis in plan:
+        for c in cis:
+            try:
+                c.destroy()
+            except N.NVMLError as e:
+                error = _device_error(f"cannot destroy compute instance {c.id} of GPU instance {x.id} on GPU {g.index}", e)
+                break
+            destroyed.append({"gpu": g.index, "gi_id": x.id, "ci_id": c.id})
+            if not as_json:
+                out(f"Destroyed compute instance {c.id} from GPU {g.index} GPU instance {x.id}")
+        if error:
+            break
+    if as_json:
+        emit_json({"destroyed": destroyed, "error": error})
+    elif not destroyed and not error:
+        out("No compute instances to destroy.")
+    if error:
+        fail(error, EXIT_DEVICE)
+
+
+@ci_app.command("list")
+def ci_list(ctx: typer.Context, gpu: GpuSel = None, gi: GiOpt = None, as_json: JsonOpt = False) -> None:
+    """List compute instances (nvidia-smi mig -lci) with their MIG device index and UUID."""
+    rows = []
+    for g, gis in _select_gis(ctx, gpu, gi):
+        devs = {(d.gi_id, d.ci_id): d for d in g.mig_devices()}
+        for x in gis:
+            for c in x.compute_instances():
+                p = c.profile()
+                d = devs.get((x.id, c.id))
+                rows.append({"gpu": g.index, "gi_id": x.id, "ci_id": c.id, "profile_id": c.profile_id,
+                             "profile": p.name if p else None, "placement": placement_json(c.placement),
+                             "mig_device": d.index if d else None, "uuid": d.uuid if d else None})
+    if as_json:
+        emit_json({"compute_instances": rows})
+        return
+    if not rows:
+        out("No compute instances found.")
+        return
+    t = table("GPU", "GI", "CI", "Name", "Profile ID", "Placement", "Device", "UUID",
+              right=("GPU", "GI", "CI", "Profile ID", "Device"))
+    for r in rows:
+        t.add_row(str(r["gpu"]), str(r["gi_id"]), str(r["ci_id"]), "MIG " + (r["profile"] or "?"), str(r["profile_id"]),
+                  f"{r['placement']['start']}:{r['placement']['size']}",
+                  "" if r["mig_device"] is None else str(r["mig_device"]), r["uuid"] or "")
+    out(t)
+
+
+# --------------------------------------------------------------------------------------------- registration
+def register(app: typer.Typer) -> None:
+    """Add the core verbs to the migctl app."""
+    app.command("gpus")(gpus_cmd)
+    app.command("catalog")(catalog_cmd)
+    app.command("profiles")(profiles_cmd)
+    app.command("placements")(placements_cmd)
+    app.command("mode")(mode_cmd)
+    app.command("reset")(reset_cmd)
+    app.add_typer(gi_app, name="gi")
+    app.add_typer(ci_app, name="ci")
