@@ -1,0 +1,102 @@
+"""``migctl plan FILE``: plan MIG layouts for a fleet (see docs/planner.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from migctl.planner.core import Plan
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def plan_command(
+    file: Path = typer.Argument(..., help="planning request (YAML; workloads may come from a CSV it names)"),
+    json_out: bool = typer.Option(False, "--json", help="print the plan as JSON instead of a table"),
+    config_out: Path | None = typer.Option(None, "--config-out", help="write the mig-parted config here"),
+    label: str = typer.Option("migctl-plan", "--label", help="label of the mig-parted config"),
+    time_limit: float | None = typer.Option(None, "--time-limit", help="solver time limit in seconds"),
+    seed: int | None = typer.Option(None, "--seed", help="solver random seed"),
+    apply: bool = typer.Option(False, "--apply", help="apply the plan with migctl's reconciler"),
+) -> None:
+    """Choose per-GPU MIG layouts for the workloads in FILE; print the plan, its lower bound and gap."""
+    from migctl.planner import PlanError, load_request, plan, validate_plan
+    from migctl.planner.output import to_json, to_mig_parted, to_mig_parted_yaml
+
+    try:
+        request = load_request(file)
+        if time_limit is not None:
+            if time_limit <= 0:
+                raise PlanError("--time-limit must be > 0")
+            request.options.time_limit_s = time_limit
+        if seed is not None:
+            request.options.seed = seed
+        result = plan(request)
+    except PlanError as e:
+        _fail(str(e))
+        return
+    problems = validate_plan(result, request.workloads if request.live is None else ())
+    if problems:  # never emit an invalid layout
+        _fail(f"internal error, the plan failed validation: {problems[0]}", code=1)
+    if json_out:
+        typer.echo(to_json(result))
+    else:
+        render_table(result)
+    if config_out is not None:
+        try:
+            config_out.write_text(to_mig_parted_yaml(result, label), encoding="utf-8")
+        except OSError as e:
+            _fail(f"cannot write {config_out}: {e.strerror}")
+    if apply:
+        try:
+            from migctl.reconcile import apply_config  # type: ignore[attr-defined]
+        except ImportError:
+            _fail("--apply needs migctl.reconcile.apply_config, which is not available in this installation")
+            return
+        try:
+            apply_config(to_mig_parted(result, label), label)
+        except Exception as e:  # the reconciler's errors carry their exit code; keep them to one line
+            code = getattr(e, "exit_code", 1)
+            _fail(f"apply failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                  code=code if isinstance(code, int) else 1)
+    sys.stdout.flush()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``plan`` command to the migctl CLI."""
+    app.command("plan")(plan_command)
+
+
+def render_table(plan: Plan, console: Any = None) -> None:
+    """Print the plan as rich tables: one row per GPU, then the summary (objective, bound, gap)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title="MIG plan")
+    t.add_column("GPU", justify="right")
+    t.add_column("model")
+    t.add_column("slices", justify="right")
+    t.add_column("instances (profile@start -> workload)")
+    for g in plan.gpus:
+        desc = ", ".join(
+            f"{i.profile}@{i.start}" + (f"->{i.workload}" if i.workload else "") + (" (busy)" if i.busy else "")
+            for i in g.instances
+        )
+        t.add_row(str(g.index), g.model, str(g.used_slices), desc or "-")
+    console.print(t)
+    console.print(
+        f"objective ({plan.objective_name}): {plan.objective:g}   lower bound: {plan.lower_bound:g}   "
+        f"gap: {100 * plan.gap:.2f}%   status: {plan.status}   GPUs used: {plan.gpu_count}"
+    )
+    if plan.unserved:
+        console.print("unserved: " + ", ".join(f"{k} x{v}" for k, v in plan.unserved.items()))
+    if plan.destroyed:
+        console.print(f"instances destroyed: {len(plan.destroyed)}")

@@ -1,0 +1,340 @@
+"""Planner input: YAML (and CSV for large workload sets) parsed with pydantic v2 into a :class:`Request`.
+
+Format (see docs/planner.md)::
+
+    fleet:                       # list form, or a mapping {model: count | auto}
+      - {model: H100-80GB, count: 4}
+      - {model: A100-80GB}       # no count: as few as needed
+    workloads:
+      - {name: llm, profile: 3g.40gb, count: 2, models: [H100-80GB], priority: 5}
+      - {name: etl, memory_gib: 8, compute_slices: 1, count: 10}
+    workloads_csv: more.csv      # optional; columns name,profile,memory_gib,compute_slices,count,models,priority
+    options: {allow_upsize: false, time_limit_s: 10, seed: 0}
+    live: [...]                  # optional: current layout, switches to incremental planning
+    serving: {...}               # optional: serving mode (see migctl.planner.serving)
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from migctl.catalog.model import GIProfile, GpuModel
+from migctl.planner.core import FleetEntry, LiveGpu, LiveInstance, Options, PlanError, Request, Workload
+
+
+def _load_model(key: str) -> GpuModel:
+    from migctl.catalog import CatalogError, load_model
+
+    try:
+        return load_model(key)
+    except CatalogError as e:
+        raise PlanError(str(e)) from None
+
+
+def _schemas() -> dict[str, Any]:
+    """The pydantic models (imported lazily: pydantic is not needed to plan from Python objects)."""
+    from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+    class _Base(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    class WorkloadIn(_Base):
+        name: str
+        profile: str | int | None = None
+        memory_gib: float | None = Field(default=None, gt=0)
+        compute_slices: int | None = Field(default=None, ge=1)
+        count: int = Field(default=1, ge=0)
+        models: list[str] | None = None
+        priority: int = Field(default=0, ge=0)
+        allow_upsize: bool | None = None
+
+        @model_validator(mode="after")
+        def _need(self) -> WorkloadIn:
+            if self.profile is None and self.memory_gib is None and self.compute_slices is None:
+                raise ValueError("give a profile, or memory_gib and/or compute_slices")
+            if self.profile is not None and (self.memory_gib is not None or self.compute_slices is not None):
+                raise ValueError("give either a profile or memory_gib/compute_slices, not both")
+            return self
+
+    class FleetIn(_Base):
+        model: str
+        count: int | str | None = None
+        cost: int = Field(default=1, ge=1)
+
+        @field_validator("count")
+        @classmethod
+        def _count(cls, v: int | str | None) -> int | None:
+            if v is None or (isinstance(v, str) and v.strip().lower() in ("auto", "as-needed", "")):
+                return None
+            if isinstance(v, str):
+                if not v.strip().isdigit():
+                    raise ValueError(f"count must be a number or 'auto', not {v!r}")
+                v = int(v)
+            if v < 0:
+                raise ValueError("count must be >= 0")
+            return v
+
+    class OptionsIn(_Base):
+        time_limit_s: float = Field(default=10.0, gt=0)
+        seed: int = 0
+        workers: int = Field(default=2, ge=1)
+        allow_upsize: bool = False
+
+    class LiveInstanceIn(_Base):
+        profile: str | int
+        start: int = Field(ge=0)
+        busy: bool = False
+        workload: str | None = None
+
+    class LiveGpuIn(_Base):
+        index: int = Field(ge=0)
+        model: str
+        instances: list[LiveInstanceIn] = []
+
+    class RequestIn(_Base):
+        fleet: list[FleetIn] | dict[str, int | str | None] | None = None
+        workloads: list[WorkloadIn] = []
+        workloads_csv: str | None = None
+        options: OptionsIn = OptionsIn()
+        live: list[LiveGpuIn] | None = None
+        serving: dict[str, Any] | None = None
+
+    return {"RequestIn": RequestIn, "WorkloadIn": WorkloadIn, "FleetIn": FleetIn}
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        loc = ".".join(str(x) for x in e.get("loc", ()))
+        return f"{loc}: {e.get('msg', '')}" if loc else str(e.get("msg", ""))
+    return str(exc).splitlines()[0]
+
+
+def load_request(path: str | Path) -> Request:
+    """Read a planning request from a YAML file (workloads may also come from a CSV next to it)."""
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PlanError(f"cannot read {p}: {e.strerror}") from None
+    if p.suffix.lower() == ".csv":
+        raise PlanError(f"{p}: a CSV holds workloads only; reference it from a YAML file as workloads_csv")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PlanError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PlanError(f"{p}: expected a mapping with 'fleet' and 'workloads'")
+    return parse_request(data, base_dir=p.parent)
+
+
+def read_workloads_csv(path: Path) -> list[dict[str, Any]]:
+    """Workload rows from a CSV (columns name,profile,memory_gib,compute_slices,count,models,priority)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise PlanError(f"cannot read workloads CSV {path}: {e.strerror}") from None
+    out: list[dict[str, Any]] = []
+    for i, row in enumerate(rows, start=2):
+        item: dict[str, Any] = {}
+        for k, v in row.items():
+            if k is None or v is None or str(v).strip() == "":
+                continue
+            k = k.strip()
+            v = str(v).strip()
+            if k == "models":
+                item[k] = [m.strip() for m in v.replace(";", "|").split("|") if m.strip()]
+            elif k in ("count", "priority", "compute_slices"):
+                try:
+                    item[k] = int(v)
+                except ValueError:
+                    raise PlanError(f"{path}:{i}: {k} must be an integer, not {v!r}") from None
+            elif k == "memory_gib":
+                try:
+                    item[k] = float(v)
+                except ValueError:
+                    raise PlanError(f"{path}:{i}: memory_gib must be a number, not {v!r}") from None
+            elif k == "allow_upsize":
+                item[k] = v.lower() in ("1", "true", "yes")
+            else:
+                item[k] = v
+        item.setdefault("name", f"row{i}")
+        out.append(item)
+    return out
+
+
+def parse_request(data: dict[str, Any], base_dir: Path | None = None) -> Request:
+    """Validate a request given as plain data (parsed YAML) and normalise it."""
+    from pydantic import ValidationError
+
+    schemas = _schemas()
+    data = dict(data)
+    if data.get("workloads_csv"):
+        csv_path = Path(data["workloads_csv"])
+        if not csv_path.is_absolute() and base_dir is not None:
+            csv_path = base_dir / csv_path
+        data["workloads"] = list(data.get("workloads") or []) + read_workloads_csv(csv_path)
+    try:
+        req = schemas["RequestIn"].model_validate(data)
+    except ValidationError as e:
+        raise PlanError(f"invalid request: {_first_error(e)}") from None
+    options = Options(**req.options.model_dump())
+
+    live: list[LiveGpu] | None = None
+    if req.live is not None:
+        live = [_live_gpu(g) for g in req.live]
+
+    fleet: list[FleetEntry] = []
+    if isinstance(req.fleet, dict):
+        items = [schemas["FleetIn"].model_validate({"model": k, "count": v}) for k, v in req.fleet.items()]
+    else:
+        items = list(req.fleet or [])
+    seen: set[str] = set()
+    for f in items:
+        m = _load_model(f.model)
+        if m.key in seen:
+            raise PlanError(f"fleet lists model {m.key} twice")
+        seen.add(m.key)
+        fleet.append(FleetEntry(model=m, count=f.count, cost=f.cost))
+    if live is not None and not fleet:
+        models = {g.model.key: g.model for g in live}
+        fleet = [FleetEntry(model=m, count=sum(1 for g in live if g.model.key == k)) for k, m in models.items()]
+
+    serving = None
+    if req.serving is not None:
+        from migctl.planner.serving import parse_serving
+
+        serving = parse_serving(req.serving, base_dir)
+        if not fleet:
+            fleet = [FleetEntry(model=serving.model, count=None)]
+    if not fleet:
+        raise PlanError("no fleet: give 'fleet' as a list of {model, count} (count omitted = as few as needed)")
+
+    names: set[str] = set()
+    workloads = []
+    for w in req.workloads:
+        if w.name in names:
+            raise PlanError(f"workload name {w.name!r} is used twice")
+        names.add(w.name)
+        workloads.append(
+            normalise_workload(
+                w.name, fleet, profile=w.profile, memory_gib=w.memory_gib, compute_slices=w.compute_slices,
+                count=w.count, models=w.models, priority=w.priority,
+                allow_upsize=options.allow_upsize if w.allow_upsize is None else w.allow_upsize,
+                upsize_explicit=w.allow_upsize is not None,
+            )
+        )
+    if not workloads and serving is None and live is None:
+        raise PlanError("no workloads: give 'workloads' (or 'workloads_csv', or 'serving')")
+    return Request(workloads=workloads, fleet=fleet, options=options, live=live, serving=serving)
+
+
+def _live_gpu(g: Any) -> LiveGpu:
+    m = _load_model(g.model)
+    insts = []
+    for inst in g.instances:
+        p = m.profile(inst.profile)
+        if p is None:
+            valid = ", ".join(q.name for q in m.gi_profiles)
+            raise PlanError(f"live GPU {g.index}: unknown profile {inst.profile!r} on {m.key}; valid: {valid}")
+        insts.append(LiveInstance(profile_id=p.id, start=inst.start, busy=inst.busy, workload=inst.workload))
+    return LiveGpu(index=g.index, model=m, instances=tuple(insts))
+
+
+def _dominates(q: GIProfile, p: GIProfile) -> bool:
+    """Whether an instance of ``q`` offers at least everything ``p`` does (slices, memory, engines)."""
+    return (
+        q.slices >= p.slices and q.memory_mib >= p.memory_mib and q.dec >= p.dec and q.enc >= p.enc
+        and q.jpeg >= p.jpeg and q.ofa >= p.ofa
+    )
+
+
+def _size_key(p: GIProfile) -> tuple[int, int, int, int]:
+    return (p.slices, p.placement_size, p.memory_mib, p.id)
+
+
+def normalise_workload(
+    name: str,
+    fleet: list[FleetEntry],
+    *,
+    profile: str | int | None = None,
+    memory_gib: float | None = None,
+    compute_slices: int | None = None,
+    count: int = 1,
+    models: list[str] | None = None,
+    priority: int = 0,
+    allow_upsize: bool = False,
+    upsize_explicit: bool = False,
+) -> Workload:
+    """Turn a workload's need into eligible GI profiles per fleet model; raise :class:`PlanError` if none.
+
+    A profile need is served by exactly that profile, or with ``allow_upsize`` by any profile that offers at
+    least as much (slices, memory, media engines). A memory/compute need is served by the plain profiles
+    (no ``+me``/``-me``/``+gfx``) that satisfy both, smallest first; with ``allow_upsize`` explicitly false
+    only the smallest one.
+    """
+    fleet_keys = [f.model.key for f in fleet]
+    if models:
+        allowed = []
+        for k in models:
+            m = _load_model(k)
+            if m.key not in fleet_keys:
+                raise PlanError(f"workload {name!r}: model {m.key} is not in the fleet ({', '.join(fleet_keys)})")
+            allowed.append(m.key)
+    else:
+        allowed = fleet_keys
+    by_key = {f.model.key: f.model for f in fleet}
+    eligible: dict[str, tuple[int, ...]] = {}
+    if profile is not None:
+        need = str(profile)
+        for k in allowed:
+            m = by_key[k]
+            p = m.profile(profile)
+            if p is None:
+                if models:
+                    valid = ", ".join(q.name for q in m.gi_profiles)
+                    raise PlanError(f"workload {name!r}: unknown profile {profile!r} on {k}; valid: {valid}")
+                continue
+            if allow_upsize:
+                cands = sorted((q for q in m.gi_profiles if _dominates(q, p)), key=_size_key)
+                cands.remove(p)
+                eligible[k] = (p.id, *(q.id for q in cands))
+            else:
+                eligible[k] = (p.id,)
+        if not eligible:
+            valid = "; ".join(f"{k}: {', '.join(q.name for q in by_key[k].gi_profiles)}" for k in allowed)
+            raise PlanError(f"workload {name!r}: unknown profile {profile!r}; valid profiles are {valid}")
+    else:
+        parts = []
+        if memory_gib is not None:
+            parts.append(f"{memory_gib:g} GiB")
+        if compute_slices is not None:
+            parts.append(f"{compute_slices} compute slices")
+        need = " and ".join(parts)
+        mem_mib = math.ceil(memory_gib * 1024) if memory_gib is not None else 0
+        slices = compute_slices or 0
+        for k in allowed:
+            m = by_key[k]
+            cands = sorted(
+                (q for q in m.gi_profiles if q.suffix == "" and q.memory_mib >= mem_mib and q.slices >= slices),
+                key=_size_key,
+            )
+            if cands:
+                if upsize_explicit and not allow_upsize:
+                    cands = cands[:1]
+                eligible[k] = tuple(q.id for q in cands)
+        if not eligible:
+            largest = "; ".join(
+                f"{k}: {max(by_key[k].gi_profiles, key=_size_key).name} "
+                f"({max(q.memory_mib for q in by_key[k].gi_profiles) / 1024:.1f} GiB, {by_key[k].compute_slices} slices)"
+                for k in allowed
+            )
+            raise PlanError(f"workload {name!r} needs {need}, more than any instance offers ({largest})")
+    return Workload(name=name, count=count, priority=priority, eligible=eligible, need=need)

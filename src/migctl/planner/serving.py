@@ -1,0 +1,334 @@
+"""Serving mode: deploy inference models on MIG instances to meet request rates under latency SLOs.
+
+Input per served model: a measured table of throughput and latency per (instance size in compute
+slices, batch, processes) -- the ParvaGPU ``prof_data`` CSV format, read as it is -- a request rate and a
+latency SLO. ParvaGPU's rule decides admissibility: a configuration may serve a model only if its latency
+< ``latency_factor`` x SLO (0.9 x SLO / 2 by default); an instance's throughput is the per-process
+throughput x processes. Per model and instance size the admissible configuration with the highest
+throughput is used.
+
+Formulation (exact, CP-SAT): ``n[j, s]`` instances of size ``s`` for model ``j`` and ``y[c]`` GPUs with
+maximal layout ``c``::
+
+    min  sum_c y[c], then (GPUs fixed) sum_{j,s} s * n[j,s]     (fewest GPUs, then fewest slices)
+    s.t. sum_s thr[j,s] * n[j,s] >= rate_j           (throughputs scaled to integers, rounded down)
+         sum_j n[j,s] <= sum_c a[c,s] * y[c]
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from migctl.catalog.model import GIProfile, GpuModel
+from migctl.planner.core import Plan, PlanError, PlannedGpu, PlannedInstance, Request
+from migctl.planner.layouts import enumerate_layouts, maximal_layouts, placements_for
+
+SCALE = 1000  # throughput units per request/s in the integer model
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    """One measured configuration: instance size, batch, processes, per-process throughput, latency (s)."""
+
+    size: int
+    batch: int
+    procs: int
+    throughput: float
+    latency_s: float
+
+    @property
+    def instance_throughput(self) -> float:
+        return self.throughput * self.procs
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model to serve: its table, request rate (req/s) and latency SLO (ms)."""
+
+    name: str
+    rows: tuple[ProfileRow, ...]
+    rate: float
+    slo_ms: float
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """The serving-mode request: GPU model, served models, admissibility factor."""
+
+    model: GpuModel
+    models: tuple[ServedModel, ...]
+    latency_factor: float = 0.45
+
+    def best(self, m: ServedModel, size: int) -> ProfileRow | None:
+        """The admissible row of ``m`` at ``size`` with the highest instance throughput (ties: fewer procs)."""
+        limit = self.latency_factor * m.slo_ms
+        rows = [r for r in m.rows if r.size == size and r.latency_s * 1000.0 < limit]
+        if not rows:
+            return None
+        return max(rows, key=lambda r: (r.instance_throughput, -r.procs, -r.batch))
+
+
+def read_profile_csv(path: Path) -> tuple[ProfileRow, ...]:
+    """Rows of a ParvaGPU ``prof_data`` CSV (Mig instance, Batch size, Workload Number, Throughput, Latency)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [
+                ProfileRow(
+                    size=int(r["Mig instance"]), batch=int(r["Batch size"]), procs=int(r["Workload Number"]),
+                    throughput=float(r["Throughput"]), latency_s=float(r["Latency"]),
+                )
+                for r in reader
+            ]
+    except OSError as e:
+        raise PlanError(f"cannot read profile table {path}: {e.strerror}") from None
+    except (KeyError, ValueError) as e:
+        raise PlanError(f"{path}: not a profile table (need Mig instance, Batch size, Workload Number, "
+                        f"Throughput, Latency): {e}") from None
+    return tuple(rows)
+
+
+def _read_row(path: Path, index: int) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if not 1 <= index <= len(rows):
+        raise PlanError(f"{path}: SLO set {index} does not exist (1..{len(rows)})")
+    return rows[index - 1]
+
+
+def parvagpu_models(root: Path, slo_set: int) -> tuple[ServedModel, ...]:
+    """The served models of ParvaGPU SLO set ``slo_set`` (1-based) read from its data directory as it is."""
+    prof = root / "prof_data"
+    if not prof.is_dir():
+        raise PlanError(f"{root}: no prof_data directory (expected the ParvaGPU data layout)")
+    names = sorted(p.stem for p in prof.glob("*.csv"))
+    rates = _read_row(root / "SLO" / "SLO_req_rate.csv", slo_set)
+    slos = _read_row(root / "SLO" / "SLO_latency.csv", slo_set)
+    if len(rates) != len(names) or len(slos) != len(names):
+        raise PlanError(f"{root}: SLO rows have {len(rates)} columns, prof_data has {len(names)} models")
+    out = []
+    for name, rate, slo in zip(names, rates, slos, strict=True):
+        if rate.strip().upper() == "N/A" or slo.strip().upper() == "N/A":
+            continue
+        out.append(ServedModel(name=name, rows=read_profile_csv(prof / f"{name}.csv"), rate=float(rate),
+                               slo_ms=float(slo)))
+    return tuple(out)
+
+
+def parse_serving(data: dict[str, Any], base_dir: Path | None) -> ServingSpec:
+    """Parse the ``serving`` section: ``gpu_model``, ``latency_factor``, and ``parvagpu`` or ``models``."""
+    from migctl.planner.request import _load_model
+
+    def path(p: str) -> Path:
+        q = Path(p)
+        return q if q.is_absolute() or base_dir is None else base_dir / q
+
+    unknown = set(data) - {"gpu_model", "latency_factor", "parvagpu", "models"}
+    if unknown:
+        raise PlanError(f"serving: unknown key(s) {', '.join(sorted(unknown))}; valid: gpu_model, latency_factor, "
+                        "parvagpu, models")
+    model = _load_model(str(data.get("gpu_model", "A100-80GB")))
+    factor = float(data.get("latency_factor", 0.45))
+    models: list[ServedModel] = []
+    if "parvagpu" in data:
+        pg = data["parvagpu"] or {}
+        models.extend(parvagpu_models(path(str(pg.get("dir", "."))), int(pg.get("slo_set", 1))))
+    for m in data.get("models") or []:
+        try:
+            models.append(ServedModel(name=str(m["name"]), rows=read_profile_csv(path(str(m["profile_csv"]))),
+                                      rate=float(m["rate"]), slo_ms=float(m["slo_ms"])))
+        except KeyError as e:
+            raise PlanError(f"serving.models: each model needs name, profile_csv, rate, slo_ms (missing {e})") from None
+    if not models:
+        raise PlanError("serving: no models (give 'parvagpu: {dir, slo_set}' or 'models')")
+    return ServingSpec(model=model, models=tuple(models), latency_factor=factor)
+
+
+def size_profiles(model: GpuModel, sizes: set[int]) -> dict[int, GIProfile]:
+    """For each instance size (compute slices), the plain profile with that many slices and least memory."""
+    out: dict[int, GIProfile] = {}
+    for s in sorted(sizes):
+        cands = [p for p in model.gi_profiles if p.suffix == "" and p.slices == s]
+        if cands:
+            out[s] = min(cands, key=lambda p: (p.placement_size, p.memory_mib, p.id))
+    return out
+
+
+def plan_serving(request: Request) -> Plan:
+    """Fewest GPUs (then fewest slices) serving every model's rate within its SLO; exact via CP-SAT."""
+    from ortools.sat.python import cp_model
+
+    t0 = time.perf_counter()
+    spec: ServingSpec = request.serving
+    gm = spec.model
+    sizes = {r.size for m in spec.models for r in m.rows}
+    prof = size_profiles(gm, sizes)
+    best = {(j, s): spec.best(m, s) for j, m in enumerate(spec.models) for s in prof}
+    for j, m in enumerate(spec.models):
+        if not any(best[j, s] for s in prof):
+            raise PlanError(f"serving: no configuration of {m.name} meets latency < {spec.latency_factor:g} x "
+                            f"{m.slo_ms:g} ms on any instance size")
+    ids = sorted(p.id for p in prof.values())
+    valid = enumerate_layouts(gm, ids)
+    lays = [lay for lay in maximal_layouts(valid, ids) if lay]
+    by_id = {p.id: s for s, p in prof.items()}
+    thr = {k: math.floor(r.instance_throughput * SCALE) for k, r in best.items() if r is not None}
+    need = {j: math.ceil(m.rate * SCALE) for j, m in enumerate(spec.models)}
+    # upper bound: one instance per needed unit of the best size, one GPU each
+    ub_inst = {k: -(-need[k[0]] // t) if t > 0 else 0 for k, t in thr.items()}
+    ub_gpus = sum(min(v for (j2, _s), v in ub_inst.items() if j2 == j and v > 0) for j in need)
+
+    mdl = cp_model.CpModel()
+    n = {k: mdl.NewIntVar(0, ub_inst[k], f"n_{k[0]}_{k[1]}") for k in thr if thr[k] > 0}
+    y = [mdl.NewIntVar(0, ub_gpus, f"y_{c}") for c in range(len(lays))]
+    for j in need:
+        mdl.Add(sum(thr[k] * v for k, v in n.items() if k[0] == j) >= need[j])
+    for s, p in prof.items():
+        sup = [lay.count(p.id) * y[c] for c, lay in enumerate(lays) if p.id in lay]
+        dem = [v for k, v in n.items() if k[1] == s]
+        if dem:
+            mdl.Add(sum(dem) <= sum(sup))
+    slices_used = sum(k[1] * v for k, v in n.items())
+    lp_gpus = _lp_gpus(prof, lays, thr, need)
+    if lp_gpus > 0:
+        mdl.Add(sum(y) >= math.ceil(lp_gpus - 1e-6))  # valid cut: lets CP-SAT stop at the LP bound
+    # phase 1: fewest GPUs; phase 2: with that many GPUs, fewest slices (hinted with phase 1)
+    mdl.Minimize(sum(y))
+    t_end = t0 + float(request.options.time_limit_s)
+
+    def run() -> tuple[object, int]:
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = max(0.5, t_end - time.perf_counter())
+        solver.parameters.random_seed = int(request.options.seed)
+        solver.parameters.num_workers = int(request.options.workers)
+        solver.parameters.interleave_search = request.options.workers > 1
+        return solver, solver.Solve(mdl)
+
+    solver, status = run()
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise PlanError(f"serving: no plan found within {request.options.time_limit_s:g} s")
+    gpus_obj = int(solver.Value(sum(y)))
+    cp_bound = gpus_obj if status == cp_model.OPTIMAL else math.ceil(solver.BestObjectiveBound() - 1e-6)
+    ys = [int(solver.Value(v)) for v in y]
+    ns = {k: int(solver.Value(v)) for k, v in n.items()}
+    mdl.Add(sum(y) <= gpus_obj)
+    for v, val in zip(y, ys, strict=True):
+        mdl.AddHint(v, val)
+    for k, v in n.items():
+        mdl.AddHint(v, ns[k])
+    mdl.Minimize(slices_used)
+    solver2, status2 = run()
+    if status2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        ys = [int(solver2.Value(v)) for v in y]
+        ns = {k: int(solver2.Value(v)) for k, v in n.items()}
+    t1 = time.perf_counter()
+
+    lp_val = lp_gpus
+    comb = math.ceil(
+        sum(m.rate / max(thr.get((j, s), 0) / SCALE / s for s in prof) for j, m in enumerate(spec.models))
+        / gm.compute_slices - 1e-9
+    )
+
+    # expand: GPUs with their layouts, instances filled model by model
+    gpus: list[list[int]] = []
+    slots: dict[int, list[int]] = {}
+    for c, lay in enumerate(lays):
+        for _ in range(ys[c]):
+            gpus.append([])
+            for pid in lay:
+                slots.setdefault(by_id[pid], []).append(len(gpus) - 1)
+    units: dict[int, list[tuple[int, int]]] = {}
+    for (j, s), cnt in sorted(ns.items()):
+        for _ in range(cnt):
+            g = slots[s].pop(0)
+            units.setdefault(g, []).append((j, s))
+    planned: list[PlannedGpu] = []
+    counter: dict[int, int] = {}
+    for g in sorted(units):
+        layout = tuple(sorted(prof[s].id for _, s in units[g]))
+        starts: dict[int, list[int]] = {}
+        for pid, st in placements_for(gm.key, layout):
+            starts.setdefault(pid, []).append(st)
+        insts = []
+        for j, s in sorted(units[g], key=lambda t: (-t[1], t[0])):
+            p = prof[s]
+            r = best[j, s]
+            assert r is not None
+            unit = counter.get(j, 0)
+            counter[j] = unit + 1
+            insts.append(PlannedInstance(
+                profile_id=p.id, profile=p.name, start=starts[p.id].pop(0), size=p.placement_size, slices=p.slices,
+                workload=spec.models[j].name, unit=unit,
+                detail={"batch": r.batch, "processes": r.procs, "throughput": round(r.instance_throughput, 3),
+                        "latency_ms": round(r.latency_s * 1000, 3)},
+            ))
+        insts.sort(key=lambda i: i.start)
+        planned.append(PlannedGpu(index=len(planned), model=gm.key, instances=insts))
+    bound = float(max(cp_bound, math.ceil(lp_val - 1e-6), comb))
+    bound = min(bound, float(gpus_obj))
+    return Plan(
+        gpus=planned,
+        objective=float(gpus_obj),
+        lower_bound=bound,
+        status="optimal" if bound >= gpus_obj else "feasible",
+        objective_name="gpus",
+        bounds={"lp": round(lp_val, 6), "cp_sat": float(cp_bound), "combinatorial": float(comb)},
+        stats={
+            "slices_used": sum(g.used_slices for g in planned),
+            "slices_proven_minimal": status2 == cp_model.OPTIMAL,
+            "models": len(spec.models),
+            "layouts": len(lays),
+            "time_s": {"solve": round(t1 - t0, 4), "total": round(time.perf_counter() - t0, 4)},
+        },
+    )
+
+
+def _lp_gpus(prof: dict[int, GIProfile], lays: list, thr: dict, need: dict) -> float:
+    """LP relaxation of the serving model: a lower bound on the number of GPUs (0 if it fails)."""
+    from ortools.linear_solver import pywraplp
+
+    lp = pywraplp.Solver.CreateSolver("GLOP")
+    inf = lp.infinity()
+    ln = {k: lp.NumVar(0, inf, "") for k, t in thr.items() if t > 0}
+    ly = [lp.NumVar(0, inf, "") for _ in lays]
+    for j in need:
+        lp.Add(sum(thr[k] * v for k, v in ln.items() if k[0] == j) >= need[j])
+    for s, p in prof.items():
+        dem = [v for k, v in ln.items() if k[1] == s]
+        if dem:
+            lp.Add(sum(dem) <= sum(lay.count(p.id) * ly[c] for c, lay in enumerate(lays) if p.id in lay))
+    lp.Minimize(sum(ly))
+    return lp.Objective().Value() if lp.Solve() == pywraplp.Solver.OPTIMAL else 0.0
+
+
+def verify_serving(plan: Plan, spec: ServingSpec) -> list[str]:
+    """Check a serving plan against the tables: every instance's configuration is admissible and every
+    model's summed throughput meets its rate. Recomputed from the rows, independent of the solver."""
+    problems: list[str] = []
+    by_name = {m.name: m for m in spec.models}
+    total: dict[str, float] = {m.name: 0.0 for m in spec.models}
+    for g in plan.gpus:
+        for i in g.instances:
+            m = by_name.get(i.workload or "")
+            if m is None:
+                problems.append(f"GPU {g.index}: instance serves unknown model {i.workload!r}")
+                continue
+            rows = [r for r in m.rows if r.size == i.slices and r.batch == i.detail.get("batch")
+                    and r.procs == i.detail.get("processes")]
+            if len(rows) != 1:
+                problems.append(f"GPU {g.index}: {m.name} config not found in its table")
+                continue
+            r = rows[0]
+            if not r.latency_s * 1000.0 < spec.latency_factor * m.slo_ms:
+                problems.append(f"GPU {g.index}: {m.name} latency {r.latency_s * 1000:g} ms >= "
+                                f"{spec.latency_factor:g} x SLO {m.slo_ms:g} ms")
+            total[m.name] += r.throughput * r.procs
+    for m in spec.models:
+        if total[m.name] + 1e-9 < m.rate:
+            problems.append(f"{m.name}: throughput {total[m.name]:.3f} < rate {m.rate:g}")
+    return problems
