@@ -109,8 +109,8 @@ def test_deterministic():
 
 
 def test_plan_applies_on_the_simulator(monkeypatch, tmp_path):
-    sim = pytest.importorskip("migctl.sim")
-    api = pytest.importorskip("migctl.device")
+    import migctl.device as api
+    import migctl.sim as sim
     from migctl.catalog.model import Placement
 
     r = _req([{"name": "a", "profile": "3g.40gb", "count": 2}, {"name": "b", "profile": "1g.10gb", "count": 6},
@@ -135,8 +135,8 @@ def test_plan_applies_on_the_simulator(monkeypatch, tmp_path):
 
 
 def test_config_applies_with_reconciler_on_simulator(monkeypatch, tmp_path):
-    reconcile = pytest.importorskip("migctl.reconcile")
-    sim = pytest.importorskip("migctl.sim")
+    import migctl.reconcile as reconcile
+    import migctl.sim as sim
     r = _req([{"name": "a", "profile": "3g.40gb", "count": 3}, {"name": "b", "profile": "1g.10gb", "count": 5},
               {"name": "c", "memory_gib": 15, "count": 2}])
     p = plan(r)
