@@ -1,0 +1,66 @@
+"""mig-parted hooks v1 files: ``apply-start``, ``pre-apply-mode``, ``pre-apply-config``, ``apply-exit``.
+
+Each hook is a list of ``{command, args, envs, workdir}``; every ``MIG_PARTED_*`` setting of the apply is
+passed in the environment (as mig-parted does). A non-zero exit aborts the apply; ``apply-exit`` always
+runs (its own failure is reported but cannot undo a finished apply).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from migctl.config.loader import ConfigError, parse_yaml, pydantic_message, read_text
+
+
+class HookError(RuntimeError):
+    """A hook exited non-zero (or could not be started)."""
+
+
+@dataclass
+class Hooks:
+    """A loaded hooks file."""
+
+    file: str
+    hooks: dict[str, list[Any]]
+
+    def run(self, name: str, env: dict[str, str], timeout: float | None = 600) -> None:
+        """Run every command of hook ``name`` in order; raise HookError on the first failure."""
+        for i, h in enumerate(self.hooks.get(name, [])):
+            full_env = {**os.environ, **env, **h.envs}
+            try:
+                proc = subprocess.run(
+                    [h.command, *h.args], cwd=h.workdir or None, env=full_env, capture_output=True, text=True,
+                    timeout=timeout,
+                )
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise HookError(f"hook {name}[{i}] ({h.command}) could not run: {e}") from None
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+                raise HookError(f"hook {name}[{i}] ({h.command}) exited {proc.returncode}: {tail[0]}")
+
+
+def load_hooks(source: str | Path | dict[str, Any] | Hooks | None) -> Hooks | None:
+    """Load a hooks v1 file (path or dict); None stays None."""
+    if source is None or isinstance(source, Hooks):
+        return source
+    from pydantic import ValidationError
+
+    from migctl.config.schema import HooksFile
+
+    if isinstance(source, dict):
+        import yaml
+
+        doc = parse_yaml(yaml.safe_dump(source, sort_keys=False), "<hooks>", unwrap=False)
+    else:
+        doc = parse_yaml(read_text(source), str(source), unwrap=False)
+    if not isinstance(doc.data, dict):
+        raise ConfigError(f"{doc.where(())}: expected a mapping with version and hooks")
+    try:
+        model = HooksFile.model_validate(doc.data)
+    except ValidationError as e:
+        raise ConfigError(pydantic_message(doc, e.errors()[0], "hooks")) from None
+    return Hooks(doc.file, {k: list(v) for k, v in model.hooks.items()})

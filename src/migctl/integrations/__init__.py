@@ -1,0 +1,1 @@
+"""Integrations with cluster software (Kubernetes GPU Operator, ...)."""

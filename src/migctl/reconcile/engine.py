@@ -1,0 +1,383 @@
+"""Transactional apply: plan, journal, execute, roll back on failure, recover after a crash.
+
+Guarantee: when ``apply_config`` returns or raises, every GPU has either entirely its old layout or
+entirely the new one (same profiles and GI/CI placements). On any failure the node is rolled back to the
+old layout of *every* GPU of the apply (instances that stayed keep their UUIDs; recreated instances get
+new UUIDs, as the driver assigns them at creation). If the process dies mid-apply, the journal remains
+and the next ``apply``/``recover`` rolls back (we never roll forward: the old layout is the one state
+known to have been whole and accepted by its users).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migctl.catalog import Placement
+from migctl.config import Desired, Hooks, MigConfig, load_config, load_hooks
+from migctl.config.hooks import HookError
+from migctl.errors import UserError
+from migctl.reconcile.journal import Journal, node_lock
+from migctl.reconcile.live import LiveGpu, desired_from_layout, layout_matches, read_node
+from migctl.reconcile.plan import NodePlan, plan_node
+
+EXIT_BUSY = 3
+EXIT_FAILED = 5
+
+Progress = Callable[[int, int, str], None]
+
+
+class BusyError(UserError):
+    """The apply would destroy instances with live processes (or reset a GPU in use)."""
+
+    def __init__(self, message: str, plan: NodePlan | None = None) -> None:
+        super().__init__(message, EXIT_BUSY)
+        self.plan = plan
+
+
+class ApplyFailed(UserError):
+    """An operation failed; the node was rolled back (``rolled_back``) or a journal was left for recover."""
+
+    def __init__(self, message: str, result: ApplyResult) -> None:
+        super().__init__(message, EXIT_FAILED)
+        self.result = result
+
+
+@dataclass
+class ApplyResult:
+    """What an apply did."""
+
+    label: str
+    plan: NodePlan
+    dry_run: bool = False
+    applied: bool = False
+    rolled_back: bool = False
+    recovered: str | None = None  # what a leftover journal led to before this apply
+    ops_done: int = 0
+    error: str | None = None
+    killed_pids: list[int] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.applied and bool(self.plan.ops)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "dry_run": self.dry_run, "applied": self.applied,
+                "rolled_back": self.rolled_back, "recovered": self.recovered, "ops_done": self.ops_done,
+                "error": self.error, "killed_pids": self.killed_pids, "plan": self.plan.to_dict()}
+
+
+# ------------------------------------------------------------------------------------------ operations
+def _nvml_text(e: BaseException) -> str:
+    return f"{e.__class__.__name__}: {e}"
+
+
+def run_op(node: Any, op: dict[str, Any]) -> None:
+    """Execute one planned operation through the device layer."""
+    gpu = node.gpu(op["gpu"])
+    kind = op["op"]
+    if kind == "destroy_ci":
+        gi = gpu.gpu_instance(op["gi"])
+        ci = next((c for c in gi.compute_instances() if c.id == op["ci"]), None)
+        if ci is not None:
+            ci.destroy()
+    elif kind == "destroy_gi":
+        gpu.gpu_instance(op["gi"]).destroy()
+    elif kind == "set_mode":
+        gpu.set_mig_mode(bool(op["enabled"]))
+    elif kind == "reset":
+        cur, pending = gpu.mig_mode()
+        if cur != pending:
+            gpu.reset()
+    elif kind == "create_gi":
+        prof = gpu.profile(op["profile"])
+        if prof is None:
+            raise UserError(f"GPU {op['gpu']}: the driver does not offer profile {op['profile']}")
+        gpu.create_gi(prof.id, Placement(op["start"], op["size"]))
+    elif kind == "create_ci":
+        gi = next((g for g in gpu.gpu_instances() if g.placement.start == op["gi_start"]), None)
+        if gi is None:
+            raise UserError(f"GPU {op['gpu']}: no GPU instance at memory slice {op['gi_start']} for the new CI")
+        cp = next((c for c in gi.ci_profiles() if c.name == op["profile"]), None)
+        if cp is None:
+            raise UserError(f"GPU {op['gpu']}: GI at {op['gi_start']} offers no compute profile {op['profile']}")
+        gi.create_ci(cp.id, Placement(op["start"], op["size"]))
+    else:  # pragma: no cover - plans only contain the kinds above
+        raise ValueError(f"unknown operation {kind!r}")
+
+
+def _execute(node: Any, ops: list[dict[str, Any]], journal: Journal, phase: str, progress: Progress | None,
+             hooks_at: Callable[[str], None] | None = None) -> int:
+    """Run ``ops`` in order, journalling before each; returns how many ran. Raises on the first failure."""
+    done = 0
+    current_phase = None
+    for k, op in enumerate(ops):
+        if hooks_at is not None and op["phase"] != current_phase:
+            current_phase = op["phase"]
+            hooks_at("pre-apply-mode" if current_phase == "mode" else "pre-apply-config")
+        journal.step(k, phase, ops if k == 0 else None)
+        if progress is not None:
+            progress(k + 1, len(ops), op["desc"])
+        run_op(node, op)
+        done += 1
+    return done
+
+
+def _rollback(node: Any, journal: Journal, progress: Progress | None, attempts: int = 3) -> str | None:
+    """Bring every GPU of the journal back to its old layout; None on success, else the last error."""
+    import pynvml
+
+    old = journal.old_layouts()
+    error: str | None = None
+    for _ in range(attempts):
+        live = read_node(node)
+        desired = {i: desired_from_layout(i, lay) for i, lay in old.items()}
+        plan = plan_node(live, desired, "rollback")
+        if plan.blocked:
+            return "; ".join(f"GPU {g.index}: {g.reason}" for g in plan.blocked)
+        try:
+            _execute(node, plan.ops, journal, "rollback", progress)
+        except (pynvml.NVMLError, UserError, OSError, RuntimeError) as e:
+            error = _nvml_text(e)
+            continue
+        live = read_node(node)
+        bad = [g.index for g in live if g.index in old and not layout_matches(g, old[g.index])]
+        if not bad:
+            return None
+        error = f"GPUs {bad} still differ from their old layout"
+    return error
+
+
+def recover(node: Any, progress: Progress | None = None, journal: Journal | None = None) -> str | None:
+    """Roll back an interrupted apply found in the journal. Returns a summary, or None if there was none.
+
+    The caller must hold the node lock.
+    """
+    j = journal or Journal(node)
+    data = j.load()
+    if data is None:
+        return None
+    err = _rollback(node, j, progress)
+    if err is not None:
+        j.data["error"] = f"recovery failed: {err}"
+        j.write()
+        raise UserError(
+            f"an interrupted apply of {data.get('label')!r} (PID {data.get('pid')}) could not be rolled back: {err}; "
+            f"journal kept at {j.path}; fix the cause and run `migctl recover`", EXIT_FAILED,
+        )
+    j.finish("recovered")
+    return (f"rolled back the interrupted apply of {data.get('label')!r} (PID {data.get('pid')}, stopped before "
+            f"{data.get('phase')} operation {data.get('next')}) to the previous layout")
+
+
+# ------------------------------------------------------------------------------------------ busy handling
+def _busy_message(plan: NodePlan) -> str:
+    parts = [f"GPU {g.index}: {g.reason}" for g in plan.blocked]
+    return ("refusing to destroy instances in use: " + "; ".join(parts) +
+            " (stop them, use --wait SECONDS, or --force to terminate them)")
+
+
+def _terminate(pids: list[int], grace: float = 5.0) -> list[int]:
+    """SIGTERM ``pids``, then SIGKILL what is left after ``grace`` seconds (--force)."""
+    import psutil
+
+    procs = []
+    for pid in sorted(set(pids)):
+        try:
+            p = psutil.Process(pid)
+            p.send_signal(signal.SIGTERM)
+            procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return [p.pid for p in procs]
+
+
+def build_plan(node: Any, config: MigConfig, label: str, force: bool = False) -> tuple[list[LiveGpu], NodePlan]:
+    """Read the node and plan config ``label`` on it (no change made)."""
+    live = read_node(node)
+    desired = config.resolve(label, live)  # type: ignore[arg-type]
+    return live, plan_node(live, desired, label, force)
+
+
+# ------------------------------------------------------------------------------------------ apply
+Resolver = Callable[[list[LiveGpu]], dict[int, Desired]]
+
+
+def apply_config(
+    config: str | Path | dict[str, Any] | MigConfig,
+    label: str,
+    node: Any = None,
+    dry_run: bool = False,
+    force: bool = False,
+    wait: float = 0,
+    hooks: str | Path | dict[str, Any] | Hooks | None = None,
+    progress: Progress | None = None,
+    lock_timeout: float | None = None,
+    on_plan: Callable[[NodePlan], None] | None = None,
+) -> ApplyResult:
+    """Apply config ``label`` to the node, transactionally (see module docstring).
+
+    ``wait``: seconds to wait for processes on instances that must go; ``force``: terminate them instead.
+    ``on_plan`` is called with the plan before anything runs (the CLI prints it there).
+    Raises ConfigError (exit 2), BusyError (3), LockBusy (4), ApplyFailed (5).
+    """
+    cfg = load_config(config)
+    cfg.entries_for(label)  # unknown label: fail before taking the lock
+
+    def resolver(live: list[LiveGpu]) -> dict[int, Desired]:
+        return cfg.resolve(label, live)  # type: ignore[arg-type]
+
+    return apply_desired(resolver, label, str(cfg.file), node=node, dry_run=dry_run, force=force, wait=wait,
+                         hooks=hooks, progress=progress, lock_timeout=lock_timeout, on_plan=on_plan)
+
+
+def apply_desired(
+    resolver: Resolver,
+    label: str,
+    source: str = "",
+    node: Any = None,
+    dry_run: bool = False,
+    force: bool = False,
+    wait: float = 0,
+    hooks: str | Path | dict[str, Any] | Hooks | None = None,
+    progress: Progress | None = None,
+    lock_timeout: float | None = None,
+    on_plan: Callable[[NodePlan], None] | None = None,
+) -> ApplyResult:
+    """The transactional engine behind apply and restore: ``resolver(live)`` gives the desired states."""
+    import pynvml
+
+    from migctl.device import open_node
+
+    hk = load_hooks(hooks)
+    node = node or open_node()
+
+    def build() -> tuple[list[LiveGpu], NodePlan]:
+        live = read_node(node)
+        return live, plan_node(live, resolver(live), label, force)
+
+    if dry_run:
+        journal = Journal(node)
+        _, plan = build()
+        if on_plan:
+            on_plan(plan)
+        pending = "an interrupted apply's journal is pending (apply or recover rolls it back first)" \
+            if journal.exists() else None
+        return ApplyResult(label, plan, dry_run=True, recovered=pending)
+    with node_lock(node, lock_timeout):
+        journal = Journal(node)
+        recovered = recover(node, progress, journal)
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            live, plan = build()
+            if not plan.blocked or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        if on_plan:
+            on_plan(plan)
+        if plan.blocked:
+            raise BusyError(_busy_message(plan), plan)
+        result = ApplyResult(label, plan, recovered=recovered)
+        if force:
+            pids = sorted({p for g in plan.changing for p in g.busy_pids})
+            if pids:
+                result.killed_pids = _terminate(pids)
+                live, plan = build()
+                result.plan = plan
+                if plan.blocked:
+                    raise BusyError(_busy_message(plan), plan)
+        env = {
+            "MIG_PARTED_CONFIG_FILE": source, "MIG_PARTED_SELECTED_CONFIG": label,
+            "MIG_PARTED_HOOKS_FILE": hk.file if hk else "", "MIG_PARTED_SKIP_RESET": "false",
+            "MIG_PARTED_MODE_ONLY": "false", "MIG_PARTED_DEBUG": "false",
+        }
+
+        def hook(name: str) -> None:
+            if hk is not None:
+                hk.run(name, env)
+
+        ops = plan.ops
+        old = {g.index: g.live.layout() for g in plan.gpus if g.status == "change"}
+        target = {g.index: g.target_layout() for g in plan.gpus if g.status == "change"}
+        try:
+            hook("apply-start")
+            if ops:
+                journal.begin(label, source, old, target, ops)
+                try:
+                    result.ops_done = _execute(node, ops, journal, "forward", progress, hooks_at=hook)
+                    bad = [g.index for g in read_node(node) if g.index in target
+                           and not layout_matches(g, target[g.index])]
+                    if bad:
+                        raise UserError(f"after the apply GPUs {bad} do not show the planned layout")
+                except (pynvml.NVMLError, UserError, HookError, OSError, RuntimeError) as e:
+                    result.error = _fail_text(e, ops, journal)
+                    journal.fail(result.error)
+                    err = _rollback(node, journal, progress)
+                    if err is None:
+                        journal.finish("rolled-back")
+                        result.rolled_back = True
+                        raise ApplyFailed(f"{result.error}; rolled back: every GPU has its previous layout",
+                                          result) from None
+                    raise ApplyFailed(f"{result.error}; rollback failed ({err}); journal kept at {journal.path}, "
+                                      "run `migctl recover`", result) from None
+                journal.finish("applied")
+            result.applied = True
+            return result
+        except HookError as e:
+            result.error = str(e)
+            raise ApplyFailed(f"{e}; nothing was changed", result) from None
+        finally:
+            try:
+                hook("apply-exit")
+            except HookError as e:
+                if result.error is None:
+                    raise ApplyFailed(f"{e} (the apply itself succeeded)", result) from None
+
+
+def _fail_text(e: BaseException, ops: list[dict[str, Any]], journal: Journal) -> str:
+    k = int(journal.data.get("next", 0))
+    what = ops[k]["desc"] if 0 <= k < len(ops) else "?"
+    return f"operation {k + 1}/{len(ops)} failed ({what}): {_nvml_text(e)}"
+
+
+def assert_config(config: str | Path | dict[str, Any] | MigConfig, label: str, node: Any = None) -> list[str]:
+    """Differences between the live layout and config ``label`` (empty when it is applied)."""
+    from migctl.device import open_node
+
+    cfg = load_config(config)
+    node = node or open_node()
+    _, plan = build_plan(node, cfg, label)
+    out = []
+    for g in plan.gpus:
+        if g.status in ("change", "blocked"):
+            out.append(f"GPU {g.index}: have {g.live.describe()}; want {g.describe()}")
+    return out
+
+
+def wait_pids_gone(pids: list[int], timeout: float) -> bool:  # pragma: no cover - helper for callers
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,172 @@
+"""The apply journal and the node-wide lock.
+
+The journal is a JSON file in the state dir (``$MIGCTL_STATE_DIR`` or the user state dir), one per node,
+rewritten atomically and fsynced *before* every operation. It records the old layout of every GPU the
+apply may touch (profiles, GI and CI placements), the target, the operation list and the index of the
+operation about to run. A journal left behind (failure during rollback, SIGKILL) is found by the next
+``migctl apply`` or ``migctl recover``, which rolls the node back to the old layout.
+
+The lock (filelock on ``<state dir>/apply-<node>.lock``) makes applies on one node strictly sequential;
+the holder's PID is written next to it so a waiter can say who holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from migctl.errors import UserError
+
+JOURNAL_FORMAT = "migctl-apply-journal"
+JOURNAL_VERSION = 1
+EXIT_LOCKED = 4
+
+
+class LockBusy(UserError):
+    """Another apply holds the node lock."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_LOCKED)
+
+
+def state_dir() -> Path:
+    env = os.environ.get("MIGCTL_STATE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("migctl"))
+
+
+def node_key(node: Any) -> str:
+    """A file-name-safe identity of the node (simulated nodes: spec + state file)."""
+    sim = getattr(node, "sim", None)
+    if sim is None:
+        return "nvml"
+    ident = f"{sim.spec}|{sim.store.path}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(sim.spec))[:40]
+    return f"sim-{safe}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
+
+
+def _atomic_write(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".journal-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(str(path.parent), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Journal:
+    """The journal file of one node."""
+
+    def __init__(self, node: Any, directory: Path | None = None) -> None:
+        d = directory or state_dir()
+        key = node_key(node)
+        self.path = d / f"apply-{key}.journal.json"
+        self.last_path = d / f"apply-{key}.last.json"
+        self.data: dict[str, Any] = {}
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> dict[str, Any] | None:
+        """The pending journal, or None. A corrupt journal is an error (never silently ignored)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+            if data.get("format") != JOURNAL_FORMAT:
+                raise ValueError("not a migctl journal")
+        except (ValueError, AttributeError) as e:
+            raise UserError(f"apply journal {self.path} is unreadable ({e}); inspect it, then remove it", 2) from None
+        self.data = data
+        return data
+
+    def begin(self, label: str, source: str, old: dict[int, dict[str, Any]], target: dict[int, dict[str, Any]],
+              ops: list[dict[str, Any]]) -> None:
+        self.data = {
+            "format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "pid": os.getpid(), "started": time.time(),
+            "label": label, "config": source, "phase": "forward", "next": 0, "error": None,
+            "old": {str(k): v for k, v in old.items()}, "target": {str(k): v for k, v in target.items()},
+            "ops": ops, "rollback_ops": [],
+        }
+        self.write()
+
+    def step(self, index: int, phase: str = "forward", ops: list[dict[str, Any]] | None = None) -> None:
+        """Record that operation ``index`` of ``phase`` is about to run (fsynced before it runs)."""
+        self.data["phase"] = phase
+        self.data["next"] = index
+        if ops is not None:
+            self.data["rollback_ops" if phase == "rollback" else "ops"] = ops
+        self.write()
+
+    def fail(self, error: str) -> None:
+        self.data["error"] = error
+        self.data["phase"] = "rollback"
+        self.write()
+
+    def write(self) -> None:
+        _atomic_write(self.path, json.dumps(self.data, indent=1, default=str))
+
+    def finish(self, outcome: str) -> None:
+        """Close the journal: it is kept as ``*.last.json`` for inspection."""
+        self.data["phase"] = outcome
+        self.data["finished"] = time.time()
+        _atomic_write(self.last_path, json.dumps(self.data, indent=1, default=str))
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def old_layouts(self) -> dict[int, dict[str, Any]]:
+        return {int(k): v for k, v in self.data.get("old", {}).items()}
+
+
+@contextlib.contextmanager
+def node_lock(node: Any, timeout: float | None = None, directory: Path | None = None) -> Iterator[None]:
+    """Hold the node-wide apply lock; wait up to ``timeout`` seconds (None: forever, 0: fail at once)."""
+    from filelock import FileLock, Timeout
+
+    d = directory or state_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    key = node_key(node)
+    path = d / f"apply-{key}.lock"
+    owner = d / f"apply-{key}.lock.owner"
+    lock = FileLock(str(path), timeout=-1 if timeout is None else timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = ""
+        with contextlib.suppress(OSError):
+            holder = owner.read_text().strip()
+        raise LockBusy(
+            f"another migctl apply/recover holds the node lock {path}" + (f" (PID {holder})" if holder else "")
+            + f"; waited {timeout:g}s (use --lock-timeout to wait longer)"
+        ) from None
+    try:
+        with contextlib.suppress(OSError):
+            owner.write_text(str(os.getpid()))
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            owner.unlink()
+        lock.release()

@@ -1,0 +1,108 @@
+"""Transactions: a fault at every operation index rolls back whole; SIGKILL mid-apply is recovered."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from migctl.reconcile import ApplyFailed, Journal, apply_config
+from migctl.reconcile.live import layout_matches, read_node
+
+START = {"version": "v1", "mig-configs": {"start": [
+    {"devices": [0], "mig-enabled": True, "mig-devices": {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1}},
+    {"devices": [1], "mig-enabled": True, "mig-devices": {"1g.10gb": 7}},
+    {"devices": [2], "mig-enabled": False},
+]}}
+TARGET = {"version": "v1", "mig-configs": {"target": [
+    {"devices": [0], "mig-enabled": True, "mig-devices": {"3g.40gb": 2}},
+    {"devices": [1], "mig-enabled": True, "mig-devices": {"1g.10gb": 3, "4g.40gb": 1}},
+    {"devices": [2], "mig-enabled": True, "mig-devices": {"2g.20gb": 2, "3g.40gb": 1}},
+]}}
+SPEC = "3xH100-80GB"
+
+
+def _setup(node, s, client):
+    apply_config(START, "start", node=node)
+    busy_gi = next(g for g in node.gpu(1).gpu_instances() if g.placement.start == 6)  # kept by the target
+    p = client()
+    s.add_client(1, p.pid, busy_gi.id, 0)
+    busy_uuid = next(d.uuid for d in node.gpu(1).mig_devices() if d.gi_id == busy_gi.id)
+    return {g.index: g.layout() for g in read_node(node)}, busy_uuid
+
+
+def _check_whole(node, old, new, busy_uuid) -> list[str]:
+    states = []
+    for g in read_node(node):
+        if layout_matches(g, old[g.index]):
+            states.append("old")
+        elif layout_matches(g, new[g.index]):
+            states.append("new")
+        else:
+            raise AssertionError(f"GPU {g.index} is mixed: {g.layout()}")
+    assert busy_uuid in {c.uuid for g in read_node(node) for gi in g.gis for c in gi.cis}, "busy instance destroyed"
+    return states
+
+
+def test_fault_at_every_operation_rolls_back_every_gpu(mknode, client) -> None:
+    node, s = mknode(SPEC)
+    old, busy_uuid = _setup(node, s, client)
+    s.inject_fault(None)
+    r = apply_config(TARGET, "target", node=node)
+    new = {g.index: g.layout() for g in read_node(node)}
+    n_ops = s.op_count()
+    assert n_ops >= 20 and r.plan.counts()["instances_kept"] >= 2
+    outcomes = []
+    for k in range(1, n_ops + 2):
+        node, s = mknode(SPEC)
+        old_k, busy_uuid = _setup(node, s, client)
+        s.inject_fault(k)
+        try:
+            apply_config(TARGET, "target", node=node)
+            outcomes.append("applied")
+            assert _check_whole(node, old_k, new, busy_uuid) == ["new"] * 3
+        except ApplyFailed as e:
+            outcomes.append("rolled-back")
+            assert e.result.rolled_back and "Unknown Error" in str(e)
+            assert _check_whole(node, old_k, new, busy_uuid) == ["old"] * 3
+            assert not Journal(node).exists()
+        s.inject_fault(None)
+    assert outcomes.count("rolled-back") == n_ops and outcomes[-1] == "applied"
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "migctl.cli.main", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("recover_with", ["recover", "apply"])
+def test_sigkill_mid_apply_then_recovery(tmp_path, mknode, client, recover_with) -> None:
+    import yaml
+
+    state = tmp_path / "sim.json"
+    cfg_path = tmp_path / "target.yaml"
+    cfg_path.write_text(yaml.safe_dump(TARGET))
+    env = {**os.environ, "MIGCTL_SIM": SPEC, "MIGCTL_SIM_STATE": str(state)}
+    node, s = mknode(SPEC, state)
+    old, busy_uuid = _setup(node, s, client)
+    for k in (1, 9, 23):
+        s.inject_fault(None)  # resets the simulator's operation counter for MIGCTL_SIM_CRASH_AT
+        proc = _cli(["apply", "-f", str(cfg_path), "-c", "target", "-q"], {**env, "MIGCTL_SIM_CRASH_AT": str(k)})
+        assert proc.returncode == -9, proc.stderr
+        assert Journal(node).exists()
+        s.inject_fault(None)
+        if recover_with == "recover":
+            proc = _cli(["recover"], env)
+            assert proc.returncode == 0 and "rolled back the interrupted apply" in proc.stdout, proc.stderr
+            assert all(layout_matches(g, old[g.index]) for g in read_node(node))
+        else:
+            proc = _cli(["apply", "-f", str(cfg_path), "-c", "target"], env)
+            assert proc.returncode == 0 and "rolled back the interrupted apply" in proc.stdout, proc.stderr
+            new = {g.index: g.layout() for g in read_node(node)}
+            assert _check_whole(node, old, new, busy_uuid) == ["new"] * 3
+            apply_config(START, "start", node=node)  # back to the start layout for the next k
+            old = {g.index: g.layout() for g in read_node(node)}
+        assert not Journal(node).exists()
+        assert busy_uuid in {c.uuid for g in read_node(node) for gi in g.gis for c in gi.cis}
