@@ -407,6 +407,7 @@ class Driver:
             gi = self.find_gi(gpu, proc.gi)
             if gi is None or (proc.ci is not None and not any(c.id == proc.ci for c in gi.cis)):
                 return ERROR_NOT_FOUND
+        self.live_processes(gpu)  # prune clients that have exited while we hold the state
         gpu.processes = [p for p in gpu.processes if p.pid != proc.pid]
         gpu.processes.append(proc)
         self.dirty = True

@@ -95,7 +95,7 @@ class Store:
     def _create(self) -> None:
         """Write a fresh node on first use, so its UUIDs and serials are the same for every reader."""
         assert self._flock is not None and self.path is not None
-        with self._flock:
+        with self._flock.acquire(poll_interval=0.002):
             if not self.path.exists():
                 self._write(self._fresh())
 
@@ -130,7 +130,7 @@ class Store:
                     self._depth -= 1
                 return
             assert self._flock is not None
-            with self._flock:
+            with self._flock.acquire(poll_interval=0.002):
                 self._cache = None
                 state = self._read_file()
                 self._txn_state = state

@@ -1,0 +1,246 @@
+# ruff: noqa: UP006, UP007, UP035, UP045
+"""``migctl run | submit | jobs | cancel | logs | worker | batch | leases``: workloads on MIG devices."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, List, Optional
+
+import typer
+
+from migctl.cli.common import emit_json, fail, node
+
+CMD_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
+
+
+def _request(profile: str | None, mem: str | None, gpu: str | None, create: bool = True) -> Any:
+    from migctl.jobs import Request, parse_mem
+
+    if profile and mem:
+        fail("give --profile or --mem, not both")
+    gpus = None
+    if gpu is not None and gpu.strip():
+        try:
+            gpus = tuple(int(x) for x in gpu.split(",") if x.strip())
+        except ValueError:
+            fail(f"--gpu takes GPU indices such as 0 or 0,1, not {gpu!r}")
+    mem_mib = parse_mem(mem) if mem else None
+    prof = profile[4:].strip() if profile and profile.upper().startswith("MIG ") else profile
+    return Request(profile=prof, mem_mib=mem_mib, gpus=gpus, create=create)
+
+
+def _guard(fn: Any) -> Any:
+    """Turn JobsError into a one-line UserError."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        from migctl.errors import UserError
+        from migctl.jobs import JobsError
+
+        try:
+            return fn(*a, **kw)
+        except JobsError as e:
+            raise UserError(str(e), e.exit_code) from None
+
+    return wrapper
+
+
+def _fmt_time(t: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run", context_settings=CMD_SETTINGS)
+    @_guard
+    def run_cmd(
+        ctx: typer.Context,
+        cmd: Optional[List[str]] = typer.Argument(None, help="Command and arguments (after --)."),
+        profile: Optional[str] = typer.Option(None, "--profile", "-p", help="MIG profile, e.g. 1g.10gb."),
+        mem: Optional[str] = typer.Option(None, "--mem", "-m", help="Minimum memory, e.g. 12GiB."),
+        gpu: Optional[str] = typer.Option(None, "--gpu", "-g", help="Only these GPU indices (e.g. 0 or 0,1)."),
+        wait: Optional[float] = typer.Option(None, "--wait", help="Wait at most SECONDS for a free device (default: forever)."),
+        no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once (exit 75) if no device is free."),
+        ephemeral: bool = typer.Option(False, "--ephemeral/--keep", help="Destroy an instance created for this run afterwards (default: keep it)."),
+        no_create: bool = typer.Option(False, "--no-create", help="Never create instances; only use existing ones."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Say which device was leased."),
+    ) -> None:
+        """Lease a free MIG device that fits and run CMD on it with CUDA_VISIBLE_DEVICES=MIG-<uuid>.
+
+        Exits with CMD's exit status (128+N if killed by signal N); 75 if no device was free in time.
+        """
+        from migctl.jobs import runner
+
+        req = _request(profile, mem, gpu, create=not no_create)
+        log = (lambda s: sys.stderr.write(f"migctl: {s}\n")) if verbose else None
+        rc = runner.run(node(ctx), cmd or [], req, wait=0 if no_wait else wait, ephemeral=ephemeral, log=log)
+        sys.exit(rc)
+
+    @app.command("submit", context_settings=CMD_SETTINGS)
+    @_guard
+    def submit_cmd(
+        ctx: typer.Context,
+        cmd: Optional[List[str]] = typer.Argument(None, help="Command and arguments (after --)."),
+        profile: Optional[str] = typer.Option(None, "--profile", "-p", help="MIG profile, e.g. 1g.10gb."),
+        mem: Optional[str] = typer.Option(None, "--mem", "-m", help="Minimum memory, e.g. 12GiB."),
+        gpu: Optional[str] = typer.Option(None, "--gpu", "-g", help="Only these GPU indices."),
+        priority: int = typer.Option(0, "--priority", help="Higher starts first; FIFO within a priority."),
+        name: str = typer.Option("", "--name", help="A label for the job."),
+        ephemeral: bool = typer.Option(False, "--ephemeral/--keep", help="Destroy an instance created for it afterwards."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Queue CMD; a worker (migctl worker) starts it when a device is free."""
+        from migctl.jobs.leases import LeaseManager
+        from migctl.jobs.queue import JobQueue
+
+        req = _request(profile, mem, gpu)
+        n = node(ctx)
+        LeaseManager(n).check_satisfiable(req)
+        q = JobQueue(n)
+        jid = q.submit(cmd or [], req, priority=priority, name=name, ephemeral=ephemeral)
+        if as_json:
+            emit_json(q.get(jid).to_json())
+        else:
+            print(jid)
+
+    @app.command("jobs")
+    @_guard
+    def jobs_cmd(
+        ctx: typer.Context,
+        all_: bool = typer.Option(False, "--all", "-a", help="Include finished jobs."),
+        state: Optional[str] = typer.Option(None, "--state", help="Only this state (queued, running, done, failed, cancelled)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """List jobs (queued and running; --all for finished ones too)."""
+        from migctl.jobs.queue import JobQueue
+
+        q = JobQueue(node(ctx))
+        states = (state,) if state else (None if all_ else ("queued", "starting", "running"))
+        jobs = q.list(states)
+        if as_json:
+            emit_json([j.to_json() for j in jobs])
+            return
+        if not jobs:
+            print("no jobs" + ("" if all_ else " queued or running (--all shows finished ones)"))
+            return
+        print(f"{'ID':>5} {'STATE':<9} {'PRI':>3} {'EXIT':>4} {'DEVICE':<17} {'CREATED':<8} {'STARTED':<8} NAME/COMMAND")
+        for j in jobs:
+            dev = (j.mig_uuid or "-")[:17]
+            label = j.name or " ".join(j.cmd)
+            code = "-" if j.exit_code is None else str(j.exit_code)
+            print(f"{j.id:>5} {j.state:<9} {j.priority:>3} {code:>4} {dev:<17} {_fmt_time(j.created):<8} "
+                  f"{_fmt_time(j.started):<8} {label[:60]}")
+
+    @app.command("cancel")
+    @_guard
+    def cancel_cmd(ctx: typer.Context, ids: List[int] = typer.Argument(..., help="Job IDs.")) -> None:
+        """Cancel queued jobs or stop running ones (SIGTERM to the job's process group, SIGKILL after 10 s)."""
+        from migctl.jobs.queue import JobQueue
+
+        q = JobQueue(node(ctx))
+        for i in ids:
+            print(q.cancel(i))
+
+    @app.command("logs")
+    @_guard
+    def logs_cmd(
+        ctx: typer.Context,
+        job_id: int = typer.Argument(..., help="Job ID."),
+        follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends."),
+    ) -> None:
+        """Print a job's output (stdout and stderr, one log file per job)."""
+        from migctl.jobs.queue import TERMINAL, JobQueue
+
+        q = JobQueue(node(ctx))
+        path = q.log_file(job_id)
+        pos = 0
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                    pos += len(chunk)
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            except FileNotFoundError:
+                if not follow:
+                    state = q.get(job_id).state
+                    print(f"(no output yet: job {job_id} is {state})", file=sys.stderr)
+                    return
+            if not follow or q.get(job_id).state in TERMINAL:
+                if follow:  # last read after the end
+                    follow = False
+                    continue
+                return
+            time.sleep(0.2)
+
+    @app.command("worker")
+    @_guard
+    def worker_cmd(
+        ctx: typer.Context,
+        until_idle: bool = typer.Option(False, "--until-idle", help="Exit once nothing is queued or running."),
+        poll: float = typer.Option(0.05, "--poll", help="Seconds between passes when idle."),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+    ) -> None:
+        """Start queued jobs as MIG devices free up (priority, then FIFO). One worker per node."""
+        import signal
+        import threading
+
+        from migctl.jobs.queue import JobQueue, Worker
+
+        log = None if quiet else (lambda s: (sys.stderr.write(f"migctl worker: {s}\n"), sys.stderr.flush()))
+        w = Worker(JobQueue(node(ctx)), poll=poll, log=log)
+        if not w.acquire(block=False):
+            fail("another worker is already running for this node", 3)
+        stop = threading.Event()
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, lambda *_: stop.set())
+        try:
+            w.run(until_idle=until_idle, stop=stop)
+        finally:
+            w.release()
+
+    @app.command("batch")
+    @_guard
+    def batch_cmd(
+        ctx: typer.Context,
+        file: str = typer.Argument(..., help="jobs.yaml (see docs/jobs.md)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Queue every job of FILE and run them (concurrently, one MIG device each) until all have ended.
+
+        Exits 0 when every job succeeded, 1 otherwise.
+        """
+        from migctl.jobs import batch
+        from migctl.jobs.queue import JobQueue
+
+        specs = batch.load(file)
+        q = JobQueue(node(ctx))
+
+        def report(j: Any) -> None:
+            if not as_json:
+                code = "-" if j.exit_code is None else j.exit_code
+                print(f"job {j.id} {j.name or ' '.join(j.cmd)[:50]}: {j.state} (exit {code}) on "
+                      f"{j.mig_uuid or '-'}; log {j.log_path}", flush=True)
+
+        jobs = batch.run_batch(q, specs, on_finish=report)
+        if as_json:
+            emit_json([j.to_json() for j in jobs])
+        sys.exit(0 if all(j.state == "done" for j in jobs) else 1)
+
+    @app.command("leases")
+    @_guard
+    def leases_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+        """Show MIG devices currently leased on this node (stale leases are reclaimed first)."""
+        from migctl.jobs import LeaseManager
+
+        leases = LeaseManager(node(ctx)).leases()
+        if as_json:
+            emit_json([x.to_json() for x in leases])
+            return
+        if not leases:
+            print("no leases")
+        for x in leases:
+            print(f"{x.cuda_visible_devices} GPU {x.gpu} GI {x.gi} CI {x.ci} {x.profile:<10} pid {x.pid} "
+                  f"{x.owner}{' (created)' if x.created_instance else ''}")

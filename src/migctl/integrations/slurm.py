@@ -1,0 +1,341 @@
+"""Slurm: GRES for a MIG node, and re-partitioning a node safely (drain, wait, apply, regenerate, restart, resume).
+
+Type names follow Slurm's NVML autodetection (``src/plugins/gpu/nvml/gpu_nvml.c``, ``_handle_mig`` and
+``_get_system_gpu_list_nvml``): the GPU name, lower-cased with spaces turned into ``_`` and cut at the first
+``-``, then ``_<GI slices>g.<round(MIG memory MiB / 1024)>gb``. Examples: "NVIDIA A100-SXM4-40GB" 3g ->
+``nvidia_a100_3g.20gb``; "NVIDIA H100 80GB HBM3" 7g (81152 MiB) -> ``nvidia_h100_80gb_hbm3_7g.79gb``: note
+79gb, not NVIDIA's 80gb, because Slurm rounds the MiB figure. With ``AutoDetect=nvml`` a configured Type must
+be that name or a substring of it, so the short style (``3g.20gb``) derived by the same rule always matches;
+NVIDIA's own profile name does not always (``7g.80gb`` is not a substring of ``..._7g.79gb``).
+
+Each MIG device is ``MultipleFiles=/dev/nvidia<gpu>,/dev/nvidia-caps/nvidia-cap<GI minor>,...<CI minor>``
+(``File`` and ``MultipleFiles`` are mutually exclusive, gres.conf(5)); minors come from
+``/proc/driver/nvidia-caps/mig-minors`` when present, else from its fixed layout: ``config`` 1, ``monitor`` 2,
+then per GPU g, GI i, CI c: ``gpu<g>/gi<i>/access`` = 3 + 135 g + 9 i and ``.../ci<c>/access`` = that + 1 + c
+(the last line is ``gpu31/gi14/ci7/access 4322``). Like slurmd, the GPU's NVML index is used for ``<g>``.
+
+Slurm is driven through its CLI only (``scontrol``); no PyPI pyslurm matches Slurm 22.05.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BEGIN = "# BEGIN migctl node={node}"
+END = "# END migctl node={node}"
+MIG_MINORS = Path("/proc/driver/nvidia-caps/mig-minors")
+
+
+class SlurmError(RuntimeError):
+    """A Slurm step failed; the message says which and what state the node was left in."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ------------------------------------------------------------------------------------------ naming
+def slurm_gpu_name(device_name: str) -> str:
+    """``gpu_common_underscorify_tolower`` + cut at the first '-' (what gpu_nvml.c does for MIG parents)."""
+    return device_name.lower().replace(" ", "_").split("-", 1)[0]
+
+
+def slurm_mig_suffix(gi_slices: int, memory_mib: int) -> str:
+    """``<slices>g.<roundl(MiB/1024)>gb`` (C roundl: halves away from zero)."""
+    return f"{gi_slices}g.{int(math.floor(memory_mib / 1024 + 0.5))}gb"
+
+
+def slurm_type(device_name: str, gi_slices: int, memory_mib: int, style: str = "short") -> str:
+    """The GRES type of a MIG device: ``short`` = ``3g.20gb``; ``full`` = exactly what slurmd autodetects."""
+    suffix = slurm_mig_suffix(gi_slices, memory_mib)
+    return suffix if style == "short" else f"{slurm_gpu_name(device_name)}_{suffix}"
+
+
+def read_mig_minors(path: Path = MIG_MINORS) -> dict[str, int] | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def cap_minors(gpu: int, gi: int, ci: int, table: dict[str, int] | None = None) -> tuple[int, int]:
+    """(GI access minor, CI access minor) for a MIG device (see the module doc)."""
+    if table:
+        g, c = table.get(f"gpu{gpu}/gi{gi}/access"), table.get(f"gpu{gpu}/gi{gi}/ci{ci}/access")
+        if g is not None and c is not None:
+            return g, c
+    base = 3 + 135 * gpu + 9 * gi
+    return base, base + 1 + ci
+
+
+# ------------------------------------------------------------------------------------------ GRES
+@dataclass(frozen=True)
+class GresEntry:
+    """One GPU GRES: a MIG device (gi/ci set) or a whole GPU with MIG off."""
+
+    gpu: int
+    type: str
+    files: tuple[str, ...]
+    uuid: str
+    gi: int | None = None
+    ci: int | None = None
+    profile: str = ""
+
+    def conf_line(self, node_name: str) -> str:
+        key = "MultipleFiles" if len(self.files) > 1 else "File"
+        what = f"GPU {self.gpu} GI {self.gi} CI {self.ci} {self.profile} {self.uuid}" if self.gi is not None else \
+            f"GPU {self.gpu} {self.uuid} (MIG off)"
+        return f"NodeName={node_name} Name=gpu Type={self.type} {key}={','.join(self.files)}  # {what}"
+
+
+def gres_entries(node: Any, style: str = "short", dev_prefix: str = "/dev", minors: dict[str, int] | None = None,
+                 include_non_mig: bool = True) -> list[GresEntry]:
+    """GRES entries for the node's current layout, in slurmd's order (GPU index, then MIG index)."""
+    table = minors if minors is not None else read_mig_minors()
+    dev = dev_prefix.rstrip("/")
+    out: list[GresEntry] = []
+    for g in node.gpus():
+        gpu_file = f"{dev}/nvidia{g.index}"
+        mig_on = g.mig_capable() and g.mig_mode()[0] == 1
+        if not mig_on:
+            if include_non_mig:
+                t = g.name.lower().replace(" ", "_")
+                out.append(GresEntry(gpu=g.index, type=t, files=(gpu_file,), uuid=g.uuid))
+            continue
+        for d in g.mig_devices():
+            gi_minor, ci_minor = cap_minors(g.index, d.gi_id, d.ci_id, table)
+            files = (gpu_file, f"{dev}/nvidia-caps/nvidia-cap{gi_minor}", f"{dev}/nvidia-caps/nvidia-cap{ci_minor}")
+            out.append(GresEntry(gpu=g.index, type=slurm_type(g.name, d.gi_slices, d.memory_mib, style), files=files,
+                                 uuid=d.uuid, gi=d.gi_id, ci=d.ci_id, profile=d.profile_name))
+    return out
+
+
+def gres_value(entries: list[GresEntry]) -> str:
+    """The node's ``Gres=`` value, e.g. ``gpu:3g.40gb:1,gpu:1g.10gb:2`` (types in first-seen order)."""
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.type] = counts.get(e.type, 0) + 1
+    return ",".join(f"gpu:{t}:{n}" for t, n in counts.items())
+
+
+def gres_block(node_name: str, entries: list[GresEntry], autodetect: str = "nvml") -> str:
+    """This node's managed block of gres.conf."""
+    lines = [BEGIN.format(node=node_name),
+             "# generated by `migctl slurm gres` from the node's MIG layout; edits inside this block are replaced",
+             f"NodeName={node_name} AutoDetect={autodetect}"]
+    lines += [e.conf_line(node_name) for e in entries]
+    lines.append(END.format(node=node_name))
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, node_name: str, block: str) -> str:
+    """``text`` with this node's managed block replaced (appended when absent)."""
+    begin, end = BEGIN.format(node=node_name), END.format(node=node_name)
+    pat = re.compile(rf"^{re.escape(begin)}\n.*?^{re.escape(end)}\n?", re.S | re.M)
+    if pat.search(text):
+        return pat.sub(lambda _m: block, text, count=1)
+    return (text if not text or text.endswith("\n") else text + "\n") + block
+
+
+def set_node_gres(slurm_conf_text: str, node_name: str, gres: str) -> str:
+    """Set ``Gres=`` on the ``NodeName=<node_name>`` line of slurm.conf (added when missing)."""
+    out, found = [], False
+    for line in slurm_conf_text.splitlines(keepends=True):
+        m = re.match(r"\s*NodeName=(\S+)", line, re.I)
+        if m and m.group(1) == node_name:
+            found = True
+            body = line.rstrip("\n")
+            if re.search(r"(?i)\bGres=\S*", body):
+                body = re.sub(r"(?i)\bGres=\S*", f"Gres={gres}" if gres else "", body)
+            elif gres:
+                body += f" Gres={gres}"
+            line = re.sub(r"  +", " ", body) + "\n"
+        out.append(line)
+    if not found:
+        raise SlurmError(f"slurm.conf has no line 'NodeName={node_name} ...' (node lists such as n[1-4] are not "
+                         "edited; give that node its own NodeName line or use --print)", 2)
+    return "".join(out)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.migctl.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_gres(node: Any, node_name: str, gres_conf: Path, slurm_conf: Path | None, style: str = "short",
+               autodetect: str = "nvml", dev_prefix: str = "/dev") -> tuple[str, str]:
+    """Write this node's block into gres.conf and its ``Gres=`` into slurm.conf. Returns (block, gres value)."""
+    entries = gres_entries(node, style=style, dev_prefix=dev_prefix)
+    block, value = gres_block(node_name, entries, autodetect), gres_value(entries)
+    old = gres_conf.read_text() if gres_conf.exists() else ""
+    gres_conf.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(gres_conf, replace_block(old, node_name, block))
+    if slurm_conf is not None:
+        _atomic_write(slurm_conf, set_node_gres(slurm_conf.read_text(), node_name, value))
+    return block, value
+
+
+# ------------------------------------------------------------------------------------------ scontrol
+def scontrol(*args: str, timeout: float = 30) -> str:
+    try:
+        p = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise SlurmError("scontrol not found: install the Slurm client (Debian: slurm-client)", 2) from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"scontrol {' '.join(args)} timed out after {timeout:g}s") from None
+    if p.returncode != 0:
+        raise SlurmError(f"scontrol {' '.join(args)}: {(p.stderr or p.stdout).strip()}")
+    return p.stdout
+
+
+def node_info(node_name: str) -> dict[str, str]:
+    """``scontrol -o show node NODE`` as a dict (State, Reason, Gres, ...)."""
+    out = scontrol("-o", "show", "node", node_name).strip()
+    info: dict[str, str] = {}
+    for m in re.finditer(r"(\w+)=(.*?)(?=\s+\w+=|$)", out):
+        info[m.group(1)] = m.group(2).strip()
+    return info
+
+
+def state_flags(state: str) -> set[str]:
+    return set(state.upper().replace("*", "").split("+"))
+
+
+def drain(node_name: str, reason: str) -> None:
+    scontrol("update", f"nodename={node_name}", "state=drain", f"reason={reason}")
+
+
+def resume(node_name: str) -> None:
+    scontrol("update", f"nodename={node_name}", "state=resume")
+
+
+def wait_until(pred: Callable[[dict[str, str]], bool], node_name: str, timeout: float, what: str) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, str] = {}
+    while True:
+        try:
+            last = node_info(node_name)
+            if pred(last):
+                return last
+        except SlurmError as e:
+            last = {"State": f"unreachable ({e})"}
+        if time.monotonic() >= deadline:
+            raise SlurmError(f"node {node_name} not {what} after {timeout:g}s "
+                             f"(State={last.get('State', '?')} Reason={last.get('Reason', '-')})")
+        time.sleep(0.2)
+
+
+def drained_idle(info: dict[str, str]) -> bool:
+    """Drained with no job left: State IDLE+DRAIN (scontrol's spelling of 'drained')."""
+    f = state_flags(info.get("State", ""))
+    return "DRAIN" in f and "IDLE" in f and not f & {"ALLOCATED", "MIXED", "COMPLETING", "INVAL", "DOWN",
+                                                      "NOT_RESPONDING"}
+
+
+def is_idle(info: dict[str, str]) -> bool:
+    f = state_flags(info.get("State", ""))
+    return "IDLE" in f and not f & {"DRAIN", "INVAL", "DOWN", "NOT_RESPONDING"}
+
+
+def _run_shell(cmd: str, what: str, timeout: float) -> None:
+    try:
+        p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{what} ({cmd}) timed out after {timeout:g}s") from None
+    if p.returncode != 0:
+        raise SlurmError(f"{what} ({cmd}) exited {p.returncode}: {(p.stderr or p.stdout).strip()[-300:]}")
+
+
+@dataclass
+class ReconfigureOptions:
+    """How to reach and restart Slurm for :func:`reconfigure`."""
+
+    gres_conf: Path
+    slurm_conf: Path | None
+    style: str = "short"
+    autodetect: str = "nvml"
+    dev_prefix: str = "/dev"
+    # Slurm 22.05 cannot change GPU types/counts with `scontrol reconfigure` alone (the node goes INVAL with
+    # "gres/gpu count changed"): slurmctld and slurmd must restart. Defaults suit a node running both
+    # daemons under systemd; on a cluster give e.g. --slurmctld-restart 'ssh head systemctl restart slurmctld'.
+    slurmctld_restart: str = "systemctl restart slurmctld"
+    slurmd_restart: str = "systemctl restart slurmd"
+    drain_timeout: float = 3600.0
+    timeout: float = 120.0
+    force: bool = False
+
+
+def reconfigure(node: Any, node_name: str, config: str | Path, label: str, opts: ReconfigureOptions,
+                log: Callable[[str], None] = lambda s: None) -> None:
+    """Drain ``node_name``, wait for its jobs, apply ``label`` of ``config``, regenerate GRES, restart, resume.
+
+    Any failure after the drain leaves the node drained with ``Reason=migctl: ... failed: <why>`` and raises
+    :class:`SlurmError`; the node is resumed only when it registered again with the new GRES.
+    """
+    reason = f"migctl: reconfiguring to {label}"
+    info = node_info(node_name)  # fails early if Slurm or the node is unknown
+    if "DRAIN" in state_flags(info.get("State", "")) and not info.get("Reason", "").startswith("migctl"):
+        log(f"note: {node_name} was already drained ({info.get('Reason', '')}); it will be resumed at the end")
+    drain(node_name, reason)
+    log(f"drained {node_name}; waiting for its jobs to finish")
+    try:
+        wait_until(drained_idle, node_name, opts.drain_timeout, "drained and idle")
+        log(f"applying {label} from {config}")
+        _apply(node, config, label, opts.force)
+        block, value = write_gres(node, node_name, opts.gres_conf, opts.slurm_conf, opts.style, opts.autodetect,
+                                  opts.dev_prefix)
+        log(f"wrote {opts.gres_conf} and Gres={value}")
+        _run_shell(opts.slurmctld_restart, "restarting slurmctld", opts.timeout)
+        _run_shell(opts.slurmd_restart, "restarting slurmd", opts.timeout)
+        log("restarted slurmctld and slurmd; waiting for the node to register")
+        got = wait_until(drained_idle, node_name, opts.timeout, "registered (IDLE+DRAIN) with its new GRES")
+        want = sorted(value.split(",")) if value else []
+        have = sorted(x for x in re.split(r",(?![^()]*\))", got.get("Gres", "")) if x and x != "(null)")
+        have = [re.sub(r"\(.*\)$", "", x) for x in have]
+        if want and have != want:
+            raise SlurmError(f"slurmctld reports Gres={got.get('Gres')} for {node_name}, expected {value}")
+        resume(node_name)
+        wait_until(is_idle, node_name, opts.timeout, "resumed (IDLE)")
+        log(f"{node_name} resumed with Gres={value}")
+    except BaseException as e:
+        why = str(e).replace("\n", " ")[:300] or e.__class__.__name__
+        try:
+            drain(node_name, f"migctl: reconfigure to {label} failed: {why}")
+        except SlurmError:
+            pass
+        if isinstance(e, SlurmError):
+            raise SlurmError(f"{e}; node {node_name} left drained") from None
+        if isinstance(e, Exception):
+            raise SlurmError(f"apply of {label} failed: {why}; node {node_name} left drained",
+                             getattr(e, "exit_code", 1)) from None
+        raise
+
+
+def _apply(node: Any, config: str | Path, label: str, force: bool) -> None:
+    """Apply through the reconciler (``migctl.reconcile.apply_config``, imported lazily)."""
+    from migctl import reconcile
+
+    result = reconcile.apply_config(str(config), label, node=node, force=force)
+    err = getattr(result, "error", None)
+    if err:
+        raise SlurmError(f"apply of {label} failed: {err}")
+
+
+def shell_join(args: list[str]) -> str:
+    return shlex.join(args)

@@ -1,0 +1,168 @@
+"""Shared plumbing for leases and the job queue: state dir, node key, SQLite connections, PID identity."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class JobsError(RuntimeError):
+    """A user-facing failure of the jobs layer (no device can ever fit, bad request, lease timeout...)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def state_dir() -> Path:
+    """``$MIGCTL_STATE_DIR`` or platformdirs' user state dir for migctl (shared with the simulator)."""
+    env = os.environ.get("MIGCTL_STATE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("migctl"))
+
+
+def db_path() -> Path:
+    """The SQLite database holding leases and jobs for every node of this state dir."""
+    return state_dir() / "jobs.sqlite"
+
+
+def node_key(node: Any) -> str:
+    """Identity of a node in the database: ``nvml`` for real GPUs, ``sim:<spec>@<state file>`` for the simulator."""
+    sim = getattr(node, "sim", None)
+    if sim is None:
+        return "nvml"
+    path = getattr(sim.store, "path", None)
+    return f"sim:{sim.spec}@{path if path is not None else 'memory'}"
+
+
+def key_slug(key: str) -> str:
+    """A file-name-safe, stable short form of a node key (for lock and log file names)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:40]
+    return f"{safe}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def connect(path: Path | None = None) -> sqlite3.Connection:
+    """A connection in autocommit mode (explicit BEGIN IMMEDIATE for writes), WAL, long busy timeout."""
+    p = path or db_path()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(p), timeout=60.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=60000")
+    with contextlib.suppress(sqlite3.OperationalError):
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    _migrate(conn)
+    return conn
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (ROLLBACK on error): one writer at a time, node-wide."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    node TEXT NOT NULL,
+    uuid TEXT NOT NULL,
+    gpu INTEGER NOT NULL,
+    gi INTEGER NOT NULL,
+    ci INTEGER NOT NULL,
+    profile TEXT NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start REAL NOT NULL,
+    created REAL NOT NULL,
+    created_instance INTEGER NOT NULL DEFAULT 0,
+    job_id INTEGER,
+    owner TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (node, uuid)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    cmd TEXT NOT NULL,
+    cwd TEXT NOT NULL,
+    env TEXT NOT NULL DEFAULT '{}',
+    profile TEXT,
+    mem_mib INTEGER,
+    gpus TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'queued',
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    exit_code INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    log_path TEXT NOT NULL DEFAULT '',
+    worker_pid INTEGER,
+    worker_start REAL,
+    child_pid INTEGER,
+    child_start REAL,
+    mig_uuid TEXT,
+    ephemeral INTEGER NOT NULL DEFAULT 0,
+    batch TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (node, state, priority DESC, id);
+"""
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+def proc_start(pid: int) -> float | None:
+    """psutil create_time of ``pid`` (None when it does not exist)."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def pid_alive(pid: int | None, start: float | None) -> bool:
+    """True while the process ``pid`` that started at ``start`` runs (reused PIDs and zombies are dead)."""
+    if not pid:
+        return False
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not start or abs(p.create_time() - start) < 0.01
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+_UNITS = {"": 1024, "g": 1024, "gb": 1024, "gib": 1024, "m": 1, "mb": 1, "mib": 1, "t": 1 << 20, "tb": 1 << 20, "tib": 1 << 20}
+
+
+def parse_mem(text: str) -> int:
+    """``12GiB``/``12G``/``12gb`` -> MiB (GB means GiB, as in MIG profile names); ``500MiB`` -> 500; bare number = GiB."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text or "")
+    if not m or m.group(2).lower() not in _UNITS:
+        raise JobsError(f"cannot parse memory size {text!r}; use e.g. 12GiB, 12G, 20gb or 500MiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def exit_status(returncode: int) -> int:
+    """Popen returncode -> shell-style exit status (128+N when killed by signal N)."""
+    return 128 - returncode if returncode < 0 else returncode

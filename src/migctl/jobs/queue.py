@@ -1,0 +1,449 @@
+"""The local job queue: ``submit``, ``jobs``, ``cancel``, ``logs`` and the worker that starts queued jobs.
+
+State lives in the ``jobs`` table of the jobs database (SQLite, WAL). Job states::
+
+    queued -> starting -> running -> done | failed | cancelled
+       \\-> cancelled
+
+Each job runs in its own session behind the same gate as ``migctl run``, wrapped by a tiny shell that
+writes the command's exit status to ``<log dir>/<id>.exit``; its output goes to ``<log dir>/<id>.log``.
+The job's process (not the worker) holds the lease, so jobs outlive the worker.
+
+Crash safety (a worker killed with SIGKILL, then restarted):
+
+* claiming is atomic (``UPDATE ... WHERE state='queued'`` in ``BEGIN IMMEDIATE``), and only one worker runs
+  per node (a file lock), so no job is started twice;
+* a job is marked ``running`` (with its PID) *before* its gate opens; a job found in ``starting`` never ran
+  user code (its gate closed with the worker) and goes back to ``queued``;
+* a job found ``running`` is adopted: while its PID lives it keeps running; when it exits its status comes
+  from the exit file. If there is no exit file (the job's process was killed outright) it is marked
+  ``failed`` with reason ``lost`` and is **not** re-run automatically (resubmit it if that is safe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from migctl.jobs.common import (
+    JobsError,
+    connect,
+    exit_status,
+    immediate,
+    key_slug,
+    node_key,
+    pid_alive,
+    proc_start,
+    state_dir,
+)
+from migctl.jobs.leases import Lease, LeaseManager, Request
+from migctl.jobs.runner import (
+    GATE_OPEN,
+    child_env,
+    gated_popen,
+    open_gate,
+    register_client,
+    unregister_client,
+)
+
+TERMINAL = ("done", "failed", "cancelled")
+# The job wrapper: wait for the gate, run the command, record its status (TERM/INT/HUP are caught so that the
+# status is still recorded when the whole process group is signalled; the command itself gets them).
+JOB_SCRIPT = GATE_OPEN + (
+    "trap 'true' TERM INT HUP; \"$@\"; rc=$?; "
+    'printf "%s\\n" "$rc" > "$MIGCTL_EXIT_FILE.tmp" && mv -f "$MIGCTL_EXIT_FILE.tmp" "$MIGCTL_EXIT_FILE"; exit $rc'
+)
+
+
+@dataclass
+class Job:
+    """One row of the jobs table."""
+
+    id: int
+    name: str
+    cmd: list[str]
+    cwd: str
+    profile: str | None
+    mem_mib: int | None
+    gpus: tuple[int, ...] | None
+    priority: int
+    state: str
+    created: float
+    started: float | None
+    finished: float | None
+    exit_code: int | None
+    reason: str
+    log_path: str
+    child_pid: int | None
+    mig_uuid: str | None
+    ephemeral: bool
+    batch: str | None
+    env: dict[str, str]
+    child_start: float | None = None
+
+    @classmethod
+    def from_row(cls, r: Any) -> Job:
+        gpus = tuple(json.loads(r["gpus"])) if r["gpus"] else None
+        return cls(id=r["id"], name=r["name"], cmd=json.loads(r["cmd"]), cwd=r["cwd"], profile=r["profile"],
+                   mem_mib=r["mem_mib"], gpus=gpus, priority=r["priority"], state=r["state"], created=r["created"],
+                   started=r["started"], finished=r["finished"], exit_code=r["exit_code"], reason=r["reason"],
+                   log_path=r["log_path"], child_pid=r["child_pid"], mig_uuid=r["mig_uuid"],
+                   ephemeral=bool(r["ephemeral"]), batch=r["batch"], env=json.loads(r["env"] or "{}"),
+                   child_start=r["child_start"])
+
+    @property
+    def request(self) -> Request:
+        return Request(profile=self.profile, mem_mib=self.mem_mib, gpus=self.gpus)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "state": self.state, "cmd": self.cmd, "profile": self.profile,
+                "mem_mib": self.mem_mib, "gpus": list(self.gpus) if self.gpus else None, "priority": self.priority,
+                "created": self.created, "started": self.started, "finished": self.finished,
+                "exit_code": self.exit_code, "reason": self.reason, "mig_uuid": self.mig_uuid,
+                "log": self.log_path, "pid": self.child_pid, "batch": self.batch}
+
+
+class JobQueue:
+    """The queue of one node."""
+
+    def __init__(self, node: Any, path: Path | None = None) -> None:
+        self.node = node
+        self.key = node_key(node)
+        self.path = path
+        self.conn = connect(path)
+        self.log_dir = state_dir() / "jobs" / key_slug(self.key)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ client side
+    def submit(self, cmd: list[str], req: Request, *, priority: int = 0, name: str = "", cwd: str | None = None,
+               env: dict[str, str] | None = None, ephemeral: bool = False, batch: str | None = None) -> int:
+        """Queue ``cmd``; returns the job id."""
+        if not cmd:
+            raise JobsError("no command given; usage: migctl submit [OPTIONS] -- CMD [ARGS...]")
+        return self.submit_many([dict(cmd=cmd, req=req, priority=priority, name=name, cwd=cwd, env=env,
+                                      ephemeral=ephemeral)], batch=batch)[0]
+
+    def submit_many(self, specs: list[dict[str, Any]], batch: str | None = None) -> list[int]:
+        """Queue several jobs in one transaction (all or none)."""
+        ids = []
+        with immediate(self.conn) as c:
+            for s in specs:
+                req: Request = s["req"]
+                cur = c.execute(
+                    "INSERT INTO jobs (node, name, cmd, cwd, env, profile, mem_mib, gpus, priority, state, created, "
+                    "ephemeral, batch) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (self.key, s.get("name") or "", json.dumps(list(s["cmd"])), s.get("cwd") or os.getcwd(),
+                     json.dumps(s.get("env") or {}), req.profile, req.mem_mib,
+                     json.dumps(list(req.gpus)) if req.gpus is not None else None, int(s.get("priority") or 0),
+                     "queued", time.time(), int(bool(s.get("ephemeral"))), batch),
+                )
+                jid = int(cur.lastrowid or 0)
+                c.execute("UPDATE jobs SET log_path=? WHERE id=?", (str(self.log_dir / f"{jid}.log"), jid))
+                ids.append(jid)
+        return ids
+
+    def get(self, job_id: int) -> Job:
+        r = self.conn.execute("SELECT * FROM jobs WHERE id=? AND node=?", (job_id, self.key)).fetchone()
+        if r is None:
+            raise JobsError(f"no job {job_id} on this node (migctl jobs --all lists them)")
+        return Job.from_row(r)
+
+    def list(self, states: tuple[str, ...] | None = None, ids: list[int] | None = None) -> list[Job]:
+        q, args = "SELECT * FROM jobs WHERE node=?", [self.key]
+        if states:
+            q += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        if ids:
+            q += f" AND id IN ({','.join('?' * len(ids))})"
+            args += [int(i) for i in ids]
+        return [Job.from_row(r) for r in self.conn.execute(q + " ORDER BY id", args).fetchall()]
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a queued job, or stop a running one (SIGTERM to its process group, SIGKILL after 10 s)."""
+        with immediate(self.conn) as c:
+            r = c.execute("SELECT * FROM jobs WHERE id=? AND node=?", (job_id, self.key)).fetchone()
+            if r is None:
+                raise JobsError(f"no job {job_id} on this node")
+            state = r["state"]
+            if state in TERMINAL:
+                return f"job {job_id} already {state}"
+            c.execute("UPDATE jobs SET state='cancelled', reason='cancelled by user', finished=COALESCE(finished, ?) "
+                      "WHERE id=?", (time.time(), job_id))
+        if state in ("queued", "starting"):
+            return f"job {job_id} cancelled"
+        pid, start = r["child_pid"], r["child_start"]
+        if pid_alive(pid, start):
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while pid_alive(pid, start) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid_alive(pid, start):
+                _signal_group(pid, signal.SIGKILL)
+        return f"job {job_id} cancelled (was running as PID {pid})"
+
+    def log_file(self, job_id: int) -> Path:
+        return Path(self.get(job_id).log_path)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class WorkerBusy(JobsError):
+    """Another worker already serves this node."""
+
+
+class Worker:
+    """Starts queued jobs as devices free up (priority, then FIFO) and records how they end."""
+
+    def __init__(self, queue: JobQueue, poll: float = 0.05, log: Any = None) -> None:
+        self.q = queue
+        self.node = queue.node
+        self.leases = LeaseManager(queue.node, queue.path)
+        self.poll = poll
+        self.log = log or (lambda s: None)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.gpu_of: dict[int, int] = {}  # job id -> GPU index, for jobs this worker started
+        self.lock: Any = None
+        self.pid = os.getpid()
+        self.pid_start = proc_start(self.pid) or 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def acquire(self, block: bool = False) -> bool:
+        """Become the node's worker (file lock); False if another worker holds it and ``block`` is False."""
+        from filelock import FileLock, Timeout
+
+        path = state_dir() / "locks" / f"worker-{key_slug(self.q.key)}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=-1 if block else 0)
+        except Timeout:
+            return False
+        self.lock = lock
+        self.recover()
+        return True
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def recover(self) -> None:
+        """After a crash: 'starting' jobs never ran -> queued again; 'running' ones are adopted (see module doc)."""
+        with immediate(self.q.conn) as c:
+            n = c.execute("UPDATE jobs SET state='queued', worker_pid=NULL, child_pid=NULL, mig_uuid=NULL "
+                          "WHERE node=? AND state='starting'", (self.q.key,)).rowcount
+        if n:
+            self.log(f"requeued {n} job(s) that a previous worker had claimed but not started")
+        self.reap()
+
+    # ------------------------------------------------------------------ one pass
+    def step(self) -> int:
+        """Reap finished jobs, then start what fits. Returns the number of jobs started."""
+        self.reap()
+        return self.start_ready()
+
+    def reap(self) -> int:
+        """Record jobs whose process ended; returns how many."""
+        done = 0
+        rows = self.q.conn.execute(
+            "SELECT * FROM jobs WHERE node=? AND child_pid IS NOT NULL AND (state='running' OR "
+            "(state='cancelled' AND exit_code IS NULL))", (self.q.key,)).fetchall()
+        for job in map(Job.from_row, rows):
+            proc = self.procs.get(job.id)
+            if proc is not None:
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                status: int | None = exit_status(rc)
+                self.procs.pop(job.id, None)
+            else:
+                if job.state == "cancelled" and job.finished and job.exit_code is not None:
+                    continue
+                if pid_alive(job.child_pid, job.child_start):
+                    continue
+                status = _read_exit(Path(job.log_path).with_suffix(".exit"))
+            self._finish(job, status)
+            done += 1
+        return done
+
+    def _finish(self, job: Job, status: int | None) -> None:
+        with immediate(self.q.conn) as c:
+            r = c.execute("SELECT state, exit_code FROM jobs WHERE id=?", (job.id,)).fetchone()
+            if r["state"] == "running":
+                if status is None:
+                    c.execute("UPDATE jobs SET state='failed', reason='lost: the job process died without an exit "
+                              "status (not re-run)', finished=? WHERE id=?", (time.time(), job.id))
+                else:
+                    c.execute("UPDATE jobs SET state=?, exit_code=?, finished=? WHERE id=?",
+                              ("done" if status == 0 else "failed", status, time.time(), job.id))
+            elif r["state"] == "cancelled" and r["exit_code"] is None:
+                c.execute("UPDATE jobs SET exit_code=? WHERE id=?", (status if status is not None else -1, job.id))
+        if job.mig_uuid and job.child_pid:
+            lease = self._lease_of(job)
+            gpu = self.gpu_of.pop(job.id, None)
+            if gpu is None and lease is not None:
+                gpu = lease.gpu
+            if gpu is None and getattr(self.node, "sim", None) is not None:
+                d = self.node.find_mig_device(job.mig_uuid)
+                gpu = d.gpu.index if d is not None else None
+            if gpu is not None and getattr(self.node, "sim", None) is not None:
+                self.node.sim.remove_client(gpu, job.child_pid)  # the simulator keeps dead clients otherwise
+            if lease is not None:  # (it may already have been reclaimed as stale: its holder is dead)
+                self.leases.release(lease, destroy=job.ephemeral and lease.created_instance)
+
+    def _lease_of(self, job: Job) -> Lease | None:
+        r = self.q.conn.execute("SELECT * FROM leases WHERE node=? AND uuid=? AND pid=?",
+                                (self.q.key, job.mig_uuid, job.child_pid)).fetchone()
+        return Lease.from_row(r) if r is not None else None
+
+    def start_ready(self) -> int:
+        """Start queued jobs in (priority desc, id) order while devices fit; a job that does not fit now does
+        not block smaller ones behind it (backfill)."""
+        started = 0
+        blocked: set[Request] = set()
+        self._checked: dict[Request, str | None] = {}
+        rows = self.q.conn.execute("SELECT id, profile, mem_mib, gpus FROM jobs WHERE node=? AND state='queued' "
+                                   "ORDER BY priority DESC, id", (self.q.key,)).fetchall()
+        for r in rows:
+            req = Request(profile=r["profile"], mem_mib=r["mem_mib"],
+                          gpus=tuple(json.loads(r["gpus"])) if r["gpus"] else None)
+            if req in blocked:
+                continue
+            if started and started % 16 == 0:
+                self.reap()  # record finished jobs (and drop their simulator clients) as we go
+            row = self.q.conn.execute("SELECT * FROM jobs WHERE id=? AND state='queued'", (r["id"],)).fetchone()
+            if row is None:
+                continue
+            if self._start(Job.from_row(row)):
+                started += 1
+            else:
+                blocked.add(req)
+        return started
+
+    def _start(self, job: Job) -> bool:
+        c = self.q.conn
+        with immediate(c):
+            claimed = c.execute("UPDATE jobs SET state='starting', worker_pid=?, worker_start=? "
+                                "WHERE id=? AND state='queued'", (self.pid, self.pid_start, job.id)).rowcount
+        if not claimed:
+            return False
+        try:
+            try:
+                self._check(job.request)
+                lease = self.leases.try_acquire(job.request, pid=self.pid, pid_start=self.pid_start, job_id=job.id,
+                                                owner=f"job {job.id}", precheck=False)
+            except JobsError as e:
+                with immediate(c):
+                    c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='starting'",
+                              (str(e), time.time(), job.id))
+                self.log(f"job {job.id}: {e}")
+                return False
+            if lease is None:
+                with immediate(c):
+                    c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=? AND state='starting'",
+                              (job.id,))
+                return False
+            return self._launch(job, lease)
+        except BaseException:
+            with immediate(c):
+                c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=? AND state='starting'", (job.id,))
+            raise
+
+    def _check(self, req: Request) -> None:
+        """check_satisfiable, cached for one pass (it enumerates every GPU)."""
+        cache = getattr(self, "_checked", None)
+        if cache is None:
+            cache = self._checked = {}
+        if req not in cache:
+            try:
+                self.leases.check_satisfiable(req)
+                cache[req] = None
+            except JobsError as e:
+                cache[req] = str(e)
+        if cache[req] is not None:
+            raise JobsError(str(cache[req]))
+
+    def _launch(self, job: Job, lease: Lease) -> bool:
+        c = self.q.conn
+        log_path = Path(job.log_path)
+        exit_file = log_path.with_suffix(".exit")
+        for p in (exit_file, exit_file.with_suffix(".exit.tmp")):
+            p.unlink(missing_ok=True)
+        env = child_env(lease, base={**os.environ, **job.env},
+                        extra={"MIGCTL_JOB_ID": str(job.id), "MIGCTL_EXIT_FILE": str(exit_file)})
+        cwd = job.cwd if os.path.isdir(job.cwd) else None
+        with open(log_path, "ab") as out:
+            try:
+                proc, gate = gated_popen(job.cmd, env, script=JOB_SCRIPT, new_group=False, deathsig=False,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                         start_new_session=True)
+            except OSError as e:
+                self.leases.release(lease)
+                with immediate(c):
+                    c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='starting'",
+                              (f"cannot start: {e}", time.time(), job.id))
+                return False
+        start = proc_start(proc.pid) or 0.0
+        go = False
+        try:
+            register_client(self.node, lease, proc.pid, os.path.basename(job.cmd[0]))
+            lease = self.leases.set_holder(lease, proc.pid, start)
+            with immediate(c):
+                go = c.execute(
+                    "UPDATE jobs SET state='running', child_pid=?, child_start=?, started=?, mig_uuid=? "
+                    "WHERE id=? AND state='starting'", (proc.pid, start, time.time(), lease.uuid, job.id)).rowcount == 1
+        finally:
+            open_gate(gate, go=go)
+            if not go:
+                proc.wait()
+                unregister_client(self.node, lease, proc.pid)
+                self.leases.release(lease)
+        if go:
+            self.procs[job.id] = proc
+            self.gpu_of[job.id] = lease.gpu
+            self.log(f"job {job.id} started on {lease.cuda_visible_devices} ({lease.profile}): "
+                     f"{shlex.join(job.cmd)}")
+        return go
+
+    # ------------------------------------------------------------------ loops
+    def active(self, ids: list[int] | None = None) -> int:
+        """Jobs (of ``ids`` if given) not yet finished."""
+        q, args = "SELECT COUNT(*) FROM jobs WHERE node=? AND state IN ('queued', 'starting', 'running')", [self.q.key]
+        if ids:
+            q += f" AND id IN ({','.join('?' * len(ids))})"
+            args += [int(i) for i in ids]
+        pending = int(self.q.conn.execute(q, args).fetchone()[0])
+        if pending:
+            return pending
+        return sum(1 for j in self.q.list(("cancelled",), ids) if j.child_pid and pid_alive(j.child_pid, j.child_start))
+
+    def run(self, until_idle: bool = False, ids: list[int] | None = None, stop: Any = None) -> None:
+        """Serve the queue; with ``until_idle`` return once no job (of ``ids``) is queued or running."""
+        while stop is None or not stop.is_set():
+            started = self.step()
+            if until_idle and self.active(ids) == 0:
+                return
+            if not started:
+                time.sleep(self.poll)
+
+
+def _read_exit(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None

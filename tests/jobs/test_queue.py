@@ -1,0 +1,171 @@
+"""The local queue: submit/jobs/cancel/logs, worker ordering, batch, and kill -9 of the worker."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from conftest import SimEnv, wait_for
+from migctl.jobs import JobsError, Request
+from migctl.jobs.common import db_path, proc_start
+from migctl.jobs.queue import JobQueue, Worker
+
+
+def _states(env: SimEnv) -> dict[int, str]:
+    r = env.migctl("jobs", "--all", "--json")
+    assert r.returncode == 0, r.stderr
+    return {j["id"]: j["state"] for j in json.loads(r.stdout)}
+
+
+def test_priority_then_fifo(a30: SimEnv) -> None:
+    a30.layout(0, ["4g.24gb"])  # one device, no room: jobs run one at a time
+    order = a30.tmp / "order"
+    ids = []
+    for name, prio in [("a", 0), ("b", 0), ("c", 5), ("d", 0), ("e", 5)]:
+        r = a30.migctl("submit", "--priority", str(prio), "--name", name, "--", "sh", "-c", f"echo {name} >> {order}")
+        assert r.returncode == 0, r.stderr
+        ids.append(int(r.stdout))
+    assert set(_states(a30).values()) == {"queued"}
+    r = a30.migctl("worker", "--until-idle", "-q")
+    assert r.returncode == 0, r.stderr
+    assert order.read_text().split() == ["c", "e", "a", "b", "d"]
+    assert set(_states(a30).values()) == {"done"}
+
+
+def test_logs_exit_codes_and_cvd(a30: SimEnv) -> None:
+    (uuid,) = a30.layout(0, ["1g.6gb"])
+    ok = int(a30.migctl("submit", "--", "sh", "-c", "echo out $CUDA_VISIBLE_DEVICES; echo err >&2").stdout)
+    bad = int(a30.migctl("submit", "--", "sh", "-c", "exit 3").stdout)
+    assert a30.migctl("worker", "--until-idle", "-q").returncode == 0
+    r = a30.migctl("logs", str(ok))
+    assert r.stdout.split("\n")[:2] == [f"out {uuid}", "err"]
+    jobs = {j["id"]: j for j in json.loads(a30.migctl("jobs", "--all", "--json").stdout)}
+    assert (jobs[ok]["state"], jobs[ok]["exit_code"], jobs[ok]["mig_uuid"]) == ("done", 0, uuid)
+    assert (jobs[bad]["state"], jobs[bad]["exit_code"]) == ("failed", 3)
+    assert a30.migctl("logs", "999").returncode == 2
+
+
+def test_cancel_queued_and_running(a30: SimEnv) -> None:
+    a30.layout(0, ["4g.24gb"])
+    mark = a30.tmp / "running"
+    run_id = int(a30.migctl("submit", "--", "sh", "-c", f"touch {mark}; sleep 30").stdout)
+    queued_id = int(a30.migctl("submit", "--", "touch", str(a30.tmp / "never")).stdout)
+    w = a30.popen("worker", "-q")
+    try:
+        wait_for(mark.exists, what="job start")
+        assert "cancelled" in a30.migctl("cancel", str(queued_id)).stdout
+        assert "was running" in a30.migctl("cancel", str(run_id)).stdout
+        wait_for(lambda: a30.migctl("jobs").stdout.startswith("no jobs"), what="queue to drain")
+        jobs = {j["id"]: j for j in json.loads(a30.migctl("jobs", "--all", "--json").stdout)}
+        assert jobs[run_id]["state"] == jobs[queued_id]["state"] == "cancelled"
+        wait_for(lambda: a30.migctl("leases").stdout.strip() == "no leases", what="lease release")
+        assert not (a30.tmp / "never").exists()
+    finally:
+        w.send_signal(signal.SIGTERM)
+        w.wait(10)
+
+
+def test_unsatisfiable_submit_fails(a30: SimEnv) -> None:
+    r = a30.migctl("submit", "--profile", "3g.40gb", "--", "true")
+    assert r.returncode == 2 and "no GPU offers MIG profile" in r.stderr
+
+
+def test_one_worker_per_node(a30: SimEnv) -> None:
+    w = a30.popen("worker", "-q")
+    try:
+        time.sleep(1.0)
+        r = a30.migctl("worker")
+        assert r.returncode == 3 and "another worker" in r.stderr
+    finally:
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(10) == 0
+
+
+def test_batch_four_programs(a30: SimEnv) -> None:
+    """The seed's pattern: four programs, one MIG device each, in one command."""
+    out = a30.tmp / "out"
+    out.mkdir()
+    jobs = "\n".join(
+        f"  - {{name: prog{i}, command: 'echo $CUDA_VISIBLE_DEVICES > {out}/{i}; sleep 0.3'}}" for i in range(4)
+    )
+    (a30.tmp / "jobs.yaml").write_text(f"defaults: {{profile: 1g.6gb}}\njobs:\n{jobs}\n")
+    t = time.monotonic()
+    r = a30.migctl("batch", str(a30.tmp / "jobs.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(": done (exit 0)") == 4
+    uuids = [(out / str(i)).read_text().strip() for i in range(4)]
+    assert len(set(uuids)) == 4 and all(u.startswith("MIG-") for u in uuids)
+    assert time.monotonic() - t < 0.3 * 4 + 5  # concurrently, not one after another
+    assert len(a30.node().gpu(0).mig_devices()) == 4  # four 1g.6gb created (kept)
+    (a30.tmp / "bad.yaml").write_text("jobs:\n  - {name: x, command: 'exit 1'}\n  - {command: ['true']}\n")
+    r = a30.migctl("batch", str(a30.tmp / "bad.yaml"))
+    assert r.returncode == 1 and ": failed (exit 1)" in r.stdout
+    (a30.tmp / "worse.yaml").write_text("jobs:\n  - {name: x, comand: 'true'}\n")
+    r = a30.migctl("batch", str(a30.tmp / "worse.yaml"))
+    assert r.returncode == 2 and "unknown key(s) comand" in r.stderr
+
+
+def test_worker_sigkill_restart_loses_nothing_runs_nothing_twice(a30: SimEnv) -> None:
+    a30.layout(0, ["1g.6gb"] * 4)
+    runs = a30.tmp / "runs"
+    n = 12
+    ids = [int(a30.migctl("submit", "--", "sh", "-c", f"echo $MIGCTL_JOB_ID >> {runs}; sleep 0.6").stdout)
+           for _ in range(n)]
+    w = a30.popen("worker", "-q")
+    conn = sqlite3.connect(db_path())
+
+    def count(state: str) -> int:
+        return int(conn.execute("SELECT COUNT(*) FROM jobs WHERE state=?", (state,)).fetchone()[0])
+
+    wait_for(lambda: count("done") >= 1 and count("running") >= 2, timeout=30, what="some done, some running")
+    os.kill(w.pid, signal.SIGKILL)
+    w.wait()
+    running = conn.execute("SELECT id, child_pid FROM jobs WHERE state='running'").fetchall()
+    assert running and count("queued") >= 1
+    assert all(proc_start(pid) is not None for _, pid in running)  # jobs outlive the worker
+    r = a30.migctl("worker", "--until-idle", "-q", timeout=120)
+    assert r.returncode == 0, r.stderr
+    states = _states(a30)
+    assert [states[i] for i in ids] == ["done"] * n
+    counts = collections.Counter(runs.read_text().split())
+    assert counts == {str(i): 1 for i in ids}
+
+
+def test_crash_between_claim_and_start_requeues(a30: SimEnv) -> None:
+    """A job left 'starting' never ran user code (its gate never opened): it is queued again and runs once."""
+    a30.layout(0, ["1g.6gb"])
+    marker = a30.tmp / "ran"
+    q = JobQueue(a30.node())
+    jid = q.submit(["sh", "-c", f"echo x >> {marker}"], Request())
+    q.conn.execute("UPDATE jobs SET state='starting', worker_pid=1 WHERE id=?", (jid,))
+    w = Worker(q)
+    assert w.acquire()
+    try:
+        w.run(until_idle=True)
+    finally:
+        w.release()
+    assert q.get(jid).state == "done" and marker.read_text() == "x\n"
+
+
+def test_running_job_without_process_or_status_is_lost_not_rerun(a30: SimEnv) -> None:
+    a30.layout(0, ["1g.6gb"])
+    q = JobQueue(a30.node())
+    jid = q.submit(["true"], Request())
+    q.conn.execute("UPDATE jobs SET state='running', child_pid=999999, child_start=1.0, started=1.0 WHERE id=?", (jid,))
+    w = Worker(q)
+    assert w.acquire()
+    w.release()
+    job = q.get(jid)
+    assert job.state == "failed" and job.reason.startswith("lost")
+
+
+def test_bad_request_in_library(a30: SimEnv) -> None:
+    q = JobQueue(a30.node())
+    with pytest.raises(JobsError):
+        q.submit([], Request())

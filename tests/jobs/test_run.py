@@ -1,0 +1,180 @@
+"""`migctl run`: leasing, CUDA_VISIBLE_DEVICES, exit codes, signals, dynamic creation, kill -9 reclaim."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import time
+
+import pynvml
+import pytest
+
+from conftest import SimEnv, wait_for
+from migctl.jobs import JobsError, LeaseManager, Request, parse_mem
+from migctl.jobs.common import db_path
+
+UUID = re.compile(r"MIG-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def test_parse_mem() -> None:
+    assert parse_mem("12GiB") == 12 * 1024
+    assert parse_mem("20gb") == 20 * 1024
+    assert parse_mem("500MiB") == 500
+    assert parse_mem("3") == 3 * 1024
+    with pytest.raises(JobsError):
+        parse_mem("lots")
+
+
+def test_run_exactly_one_uuid_and_exit_code(a30: SimEnv) -> None:
+    (uuid,) = a30.layout(0, ["1g.6gb"])
+    r = a30.migctl("run", "--profile", "1g.6gb", "--", "sh", "-c", 'echo "CVD=$CUDA_VISIBLE_DEVICES"; exit 7')
+    assert r.returncode == 7, r.stderr
+    assert r.stdout.strip() == f"CVD={uuid}"
+    assert LeaseManager(a30.node()).leases() == []  # released
+
+
+def test_run_killed_by_signal_exits_128_plus_n(a30: SimEnv) -> None:
+    a30.layout(0, ["1g.6gb"])
+    r = a30.migctl("run", "--", "sh", "-c", "kill -KILL $$")
+    assert r.returncode == 128 + 9
+
+
+def test_smallest_fitting_existing_device_is_chosen(a30: SimEnv) -> None:
+    big, small = a30.layout(0, ["2g.12gb", "1g.6gb"])
+    r = a30.migctl("run", "--mem", "4GiB", "--no-create", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")
+    assert r.stdout.strip() == small
+    r = a30.migctl("run", "--mem", "8GiB", "--no-create", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")
+    assert r.stdout.strip() == big
+
+
+def test_dynamic_creation_keep_and_ephemeral(a30: SimEnv) -> None:
+    n = a30.node()
+    assert n.gpu(0).mig_devices() == []
+    r = a30.migctl("run", "--profile", "2g.12gb", "--keep", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")
+    assert r.returncode == 0, r.stderr
+    kept = r.stdout.strip()
+    assert [d.uuid for d in n.gpu(0).mig_devices()] == [kept]
+    # the kept instance is reused, an ephemeral one is created next to it and destroyed afterwards
+    r = a30.migctl("run", "--profile", "2g.12gb", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")
+    assert r.stdout.strip() == kept
+    r = a30.migctl("run", "--profile", "1g.6gb", "--ephemeral", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")
+    assert r.returncode == 0, r.stderr
+    assert UUID.fullmatch(r.stdout.strip()) and r.stdout.strip() != kept
+    assert [d.uuid for d in n.gpu(0).mig_devices()] == [kept]
+
+
+def test_creation_never_touches_busy_instances(a30: SimEnv) -> None:
+    """A 4g.24gb request on an A30 with a busy 1g: no room, so it fails rather than destroying anything."""
+    (uuid,) = a30.layout(0, ["1g.6gb"])
+    holder = a30.popen("run", "--profile", "1g.6gb", "--", "sh", "-c", "echo up; sleep 20")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+        r = a30.migctl("run", "--profile", "4g.24gb", "--no-wait", "--", "true")
+        assert r.returncode == 75
+        assert "no free MIG device" in r.stderr and "4g.24gb" in r.stderr
+        assert [d.uuid for d in a30.node().gpu(0).mig_devices()] == [uuid]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_child_counts_as_client_and_blocks_destroy(a30: SimEnv) -> None:
+    a30.layout(0, ["1g.6gb"])
+    mark = a30.tmp / "up"
+    p = a30.popen("run", "--", "sh", "-c", f"echo $$ > {mark}; sleep 20")
+    try:
+        pid = int(wait_for(lambda: mark.exists() and mark.read_text().strip(), what="child start"))
+        n = a30.node()
+        g = n.gpu(0)
+        (d,) = g.mig_devices()
+        assert [x.pid for x in d.processes()] == [pid]  # the user's command itself (exec keeps the PID)
+        gi = g.gpu_instances()[0]
+        with pytest.raises(pynvml.NVMLError_InUse):
+            gi.compute_instances()[0].destroy()
+        os.kill(p.pid, signal.SIGTERM)  # forwarded to the child
+        assert p.wait(10) == 128 + signal.SIGTERM
+        assert d.processes() == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_sigterm_forwarded_child_exit_code_propagates(a30: SimEnv) -> None:
+    a30.layout(0, ["1g.6gb"])
+    code = ("import signal,sys,time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(30)\n")
+    p = a30.popen("run", "--", "python3", "-c", code)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10) == 42
+    p2 = a30.popen("run", "--", "sh", "-c", "echo ready; sleep 30")
+    assert p2.stdout is not None and p2.stdout.readline().strip() == "ready"
+    p2.send_signal(signal.SIGINT)
+    assert p2.wait(10) == 128 + signal.SIGINT
+
+
+def test_sigkill_runner_lease_reclaimed(a30: SimEnv) -> None:
+    """kill -9 of the runner: its command dies with it, and the lease is reclaimed by PID liveness."""
+    (uuid,) = a30.layout(0, ["4g.24gb"])  # the only device; no room for another
+    mark = a30.tmp / "child"
+    p = a30.popen("run", "--", "sh", "-c", f"echo $$ > {mark}; sleep 30")
+    child = int(wait_for(lambda: mark.exists() and mark.read_text().strip(), what="child start"))
+    r = a30.migctl("run", "--no-wait", "--", "true")
+    assert r.returncode == 75 and "no free MIG device" in r.stderr
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    wait_for(lambda: not _alive(child), what="child to die with its runner")
+    rows = sqlite3.connect(db_path()).execute("SELECT uuid, pid FROM leases").fetchall()
+    assert rows == [(uuid, p.pid)]  # the stale row is still there...
+    r = a30.migctl("run", "--no-wait", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")
+    assert r.returncode == 0, r.stderr  # ...and reclaimed by the next runner
+    assert r.stdout.strip() == uuid
+
+
+def test_reused_pid_is_stale(a30: SimEnv) -> None:
+    """A lease whose PID exists but started at another time (PID reuse) is reclaimed."""
+    a30.layout(0, ["4g.24gb"])
+    m = LeaseManager(a30.node())
+    lease = m.try_acquire(Request(), pid=os.getpid(), pid_start=12345.0)
+    assert lease is not None
+    assert m.try_acquire(Request(create=False)) is not None  # our PID, but not our start time: stale
+
+
+def test_unsatisfiable_requests_fail_at_once(a30: SimEnv) -> None:
+    r = a30.migctl("run", "--profile", "7g.80gb", "--", "true")
+    assert r.returncode == 2 and "no GPU offers MIG profile '7g.80gb'" in r.stderr and "1g.6gb" in r.stderr
+    r = a30.migctl("run", "--mem", "100GiB", "--", "true")
+    assert r.returncode == 2 and "can hold" in r.stderr
+    r = a30.migctl("run", "--gpu", "3", "--", "true")
+    assert r.returncode == 2 and "GPU 3 does not exist" in r.stderr
+    r = a30.migctl("run", "--profile", "1g.6gb")
+    assert r.returncode == 2 and "no command" in r.stderr
+
+
+def test_wait_then_run_when_device_frees(a30: SimEnv) -> None:
+    a30.layout(0, ["4g.24gb"])
+    holder = a30.popen("run", "--", "sh", "-c", "echo up; sleep 1")
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+    t = time.monotonic()
+    r = a30.migctl("run", "--wait", "20", "--", "true")
+    assert r.returncode == 0 and "waiting for a free MIG device" in r.stderr
+    assert time.monotonic() - t > 0.3
+    holder.wait()
+    r2 = a30.popen("run", "--", "sleep", "5")
+    time.sleep(0.5)
+    r = a30.migctl("run", "--wait", "0.5", "--", "true")
+    assert r.returncode == 75 and "waited 0.5s" in r.stderr
+    r2.kill()
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,174 @@
+"""Slurm: GRES generation (unit) and `migctl slurm reconfigure` against a real slurmctld + slurmd on loopback.
+
+The fixture installs Slurm 22.05 from Debian's packages with scripts/install-slurm.sh when it is missing
+(root + apt) and starts/stops the daemons itself. It never skips silently: without Slurm it fails, unless
+MIGCTL_SKIP_SLURM_TESTS=1 is set explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from slurm_cluster import NODE, Cluster
+
+from conftest import SimEnv, make_env
+from migctl.integrations import slurm as S
+
+ROOT = Path(__file__).resolve().parents[2]
+HELPER = Path(__file__).resolve().with_name("slurm_cluster.py")
+
+CONFIG = """version: v1
+mig-configs:
+  mixed:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"3g.40gb": 1, "1g.10gb": 2}
+  all-1g.10gb:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+  all-7g:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"7g.80gb": 1}
+"""
+
+
+# ------------------------------------------------------------------------------------------ unit
+def test_slurm_type_naming_follows_gpu_nvml() -> None:
+    assert S.slurm_type("NVIDIA A100-SXM4-40GB", 3, 19968, "full") == "nvidia_a100_3g.20gb"
+    assert S.slurm_type("A100-SXM4-40GB", 3, 19968, "full") == "a100_3g.20gb"
+    assert S.slurm_type("NVIDIA H100 80GB HBM3", 1, 9984, "full") == "nvidia_h100_80gb_hbm3_1g.10gb"
+    # Slurm rounds MiB/1024: the H100 7g.80gb (81152 MiB) is 7g.79gb to slurmd
+    assert S.slurm_type("NVIDIA H100 80GB HBM3", 7, 81152) == "7g.79gb"
+    assert S.slurm_type("NVIDIA H100 80GB HBM3", 3, 40448) == "3g.40gb"  # 39.5 rounds up
+
+
+def test_cap_minors_match_mig_minors_layout() -> None:
+    assert S.cap_minors(0, 0, 0) == (3, 4)
+    assert S.cap_minors(31, 14, 7)[1] == 4322
+    table = {"gpu0/gi7/access": 66, "gpu0/gi7/ci0/access": 67}
+    assert S.cap_minors(0, 7, 0, table) == (66, 67) == S.cap_minors(0, 7, 0)
+
+
+def test_gres_conf_and_node_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
+    env.layout(0, ["3g.40gb", "1g.10gb", "1g.10gb"])
+    n = env.node()
+    entries = S.gres_entries(n, minors={})
+    assert S.gres_value(entries) == "gpu:3g.40gb:1,gpu:1g.10gb:2" or S.gres_value(entries) == "gpu:1g.10gb:2,gpu:3g.40gb:1"
+    for e, d in zip(entries, n.gpu(0).mig_devices(), strict=True):
+        gi, ci = S.cap_minors(0, d.gi_id, d.ci_id)
+        assert e.files == ("/dev/nvidia0", f"/dev/nvidia-caps/nvidia-cap{gi}", f"/dev/nvidia-caps/nvidia-cap{ci}")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\nNodeName=gpu01 CPUs=8 Gres=gpu:old:1 State=UNKNOWN\nNodeName=gpu02 CPUs=8\n")
+    gres = tmp_path / "gres.conf"
+    gres.write_text("# site lines stay\nNodeName=gpu02 Name=gpu File=/dev/nvidia0\n")
+    r = env.migctl("slurm", "gres", "--node", "gpu01", "--gres-conf", str(gres), "--slurm-conf", str(conf))
+    assert r.returncode == 0, r.stderr
+    text = conf.read_text().splitlines()
+    assert text[1].startswith("NodeName=gpu01 CPUs=8 Gres=gpu:") and "old" not in text[1] and "State=UNKNOWN" in text[1]
+    assert text[2] == "NodeName=gpu02 CPUs=8"
+    g = gres.read_text()
+    assert g.startswith("# site lines stay\nNodeName=gpu02 Name=gpu File=/dev/nvidia0\n# BEGIN migctl node=gpu01\n")
+    assert "NodeName=gpu01 AutoDetect=nvml" in g and g.count("MultipleFiles=/dev/nvidia0,") == 3
+    env.migctl("slurm", "gres", "--node", "gpu01", "--gres-conf", str(gres), "--slurm-conf", str(conf))
+    assert gres.read_text() == g  # idempotent: the block is replaced, not appended
+    r = env.migctl("slurm", "gres", "--node", "nope", "--gres-conf", str(gres), "--slurm-conf", str(conf))
+    assert r.returncode == 2 and "no line 'NodeName=nope" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------ real Slurm
+@pytest.fixture(scope="module")
+def slurm_installed() -> None:
+    if os.environ.get("MIGCTL_SKIP_SLURM_TESTS") == "1":
+        pytest.skip("MIGCTL_SKIP_SLURM_TESTS=1")
+    if not all(shutil.which(b) or Path("/usr/sbin", b).exists() for b in ("slurmctld", "slurmd", "scontrol", "munged")):
+        r = subprocess.run([str(ROOT / "scripts" / "install-slurm.sh")], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"scripts/install-slurm.sh failed:\n{r.stdout}\n{r.stderr}"
+
+
+@pytest.fixture
+def cluster(slurm_installed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cluster, SimEnv]]:
+    env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(CONFIG)
+    from migctl.reconcile import apply_config
+
+    apply_config(str(cfg), "mixed", node=env.node())
+    c = Cluster(tmp_path / "slurm", port=17000 + os.getpid() % 2000)
+    c.prepare(gpus=1)
+    env.env["SLURM_CONF"] = str(c.conf)
+    monkeypatch.setenv("SLURM_CONF", str(c.conf))
+    r = env.migctl("slurm", "gres", "--node", NODE, "--gres-conf", str(c.gres_conf), "--slurm-conf", str(c.conf),
+                   "--autodetect", "off", "--dev-prefix", str(c.d / "dev"))
+    assert r.returncode == 0, r.stderr
+    c.start()
+    try:
+        c.wait_state("IDLE")
+        yield c, env
+    finally:
+        c.stop()
+
+
+def _srun(c: Cluster, gres: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["srun", "-N1", "-n1", f"--gres={gres}", "-t", "1", "printenv", "CUDA_VISIBLE_DEVICES"],
+                          env=c.env, capture_output=True, text=True, timeout=timeout)
+
+
+def _reconfigure(env: SimEnv, c: Cluster, label: str) -> subprocess.CompletedProcess[str]:
+    restart = f"{sys.executable} {HELPER} restart {c.d}"
+    return env.migctl("slurm", "reconfigure", NODE, "-f", str(env.tmp / "config.yaml"), "-c", label,
+                      "--gres-conf", str(c.gres_conf), "--slurm-conf", str(c.conf), "--autodetect", "off",
+                      "--dev-prefix", str(c.d / "dev"), "--slurmctld-restart", f"{restart} slurmctld",
+                      "--slurmd-restart", f"{restart} slurmd", "--timeout", "60", "--drain-timeout", "60",
+                      timeout=180)
+
+
+def test_reconfigure_against_real_slurm(cluster: tuple[Cluster, SimEnv]) -> None:
+    c, env = cluster
+    info = c.scontrol_state()
+    assert "gpu:3g.40gb:1" in info and "gpu:1g.10gb:2" in info
+    r = _srun(c, "gpu:3g.40gb:1")
+    assert r.returncode == 0 and r.stdout.strip() != "", r.stderr
+    # a running job: reconfigure drains and waits for it
+    job = subprocess.run(["sbatch", "--parsable", "--gres=gpu:1g.10gb:1", "-o", "/dev/null", "--wrap", "sleep 3"],
+                         env=c.env, capture_output=True, text=True, timeout=30)
+    assert job.returncode == 0, job.stderr
+    deadline = time.monotonic() + 20
+    while "State=MIXED" not in c.scontrol_state() and "State=ALLOCATED" not in c.scontrol_state():
+        assert time.monotonic() < deadline, c.scontrol_state()
+        time.sleep(0.1)
+    t = time.monotonic()
+    r = _reconfigure(env, c, "all-1g.10gb")
+    assert r.returncode == 0, r.stderr + c.tail("slurmctld.log") + c.tail("slurmd.log")
+    assert time.monotonic() - t >= 1.0  # it waited for the job
+    info = c.wait_state("IDLE")
+    assert "Gres=gpu:1g.10gb:7" in info
+    assert len(env.node().gpu(0).mig_devices()) == 7
+    r = _srun(c, "gpu:1g.10gb:1")
+    assert r.returncode == 0 and r.stdout.strip() != "", r.stderr
+    r = _srun(c, "gpu:3g.40gb:1")
+    assert r.returncode != 0  # that type is gone
+
+    # failure: a process on a MIG device that must go -> apply refuses; node left drained with the reason
+    holder = env.popen("run", "--profile", "1g.10gb", "--", "sh", "-c", "echo up; sleep 60")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+        r = _reconfigure(env, c, "all-7g")
+        assert r.returncode != 0 and "left drained" in r.stderr
+        info = c.scontrol_state()
+        assert "DRAIN" in info and "Reason=migctl: reconfigure to all-7g failed" in info, info
+        assert len(env.node().gpu(0).mig_devices()) == 7  # nothing was destroyed
+    finally:
+        holder.kill()
+        holder.wait()
+    subprocess.run(["scontrol", "update", f"nodename={NODE}", "state=resume"], env=c.env, check=True, timeout=10)
+    c.wait_state("IDLE")
