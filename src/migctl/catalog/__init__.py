@@ -4,7 +4,15 @@ Pure logic plus the data files under ``data/``; no device access.
 """
 
 from migctl.catalog.loader import CatalogError, all_models, load_model, model_by_pci_id, model_keys
-from migctl.catalog.model import CIProfile, GIProfile, GpuModel, Placement, memory_size_gb, parse_driver, profile_name
+from migctl.catalog.model import (
+    CIProfile,
+    GIProfile,
+    GpuModel,
+    Placement,
+    memory_size_gb,
+    parse_driver,
+    profile_name,
+)
 
 __all__ = [
     "CIProfile",
