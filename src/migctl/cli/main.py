@@ -64,7 +64,7 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line on stderr and exit non-zero, never a traceback."""
-    import click
+    click = _click()
 
     from migctl.errors import UserError
 
@@ -91,6 +91,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"migctl: error: {msg}\n")
         return 2
+
+
+def _click():  # type: ignore[no-untyped-def]
+    """The click that typer uses: recent typer vendors it as ``typer._click``; older ones use click."""
+    try:
+        import typer._click as vendored  # type: ignore[import-not-found]
+
+        return vendored
+    except ImportError:  # pragma: no cover - typer < 0.22
+        import click
+
+        return click
 
 
 def _known_error(e: Exception) -> str | None:

@@ -255,6 +255,7 @@ class Gpu:
         bus = pci.busId.decode() if isinstance(pci.busId, bytes) else str(pci.busId)
         self.bus_id: str = bus
         self.pci_device_id: int = int(pci.pciDeviceId)
+        self.pci_subsystem_id: int = int(pci.pciSubSystemId)
         self.model: GpuModel | None = model_by_pci_id(self.pci_device_id, self.name)
         self._profiles: list[GIProfileInfo] | None = None
 

@@ -1,0 +1,18 @@
+"""Usage errors (missing argument, unknown command) are one clear message and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("argv", [["validate"], ["gi", "create"], ["nonsense"], ["apply"], ["plan"]])
+def test_usage_error_exit_2_without_traceback(argv, tmp_path):
+    env = {**os.environ, "MIGCTL_STATE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "migctl", *argv], capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "Error:" in r.stderr
