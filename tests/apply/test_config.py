@@ -168,3 +168,21 @@ def test_hooks_errors(tmp_path) -> None:
     p.write_text("version: v1\nhooks:\n  before-all:\n    - command: /bin/true\n")
     with pytest.raises(ConfigError, match=r"h.yaml:3: unknown hook 'before-all' \(valid: apply-start"):
         load_hooks(p)
+
+
+def test_device_filter_subsystem_suffix_is_compared_with_the_gpu():
+    """``device-filter: 0xDDDD10DE:0xSSSSVVVV`` matches only GPUs with that subsystem id."""
+    from types import SimpleNamespace
+
+    from migctl.config.parted import load_config
+
+    def entry(flt: str):
+        cfg = {"version": "v1", "mig-configs": {"x": [
+            {"devices": "all", "device-filter": flt, "mig-enabled": True, "mig-devices": {"1g.10gb": 1}}]}}
+        return load_config(cfg).entries_for("x")[0]
+
+    gpu = SimpleNamespace(index=0, pci_device_id=0x233010DE, pci_subsystem_id=0x16C110DE)
+    assert entry("0x233010DE").matches(gpu)
+    assert entry("0x233010DE:0x16C110DE").matches(gpu)
+    assert not entry("0x233010DE:0x17EE10DE").matches(gpu)
+    assert not entry("0x20B010DE").matches(gpu)
