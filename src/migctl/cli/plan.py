@@ -17,7 +17,24 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def live_layout(node: Any) -> list[dict[str, Any]]:
+    """The node's current layout in the planner's ``live`` form; an instance with processes is busy."""
+    out: list[dict[str, Any]] = []
+    for gpu in node.gpus():
+        if gpu.model is None or not gpu.mig_capable():
+            continue
+        busy_gis = {(p.gi_id) for d in gpu.mig_devices() for p in d.processes()}
+        busy_gis |= {p.gi_id for p in gpu.processes() if p.gi_id is not None}
+        instances = []
+        if gpu.mig_mode()[0] == 1:
+            for gi in gpu.gpu_instances():
+                instances.append({"profile": gi.profile().name, "start": gi.placement.start, "busy": gi.id in busy_gis})
+        out.append({"index": gpu.index, "model": gpu.model.key, "instances": instances})
+    return out
+
+
 def plan_command(
+    ctx: typer.Context,
     file: Path = typer.Argument(..., help="planning request (YAML; workloads may come from a CSV it names)"),
     json_out: bool = typer.Option(False, "--json", help="print the plan as JSON instead of a table"),
     config_out: Path | None = typer.Option(None, "--config-out", help="write the mig-parted config here"),
@@ -25,13 +42,32 @@ def plan_command(
     time_limit: float | None = typer.Option(None, "--time-limit", help="solver time limit in seconds"),
     seed: int | None = typer.Option(None, "--seed", help="solver random seed"),
     apply: bool = typer.Option(False, "--apply", help="apply the plan with migctl's reconciler"),
+    live: bool = typer.Option(
+        False, "--live", help="plan incrementally from this node's current layout (busy instances stay)"
+    ),
 ) -> None:
     """Choose per-GPU MIG layouts for the workloads in FILE; print the plan, its lower bound and gap."""
+    from migctl.cli.common import node as cli_node
     from migctl.planner import PlanError, load_request, plan, validate_plan
     from migctl.planner.output import to_json, to_mig_parted, to_mig_parted_yaml
 
     try:
-        request = load_request(file)
+        if live:
+            import yaml
+
+            from migctl.planner.request import parse_request
+
+            try:
+                data = yaml.safe_load(file.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as e:
+                raise PlanError(f"cannot read {file}: {e}") from None
+            if not isinstance(data, dict):
+                raise PlanError(f"{file}: expected a mapping with 'workloads'")
+            data["live"] = live_layout(cli_node(ctx))
+            data.pop("fleet", None)  # the fleet is the node
+            request = parse_request(data, base_dir=file.parent)
+        else:
+            request = load_request(file)
         if time_limit is not None:
             if time_limit <= 0:
                 raise PlanError("--time-limit must be > 0")
@@ -61,7 +97,8 @@ def plan_command(
             _fail("--apply needs migctl.reconcile.apply_config, which is not available in this installation")
             return
         try:
-            apply_config(to_mig_parted(result, label), label)
+            apply_config(to_mig_parted(result, label), label, node=cli_node(ctx))
+            typer.echo(f"applied plan as config {label!r}")
         except Exception as e:  # the reconciler's errors carry their exit code; keep them to one line
             code = getattr(e, "exit_code", 1)
             _fail(f"apply failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
