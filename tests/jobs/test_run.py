@@ -111,7 +111,8 @@ def test_sigterm_forwarded_child_exit_code_propagates(a30: SimEnv) -> None:
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGTERM)
     assert p.wait(10) == 42
-    p2 = a30.popen("run", "--", "sh", "-c", "echo ready; sleep 30")
+    # a single process (a shell could take the signal between `echo` and forking `sleep` and defer it)
+    p2 = a30.popen("run", "--", "python3", "-c", "import time; print('ready', flush=True); time.sleep(30)")
     assert p2.stdout is not None and p2.stdout.readline().strip() == "ready"
     p2.send_signal(signal.SIGINT)
     assert p2.wait(10) == 128 + signal.SIGINT

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from migctl.proc import pid_alive  # noqa: F401  (re-exported)
+
 
 class JobsError(RuntimeError):
     """A user-facing failure of the jobs layer (no device can ever fit, bad request, lease timeout...)."""
@@ -135,21 +137,6 @@ def proc_start(pid: int) -> float | None:
         return float(psutil.Process(pid).create_time())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-
-
-def pid_alive(pid: int | None, start: float | None) -> bool:
-    """True while the process ``pid`` that started at ``start`` runs (reused PIDs and zombies are dead)."""
-    if not pid:
-        return False
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return not start or abs(p.create_time() - start) < 0.01
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
 
 
 _UNITS = {"": 1024, "g": 1024, "gb": 1024, "gib": 1024, "m": 1, "mb": 1, "mib": 1, "t": 1 << 20, "tb": 1 << 20, "tib": 1 << 20}

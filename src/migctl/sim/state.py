@@ -17,6 +17,7 @@ from typing import Any
 
 from migctl.catalog import GIProfile, GpuModel, Placement, load_model, parse_driver
 from migctl.catalog.geometry import PlacedGI, auto_placement, conflict, remaining_capacity, tree_gi_id
+from migctl.proc import pid_alive
 
 # NVML return codes (nvml.h; identical values in pynvml).
 SUCCESS = 0
@@ -139,19 +140,6 @@ class SimState:
                 )
             )
         return cls(spec=spec, driver=driver, gpus=gpus, seed=seed)
-
-
-def pid_alive(pid: int, start_time: float) -> bool:
-    """True while the process ``pid`` that started at ``start_time`` runs (PID reuse is detected)."""
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return not start_time or abs(p.create_time() - start_time) < 0.01
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
 
 
 class Driver:
