@@ -62,6 +62,20 @@ def _register() -> None:
 _register()
 
 
+def _abort_classes() -> tuple[type[BaseException], ...]:
+    """typer.Abort (typer >= 0.22) and click's Abort, whichever exist."""
+    out: list[type[BaseException]] = []
+    for mod, name in (("typer", "Abort"), ("click.exceptions", "Abort")):
+        try:
+            out.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(out)
+
+
+_ABORTS = _abort_classes()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line on stderr and exit non-zero, never a traceback."""
     click = _click()
@@ -79,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.UsageError as e:
         e.show()
         return 2
-    except click.exceptions.Abort:
+    except _ABORTS:
         sys.stderr.write("migctl: aborted\n")
         return 1
     except KeyboardInterrupt:
