@@ -16,4 +16,4 @@ fi
 ruff check src tests benchmarks
 # each run gets its own state dir, so a developer's simulated nodes are never touched
 export MIGCTL_STATE_DIR="$(mktemp -d)"
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -p no:cacheprovider --durations=5 "$@"
