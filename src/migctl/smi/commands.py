@@ -375,61 +375,50 @@ class Smi:
             return NOT_FOUND
         return 0
 
-    # ---------------------------------------------------------------- mig -dci
+    # ---------------------------------------------------------------- mig -dci / -dgi
+    def _destroy(self, targets: list[tuple[Any, str, str]], what: str) -> int:
+        """Destroy each (instance, failure prefix, success line); nvidia-smi's messages and exit codes."""
+        if not targets:
+            self.say(f"No {what} found: Not Found")
+            return NOT_FOUND
+        first_err: N.NVMLError | None = None
+        for obj, unable, done in targets:
+            try:
+                obj.destroy()
+            except N.NVMLError as e:
+                self.say(f"{unable}: {nvml_text(e)}")
+                first_err = first_err or e
+                continue
+            self.say(done)
+        if first_err is not None:
+            self.say(f"Failed to destroy {what}: {nvml_text(first_err)}")
+            return exit_code(first_err)
+        return 0
+
     def dci(self, args: SmiArgs, gpus: list[Any]) -> int:
         mig = self._mig_gpus(gpus)
         if isinstance(mig, int):
             return mig
-        first_err: N.NVMLError | None = None
-        found = False
-        for g in mig:
-            for gi in self._pick_gis(g, sorted(g.gpu_instances(), key=lambda x: x.id), args.gi_ids):
-                for ci in sorted(gi.compute_instances(), key=lambda c: c.id):
-                    if args.ci_ids is not None and ci.id not in args.ci_ids:
-                        continue
-                    found = True
-                    try:
-                        ci.destroy()
-                    except N.NVMLError as e:
-                        self.say(
-                            f"Unable to destroy compute instance ID {ci.id:2d} from GPU {g.index:2d} "
-                            f"GPU instance ID {gi.id:2d}: {nvml_text(e)}"
-                        )
-                        first_err = first_err or e
-                        continue
-                    self.say(R.destroyed_ci(ci.id, g.index, gi.id))
-        if not found:
-            self.say("No compute instances found: Not Found")
-            return NOT_FOUND
-        if first_err is not None:
-            self.say(f"Failed to destroy compute instances: {nvml_text(first_err)}")
-            return exit_code(first_err)
-        return 0
+        targets = [
+            (ci, f"Unable to destroy compute instance ID {ci.id:2d} from GPU {g.index:2d} GPU instance ID {gi.id:2d}",
+             R.destroyed_ci(ci.id, g.index, gi.id))
+            for g in mig
+            for gi in self._pick_gis(g, sorted(g.gpu_instances(), key=lambda x: x.id), args.gi_ids)
+            for ci in sorted(gi.compute_instances(), key=lambda c: c.id)
+            if args.ci_ids is None or ci.id in args.ci_ids
+        ]
+        return self._destroy(targets, "compute instances")
 
-    # ---------------------------------------------------------------- mig -dgi
     def dgi(self, args: SmiArgs, gpus: list[Any]) -> int:
         mig = self._mig_gpus(gpus)
         if isinstance(mig, int):
             return mig
-        first_err: N.NVMLError | None = None
-        found = False
-        for g in mig:
-            for gi in self._pick_gis(g, sorted(g.gpu_instances(), key=lambda x: x.id), args.gi_ids):
-                found = True
-                try:
-                    gi.destroy()
-                except N.NVMLError as e:
-                    self.say(f"Unable to destroy GPU instance ID {gi.id:2d} from GPU {g.index:2d}: {nvml_text(e)}")
-                    first_err = first_err or e
-                    continue
-                self.say(R.destroyed_gi(gi.id, g.index))
-        if not found:
-            self.say("No GPU instances found: Not Found")
-            return NOT_FOUND
-        if first_err is not None:
-            self.say(f"Failed to destroy GPU instances: {nvml_text(first_err)}")
-            return exit_code(first_err)
-        return 0
+        targets = [
+            (gi, f"Unable to destroy GPU instance ID {gi.id:2d} from GPU {g.index:2d}", R.destroyed_gi(gi.id, g.index))
+            for g in mig
+            for gi in self._pick_gis(g, sorted(g.gpu_instances(), key=lambda x: x.id), args.gi_ids)
+        ]
+        return self._destroy(targets, "GPU instances")
 
     # ---------------------------------------------------------------- default table
     def summary(self, args: SmiArgs, gpus: list[Any]) -> int:
