@@ -127,7 +127,8 @@ def validate_layout(model: GpuModel, instances: Iterable[PlacedGI]) -> list[str]
 def place_all(model: GpuModel, profiles: Sequence[GIProfile], fixed: Sequence[PlacedGI] = ()) -> list[PlacedGI] | None:
     """Explicit placements for ``profiles`` next to ``fixed`` GIs, or None when no arrangement exists.
 
-    Exact search (backtracking, largest first); a GPU has at most 8 GIs so this is instant.
+    Exact search (backtracking, largest first). Identical profiles are interchangeable, so they are placed
+    at increasing starts (symmetry breaking), which keeps the search fast on infeasible multisets.
     """
     order = sorted(profiles, key=lambda p: (-p.placement_size, -p.slices, p.id))
     current = list(fixed)
@@ -137,11 +138,10 @@ def place_all(model: GpuModel, profiles: Sequence[GIProfile], fixed: Sequence[Pl
         if i == len(order):
             return True
         p = order[i]
-        tried: set[int] = set()
-        for pl in free_placements(model, current, p):
-            if pl.start in tried:
+        lowest = result[-1].placement.start if i > 0 and order[i - 1].id == p.id else -1
+        for pl in p.placements:
+            if pl.start <= lowest or conflict(model, current, p, pl) is not None:
                 continue
-            tried.add(pl.start)
             gi = PlacedGI(p, pl)
             current.append(gi)
             result.append(gi)

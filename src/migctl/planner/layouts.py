@@ -1,6 +1,6 @@
 """Enumeration of the valid per-GPU layouts (multisets of GI profiles) of a model.
 
-A multiset is valid when :func:`place` (equivalent to ``geometry.place_all``) finds explicit placements for it
+A multiset is valid when ``geometry.place_all`` finds explicit placements for it
 (next to optional ``fixed`` instances). Validity is monotone (a sub-multiset of a valid multiset is
 valid), so a depth-first search that extends only valid multisets finds all of them.
 """
@@ -10,43 +10,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from migctl.catalog.geometry import PlacedGI, conflict
+from migctl.catalog.geometry import PlacedGI
+from migctl.catalog.geometry import place_all as place
 from migctl.catalog.model import GIProfile, GpuModel
 
 Layout = tuple[int, ...]  # sorted GI profile IDs
-
-
-def place(model: GpuModel, profiles: Sequence[GIProfile], fixed: Sequence[PlacedGI] = ()) -> list[PlacedGI] | None:
-    """Explicit placements for ``profiles`` next to ``fixed``, or None: same answer as ``geometry.place_all``.
-
-    Identical profiles are interchangeable, so they are placed at increasing starts (symmetry breaking);
-    this keeps the exact search fast on infeasible multisets (``place_all`` revisits every permutation).
-    Each step is checked with ``geometry.conflict``, so the catalog's rules decide validity.
-    """
-    order = sorted(profiles, key=lambda p: (-p.placement_size, -p.slices, p.id))
-    current = list(fixed)
-    result: list[PlacedGI] = []
-
-    def rec(i: int) -> bool:
-        if i == len(order):
-            return True
-        p = order[i]
-        lowest = -1
-        if i > 0 and order[i - 1].id == p.id:
-            lowest = result[-1].placement.start
-        for pl in p.placements:
-            if pl.start <= lowest or conflict(model, current, p, pl) is not None:
-                continue
-            gi = PlacedGI(p, pl)
-            current.append(gi)
-            result.append(gi)
-            if rec(i + 1):
-                return True
-            current.pop()
-            result.pop()
-        return False
-
-    return result if rec(0) else None
 
 
 def _by_id(model: GpuModel) -> dict[int, GIProfile]:
