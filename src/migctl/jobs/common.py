@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from migctl.paths import state_dir
 from migctl.proc import pid_alive  # noqa: F401  (re-exported)
 
 
@@ -20,16 +20,6 @@ class JobsError(RuntimeError):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def state_dir() -> Path:
-    """``$MIGCTL_STATE_DIR`` or platformdirs' user state dir for migctl (shared with the simulator)."""
-    env = os.environ.get("MIGCTL_STATE_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir("migctl"))
 
 
 def db_path() -> Path:

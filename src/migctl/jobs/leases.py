@@ -26,12 +26,11 @@ from migctl.jobs.common import (
     JobsError,
     connect,
     immediate,
-    key_slug,
     node_key,
     pid_alive,
     proc_start,
-    state_dir,
 )
+from migctl.paths import node_lock_path
 
 
 @dataclass(frozen=True)
@@ -95,12 +94,12 @@ class LeaseManager:
         self.node = node
         self.key = node_key(node)
         self.conn = connect(path)
-        self._lock_path = state_dir() / "locks" / f"node-{key_slug(self.key)}.lock"
+        self._lock_path = node_lock_path(node)  # the same lock as apply: one writer of the layout at a time
         self._lock_path.parent.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ locking
     def node_lock(self, timeout: float = 120.0) -> Any:
-        """The node-wide lock under which instances are created or destroyed."""
+        """The node-wide lock (shared with ``migctl apply``) under which instances are created or destroyed."""
         from filelock import FileLock
 
         return FileLock(str(self._lock_path), timeout=timeout)

@@ -13,7 +13,6 @@ the holder's PID is written next to it so a waiter can say who holds it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from migctl.errors import UserError
+from migctl.paths import node_lock_path, state_dir
+from migctl.paths import node_slug as node_key
 
 JOURNAL_FORMAT = "migctl-apply-journal"
 JOURNAL_VERSION = 1
@@ -34,25 +35,6 @@ class LockBusy(UserError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, EXIT_LOCKED)
-
-
-def state_dir() -> Path:
-    env = os.environ.get("MIGCTL_STATE_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir("migctl"))
-
-
-def node_key(node: Any) -> str:
-    """A file-name-safe identity of the node (simulated nodes: spec + state file)."""
-    sim = getattr(node, "sim", None)
-    if sim is None:
-        return "nvml"
-    ident = f"{sim.spec}|{sim.store.path}"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(sim.spec))[:40]
-    return f"sim-{safe}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
 
 
 def _atomic_write(path: Path, data: str) -> None:
@@ -148,9 +130,8 @@ def node_lock(node: Any, timeout: float | None = None, directory: Path | None = 
 
     d = directory or state_dir()
     d.mkdir(parents=True, exist_ok=True)
-    key = node_key(node)
-    path = d / f"apply-{key}.lock"
-    owner = d / f"apply-{key}.lock.owner"
+    path = node_lock_path(node, d)
+    owner = path.with_name(path.name + ".owner")
     lock = FileLock(str(path), timeout=-1 if timeout is None else timeout)
     try:
         lock.acquire()

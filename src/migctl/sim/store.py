@@ -16,21 +16,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from migctl.paths import state_dir as default_state_dir
 from migctl.sim.spec import NodeSpec
 from migctl.sim.state import SimState
 
 
 class StateFileError(RuntimeError):
     """The state file is corrupt, foreign, or belongs to another spec."""
-
-
-def default_state_dir() -> Path:
-    env = os.environ.get("MIGCTL_STATE_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir("migctl"))
 
 
 def default_state_path(spec: NodeSpec) -> Path:
