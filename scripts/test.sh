@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, second command; .ci/run calls exactly this).
-# Installs migctl with its test dependencies into .venv, the Debian packages the Slurm
-# integration tests need (when running as root with apt), then runs ruff and the test suite.
+# Installs migctl with its test dependencies into .venv, the Debian packages the Slurm and
+# Prometheus integration tests need (when running as root with apt), then runs ruff and the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -12,6 +12,9 @@ python -m pip install -q --upgrade pip >/dev/null
 python -m pip install -q -e '.[test]'
 if [ -x scripts/install-slurm.sh ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   bash scripts/install-slurm.sh
+fi
+if [ -x scripts/install-prometheus.sh ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  bash scripts/install-prometheus.sh
 fi
 ruff check src tests benchmarks
 # each run gets its own state dir, so a developer's simulated nodes are never touched

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "migctl"
-LIBRARY = ["catalog", "sim", "device", "config", "reconcile", "planner", "jobs", "integrations"]
+LIBRARY = ["catalog", "sim", "device", "config", "reconcile", "planner", "jobs", "integrations", "observe"]
 DISPLAY = {"typer", "rich", "click", "migctl.cli"}
 DEVICE_IO = {"pynvml", "migctl.device", "migctl.sim", "subprocess"}
 

@@ -11,6 +11,7 @@ the simulator. Conventions shared by all of them:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -169,9 +170,16 @@ def _find_gis(gpu: Any, ids: list[int] | None) -> list[Any]:
 
 
 # --------------------------------------------------------------------------------------------- gpus
-def gpus_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) -> None:
+def gpus_cmd(
+    ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False,
+    show_map: Annotated[bool, typer.Option("--map", help="Draw each GPU's memory and compute slices.")] = False,
+    svg: Annotated[Path | None, typer.Option("--svg", help="Also write the slice map as an SVG image.")] = None,
+) -> None:
     """List GPUs and the MIG devices under each (like nvidia-smi -L), with bus id and MIG mode."""
     n = node(ctx)
+    if show_map or svg is not None:
+        _gpus_map(n, gpu, show_map, svg)
+        return
     rows = []
     for g in n.select(gpu):
         cur, pending = _mig_state(g)
@@ -207,6 +215,22 @@ def gpus_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) -
                 f"GI {d['gi_id']:>2}  CI {d['ci_id']}  {d['memory_mib']} MiB  {d['sms']} SMs")
     if not rows:
         out("No GPUs found.")
+
+
+def _gpus_map(n: Any, gpu: str | None, show: bool, svg: Path | None) -> None:
+    from migctl.cli.observe import show_picture, write_svg
+    from migctl.observe.picture import picture
+    from migctl.observe.snapshot import Observer
+    from migctl.observe.state import StateReader
+
+    wanted = {g.index for g in n.select(gpu)}
+    maps = [m for m in Observer(n, leases=StateReader(n).leases).snapshot().gpus if m.index in wanted]
+    if show:
+        show_picture(picture(maps))
+    if svg is not None:
+        write_svg(svg, maps, "migctl gpus --map")
+        if show:
+            note(f"slice map written to {svg}")
 
 
 # --------------------------------------------------------------------------------------------- catalog

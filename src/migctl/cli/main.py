@@ -32,6 +32,7 @@ VERB_MODULES = [
     "migctl.cli.jobs",
     "migctl.cli.slurm",
     "migctl.cli.k8s",
+    "migctl.cli.observe",
 ]
 
 

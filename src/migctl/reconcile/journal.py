@@ -118,6 +118,20 @@ class Journal:
         _atomic_write(self.last_path, json.dumps(self.data, indent=1, default=str))
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        self._append_history(outcome)
+
+    def _append_history(self, outcome: str, keep: int = 1000) -> None:
+        """One line per finished apply in ``*.history.jsonl`` (the exporter counts outcomes from it)."""
+        hist = self.path.with_name(self.path.name.replace(".journal.json", ".history.jsonl"))
+        line = json.dumps({"finished": self.data.get("finished"), "outcome": outcome, "label": self.data.get("label"),
+                           "ops": len(self.data.get("ops") or [])})
+        with contextlib.suppress(OSError):
+            fd = os.open(str(hist), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+            if hist.stat().st_size > 256 * keep:  # bounded: keep the last ``keep`` lines
+                lines = hist.read_text(encoding="utf-8").splitlines()[-keep:]
+                _atomic_write(hist, "\n".join(lines) + "\n")
 
     def old_layouts(self) -> dict[int, dict[str, Any]]:
         return {int(k): v for k, v in self.data.get("old", {}).items()}

@@ -14,7 +14,9 @@ from typing import Any
 
 from migctl.catalog import Placement
 from migctl.sim import state as S
+from migctl.sim.gpm import GpmMixin
 from migctl.sim.store import Store
+from migctl.sim.usage import used_mib
 
 _KIND_GPU, _KIND_GI, _KIND_CI, _KIND_MIG = 1, 2, 3, 4
 
@@ -98,7 +100,7 @@ class _Fn:
         return self._f(*args)
 
 
-class FakeNvmlLib:
+class FakeNvmlLib(GpmMixin):
     """The simulated NVML library. See module docstring."""
 
     def __init__(self, store: Store, alive: Callable[[int, float], bool] = S.pid_alive) -> None:
@@ -266,10 +268,10 @@ class FakeNvmlLib:
         if gi is not None:
             gp = gpu.catalog.profile(gi.profile_id)
             total = gp.memory_on(self._driver(st).driver_version)
-            used = 25 + sum(p.used_mib for p in self._driver(st).busy(gpu, gi.id))
+            used = 25 + sum(used_mib(p) for p in self._driver(st).busy(gpu, gi.id))  # real RSS (sim/usage.py)
         else:
             total = gpu.catalog.memory_mib
-            used = (0 if gpu.mig_current else 4) + sum(p.used_mib for p in self._driver(st).live_processes(gpu))
+            used = (0 if gpu.mig_current else 4) + sum(used_mib(p) for p in self._driver(st).live_processes(gpu))
             if gpu.mig_current:
                 used += sum(25 for g in gpu.gis if g.cis)
         m = _obj(ref)
@@ -747,7 +749,7 @@ class FakeNvmlLib:
         target = _obj(arr)
         for i, p in enumerate(procs):
             target[i].pid = p.pid
-            target[i].usedGpuMemory = p.used_mib << 20
+            target[i].usedGpuMemory = min(used_mib(p), _cap_mib(self, st, gpu, p)) << 20
             target[i].gpuInstanceId = p.gi if p.gi is not None else 0xFFFFFFFF
             target[i].computeInstanceId = p.ci if p.ci is not None else 0xFFFFFFFF
         cobj.value = len(procs)
@@ -758,3 +760,12 @@ class FakeNvmlLib:
     def _nvmlDeviceGetGraphicsRunningProcesses_v3(self, handle: Any, count: Any, arr: Any) -> int:
         _obj(count).value = 0
         return S.SUCCESS
+
+
+def _cap_mib(lib: FakeNvmlLib, st: S.SimState, gpu: S.SimGPU, p: S.SimProcess) -> int:
+    """A client cannot use more than its instance's memory (the whole GPU's for a non-MIG client)."""
+    gi = next((g for g in gpu.gis if g.id == p.gi), None) if p.gi is not None else None
+    if gi is None:
+        return int(gpu.catalog.memory_mib)
+    gp = gpu.catalog.profile(gi.profile_id)
+    return int(gp.memory_on(lib._driver(st).driver_version)) if gp is not None else int(gpu.catalog.memory_mib)

@@ -1,0 +1,148 @@
+"""A GPU's slice map: which GPU instance sits on which memory and compute slices, what is free, what is stranded.
+
+Pure logic over the catalog (no I/O). Memory slices are the placement grid (``model.memory_slices``; a GI
+occupies ``placement.size`` of them from ``placement.start``); compute slices are counted per GPU
+(``model.compute_slices``), a GI holding ``profile.slices`` of them, its CIs some of those.
+
+* *free* memory slices: covered by no GI;
+* *creatable* profiles: those with at least one placement that :func:`migctl.catalog.geometry.conflict`
+  accepts next to the existing GIs (the driver's own rules: overlap, compute budget, instance counts, +me);
+* *stranded* memory slices: free slices that no creatable profile at any valid placement would cover;
+  stranded compute slices: free compute slices when no profile can be created at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from migctl.catalog import GIProfile, GpuModel, Placement
+from migctl.catalog.geometry import PlacedGI, conflict
+
+
+@dataclass(frozen=True)
+class CiView:
+    """A compute instance (one MIG device) of a GI."""
+
+    ci_id: int
+    slices: int
+    uuid: str = ""
+    profile: str = ""  # e.g. 1c.3g.40gb, or the GI profile for a full-GI CI
+    device_index: int | None = None
+    pids: tuple[int, ...] = ()
+    leased_by: int | None = None  # holder PID of a migctl lease
+    job_id: int | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pids) or self.leased_by is not None
+
+
+@dataclass(frozen=True)
+class GiView:
+    """A GPU instance as the picture and the metrics see it."""
+
+    gi_id: int
+    profile: str  # e.g. 3g.40gb
+    profile_id: int
+    start: int
+    size: int
+    compute_slices: int
+    cis: tuple[CiView, ...] = ()
+    mem_used_mib: int | None = None
+    mem_total_mib: int | None = None
+    activity: float | None = None  # 0..1, NVML GPM GRAPHICS_UTIL / 100 (None where NVML does not offer it)
+    state: str = ""  # pictures of a change: "kept", "created", "destroyed" ("" for the live view)
+    label: str = ""  # extra text (a planned workload)
+
+    @property
+    def busy(self) -> bool:
+        return any(c.busy for c in self.cis)
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.start, self.size)
+
+
+@dataclass
+class GpuMap:
+    """One GPU: its geometry and its GIs."""
+
+    index: int
+    name: str
+    model: GpuModel | None
+    mig_current: bool | None = None  # None: not MIG capable
+    mig_pending: bool | None = None
+    gis: list[GiView] = field(default_factory=list)
+    driver: tuple[int, ...] | None = None
+    uuid: str = ""
+    bus_id: str = ""
+    mem_used_mib: int | None = None
+    mem_total_mib: int | None = None
+    temperature_c: int | None = None
+    power_w: float | None = None
+    title: str = ""  # e.g. "before" / "after"
+
+    @property
+    def memory_slices(self) -> int:
+        return self.model.memory_slices if self.model else 0
+
+    @property
+    def compute_slices(self) -> int:
+        return self.model.compute_slices if self.model else 0
+
+    # ------------------------------------------------------------------ analysis
+    def _live(self) -> list[GiView]:
+        return [g for g in self.gis if g.state != "destroyed"]
+
+    def profiles(self) -> tuple[GIProfile, ...]:
+        if self.model is None:
+            return ()
+        return self.model.profiles_on(self.driver)
+
+    def placed(self) -> list[PlacedGI]:
+        out = []
+        if self.model is None:
+            return out
+        for g in self._live():
+            p = self.model.profile(g.profile_id)
+            if p is not None:
+                out.append(PlacedGI(p, g.placement))
+        return out
+
+    def used_memory_slots(self) -> set[int]:
+        return {s for g in self._live() for s in range(g.start, g.start + g.size)}
+
+    def free_memory_slots(self) -> list[int]:
+        used = self.used_memory_slots()
+        return [s for s in range(self.memory_slices) if s not in used]
+
+    def used_compute_slices(self) -> int:
+        return sum(g.compute_slices for g in self._live())
+
+    def free_compute_slices(self) -> int:
+        return max(0, self.compute_slices - self.used_compute_slices())
+
+    def creatable(self) -> list[tuple[GIProfile, Placement]]:
+        """Every (profile, placement) the driver would accept now (empty unless MIG is enabled)."""
+        if self.model is None or not self.mig_current:
+            return []
+        placed = self.placed()
+        return [(p, pl) for p in self.profiles() for pl in p.placements if conflict(self.model, placed, p, pl) is None]
+
+    def largest_creatable(self) -> GIProfile | None:
+        """The profile with the most compute slices (then memory) that can still be created."""
+        cands = {p.id: p for p, _ in self.creatable()}
+        if not cands:
+            return None
+        return max(cands.values(), key=lambda p: (p.slices, p.memory_mib, -p.id))
+
+    def stranded_memory_slots(self) -> list[int]:
+        if not self.mig_current:
+            return []
+        reachable = {s for _, pl in self.creatable() for s in range(pl.start, pl.start + pl.size)}
+        return [s for s in self.free_memory_slots() if s not in reachable]
+
+    def stranded_compute_slices(self) -> int:
+        if not self.mig_current:
+            return 0
+        return self.free_compute_slices() if not self.creatable() else 0

@@ -1,0 +1,149 @@
+"""migctl's own state, read-only: leases and the job queue (SQLite), and the apply journal files.
+
+Nothing here takes the node lock or writes: a scrape or a ``top`` refresh never waits for an apply. The
+jobs database is opened with ``mode=ro`` (SQLite URI) and a short busy timeout; a database that does not
+exist yet means no leases and no jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migctl.paths import node_slug, state_dir
+
+JOB_STATES = ("queued", "starting", "running", "done", "failed", "cancelled")
+WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    uuid: str
+    gpu: int
+    gi: int
+    ci: int
+    profile: str
+    pid: int
+    job_id: int | None
+    created: float
+
+
+@dataclass
+class QueueStats:
+    depth: dict[str, int] = field(default_factory=lambda: dict.fromkeys(JOB_STATES, 0))
+    wait_buckets: list[int] = field(default_factory=lambda: [0] * len(WAIT_BUCKETS))  # cumulative counts
+    wait_count: int = 0
+    wait_sum: float = 0.0
+    running: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ApplyState:
+    last_success: float | None = None
+    last_outcome: str | None = None
+    last_finished: float | None = None
+    outcomes: dict[str, int] = field(default_factory=dict)  # counts from the apply history
+    journal_pending: bool = False
+    journal_started: float | None = None
+
+
+def _connect_ro(path: Path) -> sqlite3.Connection | None:
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0, check_same_thread=False)
+    except sqlite3.Error:
+        return None
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=2000")
+    return conn
+
+
+class StateReader:
+    """Reads leases, queue and apply state for one node (``key`` = :func:`migctl.jobs.common.node_key`)."""
+
+    def __init__(self, node: Any, directory: Path | None = None) -> None:
+        from migctl.jobs.common import node_key
+
+        self.dir = directory or state_dir()
+        self.key = node_key(node)
+        self.slug = node_slug(node)
+        self._conn: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection | None:
+        if self._conn is None:
+            self._conn = _connect_ro(self.dir / "jobs.sqlite")
+        return self._conn
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        conn = self._db()
+        if conn is None:
+            return []
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:  # a table not created yet, or the database busy beyond the timeout
+            return []
+
+    def leases(self) -> list[LeaseRow]:
+        """Lease rows of this node (stale rows included: the holder PID tells)."""
+        from migctl.proc import pid_alive
+
+        rows = self._query("SELECT uuid, gpu, gi, ci, profile, pid, pid_start, job_id, created FROM leases "
+                           "WHERE node = ?", (self.key,))
+        return [LeaseRow(uuid=r["uuid"], gpu=r["gpu"], gi=r["gi"], ci=r["ci"], profile=r["profile"], pid=r["pid"],
+                         job_id=r["job_id"], created=r["created"])
+                for r in rows if pid_alive(int(r["pid"]), float(r["pid_start"]))]
+
+    def queue(self) -> QueueStats:
+        q = QueueStats()
+        for r in self._query("SELECT state, COUNT(*) AS n FROM jobs WHERE node = ? GROUP BY state", (self.key,)):
+            q.depth[str(r["state"])] = int(r["n"])
+        cases = ", ".join(f"SUM(CASE WHEN started - created <= {b!r} THEN 1 ELSE 0 END)" for b in WAIT_BUCKETS)
+        rows = self._query(f"SELECT COUNT(*), COALESCE(SUM(started - created), 0), {cases} FROM jobs "
+                           "WHERE node = ? AND started IS NOT NULL", (self.key,))
+        if rows:
+            r = tuple(rows[0])
+            q.wait_count, q.wait_sum = int(r[0] or 0), float(r[1] or 0.0)
+            q.wait_buckets = [int(x or 0) for x in r[2:]]
+        q.running = [dict(r) for r in self._query(
+            "SELECT id, name, state, started, mig_uuid, child_pid FROM jobs WHERE node = ? AND state IN "
+            "('starting', 'running') ORDER BY id", (self.key,))]
+        return q
+
+    def apply_state(self) -> ApplyState:
+        a = ApplyState()
+        journal = self.dir / f"apply-{self.slug}.journal.json"
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(journal.read_text(encoding="utf-8"))
+            a.journal_pending = True
+            a.journal_started = float(data.get("started") or 0) or None
+        if not journal.exists():
+            a.journal_pending = False
+        history = self.dir / f"apply-{self.slug}.history.jsonl"
+        with contextlib.suppress(OSError):
+            for line in history.read_text(encoding="utf-8").splitlines():
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                outcome = str(ev.get("outcome", ""))
+                a.outcomes[outcome] = a.outcomes.get(outcome, 0) + 1
+                a.last_outcome, a.last_finished = outcome, ev.get("finished")
+                if outcome == "applied":
+                    a.last_success = ev.get("finished")
+        if a.last_outcome is None:  # no history yet: the last journal, if any
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads((self.dir / f"apply-{self.slug}.last.json").read_text(encoding="utf-8"))
+                a.last_outcome, a.last_finished = data.get("phase"), data.get("finished")
+                if a.last_outcome == "applied":
+                    a.last_success = a.last_finished
+        return a
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
