@@ -27,6 +27,8 @@ ALL_KEYS = {
     "GH200-144GB",
     "B200",
     "GB200",
+    "B300",
+    "GB300",
     "RTX-PRO-6000",
 }
 
@@ -589,3 +591,24 @@ def test_mig_parted_device_filtered_configs_are_valid_for_the_catalog():
                     assert count <= p.max_instances, (dev, m.key, name, count)
                     checked += 1
     assert checked >= 40
+
+
+# B300 and GB300: names, counts and PCI ids from NVIDIA/mig-parted deployments/systemd/config-default.yaml
+# @bd7160f (Apache-2.0; copied here as values), minimum drivers from the newer MIG User Guide table.
+NAMES_AND_COUNTS = {
+    "B300": (0x3182, (580, 82, 7), [("1g.34gb", 7), ("1g.34gb+me", 1), ("1g.67gb", 4), ("2g.67gb", 3),
+                                    ("3g.135gb", 2), ("4g.135gb", 1), ("7g.269gb", 1)]),
+    "GB300": (0x31C2, (595, 58, 3), [("1g.35gb", 7), ("1g.35gb+me", 1), ("1g.70gb", 4), ("2g.70gb", 3),
+                                     ("3g.139gb", 2), ("4g.139gb", 1), ("7g.278gb", 1)]),
+}
+
+
+@pytest.mark.parametrize("key", sorted(NAMES_AND_COUNTS))
+def test_b300_gb300_names_counts_and_unconfirmed_marks(key):
+    pci, min_driver, rows = NAMES_AND_COUNTS[key]
+    m = load_model(key)
+    assert m.pci_device_ids == (pci,) and m.min_driver == min_driver
+    assert [(p.name, p.max_instances) for p in m.gi_profiles] == rows
+    assert model_by_pci_id((pci << 16) | 0x10DE) is m
+    for p in m.gi_profiles:  # everything but names and counts is by analogy and must say so
+        assert {"id", "memory_mib", "sms", "placements"} <= p.unconfirmed, p.name

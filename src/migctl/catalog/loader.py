@@ -72,6 +72,13 @@ def derive_ci_profiles(gi: dict[str, Any], total_mib: int, default_ci: int | Non
     return out
 
 
+def _index_literal(name: str) -> bool:
+    try:
+        return name.startswith("INDEX_") and int(name[6:], 0) >= 0
+    except ValueError:
+        return False
+
+
 def _driver(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -104,8 +111,9 @@ def build_model(raw: dict[str, Any]) -> GpuModel:
     seen_ids: set[int] = set()
     for p in raw["gi_profiles"]:
         index_name = str(p["index"])
-        if index_name not in GI_INDEX_NAMES:
-            raise CatalogError(f"{key}: unknown GI profile index {index_name!r}")
+        if index_name not in GI_INDEX_NAMES and not _index_literal(index_name):
+            raise CatalogError(f"{key}: unknown GI profile index {index_name!r}; valid: "
+                               f"{', '.join(GI_INDEX_NAMES)} or INDEX_0xNN")
         pid = int(p["id"])
         if pid in seen_ids:
             raise CatalogError(f"{key}: duplicate GI profile ID {pid}")
@@ -176,6 +184,7 @@ def build_model(raw: dict[str, Any]) -> GpuModel:
         unconfirmed=frozenset(raw.get("unconfirmed", ())),
         sources=dict(raw.get("sources", {})),
         notes=tuple(raw.get("notes", ())),
+        min_driver=_driver(raw.get("min_driver")),
     )
 
 
@@ -215,8 +224,47 @@ def all_models() -> list[GpuModel]:
     return [_load_file(f) for f in _data_files()]
 
 
+def load_model_file(path: str) -> GpuModel:
+    """A model from a data file outside the catalog (a model the catalog does not ship yet, e.g. one written by
+    ``migctl catalog --from-node``). Validated like the shipped files; bad files raise :class:`CatalogError`."""
+    from pathlib import Path
+
+
+    f = Path(path)
+    try:
+        st = f.stat()
+    except OSError as e:
+        raise CatalogError(f"cannot read model file {path}: {e.strerror}") from None
+    if st.st_size > 1 << 20:
+        raise CatalogError(f"model file {path} is {st.st_size} bytes; a model file is at most 1 MiB")
+    return _load_path(str(f), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_path(path: str, mtime_ns: int, size: int) -> GpuModel:
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CatalogError(f"cannot read model file {path}: {e.__class__.__name__}: {e}") from None
+    if not isinstance(raw, dict):
+        raise CatalogError(f"model file {path} is not a mapping of model fields (see catalog/data/*.yaml)")
+    try:
+        return build_model(raw)
+    except CatalogError as e:
+        raise CatalogError(f"model file {path}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CatalogError(f"model file {path} is missing or has a bad field: {e.__class__.__name__}: {e}") from None
+
+
 def load_model(key: str) -> GpuModel:
-    """The model with catalog key or alias ``key`` (case-insensitive), e.g. ``H100-80GB`` or ``h100``."""
+    """The model with catalog key or alias ``key`` (case-insensitive), e.g. ``H100-80GB`` or ``h100``;
+    ``file:PATH`` loads a model file outside the catalog."""
+    if key.startswith("file:"):
+        return load_model_file(key[5:])
     idx = _index()
     n = _norm(key)
     if n in idx:

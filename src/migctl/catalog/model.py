@@ -31,6 +31,21 @@ GI_INDEX_NAMES: dict[str, int] = {
 }
 GI_PROFILE_COUNT = 0x12
 
+
+def gi_index(index_name: str) -> int:
+    """The NVML profile index of an index name; ``INDEX_0x13`` names an index newer than this table (a profile
+    read from a driver that knows more profile kinds than migctl)."""
+    if index_name in GI_INDEX_NAMES:
+        return GI_INDEX_NAMES[index_name]
+    if index_name.startswith("INDEX_"):
+        return int(index_name[6:], 0)
+    raise KeyError(index_name)
+
+
+def gi_index_name(index: int) -> str:
+    """Inverse of :func:`gi_index`."""
+    return next((k for k, v in GI_INDEX_NAMES.items() if v == index), f"INDEX_{index:#x}")
+
 # NVML compute-instance profile index constants; nvidia-smi shows these as the CI "Profile ID".
 CI_INDEX_NAMES: dict[str, int] = {
     "1_SLICE": 0x0,
@@ -171,7 +186,7 @@ class GIProfile:
 
     @property
     def index(self) -> int:
-        return GI_INDEX_NAMES[self.index_name]
+        return gi_index(self.index_name)
 
     @property
     def suffix(self) -> str:
@@ -223,6 +238,7 @@ class GpuModel:
     unconfirmed: frozenset[str] = frozenset()
     sources: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    min_driver: tuple[int, ...] | None = None  # the first driver that supports MIG on this part, when recorded
 
     def profiles_on(self, driver: tuple[int, ...] | None = None) -> tuple[GIProfile, ...]:
         """GI profiles available on ``driver`` (all of them if ``driver`` is None), in -lgip order."""

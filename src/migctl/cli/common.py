@@ -23,6 +23,8 @@ class CliState:
             from migctl.device import open_node
 
             self._node = open_node(self.sim, self.sim_state)
+            # state-changing commands on a simulated node say so on stderr (issue 8, item 2)
+            self._node.on_simulated_change = lambda msg: sys.stderr.write(f"migctl: note: {msg}\n")
         return self._node
 
 

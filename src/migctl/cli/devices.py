@@ -194,7 +194,11 @@ def gpus_cmd(
             "mig_current": None if cur is None else cur == 1,
             "mig_pending": None if pending is None else pending == 1,
             "mig_devices": devs,
+            "catalog_differences": g.catalog_differences() if cur is not None else [],
         })
+    for r in rows:  # NVML is the source of truth; say where the catalog disagrees or does not know the GPU
+        for line in r["catalog_differences"]:
+            note(f"migctl: warning: {line}")
     if as_json:
         emit_json({"backend": n.backend, "driver_version": n.driver_version, "gpus": rows})
         return
@@ -280,14 +284,61 @@ def _catalog_model_json(m: Any) -> dict[str, Any]:
     }
 
 
+def _catalog_from_node(ctx: typer.Context, gpu: str | None, output: str | None) -> None:
+    """Write (or print) a catalog data file for the GPU(s) of this node, from what NVML reports."""
+    import os
+
+    from migctl.device.model import catalog_yaml
+
+    texts: dict[str, str] = {}
+    for g in _select(ctx, gpu):
+        if not g.profiles():
+            why = "it has no MIG" if not g.mig_capable() else (
+                f"driver {node(ctx).driver_version} lists no profiles while MIG is disabled; enable MIG first")
+            if gpu is not None:
+                fail(f"GPU {g.index} ({g.name}): no MIG profiles to write: {why}")
+            continue
+        texts.setdefault(g.model.key, catalog_yaml(g))
+    if not texts:
+        fail("no GPU of this node reports MIG profiles; nothing to write (enable MIG on a MIG-capable GPU first)")
+    if output is None:
+        out("\n---\n".join(texts.values()).rstrip("\n"))
+        return
+    if len(texts) > 1:
+        fail(f"this node has {len(texts)} GPU models ({', '.join(texts)}); pick one with -i for -o FILE")
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        fail(f"{output} exists; migctl does not overwrite it (choose another -o FILE)")
+    except OSError as e:
+        fail(f"cannot create {output}: {e.strerror}")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(next(iter(texts.values())))
+    out(f"Wrote {output} ({next(iter(texts))}); check its unconfirmed values, then contribute it as "
+        "src/migctl/catalog/data/<model>.yaml")
+
+
 def catalog_cmd(
+    ctx: typer.Context,
     model: Annotated[str | None, typer.Argument(help="A model key or alias (e.g. H100-80GB, A30); all models when omitted.")] = None,
     as_json: JsonOpt = False,
     sources: Annotated[bool, typer.Option("--sources", help="Show where every value comes from.")] = False,
+    from_node: Annotated[bool, typer.Option("--from-node", help="Write a catalog file from what NVML reports for "
+                                            "this node's GPU (for a GPU the catalog does not know).")] = False,
+    gpu: GpuSel = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="With --from-node: the file to create "
+                                               "(0600, never overwritten); stdout when omitted.")] = None,
 ) -> None:
     """The MIG hardware catalog: models, or one model's GI and CI profiles (no GPU needed)."""
     from migctl.catalog import all_models, load_model
 
+    if from_node:
+        if model is not None:
+            fail("--from-node reads the node's GPUs; give -i GPU, not a MODEL")
+        _catalog_from_node(ctx, gpu, output)
+        return
+    if gpu is not None or output is not None:
+        fail("-i and -o go with --from-node")
     if model is None:
         models = all_models()
         if as_json:
@@ -567,7 +618,7 @@ def reset_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) 
         except N.NVMLError as e:
             if as_json:
                 emit_json({"gpus": rows, "error": str(e)})
-            fail(_device_error(f"cannot reset {_gpu_label(g)}", e), EXIT_DEVICE)
+            fail(getattr(e, "detail", None) or _device_error(f"cannot reset {_gpu_label(g)}", e), EXIT_DEVICE)
         cur, _ = _mig_state(g)
         rows.append({"index": g.index, "bus_id": g.bus_id, "mig_current": None if cur is None else cur == 1,
                      "gpu_instances_removed": n_gis})

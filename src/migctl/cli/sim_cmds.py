@@ -1,4 +1,5 @@
-"""migctl sim ...: inspect and drive the simulated node (status, reset-state, add-client, clients).
+"""migctl sim ...: inspect and drive the simulated node (status, reset-state, add-client, clients, set, reboot,
+add-holder, remove-holder).
 
 On a real node (NVML answered by the driver) every subcommand says so and exits 2.
 """
@@ -12,7 +13,8 @@ import typer
 from migctl.cli.common import emit_json, fail, node, state
 from migctl.cli.render import id_list, mode_name, note, out, table
 
-sim_app = typer.Typer(help="The simulated node: status, reset-state, add-client, remove-client, clients.",
+sim_app = typer.Typer(help="The simulated node: status, reset-state, add-client, remove-client, clients, set, reboot, "
+                           "add-holder, remove-holder.",
                       no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (keys documented in docs/cli.md).")]
@@ -44,13 +46,22 @@ def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                      "mig_pending": None if pending is None else pending == 1, "gpu_instances": n_gis,
                      "mig_devices": len(g.mig_devices()) if cur == 1 else 0, "clients": len(g.processes())})
     path = str(sn.store.path) if sn.store.path is not None else None
+    st = sn.store.load()
     data = {"spec": str(sn.spec), "driver_version": n.driver_version, "state_file": path,
-            "state_file_exists": bool(sn.store.path and sn.store.path.exists()), "gpus": gpus}
+            "state_file_exists": bool(sn.store.path and sn.store.path.exists()), "behaviour": dict(st.behaviour),
+            "holders": [{"gpu": g.index, "name": h.name, "gi_id": h.gi, "ci_id": h.ci} for g in st.gpus
+                        for h in g.holders],
+            "boots": st.boots, "gpus": gpus}
     if as_json:
         emit_json(data)
         return
     out(f"Simulated node {data['spec']}  (driver {data['driver_version']})")
     out(f"State file: {path or 'in memory'}{'' if data['state_file_exists'] or path is None else ' (not written yet)'}")
+    out("Driver behaviour: " + ", ".join(f"{k}={v}" for k, v in data["behaviour"].items()))
+    if data["holders"]:
+        out("Holders: " + "; ".join(f"GPU {h['gpu']}" + ("" if h["gi_id"] is None else f" GI {h['gi_id']}")
+                                    + ("" if h["ci_id"] is None else f" CI {h['ci_id']}") + f" {h['name']}"
+                                    for h in data["holders"]))
     t = table("GPU", "Model", "Bus ID", "MIG", "GIs", "MIG devices", "Clients", right=("GPU", "GIs", "MIG devices", "Clients"))
     for r in gpus:
         mig = "N/A" if r["mig_current"] is None else mode_name(int(r["mig_current"]))
@@ -168,6 +179,83 @@ def clients_cmd(
         t.add_row(str(r["gpu"]), str(r["pid"]), "-" if r["gi_id"] is None else str(r["gi_id"]),
                   "-" if r["ci_id"] is None else str(r["ci_id"]), str(r["used_mib"]), r["name"])
     out(t)
+
+
+@sim_app.command("set")
+def set_cmd(
+    ctx: typer.Context,
+    settings: Annotated[list[str], typer.Argument(help="KEY=VALUE driver behaviours, e.g. caller=user vm=passthrough.")],
+) -> None:
+    """Change how the simulated driver behaves (the same keys as the spec's ``;key=value`` options).
+
+    caller=root|user, vm=none|passthrough, profile-info-mig-off=driver|not-supported|supported,
+    functions=driver|all, persistenced=off|on. See docs/simulator.md for what each does and its source.
+    """
+    from migctl.sim.state import BEHAVIOURS
+
+    _, sn = _sim_node(ctx)
+    pairs = []
+    valid = ", ".join(f"{k}={'|'.join(v)}" for k, v in BEHAVIOURS.items())
+    for item in settings:
+        key, eq, value = item.partition("=")
+        if not eq or key not in BEHAVIOURS:
+            fail(f"unknown simulator behaviour {item!r}; valid: {valid}")
+        if value not in BEHAVIOURS[key]:
+            fail(f"simulator behaviour {key}={value!r} is not valid; valid: {key}={'|'.join(BEHAVIOURS[key])}")
+        pairs.append((key, value))
+    for key, value in pairs:
+        sn.set_behaviour(key, value)
+    out("Simulated driver: " + ", ".join(f"{k}={v}" for k, v in pairs))
+
+
+@sim_app.command("reboot")
+def reboot_cmd(ctx: typer.Context) -> None:
+    """Reboot the simulated node: clients and instances are gone and pending modes apply; Ampere GPUs keep MIG
+    mode, Hopper and newer come up with MIG disabled."""
+    n, sn = _sim_node(ctx)
+    sn.reboot()
+    n.forget()
+    modes = ", ".join(f"GPU {g.index} MIG {mode_name(g.mig_mode()[0]).lower()}" for g in n.gpus() if g.mig_capable())
+    out(f"Rebooted simulated node {sn.spec}" + (f": {modes}" if modes else ""))
+
+
+@sim_app.command("add-holder")
+def add_holder_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="What holds it open, e.g. dcgm or nvidia-persistenced.")],
+    gpu: Annotated[str, typer.Option("-i", "--gpu", "--id", help="The GPU: index, UUID or PCI bus id.")] = "0",
+    gi: Annotated[int | None, typer.Option("--gi", "-gi", help="GPU instance ID (holds a GI or MIG device).")] = None,
+    ci: Annotated[int | None, typer.Option("--ci", "-ci", help="Compute instance ID (with --gi).")] = None,
+) -> None:
+    """Something that holds a GPU or MIG device open without a compute process (a DCGM-like client, a daemon):
+    NVML lists no process, but reset (and, for a GI/CI, destroy) answer In use."""
+    n, sn = _sim_node(ctx)
+    g = _one_gpu(n, gpu)
+    if ci is not None and gi is None:
+        fail("--ci needs --gi")
+    if not name.strip() or len(name) > 64:
+        fail("a holder name is 1 to 64 characters, e.g. dcgm")
+    rc = sn.add_holder(g.index, name, gi, ci)
+    if rc:
+        devs = ", ".join(f"GI {d.gi_id} CI {d.ci_id}" for d in g.mig_devices()) or "none"
+        fail(f"GPU {g.index} has no GI {gi}{'' if ci is None else f' CI {ci}'}; its MIG devices: {devs}")
+    where = f"GPU {g.index}" + ("" if gi is None else f" GI {gi}") + ("" if ci is None else f" CI {ci}")
+    out(f"{name} now holds {where} open (`migctl sim remove-holder {name} -i {g.index}` releases it)")
+
+
+@sim_app.command("remove-holder")
+def remove_holder_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The holder's name.")],
+    gpu: Annotated[str, typer.Option("-i", "--gpu", "--id", help="The GPU: index, UUID or PCI bus id.")] = "0",
+) -> None:
+    """Release a holder added with add-holder."""
+    n, sn = _sim_node(ctx)
+    g = _one_gpu(n, gpu)
+    if sn.remove_holder(g.index, name):
+        held = [h.name for h in sn.store.load().gpus[g.index].holders]
+        fail(f"{name!r} holds nothing on GPU {g.index}; holders there: {', '.join(held) or 'none'}")
+    out(f"{name} released GPU {g.index}")
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,11 +84,37 @@ def _name(raw: Any) -> str:
 
 
 def _placements(fn: Any, handle: Any, profile_id: int, ptype: Any) -> tuple[Placement, ...]:
+    """Possible placements: ask for the count (placements = NULL), then fill a buffer of that size (nvml.h)."""
     count = ctypes.c_uint(0)
-    arr = (ptype * 16)()
-    count.value = 16
+    fn(handle, profile_id, None, ctypes.byref(count))
+    if count.value == 0:
+        return ()
+    arr = (ptype * count.value)()
     fn(handle, profile_id, arr, ctypes.byref(count))
     return tuple(Placement(arr[i].start, arr[i].size) for i in range(count.value))
+
+
+def _raw_fn(name: str) -> Any:
+    """A C entry point pynvml does not wrap (an older version of a function); raises NVMLError_FunctionNotFound."""
+    fn = N._nvmlGetFunctionPointer(name)
+
+    def call(*args: Any) -> None:
+        N._nvmlCheckReturn(fn(*args))
+
+    return call
+
+
+# First driver that exports each entry point migctl needs and may lack (go-nvml gen/nvml/nvml.h history; see
+# migctl.sim.fakelib.FIRST_DRIVER for the sources). Used to name the minimum driver when a function is missing.
+MIN_DRIVER = {
+    "nvmlDeviceCreateGpuInstanceWithPlacement": "R460 (460.32.03)",
+    "nvmlGpuInstanceCreateComputeInstanceWithPlacement": "R525 (525.60.13)",
+    "nvmlGpuInstanceGetComputeInstancePossiblePlacements": "R525 (525.60.13)",
+}
+
+# Safety bound on profile enumeration: NVML answers INVALID_ARGUMENT past its last profile index (0x12 GI indices
+# in the NVML 13.3 header); stop at 64 whatever a driver answers.
+_MAX_PROFILE_INDEX = 64
 
 
 class ComputeInstance:
@@ -108,7 +135,9 @@ class ComputeInstance:
         return next((d for d in self.gi.gpu.mig_devices() if d.gi_id == self.gi.id and d.ci_id == self.id), None)
 
     def destroy(self) -> None:
-        """``nvidia-smi mig -i G -gi GI -ci CI -dci``: raises NVMLError_InUse while a process runs on it."""
+        """``nvidia-smi mig -i G -gi GI -ci CI -dci``: raises NVMLError_InUse while a process runs on it.
+        The handle is invalid afterwards (nvml.h)."""
+        self.gi.gpu.node.changing()
         N.nvmlComputeInstanceDestroy(self.handle)
 
     def __repr__(self) -> str:
@@ -121,6 +150,7 @@ class GpuInstance:
     def __init__(self, gpu: Gpu, handle: Any) -> None:
         self.gpu = gpu
         self.handle = handle
+        self._ci_profiles: list[CIProfileInfo] | None = None
         info = N.nvmlGpuInstanceGetInfo(handle)
         self.id: int = info.id
         self.profile_id: int = info.profileId
@@ -132,29 +162,53 @@ class GpuInstance:
         return p
 
     def ci_profiles(self) -> list[CIProfileInfo]:
-        """``nvidia-smi mig -lcip -gi ID``: CI profiles this GI offers; ``is_default`` marks the ``*`` one."""
+        """``nvidia-smi mig -lcip -gi ID``: CI profiles this GI offers; ``is_default`` marks the ``*`` one.
+
+        Enumerated by index until NVML answers INVALID_ARGUMENT (not up to pynvml's compiled-in count); the
+        versioned call first, the v1 struct on drivers before R510 (as go-nvml falls back); placements from NVML
+        (R525+), else from the catalog."""
+        if self._ci_profiles is not None:
+            return self._ci_profiles
         out: list[CIProfileInfo] = []
-        gi_slices = self.profile().slices
-        for idx in range(N.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+        gp = self.profile()
+        version = 2
+        for idx in range(_MAX_PROFILE_INDEX):
             try:
                 info = N.nvmlGpuInstanceGetComputeInstanceProfileInfo(
-                    self.handle, idx, N.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
+                    self.handle, idx, N.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, version
                 )
-            except (N.NVMLError_NotSupported, N.NVMLError_InvalidArgument):
+            except N.NVMLError_FunctionNotFound:
+                if version == 1:
+                    raise
+                version = 1
+                info = N.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                    self.handle, idx, N.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, 1
+                )
+            except N.NVMLError_NotSupported:
                 continue
+            except N.NVMLError_InvalidArgument:
+                break
+            if version == 2:
+                name = _name(info.name)
+            else:
+                from migctl.catalog.model import attribute_suffix, gi_index_name
+
+                name = self.gpu.derived_name(gp.slices, gp.memory_mib, attribute_suffix(gi_index_name(gp.index)),
+                                             info.sliceCount)
             try:
                 pls = _placements(N.nvmlGpuInstanceGetComputeInstancePossiblePlacements, self.handle, info.id,
                                   N.c_nvmlComputeInstancePlacement_t)
-            except N.NVMLError:
-                pls = ()
+            except (N.NVMLError_FunctionNotFound, N.NVMLError_NoPermission, N.NVMLError_NotSupported):
+                pls = self.gpu.catalog_ci_placements(gp, info.id)
             out.append(
                 CIProfileInfo(
-                    id=info.id, name=_name(info.name), slices=info.sliceCount, instance_count=info.instanceCount,
+                    id=info.id, name=name, slices=info.sliceCount, instance_count=info.instanceCount,
                     sms=info.multiprocessorCount, ce=info.sharedCopyEngineCount, dec=info.sharedDecoderCount,
                     enc=info.sharedEncoderCount, jpeg=info.sharedJpegCount, ofa=info.sharedOfaCount,
-                    is_default=info.sliceCount == gi_slices, placements=pls,
+                    is_default=info.sliceCount == gp.slices, placements=pls,
                 )
             )
+        self._ci_profiles = out
         return out
 
     def ci_remaining(self, ci_profile_id: int) -> int:
@@ -174,16 +228,36 @@ class GpuInstance:
         """``nvidia-smi mig -i G -gi ID -cci [PROFILE]``; the default CI profile when none is given."""
         if ci_profile_id is None:
             ci_profile_id = next(p.id for p in self.ci_profiles() if p.is_default)
+        self.gpu.node.changing()
         if placement is None:
             h = N.nvmlGpuInstanceCreateComputeInstance(self.handle, ci_profile_id)
-        else:
-            pl = N.c_nvmlComputeInstancePlacement_t()
-            pl.start, pl.size = placement.start, placement.size
+            return ComputeInstance(self, h)
+        pl = N.c_nvmlComputeInstancePlacement_t()
+        pl.start, pl.size = placement.start, placement.size
+        try:
             h = N.nvmlGpuInstanceCreateComputeInstanceWithPlacement(self.handle, ci_profile_id, ctypes.byref(pl))
-        return ComputeInstance(self, h)
+            return ComputeInstance(self, h)
+        except N.NVMLError_FunctionNotFound:
+            pass
+        # Before R525 there is no way to choose a CI placement: create where the driver puts it and keep it only
+        # if that is the placement asked for.
+        ci = ComputeInstance(self, N.nvmlGpuInstanceCreateComputeInstance(self.handle, ci_profile_id))
+        if ci.placement == placement:
+            return ci
+        got = ci.placement
+        ci.destroy()
+        raise DeviceError(
+            f"GPU {self.gpu.index} GI {self.id}: a compute instance at placement {placement} needs "
+            f"nvmlGpuInstanceCreateComputeInstanceWithPlacement, first in driver "
+            f"{MIN_DRIVER['nvmlGpuInstanceCreateComputeInstanceWithPlacement']}; this driver "
+            f"({self.gpu.node.driver_version}) put it at {got}. Upgrade the driver, or ask for compute instances "
+            "in the order the driver places them"
+        )
 
     def destroy(self) -> None:
-        """``nvidia-smi mig -i G -gi ID -dgi``: raises NVMLError_InUse while CIs or processes remain."""
+        """``nvidia-smi mig -i G -gi ID -dgi``: raises NVMLError_InUse while CIs, processes or other clients that
+        hold it open remain. The handle is invalid afterwards (nvml.h)."""
+        self.gpu.node.changing()
         N.nvmlGpuInstanceDestroy(self.handle)
 
     def __repr__(self) -> str:
@@ -227,8 +301,13 @@ class MigDevice:
 
 
 def _procs(handle: Any) -> list[ProcessInfo]:
+    """Compute processes: the _v3 call (R510+), else _v2 (R455+), as go-nvml falls back to older symbols."""
     out = []
-    for p in N.nvmlDeviceGetComputeRunningProcesses(handle):
+    try:
+        raw = N.nvmlDeviceGetComputeRunningProcesses_v3(handle)
+    except N.NVMLError_FunctionNotFound:
+        raw = N.nvmlDeviceGetComputeRunningProcesses_v2(handle)
+    for p in raw:
         gi = getattr(p, "gpuInstanceId", 0xFFFFFFFF)
         ci = getattr(p, "computeInstanceId", 0xFFFFFFFF)
         out.append(
@@ -243,7 +322,8 @@ def _procs(handle: Any) -> list[ProcessInfo]:
 
 
 class Gpu:
-    """A physical GPU."""
+    """A physical GPU. Its MIG facts (profiles, placements, names, memory, engines) come from NVML; the catalog
+    annotates and validates them (:attr:`catalog_model`, :meth:`catalog_differences`)."""
 
     def __init__(self, node: Node, index: int) -> None:
         self.node = node
@@ -256,8 +336,10 @@ class Gpu:
         self.bus_id: str = bus
         self.pci_device_id: int = int(pci.pciDeviceId)
         self.pci_subsystem_id: int = int(pci.pciSubSystemId)
-        self.model: GpuModel | None = model_by_pci_id(self.pci_device_id, self.name)
+        self.catalog_model: GpuModel | None = model_by_pci_id(self.pci_device_id, self.name)
         self._profiles: list[GIProfileInfo] | None = None
+        self._model: GpuModel | None | bool = False  # False = not built yet
+        self._total_mib: int | None = None
 
     # ---------------------------------------------------------------- mode
     def mig_capable(self) -> bool:
@@ -273,40 +355,82 @@ class Gpu:
         return int(cur), int(pending)
 
     def set_mig_mode(self, enabled: bool) -> int:
-        """``nvidia-smi -i N -mig 1|0``. Returns the activation status (NVML_SUCCESS or a pending reason)."""
-        self._profiles = None
+        """``nvidia-smi -i N -mig 1|0``. Returns the activation status (NVML_SUCCESS, or why the change is pending:
+        IN_USE when the GPU is busy or held, RESET_REQUIRED in a pass-through VM)."""
+        self.forget()
+        self.node.changing()
         return int(N.nvmlDeviceSetMigMode(self.handle, N.NVML_DEVICE_MIG_ENABLE if enabled else N.NVML_DEVICE_MIG_DISABLE))
 
-    def reset(self) -> None:
-        """``nvidia-smi --gpu-reset -i N``: applies a pending MIG mode; refused while the GPU is in use."""
+    def reset(self, timeout_s: float = 120.0) -> None:
+        """``nvidia-smi -r -i BUS``: applies a pending MIG mode; refused while the GPU is in use or held open.
+        See :meth:`Node.reset_gpus`; this Gpu object (and every other of the node) must be re-read afterwards."""
+        self.node.reset_gpus([self], timeout_s)
+
+    def forget(self) -> None:
+        """Drop what was read from NVML (profiles, model): it is re-read on next use."""
         self._profiles = None
-        sim = self.node.sim
-        if sim is not None:
-            rc = sim.reset_gpu(self.index)
-            if rc:
-                raise N.NVMLError(rc)
-            return
-        proc = subprocess.run(["nvidia-smi", "--gpu-reset", "-i", str(self.index)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise DeviceError((proc.stdout + proc.stderr).strip() or f"GPU {self.index} reset failed")
+        self._model = False
 
     # ---------------------------------------------------------------- profiles
+    def total_memory_mib(self) -> int:
+        if self._total_mib is None:
+            self._total_mib = int(N.nvmlDeviceGetMemoryInfo(self.handle).total) >> 20
+        return self._total_mib
+
+    def derived_name(self, gi_slices: int, memory_mib: int, suffix: str = "", ci_slices: int | None = None) -> str:
+        """A profile name by the go-nvlib rule, for drivers whose v1 structs carry no name (before R510)."""
+        from migctl.catalog import profile_name
+
+        return profile_name(gi_slices, memory_mib, self.total_memory_mib(), suffix, ci_slices=ci_slices)
+
     def profiles(self) -> list[GIProfileInfo]:
-        """``nvidia-smi mig -i N -lgip`` / ``-lgipp``: GI profiles this GPU offers, in nvidia-smi's order."""
+        """``nvidia-smi mig -i N -lgip`` / ``-lgipp``: GI profiles this GPU offers, in nvidia-smi's order.
+
+        Enumerated by profile index until NVML answers INVALID_ARGUMENT (NVML's end of the list; pynvml's
+        compiled-in NVML_GPU_INSTANCE_PROFILE_COUNT is only as new as the installed nvidia-ml-py). The versioned
+        call first, the v1 struct (no name) before R510; placements with the count-then-fill protocol, the v1 call
+        before R470. Empty when the driver cannot answer (no MIG, or MIG disabled on older drivers)."""
         if self._profiles is not None:
             return self._profiles
+        from migctl.catalog.model import attribute_suffix, gi_index_name
+
         out: list[GIProfileInfo] = []
-        for idx in range(N.NVML_GPU_INSTANCE_PROFILE_COUNT):
+        version = 2
+        for idx in range(_MAX_PROFILE_INDEX):
             try:
-                info = N.nvmlDeviceGetGpuInstanceProfileInfo(self.handle, idx)
-            except (N.NVMLError_NotSupported, N.NVMLError_InvalidArgument):
+                info = N.nvmlDeviceGetGpuInstanceProfileInfo(self.handle, idx, version)
+            except N.NVMLError_FunctionNotFound:
+                if version == 1:
+                    raise
+                version = 1
+                try:
+                    info = N.nvmlDeviceGetGpuInstanceProfileInfo(self.handle, idx, 1)
+                except N.NVMLError_NotSupported:
+                    continue
+                except N.NVMLError_InvalidArgument:
+                    break
+            except N.NVMLError_NotSupported:
                 continue
-            pls = _placements(N.nvmlDeviceGetGpuInstancePossiblePlacements, self.handle, info.id,
-                              N.c_nvmlGpuInstancePlacement_t)
+            except N.NVMLError_InvalidArgument:
+                break
+            memory = int(info.memorySizeMB)
+            if version == 2:
+                name = _name(info.name)
+            else:
+                name = self.derived_name(info.sliceCount, memory, attribute_suffix(gi_index_name(idx)))
+            try:
+                pls = _placements(N.nvmlDeviceGetGpuInstancePossiblePlacements, self.handle, info.id,
+                                  N.c_nvmlGpuInstancePlacement_t)
+            except N.NVMLError_FunctionNotFound:
+                pls = _placements(_raw_fn("nvmlDeviceGetGpuInstancePossiblePlacements"), self.handle, info.id,
+                                  N.c_nvmlGpuInstancePlacement_t)
+            except N.NVMLError_NoPermission:
+                cat = self.catalog_model.profile(info.id) if self.catalog_model else None
+                pls = cat.placements if cat is not None else ()
             out.append(
                 GIProfileInfo(
-                    index=idx, id=info.id, name=_name(info.name), slices=info.sliceCount,
-                    instance_count=info.instanceCount, memory_mib=int(info.memorySizeMB),
+                    index=idx, id=info.id, name=name, slices=info.sliceCount,
+                    instance_count=info.instanceCount, memory_mib=memory,
                     sms=info.multiprocessorCount, ce=info.copyEngineCount, dec=info.decoderCount,
                     enc=info.encoderCount, jpeg=info.jpegCount, ofa=info.ofaCount,
                     p2p=bool(info.isP2pSupported), placements=pls,
@@ -316,6 +440,28 @@ class Gpu:
         out.sort(key=lambda p: (p.slices, p.memory_mib, p.id))
         self._profiles = out
         return out
+
+    @property
+    def model(self) -> GpuModel | None:
+        """This GPU's MIG model as NVML reports it (profiles, placements, memory, engines), keyed by the catalog
+        key when the catalog knows the part; the catalog entry itself when NVML cannot list profiles now (MIG
+        disabled on an older driver); None for a GPU without MIG that the catalog does not know."""
+        if self._model is False:
+            from migctl.device.model import model_from_nvml
+
+            self._model = model_from_nvml(self) if self.profiles() else self.catalog_model
+        return self._model  # type: ignore[return-value]
+
+    def catalog_differences(self) -> list[str]:
+        """What NVML reports that the catalog does not say (empty when they agree; one line when unknown)."""
+        from migctl.device.model import differences
+
+        return differences(self)
+
+    def catalog_ci_placements(self, gp: GIProfileInfo, ci_profile_id: int) -> tuple[Placement, ...]:
+        cat = self.catalog_model.profile(gp.id) if self.catalog_model else None
+        cp = cat.ci_profile(ci_profile_id) if cat is not None else None
+        return cp.placements if cp is not None else ()
 
     def profile(self, ref: int | str) -> GIProfileInfo | None:
         """A profile by ID, short name (``3g.40gb``) or full name (``MIG 3g.40gb``)."""
@@ -332,10 +478,10 @@ class Gpu:
 
     # ---------------------------------------------------------------- instances
     def gpu_instances(self) -> list[GpuInstance]:
-        """``nvidia-smi mig -i N -lgi``: GIs ordered by ID."""
+        """``nvidia-smi mig -lgi``: GIs ordered by ID."""
         out: list[GpuInstance] = []
         for p in self.profiles():
-            count = ctypes.c_uint(p.instance_count or 8)
+            count = ctypes.c_uint(0)
             arr = (N.c_nvmlGpuInstance_t * max(8, p.instance_count))()
             count.value = len(arr)
             N.nvmlDeviceGetGpuInstances(self.handle, p.id, arr, ctypes.byref(count))
@@ -347,12 +493,21 @@ class Gpu:
 
     def create_gi(self, profile_id: int, placement: Placement | None = None) -> GpuInstance:
         """``nvidia-smi mig -i N -cgi PROFILE`` (driver places it) or with an explicit placement."""
+        self.node.changing()
         if placement is None:
             h = N.nvmlDeviceCreateGpuInstance(self.handle, profile_id)
         else:
             pl = N.c_nvmlGpuInstancePlacement_t()
             pl.start, pl.size = placement.start, placement.size
-            h = N.nvmlDeviceCreateGpuInstanceWithPlacement(self.handle, profile_id, ctypes.byref(pl))
+            try:
+                h = N.nvmlDeviceCreateGpuInstanceWithPlacement(self.handle, profile_id, ctypes.byref(pl))
+            except N.NVMLError_FunctionNotFound:
+                raise DeviceError(
+                    f"GPU {self.index}: creating a GPU instance at a chosen placement needs "
+                    f"nvmlDeviceCreateGpuInstanceWithPlacement, first in driver "
+                    f"{MIN_DRIVER['nvmlDeviceCreateGpuInstanceWithPlacement']}; this driver is "
+                    f"{self.node.driver_version}"
+                ) from None
         return GpuInstance(self, h)
 
     def mig_devices(self) -> list[MigDevice]:
@@ -371,12 +526,22 @@ class Gpu:
         return out
 
     def processes(self) -> list[ProcessInfo]:
-        """Compute processes on this GPU (all of its MIG devices included)."""
-        return _procs(self.handle)
+        """Compute processes on this GPU (all of its MIG devices included). In MIG mode the GPU-wide list is
+        privileged (nvml.h): a non-root caller gets the union of the per-MIG-device lists instead."""
+        try:
+            return _procs(self.handle)
+        except N.NVMLError_NoPermission:
+            return [p for d in self.mig_devices() for p in d.processes()]
 
     def memory(self) -> tuple[int, int]:
         m = N.nvmlDeviceGetMemoryInfo(self.handle)
         return int(m.used) >> 20, int(m.total) >> 20
+
+    def persistence_mode(self) -> bool | None:
+        try:
+            return bool(N.nvmlDeviceGetPersistenceMode(self.handle))
+        except N.NVMLError:
+            return None
 
     def __repr__(self) -> str:
         return f"Gpu({self.index}, {self.name!r}, {self.uuid})"
@@ -387,6 +552,10 @@ class Node:
 
     def __init__(self, sim: Any = None) -> None:
         self.sim = sim
+        self.sim_reason = ""
+        # called once, before the first state-changing call on a simulated node (the CLI prints it on stderr)
+        self.on_simulated_change: Callable[[str], None] | None = None
+        self._announced = False
         N.nvmlInit()
         self.driver_version: str = N.nvmlSystemGetDriverVersion()
         self._gpus: list[Gpu] | None = None
@@ -395,11 +564,25 @@ class Node:
     def backend(self) -> str:
         return "sim" if self.sim is not None else "nvml"
 
+    def changing(self) -> None:
+        """Called before every state-changing call. On a simulated node, says so once."""
+        if self.sim is None or self._announced:
+            return
+        self._announced = True
+        if self.on_simulated_change is not None:
+            self.on_simulated_change(
+                f"node is simulated ({self.sim.spec}; {self.sim_reason or 'simulator installed'}): "
+                "no real GPU is changed"
+            )
+
     def gpus(self) -> list[Gpu]:
         if self._gpus is None:
             self._gpus = [Gpu(self, i) for i in range(N.nvmlDeviceGetCount())]
         return self._gpus
 
+    def forget(self) -> None:
+        """Drop every cached handle and attribute: after a reset NVML says they must be re-read."""
+        self._gpus = None
     def gpu(self, index: int) -> Gpu:
         gpus = self.gpus()
         if not 0 <= index < len(gpus):
@@ -441,30 +624,176 @@ class Node:
         except N.NVMLError:
             pass
 
+    # ---------------------------------------------------------------- reset
+    def reset_gpus(self, gpus: list[Gpu], timeout_s: float = 120.0) -> None:
+        """Reset GPUs the way mig-parted does (cmd/nvidia-mig-parted/util/device.go ``nvmlResetAllGPUs``): NVML has
+        no reset call, so ``nvidia-smi -r -i BUS,BUS`` resets them all in one call, by PCI bus id, with this
+        process's NVML session shut down first (an open session holds the GPU) and a bounded time. When refused,
+        the error names what holds each GPU. Afterwards NVML is initialised again and every cached handle is
+        dropped (nvml.h: attributes must be re-read after a reset)."""
+        if not gpus:
+            return
+        persistence = [g.index for g in gpus if self.sim is None and g.persistence_mode()]
+        bus_ids = [g.bus_id for g in gpus]
+        by_bus = {g.bus_id: g.index for g in gpus}
+        tool = None
+        if self.sim is None:
+            import shutil
 
-def _real_nvml_available() -> bool:
+            tool = shutil.which("nvidia-smi")
+            if tool is None:
+                raise DeviceError("GPU reset needs nvidia-smi (NVML has no reset call), and it is not in PATH; "
+                                  "install the NVIDIA driver utilities or add their directory to PATH")
+        self.changing()
+        sessions = N._nvmlLib_refcount
+        for _ in range(sessions):
+            try:
+                N.nvmlShutdown()
+            except N.NVMLError:
+                break
+        try:
+            if self.sim is not None:
+                failures = {b: r for b, r in self.sim.reset_gpus(bus_ids).items() if r[0] != 0}
+                if failures:
+                    first = next(iter(failures.values()))[0]
+                    raise reset_refused(first, _reset_failure_text(
+                        {by_bus[b]: (str(N.NVMLError(rc)), who) for b, (rc, who) in failures.items()}, []))
+                return
+            assert tool is not None
+            cmd = [tool, "-r", "-i", ",".join(bus_ids)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                raise DeviceError(f"`{' '.join(cmd)}` did not finish within {timeout_s:.0f} s; the GPUs may still be "
+                                  "resetting: check `nvidia-smi` before retrying") from None
+            if proc.returncode != 0:
+                detail = (proc.stdout + proc.stderr).strip().splitlines()
+                who = _holders_of_nvidia_devices()
+                raise DeviceError(_reset_failure_text({g.index: (" / ".join(detail[-3:]) or f"exit {proc.returncode}",
+                                                                 who) for g in gpus}, persistence))
+        finally:
+            for _ in range(sessions):
+                N.nvmlInit()
+            self.forget()
+
+
+def reset_refused(rc: int, detail: str) -> Exception:
+    """The NVML error a refused reset raises (``NVMLError_InUse`` etc., so callers can test the code), with
+    ``detail``: the full message naming what holds each GPU."""
+    base = N.NVMLError._valClassMapping.get(rc, N.NVMLError)
+    cls = type("GpuResetRefused", (base,), {})
+    e = cls(rc)
+    e.detail = detail  # type: ignore[attr-defined]
+    return e
+
+
+def _reset_failure_text(failures: dict[int, tuple[str, list[str]]], persistence: list[int]) -> str:
+    parts = []
+    for index, (why, who) in sorted(failures.items()):
+        held = f"; held by {', '.join(who)}" if who else ""
+        parts.append(f"GPU {index}: {why}{held}")
+    text = "GPU reset refused: " + "; ".join(parts)
+    names = " ".join(w for _, who in failures.values() for w in who)
+    if persistence or "nvidia-persistenced" in names:
+        text += ("; persistence mode keeps the GPU open: stop nvidia-persistenced (systemctl stop "
+                 "nvidia-persistenced) or turn persistence mode off (nvidia-smi -i N -pm 0), then retry")
+    if "NVML session" in names:
+        text += "; close other NVML clients (DCGM, nvidia-smi, monitoring agents) and retry"
+    return text
+
+
+def _holders_of_nvidia_devices() -> list[str]:
+    """Processes with an NVIDIA device file open (/proc/PID/fd -> /dev/nvidia*), as names with PIDs."""
+    out = []
+    proc = "/proc"
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"{proc}/{pid}/fd")
+            if not any(os.readlink(f"{proc}/{pid}/fd/{fd}").startswith("/dev/nvidia") for fd in fds):
+                continue
+            with open(f"{proc}/{pid}/comm", encoding="utf-8") as f:
+                out.append(f"{f.read().strip()} (PID {pid})")
+        except OSError:
+            continue
+    return out[:20]
+
+
+# Where an installed NVIDIA kernel driver shows itself (the driver creates both when its module loads).
+DRIVER_MARKERS: tuple[str, ...] = ("/proc/driver/nvidia", "/dev/nvidiactl")
+# The library pynvml loads on Linux (pynvml._LoadNvmlLibrary: CDLL("libnvidia-ml.so.1")).
+NVML_LIBRARY = "libnvidia-ml.so.1"
+BACKENDS = ("auto", "nvml", "sim")
+
+
+def driver_present() -> str | None:
+    """The first marker of an installed NVIDIA driver that exists on this machine, or None."""
+    return next((m for m in DRIVER_MARKERS if os.path.exists(m)), None)
+
+
+def _backend_choice() -> str:
+    value = os.environ.get("MIGCTL_BACKEND", "").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise DeviceError(
+            f"MIGCTL_BACKEND={os.environ.get('MIGCTL_BACKEND')!r} is not valid; valid: {', '.join(BACKENDS)} "
+            "(auto: the NVIDIA driver when one is installed, else a simulated node)"
+        )
+    return value
+
+
+def _load_real_nvml() -> None:
+    """Load libnvidia-ml through pynvml; a failure is an error naming the library and the cause."""
     import pynvml
 
+    from migctl import sim as simmod
+
+    simmod.uninstall()
     if pynvml.nvmlLib is not None and not hasattr(pynvml.nvmlLib, "store"):
-        return True
+        return  # already loaded (an earlier Node in this process)
     try:
-        ctypes.CDLL("libnvidia-ml.so.1")
-        return True
-    except OSError:
-        return False
+        lib = ctypes.CDLL(NVML_LIBRARY)
+    except OSError as e:
+        raise DeviceError(
+            f"the NVIDIA driver is installed ({driver_present() or 'MIGCTL_BACKEND=nvml'}) but {NVML_LIBRARY} "
+            f"cannot be loaded: {e}; install the driver's user-space libraries (or, in a container, run it with the "
+            "NVIDIA container toolkit), or pass --sim SPEC to use a simulated node on purpose"
+        ) from None
+    with pynvml.libLoadLock:
+        pynvml.nvmlLib = lib
+        pynvml._nvmlGetFunctionPointer_cache.clear()
+
+
+def sim_reason(sim: str | None) -> str:
+    """Why this invocation runs on a simulated node (for the stderr note of state-changing commands)."""
+    if sim:
+        return "chosen by --sim/MIGCTL_SIM"
+    if os.environ.get("MIGCTL_BACKEND", "").strip().lower() == "sim":
+        return "chosen by MIGCTL_BACKEND=sim"
+    return f"no NVIDIA driver on this machine (none of {', '.join(DRIVER_MARKERS)} exists)"
 
 
 def open_node(sim: str | None = None, sim_state: str | None = None) -> Node:
-    """Open this node: the simulator when ``sim``/``$MIGCTL_SIM`` is set or no NVIDIA driver is present,
-    real NVML otherwise (``MIGCTL_BACKEND=nvml`` insists on real NVML)."""
+    """Open this node. The backend is chosen explicitly (issue 8, item 2):
+
+    * the simulator when ``sim``/``$MIGCTL_SIM`` names a spec, when ``MIGCTL_BACKEND=sim``, or when no NVIDIA
+      driver is installed at all (neither /proc/driver/nvidia nor /dev/nvidiactl exists);
+    * real NVML otherwise. A driver that is installed but whose library fails to load is an error naming the
+      library and the cause; there is no silent fallback to a simulated node.
+    """
     from migctl import sim as simmod
 
     spec = sim or os.environ.get("MIGCTL_SIM")
-    forced = os.environ.get("MIGCTL_BACKEND", "").lower()
-    if forced == "nvml" and not spec:
-        simmod.uninstall()
+    backend = _backend_choice()
+    if backend == "nvml":
+        if spec:
+            raise DeviceError("--sim/MIGCTL_SIM asks for a simulated node but MIGCTL_BACKEND=nvml insists on the "
+                              "NVIDIA driver; drop one of them")
+        _load_real_nvml()
         return Node()
-    if spec or forced == "sim" or not _real_nvml_available():
+    if spec or backend == "sim" or driver_present() is None:
         node = simmod.active()
         wanted = simmod.parse_spec(spec or simmod.DEFAULT_SPEC)
         state = sim_state or os.environ.get("MIGCTL_SIM_STATE")
@@ -474,8 +803,10 @@ def open_node(sim: str | None = None, sim_state: str | None = None) -> Node:
             same_file = node is not None and node.store.path in (None, simmod.default_state_path(wanted))
         if node is None or node.spec != wanted or not same_file:
             node = simmod.install(wanted, state_path=state if state else True)
-        return Node(sim=node)
-    simmod.uninstall()
+        n = Node(sim=node)
+        n.sim_reason = sim_reason(spec)
+        return n
+    _load_real_nvml()
     return Node()
 
 

@@ -79,7 +79,8 @@ class LiveGpu:
             return "not MIG-capable"
         if not self.mig_current:
             return "MIG disabled" + (" (enable pending)" if self.mig_pending else "")
-        return ", ".join(g.label() for g in sorted(self.gis, key=lambda g: g.start)) or "MIG enabled, no instances"
+        layout = ", ".join(g.label() for g in sorted(self.gis, key=lambda g: g.start)) or "MIG enabled, no instances"
+        return layout + ("" if self.mig_pending else " (disable pending)")
 
 
 def read_gpu(gpu: Any) -> LiveGpu:

@@ -297,6 +297,11 @@ def plan_gpu(live: LiveGpu, desired: Desired | None, force: bool = False) -> Gpu
                            "desc": f"GPU {i}: cancel the pending MIG enable"})
             gp.status = "change"
         return gp
+    if not live.mig_pending:
+        # MIG on with a *disable* pending contradicts the config: cancel it, or the next reset (or, on Hopper, a
+        # reboot) wipes the layout while `assert` passes (issue 8)
+        gp.ops.append({"op": "set_mode", "gpu": i, "enabled": True, "phase": "mode",
+                       "desc": f"GPU {i}: cancel the pending MIG disable"})
     # same mode, MIG enabled: keep what can stay
     wants = desired.gis
     mandatory = [g for g in live.gis if g.busy] if not force else []
@@ -340,7 +345,7 @@ def plan_gpu(live: LiveGpu, desired: Desired | None, force: bool = False) -> Gpu
     gp.destroy = [g for g in live.gis if g not in kept]
     gp.busy = [g for g in gp.destroy if g.busy]
     gp.busy_pids = sorted({p for g in gp.busy for p in g.pids})
-    if not gp.destroy and not placed:
+    if not gp.destroy and not placed and not gp.ops:
         gp.status = "unchanged"
         return gp
     gp.ops += _destroy_ops(i, gp.destroy, "config")

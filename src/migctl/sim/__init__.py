@@ -44,16 +44,70 @@ class SimNode:
         self.lib = FakeNvmlLib(store)
 
     # -- operations with no NVML entry point (on real hardware they are nvidia-smi or the kernel's job)
+    def reset_gpus(self, bus_ids: list[str]) -> dict[str, tuple[int, list[str]]]:
+        """GPU reset of several GPUs in one call (``nvidia-smi -r -i BUS,BUS``): per bus id, the NVML return code
+        and, when refused, what holds the GPU. This process's own NVML session counts as a holder (migctl must
+        shut NVML down first, as mig-parted does)."""
+        from migctl.sim.state import ERROR_IN_USE, ERROR_INVALID_ARGUMENT, Driver
+
+        out: dict[str, tuple[int, list[str]]] = {}
+        with self.store.transaction() as st:
+            d = Driver(st, self.lib.alive)
+            for bus in bus_ids:
+                gpu = next((g for g in st.gpus if g.bus_id.upper() == bus.upper()), None)
+                if gpu is None:
+                    out[bus] = (ERROR_INVALID_ARGUMENT, [])
+                    continue
+                rc = d.reset(gpu, self.lib.initialized)
+                out[bus] = (rc, d.reset_blockers(gpu, self.lib.initialized) if rc == ERROR_IN_USE else [])
+        return out
+
     def reset_gpu(self, index: int) -> int:
-        """GPU reset (``nvidia-smi --gpu-reset -i N``): NVML return code."""
+        """GPU reset of one GPU by index: NVML return code (see :meth:`reset_gpus`)."""
+        from migctl.sim.state import ERROR_INVALID_ARGUMENT
+
+        gpus = self.store.load().gpus
+        if not 0 <= index < len(gpus):
+            return ERROR_INVALID_ARGUMENT
+        return self.reset_gpus([gpus[index].bus_id])[gpus[index].bus_id][0]
+
+    def reboot(self) -> None:
+        """Reboot the simulated node (see :meth:`migctl.sim.state.Driver.reboot`)."""
+        from migctl.sim.state import Driver
+
+        with self.store.transaction() as st:
+            Driver(st, self.lib.alive).reboot()
+
+    def set_behaviour(self, key: str, value: str) -> None:
+        """Change one driver behaviour of this node (``migctl sim set KEY=VALUE``)."""
+        from migctl.sim.state import BEHAVIOURS
+
+        if key not in BEHAVIOURS or value not in BEHAVIOURS[key]:
+            raise SpecError(f"simulator behaviour {key}={value!r} is not valid; valid: "
+                            + ", ".join(f"{k}={'|'.join(v)}" for k, v in BEHAVIOURS.items()))
+        with self.store.transaction() as st:
+            st.behaviour[key] = value
+
+    def add_holder(self, gpu_index: int, name: str, gi: int | None = None, ci: int | None = None) -> int:
+        """Something (a DCGM-like client, a daemon) that holds the GPU or a MIG device open with no process listed."""
+        from migctl.sim.state import ERROR_INVALID_ARGUMENT, Driver, SimHolder
+
+        with self.store.transaction() as st:
+            d = Driver(st, self.lib.alive)
+            gpu = d.gpu(gpu_index)
+            if gpu is None:
+                return ERROR_INVALID_ARGUMENT
+            return d.add_holder(gpu, SimHolder(name, gi, ci))
+
+    def remove_holder(self, gpu_index: int, name: str) -> int:
         from migctl.sim.state import ERROR_INVALID_ARGUMENT, Driver
 
         with self.store.transaction() as st:
             d = Driver(st, self.lib.alive)
-            gpu = d.gpu(index)
+            gpu = d.gpu(gpu_index)
             if gpu is None:
                 return ERROR_INVALID_ARGUMENT
-            return d.reset(gpu)
+            return d.remove_holder(gpu, name)
 
     def add_client(self, gpu_index: int, pid: int, gi: int | None = None, ci: int | None = None,
                    used_mib: int = 0, name: str = "") -> int:

@@ -63,12 +63,49 @@ def _addr(handle: Any) -> int:
     return ctypes.cast(handle, ctypes.c_void_p).value or 0
 
 
-def _encode(kind: int, gpu: int, gi: int = 0, ci: int = 0) -> int:
-    return (kind << 40) | ((gpu + 1) << 24) | ((gi + 1) << 12) | (ci + 1)
+def _encode(kind: int, gpu: int, gi: int = 0, ci: int = 0, serial: int = 0) -> int:
+    """A handle: kind, GPU index, GI ID, CI ID and the instance's serial. The serial makes the handle of a
+    destroyed instance invalid even when a new instance reuses its IDs ("handle becomes invalid on destroy or
+    reset", nvml.h on nvmlDeviceCreateGpuInstance; mig-hardware.md §2.3)."""
+    return (kind << 60) | ((gpu + 1) << 52) | ((gi + 1) << 44) | ((ci + 1) << 36) | (serial & 0xFFFFFFFFF)
 
 
-def _decode(addr: int) -> tuple[int, int, int, int]:
-    return addr >> 40, ((addr >> 24) & 0xFFFF) - 1, ((addr >> 12) & 0xFFF) - 1, (addr & 0xFFF) - 1
+def _decode(addr: int) -> tuple[int, int, int, int, int]:
+    return (addr >> 60, ((addr >> 52) & 0xFF) - 1, ((addr >> 44) & 0xFF) - 1, ((addr >> 36) & 0xFF) - 1,
+            addr & 0xFFFFFFFFF)
+
+
+# First driver whose nvml.h declares each entry point pynvml (or migctl) may call, from the history of
+# NVIDIA/go-nvml gen/nvml/nvml.h (commits "Update nvml.h to NVML 11.x" ... "sync nvml.h with CUDA 13.3"); the
+# version is the driver of the CUDA toolkit that shipped that header (CUDA release notes, toolkit/driver table).
+# A driver branch may have gained a function in an earlier minor release than the one listed: the minor is
+# UNCONFIRMED, the branch is what the header history shows. Functions not listed exist from R450 (NVML 11.0,
+# the first MIG driver) on.
+FIRST_DRIVER: dict[str, tuple[int, ...]] = {
+    "nvmlDeviceGetArchitecture": (460, 27, 4),  # NVML 11.2.0 header
+    "nvmlDeviceCreateGpuInstanceWithPlacement": (460, 32, 3),  # NVML 11.2.2 header
+    "nvmlDeviceGetGpuInstancePossiblePlacements_v2": (470, 42, 1),  # NVML 11.4 header
+    "nvmlDeviceGetGpuInstanceProfileInfoV": (510, 39, 1),  # NVML 11.6 (versioned structs)
+    "nvmlGpuInstanceGetComputeInstanceProfileInfoV": (510, 39, 1),  # NVML 11.6
+    "nvmlDeviceGetComputeRunningProcesses_v3": (510, 39, 1),  # NVML 11.6
+    "nvmlDeviceGetGraphicsRunningProcesses_v3": (510, 39, 1),  # NVML 11.6
+    "nvmlDeviceGetMemoryInfo_v2": (515, 43, 4),  # NVML 11.7
+    "nvmlGpuInstanceCreateComputeInstanceWithPlacement": (525, 60, 13),  # NVML 12.0
+    "nvmlGpuInstanceGetComputeInstancePossiblePlacements": (525, 60, 13),  # NVML 12.0
+    "nvmlDeviceGetGpuInstanceProfileInfoByIdV": (580, 65, 6),  # NVML 13.0
+    # GPU performance monitoring (sim/gpm.py): NVML 11.8 header; the MIG sample call NVML 12.0
+    "nvmlGpmQueryDeviceSupport": (520, 61, 5),
+    "nvmlGpmSampleAlloc": (520, 61, 5),
+    "nvmlGpmSampleFree": (520, 61, 5),
+    "nvmlGpmSampleGet": (520, 61, 5),
+    "nvmlGpmMetricsGet": (520, 61, 5),
+    "nvmlGpmMigSampleGet": (525, 60, 13),
+}
+
+# Struct versions the V entry points accept (nvml.h NVML_STRUCT_VERSION(...)); anything else is INVALID_ARGUMENT
+# ("If device, profile, info, or info->version are invalid", nvml.h on nvmlDeviceGetGpuInstanceProfileInfoV).
+GI_PROFILE_INFO_VERSIONS = (0x02000098, 0x03000098)
+CI_PROFILE_INFO_VERSIONS = (0x02000088, 0x0300008C)
 
 
 def _set_handle(ref: Any, addr: int) -> None:
@@ -110,33 +147,50 @@ class FakeNvmlLib(GpmMixin):
 
     def __getattr__(self, name: str) -> _Fn:
         impl = getattr(type(self), "_" + name, None)
-        if impl is None:
+        if impl is None or not self.has_function(name):
             raise AttributeError(name)  # pynvml turns this into NVMLError_FunctionNotFound
         fn = _Fn(impl.__get__(self))
         self.__dict__[name] = fn
         return fn
 
     # ---------------------------------------------------------------- plumbing
+    def has_function(self, name: str) -> bool:
+        """Whether the simulated driver exports ``name`` (see :data:`FIRST_DRIVER`)."""
+        first = FIRST_DRIVER.get(name)
+        if first is None:
+            return True
+        st = self.store.load()
+        return st.b("functions") == "all" or S.parse_driver(st.driver) >= first
+
     def _driver(self, st: S.SimState) -> S.Driver:
         return S.Driver(st, self.alive)
 
     def _resolve(self, st: S.SimState, handle: Any, want: int) -> tuple[S.SimGPU | None, Any, Any, int]:
-        """(gpu, gi, ci, rc) for a handle of kind ``want``; MIG device handles resolve to their (gi, ci)."""
-        kind, g, gi_id, ci_id = _decode(_addr(handle))
+        """(gpu, gi, ci, rc) for a handle of kind ``want``; MIG device handles resolve to their (gi, ci).
+        A handle to an instance that was destroyed (or wiped by a reset) is invalid, even if its IDs are reused."""
+        kind, g, gi_id, ci_id, serial = _decode(_addr(handle))
         if kind != want or not (0 <= g < len(st.gpus)):
             return None, None, None, S.ERROR_INVALID_ARGUMENT
         gpu = st.gpus[g]
         if kind == _KIND_GPU:
             return gpu, None, None, S.SUCCESS
         gi = next((x for x in gpu.gis if x.id == gi_id), None)
-        if gi is None:
+        if gi is None or (kind == _KIND_GI and gi.serial != serial):
             return None, None, None, S.ERROR_INVALID_ARGUMENT
         if kind == _KIND_GI:
             return gpu, gi, None, S.SUCCESS
         ci = next((x for x in gi.cis if x.id == ci_id), None)
-        if ci is None:
+        if ci is None or ci.serial != serial:
             return None, None, None, S.ERROR_INVALID_ARGUMENT
         return gpu, gi, ci, S.SUCCESS
+
+    @staticmethod
+    def _gi_handle(gpu: S.SimGPU, gi: S.SimGI) -> int:
+        return _encode(_KIND_GI, gpu.index, gi.id, 0, gi.serial)
+
+    @staticmethod
+    def _ci_handle(gpu: S.SimGPU, gi: S.SimGI, ci: S.SimCI, kind: int = _KIND_CI) -> int:
+        return _encode(kind, gpu.index, gi.id, ci.id, ci.serial)
 
     def _any_device(self, st: S.SimState, handle: Any) -> tuple[S.SimGPU | None, Any, Any, int]:
         kind = _decode(_addr(handle))[0]
@@ -199,7 +253,7 @@ class FakeNvmlLib(GpmMixin):
                 return S.SUCCESS
             for gi, ci in d.mig_devices(gpu):
                 if ci.uuid == text:
-                    _set_handle(ref, _encode(_KIND_MIG, gpu.index, gi.id, ci.id))
+                    _set_handle(ref, self._ci_handle(gpu, gi, ci, _KIND_MIG))
                     return S.SUCCESS
         return S.ERROR_NOT_FOUND
 
@@ -391,36 +445,52 @@ class FakeNvmlLib(GpmMixin):
         info.jpegCount = p.jpeg
         info.ofaCount = p.ofa
         info.memorySizeMB = p.memory_on(d.driver_version)
-        if hasattr(info, "name"):
+        if "name" in dict(type(info)._fields_):
             info.name = f"MIG {p.name}".encode()
 
-    def _nvmlDeviceGetGpuInstanceProfileInfoV(self, handle: Any, index: Any, ref: Any) -> int:
+    def _gi_profile_info(self, handle: Any, index: Any, ref: Any, versioned: bool) -> int:
         st = self.store.load()
         gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
         if rc:
             return rc
+        info = _obj(ref)
+        if versioned and int(getattr(info, "version", 0)) not in GI_PROFILE_INFO_VERSIONS:
+            return S.ERROR_INVALID_ARGUMENT
         idx = int(_val(index))
         if not S.Driver.mig_supported(gpu):
             return S.ERROR_NOT_SUPPORTED
-        if not 0 <= idx < 0x12:
-            return S.ERROR_INVALID_ARGUMENT
-        p = self._driver(st).profile_by_index(gpu, idx)
+        d = self._driver(st)
+        if not 0 <= idx < gi_profile_count(d, gpu):
+            return S.ERROR_INVALID_ARGUMENT  # the end of the enumeration (nvml.h; go-nvlib stops here)
+        if gpu.mig_current != 1 and not d.profile_info_with_mig_off():
+            return S.ERROR_NOT_SUPPORTED  # "If device doesn't have MIG mode enabled" (nvml.h, InfoV)
+        p = d.profile_by_index(gpu, idx)
         if p is None:
             return S.ERROR_NOT_SUPPORTED
-        self._fill_gi_profile(st, gpu, p, _obj(ref))
+        self._fill_gi_profile(st, gpu, p, info)
         return S.SUCCESS
 
-    _nvmlDeviceGetGpuInstanceProfileInfo = _nvmlDeviceGetGpuInstanceProfileInfoV
+    def _nvmlDeviceGetGpuInstanceProfileInfoV(self, handle: Any, index: Any, ref: Any) -> int:
+        return self._gi_profile_info(handle, index, ref, True)
+
+    def _nvmlDeviceGetGpuInstanceProfileInfo(self, handle: Any, index: Any, ref: Any) -> int:
+        return self._gi_profile_info(handle, index, ref, False)  # v1 struct: no version, no name
 
     def _nvmlDeviceGetGpuInstanceProfileInfoByIdV(self, handle: Any, pid: Any, ref: Any) -> int:
         st = self.store.load()
         gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
         if rc:
             return rc
-        p = self._driver(st).profile_by_id(gpu, int(_val(pid)))
+        info = _obj(ref)
+        if int(getattr(info, "version", 0)) not in GI_PROFILE_INFO_VERSIONS:
+            return S.ERROR_INVALID_ARGUMENT
+        d = self._driver(st)
+        if gpu.mig_current != 1 and not d.profile_info_with_mig_off():
+            return S.ERROR_NOT_SUPPORTED
+        p = d.profile_by_id(gpu, int(_val(pid)))
         if p is None:
             return S.ERROR_INVALID_ARGUMENT
-        self._fill_gi_profile(st, gpu, p, _obj(ref))
+        self._fill_gi_profile(st, gpu, p, info)
         return S.SUCCESS
 
     def _nvmlDeviceGetGpuInstanceRemainingCapacity(self, handle: Any, pid: Any, ref: Any) -> int:
@@ -455,7 +525,10 @@ class FakeNvmlLib(GpmMixin):
         gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
         if rc:
             return rc
-        p = self._driver(st).profile_by_id(gpu, int(_val(pid)))
+        d = self._driver(st)
+        if not d.root:
+            return S.ERROR_NO_PERMISSION  # nvml.h lists NO_PERMISSION; which callers get it: UNCONFIRMED (strict)
+        p = d.profile_by_id(gpu, int(_val(pid)))
         if p is None:
             return S.ERROR_INVALID_ARGUMENT
         return self._write_placements(list(p.placements), arr, count)
@@ -469,7 +542,7 @@ class FakeNvmlLib(GpmMixin):
             rc, gi = self._driver(st).create_gi(gpu, int(_val(pid)), placement)
             if rc:
                 return rc
-            _set_handle(ref, _encode(_KIND_GI, gpu.index, gi.id))
+            _set_handle(ref, self._gi_handle(gpu, gi))
             return S.SUCCESS
 
     def _nvmlDeviceCreateGpuInstance(self, handle: Any, pid: Any, ref: Any) -> int:
@@ -508,7 +581,7 @@ class FakeNvmlLib(GpmMixin):
 
         target = _obj(arr)
         for i, g in enumerate(gis):
-            target[i] = _handle_of(c_nvmlGpuInstance_t, _encode(_KIND_GI, gpu.index, g.id))
+            target[i] = _handle_of(c_nvmlGpuInstance_t, self._gi_handle(gpu, g))
         cobj.value = len(gis)
         return S.SUCCESS
 
@@ -522,7 +595,7 @@ class FakeNvmlLib(GpmMixin):
         gi = next((g for g in gpu.gis if g.id == int(_val(gi_id))), None)
         if gi is None:
             return S.ERROR_NOT_FOUND
-        _set_handle(ref, _encode(_KIND_GI, gpu.index, gi.id))
+        _set_handle(ref, self._gi_handle(gpu, gi))
         return S.SUCCESS
 
     def _nvmlGpuInstanceGetInfo(self, handle: Any, ref: Any) -> int:
@@ -541,19 +614,21 @@ class FakeNvmlLib(GpmMixin):
         return S.SUCCESS
 
     # ---------------------------------------------------------------- CI profiles / create / destroy
-    def _nvmlGpuInstanceGetComputeInstanceProfileInfoV(self, handle: Any, profile: Any, eng: Any, ref: Any) -> int:
+    def _ci_profile_info(self, handle: Any, profile: Any, eng: Any, ref: Any, versioned: bool) -> int:
         st = self.store.load()
         gpu, gi, _, rc = self._resolve(st, handle, _KIND_GI)
         if rc:
             return rc
+        info = _obj(ref)
+        if versioned and int(getattr(info, "version", 0)) not in CI_PROFILE_INFO_VERSIONS:
+            return S.ERROR_INVALID_ARGUMENT
         idx = int(_val(profile))
-        if not 0 <= idx < 0x9 or int(_val(eng)) != 0:
+        if not 0 <= idx < ci_profile_count(self._driver(st), gpu) or int(_val(eng)) != 0:
             return S.ERROR_INVALID_ARGUMENT
         gp = gpu.catalog.profile(gi.profile_id)
         cp = gp.ci_profile(idx)
         if cp is None:
             return S.ERROR_NOT_SUPPORTED
-        info = _obj(ref)
         info.id = cp.id
         info.sliceCount = cp.slices
         info.instanceCount = cp.max_instances
@@ -563,11 +638,15 @@ class FakeNvmlLib(GpmMixin):
         info.sharedEncoderCount = gp.enc
         info.sharedJpegCount = gp.jpeg
         info.sharedOfaCount = gp.ofa
-        if hasattr(info, "name"):
+        if "name" in dict(type(info)._fields_):
             info.name = f"MIG {cp.name}".encode()
         return S.SUCCESS
 
-    _nvmlGpuInstanceGetComputeInstanceProfileInfo = _nvmlGpuInstanceGetComputeInstanceProfileInfoV
+    def _nvmlGpuInstanceGetComputeInstanceProfileInfoV(self, handle: Any, profile: Any, eng: Any, ref: Any) -> int:
+        return self._ci_profile_info(handle, profile, eng, ref, True)
+
+    def _nvmlGpuInstanceGetComputeInstanceProfileInfo(self, handle: Any, profile: Any, eng: Any, ref: Any) -> int:
+        return self._ci_profile_info(handle, profile, eng, ref, False)
 
     def _nvmlGpuInstanceGetComputeInstanceRemainingCapacity(self, handle: Any, pid: Any, ref: Any) -> int:
         st = self.store.load()
@@ -585,6 +664,8 @@ class FakeNvmlLib(GpmMixin):
         gpu, gi, _, rc = self._resolve(st, handle, _KIND_GI)
         if rc:
             return rc
+        if not self._driver(st).root:
+            return S.ERROR_NO_PERMISSION  # nvml.h lists NO_PERMISSION; UNCONFIRMED which callers get it (strict)
         cp = gpu.catalog.profile(gi.profile_id).ci_profile(int(_val(pid)))
         if cp is None:
             return S.ERROR_NOT_SUPPORTED
@@ -598,7 +679,7 @@ class FakeNvmlLib(GpmMixin):
             rc, ci = self._driver(st).create_ci(gpu, gi, int(_val(pid)), placement)
             if rc:
                 return rc
-            _set_handle(ref, _encode(_KIND_CI, gpu.index, gi.id, ci.id))
+            _set_handle(ref, self._ci_handle(gpu, gi, ci))
             return S.SUCCESS
 
     def _nvmlGpuInstanceCreateComputeInstance(self, handle: Any, pid: Any, ref: Any) -> int:
@@ -634,7 +715,7 @@ class FakeNvmlLib(GpmMixin):
 
         target = _obj(arr)
         for i, c in enumerate(cis):
-            target[i] = _handle_of(c_nvmlComputeInstance_t, _encode(_KIND_CI, gpu.index, gi.id, c.id))
+            target[i] = _handle_of(c_nvmlComputeInstance_t, self._ci_handle(gpu, gi, c))
         cobj.value = len(cis)
         return S.SUCCESS
 
@@ -646,7 +727,7 @@ class FakeNvmlLib(GpmMixin):
         ci = next((c for c in gi.cis if c.id == int(_val(ci_id))), None)
         if ci is None:
             return S.ERROR_NOT_FOUND
-        _set_handle(ref, _encode(_KIND_CI, gpu.index, gi.id, ci.id))
+        _set_handle(ref, self._ci_handle(gpu, gi, ci))
         return S.SUCCESS
 
     def _nvmlComputeInstanceGetInfo_v2(self, handle: Any, ref: Any) -> int:
@@ -658,7 +739,7 @@ class FakeNvmlLib(GpmMixin):
 
         info = _obj(ref)
         info.device = _handle_of(c_nvmlDevice_t, _encode(_KIND_GPU, gpu.index))
-        info.gpuInstance = _handle_of(c_nvmlGpuInstance_t, _encode(_KIND_GI, gpu.index, gi.id))
+        info.gpuInstance = _handle_of(c_nvmlGpuInstance_t, self._gi_handle(gpu, gi))
         info.id = ci.id
         info.profileId = ci.profile_id
         info.placement.start = ci.start
@@ -702,7 +783,7 @@ class FakeNvmlLib(GpmMixin):
         if not 0 <= i < len(devs):
             return S.ERROR_NOT_FOUND
         gi, ci = devs[i]
-        _set_handle(ref, _encode(_KIND_MIG, gpu.index, gi.id, ci.id))
+        _set_handle(ref, self._ci_handle(gpu, gi, ci, _KIND_MIG))
         return S.SUCCESS
 
     def _nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: Any, ref: Any) -> int:
@@ -738,6 +819,10 @@ class FakeNvmlLib(GpmMixin):
         if rc:
             return rc
         d = self._driver(st)
+        if gi is None and gpu.mig_current == 1 and not d.root:
+            # "In MIG mode, if device handle is provided, the API returns aggregate information, only if the caller
+            # has appropriate privileges" (nvml.h); per-MIG-device handles still answer
+            return S.ERROR_NO_PERMISSION
         procs = d.busy(gpu, gi.id, ci.id) if gi is not None else d.live_processes(gpu)
         cobj = _obj(count)
         if not procs:
@@ -769,3 +854,24 @@ def _cap_mib(lib: FakeNvmlLib, st: S.SimState, gpu: S.SimGPU, p: S.SimProcess) -
         return int(gpu.catalog.memory_mib)
     gp = gpu.catalog.profile(gi.profile_id)
     return int(gp.memory_on(lib._driver(st).driver_version)) if gp is not None else int(gpu.catalog.memory_mib)
+
+
+# Profile-index counts each driver knows (NVML_GPU_INSTANCE_PROFILE_COUNT / NVML_COMPUTE_INSTANCE_PROFILE_COUNT in
+# the go-nvml nvml.h history): a query at or past the count is INVALID_ARGUMENT, which is where enumeration ends.
+_GI_COUNTS = ((590, 0x12), (575, 0x11), (570, 0xD), (525, 0xA), (470, 0x8), (460, 0x7), (0, 0x6))
+_CI_COUNTS = ((590, 0x9), (525, 0x8), (460, 0x7), (0, 0x6))
+
+
+def _count(table: tuple[tuple[int, int], ...], d: S.Driver) -> int:
+    return next(n for major, n in table if d.driver_version[0] >= major)
+
+
+def gi_profile_count(d: S.Driver, gpu: S.SimGPU) -> int:
+    """GI profile indices the driver answers (at least one past every profile the model has on this driver)."""
+    top = max((p.index for p in d.profiles(gpu)), default=-1)
+    return max(_count(_GI_COUNTS, d), top + 1)
+
+
+def ci_profile_count(d: S.Driver, gpu: S.SimGPU) -> int:
+    top = max((c.id for p in d.profiles(gpu) for c in p.ci_profiles), default=-1)
+    return max(_count(_CI_COUNTS, d), top + 1)

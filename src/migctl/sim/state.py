@@ -21,12 +21,35 @@ from migctl.proc import pid_alive
 
 # NVML return codes (nvml.h; identical values in pynvml).
 SUCCESS = 0
+ERROR_UNINITIALIZED = 1
 ERROR_INVALID_ARGUMENT = 2
 ERROR_NOT_SUPPORTED = 3
+ERROR_NO_PERMISSION = 4
 ERROR_NOT_FOUND = 6
 ERROR_INSUFFICIENT_SIZE = 7
+ERROR_RESET_REQUIRED = 16
 ERROR_IN_USE = 19
 ERROR_INSUFFICIENT_RESOURCES = 23
+
+# Selectable behaviours of the simulated driver (spec options ``;key=value`` or ``migctl sim set``), with their
+# defaults. Sources and the rules each one drives are listed in docs/simulator.md.
+BEHAVIOURS: dict[str, tuple[str, ...]] = {
+    # who calls NVML: root, or an unprivileged user (NO_PERMISSION from the privileged calls, nvml.h)
+    "caller": ("root", "user"),
+    # bare metal, or a pass-through VM (mode changes stay pending with RESET_REQUIRED; reset Not Supported)
+    "vm": ("none", "passthrough"),
+    # GI profile info while MIG is disabled: "driver" = Not Supported below R570 (UNCONFIRMED bound; mig-parted
+    # discovery.go names 535), "not-supported" / "supported" force either answer
+    "profile-info-mig-off": ("driver", "not-supported", "supported"),
+    # NVML entry points: "driver" = only those the spec's driver has (nvml.h history), "all" = every one
+    "functions": ("driver", "all"),
+    # nvidia-persistenced running: holds every GPU open (reset refused, Ampere mode changes stay pending)
+    "persistenced": ("off", "on"),
+}
+DEFAULT_BEHAVIOUR = {k: v[0] for k, v in BEHAVIOURS.items()}
+# Profile info answers Not Supported with MIG disabled below this driver (UNCONFIRMED: the stricter choice; the
+# only recorded data point is mig-parted discovery.go's "older drivers (e.g., 535)").
+PROFILE_INFO_MIG_OFF_FROM = (570,)
 
 STATE_FORMAT = "migctl-sim-state"
 STATE_VERSION = 1
@@ -39,6 +62,7 @@ class SimCI:
     start: int
     size: int
     uuid: str
+    serial: int = 0  # unique for the life of the node: a handle to a destroyed CI never matches a new one
 
 
 @dataclass
@@ -48,6 +72,7 @@ class SimGI:
     start: int
     size: int
     cis: list[SimCI] = field(default_factory=list)
+    serial: int = 0
 
     @property
     def placement(self) -> Placement:
@@ -67,6 +92,17 @@ class SimProcess:
 
 
 @dataclass
+class SimHolder:
+    """Something that holds a GPU (gi None) or a MIG device open without being a compute process: NVML shows no
+    process for it, but reset (GPU holders) and destroy (GI/CI holders) answer In use, as a DCGM watch or
+    nvidia-persistenced does on a real node."""
+
+    name: str
+    gi: int | None = None
+    ci: int | None = None
+
+
+@dataclass
 class SimGPU:
     index: int
     model: str
@@ -80,6 +116,7 @@ class SimGPU:
     temperature_c: int = 30
     power_w: int = 30
     mig_supported: bool = True
+    holders: list[SimHolder] = field(default_factory=list)
 
     @property
     def catalog(self) -> GpuModel:
@@ -94,6 +131,16 @@ class SimState:
     seed: str
     fail_at: int | None = None  # fault injection: fail the Nth mutating operation (test hook)
     op_count: int = 0
+    behaviour: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_BEHAVIOUR))
+    serial: int = 0  # last instance serial handed out
+    boots: int = 0  # `migctl sim reboot` count
+
+    def next_serial(self) -> int:
+        self.serial += 1
+        return self.serial
+
+    def b(self, key: str) -> str:
+        return self.behaviour.get(key, DEFAULT_BEHAVIOUR[key])
 
     # ---------------------------------------------------------------- serialisation
     def to_json(self) -> dict[str, Any]:
@@ -109,7 +156,8 @@ class SimState:
         for g in data["gpus"]:
             gis = [SimGI(**{**gi, "cis": [SimCI(**ci) for ci in gi["cis"]]}) for gi in g["gis"]]
             procs = [SimProcess(**p) for p in g["processes"]]
-            gpus.append(SimGPU(**{**g, "gis": gis, "processes": procs}))
+            holders = [SimHolder(**h) for h in g.get("holders", [])]
+            gpus.append(SimGPU(**{**g, "gis": gis, "processes": procs, "holders": holders}))
         return cls(
             spec=data["spec"],
             driver=data["driver"],
@@ -117,10 +165,14 @@ class SimState:
             seed=data["seed"],
             fail_at=data.get("fail_at"),
             op_count=data.get("op_count", 0),
+            behaviour={**DEFAULT_BEHAVIOUR, **data.get("behaviour", {})},
+            serial=data.get("serial", 0),
+            boots=data.get("boots", 0),
         )
 
     @classmethod
-    def new(cls, models: tuple[str, ...], driver: str, spec: str, seed: str | None = None) -> SimState:
+    def new(cls, models: tuple[str, ...], driver: str, spec: str, seed: str | None = None,
+            behaviour: dict[str, str] | None = None) -> SimState:
         seed = seed or uuidlib.uuid4().hex
         rng = random.Random(seed)
         gpus = []
@@ -139,7 +191,7 @@ class SimState:
                     mig_supported=flag != "nomig",
                 )
             )
-        return cls(spec=spec, driver=driver, gpus=gpus, seed=seed)
+        return cls(spec=spec, driver=driver, gpus=gpus, seed=seed, behaviour={**DEFAULT_BEHAVIOUR, **(behaviour or {})})
 
 
 class Driver:
@@ -214,6 +266,42 @@ class Driver:
         nonce = os.urandom(8).hex()
         return "MIG-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_OID, f"{gpu.uuid}/{gi}/{ci}/{nonce}"))
 
+    # ---------------------------------------------------------------- behaviours
+    @property
+    def root(self) -> bool:
+        """Privileged calls (create/destroy, mode, placements, the GPU-wide process list in MIG mode) need root:
+        nvml.h lists NVML_ERROR_NO_PERMISSION for each; the MIG config capability is root-only (MIG User Guide)."""
+        return self.state.b("caller") == "root"
+
+    @property
+    def passthrough(self) -> bool:
+        return self.state.b("vm") == "passthrough"
+
+    @staticmethod
+    def ampere(gpu: SimGPU) -> bool:
+        """Ampere needs the disruptive GPU reset to change MIG mode and keeps the mode across reboots; Hopper and
+        newer toggle without it and start disabled after a reboot (mig-hardware.md §1, §5.1; details UNCONFIRMED)."""
+        return gpu.catalog.architecture == "Ampere"
+
+    def profile_info_with_mig_off(self) -> bool:
+        mode = self.state.b("profile-info-mig-off")
+        if mode == "supported":
+            return True
+        if mode == "not-supported":
+            return False
+        return self.driver_version >= PROFILE_INFO_MIG_OFF_FROM
+
+    def gpu_holders(self, gpu: SimGPU) -> list[str]:
+        """Names of what holds the whole GPU open without a compute process (persistence daemon, DCGM-like clients)."""
+        names = [h.name for h in gpu.holders if h.gi is None]
+        if self.state.b("persistenced") == "on":
+            names.insert(0, "nvidia-persistenced")
+        return names
+
+    def instance_holders(self, gpu: SimGPU, gi: int, ci: int | None = None) -> list[str]:
+        return [h.name for h in gpu.holders
+                if h.gi == gi and (ci is None or h.ci is None or h.ci == ci)]
+
     # ---------------------------------------------------------------- MIG mode
     def get_mig_mode(self, gpu: SimGPU) -> tuple[int, int, int]:
         if not self.mig_supported(gpu):
@@ -224,6 +312,8 @@ class Driver:
         """nvmlDeviceSetMigMode: returns (return code, activation status)."""
         if mode not in (0, 1):
             return ERROR_INVALID_ARGUMENT, 0
+        if not self.root:
+            return ERROR_NO_PERMISSION, 0
         fault = self._fault()
         if fault:
             return fault, 0
@@ -233,23 +323,57 @@ class Driver:
         if self.busy(gpu):
             # the driver cannot unbind/reset a device in use: the change stays pending
             return SUCCESS, ERROR_IN_USE
+        if self.passthrough:
+            # nvml.h: "In a pass-through VM ... activationStatus NVML_ERROR_RESET_REQUIRED" (VM reboot needed).
+            # Hopper+ in a pass-through VM: UNCONFIRMED, the stricter Ampere behaviour is kept.
+            return SUCCESS, ERROR_RESET_REQUIRED
+        if self.ampere(gpu) and self.gpu_holders(gpu):
+            # Ampere needs a reset to activate; a holder (persistence daemon, monitoring client) prevents it
+            return SUCCESS, ERROR_IN_USE
         self._activate(gpu)
         return SUCCESS, SUCCESS
 
     def _activate(self, gpu: SimGPU) -> None:
         gpu.mig_current = gpu.mig_pending
         gpu.gis = []  # GIs and CIs do not survive a reset (MIG User Guide)
+        gpu.holders = [h for h in gpu.holders if h.gi is None]
         self.dirty = True
 
-    def reset(self, gpu: SimGPU) -> int:
-        """GPU reset (nvidia-smi --gpu-reset): refused while in use; applies a pending mode; clears instances."""
-        if self.busy(gpu):
+    def reset_blockers(self, gpu: SimGPU, own_sessions: int = 0) -> list[str]:
+        """What keeps a reset from happening: processes, holders, and the caller's own NVML session."""
+        out = [f"PID {p.pid}" + (f" ({p.name})" if p.name else "") for p in self.busy(gpu)]
+        out += self.gpu_holders(gpu)
+        out += [h.name for h in gpu.holders if h.gi is not None]
+        if own_sessions:
+            out.append("this process's own NVML session")
+        return out
+
+    def reset(self, gpu: SimGPU, own_sessions: int = 0) -> int:
+        """GPU reset (nvidia-smi -r): root only; Not Supported in a pass-through VM (DOC: "Resetting GPU ... is not
+        supported"); In use while any process, holder or NVML session (the caller's own included) has the GPU
+        open; otherwise applies a pending mode and clears all instances."""
+        if not self.root:
+            return ERROR_NO_PERMISSION
+        if self.passthrough:
+            return ERROR_NOT_SUPPORTED
+        if self.reset_blockers(gpu, own_sessions):
             return ERROR_IN_USE
         fault = self._fault()
         if fault:
             return fault
         self._activate(gpu)
         return SUCCESS
+
+    def reboot(self) -> None:
+        """A node reboot: processes gone, instances gone, pending modes applied; Ampere keeps MIG mode, Hopper and
+        newer come up with MIG disabled (mig-hardware.md §5.1 DOC note; Hopper detail UNCONFIRMED)."""
+        self.state.boots += 1
+        for gpu in self.state.gpus:
+            gpu.processes = []
+            if not self.ampere(gpu):
+                gpu.mig_pending = 0
+            self._activate(gpu)
+        self.dirty = True
 
     # ---------------------------------------------------------------- GPU instances
     def gi_remaining(self, gpu: SimGPU, profile_id: int) -> tuple[int, int]:
@@ -265,6 +389,8 @@ class Driver:
             return ERROR_NOT_SUPPORTED, None
         if gpu.mig_current != 1:
             return ERROR_NOT_SUPPORTED, None
+        if not self.root:
+            return ERROR_NO_PERMISSION, None
         p = self.profile_by_id(gpu, profile_id)
         if p is None:
             return ERROR_INVALID_ARGUMENT, None
@@ -287,7 +413,8 @@ class Driver:
         used = {gi.id for gi in gpu.gis}
         if gi_id in used:  # cannot happen with non-overlapping placements; keep IDs unique regardless
             gi_id = min(set(range(64)) - used)
-        gi = SimGI(id=gi_id, profile_id=p.id, start=placement.start, size=placement.size)
+        gi = SimGI(id=gi_id, profile_id=p.id, start=placement.start, size=placement.size,
+                   serial=self.state.next_serial())
         gpu.gis.append(gi)
         gpu.gis.sort(key=lambda g: g.id)
         return SUCCESS, gi
@@ -296,12 +423,15 @@ class Driver:
         return next((g for g in gpu.gis if g.id == gi_id), None)
 
     def destroy_gi(self, gpu: SimGPU, gi: SimGI) -> int:
-        if gi.cis or self.busy(gpu, gi.id):
+        if not self.root:
+            return ERROR_NO_PERMISSION
+        if gi.cis or self.busy(gpu, gi.id) or self.instance_holders(gpu, gi.id):
             return ERROR_IN_USE
         fault = self._fault()
         if fault:
             return fault
         gpu.gis.remove(gi)
+        gpu.holders = [h for h in gpu.holders if h.gi != gi.id]
         return SUCCESS
 
     # ---------------------------------------------------------------- compute instances
@@ -349,6 +479,8 @@ class Driver:
             gi.cis = saved
 
     def create_ci(self, gpu: SimGPU, gi: SimGI, ci_profile_id: int, placement: Placement | None) -> tuple[int, SimCI | None]:
+        if not self.root:
+            return ERROR_NO_PERMISSION, None
         gp = self.gi_profile(gpu, gi)
         cp = gp.ci_profile(ci_profile_id)
         if cp is None:
@@ -368,18 +500,21 @@ class Driver:
         used = {c.id for c in gi.cis}
         ci_id = min(set(range(64)) - used)
         ci = SimCI(id=ci_id, profile_id=ci_profile_id, start=placement.start, size=placement.size,
-                   uuid=self._mig_uuid(gpu, gi.id, ci_id))
+                   uuid=self._mig_uuid(gpu, gi.id, ci_id), serial=self.state.next_serial())
         gi.cis.append(ci)
         gi.cis.sort(key=lambda c: c.id)
         return SUCCESS, ci
 
     def destroy_ci(self, gpu: SimGPU, gi: SimGI, ci: SimCI) -> int:
-        if self.busy(gpu, gi.id, ci.id):
+        if not self.root:
+            return ERROR_NO_PERMISSION
+        if self.busy(gpu, gi.id, ci.id) or self.instance_holders(gpu, gi.id, ci.id):
             return ERROR_IN_USE
         fault = self._fault()
         if fault:
             return fault
         gi.cis.remove(ci)
+        gpu.holders = [h for h in gpu.holders if not (h.gi == gi.id and h.ci == ci.id)]
         return SUCCESS
 
     # ---------------------------------------------------------------- MIG devices
@@ -405,4 +540,22 @@ class Driver:
         before = len(gpu.processes)
         gpu.processes = [p for p in gpu.processes if p.pid != pid]
         self.dirty = self.dirty or len(gpu.processes) != before
+        return SUCCESS
+
+    # ---------------------------------------------------------------- holders
+    def add_holder(self, gpu: SimGPU, holder: SimHolder) -> int:
+        if holder.gi is not None:
+            gi = self.find_gi(gpu, holder.gi)
+            if gi is None or (holder.ci is not None and not any(c.id == holder.ci for c in gi.cis)):
+                return ERROR_NOT_FOUND
+        gpu.holders.append(holder)
+        self.dirty = True
+        return SUCCESS
+
+    def remove_holder(self, gpu: SimGPU, name: str) -> int:
+        before = len(gpu.holders)
+        gpu.holders = [h for h in gpu.holders if h.name != name]
+        if len(gpu.holders) == before:
+            return ERROR_NOT_FOUND
+        self.dirty = True
         return SUCCESS

@@ -52,7 +52,7 @@ class Store:
 
     # ---------------------------------------------------------------- reading
     def _fresh(self) -> SimState:
-        return SimState.new(self.spec.models, self.spec.driver, str(self.spec))
+        return SimState.new(self.spec.models, self.spec.driver, str(self.spec), behaviour=self.spec.behaviour)
 
     def _read_file(self) -> SimState:
         assert self.path is not None
