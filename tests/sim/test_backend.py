@@ -86,3 +86,14 @@ def test_cli_broken_driver_is_one_error_line(monkeypatch, tmp_path, capsys):
     assert main(["mode", "enable", "-i", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("migctl: error: the NVIDIA driver is installed") and err.count("\n") == 1
+
+
+def test_failed_state_change_on_sim_keeps_one_error_line_with_the_note(monkeypatch, tmp_path, capsys):
+    no_driver(monkeypatch, tmp_path)
+    assert main(["--sim", "1xH100-80GB", "mode", "enable"]) == 0
+    capsys.readouterr()
+    assert main(["--sim", "1xH100-80GB", "gi", "create", "19,19,14,9"]) == 1  # three created, then no room
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("migctl: error: ")
+    assert err.rstrip().endswith("(note: node is simulated (1xH100-80GB@580.65.06; chosen by --sim/MIGCTL_SIM): "
+                                 "no real GPU is changed)")

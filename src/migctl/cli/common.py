@@ -9,6 +9,9 @@ from typing import Any
 
 import typer
 
+# Notes that a state-changing command ran on a simulated node, printed by main() when the command ends.
+SIM_NOTES: list[str] = []
+
 
 @dataclass
 class CliState:
@@ -23,8 +26,9 @@ class CliState:
             from migctl.device import open_node
 
             self._node = open_node(self.sim, self.sim_state)
-            # state-changing commands on a simulated node say so on stderr (issue 8, item 2)
-            self._node.on_simulated_change = lambda msg: sys.stderr.write(f"migctl: note: {msg}\n")
+            # state-changing commands on a simulated node say so on stderr (issue 8, item 2); main() prints it
+            # when the command ends (appended to the error line when it fails, so errors stay one line)
+            self._node.on_simulated_change = SIM_NOTES.append
         return self._node
 
 

@@ -81,15 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line on stderr and exit non-zero, never a traceback."""
     click = _click()
 
+    from migctl.cli.common import SIM_NOTES
     from migctl.errors import UserError
 
+    SIM_NOTES.clear()
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="migctl")
+        _flush_sim_notes()
         return rv if isinstance(rv, int) else 0
     except SystemExit as e:
+        _flush_sim_notes()
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except UserError as e:
-        sys.stderr.write(f"migctl: error: {e}\n")
+        sys.stderr.write(f"migctl: error: {e}{_sim_suffix()}\n")
         return e.exit_code
     except click.exceptions.UsageError as e:
         e.show()
@@ -104,8 +108,25 @@ def main(argv: list[str] | None = None) -> int:
         msg = _known_error(e)
         if msg is None:
             raise
-        sys.stderr.write(f"migctl: error: {msg}\n")
+        sys.stderr.write(f"migctl: error: {msg}{_sim_suffix()}\n")
         return 2
+
+
+def _flush_sim_notes() -> None:
+    from migctl.cli.common import SIM_NOTES
+
+    for note in SIM_NOTES:
+        sys.stderr.write(f"migctl: note: {note}\n")
+    SIM_NOTES.clear()
+
+
+def _sim_suffix() -> str:
+    """On a failed command that had started changing a simulated node: the note, on the same line."""
+    from migctl.cli.common import SIM_NOTES
+
+    text = "".join(f" (note: {n})" for n in SIM_NOTES)
+    SIM_NOTES.clear()
+    return text
 
 
 def _click():  # type: ignore[no-untyped-def]

@@ -395,6 +395,9 @@ class Gpu:
         from migctl.catalog.model import attribute_suffix, gi_index_name
 
         out: list[GIProfileInfo] = []
+        if not self.mig_capable():
+            self._profiles = out
+            return out
         version = 2
         for idx in range(_MAX_PROFILE_INDEX):
             try:

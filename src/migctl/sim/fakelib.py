@@ -216,8 +216,10 @@ class FakeNvmlLib(GpmMixin):
         return _set_str(buf, size, self.store.load().driver)
 
     def _nvmlSystemGetNVMLVersion(self, buf: Any, size: Any) -> int:
-        major = self.store.load().driver.split(".")[0]
-        return _set_str(buf, size, f"{int(major) - 468}.{self.store.load().driver}")
+        # "<CUDA major>.<driver>", e.g. 12.535.104.05 (mig-parted util/nvml.go parses the leading major)
+        cuda = ctypes.c_int(0)
+        self._nvmlSystemGetCudaDriverVersion(ctypes.byref(cuda))
+        return _set_str(buf, size, f"{cuda.value // 1000}.{self.store.load().driver}")
 
     def _nvmlSystemGetCudaDriverVersion(self, ref: Any) -> int:
         major = int(self.store.load().driver.split(".")[0])
