@@ -610,20 +610,24 @@ def reset_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) 
     if busy:
         what = "; ".join(f"GPU {g.index} is in use by {pids_text(pids)}" for g, pids in busy)
         fail(f"cannot reset: {what}; stop those processes first (nothing was reset)", EXIT_DEVICE)
+    # one reset for every selected GPU, by bus id, with NVML shut down meanwhile (Node.reset_gpus, as mig-parted)
+    n_gis = {g.index: len(_gi_list(g)) if _mig_state(g)[0] == 1 else 0 for g in gpus}
+    indices = [g.index for g in gpus]
+    try:
+        node(ctx).reset_gpus(gpus)
+    except N.NVMLError as e:
+        if as_json:
+            emit_json({"gpus": [], "error": str(e)})
+        label = ", ".join(_gpu_label(g) for g in gpus)
+        fail(getattr(e, "detail", None) or _device_error(f"cannot reset {label}", e), EXIT_DEVICE)
     rows = []
-    for g in gpus:
-        n_gis = len(_gi_list(g)) if _mig_state(g)[0] == 1 else 0
-        try:
-            g.reset()
-        except N.NVMLError as e:
-            if as_json:
-                emit_json({"gpus": rows, "error": str(e)})
-            fail(getattr(e, "detail", None) or _device_error(f"cannot reset {_gpu_label(g)}", e), EXIT_DEVICE)
+    for i in indices:
+        g = node(ctx).gpu(i)  # handles were dropped by the reset: re-read
         cur, _ = _mig_state(g)
         rows.append({"index": g.index, "bus_id": g.bus_id, "mig_current": None if cur is None else cur == 1,
-                     "gpu_instances_removed": n_gis})
+                     "gpu_instances_removed": n_gis[i]})
         if not as_json:
-            extra = f"; removed {n_gis} GPU instance{'s' if n_gis != 1 else ''}" if n_gis else ""
+            extra = f"; removed {n_gis[i]} GPU instance{'s' if n_gis[i] != 1 else ''}" if n_gis[i] else ""
             out(f"Reset {_gpu_label(g)}: MIG mode {mode_name(cur).lower()}{extra}")
     if as_json:
         emit_json({"gpus": rows, "error": None})

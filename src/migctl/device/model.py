@@ -26,12 +26,16 @@ def model_from_nvml(gpu: Any) -> GpuModel:
     infos = gpu.profiles()
     cat: GpuModel | None = gpu.catalog_model
     total = gpu.total_memory_mib()
+    live = _live_ci_profiles(gpu)
     profiles = []
     for p in infos:
         starts = tuple(pl.start for pl in p.placements)
         size = p.placements[0].size if p.placements else 0
         cat_p = cat.profile(p.id) if cat is not None else None
-        if cat_p is not None and cat_p.name == p.name and cat_p.slices == p.slices:
+        if p.id in live:
+            cis = live[p.id]  # read from NVML on a live GI of this profile (placements too, R525+)
+            ci_unconfirmed = False
+        elif cat_p is not None and cat_p.name == p.name and cat_p.slices == p.slices:
             cis = cat_p.ci_profiles
             ci_unconfirmed = False
         else:
@@ -74,6 +78,35 @@ def model_from_nvml(gpu: Any) -> GpuModel:
         sources={"NVML": f"read from driver {gpu.node.driver_version}"} | (dict(cat.sources) if cat else {}),
         notes=cat.notes if cat is not None else (),
     )
+
+
+def _live_ci_profiles(gpu: Any) -> dict[int, tuple[CIProfile, ...]]:
+    """CI profiles as NVML reports them, for each GI profile that has a live GI (CI profile info needs a GI)."""
+    import pynvml as N
+
+    out: dict[int, tuple[CIProfile, ...]] = {}
+    try:
+        if gpu.mig_mode()[0] != 1:
+            return out
+        gis = gpu.gpu_instances()
+    except N.NVMLError:
+        return out
+    for gi in gis:
+        if gi.profile_id in out:
+            continue
+        cis = []
+        for c in gi.ci_profiles():
+            sizes = {pl.size for pl in c.placements}
+            if len(sizes) != 1:
+                break  # placements unknown (no NVML call before R525) or not uniform: keep the catalog's
+            cis.append(CIProfile(id=c.id, slices=c.slices, sms=c.sms, max_instances=c.instance_count,
+                                 placement_starts=tuple(pl.start for pl in c.placements),
+                                 placement_size=sizes.pop(), is_default=c.is_default, name=c.name,
+                                 source=f"NVML, driver {gpu.node.driver_version}"))
+        else:
+            if cis and sum(1 for c in cis if c.is_default) == 1:
+                out[gi.profile_id] = tuple(cis)
+    return out
 
 
 def differences(gpu: Any) -> list[str]:
