@@ -32,6 +32,7 @@ ERROR_STRINGS = {
     9: "Driver Not Loaded",
     12: "NVML Shared Library Not Found",
     13: "Function Not Found",
+    16: "GPU requires restart",  # pynvml's own table (nvml.h's nvmlErrorString text for 16: UNCONFIRMED)
     19: "In use by another client",
     23: "Insufficient Resources",
     999: "Unknown Error",
