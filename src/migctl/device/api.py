@@ -794,8 +794,7 @@ def open_node(sim: str | None = None, sim_state: str | None = None) -> Node:
         if spec:
             raise DeviceError("--sim/MIGCTL_SIM asks for a simulated node but MIGCTL_BACKEND=nvml insists on the "
                               "NVIDIA driver; drop one of them")
-        _load_real_nvml()
-        return Node()
+        return _real_node()
     if spec or backend == "sim" or driver_present() is None:
         node = simmod.active()
         wanted = simmod.parse_spec(spec or simmod.DEFAULT_SPEC)
@@ -809,8 +808,16 @@ def open_node(sim: str | None = None, sim_state: str | None = None) -> Node:
         n = Node(sim=node)
         n.sim_reason = sim_reason(spec)
         return n
+    return _real_node()
+
+
+def _real_node() -> Node:
     _load_real_nvml()
-    return Node()
+    try:
+        return Node()
+    except N.NVMLError as e:
+        raise DeviceError(f"{NVML_LIBRARY} loaded but NVML did not initialise: {e} (a driver/library version "
+                          "mismatch or an unloaded kernel module; `nvidia-smi` shows the same)") from None
 
 
 def _abspath(p: str) -> Any:
