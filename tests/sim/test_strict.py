@@ -118,8 +118,9 @@ def test_passthrough_vm_mode_change_needs_vm_reboot(node_factory):
     gpu = node.gpu(0)
     assert gpu.set_mig_mode(True) == N.NVML_ERROR_RESET_REQUIRED
     assert gpu.mig_mode() == (0, 1)
-    with pytest.raises(N.NVMLError_NotSupported):  # "Resetting GPU ... is not supported" (DOC)
+    with pytest.raises(N.NVMLError_NotSupported) as e:  # "Resetting GPU ... is not supported" (DOC)
         gpu.reset()
+    assert "reboot the VM or node to apply a pending MIG mode" in e.value.detail
     node.sim.reboot()
     assert node.gpus()[0].mig_mode() == (1, 1)
 

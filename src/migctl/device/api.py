@@ -697,6 +697,9 @@ def _reset_failure_text(failures: dict[int, tuple[str, list[str]]], persistence:
         parts.append(f"GPU {index}: {why}{held}")
     text = "GPU reset refused: " + "; ".join(parts)
     names = " ".join(w for _, who in failures.values() for w in who)
+    if any(why == "Not Supported" for why, _ in failures.values()):
+        text += ("; GPU reset is not possible here (e.g. a pass-through VM, MIG User Guide): reboot the VM or node "
+                 "to apply a pending MIG mode")
     if persistence or "nvidia-persistenced" in names:
         text += ("; persistence mode keeps the GPU open: stop nvidia-persistenced (systemctl stop "
                  "nvidia-persistenced) or turn persistence mode off (nvidia-smi -i N -pm 0), then retry")
