@@ -87,3 +87,17 @@ def test_gpus_warns_about_a_gpu_the_catalog_does_not_know(cli, tmp_path):
     code, out, err = cli("gpus", sim=f"1xfile:{f}")
     assert code == 0 and "migctl: warning: GPU 0 (NVIDIA Z30, PCI id 0x777810de) is not in migctl's catalog" in err
     assert cli("gpus", sim="1xA30")[2] == ""  # a known GPU on which NVML and the catalog agree: no warning
+
+
+def test_new_sim_verbs_and_catalog_from_node_take_json(cli, tmp_path):
+    def one(*args, sim="1xA100-40GB"):
+        code, out, err = cli(*args, "--json", sim=sim)
+        assert code == 0, err
+        return json.loads(out)
+
+    assert one("sim", "set", "vm=passthrough")["behaviour"]["vm"] == "passthrough"
+    assert one("sim", "add-holder", "dcgm") == {"gpu": 0, "name": "dcgm", "gi_id": None, "ci_id": None}
+    assert one("sim", "remove-holder", "dcgm")["released"] is True
+    assert one("sim", "reboot")["gpus"] == [{"index": 0, "mig_current": False}]
+    got = one("catalog", "--from-node")
+    assert got["written"] is None and list(got["models"]) == ["A100-40GB"]

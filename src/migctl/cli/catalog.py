@@ -60,7 +60,7 @@ def _catalog_model_json(m: Any) -> dict[str, Any]:
     }
 
 
-def _catalog_from_node(ctx: typer.Context, gpu: str | None, output: str | None) -> None:
+def _catalog_from_node(ctx: typer.Context, gpu: str | None, output: str | None, as_json: bool = False) -> None:
     """Write (or print) a catalog data file for the GPU(s) of this node, from what NVML reports."""
     import os
 
@@ -78,6 +78,9 @@ def _catalog_from_node(ctx: typer.Context, gpu: str | None, output: str | None) 
     if not texts:
         fail("no GPU of this node reports MIG profiles; nothing to write (enable MIG on a MIG-capable GPU first)")
     if output is None:
+        if as_json:
+            emit_json({"written": None, "models": texts})
+            return
         out("\n---\n".join(texts.values()).rstrip("\n"))
         return
     if len(texts) > 1:
@@ -90,6 +93,9 @@ def _catalog_from_node(ctx: typer.Context, gpu: str | None, output: str | None) 
         fail(f"cannot create {output}: {e.strerror}")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(next(iter(texts.values())))
+    if as_json:
+        emit_json({"written": output, "models": texts})
+        return
     out(f"Wrote {output} ({next(iter(texts))}); check its unconfirmed values, then contribute it as "
         "src/migctl/catalog/data/<model>.yaml")
 
@@ -111,7 +117,7 @@ def catalog_cmd(
     if from_node:
         if model is not None:
             fail("--from-node reads the node's GPUs; give -i GPU, not a MODEL")
-        _catalog_from_node(ctx, gpu, output)
+        _catalog_from_node(ctx, gpu, output, as_json)
         return
     if gpu is not None or output is not None:
         fail("-i and -o go with --from-node")

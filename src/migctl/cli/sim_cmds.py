@@ -185,6 +185,7 @@ def clients_cmd(
 def set_cmd(
     ctx: typer.Context,
     settings: Annotated[list[str], typer.Argument(help="KEY=VALUE driver behaviours, e.g. caller=user vm=passthrough.")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Change how the simulated driver behaves (the same keys as the spec's ``;key=value`` options).
 
@@ -205,16 +206,24 @@ def set_cmd(
         pairs.append((key, value))
     for key, value in pairs:
         sn.set_behaviour(key, value)
+    if as_json:
+        emit_json({"behaviour": dict(sn.store.load().behaviour)})
+        return
     out("Simulated driver: " + ", ".join(f"{k}={v}" for k, v in pairs))
 
 
 @sim_app.command("reboot")
-def reboot_cmd(ctx: typer.Context) -> None:
+def reboot_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Reboot the simulated node: clients and instances are gone and pending modes apply; Ampere GPUs keep MIG
     mode, Hopper and newer come up with MIG disabled."""
     n, sn = _sim_node(ctx)
     sn.reboot()
     n.forget()
+    if as_json:
+        emit_json({"spec": str(sn.spec), "boots": sn.store.load().boots,
+                   "gpus": [{"index": g.index, "mig_current": g.mig_mode()[0] == 1 if g.mig_capable() else None}
+                            for g in n.gpus()]})
+        return
     modes = ", ".join(f"GPU {g.index} MIG {mode_name(g.mig_mode()[0]).lower()}" for g in n.gpus() if g.mig_capable())
     out(f"Rebooted simulated node {sn.spec}" + (f": {modes}" if modes else ""))
 
@@ -226,6 +235,7 @@ def add_holder_cmd(
     gpu: Annotated[str, typer.Option("-i", "--gpu", "--id", help="The GPU: index, UUID or PCI bus id.")] = "0",
     gi: Annotated[int | None, typer.Option("--gi", "-gi", help="GPU instance ID (holds a GI or MIG device).")] = None,
     ci: Annotated[int | None, typer.Option("--ci", "-ci", help="Compute instance ID (with --gi).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Something that holds a GPU or MIG device open without a compute process (a DCGM-like client, a daemon):
     NVML lists no process, but reset (and, for a GI/CI, destroy) answer In use."""
@@ -239,6 +249,9 @@ def add_holder_cmd(
     if rc:
         devs = ", ".join(f"GI {d.gi_id} CI {d.ci_id}" for d in g.mig_devices()) or "none"
         fail(f"GPU {g.index} has no GI {gi}{'' if ci is None else f' CI {ci}'}; its MIG devices: {devs}")
+    if as_json:
+        emit_json({"gpu": g.index, "name": name, "gi_id": gi, "ci_id": ci})
+        return
     where = f"GPU {g.index}" + ("" if gi is None else f" GI {gi}") + ("" if ci is None else f" CI {ci}")
     out(f"{name} now holds {where} open (`migctl sim remove-holder {name} -i {g.index}` releases it)")
 
@@ -248,6 +261,7 @@ def remove_holder_cmd(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The holder's name.")],
     gpu: Annotated[str, typer.Option("-i", "--gpu", "--id", help="The GPU: index, UUID or PCI bus id.")] = "0",
+    as_json: JsonOpt = False,
 ) -> None:
     """Release a holder added with add-holder."""
     n, sn = _sim_node(ctx)
@@ -255,6 +269,9 @@ def remove_holder_cmd(
     if sn.remove_holder(g.index, name):
         held = [h.name for h in sn.store.load().gpus[g.index].holders]
         fail(f"{name!r} holds nothing on GPU {g.index}; holders there: {', '.join(held) or 'none'}")
+    if as_json:
+        emit_json({"gpu": g.index, "name": name, "released": True})
+        return
     out(f"{name} released GPU {g.index}")
 
 
