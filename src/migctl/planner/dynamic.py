@@ -1,0 +1,389 @@
+"""Dynamic partitioning: a queue of jobs on live GPUs, with reuse, idle-only reshaping, churn limits and
+reservations. Pure logic (no I/O, no clock): the caller says what time it is.
+
+A :class:`Scheduler` owns a :class:`~migctl.planner.online.Placer` and the instances on it. Every instance
+is either *busy* (a running job holds it) or *idle*. :meth:`Scheduler.step` starts waiting jobs in
+priority-then-arrival order:
+
+1. **reuse**: an idle instance of an eligible profile (no reconfiguration);
+2. **place**: a new instance in free space, by the placer's rule;
+3. **reshape** (``reshape=True``): destroy the fewest idle instances on one GPU so that the job fits
+   (:meth:`Placer.make_room`). Busy instances are never candidates. Instances idle for less than
+   ``hysteresis_s`` are spared (they are the likeliest to be reused), and at most
+   ``max_reconfig_per_min`` reshaping destroys happen in any 60 s window;
+4. **reserve** (``reserve_after_s`` set): a job that has waited that long gets the placement where it
+   can start earliest (when the busy instances in the way reach their time limit) reserved. Later jobs
+   may use that space only if their own limit ends before the reservation starts (conservative
+   backfill), so a reservation, once made, is never pushed back. A starving job's wait is at most
+   ``reserve_after_s`` plus the time limit of the longest job in its way.
+
+Without ``keep_idle`` an instance is destroyed as soon as its job ends (what a plain dynamic-MIG
+scheduler does). ``static=True`` never creates or destroys: jobs take the smallest idle instance at
+least as large as they need (a pre-partitioned layout).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from migctl.catalog.geometry import PlacedGI, conflict
+from migctl.catalog.model import GpuModel, Placement
+from migctl.planner.online import Inst, Placer, Request
+
+
+@dataclass(frozen=True)
+class Policy:
+    placement: str = "migctl"
+    keep_idle: bool = False
+    reshape: bool = False
+    hysteresis_s: float = 0.0
+    max_reconfig_per_min: float = float("inf")
+    reserve_after_s: float | None = None
+    max_reservations: int = 1
+    static: bool = False
+
+
+@dataclass
+class Job:
+    id: int
+    request: Request
+    submit: float
+    limit: float  # expected run time (a time limit); reservations trust it
+    count: int = 1  # instances needed at once (a gang, e.g. a multi-GPU task)
+    priority: int = 0
+    start: float | None = None
+    held: list[tuple[int, int, int]] = field(default_factory=list)  # (gpu, profile id, start)
+
+
+@dataclass
+class Reservation:
+    job: int
+    gpu: int
+    profile: int
+    placement: Placement
+    at: float
+
+
+@dataclass
+class Action:
+    kind: str  # "create", "destroy", "start" and "release" (one per instance of a job), "reserve"
+    time: float
+    gpu: int = -1
+    profile: int = -1
+    start: int = -1
+    job: int = -1
+
+
+class BusyTouched(RuntimeError):
+    """Raised if the scheduler ever tried to destroy a busy instance (a bug; the benchmark asserts 0)."""
+
+
+class Scheduler:
+    def __init__(self, models: Sequence[GpuModel], policy: Policy,
+                 initial: Sequence[Sequence[tuple[int, int]]] | None = None) -> None:
+        self.policy = policy
+        self.placer = Placer(models, policy.placement)
+        self.models = list(models)
+        # (gpu, pid, start) -> job id or None (idle); idle_since for idle ones
+        self.owner: dict[tuple[int, int, int], int | None] = {}
+        self.idle_since: dict[tuple[int, int, int], float] = {}
+        if initial:
+            for g, insts in enumerate(initial):
+                for pid, start in insts:
+                    self.placer.add(g, pid, start)
+                    self.owner[(g, pid, start)] = None
+                    self.idle_since[(g, pid, start)] = 0.0
+        self.waiting: list[Job] = []
+        self.unservable: list[Job] = []
+        self.running: dict[int, Job] = {}
+        self.reservations: dict[int, list[Reservation]] = {}  # job id -> one per unit (gangs: several)
+        self.actions: list[Action] = []
+        self._reshape_times: deque[float] = deque()
+        self.stats = {"created": 0, "destroyed": 0, "reshape_destroyed": 0, "busy_destroyed": 0, "reused": 0,
+                      "reservations": 0, "reservations_late": 0}
+
+    # ------------------------------------------------------------------------------------- events
+
+    def submit(self, job: Job) -> bool:
+        """Queue ``job``; False (and not queued) when it can never run here (no eligible model, or a static
+        layout without an instance large enough)."""
+        self.placer.observe(job.request, job.count)
+        if not self._servable(job):
+            self.unservable.append(job)
+            return False
+        self.waiting.append(job)
+        return True
+
+    def _servable(self, job: Job) -> bool:
+        if not self.policy.static:
+            return sum(1 for m in self.models if job.request.on(m.key)) >= (1 if job.count == 1 else 1)
+        kinds = {(g, pid) for (g, pid, _s) in self.owner}
+        return sum(1 for (g, pid, s) in self.owner if self._idle_fits(job, (g, pid, s))) >= job.count and bool(kinds)
+
+    def finish(self, job_id: int, now: float) -> None:
+        job = self.running.pop(job_id)
+        for key in job.held:
+            self.actions.append(Action("release", now, *key, job=job_id))
+            self.owner[key] = None
+            self.idle_since[key] = now
+            if not self.policy.keep_idle and not self.policy.static:
+                self._destroy(key, now)
+
+    # ------------------------------------------------------------------------------------- helpers
+
+    def _destroy(self, key: tuple[int, int, int], now: float) -> None:
+        if self.owner.get(key) is not None:
+            self.stats["busy_destroyed"] += 1
+            raise BusyTouched(f"instance {key} is busy (job {self.owner[key]})")
+        del self.owner[key]
+        self.idle_since.pop(key, None)
+        self.placer.remove(*key)
+        self.stats["destroyed"] += 1
+        self.actions.append(Action("destroy", now, *key))
+
+    def _create(self, g: int, pid: int, start: int, now: float) -> tuple[int, int, int]:
+        self.placer.add(g, pid, start)
+        key = (g, pid, start)
+        self.owner[key] = None
+        self.stats["created"] += 1
+        self.actions.append(Action("create", now, g, pid, start))
+        return key
+
+    def _model(self, g: int) -> GpuModel:
+        return self.models[g]
+
+    def _placed(self, key: tuple[int, int, int]) -> PlacedGI:
+        g, pid, start = key
+        p = self.placer.spaces[self.models[g].key].profiles[pid]
+        return PlacedGI(p, Placement(start, p.placement_size))
+
+    def _blocking(self, job: Job, now: float, g: int) -> list[PlacedGI]:
+        """Reservations of other jobs on GPU ``g`` that ``job`` must keep clear of (it ends after them)."""
+        out: list[PlacedGI] = []
+        if not self.reservations:
+            return out
+        for r in self.all_reservations():
+            if r.gpu == g and r.job != job.id and now + job.limit > r.at:
+                p = self.placer.spaces[self.models[g].key].profiles[r.profile]
+                out.append(PlacedGI(p, r.placement))
+        return out
+
+    def _clear_of(self, job: Job, now: float, key: tuple[int, int, int]) -> bool:
+        if not self.reservations:
+            return True
+        block = self._blocking(job, now, key[0])
+        pl = self._placed(key)
+        return not any(b.placement.overlaps(pl.placement) for b in block)
+
+    def _idle_fits(self, job: Job, key: tuple[int, int, int]) -> bool:
+        g, pid, _ = key
+        ids = job.request.on(self.models[g].key)
+        if pid in ids:
+            return True
+        if not self.policy.static or not ids:
+            return False
+        profiles = self.placer.spaces[self.models[g].key].profiles
+        want = profiles[ids[0]]
+        have = profiles[pid]
+        return have.slices >= want.slices and have.memory_mib >= want.memory_mib
+
+    def _find_one(self, job: Job, now: float, taken: set[tuple[int, int, int]]) -> tuple[int, int, int] | None:
+        """An instance for one unit of ``job``: reuse, then place, then reshape. Records creations."""
+        extra: dict[int, list[PlacedGI]] = {}
+        for r in self.all_reservations():
+            if r.job != job.id and now + job.limit > r.at:
+                p = self.placer.spaces[self.models[r.gpu].key].profiles[r.profile]
+                extra.setdefault(r.gpu, []).append(PlacedGI(p, r.placement))
+
+        def clear(k: tuple[int, int, int]) -> bool:
+            pl = self._placed(k).placement
+            return not any(x.placement.overlaps(pl) for x in extra.get(k[0], ()))
+
+        idle = [k for k, o in self.owner.items() if o is None and k not in taken and self._idle_fits(job, k)
+                and clear(k)]
+        if idle:
+            profiles = {m.key: self.placer.spaces[m.key].profiles for m in self.models}
+
+            def size(k: tuple[int, int, int]) -> tuple:
+                p = profiles[self.models[k[0]].key][k[1]]
+                return (p.slices, p.memory_mib, k)
+
+            key = min(idle, key=size)
+            self.stats["reused"] += 1
+            return key
+        if self.policy.static:
+            return None
+        mine = [r for r in self.reservations.get(job.id, []) if r.gpu not in {k[0] for k in taken}]
+        for res in mine:
+            if self._reservation_free(res):
+                return self._create(res.gpu, res.profile, res.placement.start, now)
+        c = self.placer.choose(job.request, extra=extra)
+        if c is not None:
+            return self._create(c.gpu, c.profile.id, c.placement.start, now)
+        for res in mine:
+            # the reservation's GPU: destroy the fewest idle instances that make room (no churn limit for it)
+            idle_here = [(k[1], k[2]) for k, o in self.owner.items() if k[0] == res.gpu and o is None and k not in taken]
+            made = self.placer.make_room(Request(((self.models[res.gpu].key, (res.profile,)),)),
+                                         lambda g, idle_here=idle_here: idle_here,
+                                         allowed=lambda g, gpu=res.gpu: g == gpu)
+            if made is not None:
+                drop, c = made
+                for pid, st in drop:
+                    self._destroy((c.gpu, pid, st), now)
+                return self._create(c.gpu, c.profile.id, c.placement.start, now)
+        if not self.policy.reshape or job.count > 1 or not self._churn_ok(now):
+            return None
+
+        spare: dict[int, list[Inst]] = {}
+        for k, o in self.owner.items():
+            if (o is None and k not in taken and now - self.idle_since.get(k, 0.0) >= self.policy.hysteresis_s
+                    and clear(k)):
+                spare.setdefault(k[0], []).append((k[1], k[2]))
+        made = self.placer.make_room(job.request, lambda g: spare.get(g, []),
+                                     allowed=lambda g: g in spare and g not in extra)
+        if made is None:
+            return None
+        drop, c = made
+        budget = self.policy.max_reconfig_per_min - len(self._reshape_times)
+        if len(drop) > budget:
+            return None
+        for pid, s in drop:
+            self._destroy((c.gpu, pid, s), now)
+            self._reshape_times.append(now)
+            self.stats["reshape_destroyed"] += 1
+        return self._create(c.gpu, c.profile.id, c.placement.start, now)
+
+    def _churn_ok(self, now: float) -> bool:
+        while self._reshape_times and self._reshape_times[0] <= now - 60.0:
+            self._reshape_times.popleft()
+        return len(self._reshape_times) < self.policy.max_reconfig_per_min
+
+    def _reservation_free(self, res: Reservation) -> bool:
+        sp = self.placer.spaces[self.models[res.gpu].key]
+        placed = sp.placed(self.placer.states[res.gpu])
+        return conflict(sp.model, placed, sp.profiles[res.profile], res.placement) is None
+
+    def all_reservations(self) -> list[Reservation]:
+        return [r for rs in self.reservations.values() for r in rs]
+
+    def _reserve(self, job: Job, now: float) -> None:
+        """Reserve the placements where ``job`` can start earliest: for each unit, on distinct GPUs, the
+        placement whose busy instances in the way reach their limits first. A gang's units all get the
+        time its last unit frees up."""
+        per_gpu: dict[int, tuple] = {}
+        taken = self.all_reservations()
+        for g, m in enumerate(self.models):
+            sp = self.placer.spaces[m.key]
+            for pid in job.request.on(m.key):
+                p = sp.profiles[pid]
+                for pl in p.placements:
+                    if any(r.gpu == g and r.placement.overlaps(pl) for r in taken):
+                        continue
+                    way = [k for k in self.owner if k[0] == g and self._placed(k).placement.overlaps(pl)]
+                    rest = [self._placed(k) for k in self.owner if k[0] == g and k not in way]
+                    if conflict(m, rest, p, pl) is not None:
+                        continue
+                    at = now
+                    for k in way:
+                        o = self.owner[k]
+                        if o is not None:
+                            r = self.running[o]
+                            at = max(at, (r.start or now) + r.limit)
+                    cand = (at, len(way), g, pl.start, pid, pl)
+                    if g not in per_gpu or cand[:4] < per_gpu[g][:4]:
+                        per_gpu[g] = cand
+        best = sorted(per_gpu.values(), key=lambda c: c[:4])[:job.count]
+        if len(best) < job.count:
+            return
+        at = max(c[0] for c in best)
+        self.reservations[job.id] = [Reservation(job.id, c[2], c[4], c[5], at) for c in best]
+        self.stats["reservations"] += 1
+        for r in self.reservations[job.id]:
+            self.actions.append(Action("reserve", now, r.gpu, r.profile, r.placement.start, job.id))
+
+    # ------------------------------------------------------------------------------------- step
+
+    def step(self, now: float) -> list[Job]:
+        """Start every waiting job that can start now, in order; returns the started jobs.
+
+        A job that finds no room closes its request for the rest of the step: every later job of the same
+        request and gang size whose limit is no shorter fails the same way (a longer limit only meets more
+        reservations), so those are not tried again.
+        """
+        started = []
+        order = sorted(self.waiting, key=lambda j: (j.id not in self.reservations, -j.priority, j.submit, j.id))
+        failed: dict[tuple, float] = {}
+        for job in order:
+            memo = (job.request, job.count)
+            reserved = job.id in self.reservations
+            got = None
+            if reserved or memo not in failed or job.limit < failed[memo]:
+                got = self._try_start(job, now)
+                if got is None and not reserved:
+                    failed[memo] = min(job.limit, failed.get(memo, job.limit))
+            if got is None and self._maybe_reserve(job, now) and self.reservations[job.id][0].at <= now:
+                got = self._try_start(job, now)  # its reservation is free now: it starts in this step
+            if got is None:
+                continue
+            for k in got:
+                self.owner[k] = job.id
+                self.idle_since.pop(k, None)
+            job.start = now
+            job.held = got
+            res = self.reservations.pop(job.id, None)
+            if res and now > res[0].at + 1e-6:
+                self.stats["reservations_late"] += 1
+            self.waiting.remove(job)
+            self.running[job.id] = job
+            for k in got:
+                self.actions.append(Action("start", now, *k, job=job.id))
+            started.append(job)
+        return started
+
+    def _try_start(self, job: Job, now: float) -> list[tuple[int, int, int]] | None:
+        taken: set[tuple[int, int, int]] = set()
+        got: list[tuple[int, int, int]] = []
+        mark = (len(self.actions), dict(self.stats))
+        for _ in range(job.count):
+            k = self._find_one(job, now, taken)
+            if k is None:
+                break
+            taken.add(k)
+            got.append(k)
+        if len(got) == job.count:
+            return got
+        if job.count > 1:
+            # a gang that does not fit whole was only tried: remove the instances created for it (idle
+            # instances destroyed on its way stay destroyed: they were idle)
+            tried = self.actions[mark[0]:]
+            creates = [a for a in tried if a.kind == "create"]
+            for a in reversed(creates):
+                del self.owner[(a.gpu, a.profile, a.start)]
+                self.idle_since.pop((a.gpu, a.profile, a.start), None)
+                self.placer.remove(a.gpu, a.profile, a.start)
+            self.actions[mark[0]:] = [a for a in tried if a.kind != "create"]
+            self.stats["created"] -= len(creates)
+            self.stats["reused"] = mark[1]["reused"]
+        return None
+
+    def _maybe_reserve(self, job: Job, now: float) -> bool:
+        """Reserve for ``job`` if it has waited long enough and a reservation is available; True if made."""
+        if (self.policy.reserve_after_s is None or job.id in self.reservations
+                or now - job.submit < self.policy.reserve_after_s
+                or len(self.reservations) >= self.policy.max_reservations):
+            return False
+        self._reserve(job, now)
+        return job.id in self.reservations
+
+    # ------------------------------------------------------------------------------------- measures
+
+    def allocated_slices(self) -> int:
+        """Compute slices that running jobs asked for (a job on a larger instance counts what it asked)."""
+        total = 0
+        for job in self.running.values():
+            for g, _pid, _s in job.held:
+                key = self.models[g].key
+                total += self.placer.spaces[key].profiles[job.request.on(key)[0]].slices
+        return total
