@@ -1,0 +1,234 @@
+"""Sharing one device between cooperating processes: MPS clients on a MIG device or a whole GPU, or plain
+time-slicing. One request, three mechanisms:
+
+============  ============================================================  =========================
+isolation     mechanism                                                     limits
+============  ============================================================  =========================
+``hard``      a MIG device of its own (the exclusive lease of ``run``)      the instance's slices
+``soft``      an MPS client (on a MIG device, or a GPU without MIG)         thread % and pinned memory
+``none``      time-slicing: several processes on one device, no limits      none
+============  ============================================================  =========================
+
+For MPS, migctl runs one control daemon per device (``nvidia-cuda-mps-control -d`` with
+``CUDA_VISIBLE_DEVICES`` = the device's UUID and its own ``CUDA_MPS_PIPE_DIRECTORY`` and
+``CUDA_MPS_LOG_DIRECTORY`` under the state dir, 0700), starts its server (``start_server -uid``), and
+gives each client ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` and ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``
+(``0=<N>M``: the client sees one device, index 0). Clients are admitted while their shares fit (thread
+percentages add up to at most 100, memory limits to at most the device's memory); the daemon is stopped
+(``quit``) when the last client leaves. The MPS server is a process on the device, so NVML lists it and
+``apply`` treats the device as busy while it runs. On the simulator the same commands reach
+:mod:`migctl.sim.mps_control`, a stand-in speaking the real control commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from migctl.jobs.common import JobsError, node_key
+from migctl.paths import state_dir
+from migctl.proc import pid_alive
+
+ISOLATION = ("hard", "soft", "none")
+
+
+def mechanism(isolation: str) -> str:
+    """``mig``, ``mps`` or ``timeslice`` for an isolation level."""
+    if isolation not in ISOLATION:
+        raise JobsError(f"unknown isolation {isolation!r}; valid: {', '.join(ISOLATION)}")
+    return {"hard": "mig", "soft": "mps", "none": "timeslice"}[isolation]
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one client gets: a thread percentage (1..100) and a pinned memory limit in MiB (None: no limit)."""
+
+    threads: int
+    mem_mib: int | None
+
+    @classmethod
+    def of(cls, n: int, device_mem_mib: int) -> Share:
+        """An ``n``-way share (``--share N``): 100/N percent of the threads, 1/N of the memory (rounded down)."""
+        if n < 1 or n > 100:
+            raise JobsError(f"--share {n} is out of range; valid: 1..100 (clients per device)")
+        return cls(threads=max(1, 100 // n), mem_mib=device_mem_mib // n)
+
+
+def control_command(node: Any) -> list[str]:
+    """How to run ``nvidia-cuda-mps-control``: the stand-in on the simulator, the real tool otherwise."""
+    if getattr(node, "sim", None) is not None:
+        return [sys.executable, "-m", "migctl.sim.mps_control"]
+    exe = shutil.which("nvidia-cuda-mps-control")
+    if exe is None:
+        raise JobsError("nvidia-cuda-mps-control is not installed (it comes with the NVIDIA driver); "
+                        "use --isolation hard (a MIG device) or none (time-slicing)", exit_code=1)
+    return [exe]
+
+
+class MpsManager:
+    """MPS control daemons and their clients on one node."""
+
+    def __init__(self, node: Any, root: Path | None = None) -> None:
+        self.node = node
+        # short names: the control endpoint is a Unix socket, whose path is limited to about 100 bytes
+        self.root = root or state_dir() / "mps" / hashlib.sha1(node_key(node).encode()).hexdigest()[:10]
+
+    # ------------------------------------------------------------------------------------ files
+
+    def device_dir(self, uuid: str) -> Path:
+        return self.root / hashlib.sha1(uuid.encode()).hexdigest()[:12]
+
+    def _mkdirs(self, uuid: str) -> Path:
+        d = self.device_dir(uuid)
+        if len(str(d / "pipe" / "control").encode()) > 100:
+            raise JobsError(f"the MPS pipe directory {d / 'pipe'} is too long for a Unix socket (at most about "
+                            "100 bytes); set MIGCTL_STATE_DIR to a shorter path", exit_code=1)
+        for p in (self.root, d, d / "pipe", d / "log"):
+            p.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = p.lstat()
+            if p.is_symlink() or st.st_uid != os.getuid():
+                raise JobsError(f"{p} is not a directory owned by this user; refusing to use it", exit_code=1)
+            os.chmod(p, 0o700)
+        return d
+
+    @contextmanager
+    def _locked(self, uuid: str) -> Iterator[Path]:
+        from filelock import FileLock
+
+        d = self._mkdirs(uuid)
+        with FileLock(str(d / "clients.lock"), timeout=60, mode=0o600):
+            yield d
+
+    def env(self, uuid: str) -> dict[str, str]:
+        d = self.device_dir(uuid)
+        env = dict(os.environ)
+        env.update({"CUDA_VISIBLE_DEVICES": uuid, "CUDA_MPS_PIPE_DIRECTORY": str(d / "pipe"),
+                    "CUDA_MPS_LOG_DIRECTORY": str(d / "log")})
+        sim = getattr(self.node, "sim", None)
+        if sim is not None:
+            env["MIGCTL_SIM"] = str(sim.spec)
+            if sim.store.path is not None:
+                env["MIGCTL_SIM_STATE"] = str(sim.store.path)
+        return env
+
+    def control(self, uuid: str, *commands: str, timeout: float = 30.0) -> str:
+        """Send control commands to the daemon of ``uuid``; its replies (stdout)."""
+        p = subprocess.run(control_command(self.node), input="\n".join(commands) + "\n", env=self.env(uuid),
+                           capture_output=True, text=True, timeout=timeout)
+        if p.returncode != 0:
+            raise JobsError(f"nvidia-cuda-mps-control: {p.stderr.strip() or f'exit {p.returncode}'}", exit_code=1)
+        return p.stdout
+
+    def _read(self, d: Path) -> list[dict[str, Any]]:
+        f = d / "clients.json"
+        if not f.exists():
+            return []
+        clients = json.loads(f.read_text())
+        return [c for c in clients if pid_alive(c["pid"], c.get("pid_start"))]
+
+    def _write(self, d: Path, clients: list[dict[str, Any]]) -> None:
+        tmp = d / f".clients.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(clients, f)
+        os.replace(tmp, d / "clients.json")
+
+    # ------------------------------------------------------------------------------------ daemons
+
+    def running(self, uuid: str) -> bool:
+        return (self.device_dir(uuid) / "pipe" / "control").exists() and self._responds(uuid)
+
+    def _responds(self, uuid: str) -> bool:
+        try:
+            self.control(uuid, "get_server_list", timeout=10)
+            return True
+        except (JobsError, subprocess.TimeoutExpired):
+            return False
+
+    def servers(self, uuid: str) -> list[int]:
+        """PIDs of the MPS servers of the device's daemon (``get_server_list``)."""
+        if not (self.device_dir(uuid) / "pipe" / "control").exists():
+            return []
+        try:
+            out = self.control(uuid, "get_server_list", timeout=10)
+        except (JobsError, subprocess.TimeoutExpired):
+            return []
+        return [int(x) for x in out.split() if x.isdigit()]
+
+    def _start(self, uuid: str) -> None:
+        p = subprocess.run(control_command(self.node) + ["-d"], env=self.env(uuid), capture_output=True, text=True,
+                           timeout=30)
+        if p.returncode != 0:
+            raise JobsError(f"cannot start the MPS control daemon for {uuid}: {p.stderr.strip()}", exit_code=1)
+        self.control(uuid, "set_default_active_thread_percentage 100", f"start_server -uid {os.getuid()}")
+
+    def _stop(self, uuid: str) -> None:
+        if (self.device_dir(uuid) / "pipe" / "control").exists():
+            self.control(uuid, "quit")
+
+    # ------------------------------------------------------------------------------------ clients
+
+    def admit(self, uuid: str, share: Share, device_mem_mib: int, pid: int, pid_start: float | None) -> dict[str, str]:
+        """Admit a client if its share fits next to the others; its environment additions.
+
+        Raises :class:`JobsError` (exit code 75) when the device's remaining threads or memory are too few.
+        """
+        with self._locked(uuid) as d:
+            clients = self._read(d)
+            threads = sum(c["threads"] for c in clients)
+            mem = sum(c["mem_mib"] or 0 for c in clients)
+            if threads + share.threads > 100 or (share.mem_mib or 0) + mem > device_mem_mib:
+                raise JobsError(f"{uuid} has {100 - threads}% of its threads and {device_mem_mib - mem} MiB free; "
+                                f"the client asks {share.threads}% and {share.mem_mib or 0} MiB", exit_code=75)
+            if not clients and not self.running(uuid):
+                self._start(uuid)
+            clients.append({"pid": pid, "pid_start": pid_start, "threads": share.threads, "mem_mib": share.mem_mib})
+            self._write(d, clients)
+        extra = {"CUDA_MPS_PIPE_DIRECTORY": str(d / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(d / "log"),
+                 "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(share.threads)}
+        if share.mem_mib:
+            extra["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = f"0={share.mem_mib}M"
+        return extra
+
+    def leave(self, uuid: str, pid: int) -> bool:
+        """Remove a client; stop the daemon when it was the last. True when the daemon was stopped."""
+        with self._locked(uuid) as d:
+            clients = [c for c in self._read(d) if c["pid"] != pid]
+            self._write(d, clients)
+            if clients:
+                return False
+            self._stop(uuid)
+            return True
+
+    def clients(self, uuid: str) -> list[dict[str, Any]]:
+        with self._locked(uuid) as d:
+            return self._read(d)
+
+
+def free_share(clients: list[dict[str, Any]], device_mem_mib: int) -> tuple[int, int]:
+    """(threads %, MiB) still free on a device with these clients."""
+    return (100 - sum(c["threads"] for c in clients),
+            device_mem_mib - sum(c["mem_mib"] or 0 for c in clients))
+
+
+def shares_from(threads: int | None, mem_mib: int | None, share: int | None, device_mem_mib: int) -> Share:
+    """The client's share from ``--share N`` or an explicit thread percentage and memory limit."""
+    if share is not None:
+        return Share.of(share, device_mem_mib)
+    t = 100 if threads is None else threads
+    if not 1 <= t <= 100:
+        raise JobsError(f"thread percentage {t} is out of range; valid: 1..100")
+    if mem_mib is not None and not 0 < mem_mib <= device_mem_mib:
+        raise JobsError(f"memory limit {mem_mib} MiB is out of range; valid: 1..{device_mem_mib} MiB")
+    return Share(threads=t, mem_mib=mem_mib if mem_mib is not None else None if t == 100 else
+                 math.floor(device_mem_mib * t / 100))
