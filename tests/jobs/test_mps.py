@@ -131,3 +131,29 @@ def test_mechanism_and_share_requests() -> None:
     assert shares_from(None, None, None, 8000) == Share(threads=100, mem_mib=None)
     with pytest.raises(JobsError, match="valid: 1..8000 MiB"):
         shares_from(50, 9000, None, 8000)
+
+
+def test_mps_on_a_gpu_without_mig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_root: Path) -> None:
+    from migctl.sim.plain_gpus import PLAIN_GPUS
+
+    monkeypatch.setenv("MIGCTL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("MIGCTL_SIM", "2xL4")
+    monkeypatch.setenv("MIGCTL_SIM_STATE", str(tmp_path / "sim.json"))
+    from migctl.device import open_node
+
+    node = open_node()
+    gpu = node.gpu(1)
+    assert gpu.name == "NVIDIA L4" and not gpu.mig_capable()
+    total = gpu.memory()[1]
+    assert total == PLAIN_GPUS["L4"].memory_mib == 23034
+    m = MpsManager(node, root=short_root)
+    p, s = _sleeper()
+    try:
+        env = m.admit(gpu.uuid, Share.of(4, total), total, p.pid, s)
+        assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
+        (server,) = m.servers(gpu.uuid)
+        assert [x.pid for x in gpu.processes()] == [server]
+        assert m.leave(gpu.uuid, p.pid) and gpu.processes() == []
+    finally:
+        p.kill()
+        p.wait()

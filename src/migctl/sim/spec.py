@@ -70,6 +70,9 @@ def parse_spec(text: str) -> NodeSpec:
         if count < 1 or count > 64:
             raise SpecError(f"GPU count {count} in {part.strip()!r} is out of range 1..64")
         ref = m.group(2)
+        from migctl.sim.plain_gpus import PLAIN_GPUS, plain_model
+
+        plain = plain_model(ref)
         if ref.startswith("file:"):
             from pathlib import Path
 
@@ -79,11 +82,14 @@ def parse_spec(text: str) -> NodeSpec:
             except CatalogError as e:
                 raise SpecError(f"model file in simulator spec: {e}") from None
             key = f"file:{path}"
+        elif plain is not None:
+            key = plain.key
         else:
             try:
                 key = load_model(ref).key
             except CatalogError:
                 raise SpecError(f"unknown GPU model {ref!r} in simulator spec; valid: {', '.join(model_keys())}, "
+                                f"{', '.join(f'{k} (no MIG)' for k in PLAIN_GPUS)}, "
                                 "or file:PATH for a model file") from None
         models.extend([key + (m.group(3) or "")] * count)
         if m.group(4):

@@ -120,7 +120,9 @@ class SimGPU:
 
     @property
     def catalog(self) -> GpuModel:
-        return load_model(self.model)
+        from migctl.sim.plain_gpus import PLAIN_GPUS  # GPUs without MIG (no GI profiles)
+
+        return PLAIN_GPUS.get(self.model) or load_model(self.model)
 
 
 @dataclass
