@@ -1,0 +1,396 @@
+"""Dynamic partitioning benchmark: job arrivals and departures replayed on a simulated cluster, in simulated
+time (an event loop, no sleeping), for static layouts, online placement rules and migctl's scheduler.
+
+Run: ``nice -n 10 python benchmarks/dynamic/run.py`` (a few minutes on 2 cores). Writes results.json,
+results.md and plot.png next to this file. Data: ./data (copies, with source and licence in
+data/README.md); nothing is read from outside the repository.
+
+Families:
+(a) Alibaba v2023 (openb_pod_list_default.csv): every GPU task with its own creation and deletion time;
+(b) ParvaGPU deployment mixes: the instance sizes of ParvaGPU's published plans for SLO sets 1..6, one
+    phase per set (the mix shifts as the phases follow each other), Poisson arrivals, exponential run times;
+(c) small-skewed synthetic mix on a mixed A100-80GB + H100-80GB fleet.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import math
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+sys.path.insert(0, str(HERE.parents[1] / "src"))
+
+from migctl.catalog import load_model  # noqa: E402
+from migctl.catalog.geometry import place_all  # noqa: E402
+from migctl.planner.dynamic import Job, Policy, Scheduler  # noqa: E402
+from migctl.planner.online import Request  # noqa: E402
+
+A100 = load_model("A100-80GB")
+H100 = load_model("H100-80GB")
+SIZE_TO_PROFILE = {1: "1g.10gb", 2: "2g.20gb", 3: "3g.40gb", 4: "4g.40gb", 5: "7g.80gb", 6: "7g.80gb", 7: "7g.80gb"}
+MAPPING = ("num_gpu == 1: compute slices = ceil(7 x gpu_milli / 1000) -> 1g.10gb, 2g.20gb, 3g.40gb, 4g.40gb, "
+           "5..7 -> 7g.80gb; num_gpu = k >= 2: a gang of k 7g.80gb (whole GPUs) started together; "
+           "num_gpu == 0 skipped. Run time = deletion_time - creation_time (the pod's lifetime in the trace).")
+RESERVE_AFTER_S = 3600.0
+LOAD = 0.95
+HYSTERESIS_S = 60.0
+MAX_RECONFIG_PER_MIN = 30.0
+
+# mig-parted's "all-balanced" for A100-80GB and H100-80GB (deployments/.../nvidia-mig-manager example config)
+ALL_BALANCED = {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1}
+
+
+def method_policies() -> dict[str, Policy]:
+    return {
+        "static all-balanced": Policy(static=True),
+        "static all-1g": Policy(static=True),
+        "first-fit": Policy(placement="first"),
+        "best-fit": Policy(placement="best"),
+        "fragmentation gradient (FGD)": Policy(placement="fgd"),
+        "migctl online": Policy(placement="migctl"),
+        "migctl reshaping": Policy(placement="migctl", keep_idle=True, reshape=True, hysteresis_s=HYSTERESIS_S,
+                                   max_reconfig_per_min=MAX_RECONFIG_PER_MIN, reserve_after_s=RESERVE_AFTER_S),
+    }
+
+
+def static_layout(model, name: str) -> list[tuple[int, int]]:
+    if name == "static all-1g":
+        profs = [model.profile("1g.10gb")] * 7
+    else:
+        profs = [model.profile(p) for p, n in ALL_BALANCED.items() for _ in range(n)]
+    placed = place_all(model, profs)
+    assert placed is not None
+    return [(gi.profile.id, gi.placement.start) for gi in placed]
+
+
+# ------------------------------------------------------------------------------------------------ traces
+
+Trace = list[tuple[float, float, str, int]]  # (arrival, run time, profile name, gang size)
+
+
+def alibaba() -> Trace:
+    out: Trace = []
+    with (DATA / "alibaba-gpu-v2023" / "openb_pod_list_default.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            n, milli = int(row["num_gpu"]), int(row["gpu_milli"])
+            if n == 0:
+                continue
+            t0, t1 = float(row["creation_time"]), float(row["deletion_time"])
+            prof = SIZE_TO_PROFILE[max(1, math.ceil(7 * milli / 1000))] if n == 1 else "7g.80gb"
+            out.append((t0, max(1.0, t1 - t0), prof, n))
+    out.sort(key=lambda r: r[0])
+    return out
+
+
+def parvagpu_phases() -> list[list[str]]:
+    phases = []
+    for k in range(1, 7):
+        with (DATA / "parvagpu" / "deployment" / f"SLO{k}" / f"SLO{k}_ParvaGPU_deploy.csv").open(newline="") as f:
+            phases.append([SIZE_TO_PROFILE[int(r["Instance size"])] for r in csv.DictReader(f)])
+    return phases
+
+
+def poisson(mixes: list[list[str]], weights_of: Callable[[int], list[float]] | None, n_jobs: int, capacity: int,
+            load: float, mean_run: float, seed: int) -> Trace:
+    """Jobs drawn phase by phase from ``mixes``; arrival rate set so the offered load is ``load`` x capacity."""
+    rnd = random.Random(seed)
+    per = n_jobs // len(mixes)
+    out: Trace = []
+    t = 0.0
+    for i, mix in enumerate(mixes):
+        w = weights_of(i) if weights_of else None
+        mean_slices = (sum(A100.profile(p).slices * (w[j] if w else 1) for j, p in enumerate(mix))
+                       / (sum(w) if w else len(mix)))
+        rate = load * capacity / (mean_slices * mean_run)
+        for _ in range(per):
+            t += rnd.expovariate(rate)
+            prof = rnd.choices(mix, weights=w)[0]
+            out.append((t, rnd.expovariate(1 / mean_run), prof, 1))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ simulation
+
+
+def simulate(models: list, trace: Trace, name: str, policy: Policy) -> dict:
+    """Replay ``trace`` under ``policy``; every figure comes from this event loop."""
+    initial = [static_layout(m, name) for m in models] if policy.static else None
+    sch = Scheduler(models, policy, initial=initial)
+    capacity = sum(m.compute_slices for m in models)
+    reqs: dict[str, Request] = {}
+    events: list[tuple[float, int, int]] = []  # (time, kind 0=finish 1=arrive 2=tick, job index)
+    for i, (t, _run, _prof, _n) in enumerate(trace):
+        heapq.heappush(events, (t, 1, i))
+    jobs: dict[int, Job] = {}
+    waits: list[float] = []
+    area = 0.0
+    bound_area = 0.0
+    last = trace[0][0]
+    series: list[tuple[float, float, float]] = []
+    demand = 0  # slices of jobs present (running or waiting)
+    ticks: set[float] = set()
+    t = last
+    t_end = trace[-1][0]  # allocation is measured while the trace runs (first to last arrival)
+    while events:
+        t, kind, i = heapq.heappop(events)
+        if last < t_end:
+            dt = min(t, t_end) - last
+            area += sch.allocated_slices() * dt
+            bound_area += min(capacity, demand) * dt
+        last = t
+        if kind == 0:
+            sch.finish(i, t)
+            demand -= jobs[i].count * A100.profile(trace[i][2]).slices
+        elif kind == 1:
+            _t, run, prof, n = trace[i]
+            if prof not in reqs:
+                reqs[prof] = Request.for_profile(list({m.key: m for m in models}.values()), prof)
+            job = Job(id=i, request=reqs[prof], submit=t, limit=run, count=n)
+            jobs[i] = job
+            sch.submit(job)
+            demand += n * A100.profile(prof).slices
+        # all events at the same instant before scheduling
+        if events and events[0][0] == t:
+            continue
+        for job in sch.step(t):
+            waits.append(t - job.submit)
+            heapq.heappush(events, (t + trace[job.id][1], 0, job.id))
+        if sch.waiting and (policy.reshape or policy.reserve_after_s is not None):
+            nxt = _next_tick(sch, t, policy)
+            if nxt is not None and nxt not in ticks:
+                ticks.add(nxt)
+                heapq.heappush(events, (nxt, 2, -1))
+        if not series or t - series[-1][0] >= (trace[-1][0] - trace[0][0]) / 400:
+            series.append((t, sch.allocated_slices() / capacity, min(1.0, demand / capacity)))
+    span = t_end - trace[0][0]
+    never = len(sch.waiting) + len(sch.unservable)
+    end_waits = [last - j.submit for j in sch.waiting + sch.unservable]
+    hours = span / 3600
+    ops = sch.stats["created"] + sch.stats["destroyed"]
+    if policy.static:
+        ops = 0  # the static layout is created once, before the trace
+    return {
+        "allocation": round(area / span / capacity, 4),
+        "upper_bound": round(bound_area / span / capacity, 4),
+        "jobs": len(trace),
+        "started": len(waits),
+        "never_started": never,
+        "wait_p50_s": round(statistics.median(waits), 1) if waits else None,
+        "wait_p95_s": round(_pct(waits, 95), 1) if waits else None,
+        "wait_max_s": round(max(waits), 1) if waits else None,
+        "unstarted_wait_max_s": round(max(end_waits), 1) if end_waits else 0.0,
+        "reconfig_per_hour": round(ops / hours, 3),
+        "instances_destroyed": sch.stats["destroyed"] if not policy.static else 0,
+        "reshape_destroyed": sch.stats["reshape_destroyed"],
+        "busy_destroyed": sch.stats["busy_destroyed"],
+        "reused": sch.stats["reused"],
+        "reservations": sch.stats["reservations"],
+        "reservations_late": sch.stats["reservations_late"],
+        "series": [(round(a, 1), round(b, 4), round(c, 4)) for a, b, c in series],
+    }
+
+
+def _next_tick(sch: Scheduler, now: float, policy: Policy) -> float | None:
+    cands = []
+    if sch._reshape_times:
+        cands.append(sch._reshape_times[0] + 60.0)
+    for k, o in sch.owner.items():
+        if o is None and k in sch.idle_since and sch.idle_since[k] + policy.hysteresis_s > now:
+            cands.append(sch.idle_since[k] + policy.hysteresis_s)
+    if policy.reserve_after_s is not None:
+        for j in sch.waiting:
+            if j.submit + policy.reserve_after_s > now:
+                cands.append(j.submit + policy.reserve_after_s)
+    for r in sch.all_reservations():
+        if r.at > now:
+            cands.append(r.at)
+    later = [c for c in cands if c > now]
+    return min(later) if later else None
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
+    return s[k]
+
+
+# ------------------------------------------------------------------------------------------------ families
+
+
+def families() -> dict[str, tuple[list, Trace, str]]:
+    out = {}
+    n_ali = 40
+    out["alibaba"] = ([A100] * n_ali, alibaba(),
+                      f"Alibaba v2023 default trace, all {len(alibaba())} GPU tasks with their creation and deletion "
+                      f"times, on {n_ali} A100-80GB (demand peaks at about 135% of their capacity near the end of the trace). "
+                      f"Mapping: {MAPPING}")
+    n_p = 16
+    phases = parvagpu_phases()
+    out["parvagpu"] = ([A100] * n_p, poisson(phases, None, 3000, n_p * 7, LOAD, 3600.0, seed=1),
+                       f"ParvaGPU's published deployment plans for SLO sets 1..6 (their instance sizes, "
+                       f"{sum(len(p) for p in phases)} instances), one phase per set in order, 500 jobs per phase "
+                       f"drawn from that set's instances, Poisson arrivals at {100 * LOAD:.0f}% offered load on {n_p} A100-80GB, "
+                       f"exponential run times (mean 1 h), seed 1")
+    mix = ["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]
+    w = [70, 6, 12, 6, 3, 3]
+    fleet = [A100] * 8 + [H100] * 8
+    out["synthetic"] = (fleet, poisson([mix], lambda _i: w, 3000, len(fleet) * 7, LOAD, 3600.0, seed=2),
+                        "small-skewed synthetic mix (1g.10gb 70%, 1g.20gb 6%, 2g.20gb 12%, 3g.40gb 6%, 4g.40gb 3%, "
+                        f"7g.80gb 3%) on 8 A100-80GB + 8 H100-80GB, Poisson arrivals at {100 * LOAD:.0f}% offered load, "
+                        "exponential run times (mean 1 h), 3000 jobs, seed 2")
+    return out
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = list(res["families"])
+    fig, axes = plt.subplots(len(fams), 1, figsize=(11, 3.3 * len(fams)))
+    for ax, fam in zip(axes, fams, strict=True):
+        fr = res["families"][fam]
+        bound_drawn = False
+        for name, r in fr["methods"].items():
+            ser = r["series"]
+            if not ser:
+                continue
+            t0 = ser[0][0]
+            xs = [(t - t0) / 3600 for t, _a, _b in ser]
+            ax.plot(xs, [100 * a for _t, a, _b in ser], label=name, lw=1.6 if name.startswith("migctl") else 0.9)
+            if name == "migctl reshaping" and not bound_drawn:
+                ax.plot(xs, [100 * b for _t, _a, b in ser], "k:", lw=1,
+                        label="upper bound min(1, demand), migctl reshaping's queue")
+                bound_drawn = True
+        ax.set_title(f"{fam}: share of GPU compute slices allocated to running jobs")
+        ax.set_xlabel("simulated hours")
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 105)
+    axes[0].legend(fontsize=7, ncol=3, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _h(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        "# Dynamic partitioning benchmark",
+        "",
+        "Generated by `nice -n 10 python benchmarks/dynamic/run.py` (simulated time: an event loop over arrivals "
+        f"and departures, no sleeping); {res['time_s']} s on {res['machine']}, Python {res['python']}.",
+        "",
+        "Methods: **static all-balanced** (mig-parted's all-balanced layout, 2x1g.10gb + 2g.20gb + 3g.40gb, on "
+        "every GPU; a job takes the smallest free instance at least as large), **static all-1g** (7x1g.10gb), "
+        "**first-fit**, **best-fit** and **fragmentation gradient** (an instance is created for each job by that "
+        "rule and destroyed when it ends), **migctl online** (migctl's placement rule, same protocol), "
+        "**migctl reshaping** (migctl's rule; finished jobs' instances are kept idle and reused; when a job "
+        "fits nowhere the fewest idle instances on one GPU are destroyed, never busy ones; idle instances "
+        f"younger than {res['hysteresis_s']:g} s are spared and at most {res['max_reconfig_per_min']:g} are "
+        f"destroyed per minute; the oldest job waiting over {res['reserve_after_s']:g} s gets a reservation, one at a time). Every "
+        "method: all waiting jobs that fit start, in arrival order.",
+        "",
+        "Upper bound: at every instant no placement, offline or online, can allocate more than min(capacity, "
+        "demand of the jobs present); its time average is the `bound` column (per method, since the jobs present "
+        "depend on the method's own queue). The offline planner's optimum at each instant lies at or below it.",
+        "",
+        "Columns: allocation = time-averaged share of the cluster's compute slices that running jobs asked for (a job on a larger static instance counts its own size) "
+        "between the first and last arrival; bound = the same for min(capacity, demand of all jobs present), "
+        "which no scheduler can exceed; waits over started jobs; never = jobs that never started "
+        "(no instance of the static layout can hold them); reconf/h = GPU-instance creations + destructions "
+        "per simulated hour of the trace; destroyed = instances destroyed; busy = busy instances destroyed.",
+        "",
+    ]
+    for fam, fr in res["families"].items():
+        lines += [f"## {fam}", "", fr["description"], "",
+                  "| method | allocation | bound | wait p50 | wait p95 | wait max | never | reconf/h | destroyed "
+                  "| busy | reused | reservations (late) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in fr["methods"].items():
+            lines.append(
+                f"| {name} | {100 * r['allocation']:.2f}% | {100 * r['upper_bound']:.2f}% | {_h(r['wait_p50_s'])} "
+                f"| {_h(r['wait_p95_s'])} | {_h(r['wait_max_s'])} | {r['never_started']} | {r['reconfig_per_hour']} "
+                f"| {r['instances_destroyed']} | {r['busy_destroyed']} | {r['reused']} "
+                f"| {r.get('reservations', 0)} ({r.get('reservations_late', 0)}) |")
+        lines.append("")
+    lines += ["## migctl reshaping against the best baseline", "",
+              "Baselines: every method except the two migctl rows that started every job (the static layouts "
+              "leave jobs that never start, so they do not count for waits). Higher is better for allocation, "
+              "lower for the others.", "",
+              "| family | metric | migctl reshaping | best baseline | |", "|---|---|---|---|---|"]
+    metrics = [("allocation", "allocation", True), ("wait_p50_s", "wait p50", False),
+               ("wait_p95_s", "wait p95", False), ("wait_max_s", "wait max", False),
+               ("reconfig_per_hour", "reconf/h", False)]
+    for fam, fr in res["families"].items():
+        ours = fr["methods"]["migctl reshaping"]
+        base = {n: r for n, r in fr["methods"].items() if not n.startswith("migctl") and r["never_started"] == 0}
+        for key, label, higher in metrics:
+            if not base:
+                continue
+            best_name = (max if higher else min)(base, key=lambda n, key=key: base[n][key])
+            b, o = base[best_name][key], ours[key]
+            verdict = "better" if (o > b if higher else o < b) else "equal" if o == b else "worse"
+            fmt = (lambda v: f"{100 * v:.2f}%") if key == "allocation" else (
+                (lambda v: f"{v:g}") if key == "reconfig_per_hour" else _h)
+            lines.append(f"| {fam} | {label} | {fmt(o)} | {fmt(b)} ({best_name}) | {verdict} |")
+    lines += ["", "![allocation over time](plot.png)", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    t_all = time.perf_counter()
+    results: dict = {"machine": platform.platform(), "python": platform.python_version(),
+                     "reserve_after_s": RESERVE_AFTER_S, "hysteresis_s": HYSTERESIS_S,
+                     "max_reconfig_per_min": MAX_RECONFIG_PER_MIN, "families": {}}
+    if sys.argv[1:] == ["--report"]:
+        report(json.loads((HERE / "results.json").read_text()))
+        return 0
+    only = sys.argv[1:] or None
+    for fam, (models, trace, desc) in families().items():
+        if only and fam not in only:
+            continue
+        fr: dict = {"description": desc, "gpus": len(models), "methods": {}}
+        for name, pol in method_policies().items():
+            t = time.perf_counter()
+            r = simulate(models, trace, name, pol)
+            r["time_s"] = round(time.perf_counter() - t, 2)
+            fr["methods"][name] = r
+            print(f"{fam:10s} {name:30s} alloc {100 * r['allocation']:6.2f}% (bound {100 * r['upper_bound']:.2f}%) "
+                  f"wait p50 {r['wait_p50_s']} p95 {r['wait_p95_s']} max {r['wait_max_s']} never {r['never_started']} "
+                  f"reconf/h {r['reconfig_per_hour']} destroyed {r['instances_destroyed']} "
+                  f"busy {r['busy_destroyed']} ({r['time_s']}s)", flush=True)
+        results["families"][fam] = fr
+    results["time_s"] = round(time.perf_counter() - t_all, 1)
+    if only:
+        return 0
+    (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    report(results)
+    return 0
+
+
+def report(results: dict) -> None:
+    (HERE / "results.md").write_text(markdown(results))
+    plot(results, HERE / "plot.png")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
