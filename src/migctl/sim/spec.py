@@ -98,7 +98,10 @@ def parse_spec(text: str) -> NodeSpec:
         raise SpecError(f"one driver per node, but the spec names {', '.join(sorted(drivers))}")
     if len(models) > 64:
         raise SpecError(f"at most 64 GPUs per simulated node, the spec has {len(models)}")
-    minimum = max((m for m in (load_model(k.partition("~")[0]).min_driver for k in models) if m), default=None)
+    from migctl.sim.plain_gpus import PLAIN_GPUS
+
+    catalog = [PLAIN_GPUS.get(k.partition("~")[0]) or load_model(k.partition("~")[0]) for k in models]
+    minimum = max((m.min_driver for m in catalog if m.min_driver), default=None)
     if drivers:
         driver = drivers.pop()
         if len(driver.split(".")) == 2:
