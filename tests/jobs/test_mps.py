@@ -10,11 +10,11 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from conftest import SimEnv
 from migctl.jobs.common import JobsError
 from migctl.jobs.mps import MpsManager, Share, mechanism, shares_from
 from migctl.reconcile.live import read_gpu
@@ -33,7 +33,7 @@ def _sleeper() -> tuple[subprocess.Popen[bytes], float]:
     return p, psutil.Process(p.pid).create_time()
 
 
-def test_two_half_shares_on_a_mig_device(a30: SimEnv, short_root: Path) -> None:
+def test_two_half_shares_on_a_mig_device(a30: Any, short_root: Path) -> None:
     (uuid,) = a30.layout(0, ["2g.12gb"])
     node = a30.node()
     dev = node.find_mig_device(uuid)
@@ -71,7 +71,7 @@ def test_two_half_shares_on_a_mig_device(a30: SimEnv, short_root: Path) -> None:
             p.wait()
 
 
-def test_dead_clients_free_their_share(a30: SimEnv, short_root: Path) -> None:
+def test_dead_clients_free_their_share(a30: Any, short_root: Path) -> None:
     (uuid,) = a30.layout(0, ["1g.6gb"])
     node = a30.node()
     dev = node.find_mig_device(uuid)
@@ -96,7 +96,7 @@ def _ctl(env: dict[str, str], *lines: str, daemon: bool = False) -> subprocess.C
     return subprocess.run(args, input="\n".join(lines) + "\n", env=env, text=True, capture_output=True, timeout=60)
 
 
-def test_stand_in_speaks_the_control_commands(a30: SimEnv, short_root: Path) -> None:
+def test_stand_in_speaks_the_control_commands(a30: Any, short_root: Path) -> None:
     (uuid,) = a30.layout(0, ["4g.24gb"])
     env = dict(a30.env, CUDA_VISIBLE_DEVICES=uuid, CUDA_MPS_PIPE_DIRECTORY=str(short_root / "p"),
                CUDA_MPS_LOG_DIRECTORY=str(short_root / "l"))
