@@ -33,6 +33,7 @@ VERB_MODULES = [
     "migctl.cli.slurm",
     "migctl.cli.k8s",
     "migctl.cli.observe",
+    "migctl.cli.bench",
 ]
 
 
