@@ -134,14 +134,15 @@ class BenchResult:
             if k not in keys:
                 keys.append(k)
         for name, batch, procs in keys:
-            runs = [r for r in self.runs if (r.target, r.batch, r.procs) == (name, batch, procs) and not r.warmup]
+            every = [r for r in self.runs if (r.target, r.batch, r.procs) == (name, batch, procs)]
+            runs = [r for r in every if not r.warmup]
             ok = [r for r in runs if r.status == "ok"]
             thr = summarise([r.throughput for r in ok if r.throughput is not None])
             lat = summarise([r.latency_ms for r in ok if r.latency_ms is not None])
             t = by_name[name]
             row: dict[str, Any] = {
                 "target": name, "whole": t.whole, "slices": t.slices, "batch": batch, "procs": procs,
-                "runs": len(runs), "ok": len(ok), "failures": [r.error for r in runs if r.status != "ok"][:3],
+                "runs": len(runs), "ok": len(ok), "failures": [r.error for r in every if r.status != "ok"][:3],
                 "unit": ok[0].unit if ok else None, "source": ok[0].source if ok else None,
             }
             if thr is not None and lat is not None:
@@ -189,9 +190,9 @@ class BenchJournal:
         return data
 
     def begin(self, gpu_uuid: str, gpu_index: int, layout: dict[str, Any]) -> None:
-        from migctl.proc import pid_alive  # noqa: F401  (same liveness rule as leases)
-
         import psutil
+
+        from migctl.proc import pid_alive  # noqa: F401  (same liveness rule as leases)
 
         me = psutil.Process(os.getpid())
         _atomic_write(self.path, json.dumps({
@@ -355,6 +356,7 @@ def run_config(command: Sequence[str], env: dict[str, str], procs: int, timeout:
 
     sim = getattr(node, "sim", None)
     started: list[tuple[Any, int, Any, Any]] = []
+    closed_gates: set[int] = set()
     status = "ok"
     try:
         for i in range(procs):
@@ -375,6 +377,7 @@ def run_config(command: Sequence[str], env: dict[str, str], procs: int, timeout:
                     raise BenchError(f"could not register PID {proc.pid} as a client of GPU {gpu_index} (NVML {rc})")
         t0 = time.monotonic()
         for _, gate, _, _ in started:
+            closed_gates.add(gate)
             open_gate(gate)
         ends: dict[int, float] = {}
         deadline = t0 + timeout
@@ -408,6 +411,8 @@ def run_config(command: Sequence[str], env: dict[str, str], procs: int, timeout:
         return status, t1 - t0, results
     finally:
         for proc, gate, out, err in started:
+            if gate not in closed_gates:
+                open_gate(gate, go=False)  # never started: the gate closes and the command exits 125
             if proc.poll() is None:
                 _kill_group(proc.pid, signal.SIGKILL)
                 proc.wait()

@@ -53,7 +53,8 @@ def register(app: typer.Typer) -> None:
         time is used). The GPU's layout is restored afterwards, also after a failure or Ctrl-C.
         """
         from migctl.bench import output
-        from migctl.bench.runner import Settings, recover as do_recover, run_bench
+        from migctl.bench.runner import Settings, run_bench
+        from migctl.bench.runner import recover as do_recover
 
         n = node(ctx)
         if recover:

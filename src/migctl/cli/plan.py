@@ -123,6 +123,10 @@ def render_table(plan: Plan, console: Any = None) -> None:
     t.add_column("slices", justify="right")
     t.add_column("instances (profile@start -> workload)")
     for g in plan.gpus:
+        if not g.mig_enabled:
+            w = g.whole or {}
+            t.add_row(str(g.index), g.model, str(g.used_slices), f"whole GPU, MIG disabled -> {w.get('workload')}")
+            continue
         desc = ", ".join(
             f"{i.profile}@{i.start}" + (f"->{i.workload}" if i.workload else "") + (" (busy)" if i.busy else "")
             for i in g.instances
@@ -137,3 +141,5 @@ def render_table(plan: Plan, console: Any = None) -> None:
         console.print("unserved: " + ", ".join(f"{k} x{v}" for k, v in plan.unserved.items()))
     if plan.destroyed:
         console.print(f"instances destroyed: {len(plan.destroyed)}")
+    for e in plan.explain:
+        console.print(f"why: {e['why']}")

@@ -103,9 +103,13 @@ class PlannedGpu:
     model: str
     instances: list[PlannedInstance]
     changed: bool = True  # incremental planning: whether the GPU's layout changes
+    mig_enabled: bool = True  # False: the whole GPU with MIG disabled (serving mode), described by ``whole``
+    whole: dict[str, Any] | None = None  # {workload, unit, slices, detail} of a whole GPU
 
     @property
     def used_slices(self) -> int:
+        if not self.mig_enabled:
+            return int((self.whole or {}).get("slices", 0))
         return sum(i.slices for i in self.instances)
 
 
@@ -122,6 +126,7 @@ class Plan:
     bounds: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     destroyed: list[dict[str, Any]] = field(default_factory=list)  # incremental: instances removed
+    explain: list[dict[str, Any]] = field(default_factory=list)  # serving: per model, why it got what it got
 
     @property
     def gap(self) -> float:
@@ -132,7 +137,7 @@ class Plan:
 
     @property
     def gpu_count(self) -> int:
-        return sum(1 for g in self.gpus if g.instances)
+        return sum(1 for g in self.gpus if g.instances or not g.mig_enabled)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -146,11 +151,13 @@ class Plan:
             "unserved": self.unserved,
             "stats": self.stats,
             "destroyed": self.destroyed,
+            **({"explain": self.explain} if self.explain else {}),
             "gpus": [
                 {
                     "index": g.index,
                     "model": g.model,
                     "changed": g.changed,
+                    **({"mig_enabled": False, "whole": g.whole} if not g.mig_enabled else {}),
                     "instances": [
                         {
                             "profile": i.profile,

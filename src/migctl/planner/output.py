@@ -30,8 +30,18 @@ def to_mig_parted(plan: Plan, label: str = "migctl-plan", include_empty: bool = 
     from migctl.catalog import load_model
 
     mixed = len({g.model for g in plan.gpus}) > 1
-    entries: dict[tuple, dict[str, Any]] = {}
+    entries: dict[tuple[Any, ...], dict[str, Any]] = {}
     for g in sorted(plan.gpus, key=lambda g: g.index):
+        if not g.mig_enabled:  # the whole GPU, MIG disabled (serving mode)
+            key = (g.model, "whole")
+            if key not in entries:
+                entry = {"devices": []}
+                if mixed:
+                    entry["device-filter"] = f"0x{load_model(g.model).pci_device_id_full:08X}"
+                entry["mig-enabled"] = False
+                entries[key] = entry
+            entries[key]["devices"].append(g.index)
+            continue
         if not g.instances and not include_empty:
             continue
         counts: dict[str, int] = {}

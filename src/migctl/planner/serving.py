@@ -7,12 +7,18 @@ latency SLO. ParvaGPU's rule decides admissibility: a configuration may serve a 
 throughput x processes. Per model and instance size the admissible configuration with the highest
 throughput is used.
 
-Formulation (exact, CP-SAT): ``n[j, s]`` instances of size ``s`` for model ``j`` and ``y[c]`` GPUs with
-maximal layout ``c``::
+The whole GPU with MIG disabled is a candidate next to the MIG layouts when the table has rows for it
+(``Mig instance`` = ``whole``, as ``migctl bench`` writes them) and ``whole_gpu`` is not false: a whole
+GPU serves one model with the throughput measured for it, so the plan keeps a GPU whole exactly when
+that serves the demand with fewer GPUs (then fewer slices) than any MIG layout -- "MIG loses".
 
-    min  sum_c y[c], then (GPUs fixed) sum_{j,s} s * n[j,s]     (fewest GPUs, then fewest slices)
+Formulation (exact, CP-SAT): ``n[j, s]`` instances of size ``s`` for model ``j`` (``s`` = 0: a whole GPU),
+``y[c]`` GPUs with maximal layout ``c`` and ``w`` whole GPUs::
+
+    min  sum_c y[c] + w, then (GPUs fixed) sum_{j,s} slices(s) * n[j,s]    (fewest GPUs, then fewest slices)
     s.t. sum_s thr[j,s] * n[j,s] >= rate_j           (throughputs scaled to integers, rounded down)
-         sum_j n[j,s] <= sum_c a[c,s] * y[c]
+         sum_j n[j,s] <= sum_c a[c,s] * y[c]          (s a MIG size)
+         sum_j n[j,0] <= w
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from migctl.planner.core import Plan, PlanError, PlannedGpu, PlannedInstance, Re
 from migctl.planner.layouts import enumerate_layouts, maximal_layouts, placements_for
 
 SCALE = 1000  # throughput units per request/s in the integer model
+WHOLE = 0  # the instance "size" of a whole GPU with MIG disabled (``whole`` in a table)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class ServingSpec:
     model: GpuModel
     models: tuple[ServedModel, ...]
     latency_factor: float = 0.45
+    whole_gpu: bool = True  # whole GPUs (MIG disabled) are candidates when a table measures them
 
     def best(self, m: ServedModel, size: int) -> ProfileRow | None:
         """The admissible row of ``m`` at ``size`` with the highest instance throughput (ties: fewer procs)."""
@@ -73,14 +81,28 @@ class ServingSpec:
         return max(rows, key=lambda r: (r.instance_throughput, -r.procs, -r.batch))
 
 
+def _size(text: str) -> int:
+    t = text.strip()
+    if t.lower() == "whole":
+        return WHOLE
+    v = int(t)
+    if v < 1:
+        raise ValueError(f"Mig instance must be a number of compute slices >= 1 or 'whole', not {t!r}")
+    return v
+
+
 def read_profile_csv(path: Path) -> tuple[ProfileRow, ...]:
-    """Rows of a ParvaGPU ``prof_data`` CSV (Mig instance, Batch size, Workload Number, Throughput, Latency)."""
+    """Rows of a ParvaGPU ``prof_data`` CSV (Mig instance, Batch size, Workload Number, Throughput, Latency).
+
+    ``Mig instance`` is the instance size in compute slices, or ``whole`` (migctl's extension: the whole
+    GPU with MIG disabled).
+    """
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             rows = [
                 ProfileRow(
-                    size=int(r["Mig instance"]), batch=int(r["Batch size"]), procs=int(r["Workload Number"]),
+                    size=_size(r["Mig instance"]), batch=int(r["Batch size"]), procs=int(r["Workload Number"]),
                     throughput=float(r["Throughput"]), latency_s=float(r["Latency"]),
                 )
                 for r in reader
@@ -128,10 +150,13 @@ def parse_serving(data: dict[str, Any], base_dir: Path | None) -> ServingSpec:
         q = Path(p)
         return q if q.is_absolute() or base_dir is None else base_dir / q
 
-    unknown = set(data) - {"gpu_model", "latency_factor", "parvagpu", "models"}
+    unknown = set(data) - {"gpu_model", "latency_factor", "parvagpu", "models", "whole_gpu"}
     if unknown:
         raise PlanError(f"serving: unknown key(s) {', '.join(sorted(unknown))}; valid: gpu_model, latency_factor, "
-                        "parvagpu, models")
+                        "parvagpu, models, whole_gpu")
+    whole = data.get("whole_gpu", True)
+    if not isinstance(whole, bool):
+        raise PlanError(f"serving.whole_gpu must be true or false, not {whole!r}")
     model = _load_model(str(data.get("gpu_model", "A100-80GB")))
     factor = float(data.get("latency_factor", 0.45))
     models: list[ServedModel] = []
@@ -146,7 +171,7 @@ def parse_serving(data: dict[str, Any], base_dir: Path | None) -> ServingSpec:
             raise PlanError(f"serving.models: each model needs name, profile_csv, rate, slo_ms (missing {e})") from None
     if not models:
         raise PlanError("serving: no models (give 'parvagpu: {dir, slo_set}' or 'models')")
-    return ServingSpec(model=model, models=tuple(models), latency_factor=factor)
+    return ServingSpec(model=model, models=tuple(models), latency_factor=factor, whole_gpu=whole)
 
 
 def size_profiles(model: GpuModel, sizes: set[int]) -> dict[int, GIProfile]:
@@ -159,33 +184,44 @@ def size_profiles(model: GpuModel, sizes: set[int]) -> dict[int, GIProfile]:
     return out
 
 
+def _label(gm: GpuModel, prof: dict[int, GIProfile], s: int) -> str:
+    return "whole" if s == WHOLE else prof[s].name
+
+
 def plan_serving(request: Request) -> Plan:
-    """Fewest GPUs (then fewest slices) serving every model's rate within its SLO; exact via CP-SAT."""
+    """Fewest GPUs (then fewest slices) serving every model's rate within its SLO; exact via CP-SAT.
+
+    Candidates: every maximal MIG layout of the table's sizes, and the whole GPU with MIG disabled when
+    the tables measure it (and ``whole_gpu`` allows it).
+    """
     from ortools.sat.python import cp_model
 
     t0 = time.perf_counter()
     spec: ServingSpec = request.serving
     gm = spec.model
-    sizes = {r.size for m in spec.models for r in m.rows}
+    sizes = {r.size for m in spec.models for r in m.rows if r.size != WHOLE}
     prof = size_profiles(gm, sizes)
-    best = {(j, s): spec.best(m, s) for j, m in enumerate(spec.models) for s in prof}
+    whole_ok = spec.whole_gpu and any(r.size == WHOLE for m in spec.models for r in m.rows)
+    cands = list(prof) + ([WHOLE] if whole_ok else [])
+    slices_of = {s: (gm.compute_slices if s == WHOLE else s) for s in cands}
+    best = {(j, s): spec.best(m, s) for j, m in enumerate(spec.models) for s in cands}
     for j, m in enumerate(spec.models):
-        if not any(best[j, s] for s in prof):
+        if not any(best[j, s] for s in cands):
             raise PlanError(f"serving: no configuration of {m.name} meets latency < {spec.latency_factor:g} x "
                             f"{m.slo_ms:g} ms on any instance size")
     ids = sorted(p.id for p in prof.values())
-    valid = enumerate_layouts(gm, ids)
-    lays = [lay for lay in maximal_layouts(valid, ids) if lay]
+    lays = [lay for lay in maximal_layouts(enumerate_layouts(gm, ids), ids) if lay] if ids else []
     by_id = {p.id: s for s, p in prof.items()}
     thr = {k: math.floor(r.instance_throughput * SCALE) for k, r in best.items() if r is not None}
     need = {j: math.ceil(m.rate * SCALE) for j, m in enumerate(spec.models)}
     # upper bound: one instance per needed unit of the best size, one GPU each
     ub_inst = {k: -(-need[k[0]] // t) if t > 0 else 0 for k, t in thr.items()}
-    ub_gpus = sum(min(v for (j2, _s), v in ub_inst.items() if j2 == j and v > 0) for j in need)
+    ub_gpus = sum(min((v for (j2, _s), v in ub_inst.items() if j2 == j and v > 0), default=0) for j in need)
 
     mdl = cp_model.CpModel()
     n = {k: mdl.NewIntVar(0, ub_inst[k], f"n_{k[0]}_{k[1]}") for k in thr if thr[k] > 0}
     y = [mdl.NewIntVar(0, ub_gpus, f"y_{c}") for c in range(len(lays))]
+    w = mdl.NewIntVar(0, ub_gpus if whole_ok else 0, "w")
     for j in need:
         mdl.Add(sum(thr[k] * v for k, v in n.items() if k[0] == j) >= need[j])
     for s, p in prof.items():
@@ -193,12 +229,16 @@ def plan_serving(request: Request) -> Plan:
         dem = [v for k, v in n.items() if k[1] == s]
         if dem:
             mdl.Add(sum(dem) <= sum(sup))
-    slices_used = sum(k[1] * v for k, v in n.items())
-    lp_gpus = _lp_gpus(prof, lays, thr, need)
+    dem_w = [v for k, v in n.items() if k[1] == WHOLE]
+    if dem_w:
+        mdl.Add(sum(dem_w) <= w)
+    slices_used = sum(slices_of[k[1]] * v for k, v in n.items())
+    gpus_expr = sum(y) + w
+    lp_gpus = _lp_gpus(prof, lays, thr, need, whole_ok)
     if lp_gpus > 0:
-        mdl.Add(sum(y) >= math.ceil(lp_gpus - 1e-6))  # valid cut: lets CP-SAT stop at the LP bound
+        mdl.Add(gpus_expr >= math.ceil(lp_gpus - 1e-6))  # valid cut: lets CP-SAT stop at the LP bound
     # phase 1: fewest GPUs; phase 2: with that many GPUs, fewest slices (hinted with phase 1)
-    mdl.Minimize(sum(y))
+    mdl.Minimize(gpus_expr)
     t_end = t0 + float(request.options.time_limit_s)
 
     def run() -> tuple[object, int]:
@@ -212,13 +252,14 @@ def plan_serving(request: Request) -> Plan:
     solver, status = run()
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise PlanError(f"serving: no plan found within {request.options.time_limit_s:g} s")
-    gpus_obj = int(solver.Value(sum(y)))
+    gpus_obj = int(solver.Value(gpus_expr))
     cp_bound = gpus_obj if status == cp_model.OPTIMAL else math.ceil(solver.BestObjectiveBound() - 1e-6)
     ys = [int(solver.Value(v)) for v in y]
     ns = {k: int(solver.Value(v)) for k, v in n.items()}
-    mdl.Add(sum(y) <= gpus_obj)
+    mdl.Add(gpus_expr <= gpus_obj)
     for v, val in zip(y, ys, strict=True):
         mdl.AddHint(v, val)
+    mdl.AddHint(w, int(solver.Value(w)))
     for k, v in n.items():
         mdl.AddHint(v, ns[k])
     mdl.Minimize(slices_used)
@@ -230,11 +271,11 @@ def plan_serving(request: Request) -> Plan:
 
     lp_val = lp_gpus
     comb = math.ceil(
-        sum(m.rate / max(thr.get((j, s), 0) / SCALE / s for s in prof) for j, m in enumerate(spec.models))
+        sum(m.rate / max(thr.get((j, s), 0) / SCALE / slices_of[s] for s in cands) for j, m in enumerate(spec.models))
         / gm.compute_slices - 1e-9
     )
 
-    # expand: GPUs with their layouts, instances filled model by model
+    # expand: GPUs with their layouts, instances filled model by model; then the whole GPUs
     gpus: list[list[int]] = []
     slots: dict[int, list[int]] = {}
     for c, lay in enumerate(lays):
@@ -244,6 +285,8 @@ def plan_serving(request: Request) -> Plan:
                 slots.setdefault(by_id[pid], []).append(len(gpus) - 1)
     units: dict[int, list[tuple[int, int]]] = {}
     for (j, s), cnt in sorted(ns.items()):
+        if s == WHOLE:
+            continue
         for _ in range(cnt):
             g = slots[s].pop(0)
             units.setdefault(g, []).append((j, s))
@@ -263,12 +306,21 @@ def plan_serving(request: Request) -> Plan:
             counter[j] = unit + 1
             insts.append(PlannedInstance(
                 profile_id=p.id, profile=p.name, start=starts[p.id].pop(0), size=p.placement_size, slices=p.slices,
-                workload=spec.models[j].name, unit=unit,
-                detail={"batch": r.batch, "processes": r.procs, "throughput": round(r.instance_throughput, 3),
-                        "latency_ms": round(r.latency_s * 1000, 3)},
+                workload=spec.models[j].name, unit=unit, detail=_detail(r),
             ))
         insts.sort(key=lambda i: i.start)
         planned.append(PlannedGpu(index=len(planned), model=gm.key, instances=insts))
+    for (j, s), cnt in sorted(ns.items()):
+        if s != WHOLE:
+            continue
+        r = best[j, s]
+        assert r is not None
+        for _ in range(cnt):
+            unit = counter.get(j, 0)
+            counter[j] = unit + 1
+            planned.append(PlannedGpu(index=len(planned), model=gm.key, instances=[], mig_enabled=False,
+                                      whole={"workload": spec.models[j].name, "unit": unit,
+                                             "slices": gm.compute_slices, "detail": _detail(r)}))
     bound = float(max(cp_bound, math.ceil(lp_val - 1e-6), comb))
     bound = min(bound, float(gpus_obj))
     return Plan(
@@ -283,12 +335,75 @@ def plan_serving(request: Request) -> Plan:
             "slices_proven_minimal": status2 == cp_model.OPTIMAL,
             "models": len(spec.models),
             "layouts": len(lays),
+            "whole_gpu_candidate": whole_ok,
+            "whole_gpus": sum(1 for g in planned if not g.mig_enabled),
             "time_s": {"solve": round(t1 - t0, 4), "total": round(time.perf_counter() - t0, 4)},
         },
+        explain=explain(spec, prof, cands, best, planned),
     )
 
 
-def _lp_gpus(prof: dict[int, GIProfile], lays: list, thr: dict, need: dict) -> float:
+def _detail(r: ProfileRow) -> dict[str, Any]:
+    return {"batch": r.batch, "processes": r.procs, "throughput": round(r.instance_throughput, 3),
+            "latency_ms": round(r.latency_s * 1000, 3)}
+
+
+def explain(spec: ServingSpec, prof: dict[int, GIProfile], cands: list[int],
+            best: dict[tuple[int, int], ProfileRow | None], planned: list[PlannedGpu]) -> list[dict[str, Any]]:
+    """Per model, why it got what it got: admissible rows per candidate size, the best row's throughput
+    per compute slice and SLO margin, what the plan gives it, and its throughput against its rate."""
+    gm = spec.model
+    out: list[dict[str, Any]] = []
+    for j, m in enumerate(spec.models):
+        limit = spec.latency_factor * m.slo_ms
+        options = []
+        for s in cands:
+            label = _label(gm, prof, s)
+            slices = gm.compute_slices if s == WHOLE else s
+            rows = [r for r in m.rows if r.size == s]
+            adm = [r for r in rows if r.latency_s * 1000.0 < limit]
+            opt: dict[str, Any] = {"size": label, "slices": slices, "rows": len(rows), "admissible_rows": len(adm)}
+            r = best[j, s]
+            if r is not None:
+                opt.update({"batch": r.batch, "processes": r.procs, "throughput": round(r.instance_throughput, 3),
+                            "throughput_per_slice": round(r.instance_throughput / slices, 3),
+                            "latency_ms": round(r.latency_s * 1000, 3),
+                            "slo_margin_pct": round(100 * (1 - r.latency_s * 1000.0 / limit), 1)})
+            options.append(opt)
+        got: dict[str, int] = {}
+        total = 0.0
+        for g in planned:
+            if not g.mig_enabled and g.whole and g.whole["workload"] == m.name:
+                got["whole"] = got.get("whole", 0) + 1
+                total += float(g.whole["detail"]["throughput"])
+            for i in g.instances:
+                if i.workload == m.name:
+                    got[i.profile] = got.get(i.profile, 0) + 1
+                    total += float(i.detail.get("throughput", 0.0))
+        usable = [o for o in options if "throughput_per_slice" in o]
+        top = max(usable, key=lambda o: o["throughput_per_slice"])
+        mig = [o for o in usable if o["size"] != "whole"]
+        whole = next((o for o in usable if o["size"] == "whole"), None)
+        parts = [f"{m.name}: " + (", ".join(f"{v} x {k}" for k, v in got.items()) or "nothing")]
+        parts.append(f"best per slice {top['size']} ({top['throughput_per_slice']:g}/slice, latency "
+                     f"{top['latency_ms']:g} ms, SLO margin {top['slo_margin_pct']:g}%)")
+        if whole is not None and mig:
+            bm = max(mig, key=lambda o: o["throughput_per_slice"])
+            verdict = "MIG loses" if whole["throughput_per_slice"] > bm["throughput_per_slice"] else "MIG wins"
+            parts.append(f"{verdict}: whole GPU {whole['throughput_per_slice']:g}/slice vs {bm['size']} "
+                         f"{bm['throughput_per_slice']:g}/slice")
+        elif whole is None and any(r.size == WHOLE for r in m.rows):
+            parts.append("whole GPU " + ("not allowed (whole_gpu: false)" if not spec.whole_gpu
+                                         else "has no admissible row"))
+        parts.append(f"serves {total:g} of {m.rate:g} req/s")
+        out.append({"model": m.name, "rate": m.rate, "slo_ms": m.slo_ms, "latency_limit_ms": round(limit, 3),
+                    "options": options, "assigned": got, "throughput": round(total, 3),
+                    "rate_margin_pct": round(100 * (total / m.rate - 1), 1) if m.rate > 0 else None,
+                    "why": "; ".join(parts)})
+    return out
+
+
+def _lp_gpus(prof: dict[int, GIProfile], lays: list, thr: dict, need: dict, whole: bool = False) -> float:
     """LP relaxation of the serving model: a lower bound on the number of GPUs (0 if it fails)."""
     from ortools.linear_solver import pywraplp
 
@@ -296,13 +411,17 @@ def _lp_gpus(prof: dict[int, GIProfile], lays: list, thr: dict, need: dict) -> f
     inf = lp.infinity()
     ln = {k: lp.NumVar(0, inf, "") for k, t in thr.items() if t > 0}
     ly = [lp.NumVar(0, inf, "") for _ in lays]
+    lw = lp.NumVar(0, inf if whole else 0, "")
     for j in need:
         lp.Add(sum(thr[k] * v for k, v in ln.items() if k[0] == j) >= need[j])
     for s, p in prof.items():
         dem = [v for k, v in ln.items() if k[1] == s]
         if dem:
             lp.Add(sum(dem) <= sum(lay.count(p.id) * ly[c] for c, lay in enumerate(lays) if p.id in lay))
-    lp.Minimize(sum(ly))
+    dem_w = [v for k, v in ln.items() if k[1] == WHOLE]
+    if dem_w:
+        lp.Add(sum(dem_w) <= lw)
+    lp.Minimize(sum(ly) + lw)
     return lp.Objective().Value() if lp.Solve() == pywraplp.Solver.OPTIMAL else 0.0
 
 
@@ -313,13 +432,21 @@ def verify_serving(plan: Plan, spec: ServingSpec) -> list[str]:
     by_name = {m.name: m for m in spec.models}
     total: dict[str, float] = {m.name: 0.0 for m in spec.models}
     for g in plan.gpus:
-        for i in g.instances:
-            m = by_name.get(i.workload or "")
-            if m is None:
-                problems.append(f"GPU {g.index}: instance serves unknown model {i.workload!r}")
+        uses: list[tuple[str | None, int, dict[str, Any]]] = [(i.workload, i.slices, i.detail) for i in g.instances]
+        if not g.mig_enabled:
+            if g.instances or not g.whole:
+                problems.append(f"GPU {g.index}: MIG disabled but the plan lists instances or no workload")
                 continue
-            rows = [r for r in m.rows if r.size == i.slices and r.batch == i.detail.get("batch")
-                    and r.procs == i.detail.get("processes")]
+            if not spec.whole_gpu:
+                problems.append(f"GPU {g.index}: whole GPUs are not allowed (whole_gpu: false)")
+            uses = [(g.whole.get("workload"), WHOLE, g.whole.get("detail", {}))]
+        for workload, size, detail in uses:
+            m = by_name.get(workload or "")
+            if m is None:
+                problems.append(f"GPU {g.index}: instance serves unknown model {workload!r}")
+                continue
+            rows = [r for r in m.rows if r.size == size and r.batch == detail.get("batch")
+                    and r.procs == detail.get("processes")]
             if len(rows) != 1:
                 problems.append(f"GPU {g.index}: {m.name} config not found in its table")
                 continue
