@@ -59,12 +59,14 @@ def main() -> int:
     buf = os.urandom(4096)
     lat = []
     t0 = time.perf_counter()
-    for _ in range(ARGS.batches):
+    for k in range(ARGS.batches):
         b0 = time.perf_counter()
         h = hashlib.sha256()
         for _ in range(batch):
             h.update(buf)  # the real work per item
-        rest = batch_s - (time.perf_counter() - b0)
+        # wait until this batch's modelled end: absolute deadlines, so a late wake-up on a busy host is
+        # not carried into the next batch
+        rest = t0 + (k + 1) * batch_s - time.perf_counter()
         if rest > 0:
             time.sleep(rest)
         lat.append(time.perf_counter() - b0)
