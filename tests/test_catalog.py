@@ -19,6 +19,8 @@ ALL_KEYS = {
     "A30",
     "A100-40GB",
     "A100-80GB",
+    "A100-40GB-PCIE",
+    "A100-80GB-PCIE",
     "H100-80GB",
     "H100-PCIE",
     "H100-NVL",
@@ -385,8 +387,10 @@ def test_filled_values_are_marked_unconfirmed():
 
 
 PCI = {  # mig-hardware §8
-    "A100-40GB": [0x20B0, 0x20B1, 0x20F1, 0x20F6],
-    "A100-80GB": [0x20B2, 0x20B5, 0x20F3, 0x20F5],
+    "A100-40GB": [0x20B0, 0x20B1, 0x20F6],
+    "A100-40GB-PCIE": [0x20F1],
+    "A100-80GB": [0x20B2, 0x20F3, 0x20F5],
+    "A100-80GB-PCIE": [0x20B5],
     "A30": [0x20B7],
     "H100-80GB": [0x2330, 0x2331, 0x2322, 0x2324],
     "H100-NVL": [0x2321, 0x233A],
@@ -507,7 +511,10 @@ def test_driver_history():
     ]
     a80 = load_model("A100-80GB")
     old = parse_driver("515.86.01")
-    new = parse_driver("535.183.01")
+    new = parse_driver("580.65.06")
+    r550 = parse_driver("550.54.14")  # capture a100-80gb-sxm-r550-cn-notes: 9.50 / 39.25 / 78.75 GiB
+    assert ["%.2f" % (p.memory_on(r550) / 1024) for p in a80.profiles_on(r550)] == [
+        "9.50", "9.50", "19.50", "19.50", "39.25", "39.25", "78.75"]
     assert "1g.20gb" not in [p.name for p in a80.profiles_on(old)]  # absent from the real driver-515 lgip
     assert "%.2f" % (a80.profile("1g.10gb").memory_on(old) / 1024) == "9.50"
     assert "%.2f" % (a80.profile("1g.10gb").memory_on(new) / 1024) == "9.75"

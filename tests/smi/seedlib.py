@@ -7,7 +7,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds"
+# Copies of /work/shared/seeds (tests never read ../shared); sources and licence in tests/fixtures/seeds/README.md
+SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "seeds"
 
 
 def seed_path(prefix: str) -> Path:
