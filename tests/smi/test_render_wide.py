@@ -97,7 +97,19 @@ def test_lgi_wide() -> None:
     ("565.57.01", True, False), ("570.169", True, True), ("580.65.06", True, True),
 ])
 def test_layout_thresholds(driver: str, summary: bool, mig: bool) -> None:
-    assert R.layout_for(driver) == R.Layout(summary_wide=summary, mig_wide=mig)
+    layout = R.layout_for(driver)
+    assert (layout.summary_wide, layout.mig_wide) == (summary, mig)
+
+
+@pytest.mark.parametrize(("driver", "old", "mig_header_new", "pid_wide"), [
+    ("450.80.02", True, False, False), ("515.86.01", True, False, False), ("535.183.01", False, False, False),
+    ("545.23.08", False, False, False), ("550.54.14", False, False, False), ("560.35.03", False, True, False),
+    ("570.169", False, True, True), ("610.43.02", False, True, True),
+])
+def test_layout_thresholds_by_branch(driver: str, old: bool, mig_header_new: bool, pid_wide: bool) -> None:
+    """Each pair of neighbouring rows is backed by real captures (tests/fixtures/captures, docs/smi.md)."""
+    layout = R.layout_for(driver)
+    assert (layout.summary_old, layout.mig_header_new, layout.proc_pid_wide) == (old, mig_header_new, pid_wide)
 
 
 def test_default_table_on_current_driver_is_wide() -> None:

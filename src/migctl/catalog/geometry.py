@@ -108,7 +108,13 @@ def tree_gi_id(model: GpuModel, placement: Placement) -> int:
     slots = model.memory_slices // unit
     size_units = max(1, placement.size // unit)
     level = max(0, round(math.log2(slots / size_units)))
-    return (1 << level) - 1 + placement.start // (unit * size_units)
+    index = placement.start // (unit * size_units)
+    if level == 1 and slots == 8 and model.architecture == "Ampere":
+        # A100 halves are numbered from the top: 4:4 is GI 1, 0:4 is GI 2 (-lgi on drivers 450.80.02,
+        # 515.86.01 and 550.54.14: tests/fixtures/captures). Other transcripts show the opposite on other
+        # parts (mig-hardware.md section 7); the rule is limited to where captures show it.
+        index = 1 - index
+    return (1 << level) - 1 + index
 
 
 def validate_layout(model: GpuModel, instances: Iterable[PlacedGI]) -> list[str]:

@@ -344,7 +344,11 @@ class FakeNvmlLib(GpmMixin):
         gpu, gi, _, rc = self._any_device(st, handle)
         if rc:
             return rc
-        total = gpu.catalog.bar1_mib if gi is None else max(1, gpu.catalog.bar1_mib // 2 - 1)
+        if gi is None:
+            total = gpu.catalog.bar1_mib
+        else:  # a MIG device gets the GI's share of BAR1 by memory slices, less 1 MiB (real captures,
+            # e.g. A30 1-slice 8191 / 2-slice 16383 of 32768; H100 NVL 16383 / 32767 / 65535 of 131072)
+            total = max(1, gpu.catalog.bar1_mib * gi.size // gpu.catalog.memory_slices - 1)
         m = _obj(ref)
         m.bar1Total = total << 20
         m.bar1Used = 0
@@ -377,8 +381,22 @@ class FakeNvmlLib(GpmMixin):
     _nvmlDeviceGetPowerManagementLimit = _nvmlDeviceGetEnforcedPowerLimit
 
     def _nvmlDeviceGetPersistenceMode(self, handle: Any, ref: Any) -> int:
-        _obj(ref).value = 1
+        gpu, _, _, rc = self._resolve(self.store.load(), handle, _KIND_GPU)
+        if rc:
+            return rc
+        _obj(ref).value = gpu.persistence_mode
         return S.SUCCESS
+
+    def _nvmlDeviceSetPersistenceMode(self, handle: Any, mode: Any) -> int:
+        with self.store.transaction() as st:
+            gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+            if rc:
+                return rc
+            value = int(_val(mode))
+            if value not in (0, 1):
+                return S.ERROR_INVALID_ARGUMENT
+            gpu.persistence_mode = value
+            return S.SUCCESS
 
     def _nvmlDeviceGetComputeMode(self, handle: Any, ref: Any) -> int:
         _obj(ref).value = 0

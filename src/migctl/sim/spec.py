@@ -103,9 +103,7 @@ def parse_spec(text: str) -> NodeSpec:
     catalog = [PLAIN_GPUS.get(k.partition("~")[0]) or load_model(k.partition("~")[0]) for k in models]
     minimum = max((m.min_driver for m in catalog if m.min_driver), default=None)
     if drivers:
-        driver = drivers.pop()
-        if len(driver.split(".")) == 2:
-            driver += ".00"
+        driver = drivers.pop()  # kept as written: real drivers have two-part versions too (570.169)
         if minimum is not None and parse_driver(driver) < minimum:
             need = ".".join(f"{x:02d}" if i else str(x) for i, x in enumerate(minimum))
             raise SpecError(f"driver {driver} is older than the first driver with MIG on this node's GPUs "

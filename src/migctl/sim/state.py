@@ -117,6 +117,7 @@ class SimGPU:
     power_w: int = 30
     mig_supported: bool = True
     holders: list[SimHolder] = field(default_factory=list)
+    persistence_mode: int = 1  # nvmlDeviceGet/SetPersistenceMode; nvidia-smi -pm
 
     @property
     def catalog(self) -> GpuModel:

@@ -26,6 +26,7 @@ class SmiArgs:
     gpu: str | None = None  # ``-i``: indices, UUIDs or PCI bus ids, comma-separated
     action: str | None = None  # see ACTIONS below; None = the default summary table
     mig_mode: int | None = None  # ``-mig 0|1``
+    persistence: int | None = None  # ``-pm 0|1`` (also ENABLED / DISABLED)
     query_fields: list[str] = field(default_factory=list)  # ``--query-gpu=a,b``
     csv_format: list[str] = field(default_factory=list)  # ``--format=csv,noheader,nounits``
     profiles: list[str] = field(default_factory=list)  # ``-cgi`` / ``-cci`` values, as typed
@@ -41,6 +42,8 @@ _TOP_LEVEL: dict[str, tuple[str, bool]] = {
     "--list-gpus": ("list", False),
     "-mig": ("mig-mode", True),
     "--multi-instance-gpu": ("mig-mode", True),
+    "-pm": ("persistence", True),
+    "--persistence-mode": ("persistence", True),
     "-r": ("reset", False),
     "--gpu-reset": ("reset", False),
     "--query-gpu": ("query", True),
@@ -159,6 +162,11 @@ def parse(argv: list[str]) -> SmiArgs:
                 if value not in ("0", "1"):
                     raise SmiUsageError(INVALID_COMBINATION)
                 args.mig_mode = int(value)
+            elif action == "persistence":
+                value = words.value(inline).strip().upper()
+                if value not in ("0", "1", "ENABLED", "DISABLED"):
+                    raise SmiUsageError(INVALID_COMBINATION)
+                args.persistence = 1 if value in ("1", "ENABLED") else 0
             elif action == "query":
                 args.query_fields = split_list(words.value(inline))
         elif not args.mig_subcommand and name == "--format":

@@ -65,6 +65,7 @@ class Smi:
             None: self.summary,
             "list": self.list_gpus,
             "mig-mode": self.mig_mode,
+            "persistence": self.persistence,
             "reset": self.reset,
             "query": self.query,
             "lgip": self.lgip,
@@ -139,6 +140,9 @@ class Smi:
                 continue
             if status == 0:
                 self.say(f"{state} MIG Mode for GPU {g.bus_id}")
+                if _persistence(g) == 0:
+                    self.say()
+                    self.say(PERSISTENCE_WARNING.format(bus=g.bus_id))
                 continue
             reason = nvml_text(N.NVMLError(status))
             self.say(f"Warning: MIG mode is in pending {verb} state for GPU {g.bus_id}:{reason}")
@@ -150,6 +154,24 @@ class Smi:
                 )
             else:
                 self.say(f"Reboot the system or try nvidia-smi --gpu-reset to make MIG mode effective on GPU {g.bus_id}")
+        self.say("All done.")
+        return 0
+
+    # ---------------------------------------------------------------- -pm 0|1
+    def persistence(self, args: SmiArgs, gpus: list[Any]) -> int:
+        """Persistence mode (not MIG state: read and set with NVML directly, as the telemetry is)."""
+        want = args.persistence
+        word = "Enabled" if want == 1 else "Disabled"
+        for g in gpus:
+            if _persistence(g) == want:
+                self.say(f"Persistence mode is already {word} for GPU {g.bus_id}.")
+                continue
+            try:
+                N.nvmlDeviceSetPersistenceMode(g.handle, want)
+            except N.NVMLError as e:
+                self.say(f"Unable to set persistence mode for GPU {g.bus_id}: {nvml_text(e)}")  # wording UNCONFIRMED
+                return exit_code(e)
+            self.say(f"{word} persistence mode for GPU {g.bus_id}.")
         self.say("All done.")
         return 0
 
@@ -403,7 +425,7 @@ class Smi:
             (ci, f"Unable to destroy compute instance ID {ci.id:2d} from GPU {g.index:2d} GPU instance ID {gi.id:2d}",
              R.destroyed_ci(ci.id, g.index, gi.id))
             for g in mig
-            for gi in self._pick_gis(g, sorted(g.gpu_instances(), key=lambda x: x.id), args.gi_ids)
+            for gi in self._pick_gis(g, self._gis_in_order(g), args.gi_ids)
             for ci in sorted(gi.compute_instances(), key=lambda c: c.id)
             if args.ci_ids is None or ci.id in args.ci_ids
         ]
@@ -416,7 +438,7 @@ class Smi:
         targets = [
             (gi, f"Unable to destroy GPU instance ID {gi.id:2d} from GPU {g.index:2d}", R.destroyed_gi(gi.id, g.index))
             for g in mig
-            for gi in self._pick_gis(g, sorted(g.gpu_instances(), key=lambda x: x.id), args.gi_ids)
+            for gi in self._pick_gis(g, self._gis_in_order(g), args.gi_ids)
         ]
         return self._destroy(targets, "GPU instances")
 
@@ -424,19 +446,38 @@ class Smi:
     def summary(self, args: SmiArgs, gpus: list[Any]) -> int:
         from migctl.smi.telemetry import cuda_version, gpu_summary, mig_device_rows, process_rows
 
-        wide = self.layout.summary_wide
+        lay = self.layout
+        wide, old = lay.summary_wide, lay.summary_old
         lines = [self.clock() + "       "]
-        lines += R.summary_header(self.node.driver_version, cuda_version(), wide)
+        lines += R.summary_header(self.node.driver_version, cuda_version(), wide, old)
         for g in gpus:
-            lines += R.summary_gpu(gpu_summary(g), wide)
+            lines += R.summary_gpu(gpu_summary(g), wide, old)
         if any(self._mig_enabled(g) for g in gpus):
             lines.append("")
-            lines += R.mig_devices_table([r for g in gpus for r in mig_device_rows(g)], wide)
+            rows = [r for g in gpus for r in mig_device_rows(g)]
+            lines += R.mig_devices_table(rows, wide, old, lay.mig_header_new)
         lines.append("")
-        lines += R.processes_table([r for g in gpus for r in process_rows(g)], wide)
+        lines += R.processes_table([r for g in gpus for r in process_rows(g)], wide, old, lay.proc_pid_wide)
         for line in lines:
             self.say(line)
         return 0
+
+
+# Printed after "Enabled/Disabled MIG Mode for GPU ..." when persistence mode is off (real captures: 515.86.01,
+# 570.169, 610.43.02 and a GH200 on an unrecorded driver).
+PERSISTENCE_WARNING = (
+    "Warning: persistence mode is disabled on device {bus}. See the Known Issues section of the nvidia-smi(1) "
+    "man page for more information. Run with [--help | -h] switch to get more information on how to enable "
+    "persistence mode."
+)
+
+
+def _persistence(g: Any) -> int | None:
+    """nvmlDeviceGetPersistenceMode (None where NVML declines)."""
+    try:
+        return int(N.nvmlDeviceGetPersistenceMode(g.handle))
+    except N.NVMLError:
+        return None
 
 
 def _find_ci_profile(profiles: list[Any], token: str) -> Any:

@@ -21,6 +21,9 @@ class Layout:
 
     summary_wide: bool  # default ``nvidia-smi`` table (and its MIG devices / processes tables): 91 vs 89 columns
     mig_wide: bool  # ``mig -lgip`` / ``-lgi``: Name column 2 wider
+    summary_old: bool = False  # the 79-column default table of drivers before 530
+    mig_header_new: bool = True  # "MIG devices:" column headers of 560+ ("Shared" centred, "ENC  DEC  OFA  JPG")
+    proc_pid_wide: bool = True  # "Processes:" PID column of 570+ (6 wider, process name 6 narrower)
 
 
 def driver_major(version: str) -> int:
@@ -29,16 +32,29 @@ def driver_major(version: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-# Confirmed: 545.23.08 narrow (seed 003); 550.127.05, 560.35.03 and 570.169 wide summary tables.
+# Confirmed: 545.23.08 narrow (seed 003); 550.54.14, 550.127.05, 560.35.03 and 570.169 wide summary tables.
 SUMMARY_WIDE_FROM = 550
-# Confirmed: 545.23.08 narrow (seed 003), 570.169 wide; 550-569 UNCONFIRMED (assumed narrow).
+# Confirmed: 545.23.08 and 560.35.03 narrow (seed 003, capture h100-nvl-r560-azure), 570.169 and 610.43.02 wide.
 MIG_WIDE_FROM = 570
+# 79-column default table: 450.80.02 and 515.86.01 (captures); 89 columns on 535.183.01 (capture). The
+# threshold 530 is from issue 8 (captures its filer saw); 516-529 is UNCONFIRMED.
+SUMMARY_OLD_BEFORE = 530
+# "MIG devices:" headers: older form on 545.23.08 and 550.54.14, newer on 560.35.03 and 570.169 (captures).
+MIG_HEADER_NEW_FROM = 560
+# "Processes:" header: 8-wide PID column on 550.54.14 and 560.35.03, 14-wide on 570.169 (captures).
+PROC_PID_WIDE_FROM = 570
 
 
 def layout_for(driver_version: str) -> Layout:
     """The table layout nvidia-smi of this driver version prints."""
     major = driver_major(driver_version)
-    return Layout(summary_wide=major >= SUMMARY_WIDE_FROM, mig_wide=major >= MIG_WIDE_FROM)
+    return Layout(
+        summary_wide=major >= SUMMARY_WIDE_FROM,
+        mig_wide=major >= MIG_WIDE_FROM,
+        summary_old=major < SUMMARY_OLD_BEFORE,
+        mig_header_new=major >= MIG_HEADER_NEW_FROM,
+        proc_pid_wide=major >= PROC_PID_WIDE_FROM,
+    )
 
 
 def _rule(width: int, ch: str = "-") -> str:
@@ -280,8 +296,18 @@ class GpuSummary:
     mig_mode: str  # "Enabled" / "Disabled" / "N/A"
 
 
-def summary_header(driver: str, cuda: str, wide: bool) -> list[str]:
-    """The version banner and column headers of the default table."""
+def summary_header(driver: str, cuda: str, wide: bool, old: bool = False) -> list[str]:
+    """The version banner and column headers of the default table (``old``: the 79-column one before 530)."""
+    if old:
+        return [
+            _rule(79),
+            f"| NVIDIA-SMI {driver:<13}Driver Version: {driver:<13}CUDA Version: {cuda:<9}|",
+            "|-------------------------------+----------------------+----------------------+",
+            "| GPU  Name        Persistence-M| Bus-Id        Disp.A | Volatile Uncorr. ECC |",
+            "| Fan  Temp  Perf  Pwr:Usage/Cap|         Memory-Usage | GPU-Util  Compute M. |",
+            "|                               |                      |               MIG M. |",
+            "|===============================+======================+======================|",
+        ]
     width = 91 if wide else 89
     if wide:
         banner = f"| NVIDIA-SMI {driver:<22} Driver Version: {driver:<14} CUDA Version: {cuda:<9}|"
@@ -305,8 +331,22 @@ def _name_cell(name: str) -> str:
     return name if len(name) <= 31 else name[:28] + "..."
 
 
-def summary_gpu(g: GpuSummary, wide: bool) -> list[str]:
+def _summary_gpu_old(g: GpuSummary) -> list[str]:
+    """A GPU's lines in the 79-column table: name cut to 18 characters (``NVIDIA A100 80G...``)."""
+    name = g.name if len(g.name) <= 18 else g.name[:15] + "..."
+    mem = "N/A" if g.mem_used_mib is None or g.mem_total_mib is None else f"{g.mem_used_mib}MiB / {g.mem_total_mib}MiB"
+    return [
+        f"|{g.index:4d}  {name:<18}{g.persistence:>5}  | {g.bus_id} {g.display:>3} |{g.ecc:>21} |",
+        f"|{g.fan:>4}  {g.temp:>4}    {g.perf:<2}{g.power:>7} / {g.power_cap:>4} |{mem:>21} |{g.util:>8}{g.compute_mode:>13} |",
+        f"|{' ' * 31}|{' ' * 22}|{g.mig_mode:>21} |",
+        "+-------------------------------+----------------------+----------------------+",
+    ]
+
+
+def summary_gpu(g: GpuSummary, wide: bool, old: bool = False) -> list[str]:
     """A GPU's three lines plus the rule under them."""
+    if old:
+        return _summary_gpu_old(g)
     left1 = f"{g.index:4d}  {_name_cell(g.name):<31}{g.persistence:<3} "
     power = f"{g.power} / {g.power_cap:>5}" if wide else f"{g.power} / {g.power_cap}"
     left2 = f"{g.fan:>4}  {g.temp:>4}    {g.perf:<2}" + f"{power:>24} "
@@ -366,17 +406,55 @@ def _mem_pair(used: int | None, total: int | None, used_w: int, total_w: int) ->
     return f"{used:>{used_w}}MiB / {total:>{total_w}}MiB"
 
 
-def mig_devices_table(rows: Sequence[MigDeviceRow], wide: bool) -> list[str]:
+def _mig_devices_old(rows: Sequence[MigDeviceRow]) -> list[str]:
+    """The 79-column "MIG devices:" table of drivers before 530 (515.86.01 capture)."""
+    sep_full = "+------------------+----------------------+-----------+-----------------------+"
+    sep_ci = "+------------------+                      +-----------+-----------------------+"
+    out = [
+        _rule(79),
+        _boxed("MIG devices:", 79),
+        sep_full,
+        "| GPU  GI  CI  MIG |         Memory-Usage |        Vol|         Shared        |",
+        "|      ID  ID  Dev |           BAR1-Usage | SM     Unc| CE  ENC  DEC  OFA  JPG|",
+        "|                  |                      |        ECC|                       |",
+        "|==================+======================+===========+=======================|",
+    ]
+    if not rows:
+        return out + [_boxed(" No MIG devices found", 79), _rule(79)]
+    for r in rows:
+        ids = f"{r.gpu:3d}  {r.gi_id:3d} {r.ci_id:3d} {r.dev:3d}  "
+        if r.first_in_gi:
+            mem = _mem_pair(r.mem_used_mib, r.mem_total_mib, 7, 5) + " "
+            bar1 = _mem_pair(r.bar1_used_mib, r.bar1_total_mib, 7, 5) + " "
+        else:
+            mem = bar1 = " " * 22
+        out.append(f"|{ids}|{mem}|{r.sms:3d}{r.ecc:>7} |{r.ce:3d}{r.enc:4d}{r.dec:5d}{r.ofa:5d}{r.jpeg:5d} |")
+        out.append(f"|{' ' * 18}|{bar1}|{' ' * 11}|{' ' * 23}|")
+        out.append(sep_full if r.last_in_gi else sep_ci)
+    return out
+
+
+def mig_devices_table(
+    rows: Sequence[MigDeviceRow], wide: bool, old: bool = False, new_header: bool = True
+) -> list[str]:
     """The "MIG devices:" table of the default ``nvidia-smi`` output."""
+    if old:
+        return _mig_devices_old(rows)
     width = 91 if wide else 89
     mem_w = 34 if wide else 32
     sep_full = "+------------------+" + "-" * mem_w + "+-----------+-----------------------+"
     sep_ci = "+------------------+" + " " * mem_w + "+-----------+-----------------------+"
     out = [_rule(width), _boxed("MIG devices:", width), sep_full]
-    if wide:
+    if wide and new_header:
         out += [
             "| GPU  GI  CI  MIG |                     Memory-Usage |        Vol|        Shared         |",
             "|      ID  ID  Dev |                       BAR1-Usage | SM     Unc| CE ENC  DEC  OFA  JPG |",
+            "|                  |                                  |        ECC|                       |",
+        ]
+    elif wide:  # 550: the wider memory column under the older headers
+        out += [
+            "| GPU  GI  CI  MIG |                     Memory-Usage |        Vol|      Shared           |",
+            "|      ID  ID  Dev |                       BAR1-Usage | SM     Unc| CE ENC DEC OFA JPG    |",
             "|                  |                                  |        ECC|                       |",
         ]
     else:
@@ -420,10 +498,18 @@ class ProcessRow:
     used_mib: int | None
 
 
-def processes_table(rows: Sequence[ProcessRow], wide: bool) -> list[str]:
+def processes_table(rows: Sequence[ProcessRow], wide: bool, old: bool = False, wide_pid: bool = True) -> list[str]:
     """The "Processes:" table (layout UNCONFIRMED for process rows, see docs/smi.md)."""
-    width = 91 if wide else 89
-    if wide:
+    width = 79 if old else 91 if wide else 89
+    if old:
+        h1 = "|  GPU   GI   CI        PID   Type   Process name                  GPU Memory |"
+        h2 = "|        ID   ID                                                   Usage      |"
+        pid_w = 8
+    elif wide and not wide_pid:  # 550 / 560
+        h1 = "|  GPU   GI   CI        PID   Type   Process name                              GPU Memory |"
+        h2 = "|        ID   ID                                                               Usage      |"
+        pid_w = 8
+    elif wide:
         h1 = "|  GPU   GI   CI              PID   Type   Process name                        GPU Memory |"
         h2 = "|        ID   ID                                                               Usage      |"
         pid_w = 14
