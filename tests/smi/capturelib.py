@@ -77,6 +77,7 @@ class Step:
     expect: str  # "identical" or "differs"
     why: str  # for "differs": what differs and why it cannot (yet) match
     exit: int | None  # expected exit status when the capture shows it (None: not checked)
+    before: list[list[str]] = field(default_factory=list)  # commands the source describes but does not show
 
     def __str__(self) -> str:
         return f"{self.source}#{self.index}: nvidia-smi {' '.join(self.argv)}"
@@ -111,8 +112,8 @@ def _read_output(folder: Path, name: str) -> list[str]:
     return lines
 
 
-_SOURCE_KEYS = {"source", "licence", "gpu", "driver", "spec", "setup", "normalise", "steps", "why_half"}
-_STEP_KEYS = {"run", "output", "compare", "normalise", "expect", "why", "exit", "note"}
+_SOURCE_KEYS = {"source", "licence", "gpu", "driver", "spec", "setup", "normalise", "steps"}
+_STEP_KEYS = {"run", "output", "compare", "normalise", "expect", "why", "exit", "note", "before", "before_why"}
 
 
 def load_source(folder: Path) -> Source:
@@ -124,6 +125,7 @@ def load_source(folder: Path) -> Source:
     for i, raw in enumerate(meta["steps"], 1):
         bad = set(raw) - _STEP_KEYS
         assert not bad, f"{folder.name} step {i}: unknown keys {sorted(bad)} (quote a run with commas)"
+        assert not raw.get("before") or raw.get("before_why"), f"{folder.name} step {i}: `before` needs `before_why`"
         norm = frozenset(raw.get("normalise", default_norm))
         unknown = norm - set(NORMALISERS)
         assert not unknown, f"{folder.name} step {i}: unknown normalisation {sorted(unknown)}"
@@ -140,6 +142,7 @@ def load_source(folder: Path) -> Source:
                 expect=raw.get("expect", "identical"),
                 why=str(raw.get("why", "")),
                 exit=raw.get("exit"),
+                before=[shlex.split(w) for w in raw.get("before", [])],
             )
         )
     return src
@@ -204,6 +207,9 @@ def replay(src: Source, run: Runner, open_node: Callable[[], Any]) -> Iterator[R
     """Run the source's setup and steps in order; yields one result per step with an output."""
     run_setup(src, run, open_node)
     for step in src.steps:
+        for words in step.before:
+            code, out = run(src.spec, *words)
+            assert code == 0, f"{step}: `before` command {' '.join(words)} failed ({code}): {out}"
         code, out = run(src.spec, *step.argv)
         if step.output is None:
             continue

@@ -2,7 +2,7 @@
 
 Usage (from the repository root, with PYTHONPATH=src):
 
-    python tests/smi/replay_report.py            # the table (Markdown), as in docs/smi.md
+    python tests/smi/replay_report.py            # the table (Markdown), as in docs/smi.md (captures + seeds)
     python tests/smi/replay_report.py --diff     # also a unified diff for every output that differs
 
 Runs the same replay as tests/smi/test_capture_replay.py, through migctl's real entry point.
@@ -59,25 +59,61 @@ def measure() -> list[tuple[Any, list[Result]]]:
     return out
 
 
-def table(measured: list[tuple[Any, list[Result]]]) -> str:
+def measure_seeds() -> list[tuple[str, str, int, int]]:
+    """The two seed pages (tests/fixtures/seeds), replayed as tests/smi/test_seed_replay.py does."""
+    from seedlib import extract, find_block, seed_path
+    from seedlib import normalise as seed_norm
+
+    import migctl.sim as sim
+
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        os.environ["MIGCTL_STATE_DIR"] = d
+        run = _runner(Path(d))
+        try:
+            ok = total = 0
+            for step in extract(seed_path("003_"), "An example on a node with 4 A30"):
+                code, output = run("4xA30@545.23.08", *step.argv)
+                if not step.expected:
+                    continue
+                summary = step.argv == []
+                got = [seed_norm(x, telemetry=summary) for x in output.splitlines()]
+                want = [seed_norm(x, telemetry=summary) for x in step.expected]
+                total += 1
+                ok += (find_block(got, want) >= 0) if summary else (got == want)
+            out.append(("A30 (seed 003)", "R545", ok, total))
+            text = seed_path("000_").read_text().splitlines()
+            start = next(i for i, x in enumerate(text) if x.startswith("sudo nvidia-smi mig -lgip")) + 1
+            end = next(i for i in range(start, len(text)) if not text[i].startswith(("+", "|")))
+            run("1xH100-80GB", "-mig", "1")
+            code, output = run("1xH100-80GB", "mig", "-lgip")
+            out.append(("H100-80GB (seed 000)", "not shown", int(output.splitlines() == text[start:end]), 1))
+        finally:
+            sim.uninstall()
+    return out
+
+
+def table(measured: list[tuple[Any, list[Result]]], seeds: list[tuple[str, str, int, int]] = ()) -> str:
     rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for src, results in measured:
         key = (src.model, src.branch if src.branch != "unknown" else "not shown")
         rows[key][0] += sum(r.identical for r in results)
         rows[key][1] += len(results)
         rows[key][2] += 1
+    for model, branch, ok, total in seeds:
+        rows[(model, branch)] = [ok, total, 1]
     lines = ["| GPU model | Driver branch | Sources | Outputs identical / total |", "|---|---|---|---|"]
     for (model, branch), (ok, total, n) in sorted(rows.items()):
         lines.append(f"| {model} | {branch} | {n} | {ok} / {total} |")
     ok = sum(v[0] for v in rows.values())
     total = sum(v[1] for v in rows.values())
-    lines.append(f"| **all** | | {len(measured)} | **{ok} / {total}** |")
+    lines.append(f"| **all** | | {len(measured) + len(seeds)} | **{ok} / {total}** |")
     return "\n".join(lines)
 
 
 def main() -> int:
     measured = measure()
-    print(table(measured))
+    print(table(measured, measure_seeds()))
     if "--diff" in sys.argv:
         for _, results in measured:
             for r in results:
