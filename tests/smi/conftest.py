@@ -18,7 +18,12 @@ SmiRunner = Callable[..., tuple[int, str]]
 
 @pytest.fixture
 def smi_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[SmiRunner]:
-    """``run(spec, *words)`` runs ``migctl --sim SPEC smi WORDS`` through the real entry point; (exit, output)."""
+    """``run(spec, *words)`` runs ``migctl --sim SPEC smi WORDS`` through the real entry point; (exit, output).
+
+    The output is stdout, where nvidia-smi (and so ``migctl smi``) writes everything; migctl's own lines on
+    stderr (a simulated-node note, ``migctl: error: ...``) are not part of it. When stdout is empty, stderr is
+    returned instead, so that a migctl error is visible in a failing test.
+    """
     monkeypatch.delenv("MIGCTL_SIM", raising=False)
     monkeypatch.delenv("MIGCTL_SIM_STATE", raising=False)
     monkeypatch.delenv("MIGCTL_BACKEND", raising=False)
@@ -29,7 +34,7 @@ def smi_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pyt
         capsys.readouterr()
         code = main(["--sim", spec, "--sim-state", str(state), "smi", *words])
         captured = capsys.readouterr()
-        return code, captured.out + captured.err
+        return code, captured.out or captured.err
 
     yield run
     sim.uninstall()

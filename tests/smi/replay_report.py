@@ -30,10 +30,10 @@ def _runner(tmp: Path) -> Any:
 
     def run(spec: str, *words: str) -> tuple[int, str]:
         state = tmp / (spec.replace("@", "_").replace(",", "_") + ".json")
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(["--sim", spec, "--sim-state", str(state), "smi", *words])
-        return code, buf.getvalue()
+        return code, out.getvalue() or err.getvalue()  # as tests/smi/conftest.py: nvidia-smi's output is stdout
 
     return run
 
