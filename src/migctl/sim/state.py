@@ -111,13 +111,13 @@ class SimGPU:
     serial: str
     mig_current: int = 0
     mig_pending: int = 0
+    persistence_mode: int = 1  # nvmlDeviceGet/SetPersistenceMode; nvidia-smi -pm
     gis: list[SimGI] = field(default_factory=list)
     processes: list[SimProcess] = field(default_factory=list)
     temperature_c: int = 30
     power_w: int = 30
     mig_supported: bool = True
     holders: list[SimHolder] = field(default_factory=list)
-    persistence_mode: int = 1  # nvmlDeviceGet/SetPersistenceMode; nvidia-smi -pm
 
     @property
     def catalog(self) -> GpuModel:
