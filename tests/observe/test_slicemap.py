@@ -38,6 +38,7 @@ def test_two_3g_strand_one_compute_slice_and_nothing_fits() -> None:
     assert g.free_compute_slices() == 1
     assert g.stranded_compute_slices() == 1
     assert g.largest_creatable() is None
+    assert "stranded: 1 compute" in to_ascii(picture([g])).splitlines()[0]
 
 
 def test_largest_creatable_and_free_slices() -> None:
@@ -58,7 +59,7 @@ def test_ascii_picture_shows_instances_busy_idle_free_and_stranded() -> None:
     sm = next(x for x in lines if x.startswith(" sm"))
     assert mem.count("1g.10gb") == 7 and "stranded" in mem
     assert "GI9 #" in sm and "GI7 =" in sm
-    assert "stranded: 1" in lines[0] and "largest free: none" in lines[0]
+    assert "stranded: 1 memory" in lines[0] and "largest free: none" in lines[0]
     assert "\x1b[" not in text  # plain when not on a terminal
 
 

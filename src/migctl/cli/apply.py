@@ -20,10 +20,16 @@ def _progress(quiet: bool) -> Any:
     if quiet:
         return None
 
+    import time
+
+    t0 = [time.monotonic()]
+
     def show(k: int, n: int, desc: str) -> None:
-        if n >= 8 or k == 1:
-            sys.stderr.write(f"[{k}/{n}] {desc}\n")
-            sys.stderr.flush()
+        """Every step, as it starts, with the time since the first step of this run of steps."""
+        if k == 1:
+            t0[0] = time.monotonic()
+        sys.stderr.write(f"[{k}/{n}] {desc}  (+{time.monotonic() - t0[0]:.1f}s)\n")
+        sys.stderr.flush()
 
     return show
 
@@ -41,15 +47,20 @@ def register(app: typer.Typer) -> None:
         lock_timeout: float = typer.Option(60, "--lock-timeout", help="Seconds to wait for another apply (0: fail at once)."),
         as_json: bool = typer.Option(False, "--json", help="Print the plan and result as JSON."),
         quiet: bool = typer.Option(False, "-q", "--quiet", help="No plan or progress output."),
+        svg: Path | None = typer.Option(None, "--svg", help="Write the before -> after slice map as an SVG image."),
     ) -> None:
         """Apply config LABEL from FILE: minimal per-GPU changes, busy instances untouched, rollback on failure."""
         from migctl.reconcile import apply_config
 
+        n = node(ctx)
+
         def show_plan(plan: Any) -> None:
             if not as_json and not quiet:
                 print(plan.render(), flush=True)
+            if (dry_run and not as_json and not quiet) or svg is not None:
+                _change_picture(n, plan, show=dry_run and not as_json and not quiet, svg=svg)
 
-        result = apply_config(file, label, node=node(ctx), dry_run=dry_run, force=force, wait=wait, hooks=hooks,
+        result = apply_config(file, label, node=n, dry_run=dry_run, force=force, wait=wait, hooks=hooks,
                               progress=None if as_json else _progress(quiet), lock_timeout=lock_timeout,
                               on_plan=show_plan)
         if as_json:
@@ -214,6 +225,19 @@ def register(app: typer.Typer) -> None:
         with node_lock(n, lock_timeout):
             msg = recover(n, _progress(False))
         print(msg or "no interrupted apply: nothing to recover")
+
+
+def _change_picture(n: Any, plan: Any, show: bool, svg: Path | None) -> None:
+    """Before -> after slice maps of the GPUs the plan touches (destroyed, created, kept)."""
+    from migctl.catalog import parse_driver
+    from migctl.cli.observe import show_picture, write_svg
+    from migctl.observe.picture import maps_from_node_plan, picture
+
+    maps = maps_from_node_plan(plan, parse_driver(n.driver_version))
+    if show and maps:
+        show_picture(picture(maps, change=True))
+    if svg is not None:
+        write_svg(svg, maps, f"migctl apply: {plan.label}", change=True)
 
 
 class _FakeGpu:

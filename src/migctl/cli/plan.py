@@ -45,6 +45,8 @@ def plan_command(
     live: bool = typer.Option(
         False, "--live", help="plan incrementally from this node's current layout (busy instances stay)"
     ),
+    svg: Path | None = typer.Option(None, "--svg", help="write the planned GPUs' slice maps as an SVG image"),
+    pictures: bool = typer.Option(True, "--map/--no-map", help="draw each planned GPU's slices (up to 16 GPUs)"),
 ) -> None:
     """Choose per-GPU MIG layouts for the workloads in FILE; print the plan, its lower bound and gap."""
     from migctl.cli.common import node as cli_node
@@ -74,7 +76,7 @@ def plan_command(
             request.options.time_limit_s = time_limit
         if seed is not None:
             request.options.seed = seed
-        result = plan(request)
+        result = _plan_with_status(plan, request)
     except PlanError as e:
         _fail(str(e))
         return
@@ -85,6 +87,13 @@ def plan_command(
         typer.echo(to_json(result))
     else:
         render_table(result)
+        if pictures:
+            _pictures(result)
+    if svg is not None:
+        from migctl.cli.observe import write_svg
+        from migctl.observe.picture import maps_from_planner
+
+        write_svg(svg, maps_from_planner(result), "migctl plan")
     if config_out is not None:
         try:
             config_out.write_text(to_mig_parted_yaml(result, label), encoding="utf-8")
@@ -104,6 +113,60 @@ def plan_command(
             _fail(f"apply failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                   code=code if isinstance(code, int) else 1)
     sys.stdout.flush()
+
+
+def _plan_with_status(plan_fn: Any, request: Any) -> Any:
+    """Run the planner; on a terminal, show its live status (best, bound, gap, elapsed vs limit) on stderr."""
+    if not sys.stderr.isatty():
+        return plan_fn(request)
+    import threading
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from migctl.planner.progress import SolveProgress
+
+    prog = SolveProgress(time_limit_s=float(request.options.time_limit_s))
+    request.options.progress = prog
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = plan_fn(request)
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+        finally:
+            prog.finished = prog.finished or __import__("time").monotonic()
+
+    t = threading.Thread(target=work, name="migctl-plan", daemon=True)
+    console = Console(file=sys.stderr, highlight=False, emoji=False)
+    with Live(Text(prog.line()), console=console, refresh_per_second=4, transient=False) as live:
+        t.start()
+        while t.is_alive():
+            t.join(0.25)
+            live.update(Text(prog.line()))
+        if "result" in box:
+            res = box["result"]
+            prog.phase = "done"
+            prog.improve(res.objective, res.lower_bound)
+        live.update(Text(prog.line()))
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _pictures(result: Any, limit: int = 16) -> None:
+    from migctl.cli.observe import show_picture
+    from migctl.observe.picture import maps_from_planner, picture
+
+    used = [g for g in result.gpus if g.instances]
+    if not used:
+        return
+    if len(used) > limit:
+        typer.echo(f"({len(used)} GPUs planned: slice maps are drawn for up to {limit}; use --svg FILE for all)")
+        return
+    show_picture(picture(maps_from_planner(result)))
 
 
 def register(app: typer.Typer) -> None:

@@ -65,7 +65,9 @@ def run_top(node: Any, interval: float = 1.0, iterations: int = 0, screen: bool 
 
     reader = StateReader(node)
     observer = Observer(node, leases=reader.leases)
-    console = Console(highlight=False, emoji=False)
+    import sys
+
+    console = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
     if not screen:
         console.print(frame(observer, reader))
         return

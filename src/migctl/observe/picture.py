@@ -99,7 +99,9 @@ def header(g: GpuMap) -> Line:
         return [*line, ("  MIG disabled" + pend, "dim")]
     pend = "  (pending disable: reset the GPU)" if g.mig_pending is False else ""
     lp = g.largest_creatable()
-    stranded = len(g.stranded_memory_slots())
+    stranded_mem, stranded_cmp = len(g.stranded_memory_slots()), g.stranded_compute_slices()
+    stranded = ", ".join(x for x in (f"{stranded_mem} memory" if stranded_mem else "",
+                                      f"{stranded_cmp} compute" if stranded_cmp else "") if x)
     line += [
         (f"  compute {g.used_compute_slices()}/{g.compute_slices}", ""),
         (f"  memory {g.memory_slices - len(g.free_memory_slots())}/{g.memory_slices} slices", ""),

@@ -92,7 +92,7 @@ class GpuMap:
 
     # ------------------------------------------------------------------ analysis
     def _live(self) -> list[GiView]:
-        return [g for g in self.gis if g.state != "destroyed"]
+        return list(self.gis)  # a "before" picture counts instances about to be destroyed: they exist now
 
     def profiles(self) -> tuple[GIProfile, ...]:
         if self.model is None:
@@ -126,8 +126,14 @@ class GpuMap:
         """Every (profile, placement) the driver would accept now (empty unless MIG is enabled)."""
         if self.model is None or not self.mig_current:
             return []
+        key = tuple((g.profile_id, g.start) for g in self.gis)
+        cached = self.__dict__.get("_creatable")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         placed = self.placed()
-        return [(p, pl) for p in self.profiles() for pl in p.placements if conflict(self.model, placed, p, pl) is None]
+        out = [(p, pl) for p in self.profiles() for pl in p.placements if conflict(self.model, placed, p, pl) is None]
+        self.__dict__["_creatable"] = (key, out)
+        return out
 
     def largest_creatable(self) -> GIProfile | None:
         """The profile with the most compute slices (then memory) that can still be created."""

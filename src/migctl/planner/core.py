@@ -66,6 +66,7 @@ class Options:
     seed: int = 0
     workers: int = 2
     allow_upsize: bool = False
+    progress: Any = None  # a migctl.planner.progress.SolveProgress to report live status to (display only)
 
 
 @dataclass

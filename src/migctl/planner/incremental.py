@@ -148,7 +148,9 @@ def plan_incremental(request: Request) -> Plan:
     solver.parameters.random_seed = int(request.options.seed)
     solver.parameters.num_workers = int(request.options.workers)
     solver.parameters.interleave_search = request.options.workers > 1
-    status = solver.Solve(mdl)
+    from migctl.planner.progress import solve
+
+    status = solve(solver, mdl, request.options.progress, "CP-SAT incremental")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise PlanError(f"incremental: no plan found within {request.options.time_limit_s:g} s")
     val = solver.Value

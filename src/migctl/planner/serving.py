@@ -247,7 +247,9 @@ def plan_serving(request: Request) -> Plan:
         solver.parameters.random_seed = int(request.options.seed)
         solver.parameters.num_workers = int(request.options.workers)
         solver.parameters.interleave_search = request.options.workers > 1
-        return solver, solver.Solve(mdl)
+        from migctl.planner.progress import solve
+
+        return solver, solve(solver, mdl, request.options.progress, "CP-SAT serving")
 
     solver, status = run()
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):

@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from migctl.planner.core import Plan, PlanError, PlannedGpu, PlannedInstance, Request, Workload
 from migctl.planner.heuristics import DemandClass, HGpu, ModelSpace, first_fit, lower_bound_slices
@@ -139,7 +140,7 @@ def combinatorial_bound(problem: Problem) -> int:
 
 def solve_ip(
     problem: Problem, time_limit_s: float, seed: int, workers: int, hint: tuple[list[HGpu], list[int]] | None,
-    bound: int = 0,
+    bound: int = 0, progress: Any = None,
 ) -> tuple[dict[tuple[str, int], int], dict[tuple[int, str, int], int], list[int], str, float, float] | None:
     """Solve the configuration IP with CP-SAT; (y, x, u, status, objective, proven bound) or None."""
     from ortools.sat.python import cp_model
@@ -196,7 +197,9 @@ def solve_ip(
     solver.parameters.random_seed = int(seed)
     solver.parameters.num_workers = int(workers)
     solver.parameters.interleave_search = workers > 1  # deterministic with several workers
-    status = solver.Solve(m)
+    from migctl.planner.progress import solve
+
+    status = solve(solver, m, progress, "CP-SAT configuration IP")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     ys = {key: int(solver.Value(v)) for key, v in y.items()}
@@ -300,13 +303,19 @@ def plan_static(request: Request) -> Plan:
     t1 = time.perf_counter()
     heur = first_fit(problem.classes, problem.spaces)
     t2 = time.perf_counter()
+    prog = request.options.progress
+    if prog is not None:
+        prog.phase = "first-fit + LP bound"
+        prog.improve(best=float(heuristic_cost(problem, *heur)))
     lp = lp_bound(problem)
     integral = all(float(sp.cost).is_integer() for sp in problem.spaces)
     comb = combinatorial_bound(problem)
     cut = max(math.ceil(lp - 1e-6), comb) if integral else 0
     t3 = time.perf_counter()
     opts = request.options
-    res = solve_ip(problem, opts.time_limit_s, opts.seed, opts.workers, heur, cut)
+    if prog is not None:
+        prog.improve(bound=float(cut))
+    res = solve_ip(problem, opts.time_limit_s, opts.seed, opts.workers, heur, cut, progress=prog)
     t4 = time.perf_counter()
     hcost = heuristic_cost(problem, *heur)
     if res is None or res[4] > hcost:
