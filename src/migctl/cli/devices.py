@@ -183,8 +183,9 @@ def gpus_cmd(
         cur, pending = _mig_state(g)
         devs = []
         for d in g.mig_devices() if cur == 1 else []:
+            used = _used_mib(d)
             devs.append({"index": d.index, "profile": d.profile_name, "gi_id": d.gi_id, "ci_id": d.ci_id,
-                         "uuid": d.uuid, "memory_mib": d.memory_mib, "sms": d.sms})
+                         "uuid": d.uuid, "memory_mib": d.memory_mib, "memory_used_mib": used, "sms": d.sms})
         rows.append({
             "index": g.index, "name": g.name, "uuid": g.uuid, "bus_id": g.bus_id,
             "model": g.model.key if g.model is not None else None,
@@ -213,10 +214,21 @@ def gpus_cmd(
         line.append(mode, style="bold" if r["mig_current"] else "")
         out(line)
         for d in r["mig_devices"]:
+            used = "" if d["memory_used_mib"] is None else f"  {d['memory_used_mib']} MiB used"
             out(f"  {'MIG ' + d['profile']:<15} Device {d['index']:>2}: (UUID: {d['uuid']})  "
-                f"GI {d['gi_id']:>2}  CI {d['ci_id']}  {d['memory_mib']} MiB  {d['sms']} SMs")
+                f"GI {d['gi_id']:>2}  CI {d['ci_id']}  {d['memory_mib']} MiB  {d['sms']} SMs{used}")
     if not rows:
         out("No GPUs found.")
+
+
+def _used_mib(d: Any) -> int | None:
+    """Memory used on the MIG device (its GPU instance) as NVML reports it; None where NVML declines."""
+    import pynvml
+
+    try:
+        return int(d.memory()[0])
+    except pynvml.NVMLError:
+        return None
 
 
 def _gpus_map(n: Any, gpu: str | None, show: bool, svg: Path | None) -> None:

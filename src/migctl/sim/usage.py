@@ -3,7 +3,8 @@
 On a GPU, a MIG device's used frame buffer and its engine activity come from the CUDA processes running on
 it. The simulator's clients are real OS processes (registered by ``migctl run`` or ``sim add-client``), so
 their real use stands in for GPU use: resident memory (RSS) for frame-buffer use and CPU time for engine
-activity, each over the process and its descendants. Callers cap both by the instance (its memory size,
+activity, of the registered process itself (``migctl run`` registers the user's command: its gate execs it
+in place; descendants are not counted, scanning them costs a walk over every process on the machine). Callers cap both by the instance (its memory size,
 100% activity). A client registered with an explicit ``used_mib`` reports that figure instead of its RSS.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Usage:
     rss_mib: int
-    cpu_s: float  # user + system CPU seconds, process and live descendants
+    cpu_s: float  # user + system CPU seconds of the process
 
 
 def _tree(pid: int, start_time: float) -> list[object]:
@@ -25,13 +26,13 @@ def _tree(pid: int, start_time: float) -> list[object]:
         p = psutil.Process(pid)
         if start_time and abs(p.create_time() - start_time) > 0.01:
             return []  # PID reused by another process
-        return [p, *p.children(recursive=True)]
+        return [p]
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return []
 
 
 def process_usage(pid: int, start_time: float = 0.0) -> Usage:
-    """RSS (MiB) and CPU seconds of ``pid`` and its descendants; zeros when it is gone."""
+    """RSS (MiB) and CPU seconds of ``pid``; zeros when it is gone."""
     import psutil
 
     rss = 0

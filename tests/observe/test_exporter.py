@@ -1,0 +1,175 @@
+"""The exporter's own series (apply state, queue, leases), its HTTP surface, bad input, and that a scrape never
+waits for the node lock."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from tests.observe.conftest import Env, start_exporter, stop
+
+CONFIG = """version: v1
+mig-configs:
+  a:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 3}
+  b:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"2g.20gb": 2}
+"""
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample of ``name`` whose labels include ``labels``."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(3))
+    return None
+
+
+def scrape(env: Env) -> str:
+    r = env.migctl("exporter", "--once")
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_apply_state_series(h100x2: Env) -> None:
+    cfg = h100x2.tmp / "cfg.yaml"
+    cfg.write_text(CONFIG, encoding="utf-8")
+    t0 = time.time()
+    assert h100x2.migctl("apply", "-f", str(cfg), "-c", "a", "-q").returncode == 0
+    out = scrape(h100x2)
+    assert sample(out, "migctl_apply_total", outcome="applied") == 1
+    assert sample(out, "migctl_apply_journal_pending") == 0
+    last = sample(out, "migctl_apply_last_success_timestamp_seconds")
+    assert last is not None and t0 - 1 <= last <= time.time() + 1
+    assert sample(out, "migctl_gpu_memory_slices", gpu="0", state="used") == 3
+    assert sample(out, "migctl_gpu_compute_slices", gpu="0", state="free") == 4
+    # an apply killed in the middle (simulator crash hook): a journal needs recovery
+    env = dict(h100x2.env, MIGCTL_SIM_CRASH_AT="3")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "migctl.cli.main", "apply", "-f", str(cfg), "-c", "b", "-q"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    out = scrape(h100x2)
+    assert sample(out, "migctl_apply_journal_pending") == 1
+    assert h100x2.migctl("recover").returncode == 0
+    out = scrape(h100x2)
+    assert sample(out, "migctl_apply_journal_pending") == 0
+    assert sample(out, "migctl_apply_total", outcome="recovered") == 1
+    assert sample(out, "migctl_apply_total", outcome="applied") == 1
+
+
+def test_queue_and_lease_series(h100x2: Env) -> None:
+    h100x2.layout(0, ["1g.10gb"])
+    for k in range(3):
+        assert h100x2.migctl("submit", "-p", "1g.10gb", "--name", f"j{k}", "--", "true"
+                             ).returncode == 0
+    out = scrape(h100x2)
+    assert sample(out, "migctl_queue_jobs", state="queued") == 3
+    assert sample(out, "migctl_queue_wait_seconds_count") == 0
+    r = h100x2.migctl("worker", "--until-idle", "-q", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = scrape(h100x2)
+    assert sample(out, "migctl_queue_jobs", state="queued") == 0
+    assert sample(out, "migctl_queue_jobs", state="done") == 3
+    assert sample(out, "migctl_queue_wait_seconds_count") == 3
+    assert sample(out, "migctl_queue_wait_seconds_bucket", le="+Inf") == 3
+    assert sample(out, "migctl_leases") == 0
+
+
+def test_http_surface_and_bad_listen(h100x2: Env) -> None:
+    exp, port = start_exporter(h100x2)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:  # noqa: S310
+            assert r.status == 200 and r.read() == b"ok\n"
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=10)  # noqa: S310
+            raise AssertionError("expected 404")
+        except urllib.error.HTTPError as e:
+            assert e.code == 404
+        busy = h100x2.migctl("exporter", "--listen", f"127.0.0.1:{port}", timeout=30)
+        assert busy.returncode == 2 and busy.stderr.startswith("migctl: error: cannot listen on")
+    finally:
+        stop(exp)
+    for bad in ("nonsense", "127.0.0.1:99999", "127.0.0.1:"):
+        r = h100x2.migctl("exporter", "--listen", bad)
+        assert r.returncode == 2, bad
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("migctl: error: --listen") and "HOST:PORT" in r.stderr
+    r = h100x2.migctl("top", "--interval", "0")
+    assert r.returncode == 2 and r.stderr.startswith("migctl: error: --interval")
+
+
+def test_scrape_does_not_wait_for_the_node_lock(h100x2: Env) -> None:
+    """An apply holds the node lock: a scrape still answers at once."""
+    from migctl.observe.exporter import make_registry, render
+    from migctl.reconcile.journal import node_lock
+
+    node = h100x2.node()
+    h100x2.layout(0, ["1g.10gb"])
+    reg, _ = make_registry(node)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with node_lock(node, timeout=5):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(10)
+        result: dict[str, Any] = {}
+        s = threading.Thread(target=lambda: result.setdefault("text", render(reg).decode()))
+        s.start()
+        s.join(20)
+        assert not s.is_alive(), "a scrape waited for the node lock"
+        assert sample(result["text"], "migctl_gpu_instances", gpu="0") == 1
+    finally:
+        release.set()
+        t.join()
+
+
+def test_smi_gpus_and_exporter_show_the_same_used_memory(h100x2: Env) -> None:
+    """A client's real RSS is the MIG device's memory use, the same in `smi`, `gpus`, `gpus --map` and metrics."""
+    import json
+    import subprocess
+    import sys
+
+    (gi, uuid), _ = h100x2.layout(0, ["1g.10gb", "1g.10gb"])
+    hog = subprocess.Popen([sys.executable, "-c", "import time\nb = bytearray(b'x' * (200 << 20))\nprint('up', flush=True)\n"
+                            "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert hog.stdout is not None and hog.stdout.readline().strip() == "up"
+        assert h100x2.migctl("sim", "add-client", str(hog.pid), "-i", "0", "--device", uuid).returncode == 0
+        dev = next(d for d in json.loads(h100x2.migctl("gpus", "--json").stdout)["gpus"][0]["mig_devices"]
+                   if d["uuid"] == uuid)
+        used = dev["memory_used_mib"]
+        assert 200 + 25 <= used < 400, used  # 25 MiB baseline + the process's RSS
+        smi = h100x2.migctl("smi").stdout
+        assert re.search(rf"\b{used}MiB / +9984MiB", smi), smi
+        out = scrape(h100x2)
+        fb = sample(out, "DCGM_FI_DEV_FB_USED", gpu="0", GPU_I_ID=str(gi))
+        assert fb is not None and abs(fb - used) <= 2  # RSS may move by a page or two between calls
+        shown = {int(x) for x in re.findall(r"\b(\d+)M\b", h100x2.migctl("gpus", "--map").stdout)}
+        assert any(abs(x - used) <= 2 for x in shown), (used, shown)
+    finally:
+        hog.kill()
+        hog.wait()
+    out = scrape(h100x2)
+    assert sample(out, "DCGM_FI_DEV_FB_USED", gpu="0", GPU_I_ID=str(gi)) == 25  # the client is gone
