@@ -65,15 +65,34 @@ def register(app: typer.Typer) -> None:
         ephemeral: bool = typer.Option(False, "--ephemeral/--keep", help="Destroy an instance created for this run afterwards (default: keep it)."),
         no_create: bool = typer.Option(False, "--no-create", help="Never create instances; only use existing ones."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Say which device was leased."),
+        isolation: str = typer.Option("hard", "--isolation", help="hard: a MIG device of its own; soft: an MPS client; none: time-sliced."),
+        share: Optional[int] = typer.Option(None, "--share", help="Clients per device: MPS gets 1/N of threads and memory; time-slicing at most N."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="MPS active thread percentage (1-100), instead of --share."),
+        mps_mem: Optional[str] = typer.Option(None, "--mps-mem", help="MPS pinned memory limit, e.g. 4GiB, instead of --share."),
     ) -> None:
         """Lease a free MIG device that fits and run CMD on it with CUDA_VISIBLE_DEVICES=MIG-<uuid>.
 
+        With --isolation soft or none the device is shared (MPS or time-slicing; docs/dynamic.md).
         Exits with CMD's exit status (128+N if killed by signal N); 75 if no device was free in time.
         """
         from migctl.jobs import runner
 
         req = _request(profile, mem, gpu, create=not no_create)
         log = (lambda s: sys.stderr.write(f"migctl: {s}\n")) if verbose else None
+        if isolation not in ("hard", "soft", "none"):
+            fail(f"--isolation must be hard, soft or none, not {isolation!r}")
+        if isolation == "hard" and (share is not None or threads is not None or mps_mem is not None):
+            fail("--share, --threads and --mps-mem need --isolation soft (MPS) or none (time-slicing)")
+        if share is not None and (threads is not None or mps_mem is not None):
+            fail("give --share N, or --threads/--mps-mem, not both")
+        if isolation != "hard":
+            from migctl.jobs import parse_mem
+            from migctl.jobs.shared import run_shared
+
+            rc = run_shared(node(ctx), cmd or [], req, isolation=isolation, share=share, threads=threads,
+                            mem_limit_mib=parse_mem(mps_mem) if mps_mem else None,
+                            wait=0 if no_wait else wait, log=log)
+            sys.exit(rc)
         rc = runner.run(node(ctx), cmd or [], req, wait=0 if no_wait else wait, ephemeral=ephemeral, log=log)
         sys.exit(rc)
 

@@ -185,6 +185,8 @@ class MpsManager:
         """
         with self._locked(uuid) as d:
             clients = self._read(d)
+            if any(c.get("kind", "mps") != "mps" for c in clients):
+                raise JobsError(f"{uuid} is time-sliced by other clients", exit_code=75)
             threads = sum(c["threads"] for c in clients)
             mem = sum(c["mem_mib"] or 0 for c in clients)
             if threads + share.threads > 100 or (share.mem_mib or 0) + mem > device_mem_mib:
@@ -192,13 +194,31 @@ class MpsManager:
                                 f"the client asks {share.threads}% and {share.mem_mib or 0} MiB", exit_code=75)
             if not clients and not self.running(uuid):
                 self._start(uuid)
-            clients.append({"pid": pid, "pid_start": pid_start, "threads": share.threads, "mem_mib": share.mem_mib})
+            clients.append({"pid": pid, "pid_start": pid_start, "threads": share.threads, "mem_mib": share.mem_mib,
+                            "kind": "mps"})
             self._write(d, clients)
+        return self.client_env(uuid, share)
+
+    def client_env(self, uuid: str, share: Share) -> dict[str, str]:
+        """The MPS variables of a client of ``uuid`` with ``share`` (known before it is admitted)."""
+        d = self.device_dir(uuid)
         extra = {"CUDA_MPS_PIPE_DIRECTORY": str(d / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(d / "log"),
                  "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(share.threads)}
         if share.mem_mib:
             extra["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = f"0={share.mem_mib}M"
         return extra
+
+    def admit_timeslice(self, uuid: str, cap: int, pid: int, pid_start: float | None) -> dict[str, str]:
+        """Admit a time-sliced client (no limits) while the device has fewer than ``cap`` of them."""
+        with self._locked(uuid) as d:
+            clients = self._read(d)
+            if any(c.get("kind", "mps") != "timeslice" for c in clients):
+                raise JobsError(f"{uuid} is shared through MPS by other clients", exit_code=75)
+            if len(clients) >= cap:
+                raise JobsError(f"{uuid} already has {len(clients)} time-sliced clients (--share {cap})", exit_code=75)
+            clients.append({"pid": pid, "pid_start": pid_start, "threads": 0, "mem_mib": None, "kind": "timeslice"})
+            self._write(d, clients)
+        return {}
 
     def leave(self, uuid: str, pid: int) -> bool:
         """Remove a client; stop the daemon when it was the last. True when the daemon was stopped."""

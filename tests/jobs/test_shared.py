@@ -1,0 +1,109 @@
+"""``migctl run --isolation soft|none``: MPS clients and time-sliced jobs sharing one MIG device (simulator,
+stand-in MPS control daemon), through the real CLI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migctl.reconcile.live import read_gpu
+
+
+@pytest.fixture
+def shared(a30: Any) -> Iterator[Any]:
+    """The A30 node with a short state dir for the CLI (the MPS control socket's path must stay short)."""
+    short = tempfile.mkdtemp(prefix="mig")
+    a30.env["MIGCTL_STATE_DIR"] = short
+    yield a30
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def _popen(se: Any, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "migctl.cli.main", *args], env={**se.env, **env}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_file(p: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not p.exists():
+        assert time.monotonic() < deadline, f"timed out waiting for {p}"
+        time.sleep(0.05)
+
+
+def test_two_mps_clients_share_a_device_and_a_third_waits(shared: Any) -> None:
+    a30 = shared
+    a30.layout(0, ["2g.12gb"])
+    go = a30.tmp / "go"
+    script = 'env | grep -E "^CUDA_(MPS|VIS)" | sort > "$OUT"; while [ ! -e "$GO" ]; do sleep 0.05; done'
+    procs = []
+    for i in range(2):
+        env = {"OUT": str(a30.tmp / f"env{i}"), "GO": str(go)}
+        procs.append(_popen(a30, env, "run", "--isolation", "soft", "--share", "2", "--profile", "2g.12gb", "--",
+                            "bash", "-c", script))
+    try:
+        for i in range(2):
+            _wait_file(a30.tmp / f"env{i}")
+        envs = [(a30.tmp / f"env{i}").read_text() for i in range(2)]
+        for e in envs:
+            assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50" in e and "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=5984M" in e
+            assert "CUDA_VISIBLE_DEVICES=MIG-" in e
+        assert envs[0].splitlines()[-1] == envs[1].splitlines()[-1]  # the same device
+        node = a30.node()
+        gi = read_gpu(node.gpu(0)).gis[0]
+        assert gi.busy and len(gi.pids) == 3  # the MPS server and the two clients
+        # the device is full (2 x 50%) and --no-create forbids a new instance: no room
+        r = a30.migctl("run", "--no-wait", "--no-create", "--isolation", "soft", "--share", "2", "--profile",
+                       "2g.12gb", "--", "true")
+        assert r.returncode == 75, r.stderr
+        # with creation allowed, the third client gets a new instance in free space (and its own daemon)
+        r = a30.migctl("run", "--no-wait", "--isolation", "soft", "--share", "2", "--profile", "2g.12gb", "--",
+                       "bash", "-c", 'echo "$CUDA_VISIBLE_DEVICES"')
+        assert r.returncode == 0 and r.stdout.strip().startswith("MIG-") and r.stdout.strip() not in envs[0]
+    finally:
+        go.touch()
+        for p in procs:
+            p.wait(timeout=60)
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr.read() for p in procs if p.stderr]
+    assert read_gpu(a30.node().gpu(0)).gis[0].pids == []  # daemon stopped with the last client
+
+
+def test_time_sliced_jobs_share_without_limits(shared: Any) -> None:
+    a30 = shared
+    a30.layout(0, ["1g.6gb"])
+    go = a30.tmp / "go"
+    script = 'env | grep -E "^CUDA_(MPS|VIS)" | sort > "$OUT"; while [ ! -e "$GO" ]; do sleep 0.05; done'
+    procs = []
+    for i in range(2):
+        env = {"OUT": str(a30.tmp / f"env{i}"), "GO": str(go)}
+        procs.append(_popen(a30, env, "run", "--isolation", "none", "--share", "2", "--", "bash", "-c", script))
+    try:
+        for i in range(2):
+            _wait_file(a30.tmp / f"env{i}")
+        for i in range(2):
+            e = (a30.tmp / f"env{i}").read_text()
+            assert "CUDA_MPS" not in e and "CUDA_VISIBLE_DEVICES=MIG-" in e
+        assert len(read_gpu(a30.node().gpu(0)).gis) == 1  # both on the one device: nothing was created
+        r = a30.migctl("run", "--no-wait", "--no-create", "--isolation", "none", "--share", "2", "--", "true")
+        assert r.returncode == 75, r.stderr
+    finally:
+        go.touch()
+        for p in procs:
+            p.wait(timeout=60)
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr.read() for p in procs if p.stderr]
+
+
+def test_sharing_options_bad_input(a30: Any) -> None:
+    r = a30.migctl("run", "--share", "2", "--", "true")
+    assert r.returncode == 2 and r.stderr.startswith("migctl: error: --share") and "Traceback" not in r.stderr
+    r = a30.migctl("run", "--isolation", "medium", "--", "true")
+    assert r.returncode == 2 and "hard, soft or none" in r.stderr
+    r = a30.migctl("run", "--isolation", "soft", "--share", "0", "--", "true")
+    assert r.returncode == 2 and "valid: 1..100" in r.stderr
