@@ -3,6 +3,7 @@ restored after success, failure, Ctrl-C and SIGKILL of the profiler; crashes and
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -158,6 +159,7 @@ def test_sigkill_of_the_profiler_is_recovered(h100, tmp_path):
     assert "restored GPU 0 to its layout before the interrupted bench" in r.stdout
     assert h100.layout() == before and not journal.exists()
     assert "nothing to recover" in h100.migctl("bench", "--recover").stdout
+    assert json.loads(h100.migctl("bench", "--recover", "--json").stdout) == {"recovered": False, "message": None}
 
 
 def test_the_next_bench_recovers_a_killed_one_first(h100, tmp_path):

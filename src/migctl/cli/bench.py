@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -61,7 +62,10 @@ def register(app: typer.Typer) -> None:
             if cmd:
                 fail("--recover takes no command")
             msg = do_recover(n, lock_timeout)
-            typer.echo(msg or "nothing to recover: no interrupted bench on this node")
+            if json_out:
+                typer.echo(json.dumps({"recovered": msg is not None, "message": msg}))
+            else:
+                typer.echo(msg or "nothing to recover: no interrupted bench on this node")
             return
         names = [x.strip() for x in profiles.split(",") if x.strip()] if profiles is not None else None
         if names is not None and not names:
