@@ -122,7 +122,7 @@ def test_sigkill_runner_lease_reclaimed(a30: SimEnv) -> None:
     """kill -9 of the runner: its command dies with it, and the lease is reclaimed by PID liveness."""
     (uuid,) = a30.layout(0, ["4g.24gb"])  # the only device; no room for another
     mark = a30.tmp / "child"
-    p = a30.popen("run", "--", "sh", "-c", f"echo $$ > {mark}; sleep 30")
+    p = a30.popen("run", "--", "sh", "-c", f"echo $$ > {mark}; exec sleep 30")
     child = int(wait_for(lambda: mark.exists() and mark.read_text().strip(), what="child start"))
     r = a30.migctl("run", "--no-wait", "--", "true")
     assert r.returncode == 75 and "no free MIG device" in r.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from filelock import Timeout
 
 import migctl.sim as sim
 from migctl.device import open_node
@@ -17,9 +16,10 @@ def test_apply_and_leases_share_the_node_lock(tmp_path, monkeypatch):
     try:
         node = open_node("1xA30")
         mgr = LeaseManager(node)
-        with node_lock(node, timeout=0):
-            with pytest.raises(Timeout):
-                mgr.node_lock(timeout=0.2).acquire()
+        with node_lock(node, timeout=0, what="migctl apply 'x'"):
+            with pytest.raises(LockBusy, match=r"PID \d+ \(migctl apply 'x', held \d+\.\ds\); waited 0.2s"):
+                with mgr.node_lock(timeout=0.2):
+                    pass
         with mgr.node_lock(timeout=0.2):
             with pytest.raises(LockBusy):
                 with node_lock(node, timeout=0.2):

@@ -115,7 +115,9 @@ def register(app: typer.Typer) -> None:
 
         req = _request(profile, mem, gpu)
         n = node(ctx)
-        LeaseManager(n).check_satisfiable(req)
+        note = LeaseManager(n).check_satisfiable_locked(req)
+        if note:
+            sys.stderr.write(f"migctl: note: {note}\n")
         q = JobQueue(n)
         jid = q.submit(cmd or [], req, priority=priority, name=name, ephemeral=ephemeral)
         if as_json:

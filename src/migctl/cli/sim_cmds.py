@@ -135,6 +135,21 @@ def add_client_cmd(
     out(f"PID {pid} is now a client of {where} (until it exits or `migctl sim remove-client {pid} -i {g.index}`)")
 
 
+@sim_app.command("client-delay")
+def client_delay_cmd(
+    ctx: typer.Context,
+    seconds: Annotated[float, typer.Argument(help="Seconds before a new client appears in NVML (0: at once).")],
+) -> None:
+    """Delayed registration, as on a real GPU: a client appears in NVML only after its first CUDA call."""
+    import math
+
+    if not math.isfinite(seconds) or not 0 <= seconds <= 3600:
+        fail(f"client delay {seconds!r} is out of range; valid: 0..3600 seconds")
+    _, sn = _sim_node(ctx)
+    sn.set_client_delay(seconds)
+    out(f"clients added from now on appear in NVML {seconds:g}s after they are registered")
+
+
 @sim_app.command("remove-client")
 def remove_client_cmd(
     ctx: typer.Context,

@@ -8,9 +8,8 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from migctl.paths import state_dir
+from migctl.paths import jobs_db_path, node_key, state_dir  # noqa: F401  (re-exported)
 from migctl.proc import pid_alive  # noqa: F401  (re-exported)
 
 
@@ -24,16 +23,7 @@ class JobsError(RuntimeError):
 
 def db_path() -> Path:
     """The SQLite database holding leases and jobs for every node of this state dir."""
-    return state_dir() / "jobs.sqlite"
-
-
-def node_key(node: Any) -> str:
-    """Identity of a node in the database: ``nvml`` for real GPUs, ``sim:<spec>@<state file>`` for the simulator."""
-    sim = getattr(node, "sim", None)
-    if sim is None:
-        return "nvml"
-    path = getattr(sim.store, "path", None)
-    return f"sim:{sim.spec}@{path if path is not None else 'memory'}"
+    return jobs_db_path()
 
 
 def key_slug(key: str) -> str:
@@ -42,13 +32,17 @@ def key_slug(key: str) -> str:
     return f"{safe}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
+# Write transactions are short (the node lock is never awaited inside one), so a writer waits at most this.
+BUSY_TIMEOUT_S = 60.0
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """A connection in autocommit mode (explicit BEGIN IMMEDIATE for writes), WAL, long busy timeout."""
     p = path or db_path()
     p.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(p), timeout=60.0, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout=60000")
+    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     with contextlib.suppress(sqlite3.OperationalError):
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -59,7 +53,13 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
 @contextlib.contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (ROLLBACK on error): one writer at a time, node-wide."""
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        if "locked" not in str(e) and "busy" not in str(e):
+            raise
+        raise JobsError(f"the jobs database {db_path()} stayed write-locked by another migctl process for "
+                        f"{BUSY_TIMEOUT_S:g}s ({e}); retry, or look for a stuck migctl process", exit_code=75) from None
     try:
         yield conn
     except BaseException:
@@ -115,8 +115,18 @@ CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (node, state, priority DESC, id);
 """
 
 
+# Columns added after the first release (ALTER TABLE on databases that lack them).
+ADDED_COLUMNS = {"leases": (("pgid", "INTEGER"), ("pgid_start", "REAL"), ("pidns", "TEXT NOT NULL DEFAULT ''"))}
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
+    for table, cols in ADDED_COLUMNS.items():
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+        for name, decl in cols:
+            if name not in have:
+                with contextlib.suppress(sqlite3.OperationalError):  # a concurrent migration added it
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
 def proc_start(pid: int) -> float | None:

@@ -1,15 +1,18 @@
-"""Leases: exclusive use of one MIG device by one process, and dynamic creation of instances.
+"""Leases: exclusive use of one MIG device by one process (group), and dynamic creation of instances.
 
-A lease is a row ``(node, mig uuid)`` (PRIMARY KEY, so never two holders) with the holder's PID and its
-start time. It is taken inside ``BEGIN IMMEDIATE`` (one writer at a time for the whole database), after
-dropping stale rows: a lease whose holder is dead (or whose PID was reused: start time differs) or whose
-device no longer exists is reclaimed on read. So a runner killed with SIGKILL frees its device as soon as
-anybody looks.
+A lease is a row ``(node, mig uuid)`` (PRIMARY KEY, so never two holders) with the holder's PID and start
+time, and the process group of the command it runs. It stays live while the holder **or** any process of
+that group runs, so killing a wrapper with SIGKILL cannot free a device whose command still runs. A lease
+with neither, or whose device no longer exists, is stale and reclaimed on read.
 
-A device is *free* when it has no live lease and no compute process (on a real GPU CUDA processes appear in
-NVML by themselves; on the simulator the runner registers its child as a client). When no fitting device is
-free, a GPU instance + its default compute instance is created in free space only (catalog geometry; busy
-instances are never touched), under a node-wide file lock so two runners never create or destroy at once.
+"Free" and "busy" come from one authority, :mod:`migctl.busy` (live lease, NVML process or MPS server).
+
+Lock order (docs/jobs.md): the node lock (:func:`migctl.paths.node_lock`, shared with ``apply``) first,
+then a short SQLite write transaction, never the reverse. Every lease is taken under the node lock, so no
+lease can appear while an apply (or a destroying release) runs: instances an apply creates are not
+leasable before it commits, and its rollback can always restore the old layout. Waits for the lock are
+bounded and name the holder. Instances are created in free space only (a GI and its CI as one journaled
+step, :mod:`migctl.instance_journal`).
 """
 
 from __future__ import annotations
@@ -22,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from migctl.busy import busy_view, lease_processes, own_pidns, process_groups, retry_nvml, transient
 from migctl.jobs.common import (
     JobsError,
     connect,
     immediate,
     node_key,
-    pid_alive,
     proc_start,
 )
-from migctl.paths import node_lock_path
+from migctl.paths import LockBusy, node_lock_path
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class Lease:
     created_instance: bool
     job_id: int | None = None
     owner: str = ""
+    pgid: int | None = None
+    pgid_start: float | None = None
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -74,12 +79,14 @@ class Lease:
     def from_row(cls, r: sqlite3.Row) -> Lease:
         return cls(node=r["node"], uuid=r["uuid"], gpu=r["gpu"], gi=r["gi"], ci=r["ci"], profile=r["profile"],
                    memory_mib=r["memory_mib"], pid=r["pid"], pid_start=r["pid_start"], created=r["created"],
-                   created_instance=bool(r["created_instance"]), job_id=r["job_id"], owner=r["owner"])
+                   created_instance=bool(r["created_instance"]), job_id=r["job_id"], owner=r["owner"],
+                   pgid=r["pgid"], pgid_start=r["pgid_start"])
 
     def to_json(self) -> dict[str, Any]:
         return {"uuid": self.uuid, "gpu": self.gpu, "gi": self.gi, "ci": self.ci, "profile": self.profile,
                 "memory_mib": self.memory_mib, "pid": self.pid, "created": self.created,
-                "created_instance": self.created_instance, "job_id": self.job_id, "owner": self.owner}
+                "created_instance": self.created_instance, "job_id": self.job_id, "owner": self.owner,
+                "pgid": self.pgid}
 
 
 def _plain(name: str) -> bool:
@@ -90,6 +97,12 @@ def _plain(name: str) -> bool:
 class LeaseManager:
     """Leases on one node (a :class:`migctl.device.Node`), stored in the jobs database."""
 
+    # Longest single wait for the node lock (an apply with slow hooks can hold it for long): callers loop
+    # until their own deadline, and a lease attempt that could not get the lock is "not now".
+    LOCK_SLICE = 1.0
+    NO_WAIT_LOCK = 10.0  # with little or no --wait, how long an apply holding the lock is awaited
+    last_lock_busy = ""
+
     def __init__(self, node: Any, path: Path | None = None) -> None:
         self.node = node
         self.key = node_key(node)
@@ -98,21 +111,24 @@ class LeaseManager:
         self._lock_path.parent.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ locking
-    def node_lock(self, timeout: float = 120.0) -> Any:
-        """The node-wide lock (shared with ``migctl apply``) under which instances are created or destroyed."""
-        from filelock import FileLock
+    def node_lock(self, timeout: float | None = 120.0, what: str = "migctl run/worker") -> Any:
+        """The node-wide lock (shared with ``migctl apply``); taken before any SQLite write transaction."""
+        from migctl.paths import node_lock
 
-        return FileLock(str(self._lock_path), timeout=timeout)
+        return node_lock(self.node, timeout, what=what)
 
     # ------------------------------------------------------------------ inventory
     def _gpus(self, req: Request) -> list[Any]:
-        gpus = self.node.gpus()
+        gpus = retry_nvml(self.node.gpus)
         if req.gpus is not None:
             bad = [g for g in req.gpus if not 0 <= g < len(gpus)]
             if bad:
                 raise JobsError(f"GPU {bad[0]} does not exist; valid: 0..{len(gpus) - 1}")
             gpus = [gpus[i] for i in req.gpus]
-        return [g for g in gpus if g.mig_capable() and g.mig_mode()[0] == 1]
+        return [g for g in gpus if retry_nvml(g.mig_capable) and retry_nvml(g.mig_mode)[0] == 1]
+
+    def _devices(self, gpus: list[Any]) -> list[Any]:
+        return [d for g in gpus for d in retry_nvml(g.mig_devices)]
 
     def _fits_device(self, req: Request, d: Any) -> bool:
         if req.profile:
@@ -124,7 +140,7 @@ class LeaseManager:
     def _fitting_profiles(self, req: Request, gpu: Any) -> list[Any]:
         """GI profiles of ``gpu`` (as NVML reports them) that would satisfy ``req``, smallest first."""
         out = []
-        for p in gpu.profiles():
+        for p in retry_nvml(gpu.profiles):
             if req.profile:
                 if p.name != req.profile:
                     continue
@@ -134,32 +150,70 @@ class LeaseManager:
         return sorted(out, key=lambda p: (p.memory_mib, p.slices, p.id))
 
     def check_satisfiable(self, req: Request) -> None:
-        """Raise :class:`JobsError` when no MIG device could ever satisfy ``req`` on this node."""
+        """Raise :class:`JobsError` (exit 2) when no MIG device could ever satisfy ``req`` on this node.
+
+        Meaningful only on a settled layout: callers hold the node lock (no apply half-way), and NVML errors
+        that concurrent changes cause are retried (they never mean "never").
+        """
         gpus = self._gpus(req)
         if not gpus:
             where = f"GPU {','.join(map(str, req.gpus))}" if req.gpus else "this node"
             raise JobsError(f"no MIG-enabled GPU on {where}; enable MIG mode first (migctl apply / nvidia-smi -mig 1)")
         for g in gpus:
-            if any(self._fits_device(req, d) for d in g.mig_devices()):
+            if any(self._fits_device(req, d) for d in retry_nvml(g.mig_devices)):
                 return
             if req.create and self._fitting_profiles(req, g):
                 return
         if req.profile:
-            names = sorted({p.name for g in gpus for p in g.profiles()} | {d.profile_name for g in gpus for d in g.mig_devices()})
+            names = sorted({p.name for g in gpus for p in retry_nvml(g.profiles)}
+                           | {d.profile_name for g in gpus for d in retry_nvml(g.mig_devices)})
             raise JobsError(f"no GPU offers MIG profile {req.profile!r}; valid here: {', '.join(names)}")
-        largest = max((p.memory_mib for g in gpus for p in g.profiles()), default=0)
+        largest = max((p.memory_mib for g in gpus for p in retry_nvml(g.profiles)), default=0)
         raise JobsError(f"no MIG device can hold {req.mem_mib} MiB (largest profile here: {largest} MiB)")
+
+    def check_satisfiable_locked(self, req: Request, timeout: float = 5.0) -> str | None:
+        """:meth:`check_satisfiable` on a settled layout (under the node lock). When the lock stays held
+        (an apply runs) the check is left to the worker: returns that note instead of failing."""
+        try:
+            with self.node_lock(timeout, what="migctl submit (checking the request)"):
+                self._settled_check(req)
+        except LockBusy as e:
+            return f"{e}; the request is checked when the worker starts the job"
+        return None
+
+    def _settled_check(self, req: Request) -> None:
+        for k in range(5):
+            try:
+                self.check_satisfiable(req)
+                return
+            except Exception as e:  # noqa: BLE001 - NVML errors that outlive the retries are not "never"
+                if isinstance(e, JobsError):
+                    raise
+                if not transient(e) or k == 4:
+                    raise JobsError(f"NVML kept failing while checking the request: {e}", exit_code=75) from None
+                time.sleep(0.05 * (k + 1))
 
     # ------------------------------------------------------------------ leases
     def _live(self, conn: sqlite3.Connection, existing: set[str] | None = None,
               scope: set[int] | None = None) -> dict[str, sqlite3.Row]:
-        """Current leases of this node; stale ones are deleted: dead or reused holder PID, or (for leases on
-        GPUs in ``scope``) a device that is not in ``existing`` any more."""
+        """Current leases of this node; stale ones are deleted: neither the holder (same PID and start time)
+        nor any process of its group runs, or (for leases on GPUs in ``scope``) the device is not in
+        ``existing`` any more."""
         rows = conn.execute("SELECT * FROM leases WHERE node=?", (self.key,)).fetchall()
         live: dict[str, sqlite3.Row] = {}
+        groups: dict[int, list[tuple[int, float]]] | None = None
         for r in rows:
             gone = existing is not None and scope is not None and r["gpu"] in scope and r["uuid"] not in existing
-            if gone or not pid_alive(r["pid"], r["pid_start"]):
+            alive = False
+            if not gone:
+                from migctl.proc import pid_alive
+
+                alive = pid_alive(r["pid"], r["pid_start"])
+                if not alive and r["pgid"]:
+                    if groups is None:
+                        groups = process_groups()
+                    alive = bool(lease_processes(r["pid"], r["pid_start"], r["pgid"], r["pgid_start"], groups))
+            if not alive:
                 conn.execute("DELETE FROM leases WHERE node=? AND uuid=? AND pid=?", (self.key, r["uuid"], r["pid"]))
                 continue
             live[r["uuid"]] = r
@@ -184,68 +238,125 @@ class LeaseManager:
                       created_instance=created, job_id=job_id, owner=owner)
         c.execute(
             "INSERT INTO leases (node, uuid, gpu, gi, ci, profile, memory_mib, pid, pid_start, created, "
-            "created_instance, job_id, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "created_instance, job_id, owner, pidns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (lease.node, lease.uuid, lease.gpu, lease.gi, lease.ci, lease.profile, lease.memory_mib, lease.pid,
-             lease.pid_start, lease.created, int(created), job_id, owner),
+             lease.pid_start, lease.created, int(created), job_id, owner, own_pidns()),
         )
         return lease
 
     def try_acquire(self, req: Request, pid: int | None = None, pid_start: float | None = None,
-                    job_id: int | None = None, owner: str = "", precheck: bool = True) -> Lease | None:
+                    job_id: int | None = None, owner: str = "", precheck: bool = True, check: bool = False,
+                    lock_timeout: float | None = None) -> Lease | None:
         """Lease the smallest free fitting device (creating one in free space if allowed); None if none now.
 
-        With ``precheck`` a read-only look comes first (WAL readers never block): only when a device looks
-        free, or there is room to create one, is the write lock taken and everything checked again under it.
-        That keeps many waiting runners from serialising on the write lock; the queue worker, which is
-        alone, skips it.
+        Takes the node lock (waiting at most ``lock_timeout``, default :attr:`LOCK_SLICE`; None when it stays
+        held), then decides with :func:`migctl.busy.busy_view` and inserts in one short write transaction.
+        With ``precheck`` a lock-free look comes first: only when a device looks free, or there is room to
+        create one, is the lock taken. ``check``: run :meth:`check_satisfiable` under the lock first.
         """
+        self.last_lock_busy = ""
         pid = pid or os.getpid()
         start = pid_start if pid_start is not None else proc_start(pid)
         if start is None:
             raise JobsError(f"lease holder PID {pid} does not exist")
-        if precheck and not self._looks_possible(req):
+        if precheck and not check and not self._looks_possible(req):
             return None
-        with immediate(self.conn) as c:
+        try:
+            lock = self.node_lock(self.LOCK_SLICE if lock_timeout is None else lock_timeout, what=f"migctl {owner or 'run'}")
+            lock.__enter__()
+        except LockBusy as e:
+            self.last_lock_busy = str(e)
+            return None
+        try:
+            return self._acquire_locked(req, pid, start, job_id, owner, check)
+        finally:
+            lock.__exit__(None, None, None)
+
+    def _acquire_locked(self, req: Request, pid: int, start: float, job_id: int | None, owner: str,
+                        check: bool) -> Lease | None:
+        from migctl.instance_journal import recover_creates
+
+        if check:
+            self._settled_check(req)
+        try:
+            recover_creates(self.node)
             gpus = self._gpus(req)
-            devices = [d for g in gpus for d in g.mig_devices()]
+            devices = self._devices(gpus)
+            view = busy_view(self.node, leases=False)
+        except Exception as e:  # noqa: BLE001
+            if transient(e):
+                return None  # NVML in flux (a change outside migctl's lock): try again later
+            raise
+        with immediate(self.conn) as c:
             live = self._live(c, {d.uuid for d in devices}, {g.index for g in gpus})
             for d in self._fitting(req, devices):
-                if d.uuid in live or d.processes():
+                if d.uuid in live or view.of_device(d.gpu.index, d.gi_id, d.ci_id):
                     continue
                 return self._insert(c, d, pid, start, False, job_id, owner)
-            if not req.create:
+        if not req.create:
+            return None
+        try:
+            d = self._create(req, gpus, owner)
+        except Exception as e:  # noqa: BLE001
+            if transient(e):
                 return None
-            with self.node_lock():
-                d = self._create(req, gpus)
-                if d is None:
-                    return None
-                return self._insert(c, d, pid, start, True, job_id, owner)
+            raise
+        if d is None:
+            return None
+        with immediate(self.conn) as c:
+            return self._insert(c, d, pid, start, True, job_id, owner)
 
     def _fitting(self, req: Request, devices: list[Any]) -> list[Any]:
         return sorted((d for d in devices if self._fits_device(req, d)),
                       key=lambda d: (d.memory_mib, d.sms, d.gpu.index, d.index))
 
     def _looks_possible(self, req: Request) -> bool:
-        """Without the write lock: is a fitting device unleased and idle, or is there room to create one?"""
-        gpus = self._gpus(req)
-        devices = [d for g in gpus for d in g.mig_devices()]
-        rows = self.conn.execute("SELECT uuid, pid, pid_start FROM leases WHERE node=?", (self.key,)).fetchall()
-        held = {r["uuid"] for r in rows if pid_alive(r["pid"], r["pid_start"])}
-        if any(d.uuid not in held and not d.processes() for d in self._fitting(req, devices)):
-            return True
-        return req.create and self._plan_create(req, gpus) is not None
+        """Without any lock: is a fitting device unleased and idle, or is there room to create one?
+        (NVML errors while something changes the layout mean "maybe": the locked attempt decides.)"""
+        from migctl.proc import pid_alive
+
+        try:
+            gpus = self._gpus(req)
+            devices = self._devices(gpus)
+            rows = self.conn.execute("SELECT uuid, pid, pid_start, pgid FROM leases WHERE node=?", (self.key,)).fetchall()
+            held = {r["uuid"] for r in rows if r["pgid"] or pid_alive(r["pid"], r["pid_start"])}
+            if any(d.uuid not in held and not d.processes() for d in self._fitting(req, devices)):
+                return True
+            return req.create and self._plan_create(req, gpus) is not None
+        except JobsError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if transient(e):
+                return True
+            raise
 
     def acquire(self, req: Request, wait: float | None = None, pid: int | None = None, job_id: int | None = None,
                 owner: str = "", on_wait: Any = None) -> Lease:
-        """Lease a device, waiting up to ``wait`` seconds (None = forever, 0 = not at all) for one to free up."""
-        self.check_satisfiable(req)
-        deadline = None if wait is None else time.monotonic() + wait
-        delay, told = 0.02, False
+        """Lease a device, waiting up to ``wait`` seconds (None = forever, 0 = not at all) for one to free up.
+
+        The first attempt checks under the node lock that the request can ever be satisfied (exit 2 if not).
+        A node lock held by an apply counts as "not free now"; with ``wait=0`` it is awaited for up to
+        :attr:`NO_WAIT_LOCK` seconds. When the wait ends, the error says who held the lock.
+        """
+        start = time.monotonic()
+        deadline = None if wait is None else start + max(wait, 0.0)
+        lock_deadline = start + self.NO_WAIT_LOCK
+        delay, told, checked = 0.02, False, False
         while True:
-            lease = self.try_acquire(req, pid=pid, job_id=job_id, owner=owner)
+            now = time.monotonic()
+            limit = None if deadline is None else max(deadline, lock_deadline)
+            slice_ = self.LOCK_SLICE if limit is None else max(0.05, min(self.LOCK_SLICE, limit - now))
+            self.last_lock_busy = ""
+            lease = self.try_acquire(req, pid=pid, job_id=job_id, owner=owner, check=not checked, lock_timeout=slice_)
             if lease is not None:
                 return lease
-            if deadline is not None and time.monotonic() >= deadline:
+            got_lock = not self.last_lock_busy
+            checked = checked or got_lock
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and (got_lock or now >= lock_deadline):
+                if not got_lock:
+                    raise JobsError(f"no MIG device could be leased for {req.describe()}: {self.last_lock_busy}",
+                                    exit_code=75)
                 busy = len(self.leases())
                 raise JobsError(
                     f"no free MIG device for {req.describe()} and no room to create one "
@@ -256,29 +367,43 @@ class LeaseManager:
             if not told and on_wait is not None:
                 on_wait(req)
                 told = True
-            sleep = delay * (0.5 + random.random())
-            if deadline is not None:
-                sleep = max(0.0, min(sleep, deadline - time.monotonic()))
-            time.sleep(sleep)
-            delay = min(delay * 1.5, 0.5)
+            if got_lock:
+                sleep = delay * (0.5 + random.random())
+                if deadline is not None:
+                    sleep = max(0.0, min(sleep, deadline - time.monotonic()))
+                time.sleep(sleep)
+                delay = min(delay * 1.5, 0.5)
 
-    def set_holder(self, lease: Lease, pid: int, pid_start: float) -> Lease:
-        """Hand a lease to another process (the queue worker hands it to the job's process)."""
+    def set_holder(self, lease: Lease, pid: int, pid_start: float, pgid: int | None = None) -> Lease:
+        """Hand a lease to another process (the queue worker hands it to the job's process and its group)."""
+        pgid_start = proc_start(pgid) if pgid else None
         with immediate(self.conn) as c:
-            c.execute("UPDATE leases SET pid=?, pid_start=? WHERE node=? AND uuid=? AND pid=?",
-                      (pid, pid_start, self.key, lease.uuid, lease.pid))
-        return Lease(**{**lease.__dict__, "pid": pid, "pid_start": pid_start})
+            c.execute("UPDATE leases SET pid=?, pid_start=?, pgid=?, pgid_start=? WHERE node=? AND uuid=? AND pid=?",
+                      (pid, pid_start, pgid, pgid_start, self.key, lease.uuid, lease.pid))
+        return Lease(**{**lease.__dict__, "pid": pid, "pid_start": pid_start, "pgid": pgid, "pgid_start": pgid_start})
 
-    def release(self, lease: Lease, destroy: bool = False) -> str | None:
+    def set_group(self, lease: Lease, pgid: int) -> Lease:
+        """Tie ``lease`` to process group ``pgid`` as well (the group of the command it runs)."""
+        return self.set_holder(lease, lease.pid, lease.pid_start, pgid)
+
+    def release(self, lease: Lease, destroy: bool = False, lock_timeout: float = 60.0) -> str | None:
         """Drop ``lease``; with ``destroy`` (ephemeral) also destroy its CI and, if then empty, its GI.
 
-        Returns a note when the instance was kept although ``destroy`` was asked (busy or gone).
+        Destroying happens under the node lock, after :func:`migctl.busy.busy_view` says nothing else holds
+        the instance (our own lease excluded). Returns a note when the instance was kept.
         """
         note = None
-        with immediate(self.conn) as c:
-            if destroy:
-                with self.node_lock():
+        if destroy:
+            try:
+                with self.node_lock(lock_timeout, what="migctl run --ephemeral (release)"):
                     note = self._destroy(lease)
+                    with immediate(self.conn) as c:
+                        c.execute("DELETE FROM leases WHERE node=? AND uuid=? AND pid=?",
+                                  (self.key, lease.uuid, lease.pid))
+                    return note
+            except LockBusy as e:
+                note = f"instance kept: {e}"
+        with immediate(self.conn) as c:
             c.execute("DELETE FROM leases WHERE node=? AND uuid=? AND pid=?", (self.key, lease.uuid, lease.pid))
         return note
 
@@ -317,38 +442,40 @@ class LeaseManager:
                     break
         return None if best is None else best[1:]
 
-    def _create(self, req: Request, gpus: list[Any]) -> Any | None:
-        """Create GI + default CI for :meth:`_plan_create`'s choice; the new MIG device or None."""
+    def _create(self, req: Request, gpus: list[Any], owner: str = "") -> Any | None:
+        """Create GI + default CI (one journaled step) for :meth:`_plan_create`'s choice; the new MIG device
+        or None. The caller holds the node lock."""
+        from migctl.instance_journal import create_gi_ci
+
         plan = self._plan_create(req, gpus)
         if plan is None:
             return None
         g, p, pl = plan
-        gi = g.create_gi(p.id, pl)
-        try:
-            ci = gi.create_ci()
-        except Exception:
-            gi.destroy()
-            raise
-        for d in g.mig_devices():
+        gi, ci = create_gi_ci(self.node, g, p, pl, what=f"migctl {owner or 'run'}")
+        for d in retry_nvml(g.mig_devices):
             if d.gi_id == gi.id and d.ci_id == ci.id:
                 return d
         raise JobsError(f"created GI {gi.id}/CI {ci.id} on GPU {g.index} but NVML does not list its MIG device")
 
     def _destroy(self, lease: Lease) -> str | None:
+        """Destroy the leased CI (and its GI once empty) unless the busy authority says someone else holds it.
+        The caller holds the node lock."""
         import pynvml
 
         try:
             g = self.node.gpu(lease.gpu)
-            gi = g.gpu_instance(lease.gi)
-            d = next((x for x in g.mig_devices() if x.uuid == lease.uuid), None)
+            d = next((x for x in retry_nvml(g.mig_devices) if x.uuid == lease.uuid), None)
             if d is None:
                 return "instance already gone"
-            if d.processes():
-                return "instance kept: a process still uses it"
+            view = busy_view(self.node, exclude_lease=lease.uuid)
+            holders = view.of_device(lease.gpu, lease.gi, lease.ci)
+            if holders:
+                return "instance kept: " + "; ".join(h.text() for h in holders)
+            gi = g.gpu_instance(lease.gi)
             for ci in gi.compute_instances():
                 if ci.id == lease.ci:
                     ci.destroy()
-            if not gi.compute_instances():
+            if not gi.compute_instances() and not view.of_gi(lease.gpu, lease.gi):
                 gi.destroy()
             return None
         except pynvml.NVMLError as e:

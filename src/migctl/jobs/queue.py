@@ -15,9 +15,13 @@ Crash safety (a worker killed with SIGKILL, then restarted):
   per node (a file lock), so no job is started twice;
 * a job is marked ``running`` (with its PID) *before* its gate opens; a job found in ``starting`` never ran
   user code (its gate closed with the worker) and goes back to ``queued``;
-* a job found ``running`` is adopted: while its PID lives it keeps running; when it exits its status comes
-  from the exit file. If there is no exit file (the job's process was killed outright) it is marked
-  ``failed`` with reason ``lost`` and is **not** re-run automatically (resubmit it if that is safe).
+* a job found ``running`` is adopted: while its PID or any process of its session's process group lives
+  it keeps running; when they are all gone its status comes from the exit file. If there is no exit file
+  (the job's process was killed outright) it is marked ``failed`` with reason ``lost`` and is **not**
+  re-run automatically (resubmit it if that is safe).
+
+The lease belongs to the job's process *and its process group*: killing the wrapper with SIGKILL while the
+command runs keeps the device leased (and the job ``running``) until the command ends too.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from migctl.busy import lease_processes, process_groups
 from migctl.jobs.common import (
     JobsError,
     connect,
@@ -216,6 +221,8 @@ class Worker:
         self.poll = poll
         self.log = log or (lambda s: None)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._checked: dict[Request, str | None] = {}
+        self.lock_busy = ""
         self.gpu_of: dict[int, int] = {}  # job id -> GPU index, for jobs this worker started
         self.lock: Any = None
         self.pid = os.getpid()
@@ -263,19 +270,30 @@ class Worker:
         rows = self.q.conn.execute(
             "SELECT * FROM jobs WHERE node=? AND child_pid IS NOT NULL AND (state='running' OR "
             "(state='cancelled' AND exit_code IS NULL))", (self.q.key,)).fetchall()
+        groups: dict[int, list[tuple[int, float]]] | None = None
         for job in map(Job.from_row, rows):
             proc = self.procs.get(job.id)
+            status: int | None
             if proc is not None:
                 rc = proc.poll()
                 if rc is None:
                     continue
-                status: int | None = exit_status(rc)
-                self.procs.pop(job.id, None)
             else:
                 if job.state == "cancelled" and job.finished and job.exit_code is not None:
                     continue
                 if pid_alive(job.child_pid, job.child_start):
                     continue
+            # The wrapper is gone; the job ends when its whole process group has (the command may outlive a
+            # wrapper killed with SIGKILL, and keeps its device meanwhile).
+            if groups is None:
+                groups = process_groups()
+            if job.child_pid and lease_processes(job.child_pid, job.child_start or 0.0, job.child_pid,
+                                                 job.child_start, groups):
+                continue
+            if proc is not None:
+                status = exit_status(int(proc.returncode))
+                self.procs.pop(job.id, None)
+            else:
                 status = _read_exit(Path(job.log_path).with_suffix(".exit"))
             self._finish(job, status)
             done += 1
@@ -317,6 +335,7 @@ class Worker:
         started = 0
         blocked: set[Request] = set()
         self._checked: dict[Request, str | None] = {}
+        self.lock_busy = ""
         rows = self.q.conn.execute("SELECT id, profile, mem_mib, gpus FROM jobs WHERE node=? AND state='queued' "
                                    "ORDER BY priority DESC, id", (self.q.key,)).fetchall()
         for r in rows:
@@ -331,6 +350,8 @@ class Worker:
                 continue
             if self._start(Job.from_row(row)):
                 started += 1
+            elif self.lock_busy:
+                break  # an apply holds the node lock: nothing can be leased until it ends
             else:
                 blocked.add(req)
         return started
@@ -344,9 +365,11 @@ class Worker:
             return False
         try:
             try:
-                self._check(job.request)
+                verify = job.request not in self._checked
                 lease = self.leases.try_acquire(job.request, pid=self.pid, pid_start=self.pid_start, job_id=job.id,
-                                                owner=f"job {job.id}", precheck=False)
+                                                owner=f"job {job.id}", precheck=False, check=verify)
+                if not self.leases.last_lock_busy:
+                    self._checked[job.request] = None  # checked under the node lock: satisfiable
             except JobsError as e:
                 with immediate(c):
                     c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='starting'",
@@ -357,26 +380,14 @@ class Worker:
                 with immediate(c):
                     c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=? AND state='starting'",
                               (job.id,))
+                if self.leases.last_lock_busy:
+                    self.lock_busy = self.leases.last_lock_busy
                 return False
             return self._launch(job, lease)
         except BaseException:
             with immediate(c):
                 c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=? AND state='starting'", (job.id,))
             raise
-
-    def _check(self, req: Request) -> None:
-        """check_satisfiable, cached for one pass (it enumerates every GPU)."""
-        cache = getattr(self, "_checked", None)
-        if cache is None:
-            cache = self._checked = {}
-        if req not in cache:
-            try:
-                self.leases.check_satisfiable(req)
-                cache[req] = None
-            except JobsError as e:
-                cache[req] = str(e)
-        if cache[req] is not None:
-            raise JobsError(str(cache[req]))
 
     def _launch(self, job: Job, lease: Lease) -> bool:
         c = self.q.conn
@@ -401,8 +412,8 @@ class Worker:
         start = proc_start(proc.pid) or 0.0
         go = False
         try:
+            lease = self.leases.set_holder(lease, proc.pid, start, pgid=proc.pid)  # its own session and group
             register_client(self.node, lease, proc.pid, os.path.basename(job.cmd[0]))
-            lease = self.leases.set_holder(lease, proc.pid, start)
             with immediate(c):
                 go = c.execute(
                     "UPDATE jobs SET state='running', child_pid=?, child_start=?, started=?, mig_uuid=? "

@@ -8,8 +8,10 @@ before the device counts as busy (that was the race: start, then register, leave
 ``apply`` could destroy the instance under a running program). If the runner dies before opening the gate,
 the pipe closes, ``read`` fails and the command never runs (exit 125).
 
-The child gets ``PR_SET_PDEATHSIG=SIGKILL``: a runner killed with SIGKILL takes its command with it, and its
-lease becomes stale (dead holder PID) and is reclaimed by the next runner.
+The child gets ``PR_SET_PDEATHSIG=SIGKILL``: a runner killed with SIGKILL takes its command with it. The lease
+also names the command's process group: whatever the command started in its group (and that survives the
+runner) keeps the device leased; once the runner and the whole group are gone, the lease is stale and is
+reclaimed by the next runner.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ def register_client(node: Any, lease: Lease, pid: int, name: str) -> None:
     if sim is None:
         return
     rc = sim.add_client(lease.gpu, pid, lease.gi, lease.ci, name=name[:64])
-    if rc:
-        raise JobsError(f"could not register PID {pid} as a client of {lease.uuid} (NVML error {rc})")
+    if rc:  # the leased instance vanished (destroyed outside migctl's node lock): not the request's fault
+        raise JobsError(f"could not register PID {pid} as a client of {lease.uuid} (NVML error {rc})", exit_code=75)
 
 
 def unregister_client(node: Any, lease: Lease, pid: int) -> None:
@@ -139,6 +141,7 @@ def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = Non
         except OSError as e:
             raise JobsError(f"cannot start {cmd[0]!r}: {e}") from None
         try:
+            lease = mgr.set_group(lease, proc.pid if not interactive else os.getpgid(0))
             register_client(node, lease, proc.pid, os.path.basename(cmd[0]))
         except BaseException:
             open_gate(gate, go=False)

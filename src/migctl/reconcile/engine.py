@@ -6,6 +6,11 @@ old layout of *every* GPU of the apply (instances that stayed keep their UUIDs; 
 new UUIDs, as the driver assigns them at creation). If the process dies mid-apply, the journal remains
 and the next ``apply``/``recover`` rolls back (we never roll forward: the old layout is the one state
 known to have been whole and accepted by its users).
+
+"Busy" is :mod:`migctl.busy`'s (live lease, NVML process or MPS server), read under the node lock, which
+every lease also takes: no instance can be leased while an apply runs, so instances it creates are not
+leasable before it commits and its rollback never meets a busy instance of its own making. ``--force``
+only signals PIDs it can see in its own PID namespace (NVML reports host PIDs), and refuses otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from migctl.config import Desired, Hooks, MigConfig, load_config, load_hooks
 from migctl.config.hooks import HookError
 from migctl.errors import UserError
 from migctl.reconcile.journal import Journal, node_lock
-from migctl.reconcile.live import LiveGpu, desired_from_layout, layout_matches, read_node
+from migctl.reconcile.live import LiveGpu, desired_from_layout, layout_matches
+from migctl.reconcile.live import read_node as _read_node
 from migctl.reconcile.plan import NodePlan, plan_node
 
 EXIT_BUSY = 3
@@ -70,6 +76,16 @@ class ApplyResult:
         return {"label": self.label, "dry_run": self.dry_run, "applied": self.applied,
                 "rolled_back": self.rolled_back, "recovered": self.recovered, "ops_done": self.ops_done,
                 "error": self.error, "killed_pids": self.killed_pids, "plan": self.plan.to_dict()}
+
+
+def read_node(node: Any) -> list[LiveGpu]:
+    """The live layout with :mod:`migctl.busy`'s holders as the instances' PIDs (NVML errors that concurrent
+    changes outside migctl's lock cause are retried)."""
+    from migctl.busy import annotate, retry_nvml
+
+    live = retry_nvml(lambda: _read_node(node))
+    annotate(node, live)
+    return live
 
 
 # ------------------------------------------------------------------------------------------ operations
@@ -158,10 +174,13 @@ def recover(node: Any, progress: Progress | None = None, journal: Journal | None
 
     The caller must hold the node lock.
     """
+    from migctl.instance_journal import recover_creates
+
+    created = recover_creates(node)
     j = journal or Journal(node)
     data = j.load()
     if data is None:
-        return None
+        return created
     err = _rollback(node, j, progress)
     if err is not None:
         j.data["error"] = f"recovery failed: {err}"
@@ -180,6 +199,18 @@ def _busy_message(plan: NodePlan) -> str:
     parts = [f"GPU {g.index}: {g.reason}" for g in plan.blocked]
     return ("refusing to destroy instances in use: " + "; ".join(parts) +
             " (stop them, use --wait SECONDS, or --force to terminate them)")
+
+
+def _refuse_invisible(node: Any, pids: list[int], plan: NodePlan) -> None:
+    """``--force`` never signals a PID this process cannot see as the same process (another PID namespace:
+    NVML reports host PIDs, which inside a container may name unrelated local processes)."""
+    from migctl.busy import busy_view, invisible
+
+    bad = invisible(busy_view(node), pids)
+    if bad:
+        raise BusyError("--force refuses to signal PIDs it cannot see in its own PID namespace: "
+                        + "; ".join(bad[p] for p in sorted(bad))
+                        + " (stop those processes where they run, then apply again)", plan)
 
 
 def _terminate(pids: list[int], grace: float = 5.0) -> list[int]:
@@ -276,7 +307,7 @@ def apply_desired(
         pending = "an interrupted apply's journal is pending (apply or recover rolls it back first)" \
             if journal.exists() else None
         return ApplyResult(label, plan, dry_run=True, recovered=pending)
-    with node_lock(node, lock_timeout):
+    with node_lock(node, lock_timeout, what=f"migctl apply {label!r}"):
         journal = Journal(node)
         recovered = recover(node, progress, journal)
         deadline = time.monotonic() + max(0.0, wait)
@@ -292,6 +323,7 @@ def apply_desired(
         result = ApplyResult(label, plan, recovered=recovered)
         if force:
             pids = sorted({p for g in plan.changing for p in g.busy_pids})
+            _refuse_invisible(node, pids, plan)
             if pids:
                 result.killed_pids = _terminate(pids)
                 live, plan = build()

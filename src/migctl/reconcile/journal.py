@@ -17,24 +17,18 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from migctl.errors import UserError
-from migctl.paths import node_lock_path, state_dir
+from migctl.paths import EXIT_LOCKED, LockBusy, state_dir  # noqa: F401  (re-exported)
+from migctl.paths import node_lock as _node_lock
 from migctl.paths import node_slug as node_key
 
 JOURNAL_FORMAT = "migctl-apply-journal"
 JOURNAL_VERSION = 1
-EXIT_LOCKED = 4
 
 
-class LockBusy(UserError):
-    """Another apply holds the node lock."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_LOCKED)
 
 
 def _atomic_write(path: Path, data: str) -> None:
@@ -137,31 +131,7 @@ class Journal:
         return {int(k): v for k, v in self.data.get("old", {}).items()}
 
 
-@contextlib.contextmanager
-def node_lock(node: Any, timeout: float | None = None, directory: Path | None = None) -> Iterator[None]:
-    """Hold the node-wide apply lock; wait up to ``timeout`` seconds (None: forever, 0: fail at once)."""
-    from filelock import FileLock, Timeout
-
-    d = directory or state_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    path = node_lock_path(node, d)
-    owner = path.with_name(path.name + ".owner")
-    lock = FileLock(str(path), timeout=-1 if timeout is None else timeout)
-    try:
-        lock.acquire()
-    except Timeout:
-        holder = ""
-        with contextlib.suppress(OSError):
-            holder = owner.read_text().strip()
-        raise LockBusy(
-            f"another migctl apply/recover holds the node lock {path}" + (f" (PID {holder})" if holder else "")
-            + f"; waited {timeout:g}s (use --lock-timeout to wait longer)"
-        ) from None
-    try:
-        with contextlib.suppress(OSError):
-            owner.write_text(str(os.getpid()))
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            owner.unlink()
-        lock.release()
+def node_lock(node: Any, timeout: float | None = None, directory: Path | None = None,
+              what: str = "migctl apply/recover") -> contextlib.AbstractContextManager[None]:
+    """Hold the node-wide lock (:func:`migctl.paths.node_lock`); wait up to ``timeout`` seconds (None: forever)."""
+    return _node_lock(node, timeout, what=what, directory=directory)

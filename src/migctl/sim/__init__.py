@@ -125,7 +125,13 @@ class SimNode:
             gpu = d.gpu(gpu_index)
             if gpu is None:
                 return ERROR_INVALID_ARGUMENT
-            return d.add_process(gpu, SimProcess(pid=pid, gi=gi, ci=ci, used_mib=used_mib, start_time=start, name=name))
+            import time
+
+            from migctl.sim.state import _own_pidns
+
+            visible = time.time() + st.client_delay if st.client_delay > 0 else 0.0
+            return d.add_process(gpu, SimProcess(pid=pid, gi=gi, ci=ci, used_mib=used_mib, start_time=start, name=name,
+                                                 pidns=_own_pidns(), visible_after=visible))
 
     def remove_client(self, gpu_index: int, pid: int) -> int:
         from migctl.sim.state import ERROR_INVALID_ARGUMENT, Driver
@@ -142,6 +148,11 @@ class SimNode:
         with self.store.transaction() as st:
             st.op_count = 0
             st.fail_at = after_ops
+
+    def set_client_delay(self, seconds: float) -> None:
+        """Delayed registration: clients added from now on appear in NVML only ``seconds`` later (0: at once)."""
+        with self.store.transaction() as st:
+            st.client_delay = max(0.0, float(seconds))
 
     def op_count(self) -> int:
         return self.store.load().op_count

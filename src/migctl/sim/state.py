@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -89,6 +90,13 @@ class SimProcess:
     used_mib: int = 0
     start_time: float = 0.0  # psutil create_time, to tell a reused PID from the original
     name: str = ""
+    # The PID namespace the client was registered from (``pid:[inode]``); the driver has none (nvidia-docker
+    # #1483), so a process registered from another namespace is reported with a PID that means nothing here.
+    pidns: str = ""
+    # Delayed registration (``client_delay``): a CUDA process appears in NVML only once it has a context,
+    # i.e. after its first CUDA call (nvml.h: "processes which have active context"). Until this time
+    # (epoch seconds) the client is not listed and does not hold its instance.
+    visible_after: float = 0.0
 
 
 @dataclass
@@ -137,6 +145,7 @@ class SimState:
     behaviour: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_BEHAVIOUR))
     serial: int = 0  # last instance serial handed out
     boots: int = 0  # `migctl sim reboot` count
+    client_delay: float = 0.0  # seconds before a newly added client appears in NVML (`migctl sim client-delay`)
 
     def next_serial(self) -> int:
         self.serial += 1
@@ -171,6 +180,7 @@ class SimState:
             behaviour={**DEFAULT_BEHAVIOUR, **data.get("behaviour", {})},
             serial=data.get("serial", 0),
             boots=data.get("boots", 0),
+            client_delay=float(data.get("client_delay", 0.0)),
         )
 
     @classmethod
@@ -195,6 +205,13 @@ class SimState:
                 )
             )
         return cls(spec=spec, driver=driver, gpus=gpus, seed=seed, behaviour={**DEFAULT_BEHAVIOUR, **(behaviour or {})})
+
+
+def _own_pidns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 class Driver:
@@ -237,11 +254,15 @@ class Driver:
         return out
 
     def live_processes(self, gpu: SimGPU) -> list[SimProcess]:
-        live = [p for p in gpu.processes if self.alive(p.pid, p.start_time)]
+        """Clients that are alive and already visible (see ``SimProcess.visible_after``). A client registered
+        from another PID namespace cannot be checked from here and counts as alive (stricter)."""
+        own = _own_pidns()
+        live = [p for p in gpu.processes if (p.pidns and p.pidns != own) or self.alive(p.pid, p.start_time)]
         if len(live) != len(gpu.processes):
             gpu.processes = live
             self.dirty = True
-        return live
+        now = time.time()
+        return [p for p in live if p.visible_after <= now]
 
     def busy(self, gpu: SimGPU, gi: int | None = None, ci: int | None = None) -> list[SimProcess]:
         procs = self.live_processes(gpu)

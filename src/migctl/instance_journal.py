@@ -1,0 +1,118 @@
+"""Creating a GPU instance and its compute instance as one journaled step.
+
+``create_gi_ci`` writes an intent record (``<state dir>/create-<node>.json``, fsynced) before the GPU
+instance is created, notes the GI ID once it exists, and removes the record after the compute instance
+exists. A process killed in between leaves the record behind; :func:`recover_creates` (called by
+``migctl recover``, every ``migctl apply`` and every lease attempt of ``migctl run``/the worker, always
+under the node lock) finds it and destroys the GPU instance if it still has no compute instance and
+nothing holds it. A GI that got its CI is a complete, idle instance and is kept.
+
+The caller holds the node lock (:func:`migctl.paths.node_lock`), so there is at most one record per node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from migctl.paths import node_slug, state_dir
+
+
+def intent_path(node: Any) -> Path:
+    return state_dir() / f"create-{node_slug(node)}.json"
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".create-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def create_gi_ci(node: Any, gpu: Any, profile: Any, placement: Any, what: str = "") -> tuple[Any, Any]:
+    """Create a GI of ``profile`` at ``placement`` on ``gpu`` and its default CI, journaled; (gi, ci).
+
+    On an error in between, the GI is destroyed again before the error propagates.
+    """
+    path = intent_path(node)
+    rec: dict[str, Any] = {"pid": os.getpid(), "time": time.time(), "what": what, "gpu": gpu.index,
+                           "profile": getattr(profile, "name", ""), "profile_id": profile.id,
+                           "start": placement.start, "size": placement.size, "gi": None}
+    _write(path, rec)
+    gi = gpu.create_gi(profile.id, placement)
+    try:
+        rec["gi"] = gi.id
+        _write(path, rec)
+        ci = gi.create_ci()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            gi.destroy()
+        raise
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return gi, ci
+
+
+def pending(node: Any) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(intent_path(node).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"corrupt": True}
+
+
+def recover_creates(node: Any) -> str | None:
+    """Finish an interrupted :func:`create_gi_ci` (caller holds the node lock); a summary, or None."""
+    from migctl.busy import busy_view, retry_nvml
+
+    rec = pending(node)
+    if rec is None:
+        return None
+    path = intent_path(node)
+    if rec.get("corrupt"):
+        path.unlink(missing_ok=True)
+        return f"removed an unreadable instance-creation record {path}"
+    gpu = node.gpu(int(rec["gpu"]))
+    gis = [g for g in retry_nvml(gpu.gpu_instances)
+           if g.placement.start == rec["start"] and g.profile_id == rec["profile_id"]
+           and (rec.get("gi") is None or g.id == rec["gi"])]
+    msg = None
+    for gi in gis:
+        if retry_nvml(gi.compute_instances):
+            continue  # it got its CI: a complete instance
+        if busy_view(node).of_gi(gpu.index, gi.id):
+            msg = (f"GPU {gpu.index}: GPU instance {gi.id} ({rec.get('profile')}) has no compute instance but is "
+                   "in use; kept")
+            return msg
+        gi.destroy()
+        msg = (f"GPU {gpu.index}: destroyed GPU instance {gi.id} ({rec.get('profile')} at slice {rec['start']}) "
+               f"left without a compute instance by PID {rec.get('pid')} ({rec.get('what') or 'migctl'})")
+    path.unlink(missing_ok=True)
+    return msg
+
+
+def orphan_gis(gpu: Any) -> list[Any]:
+    """GPU instances of ``gpu`` that have no compute instance (no MIG device: nothing can use them)."""
+    from migctl.busy import retry_nvml
+
+    try:
+        cur = gpu.mig_mode()[0] if gpu.mig_capable() else 0
+    except Exception:  # noqa: BLE001
+        return []
+    if cur != 1:
+        return []
+    return [gi for gi in retry_nvml(gpu.gpu_instances) if not retry_nvml(gi.compute_instances)]
