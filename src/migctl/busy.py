@@ -212,16 +212,19 @@ def _sim_pidns(node: Any) -> dict[tuple[int, int], str]:
     return {(g.index, p.pid): getattr(p, "pidns", "") for g in st.gpus for p in g.processes}
 
 
-def busy_view(node: Any, exclude_lease: str | None = None, leases: bool = True) -> BusyView:
+def busy_view(node: Any, exclude_lease: str | None = None, leases: bool = True, gpus: list[Any] | None = None
+              ) -> BusyView:
     """Who holds which instance of ``node`` now: live leases, NVML processes, MPS servers.
 
-    ``exclude_lease``: a MIG UUID whose lease the caller itself holds (releasing it). Call under the node lock.
+    ``exclude_lease``: a MIG UUID whose lease the caller itself holds (releasing it); ``leases=False``: the
+    caller reads the lease table itself (inside its transaction); ``gpus``: only these (device-layer) GPUs.
+    Call under the node lock.
     """
     view = BusyView()
     real = getattr(node, "sim", None) is None
     sim_ns = _sim_pidns(node)
     uuids: dict[str, tuple[int, int, int]] = {}
-    for g in retry_nvml(node.gpus):
+    for g in gpus if gpus is not None else retry_nvml(node.gpus):
         gi_idx = g.index
         for p in retry_nvml(g.processes):
             ns = INITIAL_PIDNS if real else sim_ns.get((gi_idx, p.pid), "")

@@ -54,8 +54,6 @@ def create_gi_ci(node: Any, gpu: Any, profile: Any, placement: Any, what: str = 
     _write(path, rec)
     gi = gpu.create_gi(profile.id, placement)
     try:
-        rec["gi"] = gi.id
-        _write(path, rec)
         ci = gi.create_ci()
     except BaseException:
         with contextlib.suppress(Exception):

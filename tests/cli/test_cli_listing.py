@@ -27,8 +27,8 @@ def test_gpus_json_keys_and_mig_devices_after_readme_flow(cli):
     assert data["backend"] == "sim" and data["driver_version"]
     g0, g1 = data["gpus"]
     assert set(g0) == {"index", "name", "uuid", "bus_id", "model", "mig_capable", "mig_current", "mig_pending",
-                       "mig_devices", "catalog_differences"}  # issue 8: NVML vs catalog, [] when they agree
-    assert g0["catalog_differences"] == []
+                       "mig_devices", "catalog_differences", "orphan_gis"}  # issue 8: NVML vs catalog, [] when they agree
+    assert g0["catalog_differences"] == [] and g0["orphan_gis"] == []
     assert g0["model"] == "H100-80GB" and g0["mig_current"] is True and g0["mig_pending"] is True
     assert [d["profile"] for d in g0["mig_devices"]] == ["3g.40gb", "2g.20gb", "1g.10gb"]
     assert [d["index"] for d in g0["mig_devices"]] == [0, 1, 2]

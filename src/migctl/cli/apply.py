@@ -152,7 +152,15 @@ def register(app: typer.Typer) -> None:
 
         if output not in ("yaml", "json"):
             fail(f"unknown output format {output!r} (valid: yaml, json)")
-        data = export_config(read_node(node(ctx)), label, placements)
+        live = read_node(node(ctx))
+        for g in live:
+            orphans = [gi for gi in g.gis if not gi.cis]
+            if orphans:
+                sys.stderr.write(
+                    f"migctl: warning: GPU {g.index} has GPU instance(s) with no compute instance, not exported: "
+                    + ", ".join(f"{gi.profile}@{gi.start} (GI {gi.id})" for gi in orphans)
+                    + "; `migctl recover` removes one a crashed migctl left\n")
+        data = export_config(live, label, placements)
         if output == "json":
             emit_json(data)
         else:

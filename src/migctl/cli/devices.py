@@ -186,6 +186,10 @@ def gpus_cmd(
             used = _used_mib(d)
             devs.append({"index": d.index, "profile": d.profile_name, "gi_id": d.gi_id, "ci_id": d.ci_id,
                          "uuid": d.uuid, "memory_mib": d.memory_mib, "memory_used_mib": used, "sms": d.sms})
+        from migctl.instance_journal import orphan_gis
+
+        orphans = [{"gi_id": gi.id, "profile_id": gi.profile_id, "start": gi.placement.start,
+                    "size": gi.placement.size} for gi in (orphan_gis(g) if cur == 1 else [])]
         rows.append({
             "index": g.index, "name": g.name, "uuid": g.uuid, "bus_id": g.bus_id,
             "model": g.model.key if g.model is not None else None,
@@ -194,6 +198,7 @@ def gpus_cmd(
             "mig_pending": None if pending is None else pending == 1,
             "mig_devices": devs,
             "catalog_differences": g.catalog_differences() if cur is not None else [],
+            "orphan_gis": orphans,  # GPU instances without a compute instance: no MIG device, unusable
         })
     for r in rows:  # NVML is the source of truth; say where the catalog disagrees or does not know the GPU
         for line in r["catalog_differences"]:
@@ -217,6 +222,9 @@ def gpus_cmd(
             used = "" if d["memory_used_mib"] is None else f"  {d['memory_used_mib']} MiB used"
             out(f"  {'MIG ' + d['profile']:<15} Device {d['index']:>2}: (UUID: {d['uuid']})  "
                 f"GI {d['gi_id']:>2}  CI {d['ci_id']}  {d['memory_mib']} MiB  {d['sms']} SMs{used}")
+        for o in r["orphan_gis"]:
+            out(f"  GI {o['gi_id']:>2} (profile {o['profile_id']}, slices {o['start']}+{o['size']}): no compute "
+                "instance, unusable (`migctl recover` removes one a crashed migctl left; `migctl gi destroy` any)")
     if not rows:
         out("No GPUs found.")
 

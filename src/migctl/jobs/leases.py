@@ -100,7 +100,7 @@ class LeaseManager:
     # Longest single wait for the node lock (an apply with slow hooks can hold it for long): callers loop
     # until their own deadline, and a lease attempt that could not get the lock is "not now".
     LOCK_SLICE = 1.0
-    NO_WAIT_LOCK = 10.0  # with little or no --wait, how long an apply holding the lock is awaited
+    NO_WAIT_LOCK = 10.0  # with little or no --wait, how long an apply holding the lock is awaited ($MIGCTL_LOCK_WAIT)
     last_lock_busy = ""
 
     def __init__(self, node: Any, path: Path | None = None) -> None:
@@ -171,7 +171,7 @@ class LeaseManager:
         largest = max((p.memory_mib for g in gpus for p in retry_nvml(g.profiles)), default=0)
         raise JobsError(f"no MIG device can hold {req.mem_mib} MiB (largest profile here: {largest} MiB)")
 
-    def check_satisfiable_locked(self, req: Request, timeout: float = 5.0) -> str | None:
+    def check_satisfiable_locked(self, req: Request, timeout: float = 1.0) -> str | None:
         """:meth:`check_satisfiable` on a settled layout (under the node lock). When the lock stays held
         (an apply runs) the check is left to the worker: returns that note instead of failing."""
         try:
@@ -282,7 +282,7 @@ class LeaseManager:
             recover_creates(self.node)
             gpus = self._gpus(req)
             devices = self._devices(gpus)
-            view = busy_view(self.node, leases=False)
+            view = busy_view(self.node, leases=False, gpus=gpus)
         except Exception as e:  # noqa: BLE001
             if transient(e):
                 return None  # NVML in flux (a change outside migctl's lock): try again later
@@ -340,7 +340,7 @@ class LeaseManager:
         """
         start = time.monotonic()
         deadline = None if wait is None else start + max(wait, 0.0)
-        lock_deadline = start + self.NO_WAIT_LOCK
+        lock_deadline = start + float(os.environ.get("MIGCTL_LOCK_WAIT") or self.NO_WAIT_LOCK)
         delay, told, checked = 0.02, False, False
         while True:
             now = time.monotonic()
