@@ -1,0 +1,410 @@
+"""Soak: concurrent `migctl run`, `submit` + `worker`, and `apply`, with SIGKILLs at random points, on a
+simulated node whose clients appear in NVML only after a delay (as CUDA processes do on a real GPU).
+
+One command (bounded minutes; run it niced on a shared machine):
+
+    nice -n 10 python benchmarks/soak/soak.py --minutes 3
+
+Everything is a real `migctl` process sharing one state dir and one simulator state file:
+
+* runners: loops of `migctl run --profile P | --mem M --wait 20 -- sh -c '...'`; the command logs its start
+  (MIG UUID, time, how long it will hold the device) and its end; some runners are SIGKILLed at a random
+  moment (the command's background `sleep` survives in its process group and must keep the device);
+* a submitter queues jobs of the same shape; one `migctl worker` serves them and is SIGKILLed and restarted
+  from time to time; running jobs' wrapper shells are SIGKILLed too;
+* an applier alternates between three layouts with `--wait 2`; some applies get an injected NVML failure
+  (must roll back) or SIGKILL themselves at a random operation (the next apply must recover);
+* some runners SIGKILL themselves at a random NVML operation (possibly between creating a GI and its CI).
+
+A monitor samples the simulator state every 0.1 s. Reported (all must be 0):
+
+* double-booked devices: two commands' hold intervals on one MIG UUID overlap;
+* busy instances destroyed: a command that still holds its device (it has not ended, and its `sleep` may
+  still run) and its MIG UUID is gone;
+* applies that could not roll back: an apply (or the recovery of a killed one, or the final `recover`)
+  reporting a failed rollback;
+* orphan instances: GPU instances without a compute instance after the final `migctl recover`, plus leases
+  or journals left behind once everything ended;
+* runs that exited 2 ("can never be satisfied") although every request fits the node.
+
+Results: benchmarks/soak/results.json and results.md (written by this script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parents[1] / "src"
+
+CONFIG = {"version": "v1", "mig-configs": {
+    "quarters": [{"devices": "all", "mig-enabled": True, "mig-devices": {"1g.6gb": 4}}],
+    "halves": [{"devices": "all", "mig-enabled": True, "mig-devices": {"2g.12gb": 2}}],
+    "mixed": [{"devices": "all", "mig-enabled": True, "mig-devices": {"1g.6gb": 2, "2g.12gb": 1}}],
+}}
+REQUESTS = (("--profile", "1g.6gb"), ("--profile", "2g.12gb"), ("--mem", "5GiB"), ("--mem", "10GiB"))
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.tmp = Path(tempfile.mkdtemp(prefix="migctl-soak-"))
+        self.state = self.tmp / "sim.json"
+        self.log = self.tmp / "events.log"
+        self.log.touch()
+        self.cfg = self.tmp / "mig.json"
+        self.cfg.write_text(json.dumps(CONFIG))
+        self.env = {**os.environ, "MIGCTL_STATE_DIR": str(self.tmp / "state"), "MIGCTL_SIM": args.spec,
+                    "MIGCTL_SIM_STATE": str(self.state), "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        for k in ("MIGCTL_SIM_CRASH_AT", "MIGCTL_BACKEND"):
+            self.env.pop(k, None)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.problems: dict[str, list[str]] = collections.defaultdict(list)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.deadline = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    def migctl(self, *a: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "migctl.cli.main", *a], env=env or self.env, text=True,
+                              capture_output=True, timeout=timeout)
+
+    def popen(self, *a: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """stderr goes to a file (a pipe could fill up, or be held open by a surviving command)."""
+        err = tempfile.TemporaryFile(mode="w+", dir=self.tmp)
+        p = subprocess.Popen([sys.executable, "-m", "migctl.cli.main", *a], env=env or self.env, text=True,
+                             stdout=subprocess.DEVNULL, stderr=err)
+        p.errfile = err  # type: ignore[attr-defined]
+        return p
+
+    @staticmethod
+    def stderr_of(p: subprocess.Popen[str]) -> str:
+        f = p.errfile  # type: ignore[attr-defined]
+        f.seek(0)
+        text = str(f.read())
+        f.close()
+        return text
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[key] += n
+
+    def problem(self, key: str, text: str) -> None:
+        with self.lock:
+            self.problems[key].append(text)
+
+    def sim_state(self) -> dict[str, Any]:
+        for _ in range(20):
+            try:
+                return dict(json.loads(self.state.read_text()))
+            except (OSError, ValueError):
+                time.sleep(0.01)
+        raise RuntimeError("simulator state unreadable")
+
+    def simnode(self) -> Any:
+        if str(SRC) not in sys.path:
+            sys.path.insert(0, str(SRC))
+        from migctl import sim
+
+        return sim.install(self.args.spec, state_path=self.state)
+
+    def op_count(self) -> int:
+        return int(self.sim_state().get("op_count", 0))
+
+    def body(self, tag: str) -> list[str]:
+        hold = round(self.rng.uniform(0.3, 2.5), 2)
+        # start line: UUID, time, planned hold, tag. The hold runs as a background sleep in the command's
+        # process group, so it outlives a SIGKILLed wrapper (and must keep the device).
+        script = (f'echo "S $CUDA_VISIBLE_DEVICES $(date +%s.%N) {hold} {tag}" >> {self.log}; '
+                  f'sleep {hold} & wait; echo "E $CUDA_VISIBLE_DEVICES $(date +%s.%N) {hold} {tag}" >> {self.log}')
+        return ["sh", "-c", script]
+
+    # ------------------------------------------------------------------ actors
+    def runner(self, k: int) -> None:
+        n = 0
+        while time.monotonic() < self.deadline:
+            n += 1
+            req = self.rng.choice(REQUESTS)
+            env = self.env
+            if self.rng.random() < 0.08:  # die at a random NVML operation (maybe between GI and CI)
+                env = {**self.env, "MIGCTL_SIM_CRASH_AT": str(self.op_count() + self.rng.randint(1, 3))}
+                self.count("runs_crash_injected")
+            p = self.popen("run", *req, "--wait", "20", "--", *self.body(f"r{k}.{n}"), env=env)
+            kill_at = time.monotonic() + self.rng.uniform(0.2, 3.0) if self.rng.random() < 0.15 else None
+            while p.poll() is None:
+                if kill_at is not None and time.monotonic() >= kill_at:
+                    p.kill()
+                    self.count("runs_sigkilled")
+                    kill_at = None
+                time.sleep(0.05)
+            err = self.stderr_of(p)
+            rc = p.returncode
+            self.count(f"run_exit_{rc}")
+            if rc == 2:
+                self.problem("runs_exit_2", err.strip()[-300:])
+            if "Traceback" in err:
+                self.problem("tracebacks", err.strip()[-300:])
+
+    def submitter(self) -> None:
+        n = 0
+        while time.monotonic() < self.deadline - 3:
+            n += 1
+            req = self.rng.choice(REQUESTS)
+            r = self.migctl("submit", *req, "--priority", str(self.rng.randint(0, 2)), "--", *self.body(f"j{n}"))
+            self.count(f"submit_exit_{r.returncode}")
+            if "Traceback" in r.stderr:
+                self.problem("tracebacks", r.stderr.strip()[-300:])
+            time.sleep(self.rng.uniform(0.3, 1.2))
+
+    def worker(self) -> None:
+        w = self.popen("worker")
+        next_kill = time.monotonic() + self.rng.uniform(8, 20)
+        db = self.tmp / "state" / "jobs.sqlite"
+        while time.monotonic() < self.deadline:
+            time.sleep(0.2)
+            now = time.monotonic()
+            if now >= next_kill and now < self.deadline:
+                w.kill()
+                w.wait()
+                self.stderr_of(w)
+                self.count("worker_sigkilled")
+                w = self.popen("worker")
+                next_kill = now + self.rng.uniform(8, 20)
+            if w.poll() is not None:
+                err = self.stderr_of(w)
+                if "Traceback" in err:
+                    self.problem("tracebacks", err.strip()[-300:])
+                w = self.popen("worker")
+            if now < self.deadline and self.rng.random() < 0.03 and db.exists():  # kill a job's wrapper
+                try:
+                    c = sqlite3.connect(str(db), timeout=5)
+                    pids = [r[0] for r in c.execute("SELECT child_pid FROM jobs WHERE state='running'").fetchall()]
+                    c.close()
+                except sqlite3.Error:
+                    pids = []
+                if pids:
+                    try:
+                        os.kill(self.rng.choice(pids), signal.SIGKILL)
+                        self.count("job_wrappers_sigkilled")
+                    except ProcessLookupError:
+                        pass
+        # let queued/running jobs finish, then stop
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            r = self.migctl("jobs", "--json")
+            if r.returncode == 0 and not json.loads(r.stdout or "[]"):
+                break
+            time.sleep(0.5)
+        w.send_signal(signal.SIGTERM)
+        try:
+            w.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+
+    def applier(self) -> None:
+        labels = list(CONFIG["mig-configs"])
+        while time.monotonic() < self.deadline:
+            label = self.rng.choice(labels)
+            env = self.env
+            mode = self.rng.random()
+            if mode < 0.2:
+                env = {**self.env, "MIGCTL_SIM_CRASH_AT": str(self.op_count() + self.rng.randint(1, 8))}
+            elif mode < 0.4:  # the k-th NVML change from now fails (usually the apply's; maybe a runner's)
+                self.simnode().inject_fault(self.rng.randint(1, 8))
+                self.count("apply_faults_injected")
+            r = self.migctl("apply", "-f", str(self.cfg), "-c", label, "--wait", "2", "--lock-timeout", "60",
+                            env=env)
+            if mode < 0.4 and mode >= 0.2:
+                self.simnode().inject_fault(None)
+            self.count(f"apply_exit_{r.returncode}")
+            self.classify_apply(r.returncode, r.stderr + r.stdout)
+            time.sleep(self.rng.uniform(0.5, 2.0))
+
+    def classify_apply(self, rc: int, text: str) -> None:
+        if "Traceback" in text:
+            self.problem("tracebacks", text.strip()[-300:])
+        if rc == -9:
+            self.count("applies_sigkilled")
+        if "rolled back: every GPU has its previous layout" in text:
+            self.count("applies_rolled_back")
+        if "rolled back the interrupted apply" in text:
+            self.count("interrupted_applies_recovered")
+        if "rollback failed" in text or "could not be rolled back" in text:
+            self.problem("applies_not_rolled_back", text.strip()[-300:])
+
+    def monitor(self) -> None:
+        """Every 0.1 s: each command still within its hold must find its MIG UUID on the node."""
+        pos = 0
+        open_: dict[str, tuple[str, float, float]] = {}  # tag -> (uuid, start, hold)
+        while not self.stop.is_set():
+            with open(self.log, encoding="utf-8") as f:
+                f.seek(pos)
+                chunk = f.read()
+            cut = chunk.rfind("\n") + 1
+            pos += len(chunk[:cut].encode())
+            for line in chunk[:cut].splitlines():
+                kind, uuid, t, hold, tag = line.split()
+                if kind == "S":
+                    open_[tag] = (uuid, float(t), float(hold))
+                else:
+                    open_.pop(tag, None)
+            try:
+                st = self.sim_state()
+            except RuntimeError:
+                continue
+            existing = {ci["uuid"] for g in st["gpus"] for gi in g["gis"] for ci in gi["cis"]}
+            now = time.time()
+            for tag, (uuid, start, hold) in list(open_.items()):
+                if now > start + hold - 0.05:
+                    if now > start + hold + 30:
+                        open_.pop(tag)
+                    continue
+                if uuid not in existing:
+                    # confirm against the log (the end line may have been written since we read it)
+                    ended = any(ln.startswith("E ") and ln.endswith(f" {tag}") for ln in self.log.read_text().splitlines())
+                    if not ended:
+                        self.problem("busy_instances_destroyed", f"{tag} on {uuid} (started {start:.2f}, hold {hold})")
+                    open_.pop(tag)
+            time.sleep(0.1)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        t0 = time.time()
+        r = self.migctl("apply", "-f", str(self.cfg), "-c", "mixed", "-q")
+        assert r.returncode == 0, r.stderr
+        r = self.migctl("sim", "client-delay", str(self.args.client_delay))
+        assert r.returncode == 0, r.stderr
+        self.deadline = time.monotonic() + self.args.minutes * 60
+        threads = [threading.Thread(target=self.runner, args=(k,)) for k in range(self.args.runners)]
+        threads += [threading.Thread(target=self.submitter), threading.Thread(target=self.applier)]
+        aux = [threading.Thread(target=self.worker), threading.Thread(target=self.monitor)]
+        for t in threads + aux:
+            t.start()
+        for t in threads:
+            t.join()
+        aux[0].join()  # the worker drains the queue, then stops
+        time.sleep(3.0)  # the longest hold (2.5 s) of a killed wrapper's sleep ends
+        self.stop.set()
+        aux[1].join()
+        self.final_checks()
+        return self.report(time.time() - t0)
+
+    def final_checks(self) -> None:
+        r = self.migctl("recover")
+        self.classify_apply(r.returncode, r.stdout + r.stderr)
+        if r.returncode != 0:
+            self.problem("applies_not_rolled_back", f"final recover: {r.stderr.strip()}")
+        st = self.sim_state()
+        for g in st["gpus"]:
+            for gi in g["gis"]:
+                if not gi["cis"]:
+                    self.problem("orphan_instances", f"GPU {g['index']}: GI {gi['id']} has no compute instance")
+        r = self.migctl("leases", "--json")
+        leases = json.loads(r.stdout or "[]") if r.returncode == 0 else []
+        for x in leases:
+            self.problem("orphan_instances", f"lease left: {x}")
+        journals = list((self.tmp / "state").glob("apply-*.journal.json")) + list((self.tmp / "state").glob("create-*.json"))
+        for j in journals:
+            self.problem("orphan_instances", f"journal left: {j.name}")
+        # double booking: hold intervals per MIG UUID ([start, end], or [start, start+hold] when no end line:
+        # the sleep started after the start line, so the real hold lasted at least that long)
+        starts: dict[str, tuple[str, float, float]] = {}
+        ends: dict[str, float] = {}
+        for line in self.log.read_text().splitlines():
+            kind, uuid, t, hold, tag = line.split()
+            if kind == "S":
+                starts[tag] = (uuid, float(t), float(hold))
+            else:
+                ends[tag] = float(t)
+        by_uuid: dict[str, list[tuple[float, float, str]]] = collections.defaultdict(list)
+        for tag, (uuid, s, hold) in starts.items():
+            by_uuid[uuid].append((s, ends.get(tag, s + hold), tag))
+        for uuid, ivs in by_uuid.items():
+            ivs.sort()
+            s1, e1, t1 = ivs[0]
+            for s2, e2, t2 in ivs[1:]:
+                if s2 < e1:
+                    self.problem("double_booked_devices", f"{uuid}: {t1} [{s1:.3f}, {e1:.3f}] and {t2} [{s2:.3f}, {e2:.3f}]")
+                if e2 > e1:
+                    s1, e1, t1 = s2, e2, t2
+        self.count("commands_started", len(starts))
+        self.count("commands_without_end_line", len(set(starts) - set(ends)))
+        self.count("mig_uuids_used", len(by_uuid))
+
+    def report(self, seconds: float) -> dict[str, Any]:
+        keys = ("double_booked_devices", "busy_instances_destroyed", "applies_not_rolled_back", "orphan_instances",
+                "runs_exit_2", "tracebacks")
+        return {
+            "command": f"nice -n 10 python benchmarks/soak/soak.py --minutes {self.args.minutes:g} --spec {self.args.spec} "
+                       f"--runners {self.args.runners} --client-delay {self.args.client_delay:g} --seed {self.args.seed}",
+            "spec": self.args.spec, "minutes": self.args.minutes, "seconds": round(seconds, 1),
+            "client_delay_s": self.args.client_delay, "runners": self.args.runners, "seed": self.args.seed,
+            "results": {k: len(self.problems.get(k, [])) for k in keys},
+            "examples": {k: v[:5] for k, v in self.problems.items()},
+            "activity": dict(sorted(self.counts.items())),
+        }
+
+
+def write_results(res: dict[str, Any], out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    r, a = res["results"], res["activity"]
+    lines = [
+        "# Soak: runs, queued jobs, worker and applies with SIGKILLs (issue 9)",
+        "",
+        f"Command: `{res['command']}` ({res['seconds']} s wall, simulated {res['spec']}, clients appear in NVML "
+        f"{res['client_delay_s']:g} s after they start).",
+        "",
+        "| must be 0 | count |",
+        "|---|---:|",
+        *[f"| {k.replace('_', ' ')} | {v} |" for k, v in r.items()],
+        "",
+        "| activity | count |",
+        "|---|---:|",
+        *[f"| {k.replace('_', ' ')} | {v} |" for k, v in a.items()],
+        "",
+        "Exit codes: run 0 = command succeeded, 75 = no device within `--wait 20` (or the node lock stayed held),",
+        "137/-9 = SIGKILLed by the soak or by the crash hook; apply 0 = applied, 3 = busy after `--wait 2`,",
+        "5 = injected failure rolled back, -9 = killed at an operation (recovered by the next apply).",
+    ]
+    if res["examples"]:
+        lines += ["", "Examples of problems:", ""] + [f"* {k}: {v}" for k, vs in res["examples"].items() for v in vs]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--spec", default="2xA30")
+    ap.add_argument("--runners", type=int, default=4)
+    ap.add_argument("--client-delay", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=9)
+    ap.add_argument("--out", type=Path, default=HERE)
+    args = ap.parse_args()
+    if not 0 < args.minutes <= 30:
+        ap.error("--minutes must be in (0, 30]")
+    import faulthandler
+
+    faulthandler.dump_traceback_later(args.minutes * 60 + 240, exit=True)  # bounded: never hang
+    res = Soak(args).run()
+    write_results(res, args.out)
+    print(json.dumps(res["results"]))
+    return 0 if not any(res["results"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
