@@ -84,7 +84,7 @@ def run_batch(queue: JobQueue, specs: list[dict[str, Any]], on_finish: Any = Non
     """Queue ``specs`` atomically, run a worker (or wait for the running one) until all of them ended."""
     worker = Worker(queue, poll=poll)
     for s in specs:  # fail before queueing anything if a job can never fit
-        worker.leases.check_satisfiable(s["req"])
+        worker.leases.check_satisfiable_locked(s["req"])  # on a settled layout; left to the worker during an apply
     ids = queue.submit_many(specs, batch=uuid.uuid4().hex[:12])
     reported: set[int] = set()
     owns = worker.acquire(block=False)
