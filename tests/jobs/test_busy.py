@@ -236,3 +236,22 @@ def test_force_refuses_pids_of_another_pid_namespace(a30: SimEnv) -> None:
     assert r.returncode == 3, r.stdout + r.stderr
     assert "cannot see in its own PID namespace" in r.stderr and "PID 1 (process) belongs to PID namespace" in r.stderr
     assert [d.uuid for d in a30.node().gpu(0).mig_devices()] == [uuid]
+
+
+def test_instances_of_a_killed_apply_are_never_leased(a30: SimEnv) -> None:
+    """An apply SIGKILLed after creating new instances: the next run rolls it back (under the node lock)
+    before leasing, so it never leases the dead apply's instances, and `recover` has nothing left to do."""
+    cfg = _config(a30)
+    assert a30.migctl("apply", "-f", str(cfg), "-c", "two", "-q").returncode == 0
+    n = a30.node()
+    # 2 CIs + 2 GIs destroyed (4 ops), two 1g.6gb GI+CI created (8), SIGKILL at the 9th operation
+    env = {**a30.env, "MIGCTL_SIM_CRASH_AT": str(n.sim.op_count() + 9)}
+    r = subprocess.run([sys.executable, "-m", "migctl.cli.main", "apply", "-f", str(cfg), "-c", "small", "-q"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == -9
+    assert [d.profile_name for d in n.gpu(0).mig_devices()] == ["1g.6gb", "1g.6gb"]  # the dead apply's
+    r = a30.migctl("run", "--profile", "1g.6gb", "--no-create", "--no-wait", "--", "true")
+    assert r.returncode == 75, r.stdout + r.stderr  # rolled back first: no 1g.6gb device is left to lease
+    assert sorted(d.profile_name for d in n.gpu(0).mig_devices()) == ["2g.12gb", "2g.12gb"]
+    r = a30.migctl("recover")
+    assert r.returncode == 0 and "nothing to recover" in r.stdout, r.stdout + r.stderr

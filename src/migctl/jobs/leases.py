@@ -89,6 +89,20 @@ class Lease:
                 "pgid": self.pgid}
 
 
+def _lock_wait(default: float) -> float:
+    """``$MIGCTL_LOCK_WAIT`` (seconds, 0..3600) or ``default``."""
+    text = os.environ.get("MIGCTL_LOCK_WAIT")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise JobsError(f"MIGCTL_LOCK_WAIT={text!r} is not a number of seconds in 0..3600")
+    return value
+
+
 def _plain(name: str) -> bool:
     """A profile without media-engine/graphics variants (``1g.10gb``, not ``1g.10gb+me`` or ``1g.10gb-me``)."""
     return "+" not in name and not name.endswith("-me")
@@ -280,7 +294,8 @@ class LeaseManager:
             self._settled_check(req)
         try:
             recover_creates(self.node)
-            gpus = self._gpus(req)
+            frozen = self._recover_apply()
+            gpus = [g for g in self._gpus(req) if g.index not in frozen]
             devices = self._devices(gpus)
             view = busy_view(self.node, leases=False, gpus=gpus)
         except Exception as e:  # noqa: BLE001
@@ -305,6 +320,25 @@ class LeaseManager:
             return None
         with immediate(self.conn) as c:
             return self._insert(c, d, pid, start, True, job_id, owner)
+
+    def _recover_apply(self) -> set[int]:
+        """An apply that died mid-way left its journal: roll it back now (we hold the node lock), before any
+        instance it created can be leased. If that fails, the GPUs of that apply are not leased from at all
+        (so a later ``recover`` can still restore them); returns their indices."""
+        from migctl.paths import node_slug, state_dir
+
+        if not (state_dir() / f"apply-{node_slug(self.node)}.journal.json").exists():
+            return set()
+        from migctl.errors import UserError
+        from migctl.reconcile.engine import recover
+        from migctl.reconcile.journal import Journal
+
+        journal = Journal(self.node)
+        try:
+            recover(self.node, journal=journal)
+            return set()
+        except UserError:
+            return {int(k) for k in (journal.data.get("old") or {})}
 
     def _fitting(self, req: Request, devices: list[Any]) -> list[Any]:
         return sorted((d for d in devices if self._fits_device(req, d)),
@@ -340,7 +374,7 @@ class LeaseManager:
         """
         start = time.monotonic()
         deadline = None if wait is None else start + max(wait, 0.0)
-        lock_deadline = start + float(os.environ.get("MIGCTL_LOCK_WAIT") or self.NO_WAIT_LOCK)
+        lock_deadline = start + _lock_wait(self.NO_WAIT_LOCK)
         delay, told, checked = 0.02, False, False
         while True:
             now = time.monotonic()
