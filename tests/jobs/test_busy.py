@@ -252,6 +252,7 @@ def test_instances_of_a_killed_apply_are_never_leased(a30: SimEnv) -> None:
     assert [d.profile_name for d in n.gpu(0).mig_devices()] == ["1g.6gb", "1g.6gb"]  # the dead apply's
     r = a30.migctl("run", "--profile", "1g.6gb", "--no-create", "--no-wait", "--", "true")
     assert r.returncode == 75, r.stdout + r.stderr  # rolled back first: no 1g.6gb device is left to lease
+    assert "migctl: note: rolled back the interrupted apply of 'small'" in r.stderr
     assert sorted(d.profile_name for d in n.gpu(0).mig_devices()) == ["2g.12gb", "2g.12gb"]
     r = a30.migctl("recover")
     assert r.returncode == 0 and "nothing to recover" in r.stdout, r.stdout + r.stderr

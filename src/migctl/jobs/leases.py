@@ -335,7 +335,11 @@ class LeaseManager:
 
         journal = Journal(self.node)
         try:
-            recover(self.node, journal=journal)
+            msg = recover(self.node, journal=journal)
+            if msg:
+                import sys
+
+                sys.stderr.write(f"migctl: note: {msg}\n")
             return set()
         except UserError:
             return {int(k) for k in (journal.data.get("old") or {})}
