@@ -104,12 +104,12 @@ def test_sigkill_of_a_queued_jobs_wrapper_keeps_its_device_until_the_command_end
     (uuid,) = a30.layout(0, ["4g.24gb"])  # the only device, no room for another
     log = a30.tmp / "ev.log"
     body = 'echo "start {n} $(date +%s.%N)" >> {log}; sleep {t}; echo "end {n} $(date +%s.%N)" >> {log}'
-    a = a30.migctl("submit", "--", "sh", "-c", body.format(n="A", log=log, t=4))
+    a = a30.migctl("submit", "--", "sh", "-c", body.format(n="A", log=log, t=6))
     assert a.returncode == 0, a.stderr
     w = a30.popen("worker")
     try:
         ja = int(a.stdout)
-        pid = wait_for(lambda: _job(a30, ja)["pid"], what="job A to run")
+        pid = wait_for(lambda: _child_pid(ja), what="job A to run")
         wait_for(lambda: log.exists() and "start A" in log.read_text(), what="A's command to start")
         os.kill(pid, signal.SIGKILL)  # the wrapper, which held the lease; its command runs on
         b = a30.migctl("submit", "--", "sh", "-c", body.format(n="B", log=log, t=0))
@@ -121,6 +121,15 @@ def test_sigkill_of_a_queued_jobs_wrapper_keeps_its_device_until_the_command_end
     finally:
         w.send_signal(signal.SIGTERM)
         w.wait(timeout=20)
+
+
+def _child_pid(jid: int) -> int | None:
+    conn = sqlite3.connect(db_path(), timeout=10)
+    try:
+        row = conn.execute("SELECT child_pid FROM jobs WHERE id=? AND state='running'", (jid,)).fetchone()
+    finally:
+        conn.close()
+    return int(row[0]) if row and row[0] else None
 
 
 def _job(env: SimEnv, jid: int) -> dict:
@@ -150,7 +159,7 @@ def test_node_lock_is_never_awaited_inside_a_sqlite_write_transaction(a30: SimEn
     SQLite write lock; a run whose wait ends names the lock holder in one line."""
     a30.layout(0, ["1g.6gb"])
     cfg = _config(a30)
-    hooks = _slow_hooks(a30, 10, hook="apply-start")
+    hooks = _slow_hooks(a30, 15, hook="apply-start")
     ap = a30.popen("apply", "-f", str(cfg), "-c", "small", "-k", str(hooks), "-q")
     wait_for(lambda: any(Path(a30.env["MIGCTL_STATE_DIR"]).glob("apply-*.lock.owner")), what="apply to lock")
     run = a30.popen("run", "--wait", "30", "--", "true")
