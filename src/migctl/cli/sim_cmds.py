@@ -139,6 +139,7 @@ def add_client_cmd(
 def client_delay_cmd(
     ctx: typer.Context,
     seconds: Annotated[float, typer.Argument(help="Seconds before a new client appears in NVML (0: at once).")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Delayed registration, as on a real GPU: a client appears in NVML only after its first CUDA call."""
     import math
@@ -147,6 +148,9 @@ def client_delay_cmd(
         fail(f"client delay {seconds!r} is out of range; valid: 0..3600 seconds")
     _, sn = _sim_node(ctx)
     sn.set_client_delay(seconds)
+    if as_json:
+        emit_json({"client_delay_s": seconds})
+        return
     out(f"clients added from now on appear in NVML {seconds:g}s after they are registered")
 
 
