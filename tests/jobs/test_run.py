@@ -158,7 +158,7 @@ def test_unsatisfiable_requests_fail_at_once(a30: SimEnv) -> None:
 
 def test_wait_then_run_when_device_frees(a30: SimEnv) -> None:
     a30.layout(0, ["4g.24gb"])
-    holder = a30.popen("run", "--", "sh", "-c", "echo up; sleep 1")
+    holder = a30.popen("run", "--", "sh", "-c", "echo up; sleep 3")
     assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
     t = time.monotonic()
     r = a30.migctl("run", "--wait", "20", "--", "true")
