@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:
         share: Optional[int] = typer.Option(None, "--share", help="Clients per device: MPS gets 1/N of threads and memory; time-slicing at most N."),
         threads: Optional[int] = typer.Option(None, "--threads", help="MPS active thread percentage (1-100), instead of --share."),
         mps_mem: Optional[str] = typer.Option(None, "--mps-mem", help="MPS pinned memory limit, e.g. 4GiB, instead of --share."),
+        reshape: bool = typer.Option(False, "--reshape", help="If nothing fits, destroy the fewest idle instances on one GPU to make room (transactional apply; busy and leased ones are never touched)."),
     ) -> None:
         """Lease a free MIG device that fits and run CMD on it with CUDA_VISIBLE_DEVICES=MIG-<uuid>.
 
@@ -85,6 +86,12 @@ def register(app: typer.Typer) -> None:
             fail("--share, --threads and --mps-mem need --isolation soft (MPS) or none (time-slicing)")
         if share is not None and (threads is not None or mps_mem is not None):
             fail("give --share N, or --threads/--mps-mem, not both")
+        if reshape and isolation == "hard" and req.create:
+            from migctl.jobs.reshape import reshape_if_needed
+
+            note = reshape_if_needed(node(ctx), req)
+            if note and log:
+                log(note)
         if isolation != "hard":
             from migctl.jobs import parse_mem
             from migctl.jobs.shared import run_shared
