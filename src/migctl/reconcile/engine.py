@@ -257,6 +257,8 @@ def apply_config(
     progress: Progress | None = None,
     lock_timeout: float | None = None,
     on_plan: Callable[[NodePlan], None] | None = None,
+    skip_reset: bool = False,
+    mode_only: bool = False,
 ) -> ApplyResult:
     """Apply config ``label`` to the node, transactionally (see module docstring).
 
@@ -268,10 +270,13 @@ def apply_config(
     cfg.entries_for(label)  # unknown label: fail before taking the lock
 
     def resolver(live: list[LiveGpu]) -> dict[int, Desired]:
+        if mode_only:  # only mig-enabled matters: profiles this hardware lacks do not stop a mode change
+            return config_modes(cfg, label, live)
         return cfg.resolve(label, live)  # type: ignore[arg-type]
 
     return apply_desired(resolver, label, str(cfg.file), node=node, dry_run=dry_run, force=force, wait=wait,
-                         hooks=hooks, progress=progress, lock_timeout=lock_timeout, on_plan=on_plan)
+                         hooks=hooks, progress=progress, lock_timeout=lock_timeout, on_plan=on_plan,
+                         skip_reset=skip_reset, mode_only=mode_only)
 
 
 def apply_desired(
@@ -286,18 +291,31 @@ def apply_desired(
     progress: Progress | None = None,
     lock_timeout: float | None = None,
     on_plan: Callable[[NodePlan], None] | None = None,
+    skip_reset: bool = False,
+    mode_only: bool = False,
 ) -> ApplyResult:
-    """The transactional engine behind apply and restore: ``resolver(live)`` gives the desired states."""
+    """The transactional engine behind apply and restore: ``resolver(live)`` gives the desired states.
+
+    mig-parted's ``--mode-only``: only GPUs whose MIG mode differs change (their instances go, the mode is
+    set); ``--skip-reset``: no GPU reset, a mode change the driver leaves pending stays pending (the caller
+    reboots).
+    """
     import pynvml
 
     from migctl.device import open_node
 
     hk = load_hooks(hooks)
     node = node or open_node()
+    if mode_only:
+        resolver = mode_only_resolver(resolver)
 
     def build() -> tuple[list[LiveGpu], NodePlan]:
         live = read_node(node)
-        return live, plan_node(live, resolver(live), label, force)
+        plan = plan_node(live, resolver(live), label, force)
+        if skip_reset:
+            for g in plan.gpus:
+                g.ops = [op for op in g.ops if op["op"] != "reset"]
+        return live, plan
 
     if dry_run:
         journal = Journal(node)
@@ -332,8 +350,8 @@ def apply_desired(
                     raise BusyError(_busy_message(plan), plan)
         env = {
             "MIG_PARTED_CONFIG_FILE": source, "MIG_PARTED_SELECTED_CONFIG": label,
-            "MIG_PARTED_HOOKS_FILE": hk.file if hk else "", "MIG_PARTED_SKIP_RESET": "false",
-            "MIG_PARTED_MODE_ONLY": "false", "MIG_PARTED_DEBUG": "false",
+            "MIG_PARTED_HOOKS_FILE": hk.file if hk else "", "MIG_PARTED_SKIP_RESET": str(skip_reset).lower(),
+            "MIG_PARTED_MODE_CHANGE_ONLY": str(mode_only).lower(), "MIG_PARTED_DEBUG": "false",
         }
 
         def hook(name: str) -> None:
@@ -350,7 +368,8 @@ def apply_desired(
                 try:
                     result.ops_done = _execute(node, ops, journal, "forward", progress, hooks_at=hook)
                     bad = [g.index for g in read_node(node) if g.index in target
-                           and not layout_matches(g, target[g.index])]
+                           and not layout_matches(g, target[g.index])
+                           and not (skip_reset and _pending_as_planned(g, target[g.index]))]
                     if bad:
                         raise UserError(f"after the apply GPUs {bad} do not show the planned layout")
                 except (pynvml.NVMLError, UserError, HookError, OSError, RuntimeError) as e:
@@ -376,6 +395,47 @@ def apply_desired(
             except HookError as e:
                 if result.error is None:
                     raise ApplyFailed(f"{e} (the apply itself succeeded)", result) from None
+
+
+def mode_only_resolver(resolver: Resolver) -> Resolver:
+    """mig-parted's ``--mode-only``: GPUs whose current MIG mode differs get the mode with no instances;
+    the others are left alone."""
+
+    def only_mode(live: list[LiveGpu]) -> dict[int, Desired]:
+        by_index = {g.index: g for g in live}
+        out: dict[int, Desired] = {}
+        for i, d in resolver(live).items():
+            g = by_index.get(i)
+            if g is not None and (not g.mig_capable or g.mig_current != d.mig_enabled):
+                out[i] = Desired(i, d.mig_enabled, (), d.source)
+        return out
+
+    return only_mode
+
+
+def config_modes(cfg: MigConfig, label: str, live: list[LiveGpu]) -> dict[int, Desired]:
+    """Only the MIG mode config ``label`` asks of each matched GPU (the last matching entry wins, as in
+    mig-parted). A GPU without MIG is skipped unless an entry naming it by index asks for MIG."""
+    from migctl.config import ConfigError
+
+    out: dict[int, Desired] = {}
+    for g in live:
+        for e in cfg.entries_for(label):
+            if not e.matches(g):  # type: ignore[arg-type]
+                continue
+            enabled = bool(e.raw.mig_enabled)
+            if not g.mig_capable:
+                if enabled and e.devices != "all":
+                    raise ConfigError(f"{e.where}: GPU {g.index} ({g.name}) is not MIG-capable")
+                continue
+            out[g.index] = Desired(g.index, enabled, (), e.where)
+    return out
+
+
+def _pending_as_planned(live: LiveGpu, target: dict[str, Any]) -> bool:
+    """With --skip-reset: the GPU's mode change is set but pending (no reset), and nothing else was planned."""
+    return (live.mig_pending != live.mig_current and live.mig_pending == bool(target.get("mig"))
+            and not target.get("gis") and not live.gis)
 
 
 def _fail_text(e: BaseException, ops: list[dict[str, Any]], journal: Journal) -> str:

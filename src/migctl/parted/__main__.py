@@ -1,0 +1,5 @@
+"""``python -m migctl.parted`` is ``nvidia-mig-parted``."""
+
+from migctl.parted.cli import run
+
+run()
