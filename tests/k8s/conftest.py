@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,17 @@ def client() -> Iterator[Callable[[float], subprocess.Popen]]:
         if p.poll() is None:
             p.kill()
         p.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Any]:
+    """A started stand-in API server holding the operator's default ConfigMap."""
+    from tests.k8s.apiserver import ApiServer
+    from tests.k8s.cluster import CM, NS, operator_config
+
+    s = ApiServer().start()
+    s.put("configmaps", {"metadata": {"name": CM, "namespace": NS}, "data": {"config.yaml": operator_config()}})
+    yield s
+    s.stop()
+
+

@@ -1,4 +1,5 @@
-"""``migctl k8s export``: the GPU Operator ConfigMap, the node label, and the mixed-strategy resources."""
+"""``migctl k8s export|agent|manifests|plan``: GPU Operator ConfigMap and labels, the node agent, its manifests,
+and fleet planning onto nodes (docs/kubernetes.md)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,69 @@ def export_cmd(
     if output != "yaml":
         fail(f"unknown output format {output!r} (valid: yaml, json)")
     sys.stdout.write(k8s.render(text, label, node_name, layouts, name, namespace))
+
+
+@k8s_app.command("agent")
+def agent_cmd(
+    node_name: str = typer.Option(..., "--node", envvar="NODE_NAME", help="This node's name (the DaemonSet passes spec.nodeName)."),
+    namespace: str = typer.Option("gpu-operator", "--namespace", "-n", help="Namespace of the ConfigMap."),
+    configmap: str = typer.Option("migctl-mig-parted-config", "--configmap", help="ConfigMap holding the mig-parted configs."),
+    key: str = typer.Option("config.yaml", "--key", help="Key of the config in the ConfigMap."),
+    kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: in-cluster config, else $KUBECONFIG)."),
+    evict: bool = typer.Option(False, "--evict", help="Evict pods holding MIG devices that must go (PodDisruptionBudgets apply)."),
+    cdi_dir: str | None = typer.Option(None, "--cdi-dir", help="Write a CDI spec of the MIG devices here after each change."),
+    operand_timeout: float = typer.Option(300, "--operand-timeout", help="Seconds to wait for paused operand pods to go."),
+    resync: float = typer.Option(30, "--resync", help="Seconds between reconciles when nothing changes."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Log each step on stderr."),
+) -> None:
+    """Run the node agent: reconcile nvidia.com/mig.config with migctl's engine (one per GPU node)."""
+    import logging
+    import signal
+
+    from migctl.integrations.k8s_agent import Agent, AgentOptions, api_from_config
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    if operand_timeout < 0 or resync <= 0:
+        fail("--operand-timeout must be >= 0 and --resync > 0")
+    opts = AgentOptions(node=node_name, namespace=namespace, configmap=configmap, key=key, evict=evict,
+                        cdi_dir=cdi_dir, operand_timeout=operand_timeout, resync=resync)
+    agent = Agent(api_from_config(kubeconfig), opts)
+
+    def stop(signum: int, frame: object) -> None:
+        agent.stop.set()
+        agent.wake.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    agent.run()
+
+
+@k8s_app.command("manifests")
+def manifests_cmd(
+    namespace: str = typer.Option("gpu-operator", "--namespace", "-n"),
+    image: str = typer.Option("migctl:latest", "--image", help="Container image with migctl installed."),
+    configmap: str = typer.Option("migctl-mig-parted-config", "--configmap"),
+    file: Path | None = typer.Option(None, "-f", "--file", help="mig-parted config to ship in the ConfigMap (validated)."),
+    evict: bool = typer.Option(False, "--evict", help="Let the agent evict pods (adds pods/eviction create to RBAC)."),
+    cdi: bool = typer.Option(False, "--cdi", help="Mount /var/run/cdi and write a CDI spec."),
+) -> None:
+    """Print the agent's ServiceAccount, least-privilege RBAC, ConfigMap and DaemonSet (kubectl apply -f -)."""
+    from migctl.integrations.k8s_manifests import manifests, render
+
+    text = None
+    if file is not None:
+        from migctl.config import load_config, parse_yaml
+        from migctl.config.loader import read_text
+
+        load_config(file)
+        text = _yaml_text(parse_yaml(read_text(file), str(file)).data)
+    sys.stdout.write(render(manifests(namespace, image, configmap, text, evict=evict, cdi=cdi)))
+
+
+def _yaml_text(data: object) -> str:
+    from migctl.reconcile.roundtrip import to_yaml
+
+    return to_yaml(data)  # type: ignore[arg-type]
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,63 @@
+"""`migctl k8s manifests`: valid against the Kubernetes schemas (offline, kubernetes-validate, strict) and
+least privilege."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from tests.k8s.conftest import COMPAT
+
+
+def _docs(*args: str) -> list[dict]:
+    from typer.testing import CliRunner
+
+    from migctl.cli.main import app
+
+    r = CliRunner().invoke(app, ["k8s", "manifests", *args])
+    assert r.exit_code == 0, r.output
+    return [d for d in yaml.safe_load_all(r.output) if d]
+
+
+@pytest.mark.parametrize("args", [[], ["--evict", "--cdi", "-n", "kube-system", "--image", "reg.example/migctl:0.1"],
+                                  ["-f", str(COMPAT / "gpu-operator_default-mig-parted-config.yaml")]])
+def test_manifests_validate_against_the_kubernetes_schemas(args) -> None:
+    import kubernetes_validate
+
+    docs = _docs(*args)
+    kinds = [d["kind"] for d in docs]
+    assert kinds[:5] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+    assert kinds[-1] == "DaemonSet" and ("ConfigMap" in kinds) == ("-f" in args)
+    for d in docs:
+        kubernetes_validate.validate(d, "1.30", strict=True)  # raises ValidationError on any unknown/wrong field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        bad = dict(docs[-1], spec={**docs[-1]["spec"], "replicas": 3})  # a DaemonSet has no replicas
+        kubernetes_validate.validate(bad, "1.30", strict=True)
+
+
+def test_rbac_is_least_privilege() -> None:
+    docs = {d["kind"]: d for d in _docs()}
+    rules = {(tuple(r["resources"]), tuple(r["verbs"])) for r in docs["ClusterRole"]["rules"]}
+    assert rules == {(("nodes",), ("get", "watch", "patch")), (("pods",), ("list",)), (("events",), ("create",))}
+    role = docs["Role"]["rules"]
+    assert role == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["migctl-mig-parted-config"],
+                     "verbs": ["get", "watch"]}]
+    evict = {d["kind"]: d for d in _docs("--evict")}["ClusterRole"]["rules"]
+    assert {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]} in evict
+    ds = docs["DaemonSet"]["spec"]["template"]["spec"]
+    c = ds["containers"][0]
+    assert c["args"][:4] == ["k8s", "agent", "--node", "$(NODE_NAME)"] and "--evict" not in c["args"]
+    assert ds["serviceAccountName"] == "migctl-mig-agent" and ds["hostPID"] is True
+
+
+def test_manifests_configmap_is_the_validated_config(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from migctl.cli.main import main
+
+    docs = {d["kind"]: d for d in _docs("-f", str(COMPAT / "examples_config.yaml"))}
+    cfg = yaml.safe_load(docs["ConfigMap"]["data"]["config.yaml"])
+    assert "all-balanced" in cfg["mig-configs"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: v1\nmig-configs:\n  x:\n    - devices: all\n      mig-enabled: maybe\n")
+    assert main(["k8s", "manifests", "-f", str(bad)]) == 2
+    assert CliRunner  # imported for the other tests' runner
