@@ -197,6 +197,7 @@ def test_bad_label_fails_with_event_and_operands_untouched(server, agent) -> Non
     wait_for(lambda: labels(server, "n1").get(STATE) == "success")
     server.patch_labels("n1", {CONFIG: "all-9g.999gb"})
     wait_for(lambda: labels(server, "n1").get(STATE) == "failed")
+    wait_for(lambda: any(r == "MigConfigFailed" for r, _ in events(server, "n1")), what="Event")
     msg = next(m for r, m in events(server, "n1") if r == "MigConfigFailed")
     assert "all-9g.999gb" in msg and "valid: all-disabled, all-enabled" in msg
     # a label this hardware cannot take (A100 profiles on H100) fails the same way, before pausing anything

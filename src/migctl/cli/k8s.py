@@ -117,6 +117,48 @@ def manifests_cmd(
     sys.stdout.write(render(manifests(namespace, image, configmap, text, evict=evict, cdi=cdi)))
 
 
+@k8s_app.command("plan")
+def plan_cmd(
+    file: Path = typer.Argument(..., help="Planning request (YAML workloads, as for `migctl plan`; its fleet is ignored)."),
+    kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: in-cluster, else $KUBECONFIG)."),
+    namespace: str = typer.Option("gpu-operator", "--namespace", "-n", help="Namespace of the ConfigMap."),
+    configmap: str = typer.Option("migctl-mig-parted-config", "--configmap", help="ConfigMap the agents read."),
+    selector: str | None = typer.Option(None, "--selector", "-l", help="Only nodes matching this label selector."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; write nothing."),
+    time_limit: float | None = typer.Option(None, "--time-limit", help="Solver time limit in seconds."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Plan layouts for FILE's workloads onto the nodes (incrementally: busy instances stay), write one config
+    per changed node into the ConfigMap and set those nodes' nvidia.com/mig.config."""
+    import yaml
+
+    from migctl.integrations.k8s_agent import api_from_config
+    from migctl.integrations.k8s_plan import plan_fleet, write_plan
+
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        fail(f"cannot read {file}: {e.strerror}")
+    except yaml.YAMLError as e:
+        fail(f"{file}: not YAML ({str(e).splitlines()[0]})")
+    if not isinstance(data, dict):
+        fail(f"{file}: expected a mapping with 'workloads'")
+    if time_limit is not None and time_limit <= 0:
+        fail("--time-limit must be > 0")
+    api = api_from_config(kubeconfig)
+    fp = plan_fleet(api, data, base_dir=file.parent, selector=selector, time_limit=time_limit)
+    if not dry_run:
+        write_plan(api, fp, namespace, configmap)
+    if as_json:
+        emit_json({"dry_run": dry_run, "changed": [{"node": c.node, "label": c.label, "previous": c.old_label,
+                                                   "config": c.entries, "diff": c.diff} for c in fp.changes],
+                   "unchanged": fp.unchanged, "skipped": fp.skipped, "plan": fp.plan.to_dict()})
+        return
+    print(fp.render())
+    print("dry run: nothing written" if dry_run else
+          f"wrote {len(fp.changes)} config(s) to ConfigMap {namespace}/{configmap} and labelled those nodes")
+
+
 def _yaml_text(data: object) -> str:
     from migctl.reconcile.roundtrip import to_yaml
 

@@ -329,6 +329,7 @@ class Agent:
     _pausing = False
     _recovered: str | None = None
     _cfg_cache: tuple[str, Any] | None = None
+    _annotation: str | None = None
 
     def _reconcile(self, label: str | None, text: str | None) -> bool:
         from migctl.config import ConfigError, load_config
@@ -527,8 +528,21 @@ class Agent:
         self._restore_operands()
 
     def _publish(self, live: list[Any]) -> None:
-        patch = L.gfd_patch(self.snap.labels, live)
-        self.patch_labels(patch)
+        """GFD-style labels and the layout annotation `migctl k8s plan` reads (one merge patch, only changes)."""
+        from migctl.integrations.k8s_plan import LAYOUT_ANNOTATION, layout_annotation
+
+        meta: dict[str, Any] = {}
+        labels = L.gfd_patch(self.snap.labels, live)
+        if labels:
+            meta["labels"] = labels
+        ann = layout_annotation(live)
+        if ann != self._annotation:
+            meta["annotations"] = {LAYOUT_ANNOTATION: ann}
+        if not meta:
+            return
+        obj = self._call(self.api.patch_node, self.opts.node, {"metadata": meta}, _content_type=MERGE)
+        self._annotation = ann
+        self._set_labels(obj.metadata.labels or {}, obj.metadata.resource_version)
 
     def _write_cdi(self) -> None:
         import tempfile
