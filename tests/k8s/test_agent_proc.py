@@ -88,10 +88,10 @@ def test_fifty_nodes_fifty_agent_processes(server, tmp_path) -> None:
             return all(labels(server, f"node{i}").get(STATE) == "success"
                        and labels(server, f"node{i}").get(key) == value for i in range(n))
 
-        wait_for(lambda: done("nvidia.com/mig-3g.20gb.count", "1"), timeout=45, what="50 nodes all-balanced")
+        wait_for(lambda: done("nvidia.com/mig-3g.20gb.count", "1"), timeout=90, what="50 nodes all-balanced")
         for i in range(n):
             server.patch_labels(f"node{i}", {CONFIG: "all-1g.5gb"})
-        wait_for(lambda: done("nvidia.com/mig-1g.5gb.count", "7"), timeout=45, what="50 nodes relabelled")
+        wait_for(lambda: done("nvidia.com/mig-1g.5gb.count", "7"), timeout=90, what="50 nodes relabelled")
     finally:
         launcher.send_signal(signal.SIGTERM)
         _, err = launcher.communicate(timeout=60)
