@@ -279,3 +279,45 @@ def test_configmap_change_is_reapplied_and_cdi_spec_written(server, agent, tmp_p
     names = {d["name"] for d in spec["devices"]}
     live_uuids = {c.uuid for g in _live() for x in g.gis for c in x.cis}
     assert live_uuids <= names and {"0:0", "0:1", "1:0", "1:1"} <= names and len(names) == 8
+
+
+def test_mode_change_blocked_by_a_host_process_reboots_then_succeeds_or_fails(server, agent, client, tmp_path) -> None:
+    """With --reboot-command, a MIG mode change blocked by a process that is no pod's sets `rebooting` and runs
+    the command; after the "reboot" (the process gone) the agent applies; if the mode change is still blocked
+    after rebooting, `failed` (the MIG manager's "did not take effect after rebooting")."""
+    import migctl.sim as sim
+
+    spec = "1xA100-40GB"
+    sim.install(spec, state_path=None)
+    os.environ["MIGCTL_SIM"] = spec
+    marker = tmp_path / "rebooted"
+    p = client(120)
+    assert sim.active().add_client(0, p.pid) == 0  # a host daemon on the whole GPU
+    add_node(server, "n1", "all-1g.5gb")
+    reboot = ["sh", "-c", f"echo reboot >> {marker}"]
+    a = agent("n1", spec, fresh=False, reboot_command=reboot)
+    wait_for(lambda: labels(server, "n1").get(STATE) == "rebooting", what="rebooting")
+    wait_for(lambda: marker.exists())
+    a.stop()
+    # still blocked after the reboot: failed, operands never paused, no second reboot
+    a = agent("n1", spec, fresh=False, reboot_command=reboot)
+    wait_for(lambda: labels(server, "n1").get(STATE) == "failed", what="failed after reboot")
+    time.sleep(2.5)  # two more resync passes: it stays failed and does not reboot again
+    a.stop()
+    assert marker.read_text().count("reboot") == 1
+    assert "did not take effect after rebooting" in [m for r, m in events(server, "n1") if r == "MigConfigFailed"][-1]
+    # a reboot that clears the host process: the next attempt applies
+    server.patch_labels("n1", {CONFIG: "all-disabled"})
+    a = agent("n1", spec, fresh=False, reboot_command=reboot)
+    wait_for(lambda: labels(server, "n1").get(STATE) == "success")
+    server.patch_labels("n1", {CONFIG: "all-1g.5gb"})
+    wait_for(lambda: labels(server, "n1").get(STATE) == "rebooting")
+    a.stop()
+    p.kill()
+    p.wait()
+    a = agent("n1", spec, fresh=False, reboot_command=reboot)
+    wait_for(lambda: labels(server, "n1").get("nvidia.com/mig-1g.5gb.count") == "7" and labels(server, "n1").get(STATE) == "success")
+    a.stop()
+    assert server.label_sequence("n1", STATE) == [None, "pending", "rebooting", "pending", "failed", "success",
+                                                  "pending", "rebooting", "pending", "success"]
+    assert server.label_sequence("n1", DP)[-1] == "true"

@@ -71,10 +71,12 @@ def agent_cmd(
     cdi_dir: str | None = typer.Option(None, "--cdi-dir", help="Write a CDI spec of the MIG devices here after each change."),
     operand_timeout: float = typer.Option(300, "--operand-timeout", help="Seconds to wait for paused operand pods to go."),
     resync: float = typer.Option(30, "--resync", help="Seconds between reconciles when nothing changes."),
+    reboot_command: str | None = typer.Option(None, "--reboot-command", help="Reboot this way when a MIG mode change is blocked by host processes (e.g. 'chroot /host reboot'); state 'rebooting'."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log each step on stderr."),
 ) -> None:
     """Run the node agent: reconcile nvidia.com/mig.config with migctl's engine (one per GPU node)."""
     import logging
+    import shlex
     import signal
 
     from migctl.integrations.k8s_agent import Agent, AgentOptions, api_from_config
@@ -83,7 +85,8 @@ def agent_cmd(
     if operand_timeout < 0 or resync <= 0:
         fail("--operand-timeout must be >= 0 and --resync > 0")
     opts = AgentOptions(node=node_name, namespace=namespace, configmap=configmap, key=key, evict=evict,
-                        cdi_dir=cdi_dir, operand_timeout=operand_timeout, resync=resync)
+                        cdi_dir=cdi_dir, operand_timeout=operand_timeout, resync=resync,
+                        reboot_command=shlex.split(reboot_command) if reboot_command else None)
     agent = Agent(api_from_config(kubeconfig), opts)
 
     def stop(signum: int, frame: object) -> None:

@@ -53,6 +53,7 @@ class AgentOptions:
     watch_timeout: int = 60
     lock_timeout: float = 60.0
     event_namespace: str = "default"
+    reboot_command: list[str] | None = None  # e.g. ["chroot", "/host", "reboot"] (the MIG manager's WITH_REBOOT)
 
 
 @dataclass
@@ -330,6 +331,7 @@ class Agent:
     _recovered: str | None = None
     _cfg_cache: tuple[str, Any] | None = None
     _annotation: str | None = None
+    _digest: str = ""
 
     def _reconcile(self, label: str | None, text: str | None) -> bool:
         from migctl.config import ConfigError, load_config
@@ -354,6 +356,10 @@ class Agent:
         if label not in cfg.labels:
             return self._fail(f"{L.CONFIG_LABEL}={label} names no config in {where} "
                               f"(valid: {', '.join(cfg.labels) or 'none'})")
+        if self.saved.get("gave_up") == digest:
+            return False  # failed after a reboot: stay `failed` until the label or the ConfigMap changes
+        self.saved.pop("gave_up", None)
+        self._digest = digest
         node = self.node()
         try:
             live, plan = build_plan(node, cfg, label)
@@ -365,6 +371,7 @@ class Agent:
                 self.set_state("success")
                 self.event("MigConfigApplied", f"config {label!r} is applied (nothing to change)")
             self.saved["applied"] = digest
+            self.saved.pop("rebooting_for", None)
             self._save_state()
             return False
         if self.snap.labels.get(L.STATE_LABEL) != "pending":
@@ -377,6 +384,7 @@ class Agent:
         if plan.blocked:
             return self._blocked(label, plan)
         self._waiting_for = ""
+        self.saved.pop("rebooting_for", None)
         return self._apply(cfg, label, plan, digest)
 
     def _fail(self, message: str) -> bool:
@@ -399,6 +407,8 @@ class Agent:
     def _blocked(self, label: str, plan: Any) -> bool:
         pids = sorted({p for g in plan.blocked for p in g.busy_pids})
         pods = self._pods_by_pid(pids)
+        if self.opts.reboot_command and not pods and all(g.mode_change for g in plan.blocked):
+            return self._reboot(label, plan)
         devices = sorted({u for g in plan.blocked for gi in g.busy for u in gi.uuids()})
         names = sorted(set(pods.values()))
         others = [p for p in pids if p not in pods]
@@ -430,6 +440,27 @@ class Agent:
                     elif e.status != 404:
                         raise
         return True
+
+    def _reboot(self, label: str, plan: Any) -> bool:
+        """A MIG mode change blocked by processes that are no pod's (host daemons): reboot, as the MIG
+        manager does with WITH_REBOOT; after the reboot the mode change must go through, or ``failed``."""
+        import subprocess
+
+        why = "; ".join(f"GPU {g.index}: {g.reason}" for g in plan.blocked)
+        if self.saved.get("rebooting_for") == label:
+            self.saved.pop("rebooting_for", None)
+            self.saved["gave_up"] = self._digest
+            return self._fail(f"MIG mode change for config {label!r} did not take effect after rebooting: {why}")
+        self.saved["rebooting_for"] = label
+        self._save_state()
+        self.set_state("rebooting")
+        self.event("MigNodeRebooting", f"config {label!r} needs a MIG mode change that processes outside pods "
+                   f"block ({why}); rebooting with {' '.join(self.opts.reboot_command or [])}", warning=True)
+        try:
+            subprocess.run(self.opts.reboot_command or [], check=False, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("reboot command failed: %s", e)
+        return False
 
     # ------------------------------------------------------------------ operands
     def _pause(self, keys: list[str]) -> None:
