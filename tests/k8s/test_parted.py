@@ -371,14 +371,18 @@ def test_python_m_runs_the_drop_in(simnode) -> None:
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_migctl_apply_has_mode_only_and_skip_reset(simnode, capsys) -> None:
-    from migctl.cli.main import main
+
+def test_engine_mode_only_and_skip_reset(simnode) -> None:
+    """The engine's mode_only / skip_reset (what the drop-in's -m / -s call)."""
+    from migctl.device import open_node
+    from migctl.reconcile import apply_config
 
     simnode("2xH100-80GB")
     cfg = str(COMPAT / "gpu-operator_default-mig-parted-config.yaml")
-    assert main(["apply", "-f", cfg, "-c", "all-balanced", "--mode-only", "--skip-reset"]) == 0
-    out = capsys.readouterr().out
-    assert "enable MIG mode" in out and "reset" not in out and "create GI" not in out
+    seen: list[str] = []
+    r = apply_config(cfg, "all-balanced", node=open_node(), mode_only=True, skip_reset=True,
+                     progress=lambda k, n, d: seen.append(d))
+    assert r.applied and seen and all("enable MIG mode" in d for d in seen)
     assert all(g.mig_current and not g.gis for g in _live())
-    assert main(["apply", "-f", cfg, "-c", "all-balanced", "-q"]) == 0
+    apply_config(cfg, "all-balanced", node=open_node())
     assert layout_problems(_doc(Path(cfg)), "all-balanced", _live()) == []
