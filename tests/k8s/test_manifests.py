@@ -61,3 +61,15 @@ def test_manifests_configmap_is_the_validated_config(tmp_path) -> None:
     bad.write_text("version: v1\nmig-configs:\n  x:\n    - devices: all\n      mig-enabled: maybe\n")
     assert main(["k8s", "manifests", "-f", str(bad)]) == 2
     assert CliRunner  # imported for the other tests' runner
+
+
+def test_agent_and_plan_bad_kubeconfig_one_line(tmp_path, capsys) -> None:
+    from migctl.cli.main import main
+
+    req = tmp_path / "r.yaml"
+    req.write_text("workloads: [{name: a, profile: 1g.10gb, count: 1}]\n")
+    for argv in (["k8s", "agent", "--node", "n1", "--kubeconfig", str(tmp_path / "nope")],
+                 ["k8s", "plan", str(req), "--kubeconfig", str(tmp_path / "nope")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("migctl: error: cannot load the Kubernetes client configuration") and err.count("\n") == 1

@@ -283,8 +283,11 @@ class Agent:
         deadline = time.monotonic() + 30
         while not (self.snap.node_seen and self.snap.config_seen) and not self.stop.is_set():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"could not read Node {self.opts.node} or ConfigMap "
-                                   f"{self.opts.namespace}/{self.opts.configmap}")
+                from migctl.errors import UserError
+
+                self.stop.set()
+                raise UserError(f"could not read Node {self.opts.node!r} from the API server within 30 s "
+                                "(does the node exist, and may this service account get it?)", 1)
             self.stop.wait(0.05)
         try:
             while not self.stop.is_set():
@@ -621,7 +624,14 @@ def api_from_config(kubeconfig: str | None = None) -> Any:
     """A CoreV1Api from in-cluster config, or the kubeconfig file (``--kubeconfig``/``$KUBECONFIG``)."""
     from kubernetes import client, config
 
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-        return client.CoreV1Api()
-    return client.CoreV1Api(config.new_client_from_config(kubeconfig or os.environ.get("KUBECONFIG")))
+    from migctl.errors import UserError
+
+    try:
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            config.load_incluster_config()
+            return client.CoreV1Api()
+        return client.CoreV1Api(config.new_client_from_config(kubeconfig or os.environ.get("KUBECONFIG")))
+    except (config.ConfigException, OSError, ValueError, TypeError) as e:
+        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise UserError(f"cannot load the Kubernetes client configuration ({where}): {e} "
+                        "(valid: in-cluster service account, --kubeconfig FILE or $KUBECONFIG)") from None
