@@ -33,7 +33,7 @@ def add_node(server: ApiServer, name: str, label: str | None = "all-disabled", *
     server.put("nodes", {"metadata": {"name": name, "labels": labels}})
 
 
-def wait_for(pred: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
+def wait_for(pred: Callable[[], object], timeout: float = 60.0, what: str = "") -> object:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = pred()
