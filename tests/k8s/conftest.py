@@ -31,10 +31,14 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     for var in [v for v in os.environ if v.startswith("MIG_PARTED_")] + [
             "MIGCTL_SIM", "MIGCTL_SIM_STATE", "MIGCTL_SIM_CRASH_AT", "MIGCTL_BACKEND", "KUBECONFIG"]:
         monkeypatch.delenv(var, raising=False)
+    saved = dict(os.environ)
     yield
     import migctl.sim as sim
 
     sim.uninstall()
+    if dict(os.environ) != saved:  # nothing a test runs may leave the environment changed
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture

@@ -115,7 +115,7 @@ def test_only_creating_instances_pauses_only_device_plugin_and_gfd(server, agent
     assert server.label_sequence("n1", "nvidia.com/gpu.deploy.dcgm-exporter") == ["true", p, "true"]
 
 
-def test_busy_device_on_another_gpu_untouched_and_pods_not_paused(server, agent, client) -> None:
+def test_busy_device_on_another_gpu_untouched_and_pods_not_paused(server, agent, client, monkeypatch) -> None:
     """GPU 0 holds a busy instance the target keeps; GPU 1 changes. The busy pod is never evicted or
     paused, its MIG device keeps its UUID, and the agent reaches success."""
     import migctl.sim as sim
@@ -124,7 +124,7 @@ def test_busy_device_on_another_gpu_untouched_and_pods_not_paused(server, agent,
 
     spec = "2xH100-80GB"
     sim.install(spec, state_path=None)
-    os.environ["MIGCTL_SIM"] = spec
+    monkeypatch.setenv("MIGCTL_SIM", spec)
     cfg = {"version": "v1", "mig-configs": {"start": [{"devices": "all", "mig-enabled": True,
                                                        "mig-devices": {"3g.40gb": 2}}]}}
     apply_config(cfg, "start", node=open_node(spec))
@@ -152,7 +152,7 @@ def test_busy_device_on_another_gpu_untouched_and_pods_not_paused(server, agent,
     assert [len(g.gis) for g in _live()] == [2, 7]
 
 
-def test_pod_holding_a_device_that_must_go_is_named_then_evicted(server, agent, client, tmp_path) -> None:
+def test_pod_holding_a_device_that_must_go_is_named_then_evicted(server, agent, client, tmp_path, monkeypatch) -> None:
     import subprocess
     import sys
 
@@ -162,7 +162,7 @@ def test_pod_holding_a_device_that_must_go_is_named_then_evicted(server, agent, 
 
     spec = "1xA100-40GB"
     sim.install(spec, state_path=None)
-    os.environ["MIGCTL_SIM"] = spec
+    monkeypatch.setenv("MIGCTL_SIM", spec)
     apply_config({"version": "v1", "mig-configs": {"s": [{"devices": "all", "mig-enabled": True,
                                                           "mig-devices": {"7g.40gb": 1}}]}}, "s", node=open_node(spec))
     uid = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
@@ -281,7 +281,8 @@ def test_configmap_change_is_reapplied_and_cdi_spec_written(server, agent, tmp_p
     assert live_uuids <= names and {"0:0", "0:1", "1:0", "1:1"} <= names and len(names) == 8
 
 
-def test_mode_change_blocked_by_a_host_process_reboots_then_succeeds_or_fails(server, agent, client, tmp_path) -> None:
+def test_mode_change_blocked_by_a_host_process_reboots_then_succeeds_or_fails(server, agent, client, tmp_path,
+                                                                             monkeypatch) -> None:
     """With --reboot-command, a MIG mode change blocked by a process that is no pod's sets `rebooting` and runs
     the command; after the "reboot" (the process gone) the agent applies; if the mode change is still blocked
     after rebooting, `failed` (the MIG manager's "did not take effect after rebooting")."""
@@ -289,7 +290,7 @@ def test_mode_change_blocked_by_a_host_process_reboots_then_succeeds_or_fails(se
 
     spec = "1xA100-40GB"
     sim.install(spec, state_path=None)
-    os.environ["MIGCTL_SIM"] = spec
+    monkeypatch.setenv("MIGCTL_SIM", spec)
     marker = tmp_path / "rebooted"
     p = client(120)
     assert sim.active().add_client(0, p.pid) == 0  # a host daemon on the whole GPU

@@ -21,7 +21,7 @@ def _agent_proc(kc: Path, node: str, env: dict[str, str]) -> subprocess.Popen:
                             env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_agent_sigkilled_mid_apply_resumes_and_reapplies_after_reboot(server, tmp_path) -> None:
+def test_agent_sigkilled_mid_apply_resumes_and_reapplies_after_reboot(server, tmp_path, monkeypatch) -> None:
     from migctl.device import open_node
     from migctl.reconcile import Journal
     from migctl.reconcile.live import read_node
@@ -30,7 +30,8 @@ def test_agent_sigkilled_mid_apply_resumes_and_reapplies_after_reboot(server, tm
     spec = "2xH100-80GB"
     env = {"MIGCTL_SIM": spec, "MIGCTL_SIM_STATE": str(tmp_path / "sim.json"),
            "MIGCTL_STATE_DIR": str(tmp_path / "state")}
-    os.environ.update(env)  # this process reads the same simulated node (monkeypatch-free: _isolated restores)
+    for k, v in env.items():  # this process reads the same simulated node
+        monkeypatch.setenv(k, v)
     add_node(server, "n1", "all-balanced")
     p = _agent_proc(kc, "n1", {**env, "MIGCTL_SIM_CRASH_AT": "12"})
     out, _ = p.communicate(timeout=120)

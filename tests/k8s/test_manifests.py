@@ -73,3 +73,16 @@ def test_agent_and_plan_bad_kubeconfig_one_line(tmp_path, capsys) -> None:
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("migctl: error: cannot load the Kubernetes client configuration") and err.count("\n") == 1
+
+
+def test_manifests_json_is_one_list_object() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from migctl.cli.main import app
+
+    r = CliRunner().invoke(app, ["k8s", "manifests", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["kind"] == "List" and [o["kind"] for o in doc["items"]][-1] == "DaemonSet"

@@ -73,6 +73,7 @@ def agent_cmd(
     resync: float = typer.Option(30, "--resync", help="Seconds between reconciles when nothing changes."),
     reboot_command: str | None = typer.Option(None, "--reboot-command", help="Reboot this way when a MIG mode change is blocked by host processes (e.g. 'chroot /host reboot'); state 'rebooting'."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log each step on stderr."),
+    as_json: bool = typer.Option(False, "--json", help="When the agent stops, print its final state as one JSON object."),
 ) -> None:
     """Run the node agent: reconcile nvidia.com/mig.config with migctl's engine (one per GPU node)."""
     import logging
@@ -96,6 +97,12 @@ def agent_cmd(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     agent.run()
+    if as_json:
+        from migctl.integrations.k8s_labels import CONFIG_LABEL, STATE_LABEL
+
+        emit_json({"node": node_name, "config": agent.snap.labels.get(CONFIG_LABEL),
+                   "state": agent.snap.labels.get(STATE_LABEL), "paused": sorted(agent.saved.get("paused") or {}),
+                   "failed": agent.saved.get("failed")})
 
 
 @k8s_app.command("manifests")
@@ -106,6 +113,7 @@ def manifests_cmd(
     file: Path | None = typer.Option(None, "-f", "--file", help="mig-parted config to ship in the ConfigMap (validated)."),
     evict: bool = typer.Option(False, "--evict", help="Let the agent evict pods (adds pods/eviction create to RBAC)."),
     cdi: bool = typer.Option(False, "--cdi", help="Mount /var/run/cdi and write a CDI spec."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object (a v1 List) instead of YAML documents."),
 ) -> None:
     """Print the agent's ServiceAccount, least-privilege RBAC, ConfigMap and DaemonSet (kubectl apply -f -)."""
     from migctl.integrations.k8s_manifests import manifests, render
@@ -117,7 +125,11 @@ def manifests_cmd(
 
         load_config(file)
         text = _yaml_text(parse_yaml(read_text(file), str(file)).data)
-    sys.stdout.write(render(manifests(namespace, image, configmap, text, evict=evict, cdi=cdi)))
+    objs = manifests(namespace, image, configmap, text, evict=evict, cdi=cdi)
+    if as_json:
+        emit_json({"apiVersion": "v1", "kind": "List", "items": objs})
+        return
+    sys.stdout.write(render(objs))
 
 
 @k8s_app.command("plan")

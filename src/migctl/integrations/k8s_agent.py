@@ -338,7 +338,7 @@ class Agent:
 
     def _reconcile(self, label: str | None, text: str | None) -> bool:
         from migctl.config import ConfigError, load_config
-        from migctl.reconcile import build_plan
+        from migctl.parted.compat import plan as build_lenient
 
         if label is None:
             return False
@@ -365,7 +365,7 @@ class Agent:
         self._digest = digest
         node = self.node()
         try:
-            live, plan = build_plan(node, cfg, label)
+            live, plan = build_lenient(node, cfg, label)
         except ConfigError as e:
             return self._fail(f"config {label!r} cannot be applied on this node: {e}")
         if not plan.ops and not plan.blocked:
@@ -517,7 +517,8 @@ class Agent:
 
     # ------------------------------------------------------------------ apply
     def _apply(self, cfg: Any, label: str, plan: Any, digest: str) -> bool:
-        from migctl.reconcile import ApplyFailed, BusyError, LockBusy, apply_config
+        from migctl.parted.compat import resolver
+        from migctl.reconcile import ApplyFailed, BusyError, LockBusy, apply_desired
         from migctl.reconcile.live import read_node
 
         keys = L.operands_to_pause(self.snap.labels, plan.ops)
@@ -526,7 +527,8 @@ class Agent:
             self._pause(keys)
             self._wait_operands_gone(keys)
             try:
-                result = apply_config(cfg, label, node=self.node(), lock_timeout=self.opts.lock_timeout)
+                result = apply_desired(resolver(cfg, label), label, str(cfg.file), node=self.node(),
+                                       lock_timeout=self.opts.lock_timeout)
             except BusyError:
                 return True  # a process appeared since the plan: the next pass names it and waits
             except LockBusy as e:

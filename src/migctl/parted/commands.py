@@ -79,7 +79,11 @@ def _node() -> Any:
     from migctl.device import open_node
 
     if not os.environ.get("MIGCTL_SIM") and os.environ.get("MIGCTL_BACKEND", "").lower() != "sim":
-        os.environ["MIGCTL_BACKEND"] = "nvml"
+        import migctl.sim as simmod
+        from migctl.device import Node
+
+        simmod.uninstall()
+        return Node()
     return open_node()
 
 
@@ -182,7 +186,8 @@ def _observers(log: Log) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ verbs
 def cmd_apply(p: Parsed, log: Log) -> None:
-    from migctl.reconcile import apply_config
+    from migctl.parted.compat import resolver
+    from migctl.reconcile import apply_desired
 
     path = _require(p, "config-file")
     log.debug("Parsing config file...")
@@ -194,8 +199,9 @@ def cmd_apply(p: Parsed, log: Log) -> None:
     hooks = _hooks(p, env)
     node = _node()
     try:
-        apply_config(cfg, label, node=node, hooks=hooks, skip_reset=p.bool("skip-reset"),
-                     mode_only=p.bool("mode-only"), lock_timeout=LOCK_TIMEOUT, **_observers(log))
+        apply_desired(resolver(cfg, label, p.bool("mode-only")), label, str(cfg.file), node=node, hooks=hooks,
+                      skip_reset=p.bool("skip-reset"), mode_only=p.bool("mode-only"), lock_timeout=LOCK_TIMEOUT,
+                      **_observers(log))
     except _engine_errors() as e:
         raise Fatal(f"error applying MIG configuration with hooks: {e}") from None
     print("MIG configuration applied successfully", flush=True)
@@ -203,7 +209,7 @@ def cmd_apply(p: Parsed, log: Log) -> None:
 
 def cmd_assert(p: Parsed, log: Log) -> None:
     from migctl.config import ConfigError
-    from migctl.reconcile import assert_config
+    from migctl.parted.compat import plan as lenient_plan
     from migctl.reconcile.engine import config_modes
     from migctl.reconcile.live import read_node
 
@@ -234,9 +240,11 @@ def cmd_assert(p: Parsed, log: Log) -> None:
         return
     log.debug("Asserting MIG device configuration...")
     try:
-        diffs = assert_config(cfg, label, node=node)
+        _, plan = lenient_plan(node, cfg, label)
     except ConfigError as e:
         raise Fatal(f"{failure} ({e})") from None
+    diffs = [f"GPU {g.index}: have {g.live.describe()}; want {g.describe()}" for g in plan.gpus
+             if g.status in ("change", "blocked")]
     for d in diffs:
         log.debug(d)
     if diffs:
