@@ -567,15 +567,7 @@ def test_sms_totals():
 
 
 def _mig_parted_config() -> dict:
-    path = (
-        Path(__file__).resolve().parents[2]
-        / "shared"
-        / "compat"
-        / "mig-parted"
-        / "deployments_systemd_config-default.yaml"
-    )
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+    path = Path(__file__).resolve().parent / "fixtures" / "compat" / "mig-parted" / "deployments_systemd_config-default.yaml"
     return yaml.safe_load(path.read_text())
 
 

@@ -1,8 +1,8 @@
 """Planner benchmarks: ParvaGPU SLO sets, the Alibaba v2023 trace (offline and online), and scale.
 
 Run: ``python benchmarks/planner/run.py`` (about 1-3 minutes on 2 cores). Writes results.json,
-results.md and plot.png next to this file. Data is read from ../shared/data relative to the repository
-(override with $MIGCTL_SHARED_DATA).
+results.md and plot.png next to this file. Data is read from the repository: tests/fixtures/parvagpu and
+benchmarks/planner/data/alibaba-gpu-v2023 (sources and licences in their README files).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-DATA = Path(os.environ.get("MIGCTL_SHARED_DATA", REPO.parent / "shared" / "data"))
-PARVA = DATA / "parvagpu"
-ALIBABA = DATA / "alibaba-gpu-v2023"
+PARVA = REPO / "tests" / "fixtures" / "parvagpu"
+ALIBABA = HERE / "data" / "alibaba-gpu-v2023"
 MODEL = "A100-80GB"
 
 PUBLISHED_GPUS = [2, 3, 5, 7, 13, 16]
@@ -334,7 +333,10 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     t0 = time.perf_counter()
     res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
                             f"{platform.python_version()}", "load_average_start": [round(x, 2) for x in os.getloadavg()]}

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COMPAT = Path("/work/shared/compat/mig-parted")
-if not COMPAT.exists():
-    COMPAT = Path(__file__).resolve().parents[3] / "shared" / "compat" / "mig-parted"
+COMPAT = Path(__file__).resolve().parents[1] / "fixtures" / "compat" / "mig-parted"
 
 
 def layouts(node) -> dict[int, dict]:

@@ -9,11 +9,10 @@ import pytest
 from migctl.planner import parse_request, plan, validate_plan
 from migctl.planner.serving import verify_serving
 
-PARVA = Path(__file__).resolve().parents[3] / "shared" / "data" / "parvagpu"
+PARVA = Path(__file__).resolve().parents[1] / "fixtures" / "parvagpu"
 PUBLISHED = {1: 2, 2: 3, 3: 5, 4: 7, 5: 13, 6: 16}
 
 
-@pytest.mark.skipif(not PARVA.is_dir(), reason="ParvaGPU data not present")
 @pytest.mark.parametrize("slo_set", [1, 2, 6])
 def test_parvagpu_sets_meet_slo_with_no_more_gpus(slo_set):
     r = parse_request({"serving": {"gpu_model": "A100-80GB", "parvagpu": {"dir": str(PARVA), "slo_set": slo_set}},

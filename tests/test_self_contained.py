@@ -1,0 +1,43 @@
+"""The repository is self-contained: tests, benchmarks and scripts read nothing outside it at run time."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def test_fixtures_are_in_the_repository_with_their_source():
+    assert len(list((FIXTURES / "seeds").glob("*.txt"))) == 4
+    assert (FIXTURES / "compat" / "mig-parted" / "deployments_systemd_config-default.yaml").is_file()
+    assert (FIXTURES / "parvagpu" / "LICENSE").is_file()
+    assert (REPO / "benchmarks" / "planner" / "data" / "alibaba-gpu-v2023" / "openb_pod_list_default.csv").is_file()
+    readme = (FIXTURES / "README.md").read_text()
+    for folder in ("seeds/", "compat/mig-parted/", "parvagpu/"):
+        assert folder in readme
+
+
+def test_no_code_reads_outside_the_repository():
+    """No path into a sibling ``shared`` folder (or an absolute /work path) in tests, benchmarks, scripts or src."""
+    bad = re.compile(r"""(parents\[\d\]\s*/\s*["']shared["'])|(["']/work/)|(\.\./shared)|MIGCTL_SHARED_DATA""")
+    offenders = []
+    for top in ("tests", "benchmarks", "scripts", "src"):
+        for path in (REPO / top).rglob("*"):
+            if path.suffix not in {".py", ".sh"} or path == Path(__file__).resolve():
+                continue
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if bad.search(line):
+                    offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert offenders == []
+
+
+def test_benchmark_help_prints_help_and_runs_nothing():
+    for name in ("planner", "apply", "jobs"):
+        r = subprocess.run([sys.executable, str(REPO / "benchmarks" / name / "run.py"), "--help"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (name, r.stderr)
+        assert r.stdout.startswith("usage:"), name
