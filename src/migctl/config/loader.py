@@ -81,8 +81,10 @@ def _index_node(node: Any, path: Path_, doc: YamlDoc, offset: int) -> None:
 def _documents(text: str, file: str, offset: int) -> Iterator[tuple[Any, Any]]:
     """(node, data) for every YAML document in ``text``."""
     yaml = _yaml()
+    from migctl.inputs import yaml_loader
+
     try:
-        loader = yaml.SafeLoader(text)
+        loader = yaml_loader(text, file)
     except yaml.YAMLError as e:
         raise ConfigError(f"{file}:1: invalid YAML: {str(e).splitlines()[0]}") from None
     try:
@@ -94,7 +96,9 @@ def _documents(text: str, file: str, offset: int) -> Iterator[tuple[Any, Any]]:
         line = (mark.line + 1 + offset) if mark is not None else 1 + offset
         raise ConfigError(f"{file}:{line}: invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{file}:{1 + offset}: invalid YAML: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"{file}:{1 + offset}: invalid YAML: {' '.join(str(e).split())[:200]}") from None
+    except RecursionError:
+        raise ConfigError(f"{file}: YAML nested too deeply") from None
     finally:
         loader.dispose()
 
@@ -132,13 +136,13 @@ def parse_yaml(text: str, file: str = "<config>", offset: int = 0, unwrap: bool 
 
 
 def read_text(path: str | Path) -> str:
-    p = Path(path)
+    """A config or hooks file: a regular file of bounded size, UTF-8 (see :mod:`migctl.inputs`)."""
+    from migctl import inputs
+
     try:
-        return p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read ({e})") from None
+        return inputs.read_text(path, "config file")
+    except inputs.InputError as e:
+        raise ConfigError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------ pydantic errors

@@ -39,15 +39,13 @@ def _gpus(value: Any) -> tuple[int, ...] | None:
 
 def load(path: str | Path) -> list[dict[str, Any]]:
     """Parse a jobs file into submit specs (see the module doc); errors name the job and the key."""
-    import yaml
+    from migctl.inputs import InputError, load_yaml_file
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise JobsError(f"cannot read {p}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise JobsError(f"{p} is not valid YAML: {e}") from None
+        data = load_yaml_file(p, "jobs file")
+    except InputError as e:
+        raise JobsError(str(e)) from None
     defaults: dict[str, Any] = {}
     if isinstance(data, dict):
         defaults = data.get("defaults") or {}

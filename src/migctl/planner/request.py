@@ -116,19 +116,15 @@ def _first_error(exc: Exception) -> str:
 
 def load_request(path: str | Path) -> Request:
     """Read a planning request from a YAML file (workloads may also come from a CSV next to it)."""
-    import yaml
+    from migctl.inputs import InputError, load_yaml_file
 
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise PlanError(f"cannot read {p}: {e.strerror}") from None
     if p.suffix.lower() == ".csv":
         raise PlanError(f"{p}: a CSV holds workloads only; reference it from a YAML file as workloads_csv")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise PlanError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        data = load_yaml_file(p, "plan file")
+    except InputError as e:
+        raise PlanError(str(e)) from None
     if not isinstance(data, dict):
         raise PlanError(f"{p}: expected a mapping with 'fleet' and 'workloads'")
     return parse_request(data, base_dir=p.parent)
@@ -136,11 +132,16 @@ def load_request(path: str | Path) -> Request:
 
 def read_workloads_csv(path: Path) -> list[dict[str, Any]]:
     """Workload rows from a CSV (columns name,profile,memory_gib,compute_slices,count,models,priority)."""
+    import io
+
+    from migctl.inputs import InputError, read_text
+
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise PlanError(f"cannot read workloads CSV {path}: {e.strerror}") from None
+        rows = list(csv.DictReader(io.StringIO(read_text(path, "workloads CSV"), newline="")))
+    except InputError as e:
+        raise PlanError(str(e)) from None
+    except csv.Error as e:
+        raise PlanError(f"workloads CSV {path}: {e}") from None
     out: list[dict[str, Any]] = []
     for i, row in enumerate(rows, start=2):
         item: dict[str, Any] = {}

@@ -97,8 +97,12 @@ def read_profile_csv(path: Path) -> tuple[ProfileRow, ...]:
     ``Mig instance`` is the instance size in compute slices, or ``whole`` (migctl's extension: the whole
     GPU with MIG disabled).
     """
+    import io
+
+    from migctl.inputs import InputError, read_text
+
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with io.StringIO(read_text(path, "profile table"), newline="") as f:
             reader = csv.DictReader(f)
             rows = [
                 ProfileRow(
@@ -107,17 +111,25 @@ def read_profile_csv(path: Path) -> tuple[ProfileRow, ...]:
                 )
                 for r in reader
             ]
-    except OSError as e:
-        raise PlanError(f"cannot read profile table {path}: {e.strerror}") from None
-    except (KeyError, ValueError) as e:
+    except InputError as e:
+        raise PlanError(str(e)) from None
+    except (KeyError, ValueError, csv.Error) as e:
         raise PlanError(f"{path}: not a profile table (need Mig instance, Batch size, Workload Number, "
                         f"Throughput, Latency): {e}") from None
     return tuple(rows)
 
 
 def _read_row(path: Path, index: int) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r]
+    import io
+
+    from migctl.inputs import InputError, read_text
+
+    try:
+        rows = [r for r in csv.reader(io.StringIO(read_text(path, "SLO table"), newline="")) if r]
+    except InputError as e:
+        raise PlanError(str(e)) from None
+    except csv.Error as e:
+        raise PlanError(f"SLO table {path}: {e}") from None
     if not 1 <= index <= len(rows):
         raise PlanError(f"{path}: SLO set {index} does not exist (1..{len(rows)})")
     return rows[index - 1]

@@ -181,6 +181,11 @@ def recover(node: Any, progress: Progress | None = None, journal: Journal | None
     data = j.load()
     if data is None:
         return created
+    gpus = {g.index for g in read_node(node)}
+    unknown = sorted(set(j.old_layouts()) - gpus)
+    if unknown:
+        raise UserError(f"apply journal {j.path} names GPU(s) {unknown} this node does not have (GPUs: "
+                        f"{sorted(gpus)}); nothing was changed; inspect it, then remove it", 2)
     err = _rollback(node, j, progress)
     if err is not None:
         j.data["error"] = f"recovery failed: {err}"

@@ -66,16 +66,18 @@ class Journal:
 
     def load(self) -> dict[str, Any] | None:
         """The pending journal, or None. A corrupt journal is an error (never silently ignored)."""
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        from migctl.inputs import InputError, load_json, read_text
+
+        if not os.path.lexists(self.path):
             return None
         try:
-            data = json.loads(text)
-            if data.get("format") != JOURNAL_FORMAT:
-                raise ValueError("not a migctl journal")
-        except (ValueError, AttributeError) as e:
-            raise UserError(f"apply journal {self.path} is unreadable ({e}); inspect it, then remove it", 2) from None
+            data = load_json(read_text(self.path, "apply journal"), str(self.path))
+            problem = journal_problem(data)
+        except InputError as e:
+            problem = str(e)
+        if problem is not None:
+            raise UserError(f"apply journal {self.path} is unreadable ({problem}); nothing was changed; "
+                            "inspect it, then remove it", 2)
         self.data = data
         return data
 
@@ -129,6 +131,53 @@ class Journal:
 
     def old_layouts(self) -> dict[int, dict[str, Any]]:
         return {int(k): v for k, v in self.data.get("old", {}).items()}
+
+
+def _layout_problem(where: str, layout: Any) -> str | None:
+    if not isinstance(layout, dict) or not isinstance(layout.get("mig"), bool):
+        return f"{where}: expected a layout object with a boolean 'mig'"
+    gis = layout.get("gis", [])
+    if not isinstance(gis, list):
+        return f"{where}.gis: expected a list"
+    for n, g in enumerate(gis):
+        if not (isinstance(g, dict) and isinstance(g.get("profile"), str) and type(g.get("start")) is int
+                and g["start"] >= 0 and isinstance(g.get("cis", []), list)):
+            return f"{where}.gis[{n}]: expected {{profile: str, start: int >= 0, cis: list}}"
+        for m, c in enumerate(g.get("cis", [])):
+            if not (isinstance(c, dict) and isinstance(c.get("profile"), str) and type(c.get("start")) is int
+                    and c["start"] >= 0):
+                return f"{where}.gis[{n}].cis[{m}]: expected {{profile: str, start: int >= 0}}"
+    return None
+
+
+def journal_problem(data: Any) -> str | None:
+    """What is wrong with a journal's content (None when it is a complete, well-formed journal).
+
+    ``recover`` acts on nothing before this passes: a journal that records no GPU, or a layout that is not
+    one, would otherwise be "rolled back" to nothing and deleted, leaving the node mid-apply.
+    """
+    if not isinstance(data, dict) or data.get("format") != JOURNAL_FORMAT:
+        return "not a migctl journal"
+    if data.get("version") != JOURNAL_VERSION:
+        return f"journal version {data.get('version')!r} (this migctl reads version {JOURNAL_VERSION})"
+    for key, kind in (("label", str), ("phase", str), ("ops", list)):
+        if not isinstance(data.get(key), kind):
+            return f"'{key}' missing or not a {kind.__name__}"
+    if type(data.get("next")) is not int or data["next"] < 0:
+        return "'next' missing or not an integer >= 0"
+    for key in ("old", "target"):
+        section = data.get(key)
+        if not isinstance(section, dict):
+            return f"'{key}' missing or not an object of GPU index -> layout"
+        for idx, layout in section.items():
+            if not (isinstance(idx, str) and idx.isdigit() and len(idx) < 6):
+                return f"'{key}' has GPU index {idx!r} (expected a number)"
+            problem = _layout_problem(f"{key}.{idx}", layout)
+            if problem:
+                return problem
+    if not data["old"]:
+        return "'old' records no GPU, so there is nothing to roll back to"
+    return None
 
 
 def node_lock(node: Any, timeout: float | None = None, directory: Path | None = None,

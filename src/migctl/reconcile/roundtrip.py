@@ -108,12 +108,12 @@ def restore_resolver(data: dict[str, Any]) -> Any:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except ValueError as e:
-        raise UserError(f"{path}: not JSON ({e})") from None
+    from migctl.inputs import load_json, printable, read_text
+
+    data = load_json(read_text(path, "checkpoint"), printable(path))
+    if not isinstance(data, dict):
+        raise UserError(f"{printable(path)}: not a migctl checkpoint (expected a JSON object)")
+    return data
 
 
 # ------------------------------------------------------------------------------------------ generate-config

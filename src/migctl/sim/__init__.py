@@ -169,14 +169,16 @@ def install(spec: str | NodeSpec | None = None, state_path: str | Path | None | 
 
     node_spec = spec if isinstance(spec, NodeSpec) else parse_spec(spec or os.environ.get("MIGCTL_SIM") or DEFAULT_SPEC)
     path: Path | None
+    own = False  # migctl's own default path: its parent dirs may be created
     if state_path is True:
         env = os.environ.get("MIGCTL_SIM_STATE")
         path = Path(env) if env else default_state_path(node_spec)
+        own = not env
     elif state_path:
         path = Path(state_path)  # type: ignore[arg-type]
     else:
         path = None
-    node = SimNode(node_spec, Store(node_spec, path))
+    node = SimNode(node_spec, Store(node_spec, path, create_parent=own))
     with pynvml.libLoadLock:
         pynvml.nvmlLib = node.lib
         pynvml._nvmlGetFunctionPointer_cache.clear()

@@ -36,7 +36,7 @@ def default_state_path(spec: NodeSpec) -> Path:
 class Store:
     """State of one simulated node: in memory (``path=None``) or in a locked JSON file."""
 
-    def __init__(self, spec: NodeSpec, path: Path | None) -> None:
+    def __init__(self, spec: NodeSpec, path: Path | None, create_parent: bool = True) -> None:
         self.spec = spec
         self.path = path
         self._mem: SimState | None = None
@@ -47,7 +47,14 @@ class Store:
         if path is not None:
             from filelock import FileLock
 
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() and not path.is_file():
+                raise StateFileError(f"simulator state file {path} is not a regular file; "
+                                     "give a file path (--sim-state/MIGCTL_SIM_STATE)")
+            if create_parent:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            elif not path.parent.is_dir():
+                raise StateFileError(f"simulator state file {path}: directory {path.parent} does not exist "
+                                     "(create it first; migctl creates only its own state dir)")
             self._flock = FileLock(str(path) + ".lock")
 
     # ---------------------------------------------------------------- reading
@@ -65,7 +72,14 @@ class Store:
         if self._cache and self._cache[0] == key:
             return self._cache[1]
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            from migctl.inputs import InputError, read_text
+
+            try:
+                data = json.loads(read_text(self.path, "simulator state file"))
+            except InputError as e:
+                raise StateFileError(str(e)) from None
+            except RecursionError:
+                raise StateFileError(f"simulator state file {self.path} is corrupt (nested too deeply)") from None
             state = SimState.from_json(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise StateFileError(

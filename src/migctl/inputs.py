@@ -1,0 +1,198 @@
+"""Reading user-supplied files safely: bounded size, time, YAML alias expansion and nesting depth.
+
+Every file migctl reads on a user's behalf (configs for ``validate``/``apply -f``, hooks ``-k``, ``restore -f``,
+``batch``, ``k8s export``, plan files, the simulator's state and the apply journal) goes through here:
+
+* only regular files (a FIFO, a device such as ``/dev/zero``, a directory or a socket is refused at once:
+  the file is opened non-blocking and checked with ``fstat`` before anything is read);
+* at most :data:`MAX_BYTES` bytes (the file is read up to the limit plus one byte, never further);
+* UTF-8 text;
+* YAML with at most :data:`MAX_ALIASES` aliases, :data:`MAX_NODES` nodes once aliases are expanded, and
+  :data:`MAX_DEPTH` levels of nesting, checked while the document is composed, before anything walks it;
+* JSON whose nesting stays within Python's recursion limit.
+
+Errors are :class:`InputError` (a :class:`~migctl.errors.UserError`): one line naming the file and the limit.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from migctl.errors import UserError
+
+MAX_BYTES = 16 * 1024 * 1024  # 16 MiB: far above any real config, plan, jobs file or journal
+MAX_ALIASES = 1000
+MAX_NODES = 100_000  # YAML nodes after alias expansion (the largest real config has a few thousand)
+MAX_DEPTH = 64
+
+
+class InputError(UserError):
+    """A file that cannot or must not be read: one line, exit 2."""
+
+
+def read_bytes(path: str | Path, what: str = "file", limit: int = MAX_BYTES) -> bytes:
+    """The content of the regular file ``path`` (at most ``limit`` bytes), or an :class:`InputError`."""
+    p = os.fsdecode(os.fspath(path))
+    label = printable(p)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise InputError(f"{what} {label}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} {label}: is a directory (expected a regular file)") from None
+    except OSError as e:
+        raise InputError(f"{what} {label}: cannot open ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise InputError(f"{what} {label}: is {kind} (expected a regular file)")
+        if st.st_size > limit:
+            raise InputError(f"{what} {label}: {st.st_size} bytes is too large (limit {limit} bytes)")
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise InputError(f"{what} {label}: larger than the limit of {limit} bytes")
+        return b"".join(chunks)
+    except OSError as e:
+        raise InputError(f"{what} {label}: cannot read ({e.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | Path, what: str = "file", limit: int = MAX_BYTES) -> str:
+    """:func:`read_bytes` decoded as UTF-8."""
+    data = read_bytes(path, what, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} {printable(os.fsdecode(os.fspath(path)))}: not UTF-8 text "
+                         f"(invalid byte at offset {e.start})") from None
+
+
+def printable(text: Any, limit: int = 200) -> str:
+    """``text`` with control characters, lone surrogates (undecodable bytes) and escapes made visible."""
+    s = str(text)
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # surrogateescape'd byte
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0 or 0xD800 <= o <= 0xDFFF or o in (0x2028, 0x2029):
+            out.append(repr(ch)[1:-1] if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    r = "".join(out)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------------- YAML
+def _bounded_loader(file: str) -> Any:
+    """A SafeLoader subclass that counts aliases, expanded nodes and nesting depth while composing."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def __init__(self, stream: Any) -> None:
+            super().__init__(stream)
+            self._depth = 0
+            self._aliases = 0
+            self._sizes: dict[int, int] = {}
+
+        def _mark(self) -> str:
+            mark = self.peek_event().start_mark if self.check_event() else None
+            return f"{file}:{mark.line + 1}" if mark is not None else file
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                self._aliases += 1
+                if self._aliases > MAX_ALIASES:
+                    raise InputError(f"{self._mark()}: more than {MAX_ALIASES} YAML aliases")
+                return super().compose_node(parent, index)
+            self._depth += 1
+            try:
+                if self._depth > MAX_DEPTH:
+                    raise InputError(f"{self._mark()}: YAML nested deeper than {MAX_DEPTH} levels")
+                node = super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+            size = 1 + sum(self._size(c) for c in _children(node))
+            self._sizes[id(node)] = size
+            if size > MAX_NODES:
+                raise InputError(f"{file}: YAML expands to more than {MAX_NODES} nodes (aliases); refused")
+            return node
+
+        def _size(self, node: Any) -> int:
+            return self._sizes.get(id(node), 1)
+
+        def compose_document(self) -> Any:
+            self._sizes = {}
+            return super().compose_document()
+
+    return BoundedLoader
+
+
+def _children(node: Any) -> list[Any]:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return [x for kv in node.value for x in kv]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def yaml_loader(text: str, file: str) -> Any:
+    """A bounded loader over ``text`` (use ``check_node``/``get_node``/``construct_document``, then ``dispose``)."""
+    return _bounded_loader(file)(text)
+
+
+def load_yaml(text: str, file: str) -> Any:
+    """The first YAML document of ``text`` (None when empty), within the limits; YAML errors are raised as is."""
+    loader = yaml_loader(text, file)
+    try:
+        try:
+            return loader.get_single_data()
+        except RecursionError:
+            raise InputError(f"{file}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml_file(path: str | Path, what: str = "file") -> Any:
+    """Read ``path`` safely and parse it as YAML; any problem is one :class:`InputError` line."""
+    import yaml
+
+    label = printable(os.fsdecode(os.fspath(path)))
+    text = read_text(path, what)
+    try:
+        return load_yaml(text, label)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        raise InputError(f"{what} {label}:{line}: invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{what} {label}: invalid YAML: {' '.join(str(e).split())[:200]}") from None
+
+
+def load_json(text: str, file: str) -> Any:
+    """``json.loads`` (the C decoder bounds nesting by the recursion limit); errors are one :class:`InputError` line."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
+    except RecursionError:
+        raise InputError(f"{file}: JSON nested too deeply") from None
