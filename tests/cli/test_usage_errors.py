@@ -15,4 +15,5 @@ def test_usage_error_exit_2_without_traceback(argv, tmp_path):
     r = subprocess.run([sys.executable, "-m", "migctl", *argv], capture_output=True, text=True, env=env)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
-    assert "Error:" in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("migctl: error: ") and "--help" in lines[0], r.stderr

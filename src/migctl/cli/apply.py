@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from migctl.cli.common import emit_json, fail, node
+from migctl.cli.common import emit_json, fail, node, seconds
 
 
 def _progress(quiet: bool) -> Any:
@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only; change nothing."),
         hooks: Path | None = typer.Option(None, "-k", "--hooks-file", help="mig-parted hooks v1 file."),
         force: bool = typer.Option(False, "--force", help="Terminate processes on instances that must be destroyed."),
-        wait: float = typer.Option(0, "--wait", help="Wait up to SECONDS for busy instances to become idle."),
-        lock_timeout: float = typer.Option(60, "--lock-timeout", help="Seconds to wait for another apply (0: fail at once)."),
+        wait: float = typer.Option(0, "--wait", callback=seconds, help="Wait up to SECONDS for busy instances to become idle."),
+        lock_timeout: float = typer.Option(60, "--lock-timeout", callback=seconds, help="Seconds to wait for another apply (0: fail at once)."),
         as_json: bool = typer.Option(False, "--json", help="Print the plan and result as JSON."),
         quiet: bool = typer.Option(False, "-q", "--quiet", help="No plan or progress output."),
         svg: Path | None = typer.Option(None, "--svg", help="Write the before -> after slice map as an SVG image."),
@@ -189,8 +189,8 @@ def register(app: typer.Typer) -> None:
         file: Path = typer.Option(..., "-f", "--file", help="A checkpoint written by migctl checkpoint."),
         dry_run: bool = typer.Option(False, "--dry-run"),
         force: bool = typer.Option(False, "--force"),
-        wait: float = typer.Option(0, "--wait"),
-        lock_timeout: float = typer.Option(60, "--lock-timeout"),
+        wait: float = typer.Option(0, "--wait", callback=seconds),
+        lock_timeout: float = typer.Option(60, "--lock-timeout", callback=seconds),
         quiet: bool = typer.Option(False, "-q", "--quiet"),
     ) -> None:
         """Restore a checkpoint exactly (same profiles and placements), transactionally."""
@@ -224,7 +224,7 @@ def register(app: typer.Typer) -> None:
     @app.command("recover")
     def recover_cmd(
         ctx: typer.Context,
-        lock_timeout: float = typer.Option(60, "--lock-timeout"),
+        lock_timeout: float = typer.Option(60, "--lock-timeout", callback=seconds),
     ) -> None:
         """Finish an interrupted apply: roll every GPU back to the layout it had before."""
         from migctl.reconcile import node_lock, recover

@@ -60,3 +60,44 @@ def fail(message: str, code: int = 2) -> None:
     from migctl.errors import UserError
 
     raise UserError(message, code)
+
+
+# ------------------------------------------------------------------------------------------ option checks
+MAX_SECONDS = 10_000_000.0  # about 115 days: any wait or timeout beyond this is a typo
+MAX_ID = (1 << 63) - 1  # SQLite INTEGER
+
+
+def seconds(value: float | None) -> float | None:
+    """Typer callback: a finite number of seconds from 0 to :data:`MAX_SECONDS` (nan, inf, negatives refused)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
+        raise typer.BadParameter(f"{value} is not a number of seconds (valid: 0 to {MAX_SECONDS:.0f})")
+    return value
+
+
+def positive_seconds(value: float | None) -> float | None:
+    """Typer callback: like :func:`seconds` but > 0 (a poll interval)."""
+    seconds(value)
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"{value} is not a positive number of seconds (valid: > 0 to {MAX_SECONDS:.0f})")
+    return value
+
+
+def job_ids(value: Any) -> Any:
+    """Typer callback: job IDs (one or a list) from 1 to 2^63-1."""
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if v is not None and not 1 <= v <= MAX_ID:
+            raise typer.BadParameter(f"{v} is not a job ID (valid: 1 to {MAX_ID})")
+    return value
+
+
+def int_range(lo: int, hi: int, what: str) -> Any:
+    """A Typer callback accepting integers from ``lo`` to ``hi``."""
+
+    def check(value: int | None) -> int | None:
+        if value is not None and not lo <= value <= hi:
+            raise typer.BadParameter(f"{value} is out of range for {what} (valid: {lo} to {hi})")
+        return value
+
+    return check

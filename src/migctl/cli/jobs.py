@@ -9,22 +9,27 @@ from typing import Any, List, Optional
 
 import typer
 
-from migctl.cli.common import emit_json, fail, node
+from migctl.cli.common import emit_json, fail, int_range, job_ids, node, positive_seconds, seconds
 
 CMD_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
 
 def _request(profile: str | None, mem: str | None, gpu: str | None, create: bool = True) -> Any:
+    from migctl.inputs import printable
     from migctl.jobs import Request, parse_mem
 
     if profile and mem:
         fail("give --profile or --mem, not both")
+    if profile is not None and not profile.strip():
+        fail("--profile is empty (valid: a MIG profile name such as 1g.10gb)")
+    if mem is not None and not mem.strip():
+        fail("--mem is empty (valid: a size such as 12GiB, 20gb or 500MiB)")
     gpus = None
-    if gpu is not None and gpu.strip():
-        try:
-            gpus = tuple(int(x) for x in gpu.split(",") if x.strip())
-        except ValueError:
-            fail(f"--gpu takes GPU indices such as 0 or 0,1, not {gpu!r}")
+    if gpu is not None:
+        parts = [x.strip() for x in gpu.split(",")]
+        if not all(x.isascii() and x.isdigit() and len(x) <= 4 for x in parts):
+            fail(f"--gpu '{printable(gpu)}' is not a list of GPU indices (valid: e.g. 0 or 0,1)")
+        gpus = tuple(sorted({int(x) for x in parts}))
     mem_mib = parse_mem(mem) if mem else None
     prof = profile[4:].strip() if profile and profile.upper().startswith("MIG ") else profile
     return Request(profile=prof, mem_mib=mem_mib, gpus=gpus, create=create)
@@ -60,7 +65,7 @@ def register(app: typer.Typer) -> None:
         profile: Optional[str] = typer.Option(None, "--profile", "-p", help="MIG profile, e.g. 1g.10gb."),
         mem: Optional[str] = typer.Option(None, "--mem", "-m", help="Minimum memory, e.g. 12GiB."),
         gpu: Optional[str] = typer.Option(None, "--gpu", "-g", help="Only these GPU indices (e.g. 0 or 0,1)."),
-        wait: Optional[float] = typer.Option(None, "--wait", help="Wait at most SECONDS for a free device (default: forever)."),
+        wait: Optional[float] = typer.Option(None, "--wait", callback=seconds, help="Wait at most SECONDS for a free device (default: forever)."),
         no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once (exit 75) if no device is free."),
         ephemeral: bool = typer.Option(False, "--ephemeral/--keep", help="Destroy an instance created for this run afterwards (default: keep it)."),
         no_create: bool = typer.Option(False, "--no-create", help="Never create instances; only use existing ones."),
@@ -111,7 +116,7 @@ def register(app: typer.Typer) -> None:
         profile: Optional[str] = typer.Option(None, "--profile", "-p", help="MIG profile, e.g. 1g.10gb."),
         mem: Optional[str] = typer.Option(None, "--mem", "-m", help="Minimum memory, e.g. 12GiB."),
         gpu: Optional[str] = typer.Option(None, "--gpu", "-g", help="Only these GPU indices."),
-        priority: int = typer.Option(0, "--priority", help="Higher starts first; FIFO within a priority."),
+        priority: int = typer.Option(0, "--priority", callback=int_range(-1_000_000, 1_000_000, "--priority"), help="Higher starts first; FIFO within a priority."),
         name: str = typer.Option("", "--name", help="A label for the job."),
         ephemeral: bool = typer.Option(False, "--ephemeral/--keep", help="Destroy an instance created for it afterwards."),
         as_json: bool = typer.Option(False, "--json"),
@@ -141,8 +146,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """List jobs (queued and running; --all for finished ones too)."""
+        from migctl.inputs import printable
         from migctl.jobs.queue import JobQueue
 
+        valid = ("queued", "starting", "running", "done", "failed", "cancelled")
+        if state is not None and state not in valid:
+            fail(f"unknown job state '{printable(state)}' (valid: {', '.join(valid)})")
         q = JobQueue(node(ctx))
         states = (state,) if state else (None if all_ else ("queued", "starting", "running"))
         jobs = q.list(states)
@@ -155,14 +164,14 @@ def register(app: typer.Typer) -> None:
         print(f"{'ID':>5} {'STATE':<9} {'PRI':>3} {'EXIT':>4} {'DEVICE':<17} {'CREATED':<8} {'STARTED':<8} NAME/COMMAND")
         for j in jobs:
             dev = (j.mig_uuid or "-")[:17]
-            label = j.name or " ".join(j.cmd)
+            label = printable(j.name or " ".join(j.cmd), 60)
             code = "-" if j.exit_code is None else str(j.exit_code)
             print(f"{j.id:>5} {j.state:<9} {j.priority:>3} {code:>4} {dev:<17} {_fmt_time(j.created):<8} "
-                  f"{_fmt_time(j.started):<8} {label[:60]}")
+                  f"{_fmt_time(j.started):<8} {label}")
 
     @app.command("cancel")
     @_guard
-    def cancel_cmd(ctx: typer.Context, ids: List[int] = typer.Argument(..., help="Job IDs.")) -> None:
+    def cancel_cmd(ctx: typer.Context, ids: List[int] = typer.Argument(..., callback=job_ids, help="Job IDs.")) -> None:
         """Cancel queued jobs or stop running ones (SIGTERM to the job's process group, SIGKILL after 10 s)."""
         from migctl.jobs.queue import JobQueue
 
@@ -174,7 +183,7 @@ def register(app: typer.Typer) -> None:
     @_guard
     def logs_cmd(
         ctx: typer.Context,
-        job_id: int = typer.Argument(..., help="Job ID."),
+        job_id: int = typer.Argument(..., callback=job_ids, help="Job ID."),
         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends."),
     ) -> None:
         """Print a job's output (stdout and stderr, one log file per job)."""
@@ -208,7 +217,7 @@ def register(app: typer.Typer) -> None:
     def worker_cmd(
         ctx: typer.Context,
         until_idle: bool = typer.Option(False, "--until-idle", help="Exit once nothing is queued or running."),
-        poll: float = typer.Option(0.05, "--poll", help="Seconds between passes when idle."),
+        poll: float = typer.Option(0.05, "--poll", callback=positive_seconds, help="Seconds between passes when idle."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
     ) -> None:
         """Start queued jobs as MIG devices free up (priority, then FIFO). One worker per node."""
@@ -240,6 +249,7 @@ def register(app: typer.Typer) -> None:
 
         Exits 0 when every job succeeded, 1 otherwise.
         """
+        from migctl.inputs import printable
         from migctl.jobs import batch
         from migctl.jobs.queue import JobQueue
 
@@ -249,7 +259,7 @@ def register(app: typer.Typer) -> None:
         def report(j: Any) -> None:
             if not as_json:
                 code = "-" if j.exit_code is None else j.exit_code
-                print(f"job {j.id} {j.name or ' '.join(j.cmd)[:50]}: {j.state} (exit {code}) on "
+                print(f"job {j.id} {printable(j.name or ' '.join(j.cmd), 50)}: {j.state} (exit {code}) on "
                       f"{j.mig_uuid or '-'}; log {j.log_path}", flush=True)
 
         jobs = batch.run_batch(q, specs, on_finish=report)

@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"migctl: error: {e}{_sim_suffix()}\n")
         return e.exit_code
     except click.exceptions.UsageError as e:
-        e.show()
+        from migctl.inputs import printable
+
+        cmd = e.ctx.command_path if e.ctx is not None else "migctl"
+        sys.stderr.write(f"migctl: error: {printable(e.format_message(), 300)} (see '{printable(cmd)} --help')\n")
         return 2
     except _ABORTS:
         sys.stderr.write("migctl: aborted\n")

@@ -8,13 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from migctl.cli.common import int_range, positive_seconds
+
 if TYPE_CHECKING:
     from migctl.planner.core import Plan
 
 
 def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+    from migctl.errors import UserError
+
+    raise UserError(message, code)
 
 
 def live_layout(node: Any) -> list[dict[str, Any]]:
@@ -39,8 +42,8 @@ def plan_command(
     json_out: bool = typer.Option(False, "--json", help="print the plan as JSON instead of a table"),
     config_out: Path | None = typer.Option(None, "--config-out", help="write the mig-parted config here"),
     label: str = typer.Option("migctl-plan", "--label", help="label of the mig-parted config"),
-    time_limit: float | None = typer.Option(None, "--time-limit", help="solver time limit in seconds"),
-    seed: int | None = typer.Option(None, "--seed", help="solver random seed"),
+    time_limit: float | None = typer.Option(None, "--time-limit", callback=positive_seconds, help="solver time limit in seconds"),
+    seed: int | None = typer.Option(None, "--seed", callback=int_range(0, 2**31 - 1, "--seed"), help="solver random seed"),
     apply: bool = typer.Option(False, "--apply", help="apply the plan with migctl's reconciler"),
     live: bool = typer.Option(
         False, "--live", help="plan incrementally from this node's current layout (busy instances stay)"
@@ -55,14 +58,13 @@ def plan_command(
 
     try:
         if live:
-            import yaml
-
+            from migctl.inputs import InputError, load_yaml_file
             from migctl.planner.request import parse_request
 
             try:
-                data = yaml.safe_load(file.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as e:
-                raise PlanError(f"cannot read {file}: {e}") from None
+                data = load_yaml_file(file, "plan file")
+            except InputError as e:
+                raise PlanError(str(e)) from None
             if not isinstance(data, dict):
                 raise PlanError(f"{file}: expected a mapping with 'workloads'")
             data["live"] = live_layout(cli_node(ctx))

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from migctl.cli.common import emit_json, node
+from migctl.cli.common import emit_json, node, seconds
 
 
 def _slurm_conf_default() -> str:
@@ -90,8 +90,8 @@ def register(app: typer.Typer) -> None:
         dev_prefix: str = typer.Option("/dev", "--dev-prefix"),
         slurmctld_restart: str = typer.Option("systemctl restart slurmctld", "--slurmctld-restart", help="Shell command that restarts slurmctld (22.05 needs a restart when GPU types/counts change)."),
         slurmd_restart: str = typer.Option("systemctl restart slurmd", "--slurmd-restart", help="Shell command that restarts this node's slurmd."),
-        drain_timeout: float = typer.Option(3600, "--drain-timeout", help="Seconds to wait for running jobs."),
-        timeout: float = typer.Option(120, "--timeout", help="Seconds for restarts and registration."),
+        drain_timeout: float = typer.Option(3600, "--drain-timeout", callback=seconds, help="Seconds to wait for running jobs."),
+        timeout: float = typer.Option(120, "--timeout", callback=seconds, help="Seconds for restarts and registration."),
         force: bool = typer.Option(False, "--force", help="Passed to apply: terminate processes on instances that must go."),
     ) -> None:
         """Drain NODE, wait for its jobs, apply LABEL, regenerate GRES, restart Slurm, resume.

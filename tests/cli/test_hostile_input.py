@@ -1,0 +1,184 @@
+"""Hostile input files: alias bombs, deep nesting, devices, FIFOs, huge files, broken journals and state paths.
+
+Every case must end in one ``migctl: error:`` line, a non-zero exit and no change; none may hang or grow
+without bound (the suite's timeout and the file limits make a regression fail, not stall).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_helpers import one_error_line
+
+
+def billion_laughs() -> str:
+    """552-byte-class YAML: 9 levels of 9 aliases each (~387 million nodes once expanded) under unknown keys."""
+    text = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    prev = "a"
+    for name in "bcdefghi":
+        text += f"{name}: &{name} [" + ",".join(["*" + prev] * 9) + "]\n"
+        prev = name
+    return text + "version: v1\nmig-configs: {x: [{devices: all, mig-enabled: false}]}\n"
+
+
+def _hostile_files(tmp: Path) -> dict[str, Path]:
+    bomb = tmp / "bomb.yaml"
+    bomb.write_text(billion_laughs())
+    deep = tmp / "deep.yaml"
+    deep.write_text("[" * 100_000)
+    fifo = tmp / "fifo.yaml"
+    os.mkfifo(fifo)
+    big = tmp / "big.yaml"
+    with big.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: 64 MiB of NUL bytes, above the 16 MiB limit
+    return {"bomb": bomb, "deep": deep, "fifo": fifo, "big": big, "dev": Path("/dev/zero"), "dir": tmp}
+
+
+EXPECT = {"bomb": "aliases", "deep": "nested", "fifo": "FIFO", "big": "too large", "dev": "device",
+          "dir": "directory"}
+
+
+@pytest.mark.parametrize("kind", list(EXPECT))
+def test_config_file_inputs_are_bounded(cli, tmp_path: Path, kind: str) -> None:
+    files = _hostile_files(tmp_path)
+    bad = files[kind]
+    good = tmp_path / "ok.yaml"
+    good.write_text("version: v1\nmig-configs:\n  all-disabled:\n    - devices: all\n      mig-enabled: false\n")
+    runs = [
+        ("validate", "-f", bad),
+        ("apply", "-f", bad, "-c", "x"),
+        ("apply", "-f", good, "-c", "all-disabled", "-k", bad, "--dry-run"),
+        ("k8s", "export", "-f", bad, "-c", "x"),
+        ("restore", "-f", bad),
+        ("batch", bad),
+        ("plan", bad),
+        ("plan", bad, "--live"),
+    ]
+    for args in runs:
+        r = cli(*args)
+        assert r.code != 0, args
+        line = one_error_line(r)
+        if not (kind == "bomb" and args[0] == "restore"):  # restore reads JSON: the bomb is invalid JSON there
+            assert EXPECT[kind] in line, (args, line)
+        assert len(line) < 400, (args, line)
+
+
+def test_sim_state_refuses_devices_fifos_dirs_and_missing_parents(cli, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.json")
+    for path, what in (("/dev/zero", "regular file"), (tmp_path / "fifo.json", "regular file"),
+                       (tmp_path, "regular file")):
+        for args in (("sim", "status"), ("sim", "reset-state"), ("gpus",)):
+            r = cli("--sim-state", str(path), *args)
+            assert r.code != 0 and what in one_error_line(r), (path, args, r.err)
+    missing = tmp_path / "no" / "such" / "state.json"
+    r = cli("--sim-state", str(missing), "sim", "status")
+    assert r.code != 0 and "does not exist" in one_error_line(r)
+    assert not (tmp_path / "no").exists()
+
+
+def _journal(cli, tmp_path: Path) -> Path:
+    """Make a real journal by applying a config, then return the path where a pending journal would live."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n"
+                   "      mig-devices: {1g.10gb: 7}\n")
+    assert cli("apply", "-f", cfg, "-c", "a", "-q").code == 0
+    last = list(tmp_path.glob("apply-*.last.json"))
+    assert len(last) == 1
+    return last[0].with_name(last[0].name.replace(".last.json", ".journal.json"))
+
+
+@pytest.mark.parametrize("change", [
+    {"old": {}}, {"old": "oops"}, {"old": {"0": {"mig": True, "gis": [{"profile": 5}]}}},
+    {"old": {"9": {"mig": False, "gis": []}}}, {"format": "x"}, {"next": -1}, None,
+])
+def test_recover_validates_the_journal_before_acting(cli, tmp_path: Path, change: dict | None) -> None:
+    path = _journal(cli, tmp_path)
+    data = json.loads(path.with_name(path.name.replace(".journal.json", ".last.json")).read_text())
+    data["phase"], data["next"] = "forward", 3
+    if change is None:
+        text = "[" * 50_000  # deeper than any decoder should follow
+    else:
+        data.update(change)
+        text = json.dumps(data)
+    path.write_text(text)
+    before = cli("gpus", "--json").out
+    r = cli("recover")
+    assert r.code == 2, r
+    assert "journal" in one_error_line(r) and "nothing was changed" in r.err
+    assert path.exists(), "a journal that could not be validated must be kept"
+    assert cli("gpus", "--json").out == before
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+@pytest.mark.parametrize("args", [
+    ("apply", "-f", "x.yaml", "-c", "a", "--lock-timeout", "nan"),
+    ("apply", "-f", "x.yaml", "-c", "a", "--wait", "-1"),
+    ("apply", "-f", "x.yaml", "-c", "a", "--wait", "inf"),
+    ("restore", "-f", "x.json", "--lock-timeout", "-5"),
+    ("recover", "--lock-timeout", "nan"),
+    ("run", "--wait", "nan", "--", "true"),
+    ("run", "--wait", "-1", "--", "true"),
+    ("submit", "--priority", "99999999999999999999999", "--", "true"),
+    ("cancel", "99999999999999999999"),
+    ("cancel", "0"),
+    ("logs", "99999999999999999999"),
+    ("worker", "--poll", "-1", "--until-idle"),
+    ("worker", "--poll", "0", "--until-idle"),
+    ("plan", "x.yaml", "--time-limit", "nan"),
+    ("plan", "x.yaml", "--seed", "-1"),
+    ("slurm", "reconfigure", "--timeout", "nan"),
+    ("run", "--gpu", "0,,0", "--", "true"),
+    ("run", "--gpu", "", "--", "true"),
+    ("run", "--profile", "", "--", "true"),
+    ("jobs", "--state", "runing"),
+])
+def test_bad_numbers_and_values_get_one_line(cli, args: tuple[str, ...]) -> None:
+    r = cli(*args)
+    assert r.code == 2, (args, r)
+    line = one_error_line(r)
+    assert "valid" in line, line
+
+
+def test_worker_with_bad_poll_leaves_no_job_running(cli) -> None:
+    assert cli("mode", "enable").code == 0
+    assert cli("submit", "--", "true").code == 0
+    assert cli("worker", "--poll", "-1", "--until-idle").code == 2
+    jobs = cli("jobs", "--all", "--json").json()
+    assert [j["state"] for j in (jobs["jobs"] if isinstance(jobs, dict) else jobs)] == ["queued"]
+
+
+# ------------------------------------------------------------------------------------------- text and bytes
+def _migctl(tmp_path: Path, *args: bytes | str, cwd: Path | bytes | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MIGCTL_STATE_DIR": str(tmp_path / "state"), "MIGCTL_SIM": "1xA30", "PYTHONIOENCODING": ""}
+    env.pop("MIGCTL_SIM_STATE", None)
+    return subprocess.run([sys.executable, "-m", "migctl", *args], capture_output=True, env=env, cwd=cwd,
+                          timeout=120)
+
+
+def test_non_utf8_arguments_and_cwd_are_one_line(tmp_path: Path) -> None:
+    assert _migctl(tmp_path, "mode", "enable").returncode == 0
+    for args in ((b"submit", b"--name", b"\xff\xfe", b"--", b"true"), (b"jobs", b"--state", b"\xff"),
+                 (b"validate", b"-f", b"/nonexistent/\xff.yaml")):
+        r = _migctl(tmp_path, *args)
+        err = r.stderr.decode("utf-8")
+        assert r.returncode == 2 and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("migctl: error:"), err
+    odd = tmp_path / os.fsdecode(b"dir\xff")
+    odd.mkdir()
+    r = _migctl(tmp_path, "submit", "--", "true", cwd=odd)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and err.startswith("migctl: error:") and "UTF-8" in err, err
+
+
+def test_job_names_with_escape_sequences_are_printed_escaped(cli) -> None:
+    evil = "x\x1b]0;pwned\x07\x1b[2J\r\nfake"
+    assert cli("mode", "enable").code == 0
+    assert cli("submit", "--name", evil, "--", "true").code == 0
+    r = cli("jobs")
+    assert "\x1b" not in r.out and "\x07" not in r.out and "\r" not in r.out
+    assert "\\x1b]0;pwned" in r.out
