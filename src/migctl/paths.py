@@ -3,6 +3,11 @@
 One state dir (``$MIGCTL_STATE_DIR`` or the platform's user state dir) holds the simulator's nodes, the
 apply journals, the jobs database and the node locks. Every operation that creates or destroys MIG
 instances (apply, recover, restore, dynamic instances of ``migctl run``) holds the same node lock.
+
+The state dir is private: created 0700 whatever the umask, and refused when it is not owned by the
+caller or is writable by group or others (another user could otherwise plant jobs, journals or symlinks
+that root then acts on). Files migctl creates in it are 0600. Temporary files left by a writer that was
+killed (``.journal-*.tmp``, ``.state-*.tmp``) are removed the first time a process uses the state dir.
 """
 
 from __future__ import annotations
@@ -10,21 +15,92 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from migctl.errors import UserError
 
+STALE_TMP_S = 60.0  # a temp file older than this belongs to a writer that died (writes take milliseconds)
+_ready: set[str] = set()
+
 
 def state_dir() -> Path:
-    """``$MIGCTL_STATE_DIR`` or platformdirs' user state dir for migctl."""
+    """``$MIGCTL_STATE_DIR`` or platformdirs' user state dir for migctl; created private and checked."""
     env = os.environ.get("MIGCTL_STATE_DIR")
     if env:
-        return Path(env)
-    import platformdirs
+        p = Path(env)
+    else:
+        import platformdirs
 
-    return Path(platformdirs.user_state_dir("migctl"))
+        p = Path(platformdirs.user_state_dir("migctl"))
+    if str(p) not in _ready:
+        ensure_private_dir(p, "state dir")
+        _clean_stale_temps(p)
+        _ready.add(str(p))
+    return p
+
+
+def ensure_private_dir(path: Path, what: str = "directory") -> Path:
+    """Create ``path`` 0700 (parents as needed); refuse one owned by another user or writable by others."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; 0700 whatever it is
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise UserError(f"cannot create {what} {path}: {e.strerror}") from None
+    check_private(path, what, directory=True)
+    return path
+
+
+def check_private(path: Path, what: str, directory: bool = False) -> None:
+    """Refuse ``path`` unless it is owned by the caller and not writable by group or others."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UserError(f"cannot use {what} {path}: {e.strerror}") from None
+    if directory and not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{what} {path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise UserError(f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}); refusing to "
+                        "use it (valid: a directory you own, e.g. set MIGCTL_STATE_DIR)")
+    if st.st_mode & 0o022:
+        raise UserError(f"{what} {path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                        f"refusing to use it (valid: chmod go-w {path})")
+
+
+def private_file(path: Path, what: str) -> Path:
+    """Create ``path`` 0600 if missing (whatever the umask), or check an existing one; returns ``path``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileExistsError:
+        check_private(path, what)
+        return path
+    except OSError as e:
+        raise UserError(f"cannot create {what} {path}: {e.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return path
+
+
+def _clean_stale_temps(directory: Path) -> None:
+    """Remove temp files of atomic writes whose writer was killed (older than :data:`STALE_TMP_S`)."""
+    now = time.time()
+    for pattern, sub in ((".journal-*.tmp", "."), (".state-*.tmp", "sim")):
+        for p in (directory / sub).glob(pattern):
+            try:
+                if now - p.lstat().st_mtime > STALE_TMP_S:
+                    p.unlink()
+            except OSError:
+                continue
 
 
 def node_slug(node: Any) -> str:

@@ -38,8 +38,11 @@ BUSY_TIMEOUT_S = 60.0
 
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """A connection in autocommit mode (explicit BEGIN IMMEDIATE for writes), WAL, long busy timeout."""
+    from migctl.paths import private_file
+
     p = path or db_path()
     p.parent.mkdir(parents=True, exist_ok=True)
+    private_file(p, "jobs database")  # 0600 before SQLite opens it (its -wal and -shm files copy the mode)
     conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")

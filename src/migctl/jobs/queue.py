@@ -67,6 +67,21 @@ JOB_SCRIPT = GATE_OPEN + (
 )
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError as e:
+        raise JobsError(f"cannot read the working directory ({e.strerror})") from None
+
+
 @dataclass
 class Job:
     """One row of the jobs table."""
@@ -124,7 +139,8 @@ class JobQueue:
         self.path = path
         self.conn = connect(path)
         self.log_dir = state_dir() / "jobs" / key_slug(self.key)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for d in (self.log_dir.parent, self.log_dir):
+            d.mkdir(mode=0o700, exist_ok=True)
 
     # ------------------------------------------------------------------ client side
     def submit(self, cmd: list[str], req: Request, *, priority: int = 0, name: str = "", cwd: str | None = None,
@@ -138,13 +154,20 @@ class JobQueue:
     def submit_many(self, specs: list[dict[str, Any]], batch: str | None = None) -> list[int]:
         """Queue several jobs in one transaction (all or none)."""
         ids = []
+        for s in specs:
+            s["cwd"] = s.get("cwd") or _cwd()
+            s["env"] = {**os.environ, **(s.get("env") or {})}  # a job runs with its submitter's environment
+            for key in ("name", "cwd"):
+                if isinstance(s.get(key), str) and not _utf8(s[key]):
+                    raise JobsError(f"job {key} is not valid UTF-8 text"
+                                    + (" (run from a directory whose path is UTF-8)" if key == "cwd" else ""))
         with immediate(self.conn) as c:
             for s in specs:
                 req: Request = s["req"]
                 cur = c.execute(
                     "INSERT INTO jobs (node, name, cmd, cwd, env, profile, mem_mib, gpus, priority, state, created, "
                     "ephemeral, batch) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (self.key, s.get("name") or "", json.dumps(list(s["cmd"])), s.get("cwd") or os.getcwd(),
+                    (self.key, s.get("name") or "", json.dumps(list(s["cmd"])), s["cwd"],
                      json.dumps(s.get("env") or {}), req.profile, req.mem_mib,
                      json.dumps(list(req.gpus)) if req.gpus is not None else None, int(s.get("priority") or 0),
                      "queued", time.time(), int(bool(s.get("ephemeral"))), batch),
@@ -234,7 +257,7 @@ class Worker:
         from filelock import FileLock, Timeout
 
         path = state_dir() / "locks" / f"worker-{key_slug(self.q.key)}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = FileLock(str(path))
         try:
             lock.acquire(timeout=-1 if block else 0)
@@ -395,10 +418,11 @@ class Worker:
         exit_file = log_path.with_suffix(".exit")
         for p in (exit_file, exit_file.with_suffix(".exit.tmp")):
             p.unlink(missing_ok=True)
-        env = child_env(lease, base={**os.environ, **job.env},
+        env = child_env(lease, base=dict(job.env),  # the submitter's environment, recorded at submit
                         extra={"MIGCTL_JOB_ID": str(job.id), "MIGCTL_EXIT_FILE": str(exit_file)})
         cwd = job.cwd if os.path.isdir(job.cwd) else None
-        with open(log_path, "ab") as out:
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "ab") as out:
             try:
                 proc, gate = gated_popen(job.cmd, env, script=JOB_SCRIPT, new_group=False, deathsig=False,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
