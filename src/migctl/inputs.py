@@ -16,6 +16,7 @@ Errors are :class:`InputError` (a :class:`~migctl.errors.UserError`): one line n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -196,3 +197,41 @@ def load_json(text: str, file: str) -> Any:
         raise InputError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
     except RecursionError:
         raise InputError(f"{file}: JSON nested too deeply") from None
+
+
+# ------------------------------------------------------------------------------------------------ output
+def write_text_file(path: str | Path, text: str, what: str = "file", mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` atomically: an unpredictable temp file created exclusively next to it, renamed.
+
+    A missing directory, a directory as ``path`` or a permission problem is one :class:`InputError` line.
+    """
+    import tempfile
+
+    p = Path(os.fsdecode(os.fspath(path)))
+    label = printable(str(p))
+    parent = p.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {what} {label}: directory {printable(str(parent))} does not exist")
+    if p.is_dir():
+        raise InputError(f"cannot write {what} {label}: is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=str(parent), prefix=f".{p.name[:40]}.", suffix=".tmp")
+    except OSError as e:
+        raise InputError(f"cannot write {what} {label}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode & ~_umask())
+        os.replace(tmp, p)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise InputError(f"cannot write {what} {label}: {e.strerror}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

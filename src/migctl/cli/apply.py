@@ -180,7 +180,9 @@ def register(app: typer.Typer) -> None:
         if file is None:
             sys.stdout.write(text)
         else:
-            file.write_text(text, encoding="utf-8")
+            from migctl.inputs import write_text_file
+
+            write_text_file(file, text, "checkpoint")
             print(f"checkpoint written to {file}")
 
     @app.command("restore")
@@ -214,6 +216,8 @@ def register(app: typer.Typer) -> None:
         from migctl.catalog import load_model
         from migctl.reconcile.roundtrip import generate_config, to_yaml
 
+        if output not in ("yaml", "json"):
+            fail(f"unknown output format {output!r} (valid: yaml, json)")
         models = [load_model(m) for m in model] if model else [g.model for g in node(ctx).gpus() if g.model]
         data = generate_config(models)
         if output == "json":

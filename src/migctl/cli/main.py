@@ -37,6 +37,14 @@ VERB_MODULES = [
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from migctl import __version__
+
+        sys.stdout.write(f"migctl {__version__}\n")
+        raise SystemExit(0)
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -46,6 +54,8 @@ def _root(
     sim_state: str | None = typer.Option(
         None, "--sim-state", envvar="MIGCTL_SIM_STATE", help="State file of the simulated node (default: per spec, in the user state dir)."
     ),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=lambda v: _print_version(v),
+                                 help="Print migctl's version and exit."),
 ) -> None:
     ctx.obj = CliState(sim=sim, sim_state=sim_state)
 
@@ -87,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     SIM_NOTES.clear()
     try:
-        rv = app(args=argv, standalone_mode=False, prog_name="migctl")
+        rv = app(args=hoist_global_options(sys.argv[1:] if argv is None else list(argv)), standalone_mode=False,
+                 prog_name="migctl")
         _flush_sim_notes()
         return rv if isinstance(rv, int) else 0
     except SystemExit as e:
@@ -131,6 +142,49 @@ def _sim_suffix() -> str:
     text = "".join(f" (note: {n})" for n in SIM_NOTES)
     SIM_NOTES.clear()
     return text
+
+
+GLOBAL_OPTIONS = ("--sim", "--sim-state")
+# options that take a value in the verbs whose command words follow their options (run, submit)
+_CMD_VERB_VALUES = {"--profile", "-p", "--mem", "-m", "--gpu", "-g", "-i", "--wait", "--priority", "--name"}
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Move ``--sim X`` / ``--sim-state X`` given after the verb to the front, so both orders work.
+
+    Never past ``--``, never out of the command of ``run``/``submit``, and not in ``smi`` (nvidia-smi's own
+    words are passed through as they are).
+    """
+    head: list[str] = []
+    rest: list[str] = []
+    i = 0
+    verb: str | None = None
+    in_cmd = False
+    while i < len(argv):
+        a = argv[i]
+        if a == "--" or in_cmd or verb == "smi":
+            rest.extend(argv[i:])
+            break
+        name = a.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            if "=" in a or i + 1 >= len(argv):
+                head.append(a)
+                i += 1
+            else:
+                head.extend(argv[i:i + 2])
+                i += 2
+            continue
+        rest.append(a)
+        if verb is None and not a.startswith("-"):
+            verb = a
+        elif verb in ("run", "submit"):
+            if a in _CMD_VERB_VALUES and i + 1 < len(argv):
+                rest.append(argv[i + 1])
+                i += 1
+            elif not a.startswith("-"):
+                in_cmd = True
+        i += 1
+    return head + rest
 
 
 def _click():  # type: ignore[no-untyped-def]

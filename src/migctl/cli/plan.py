@@ -97,10 +97,9 @@ def plan_command(
 
         write_svg(svg, maps_from_planner(result), "migctl plan")
     if config_out is not None:
-        try:
-            config_out.write_text(to_mig_parted_yaml(result, label), encoding="utf-8")
-        except OSError as e:
-            _fail(f"cannot write {config_out}: {e.strerror}")
+        from migctl.inputs import write_text_file
+
+        write_text_file(config_out, to_mig_parted_yaml(result, label), "mig-parted config")
     if apply:
         try:
             from migctl.reconcile import apply_config  # type: ignore[attr-defined]

@@ -67,6 +67,9 @@ def load(path: str | Path) -> list[dict[str, Any]]:
         if not cmd or not isinstance(cmd, list):
             raise JobsError(f"{p}: {label}: 'command' must be a string or a list")
         mem = item.get("mem")
+        if item.get("profile") is not None and mem is not None:
+            where = " (one of them from defaults:)" if ("profile" in defaults) != ("mem" in defaults) else ""
+            raise JobsError(f"{p}: {label}: give 'profile' or 'mem', not both{where}")
         req = Request(profile=item.get("profile"), mem_mib=parse_mem(str(mem)) if mem is not None else None,
                       gpus=_gpus(item.get("gpu", item.get("gpus"))))
         cwd = item.get("cwd")
