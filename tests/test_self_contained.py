@@ -41,3 +41,12 @@ def test_benchmark_help_prints_help_and_runs_nothing():
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, (name, r.stderr)
         assert r.stdout.startswith("usage:"), name
+
+
+def test_ci_runs_the_newcomer_check_and_it_does_not_recurse():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "scripts/test.sh" in ci and "scripts/newcomer.sh" in ci
+    env = {"PATH": "/usr/bin:/bin", "MIGCTL_NEWCOMER_RUN": "1"}
+    r = subprocess.run(["bash", str(REPO / "scripts" / "newcomer.sh")], capture_output=True, text=True, env=env,
+                       timeout=30)
+    assert r.returncode == 0 and "not recursing" in r.stdout
