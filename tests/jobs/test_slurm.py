@@ -158,17 +158,94 @@ def test_reconfigure_against_real_slurm(cluster: tuple[Cluster, SimEnv]) -> None
     r = _srun(c, "gpu:3g.40gb:1")
     assert r.returncode != 0  # that type is gone
 
-    # failure: a process on a MIG device that must go -> apply refuses; node left drained with the reason
+    # failure: a process on a MIG device that must go -> apply refuses; the layout is unchanged, so the node
+    # is resumed (not left drained) and the GRES files are as they were
+    gres_before, conf_before = c.gres_conf.read_text(), c.conf.read_text()
     holder = env.popen("run", "--profile", "1g.10gb", "--", "sh", "-c", "echo up; sleep 60")
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
         r = _reconfigure(env, c, "all-7g")
-        assert r.returncode != 0 and "left drained" in r.stderr
-        info = c.scontrol_state()
-        assert "DRAIN" in info and "Reason=migctl: reconfigure to all-7g failed" in info, info
+        assert r.returncode != 0 and "layout unchanged; node resumed" in r.stderr, r.stderr
+        info = c.wait_state("IDLE")
+        assert "DRAIN" not in info, info
         assert len(env.node().gpu(0).mig_devices()) == 7  # nothing was destroyed
+        assert c.gres_conf.read_text() == gres_before and c.conf.read_text() == conf_before
     finally:
         holder.kill()
         holder.wait()
-    subprocess.run(["scontrol", "update", f"nodename={NODE}", "state=resume"], env=c.env, check=True, timeout=10)
-    c.wait_state("IDLE")
+
+    # a NodeName slurm.conf lacks, a bad label: refused before anything is drained or applied
+    for node_name, label, what in ((NODE + "x", "all-7g", "no line 'NodeName="), (NODE, "nope", "nope")):
+        restart = f"{sys.executable} {HELPER} restart {c.d}"
+        r = env.migctl("slurm", "reconfigure", node_name, "-f", str(env.tmp / "config.yaml"), "-c", label,
+                       "--gres-conf", str(c.gres_conf), "--slurm-conf", str(c.conf), "--autodetect", "off",
+                       "--dev-prefix", str(c.d / "dev"), "--slurmctld-restart", f"{restart} slurmctld",
+                       "--slurmd-restart", f"{restart} slurmd", "--timeout", "60", timeout=120)
+        assert r.returncode == 2 and what in r.stderr, r.stderr
+        info = c.scontrol_state()
+        assert "DRAIN" not in info and "IDLE" in info, info
+    assert len(env.node().gpu(0).mig_devices()) == 7
+
+
+# ------------------------------------------------------------------------------------------ file hardening
+def test_slurm_conf_line_syntax() -> None:
+    set_ = S.set_node_gres
+    # a trailing comment stays a comment; Gres= goes into the line, not into the comment
+    assert set_("NodeName=a CPUs=8 # site note\n", "a", "gpu:x:1") == "NodeName=a Gres=gpu:x:1 CPUs=8 # site note\n"
+    # a Gres= on a continuation line is replaced, the continuation kept
+    assert set_("NodeName=a CPUs=8 \\\n  Gres=gpu:old:1 State=UNKNOWN\n", "a", "gpu:x:1") == \
+        "NodeName=a CPUs=8 \\\n  Gres=gpu:x:1 State=UNKNOWN\n"
+    # quoted values are kept as written
+    assert set_('NodeName=a Features="f1 f2" Gres=gpu:o:1\n', "a", "gpu:x:1") == \
+        'NodeName=a Features="f1 f2" Gres=gpu:x:1\n'
+    # a commented-out Gres= is neither read as the node's Gres nor rewritten; a real one is added
+    assert set_("NodeName=a CPUs=1 # Gres=gpu:old:1\n", "a", "gpu:x:1") == "NodeName=a Gres=gpu:x:1 CPUs=1 # Gres=gpu:old:1\n"
+    assert set_("# NodeName=a Gres=gpu:old:1\nNodeName=a CPUs=1\n", "a", "gpu:x:1").endswith("NodeName=a Gres=gpu:x:1 CPUs=1\n")
+    with pytest.raises(S.SlurmError, match="no line 'NodeName=a"):
+        set_("# NodeName=a CPUs=1\nNodeName=b\n", "a", "gpu:x:1")
+    with pytest.raises(S.SlurmError, match="more than one"):
+        set_("NodeName=a\nNodeName=a\n", "a", "gpu:x:1")
+
+
+def test_gres_files_are_validated_then_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
+    env.layout(0, ["3g.40gb"])
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    real = tmp_path / "real-slurm.conf"
+    real.write_text("NodeName=gpu01 CPUs=8\n")
+    os.chmod(real, 0o600)
+    os.chown(real, 1, 1)  # daemon:daemon
+    conf = etc / "slurm.conf"
+    conf.symlink_to(real)
+    gres = etc / "gres.conf"
+    gres.write_text("# site\n")
+    os.chmod(gres, 0o640)
+    # another user plants a symlink at the old, predictable temp name: it must not be followed
+    victim = tmp_path / "victim"
+    victim.write_text("root only\n")
+    (etc / ".gres.conf.migctl.tmp").symlink_to(victim)
+
+    # validation first: an unknown NodeName changes neither file
+    r = env.migctl("slurm", "gres", "--node", "nope", "--gres-conf", str(gres), "--slurm-conf", str(conf))
+    assert r.returncode == 2 and "no line 'NodeName=nope" in r.stderr
+    assert gres.read_text() == "# site\n" and real.read_text() == "NodeName=gpu01 CPUs=8\n"
+
+    r = env.migctl("slurm", "gres", "--node", "gpu01", "--gres-conf", str(gres), "--slurm-conf", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert conf.is_symlink() and real.read_text().startswith("NodeName=gpu01 Gres=gpu:3g.40gb:1 CPUs=8")
+    st = real.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1, 1, 0o600)
+    assert gres.stat().st_mode & 0o777 == 0o640 and "# BEGIN migctl node=gpu01" in gres.read_text()
+    assert victim.read_text() == "root only\n"
+    assert (tmp_path / "real-slurm.conf.migctl.bak").read_text() == "NodeName=gpu01 CPUs=8\n"
+    assert (etc / "gres.conf.migctl.bak").read_text() == "# site\n"
+    assert not list(etc.glob("*.migctl-tmp"))
+
+
+def test_simulated_node_never_writes_the_hosts_slurm_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
+    env.env.pop("SLURM_CONF", None)
+    r = env.migctl("slurm", "gres", "--node", "gpu01")
+    assert r.returncode == 2 and "simulated node" in r.stderr
+    assert env.migctl("slurm", "gres", "--node", "gpu01", "--print").returncode == 0

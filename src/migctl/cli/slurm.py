@@ -30,6 +30,17 @@ def _style(style: str) -> str:
     return style
 
 
+def _not_real_files_on_sim(n: object, gres_conf: str | None, slurm_conf: str | None, no_slurm_conf: bool) -> None:
+    """A simulated node never writes the host's real Slurm files by default."""
+    from migctl.errors import UserError
+
+    if getattr(n, "sim", None) is None or os.environ.get("SLURM_CONF"):
+        return
+    if gres_conf is None or (slurm_conf is None and not no_slurm_conf):
+        raise UserError("this is a simulated node: give --gres-conf and --slurm-conf (or set SLURM_CONF), or use "
+                        "--print; refusing to write the host's /etc/slurm")
+
+
 def register(app: typer.Typer) -> None:
     slurm = typer.Typer(help="Slurm integration: GRES for MIG devices, drain/apply/resume.", no_args_is_help=True)
     app.add_typer(slurm, name="slurm")
@@ -64,6 +75,7 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(block)
             print(f"Gres={value}")
             return
+        _not_real_files_on_sim(n, gres_conf, slurm_conf, no_slurm_conf)
         sc = slurm_conf or _slurm_conf_default()
         gc = Path(gres_conf or _gres_conf_default(sc))
         try:
@@ -101,6 +113,7 @@ def register(app: typer.Typer) -> None:
         from migctl.errors import UserError
         from migctl.integrations import slurm as S
 
+        _not_real_files_on_sim(node(ctx), gres_conf, slurm_conf, no_slurm_conf)
         sc = slurm_conf or _slurm_conf_default()
         opts = S.ReconfigureOptions(
             gres_conf=Path(gres_conf or _gres_conf_default(sc)), slurm_conf=None if no_slurm_conf else Path(sc),

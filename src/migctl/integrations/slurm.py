@@ -19,6 +19,7 @@ Slurm is driven through its CLI only (``scontrol``); no PyPI pyslurm matches Slu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -152,42 +153,242 @@ def replace_block(text: str, node_name: str, block: str) -> str:
     return (text if not text or text.endswith("\n") else text + "\n") + block
 
 
+# ------------------------------------------------------------------------------------------ Slurm line syntax
+@dataclass(frozen=True)
+class Token:
+    """A ``key=value`` word of a slurm.conf line: its physical line and character span (value may be quoted)."""
+
+    line: int
+    start: int
+    end: int
+    key: str
+    value: str
+
+
+def _code_end(line: str) -> int:
+    """Where the comment of a physical line starts (``#`` outside double quotes, not escaped), else its length."""
+    quoted = False
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == "\\" and i + 1 < len(line):
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == "#" and not quoted:
+            return i
+        i += 1
+    return len(line)
+
+
+def _continued(code: str) -> bool:
+    """A physical line continues on the next one when its code part ends in a backslash (slurm.conf(5))."""
+    return code.rstrip(" \t").endswith("\\") and not code.rstrip(" \t").endswith("\\\\")
+
+
+def logical_lines(lines: list[str]) -> list[tuple[int, int]]:
+    """(first, last) physical line index of each logical line (backslash continuations joined)."""
+    out = []
+    i = 0
+    while i < len(lines):
+        j = i
+        while j < len(lines) - 1 and _continued(lines[j][:_code_end(lines[j])]):
+            j += 1
+        out.append((i, j))
+        i = j + 1
+    return out
+
+
+def tokens(lines: list[str], first: int, last: int) -> list[Token]:
+    """The ``key=value`` words of one logical line (comments skipped, quotes kept in the span, unquoted value)."""
+    out = []
+    for n in range(first, last + 1):
+        line = lines[n]
+        code = line[:_code_end(line)]
+        if n < last:
+            code = code.rstrip(" \t")[:-1]  # drop the continuation backslash
+        i = 0
+        while i < len(code):
+            if code[i].isspace():
+                i += 1
+                continue
+            j = i
+            quoted = False
+            while j < len(code) and (quoted or not code[j].isspace()):
+                if code[j] == '"':
+                    quoted = not quoted
+                j += 1
+            word = code[i:j]
+            key, _, value = word.partition("=")
+            out.append(Token(n, i, j, key, value.replace('"', "")))
+            i = j
+    return out
+
+
 def set_node_gres(slurm_conf_text: str, node_name: str, gres: str) -> str:
-    """Set ``Gres=`` on the ``NodeName=<node_name>`` line of slurm.conf (added when missing)."""
-    out, found = [], False
-    for line in slurm_conf_text.splitlines(keepends=True):
-        m = re.match(r"\s*NodeName=(\S+)", line, re.I)
-        if m and m.group(1) == node_name:
-            found = True
-            body = line.rstrip("\n")
-            if re.search(r"(?i)\bGres=\S*", body):
-                body = re.sub(r"(?i)\bGres=\S*", f"Gres={gres}" if gres else "", body)
-            elif gres:
-                body += f" Gres={gres}"
-            line = re.sub(r"  +", " ", body) + "\n"
-        out.append(line)
+    """Set ``Gres=`` on the ``NodeName=<node_name>`` line of slurm.conf; everything else is kept byte for byte.
+
+    Slurm's line syntax is followed: ``#`` comments (a ``Gres=`` in a comment is neither read nor written),
+    backslash continuations (a ``Gres=`` on any physical line of the logical line is found), double-quoted
+    values (kept as they are). An existing ``Gres=`` is replaced in place (any further one removed); else the
+    new one goes right after the ``NodeName=`` word, before any comment.
+    """
+    lines = slurm_conf_text.splitlines(keepends=True)
+    bare = [ln.rstrip("\r\n") for ln in lines]
+    found = False
+    edits: list[tuple[int, int, int, str]] = []  # (line, start, end, replacement), applied right to left
+    for first, last in logical_lines(bare):
+        toks = tokens(bare, first, last)
+        if not toks or toks[0].key.lower() != "nodename" or toks[0].value != node_name:
+            continue
+        if found:
+            raise SlurmError(f"slurm.conf has more than one 'NodeName={node_name}' line; refusing to guess", 2)
+        found = True
+        head = toks[0]
+        olds = [t for t in toks[1:] if t.key.lower() == "gres"]
+        for k, t in enumerate(olds):
+            if k == 0 and gres:
+                edits.append((t.line, t.start, t.end, f"Gres={gres}"))  # in place
+                continue
+            s = t.start  # remove the word and the blanks before it
+            while s > 0 and bare[t.line][s - 1] in " \t":
+                s -= 1
+            edits.append((t.line, s, t.end, ""))
+        if gres and not olds:
+            edits.append((head.line, head.end, head.end, f" Gres={gres}"))
     if not found:
         raise SlurmError(f"slurm.conf has no line 'NodeName={node_name} ...' (node lists such as n[1-4] are not "
                          "edited; give that node its own NodeName line or use --print)", 2)
-    return "".join(out)
+    for n, s, e, rep in sorted(edits, key=lambda x: (x[0], -x[1])):
+        ending = lines[n][len(bare[n]):]
+        bare[n] = bare[n][:s] + rep + bare[n][e:]
+        lines[n] = bare[n] + ending
+    return "".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.migctl.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# ------------------------------------------------------------------------------------------ safe file writes
+def _target(path: Path) -> Path:
+    """The file a path names, symlinks followed (the link itself stays a link)."""
+    return Path(os.path.realpath(path))
+
+
+def _atomic_write(path: Path, text: str, like: os.stat_result | None = None) -> None:
+    """Replace ``path``'s target atomically: an unpredictable temp file created exclusively (O_EXCL, mkstemp)
+    next to the target, with the target's owner and mode (0644 for a new file), fsynced, then renamed."""
+    import tempfile
+
+    target = _target(path)
+    st = like
+    if st is None:
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            st = None
+    fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=".migctl-tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), (st.st_mode & 0o7777) if st else 0o644)
+            if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(f.fileno(), st.st_uid, st.st_gid)
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_conf(path: Path, what: str) -> str:
+    from migctl.inputs import InputError, read_text
+
+    try:
+        return read_text(path, what)
+    except InputError as e:
+        raise SlurmError(str(e), 2) from None
+
+
+@dataclass
+class ConfEdit:
+    """A validated change of one Slurm file: old text (None: file absent), new text, target, backup path."""
+
+    path: Path
+    old: str | None
+    new: str
+
+    @property
+    def target(self) -> Path:
+        return _target(self.path)
+
+    @property
+    def backup(self) -> Path:
+        return self.target.with_name(self.target.name + ".migctl.bak")
+
+
+def plan_gres_edits(node: Any, node_name: str, gres_conf: Path, slurm_conf: Path | None, style: str = "short",
+                    autodetect: str = "nvml", dev_prefix: str = "/dev") -> tuple[list[ConfEdit], str, str]:
+    """Read and validate everything, change nothing: (edits, gres.conf block, Gres= value)."""
+    entries = gres_entries(node, style=style, dev_prefix=dev_prefix)
+    block, value = gres_block(node_name, entries, autodetect), gres_value(entries)
+    edits = []
+    gtarget = _target(gres_conf)
+    if not gtarget.parent.is_dir():
+        raise SlurmError(f"gres.conf {gres_conf}: directory {gtarget.parent} does not exist", 2)
+    old = _read_conf(gres_conf, "gres.conf") if gtarget.exists() else None
+    edits.append(ConfEdit(gres_conf, old, replace_block(old or "", node_name, block)))
+    if slurm_conf is not None:
+        if not _target(slurm_conf).exists():
+            raise SlurmError(f"slurm.conf {slurm_conf}: no such file (give --slurm-conf or --no-slurm-conf)", 2)
+        old = _read_conf(slurm_conf, "slurm.conf")
+        edits.append(ConfEdit(slurm_conf, old, set_node_gres(old, node_name, value)))
+    for e in edits:
+        if not os.access(e.target.parent, os.W_OK):
+            raise SlurmError(f"cannot write {e.path}: directory {e.target.parent} is not writable", 2)
+    return edits, block, value
+
+
+def commit_edits(edits: list[ConfEdit]) -> None:
+    """Write every edit (backups first, kept as ``<file>.migctl.bak``); when one fails, restore those done."""
+    for e in edits:
+        if e.old is not None:
+            _atomic_write(e.backup, e.old)
+    done: list[ConfEdit] = []
+    try:
+        for e in edits:
+            if e.old != e.new:
+                _atomic_write(e.path, e.new)
+                done.append(e)
+    except OSError as err:
+        for e in reversed(done):
+            with contextlib.suppress(OSError):
+                if e.old is None:
+                    e.target.unlink()
+                else:
+                    _atomic_write(e.path, e.old)
+        raise SlurmError(f"cannot write {e.path}: {err.strerror or err}; earlier files restored") from None
+
+
+def restore_edits(edits: list[ConfEdit]) -> None:
+    """Put every file back as it was before :func:`commit_edits`."""
+    for e in edits:
+        with contextlib.suppress(OSError):
+            if e.old is None:
+                e.target.unlink()
+            else:
+                _atomic_write(e.path, e.old)
 
 
 def write_gres(node: Any, node_name: str, gres_conf: Path, slurm_conf: Path | None, style: str = "short",
                autodetect: str = "nvml", dev_prefix: str = "/dev") -> tuple[str, str]:
-    """Write this node's block into gres.conf and its ``Gres=`` into slurm.conf. Returns (block, gres value)."""
-    entries = gres_entries(node, style=style, dev_prefix=dev_prefix)
-    block, value = gres_block(node_name, entries, autodetect), gres_value(entries)
-    old = gres_conf.read_text() if gres_conf.exists() else ""
-    gres_conf.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(gres_conf, replace_block(old, node_name, block))
-    if slurm_conf is not None:
-        _atomic_write(slurm_conf, set_node_gres(slurm_conf.read_text(), node_name, value))
+    """Write this node's block into gres.conf and its ``Gres=`` into slurm.conf. Returns (block, gres value).
+
+    Both files are read and validated before either is written; each is replaced atomically (symlinks
+    followed, owner and mode kept) after a backup ``<file>.migctl.bak``.
+    """
+    edits, block, value = plan_gres_edits(node, node_name, gres_conf, slurm_conf, style, autodetect, dev_prefix)
+    commit_edits(edits)
     return block, value
 
 
@@ -285,22 +486,46 @@ def reconfigure(node: Any, node_name: str, config: str | Path, label: str, opts:
                 log: Callable[[str], None] = lambda s: None) -> None:
     """Drain ``node_name``, wait for its jobs, apply ``label`` of ``config``, regenerate GRES, restart, resume.
 
-    Any failure after the drain leaves the node drained with ``Reason=migctl: ... failed: <why>`` and raises
-    :class:`SlurmError`; the node is resumed only when it registered again with the new GRES.
+    Everything that can be checked is checked before the drain: Slurm knows the node, slurm.conf has its own
+    ``NodeName=`` line, gres.conf's directory is writable, the config file and label are valid for this node.
+    Any failure while the MIG layout is still the one Slurm knows (the drain wait, an apply that was refused
+    or rolled back) resumes the node (unless it was drained before migctl started). A failure after the layout
+    changed (writing GRES, restarts, registration) leaves it drained with ``Reason=migctl: ... failed: <why>``,
+    since resuming would offer jobs devices that no longer exist. Either way :class:`SlurmError` is raised.
     """
+    from migctl.config import load_config
+
     reason = f"migctl: reconfiguring to {label}"
+    # ---- validate everything first
+    try:
+        load_config(config).resolve(label, _live(node))  # type: ignore[arg-type]
+    except Exception as e:  # a UserError from the config loader: one line, nothing touched
+        raise SlurmError(f"{e}; nothing was changed", getattr(e, "exit_code", 2)) from None
+    if opts.slurm_conf is not None:
+        set_node_gres(_read_conf(opts.slurm_conf, "slurm.conf"), node_name, "gpu:check:1")
+    gdir = _target(opts.gres_conf).parent
+    if not gdir.is_dir() or not os.access(gdir, os.W_OK):
+        raise SlurmError(f"gres.conf {opts.gres_conf}: directory {gdir} missing or not writable; nothing was changed", 2)
     info = node_info(node_name)  # fails early if Slurm or the node is unknown
-    if "DRAIN" in state_flags(info.get("State", "")) and not info.get("Reason", "").startswith("migctl"):
-        log(f"note: {node_name} was already drained ({info.get('Reason', '')}); it will be resumed at the end")
+    was_drained = "DRAIN" in state_flags(info.get("State", "")) and not info.get("Reason", "").startswith("migctl")
+    if was_drained:
+        log(f"note: {node_name} was already drained ({info.get('Reason', '')}); it stays drained on failure")
     drain(node_name, reason)
     log(f"drained {node_name}; waiting for its jobs to finish")
+    layout_changed = False
+    edits: list[ConfEdit] = []
     try:
         wait_until(drained_idle, node_name, opts.drain_timeout, "drained and idle")
         log(f"applying {label} from {config}")
-        _apply(node, config, label, opts.force)
-        block, value = write_gres(node, node_name, opts.gres_conf, opts.slurm_conf, opts.style, opts.autodetect,
-                                  opts.dev_prefix)
-        log(f"wrote {opts.gres_conf} and Gres={value}")
+        before = [g.layout() for g in _live(node)]
+        try:
+            _apply(node, config, label, opts.force)
+        finally:
+            layout_changed = [g.layout() for g in _live(node)] != before
+        edits, block, value = plan_gres_edits(node, node_name, opts.gres_conf, opts.slurm_conf, opts.style,
+                                              opts.autodetect, opts.dev_prefix)
+        commit_edits(edits)
+        log(f"wrote {opts.gres_conf} and Gres={value} (backups: *.migctl.bak)")
         _run_shell(opts.slurmctld_restart, "restarting slurmctld", opts.timeout)
         _run_shell(opts.slurmd_restart, "restarting slurmd", opts.timeout)
         log("restarted slurmctld and slurmd; waiting for the node to register")
@@ -315,16 +540,29 @@ def reconfigure(node: Any, node_name: str, config: str | Path, label: str, opts:
         log(f"{node_name} resumed with Gres={value}")
     except BaseException as e:
         why = str(e).replace("\n", " ")[:300] or e.__class__.__name__
-        try:
-            drain(node_name, f"migctl: reconfigure to {label} failed: {why}")
-        except SlurmError:
-            pass
+        left = "left drained"
+        if not layout_changed:
+            restore_edits(edits)
+            if not was_drained:
+                try:
+                    resume(node_name)
+                    left = "layout unchanged; node resumed"
+                except SlurmError as e2:
+                    left = f"layout unchanged; resuming failed ({e2})"
+        if left == "left drained" or was_drained:
+            with contextlib.suppress(SlurmError):
+                drain(node_name, f"migctl: reconfigure to {label} failed: {why}")
         if isinstance(e, SlurmError):
-            raise SlurmError(f"{e}; node {node_name} left drained") from None
+            raise SlurmError(f"{e}; {left}") from None
         if isinstance(e, Exception):
-            raise SlurmError(f"apply of {label} failed: {why}; node {node_name} left drained",
-                             getattr(e, "exit_code", 1)) from None
+            raise SlurmError(f"apply of {label} failed: {why}; {left}", getattr(e, "exit_code", 1)) from None
         raise
+
+
+def _live(node: Any) -> Any:
+    from migctl.reconcile.live import read_node
+
+    return read_node(node)
 
 
 def _apply(node: Any, config: str | Path, label: str, force: bool) -> None:
