@@ -53,3 +53,65 @@ def test_batch_refuses_profile_and_mem_together(cli, tmp_path: Path) -> None:
         r = cli("batch", f)
         assert r.code == 2 and "not both" in one_error_line(r), r
     assert "no jobs" in cli("jobs", "--all").out
+
+
+# ------------------------------------------------------------------------------------------ silent wrong results
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_plan_apply_refuses_a_plan_for_other_gpus_and_unserved_demand(cli, tmp_path: Path) -> None:
+    five = _write(tmp_path, "five.yaml", "fleet: [{model: H100-80GB, count: 5}]\n"
+                                         "workloads: [{name: a, profile: 7g.80gb, count: 5}]\n")
+    r = cli("plan", five, "--apply")
+    assert r.code == 2 and "this node has 2 GPU(s); not applied" in one_error_line(r)
+    a100 = _write(tmp_path, "a100.yaml", "fleet: [{model: A100-80GB, count: 1}]\n"
+                                         "workloads: [{name: a, profile: 7g.80gb, count: 1}]\n")
+    r = cli("plan", a100, "--apply")
+    assert r.code == 2 and "which is a H100-80GB" in one_error_line(r)
+    short = _write(tmp_path, "short.yaml", "fleet: [{model: H100-80GB, count: 1}]\n"
+                                           "workloads: [{name: a, profile: 7g.80gb, count: 3}]\n")
+    r = cli("plan", short)
+    assert r.code == 1 and "unserved (a x2)" in one_error_line(r)
+    r = cli("plan", short, "--apply")
+    assert r.code == 1 and "not applied" in one_error_line(r)
+    assert all(not g.get("mig_devices") for g in cli("gpus", "--json").json().get("gpus", []))
+    nofleet = _write(tmp_path, "nofleet.yaml", "workloads: [{name: a, profile: 7g.80gb, count: 2}]\n")
+    r = cli("plan", nofleet, "--apply")  # the fleet is the live node
+    assert r.code == 0 and "applied plan" in r.out, r
+
+
+def test_config_entries_naming_missing_gpus_or_matching_none_are_errors(cli, tmp_path: Path) -> None:
+    seven = _write(tmp_path, "seven.yaml", "version: v1\nmig-configs:\n  a:\n    - devices: [7]\n"
+                                           "      mig-enabled: true\n      mig-devices: {1g.10gb: 1}\n")
+    r = cli("apply", "-f", seven, "-c", "a")
+    assert r.code == 2 and "does not have" in one_error_line(r)
+    a30 = _write(tmp_path, "a30.yaml", "version: v1\nmig-configs:\n  a:\n    - devices: all\n"
+                                       "      device-filter: \"0x20B710DE\"\n      mig-enabled: true\n"
+                                       "      mig-devices: {1g.6gb: 1}\n")
+    r = cli("apply", "-f", a30, "-c", "a")
+    assert r.code == 2 and "matches no GPU" in one_error_line(r)
+    r = cli("validate", "-f", a30, "--model", "2xH100-80GB", "--json")
+    assert r.code == 0 and r.json()["fit_on_model"] == [] and "a" in r.json()["not_on_model"]
+    r = cli("validate", "-f", a30, "--model", "1xA30", "--json")
+    assert r.code == 0 and r.json()["fit_on_model"] == ["a"]
+
+
+def test_counts_beyond_what_a_node_or_fleet_holds_are_refused_early(cli, tmp_path: Path) -> None:
+    big = _write(tmp_path, "big.yaml", "version: v1\nmig-configs:\n  a:\n    - devices: all\n"
+                                       "      mig-enabled: true\n      mig-devices: {1g.10gb: 1000000}\n")
+    r = cli("validate", "-f", big)
+    line = one_error_line(r)
+    assert r.code == 2 and "at most 7" in line and len(line) < 300
+    plan = _write(tmp_path, "plan.yaml", "fleet: [{model: H100-80GB, count: 2}]\n"
+                                         "workloads: [{name: a, profile: 1g.10gb, count: 100000000}]\n")
+    r = cli("plan", plan)
+    assert r.code == 2 and "can hold at most 14" in one_error_line(r)
+
+
+def test_unknown_backend_is_refused(cli, monkeypatch) -> None:
+    monkeypatch.setenv("MIGCTL_BACKEND", "foo")
+    r = cli("gpus", sim=None)
+    assert r.code == 2 and "MIGCTL_BACKEND" in one_error_line(r) and "valid" in r.err

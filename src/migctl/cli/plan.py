@@ -70,6 +70,24 @@ def plan_command(
             data["live"] = live_layout(cli_node(ctx))
             data.pop("fleet", None)  # the fleet is the node
             request = parse_request(data, base_dir=file.parent)
+        elif apply:
+            # with --apply the fleet is the live node unless the file gives one (which must then match it)
+            from migctl.inputs import InputError, load_yaml_file
+            from migctl.planner.request import parse_request
+
+            try:
+                data = load_yaml_file(file, "plan file")
+            except InputError as e:
+                raise PlanError(str(e)) from None
+            if not isinstance(data, dict):
+                raise PlanError(f"{file}: expected a mapping with 'fleet' and 'workloads'")
+            if not data.get("fleet"):
+                counts: dict[str, int] = {}
+                for g in cli_node(ctx).gpus():
+                    if g.model is not None:
+                        counts[g.model.key] = counts.get(g.model.key, 0) + 1
+                data["fleet"] = [{"model": k, "count": v} for k, v in counts.items()]
+            request = parse_request(data, base_dir=file.parent)
         else:
             request = load_request(file)
         if time_limit is not None:
@@ -100,7 +118,12 @@ def plan_command(
         from migctl.inputs import write_text_file
 
         write_text_file(config_out, to_mig_parted_yaml(result, label), "mig-parted config")
+    if result.unserved:
+        what = ", ".join(f"{k} x{v}" for k, v in result.unserved.items())
+        _fail(f"the plan leaves demand unserved ({what})" + ("; not applied" if apply else "")
+              + " (valid: a larger fleet, or fewer workloads)", code=1)
     if apply:
+        _check_plan_fits_node(result, cli_node(ctx))
         try:
             from migctl.reconcile import apply_config  # type: ignore[attr-defined]
         except ImportError:
@@ -168,6 +191,20 @@ def _pictures(result: Any, limit: int = 16) -> None:
         typer.echo(f"({len(used)} GPUs planned: slice maps are drawn for up to {limit}; use --svg FILE for all)")
         return
     show_picture(picture(maps_from_planner(result)))
+
+
+def _check_plan_fits_node(result: Plan, node: Any) -> None:
+    """Refuse to apply a plan made for other GPUs: every planned GPU must exist here with the same model."""
+    live = {g.index: (g.model.key if g.model is not None else None) for g in node.gpus()}
+    for g in result.gpus:
+        if not g.instances:
+            continue
+        if g.index not in live:
+            _fail(f"the plan uses GPU {g.index} but this node has {len(live)} GPU(s); not applied "
+                  "(valid: plan for this node, e.g. without 'fleet' or with --live)")
+        if live[g.index] != g.model:
+            _fail(f"the plan puts {g.model} layouts on GPU {g.index}, which is a {live[g.index]}; not applied "
+                  "(valid: plan for this node, e.g. without 'fleet' or with --live)")
 
 
 def register(app: typer.Typer) -> None:

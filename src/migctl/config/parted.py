@@ -222,13 +222,25 @@ class MigConfig:
         """Desired state per matched GPU (unmatched GPUs are absent: they are left alone).
 
         Raises ConfigError when a matched GPU cannot take its entry (profile missing on its model, no fit,
-        MIG on a GPU that has none, or two entries asking different things of one GPU).
+        MIG on a GPU that has none, or two entries asking different things of one GPU), when an entry names a
+        GPU index the node does not have, and when the label matches no GPU at all (instead of a silent
+        "nothing to do").
         """
         out: dict[int, Desired] = {}
+        indices = {g.index for g in gpus}
+        for e in self.entries_for(label):
+            if e.raw.devices != "all":
+                missing = sorted(set(e.raw.devices) - indices)
+                if missing:
+                    have = ", ".join(map(str, sorted(indices))) or "none"
+                    raise ConfigError(f"{e.where}: devices names GPU {', '.join(map(str, missing))}, which this "
+                                      f"node does not have (valid: {have})")
+        matched = False
         for gpu in gpus:
             for e in self.entries_for(label):
                 if not e.matches(gpu):
                     continue
+                matched = True
                 model = gpu.model
                 if model is None or not model.gi_profiles:
                     if e.raw.mig_enabled:
@@ -247,10 +259,20 @@ class MigConfig:
                         "layout; make the entries' devices/device-filter disjoint"
                     )
                 out[gpu.index] = d
+        if gpus and not matched:
+            models = ", ".join(sorted({getattr(g.model, "key", "?") for g in gpus}))
+            raise ConfigError(f"{self.file}: config {label!r} matches no GPU of this node ({len(gpus)} x {models}); "
+                              "check its devices and device-filter")
         return out
 
 
 # ------------------------------------------------------------------------------------------ validation
+def _max_per_gpu() -> int:
+    """The most MIG devices (GI x CI) one GPU of any catalog model can hold: a bound on any per-GPU count."""
+    return max(p.max_instances * max((c.max_instances for c in p.ci_profiles), default=1)
+               for m in all_models() for p in m.gi_profiles)
+
+
 def _catalog_names() -> dict[str, list[str]]:
     """Every GI and CI profile name in the catalog -> models offering it."""
     out: dict[str, list[str]] = {}
@@ -293,6 +315,10 @@ def _validate_entry(doc: YamlDoc, label: str, i: int, raw: Any, warnings: list[s
         kpath = base + ("mig-devices", key)
         if count < 0:
             raise ConfigError(f"{doc.where(kpath)}: count of {key!r} is negative ({count}); valid: 0 or more")
+        cap = _max_per_gpu()
+        if count > cap:  # refused before any fitting work: a GPU never holds more
+            raise ConfigError(f"{doc.where(kpath)}: count of {key!r} is {str(count)[:20]}; a GPU holds at most "
+                              f"{cap} MIG devices (valid: 0 to {cap}, per GPU)")
         if split_profile(key) is None:
             raise ConfigError(
                 f"{doc.where(kpath, key=True)}: {key!r} is not a MIG profile name "

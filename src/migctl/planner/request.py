@@ -234,7 +234,24 @@ def parse_request(data: dict[str, Any], base_dir: Path | None = None) -> Request
         )
     if not workloads and serving is None and live is None:
         raise PlanError("no workloads: give 'workloads' (or 'workloads_csv', or 'serving')")
+    _check_demand_bounded(fleet, req.workloads, live)
     return Request(workloads=workloads, fleet=fleet, options=options, live=live, serving=serving)
+
+
+MAX_AUTO_GPUS = 100_000  # a fleet with count 'auto' is planned up to this many GPUs per model
+
+
+def _check_demand_bounded(fleet: list[FleetEntry], workloads: list[Any], live: list[LiveGpu] | None) -> None:
+    """Refuse, before any solving, more instances than the fleet (or the node) could ever hold."""
+    per_gpu = max((p.max_instances for f in fleet for p in f.model.gi_profiles), default=7)
+    gpus = (len(live) if live is not None and all(f.count is not None for f in fleet)
+            else sum(MAX_AUTO_GPUS if f.count is None else f.count for f in fleet))
+    cap = gpus * per_gpu
+    total = sum(int(w.count) for w in workloads)
+    if total > cap:
+        where = "this node" if live is not None else "the fleet"
+        raise PlanError(f"workloads ask for {total} instances; {where} can hold at most {cap} "
+                        f"({gpus} GPU(s) x {per_gpu}); valid: fewer instances or a larger fleet")
 
 
 def _live_gpu(g: Any) -> LiveGpu:
