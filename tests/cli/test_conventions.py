@@ -115,3 +115,57 @@ def test_unknown_backend_is_refused(cli, monkeypatch) -> None:
     monkeypatch.setenv("MIGCTL_BACKEND", "foo")
     r = cli("gpus", sim=None)
     assert r.code == 2 and "MIGCTL_BACKEND" in one_error_line(r) and "valid" in r.err
+
+
+# ------------------------------------------------------------------------------------------ --json, exit codes
+# verbs whose output is not migctl's to shape: nvidia-smi's format, the command's or job's own output, a server,
+# an interactive view; and the simulator's own driver verbs (not done yet: tracked in the issue report)
+NO_JSON = {"smi", "run", "logs", "exporter", "top", "sim reset-state", "sim add-client", "sim remove-client",
+           "sim set", "sim reboot", "sim add-holder", "sim remove-holder"}
+
+
+def test_every_verb_takes_json() -> None:
+    from typer.main import get_command
+
+    from migctl.cli.main import app
+
+    missing = []
+
+    def walk(c, path: list[str]) -> None:
+        subs = getattr(c, "commands", None)
+        if subs:
+            for n, s in subs.items():
+                walk(s, [*path, n])
+            return
+        opts = {o for p in c.params for o in getattr(p, "opts", [])}
+        if "--json" not in opts and "-o" not in opts and " ".join(path) not in NO_JSON:
+            missing.append(" ".join(path))
+
+    walk(get_command(app), [])
+    assert missing == []
+
+
+def test_json_outputs_are_top_level_objects(cli, tmp_path: Path) -> None:
+    assert cli("mode", "enable").code == 0
+    assert cli("submit", "--", "true").code == 0
+    for args in (("jobs", "--all", "--json"), ("leases", "--json"), ("worker", "--until-idle", "-q", "--json"),
+                 ("cancel", "1", "--json"), ("recover", "--json"), ("checkpoint", "-f", tmp_path / "c.json", "--json"),
+                 ("restore", "-f", tmp_path / "c.json", "--json", "--dry-run")):
+        r = cli(*args)
+        assert r.code == 0, (args, r)
+        assert isinstance(r.json(), dict), args
+    cfg = _write(tmp_path, "c.yaml", "version: v1\nmig-configs:\n  all-disabled:\n    - devices: all\n"
+                                     "      mig-enabled: false\n")
+    r = cli("assert", "-f", cfg, "-c", "all-disabled", "--json")
+    assert r.code == 1 and r.json()["applied"] is False and r.json()["differences"]
+
+
+def test_exit_code_table_is_documented_and_matches_the_code() -> None:
+    from migctl.reconcile.engine import EXIT_BUSY, EXIT_FAILED
+    from migctl.reconcile.journal import EXIT_LOCKED
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    table = doc[doc.index("### Exit codes"):]
+    for code in (0, 1, 2, EXIT_BUSY, EXIT_LOCKED, EXIT_FAILED, 75, 130):
+        assert f"\n| {code} |" in table, code
+    assert (EXIT_BUSY, EXIT_LOCKED, EXIT_FAILED) == (3, 4, 5)

@@ -20,7 +20,7 @@ from migctl.jobs.queue import JobQueue, Worker
 def _states(env: SimEnv) -> dict[int, str]:
     r = env.migctl("jobs", "--all", "--json")
     assert r.returncode == 0, r.stderr
-    return {j["id"]: j["state"] for j in json.loads(r.stdout)}
+    return {j["id"]: j["state"] for j in json.loads(r.stdout)["jobs"]}
 
 
 def test_priority_then_fifo(a30: SimEnv) -> None:
@@ -45,7 +45,7 @@ def test_logs_exit_codes_and_cvd(a30: SimEnv) -> None:
     assert a30.migctl("worker", "--until-idle", "-q").returncode == 0
     r = a30.migctl("logs", str(ok))
     assert r.stdout.split("\n")[:2] == [f"out {uuid}", "err"]
-    jobs = {j["id"]: j for j in json.loads(a30.migctl("jobs", "--all", "--json").stdout)}
+    jobs = {j["id"]: j for j in json.loads(a30.migctl("jobs", "--all", "--json").stdout)["jobs"]}
     assert (jobs[ok]["state"], jobs[ok]["exit_code"], jobs[ok]["mig_uuid"]) == ("done", 0, uuid)
     assert (jobs[bad]["state"], jobs[bad]["exit_code"]) == ("failed", 3)
     assert a30.migctl("logs", "999").returncode == 2
@@ -62,7 +62,7 @@ def test_cancel_queued_and_running(a30: SimEnv) -> None:
         assert "cancelled" in a30.migctl("cancel", str(queued_id)).stdout
         assert "was running" in a30.migctl("cancel", str(run_id)).stdout
         wait_for(lambda: a30.migctl("jobs").stdout.startswith("no jobs"), what="queue to drain")
-        jobs = {j["id"]: j for j in json.loads(a30.migctl("jobs", "--all", "--json").stdout)}
+        jobs = {j["id"]: j for j in json.loads(a30.migctl("jobs", "--all", "--json").stdout)["jobs"]}
         assert jobs[run_id]["state"] == jobs[queued_id]["state"] == "cancelled"
         wait_for(lambda: a30.migctl("leases").stdout.strip() == "no leases", what="lease release")
         assert not (a30.tmp / "never").exists()

@@ -128,11 +128,17 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         file: Path = typer.Option(..., "-f", "--file"),
         label: str = typer.Option(..., "-c", "--config", "--selected-config"),
+        as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Exit 0 when config LABEL is applied; exit 1 with a readable diff otherwise."""
         from migctl.reconcile import assert_config
 
         diffs = assert_config(file, label, node=node(ctx))
+        if as_json:
+            emit_json({"config": label, "applied": not diffs, "differences": list(diffs)})
+            if diffs:
+                raise SystemExit(1)
+            return
         if diffs:
             for d in diffs:
                 sys.stderr.write(f"  {d}\n")
@@ -170,6 +176,7 @@ def register(app: typer.Typer) -> None:
     def checkpoint_cmd(
         ctx: typer.Context,
         file: Path | None = typer.Option(None, "-f", "--file", help="Write here (default: stdout)."),
+        as_json: bool = typer.Option(False, "--json", help="With -f: report {file} as JSON (stdout is JSON anyway)."),
     ) -> None:
         """Save every GPU's MIG layout (mode, profiles, GI/CI placements), keyed by GPU UUID."""
         import json
@@ -183,7 +190,10 @@ def register(app: typer.Typer) -> None:
             from migctl.inputs import write_text_file
 
             write_text_file(file, text, "checkpoint")
-            print(f"checkpoint written to {file}")
+            if as_json:
+                emit_json({"file": str(file), "written": True})
+            else:
+                print(f"checkpoint written to {file}")
 
     @app.command("restore")
     def restore_cmd(
@@ -194,16 +204,21 @@ def register(app: typer.Typer) -> None:
         wait: float = typer.Option(0, "--wait", callback=seconds),
         lock_timeout: float = typer.Option(60, "--lock-timeout", callback=seconds),
         quiet: bool = typer.Option(False, "-q", "--quiet"),
+        as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Restore a checkpoint exactly (same profiles and placements), transactionally."""
         from migctl.reconcile import apply_desired
         from migctl.reconcile.roundtrip import load_checkpoint, restore_resolver
 
         resolver = restore_resolver(load_checkpoint(file))
+        quiet = quiet or as_json
         result = apply_desired(resolver, "checkpoint", str(file), node=node(ctx), dry_run=dry_run, force=force,
                                wait=wait, progress=_progress(quiet), lock_timeout=lock_timeout,
                                on_plan=None if quiet else (lambda p: print(p.render(), flush=True)))
-        if not quiet:
+        if as_json:
+            emit_json({"file": str(file), "dry_run": dry_run, "operations": result.ops_done,
+                       "killed_pids": list(result.killed_pids or [])})
+        elif not quiet:
             print("dry run: nothing changed" if dry_run else f"restored {file}: {result.ops_done} operation(s)")
 
     @app.command("generate-config")
@@ -229,14 +244,18 @@ def register(app: typer.Typer) -> None:
     def recover_cmd(
         ctx: typer.Context,
         lock_timeout: float = typer.Option(60, "--lock-timeout", callback=seconds),
+        as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Finish an interrupted apply: roll every GPU back to the layout it had before."""
         from migctl.reconcile import node_lock, recover
 
         n = node(ctx)
         with node_lock(n, lock_timeout):
-            msg = recover(n, _progress(False))
-        print(msg or "no interrupted apply: nothing to recover")
+            msg = recover(n, _progress(as_json))
+        if as_json:
+            emit_json({"recovered": msg is not None, "message": msg or "no interrupted apply: nothing to recover"})
+        else:
+            print(msg or "no interrupted apply: nothing to recover")
 
 
 def _change_picture(n: Any, plan: Any, show: bool, svg: Path | None) -> None:

@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
         states = (state,) if state else (None if all_ else ("queued", "starting", "running"))
         jobs = q.list(states)
         if as_json:
-            emit_json([j.to_json() for j in jobs])
+            emit_json({"jobs": [j.to_json() for j in jobs]})
             return
         if not jobs:
             print("no jobs" + ("" if all_ else " queued or running (--all shows finished ones)"))
@@ -171,13 +171,20 @@ def register(app: typer.Typer) -> None:
 
     @app.command("cancel")
     @_guard
-    def cancel_cmd(ctx: typer.Context, ids: List[int] = typer.Argument(..., callback=job_ids, help="Job IDs.")) -> None:
+    def cancel_cmd(ctx: typer.Context, ids: List[int] = typer.Argument(..., callback=job_ids, help="Job IDs."),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
         """Cancel queued jobs or stop running ones (SIGTERM to the job's process group, SIGKILL after 10 s)."""
         from migctl.jobs.queue import JobQueue
 
         q = JobQueue(node(ctx))
+        results = []
         for i in ids:
-            print(q.cancel(i))
+            msg = q.cancel(i)
+            results.append({"id": i, "result": msg, "state": q.get(i).state})
+            if not as_json:
+                print(msg)
+        if as_json:
+            emit_json({"cancelled": results})
 
     @app.command("logs")
     @_guard
@@ -219,6 +226,7 @@ def register(app: typer.Typer) -> None:
         until_idle: bool = typer.Option(False, "--until-idle", help="Exit once nothing is queued or running."),
         poll: float = typer.Option(0.05, "--poll", callback=positive_seconds, help="Seconds between passes when idle."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
+        as_json: bool = typer.Option(False, "--json", help="At the end, print the jobs this worker saw end."),
     ) -> None:
         """Start queued jobs as MIG devices free up (priority, then FIFO). One worker per node."""
         import signal
@@ -233,10 +241,14 @@ def register(app: typer.Typer) -> None:
         stop = threading.Event()
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, lambda *_: stop.set())
+        started = time.time()
         try:
             w.run(until_idle=until_idle, stop=stop)
         finally:
             w.release()
+        if as_json:
+            ended = [j for j in w.q.list(("done", "failed", "cancelled")) if (j.finished or 0) >= started]
+            emit_json({"until_idle": until_idle, "jobs": [j.to_json() for j in ended]})
 
     @app.command("batch")
     @_guard
@@ -264,7 +276,7 @@ def register(app: typer.Typer) -> None:
 
         jobs = batch.run_batch(q, specs, on_finish=report)
         if as_json:
-            emit_json([j.to_json() for j in jobs])
+            emit_json({"ok": all(j.state == "done" for j in jobs), "jobs": [j.to_json() for j in jobs]})
         sys.exit(0 if all(j.state == "done" for j in jobs) else 1)
 
     @app.command("leases")
@@ -275,7 +287,7 @@ def register(app: typer.Typer) -> None:
 
         leases = LeaseManager(node(ctx)).leases()
         if as_json:
-            emit_json([x.to_json() for x in leases])
+            emit_json({"leases": [x.to_json() for x in leases]})
             return
         if not leases:
             print("no leases")

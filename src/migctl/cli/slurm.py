@@ -105,6 +105,7 @@ def register(app: typer.Typer) -> None:
         drain_timeout: float = typer.Option(3600, "--drain-timeout", callback=seconds, help="Seconds to wait for running jobs."),
         timeout: float = typer.Option(120, "--timeout", callback=seconds, help="Seconds for restarts and registration."),
         force: bool = typer.Option(False, "--force", help="Passed to apply: terminate processes on instances that must go."),
+        as_json: bool = typer.Option(False, "--json", help="Print {node, config, gres_conf, slurm_conf, resumed} at the end."),
     ) -> None:
         """Drain NODE, wait for its jobs, apply LABEL, regenerate GRES, restart Slurm, resume.
 
@@ -125,3 +126,6 @@ def register(app: typer.Typer) -> None:
                           log=lambda s: (sys.stderr.write(f"migctl slurm: {s}\n"), sys.stderr.flush()))
         except S.SlurmError as e:
             raise UserError(str(e), e.exit_code if e.exit_code != 2 else 2) from None
+        if as_json:
+            emit_json({"node": node_name, "config": label, "gres_conf": str(opts.gres_conf),
+                       "slurm_conf": str(opts.slurm_conf) if opts.slurm_conf else None, "resumed": True})
