@@ -169,3 +169,38 @@ def test_exit_code_table_is_documented_and_matches_the_code() -> None:
     for code in (0, 1, 2, EXIT_BUSY, EXIT_LOCKED, EXIT_FAILED, 75, 130):
         assert f"\n| {code} |" in table, code
     assert (EXIT_BUSY, EXIT_LOCKED, EXIT_FAILED) == (3, 4, 5)
+
+
+def test_one_option_name_per_meaning() -> None:
+    """-i/--gpu selects GPUs, -f/--file names the input file, -c/--config the label, wherever they apply."""
+    from typer.main import get_command
+
+    from migctl.cli.main import app
+
+    seen: dict[str, set[str]] = {}
+
+    def walk(c, path: list[str]) -> None:
+        subs = getattr(c, "commands", None)
+        if subs:
+            for n, s in subs.items():
+                walk(s, [*path, n])
+            return
+        for p in c.params:
+            opts = set(getattr(p, "opts", []))
+            for short, long in (("-i", "--gpu"), ("-f", "--file"), ("-c", "--config")):
+                # smi takes nvidia-smi's words; logs -f is "follow", as in tail -f and kubectl logs -f
+                if opts & {short, long} and " ".join(path) not in ("smi", "logs"):
+                    seen.setdefault(" ".join(path), set()).add(short)
+                    assert {short, long} <= opts, (path, opts)
+
+    walk(get_command(app), [])
+    assert {"-i"} <= seen["run"] and {"-f", "-c"} <= seen["slurm reconfigure"] and {"-f", "-c"} <= seen["apply"]
+
+
+def test_the_internal_gate_never_shows(cli, tmp_path: Path) -> None:
+    assert cli("mode", "enable").code == 0
+    r = cli("run", "--", "no-such-command-xyz")
+    assert r.code == 127 and "not found" in one_error_line(r) and "gate" not in r.err
+    plain = _write(tmp_path, "plain.txt", "not a program\n")
+    r = cli("run", "--", plain)
+    assert r.code == 126 and "not executable" in one_error_line(r)

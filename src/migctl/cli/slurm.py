@@ -92,8 +92,8 @@ def register(app: typer.Typer) -> None:
     def reconfigure_cmd(
         ctx: typer.Context,
         node_name: str = typer.Argument(..., help="Slurm NodeName of this node."),
-        config_file: str = typer.Option(..., "--config-file", "-f", help="mig-parted v1 config file."),
-        label: str = typer.Option(..., "--selected-config", "-c", help="Config label to apply."),
+        config_file: str = typer.Option(..., "-f", "--file", "--config-file", help="mig-parted v1 config file."),
+        label: str = typer.Option(..., "-c", "--config", "--selected-config", help="Config label to apply."),
         gres_conf: Optional[str] = typer.Option(None, "--gres-conf"),
         slurm_conf: Optional[str] = typer.Option(None, "--slurm-conf"),
         no_slurm_conf: bool = typer.Option(False, "--no-slurm-conf", help="Do not edit slurm.conf (configless / managed elsewhere)."),

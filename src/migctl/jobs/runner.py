@@ -113,11 +113,28 @@ def child_env(lease: Lease, base: dict[str, str] | None = None, extra: dict[str,
     return env
 
 
+def check_command(name: str) -> None:
+    """Fail before leasing (exit 127/126, as a shell would) when ``name`` cannot be executed, so the user gets
+    migctl's one-line error instead of the internal gate's shell message."""
+    import shutil
+
+    from migctl.inputs import printable
+
+    if "/" in name:
+        if not os.path.exists(name):
+            raise JobsError(f"command '{printable(name)}' not found", 127)
+        if os.path.isdir(name) or not os.access(name, os.X_OK):
+            raise JobsError(f"command '{printable(name)}' is not executable", 126)
+    elif shutil.which(name) is None:
+        raise JobsError(f"command '{printable(name)}' not found in PATH", 127)
+
+
 def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = None, ephemeral: bool = False,
         log: Callable[[str], None] | None = None, manager: LeaseManager | None = None) -> int:
     """Lease, run ``cmd`` (inheriting stdio), forward signals, release; returns the command's exit status."""
     if not cmd:
         raise JobsError("no command given; usage: migctl run [OPTIONS] -- CMD [ARGS...]")
+    check_command(cmd[0])
     say = log or (lambda s: None)
     mgr = manager or LeaseManager(node)
 
