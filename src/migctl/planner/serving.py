@@ -24,6 +24,7 @@ Formulation (exact, CP-SAT): ``n[j, s]`` instances of size ``s`` for model ``j``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class ServingSpec:
     models: tuple[ServedModel, ...]
     latency_factor: float = 0.45
     whole_gpu: bool = True  # whole GPUs (MIG disabled) are candidates when a table measures them
+    slo_reading: str = "exact"  # or "integer": SLOs truncated as ParvaGPU's atoi reads them
 
     def best(self, m: ServedModel, size: int) -> ProfileRow | None:
         """The admissible row of ``m`` at ``size`` with the highest instance throughput (ties: fewer procs)."""
@@ -162,13 +164,16 @@ def parse_serving(data: dict[str, Any], base_dir: Path | None) -> ServingSpec:
         q = Path(p)
         return q if q.is_absolute() or base_dir is None else base_dir / q
 
-    unknown = set(data) - {"gpu_model", "latency_factor", "parvagpu", "models", "whole_gpu"}
+    unknown = set(data) - {"gpu_model", "latency_factor", "parvagpu", "models", "whole_gpu", "slo_reading"}
     if unknown:
         raise PlanError(f"serving: unknown key(s) {', '.join(sorted(unknown))}; valid: gpu_model, latency_factor, "
-                        "parvagpu, models, whole_gpu")
+                        "parvagpu, models, whole_gpu, slo_reading")
     whole = data.get("whole_gpu", True)
     if not isinstance(whole, bool):
         raise PlanError(f"serving.whole_gpu must be true or false, not {whole!r}")
+    reading = str(data.get("slo_reading", "exact"))
+    if reading not in ("exact", "integer"):
+        raise PlanError(f"serving.slo_reading: {reading!r} (valid: exact, or integer = ParvaGPU's atoi reading)")
     model = _load_model(str(data.get("gpu_model", "A100-80GB")))
     factor = float(data.get("latency_factor", 0.45))
     models: list[ServedModel] = []
@@ -183,7 +188,10 @@ def parse_serving(data: dict[str, Any], base_dir: Path | None) -> ServingSpec:
             raise PlanError(f"serving.models: each model needs name, profile_csv, rate, slo_ms (missing {e})") from None
     if not models:
         raise PlanError("serving: no models (give 'parvagpu: {dir, slo_set}' or 'models')")
-    return ServingSpec(model=model, models=tuple(models), latency_factor=factor, whole_gpu=whole)
+    if reading == "integer":  # ParvaGPU's data loader parses SLOs with atoi: 71.5 ms is read as 71 ms
+        models = [dataclasses.replace(m, slo_ms=float(math.trunc(m.slo_ms))) for m in models]
+    return ServingSpec(model=model, models=tuple(models), latency_factor=factor, whole_gpu=whole,
+                       slo_reading=reading)
 
 
 def size_profiles(model: GpuModel, sizes: set[int]) -> dict[int, GIProfile]:
@@ -224,8 +232,17 @@ def plan_serving(request: Request) -> Plan:
     ids = sorted(p.id for p in prof.values())
     lays = [lay for lay in maximal_layouts(enumerate_layouts(gm, ids), ids) if lay] if ids else []
     by_id = {p.id: s for s, p in prof.items()}
-    thr = {k: math.floor(r.instance_throughput * SCALE) for k, r in best.items() if r is not None}
-    need = {j: math.ceil(m.rate * SCALE) for j, m in enumerate(spec.models)}
+    scale, exact = _exact_scale([r.throughput for r in best.values() if r is not None]
+                                + [m.rate for m in spec.models])
+    # exact: every throughput and rate is an integer multiple of 1/scale, so the integer model is the real one.
+    # Otherwise the model is conservative (throughputs down, rates up: every plan really meets its rates) and
+    # its bounds are recomputed below on the opposite rounding, which relaxes the real problem.
+    thr = {k: _scaled(r.throughput, scale, "down") * r.procs for k, r in best.items() if r is not None}
+    need = {j: _scaled(m.rate, scale, "up") for j, m in enumerate(spec.models)}
+    for j, m in enumerate(spec.models):
+        if not any(t > 0 for (j2, _s), t in thr.items() if j2 == j):
+            raise PlanError(f"serving: {m.name}'s best throughput is below 1/{scale} req/s on every instance size; "
+                            "cannot serve it (valid: throughputs of at least 0.000001 req/s)")
     # upper bound: one instance per needed unit of the best size, one GPU each
     ub_inst = {k: -(-need[k[0]] // t) if t > 0 else 0 for k, t in thr.items()}
     ub_gpus = sum(min((v for (j2, _s), v in ub_inst.items() if j2 == j and v > 0), default=0) for j in need)
@@ -268,6 +285,10 @@ def plan_serving(request: Request) -> Plan:
         raise PlanError(f"serving: no plan found within {request.options.time_limit_s:g} s")
     gpus_obj = int(solver.Value(gpus_expr))
     cp_bound = gpus_obj if status == cp_model.OPTIMAL else math.ceil(solver.BestObjectiveBound() - 1e-6)
+    if not exact:  # the rounded model's bound is not a bound of the real problem: use the relaxed one
+        thr_up = {k: _scaled(r.throughput, scale, "up") * r.procs for k, r in best.items() if r is not None}
+        need_down = {j: _scaled(m.rate, scale, "down") for j, m in enumerate(spec.models)}
+        cp_bound = min(cp_bound, math.ceil(_lp_gpus(prof, lays, thr_up, need_down, whole_ok) - 1e-6))
     ys = [int(solver.Value(v)) for v in y]
     ns = {k: int(solver.Value(v)) for k, v in n.items()}
     mdl.Add(gpus_expr <= gpus_obj)
@@ -283,9 +304,11 @@ def plan_serving(request: Request) -> Plan:
         ns = {k: int(solver2.Value(v)) for k, v in n.items()}
     t1 = time.perf_counter()
 
-    lp_val = lp_gpus
-    comb = math.ceil(
-        sum(m.rate / max(thr.get((j, s), 0) / SCALE / slices_of[s] for s in cands) for j, m in enumerate(spec.models))
+    lp_val = lp_gpus if exact else float(cp_bound)
+    comb = math.ceil(  # from the real (unrounded) throughputs
+        sum(m.rate / max((best[j, s].instance_throughput if best[j, s] is not None else 0.0) / slices_of[s]
+                         for s in cands)
+            for j, m in enumerate(spec.models))
         / gm.compute_slices - 1e-9
     )
 
@@ -336,7 +359,8 @@ def plan_serving(request: Request) -> Plan:
                                       whole={"workload": spec.models[j].name, "unit": unit,
                                              "slices": gm.compute_slices, "detail": _detail(r)}))
     bound = float(max(cp_bound, math.ceil(lp_val - 1e-6), comb))
-    bound = min(bound, float(gpus_obj))
+    if bound > gpus_obj:  # a valid bound can never exceed a feasible plan: that would be a bug, not a rounding
+        raise PlanError(f"internal error: serving lower bound {bound:g} exceeds the plan's {gpus_obj} GPUs")
     return Plan(
         gpus=planned,
         objective=float(gpus_obj),
@@ -348,6 +372,8 @@ def plan_serving(request: Request) -> Plan:
             "slices_used": sum(g.used_slices for g in planned),
             "slices_proven_minimal": status2 == cp_model.OPTIMAL,
             "models": len(spec.models),
+            "slo_reading": spec.slo_reading,
+            "exact_data": exact,
             "layouts": len(lays),
             "whole_gpu_candidate": whole_ok,
             "whole_gpus": sum(1 for g in planned if not g.mig_enabled),
@@ -355,6 +381,34 @@ def plan_serving(request: Request) -> Plan:
         },
         explain=explain(spec, prof, cands, best, planned),
     )
+
+
+MAX_DECIMALS = 6
+
+
+def _decimals(x: float) -> int | None:
+    """Decimal places of ``x`` as written (its shortest repr); None beyond :data:`MAX_DECIMALS`."""
+    from decimal import Decimal
+
+    exp = Decimal(repr(float(x))).normalize().as_tuple().exponent
+    d = max(0, -int(exp)) if isinstance(exp, int) else 0
+    return d if d <= MAX_DECIMALS else None
+
+
+def _exact_scale(values: list[float]) -> tuple[int, bool]:
+    """(scale, exact): 10^d for the most decimals any value has (CSV data are decimals), exact when d fits."""
+    ds = [_decimals(v) for v in values]
+    if any(d is None for d in ds):
+        return 10**MAX_DECIMALS, False
+    return 10 ** max([*ds, 3]), True  # type: ignore[type-var]
+
+
+def _scaled(x: float, scale: int, rounding: str) -> int:
+    """``x * scale`` as an integer, exactly when ``x`` has that many decimals; else rounded down or up."""
+    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+    v = Decimal(repr(float(x))) * scale
+    return int(v.to_integral_value(rounding=ROUND_FLOOR if rounding == "down" else ROUND_CEILING))
 
 
 def _detail(r: ProfileRow) -> dict[str, Any]:
