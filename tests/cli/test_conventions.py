@@ -204,3 +204,11 @@ def test_the_internal_gate_never_shows(cli, tmp_path: Path) -> None:
     plain = _write(tmp_path, "plain.txt", "not a program\n")
     r = cli("run", "--", plain)
     assert r.code == 126 and "not executable" in one_error_line(r)
+
+
+def test_mem_20gb_means_what_profile_names_mean(cli) -> None:
+    assert cli("mode", "enable", sim="1xH100-80GB").code == 0
+    r = cli("run", "-v", "--mem", "20gb", "--", "true", sim="1xH100-80GB")
+    assert r.code == 0 and "1g.20gb" in r.err, r  # 20096 MiB, named 20gb: not skipped for a 3g.40gb
+    r = cli("run", "-v", "--mem", "20481MiB", "--", "true", sim="1xH100-80GB")
+    assert r.code == 0 and "1g.20gb" not in r.err and "2g.20gb" not in r.err, r

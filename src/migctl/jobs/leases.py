@@ -36,6 +36,15 @@ from migctl.jobs.common import (
 from migctl.paths import LockBusy, node_lock_path
 
 
+def _holds(memory_mib: int, profile_name: str, want_mib: int) -> bool:
+    """A device holds ``want_mib`` when its memory does, or when its profile's name says it does: ``--mem 20gb``
+    means what ``2g.20gb`` means, although that profile has 19968-20096 MiB (names round; see the catalog)."""
+    import re
+
+    m = re.search(r"\.(\d+)gb", profile_name or "")
+    return memory_mib >= want_mib or (m is not None and int(m.group(1)) * 1024 >= want_mib)
+
+
 @dataclass(frozen=True)
 class Request:
     """What a job needs: a profile name (``1g.10gb``), or at least ``mem_mib`` of memory, optionally on given GPUs."""
@@ -148,7 +157,7 @@ class LeaseManager:
         if req.profile:
             return bool(d.profile_name == req.profile)
         if req.mem_mib:
-            return bool(d.memory_mib >= req.mem_mib)
+            return _holds(d.memory_mib, d.profile_name, req.mem_mib)
         return True
 
     def _fitting_profiles(self, req: Request, gpu: Any) -> list[Any]:
@@ -158,7 +167,7 @@ class LeaseManager:
             if req.profile:
                 if p.name != req.profile:
                     continue
-            elif not _plain(p.name) or (req.mem_mib and p.memory_mib < req.mem_mib):
+            elif not _plain(p.name) or (req.mem_mib and not _holds(p.memory_mib, p.name, req.mem_mib)):
                 continue
             out.append(p)
         return sorted(out, key=lambda p: (p.memory_mib, p.slices, p.id))
