@@ -60,3 +60,22 @@ def test_the_plan_reports_its_slo_reading(tmp_path: Path) -> None:
             {"name": "m", "profile_csv": str(csv), "rate": 10, "slo_ms": 71.5}]}})
         p = plan(r)
         assert p.stats["slo_reading"] == reading and p.objective == 2
+
+
+def test_incremental_planning_stops_on_work_not_on_the_clock() -> None:
+    import random
+
+    rng = random.Random(1)
+    lay = [["3g.40gb", 0], ["2g.20gb", 4], ["1g.10gb", 6]]
+    live = [{"index": i, "model": "H100-80GB", "instances": [
+        {"profile": p, "start": s, "busy": rng.random() < 0.5} for p, s in lay if rng.random() < 0.7]
+        if rng.random() < 0.6 else []} for i in range(200)]
+    wl = [{"name": "a", "profile": "1g.10gb", "count": 300}, {"name": "b", "profile": "3g.40gb", "count": 80},
+          {"name": "c", "profile": "2g.20gb", "count": 100}]
+    runs = []
+    for _ in range(2):
+        p = plan(parse_request({"live": live, "workloads": wl, "options": {"work_limit": 0.05, "time_limit_s": 60}}))
+        runs.append((p.status, p.objective, p.lower_bound, p.stats["stopped_by"], p.stats["work"],
+                     [[(i.profile, i.start) for i in g.instances] for g in p.gpus]))
+    assert runs[0] == runs[1]
+    assert runs[0][3] in ("optimal", "work")  # never the clock on a 60 s safety net

@@ -67,6 +67,10 @@ class Options:
     workers: int = 2
     allow_upsize: bool = False
     progress: Any = None  # a migctl.planner.progress.SolveProgress to report live status to (display only)
+    # incremental planning stops on deterministic work (CP-SAT deterministic time), not on the clock, so the same
+    # input and seed give the same status on any machine; None = time_limit_s units. The clock still stops a
+    # solve at 3 x time_limit_s as a safety net (stats.stopped_by says which limit ended it).
+    work_limit: float | None = None
 
 
 @dataclass

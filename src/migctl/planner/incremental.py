@@ -144,13 +144,17 @@ def plan_incremental(request: Request) -> Plan:
     lp_val = lp.Objective().Value() if lp.Solve() == pywraplp.Solver.OPTIMAL else 0.0
     mdl, z, xo, xn, u = build(False)
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = float(request.options.time_limit_s)
+    work = float(request.options.work_limit or request.options.time_limit_s)
+    solver.parameters.max_deterministic_time = work  # deterministic: the status does not depend on load
+    solver.parameters.max_time_in_seconds = 3 * float(request.options.time_limit_s)  # safety net only
     solver.parameters.random_seed = int(request.options.seed)
     solver.parameters.num_workers = int(request.options.workers)
-    solver.parameters.interleave_search = request.options.workers > 1
+    solver.parameters.interleave_search = request.options.workers > 1  # deterministic with several workers
     from migctl.planner.progress import solve
 
     status = solve(solver, mdl, request.options.progress, "CP-SAT incremental")
+    stopped_by = ("optimal" if status == cp_model.OPTIMAL else
+                  "work" if solver.deterministic_time >= work * 0.999 else "clock")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise PlanError(f"incremental: no plan found within {request.options.time_limit_s:g} s")
     val = solver.Value
@@ -241,5 +245,6 @@ def plan_incremental(request: Request) -> Plan:
         destroyed=destroyed_list,
         stats={"instances_destroyed": len(destroyed_list), "gpus_touched": touched, "instances_created": n_created,
                "gpu_states": len(tkeys), "options": sum(len(v) for v in opts.values()),
+               "stopped_by": stopped_by, "work": round(solver.deterministic_time, 3),
                "time_s": {"total": round(time.perf_counter() - t0, 4)}},
     )

@@ -78,10 +78,11 @@ def _schemas() -> dict[str, Any]:
             return v
 
     class OptionsIn(_Base):
-        time_limit_s: float = Field(default=10.0, gt=0)
+        time_limit_s: float = Field(default=10.0, gt=0, le=1e6)
         seed: int = 0
-        workers: int = Field(default=2, ge=1)
+        workers: int = Field(default=2, ge=1, le=64)
         allow_upsize: bool = False
+        work_limit: float | None = Field(default=None, gt=0, le=1e6)
 
     class LiveInstanceIn(_Base):
         profile: str | int
