@@ -79,6 +79,12 @@ DOCS = st.one_of(
 )
 
 
+def _node(spec: str) -> Any:
+    from migctl.device import open_node
+
+    return open_node(spec)
+
+
 def _write(tmp: Path, name: str, text: str) -> Path:
     p = tmp / name
     p.write_bytes(text.encode("utf-8", "surrogateescape"))
@@ -86,7 +92,8 @@ def _write(tmp: Path, name: str, text: str) -> Path:
 
 
 @SETTINGS
-@given(text=DOCS, kind=st.sampled_from(["config", "hooks", "checkpoint", "jobs", "plan", "k8s", "simstate"]))
+@given(text=DOCS, kind=st.sampled_from(["config", "hooks", "checkpoint", "jobs", "plan", "k8s", "simstate",
+                                         "journal", "csv", "slurm"]))
 def test_fuzz_every_input_file_type(cli, tmp_path: Path, text: str, kind: str) -> None:
     good = _write(tmp_path, "good.yaml", "version: v1\nmig-configs:\n  all-disabled:\n"
                                          "    - devices: all\n      mig-enabled: false\n")
@@ -110,6 +117,26 @@ def test_fuzz_every_input_file_type(cli, tmp_path: Path, text: str, kind: str) -
         runs = [("plan", f, "--time-limit", "1")]
     elif kind == "k8s":
         runs = [("k8s", "export", "-f", f, "-c", "all-disabled")]
+    elif kind == "slurm":
+        gres = _write(tmp_path, "gres.conf", text)
+        runs = [("slurm", "gres", "--node", "n1", "--gres-conf", gres, "--slurm-conf", f),
+                ("slurm", "gres", "--node", "n1", "--gres-conf", f, "--no-slurm-conf")]
+    elif kind == "csv":
+        csv = _write(tmp_path, "w.csv", text)
+        plan = _write(tmp_path, "p.yaml", f"fleet: [{{model: A30, count: 1}}]\nworkloads_csv: {csv.name}\n")
+        runs = [("plan", plan, "--time-limit", "1")]
+    elif kind == "journal":
+        # a pending apply journal with random content: recover must validate it and change nothing
+        assert cli("gpus", sim="1xA30").code == 0
+        from migctl.paths import state_dir
+        from migctl.reconcile.journal import Journal
+
+        node = _node("1xA30")
+        Journal(node, state_dir()).path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        r = cli("recover", sim="1xA30")
+        _check(r, "recover")
+        assert r.code in (0, 2), r
+        return
     else:
         runs = [("--sim-state", f, "gpus")]
     for args in runs:
