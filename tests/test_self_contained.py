@@ -50,3 +50,17 @@ def test_ci_runs_the_newcomer_check_and_it_does_not_recurse():
     r = subprocess.run(["bash", str(REPO / "scripts" / "newcomer.sh")], capture_output=True, text=True, env=env,
                        timeout=30)
     assert r.returncode == 0 and "not recursing" in r.stdout
+
+
+def test_readme_says_the_test_command_installs_slurm_and_the_install_is_idempotent():
+    readme = (REPO / "README.md").read_text()
+    assert "apt-installs Slurm" in readme and "scripts/install-slurm.sh" in readme
+    script = (REPO / "scripts" / "install-slurm.sh").read_text()
+    assert "already installed" in script and "exit 0" in script
+    # the suite's Slurm tests need it installed, so here it is: a second install does nothing
+    r = subprocess.run(["bash", str(REPO / "scripts" / "install-slurm.sh")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["bash", str(REPO / "scripts" / "install-slurm.sh")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "already installed" in r.stdout
