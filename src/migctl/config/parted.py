@@ -218,18 +218,19 @@ class MigConfig:
             raise ConfigError(f"{self.file}: no config labelled {label!r} (valid: {valid})")
         return self.entries[label]
 
-    def resolve(self, label: str, gpus: list[GpuLike]) -> dict[int, Desired]:
+    def resolve(self, label: str, gpus: list[GpuLike], strict: bool = True) -> dict[int, Desired]:
         """Desired state per matched GPU (unmatched GPUs are absent: they are left alone).
 
         Raises ConfigError when a matched GPU cannot take its entry (profile missing on its model, no fit,
         MIG on a GPU that has none, or two entries asking different things of one GPU), when an entry names a
         GPU index the node does not have, and when the label matches no GPU at all (instead of a silent
-        "nothing to do").
+        "nothing to do"). ``strict=False`` keeps mig-parted's own semantics for those two cases (entries that
+        match nothing are skipped), for the ``nvidia-mig-parted`` drop-in.
         """
         out: dict[int, Desired] = {}
         indices = {g.index for g in gpus}
         for e in self.entries_for(label):
-            if e.raw.devices != "all":
+            if strict and e.raw.devices != "all":
                 missing = sorted(set(e.raw.devices) - indices)
                 if missing:
                     have = ", ".join(map(str, sorted(indices))) or "none"
@@ -259,7 +260,7 @@ class MigConfig:
                         "layout; make the entries' devices/device-filter disjoint"
                     )
                 out[gpu.index] = d
-        if gpus and not matched:
+        if strict and gpus and not matched:
             models = ", ".join(sorted({getattr(g.model, "key", "?") for g in gpus}))
             raise ConfigError(f"{self.file}: config {label!r} matches no GPU of this node ({len(gpus)} x {models}); "
                               "check its devices and device-filter")
