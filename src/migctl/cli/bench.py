@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         repeat: int = typer.Option(3, "--repeat", "-r", help="Measured runs per configuration."),
         warmup: int = typer.Option(1, "--warmup", help="Warm-up runs per configuration (discarded)."),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds one run may take before it is killed."),
-        gpu: Optional[int] = typer.Option(None, "--gpu", "-g", help="GPU index (default: the first MIG-capable)."),
+        gpu: Optional[int] = typer.Option(None, "-i", "--gpu", "-g", help="GPU index (default: the first MIG-capable)."),
         table: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the ParvaGPU profile table (CSV) here."),
         json_file: Optional[Path] = typer.Option(None, "--json-out", help="Write every run and summary as JSON here."),
         plot_file: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot here (needs matplotlib)."),
