@@ -18,6 +18,7 @@ This module imports nothing from :mod:`migctl.jobs` or :mod:`migctl.reconcile` (
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -251,6 +252,8 @@ def busy_view(node: Any, exclude_lease: str | None = None, leases: bool = True, 
             ns = (r["pidns"] if "pidns" in keys else "") or ""
             detail = r["owner"] or ""
             view.devices.setdefault(where, []).append(Holder("lease", int(r["pid"]), procs, detail, ns))
+    with contextlib.suppress(ImportError):  # registers migctl's own MPS daemons (loaded lazily: no cycle)
+        import migctl.jobs.mps  # noqa: F401
     for provider in MPS_PROVIDERS:
         for gpu, gi, ci, pid, detail in provider(node):
             h = Holder("mps", pid, (pid,), detail)

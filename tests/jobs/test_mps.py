@@ -157,3 +157,27 @@ def test_mps_on_a_gpu_without_mig(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     finally:
         p.kill()
         p.wait()
+
+
+def test_busy_authority_counts_migctl_mps_servers(a30: Any, short_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An MPS server started by migctl is a holder of its own kind in migctl.busy (not only as an NVML process:
+    on a real GPU the server may have no CUDA context yet)."""
+    from migctl import busy
+
+    monkeypatch.setenv("MIGCTL_STATE_DIR", str(short_root))
+    (uuid,) = a30.layout(0, ["2g.12gb"])
+    node = a30.node()
+    dev = node.find_mig_device(uuid)
+    assert dev is not None
+    m = MpsManager(node)  # the default root, the one the authority reads
+    p, s = _sleeper()
+    try:
+        m.admit(uuid, Share.of(2, dev.memory_mib), dev.memory_mib, p.pid, s)
+        (server,) = m.servers(uuid)
+        kinds = {(h.kind, h.pid) for h in busy.busy_view(node).of_device(0, dev.gi_id, dev.ci_id)}
+        assert ("mps", server) in kinds
+        assert m.leave(uuid, p.pid)
+        assert not [h for h in busy.busy_view(node).of_device(0, dev.gi_id, dev.ci_id) if h.kind == "mps"]
+    finally:
+        p.kill()
+        p.wait()

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from migctl.busy import register_mps_provider
 from migctl.jobs.common import JobsError, node_key
 from migctl.paths import state_dir
 from migctl.proc import pid_alive
@@ -252,3 +253,28 @@ def shares_from(threads: int | None, mem_mib: int | None, share: int | None, dev
         raise JobsError(f"memory limit {mem_mib} MiB is out of range; valid: 1..{device_mem_mib} MiB")
     return Share(threads=t, mem_mib=mem_mib if mem_mib is not None else None if t == 100 else
                  math.floor(device_mem_mib * t / 100))
+
+
+def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]:
+    """The MPS servers migctl's daemons run on ``node``, for :mod:`migctl.busy` (an MPS server makes its
+    device busy even before a client has a CUDA context on it): ``(gpu, gi, ci, server pid, detail)``."""
+    mgr = MpsManager(node)
+    if not mgr.root.is_dir():
+        return []
+    out: list[tuple[int, int | None, int | None, int, str]] = []
+    for g in node.gpus():
+        targets: list[tuple[str, int | None, int | None]] = [(g.uuid, None, None)]
+        try:
+            if g.mig_capable() and g.mig_mode()[0] == 1:
+                targets = [(d.uuid, d.gi_id, d.ci_id) for d in g.mig_devices()]
+        except Exception:  # noqa: BLE001 - a GPU without MIG: its own UUID is the device
+            pass
+        for uuid, gi, ci in targets:
+            if not (mgr.device_dir(uuid) / "pipe" / "control").exists():
+                continue  # no daemon was started for this device: skip the control round trip
+            for pid in mgr.servers(uuid):
+                out.append((g.index, gi, ci, pid, f"MPS server of {uuid}"))
+    return out
+
+
+register_mps_provider(mps_holders)

@@ -1,8 +1,8 @@
 """Reshaping a live node for one request: destroy the fewest *idle* MIG instances on one GPU so that the
 requested profile fits, and create it, through the transactional apply (journal, rollback, busy check).
 
-Idle = no process on the GPU instance (NVML) and no live migctl lease on any of its MIG devices; busy and
-leased instances are fixed. The choice is :meth:`migctl.planner.online.Placer.make_room` (fewest
+Idle = not busy by :mod:`migctl.busy` (no live lease or lease process group, no NVML process, no MPS
+server); busy instances are fixed. The choice is :meth:`migctl.planner.online.Placer.make_room` (fewest
 instances destroyed, then fewest slices, then migctl's placement rule) over the live layouts. The new
 layout of that GPU is applied with :func:`migctl.reconcile.engine.apply_desired`, which refuses to touch
 a busy instance even if one became busy in between.
@@ -18,6 +18,7 @@ from migctl.jobs.leases import LeaseManager, Request
 
 def reshape_for(node: Any, req: Request) -> str | None:
     """Make room for ``req`` on ``node``; a one-line description of the change, or None if none helps."""
+    from migctl.busy import annotate
     from migctl.planner.online import Placer
     from migctl.planner.online import Request as PRequest
     from migctl.reconcile.engine import apply_desired
@@ -27,14 +28,14 @@ def reshape_for(node: Any, req: Request) -> str | None:
             and (req.gpus is None or g.index in req.gpus)]
     if not live:
         return None
-    leased = {lease.uuid for lease in LeaseManager(node).leases()}
+    annotate(node, live)  # the one authority: leases (and their process groups), NVML processes, MPS servers
     models = [g.model for g in live]
     placer = Placer(models, "migctl")
     idle: dict[int, list[tuple[int, int]]] = {}
     for i, g in enumerate(live):
         for gi in g.gis:
             placer.add(i, gi.profile_id, gi.start)
-            if not gi.busy and not any(u in leased for u in gi.uuids()):
+            if not gi.busy:
                 idle.setdefault(i, []).append((gi.profile_id, gi.start))
     eligible = []
     for m in {m.key: m for m in models}.values():
