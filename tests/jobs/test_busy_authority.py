@@ -119,6 +119,9 @@ def test_a_dead_holder_with_a_live_group_is_still_busy(a30: SimEnv) -> None:
         os.kill(grp.pid, signal.SIGKILL)  # the holder (the group's leader) dies; its `sleep` runs on
         grp.wait()
         assert [x.uuid for x in mgr.leases()] == [lease.uuid]
+        from migctl.observe.state import StateReader
+
+        assert [x.uuid for x in StateReader(n).leases()] == [lease.uuid]  # the exporter counts it too
         with pytest.raises(BusyError, match="refusing to destroy"):
             apply_config(CFG, "small", node=n)
     finally:

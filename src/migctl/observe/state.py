@@ -89,14 +89,22 @@ class StateReader:
             return []
 
     def leases(self) -> list[LeaseRow]:
-        """Lease rows of this node (stale rows included: the holder PID tells)."""
-        from migctl.proc import pid_alive
+        """Live lease rows of this node: live as :mod:`migctl.busy` counts them (the holder, or a process of the
+        lease's process group, still runs)."""
+        from migctl.busy import lease_processes, process_groups
 
-        rows = self._query("SELECT uuid, gpu, gi, ci, profile, pid, pid_start, job_id, created FROM leases "
-                           "WHERE node = ?", (self.key,))
-        return [LeaseRow(uuid=r["uuid"], gpu=r["gpu"], gi=r["gi"], ci=r["ci"], profile=r["profile"], pid=r["pid"],
-                         job_id=r["job_id"], created=r["created"])
-                for r in rows if pid_alive(int(r["pid"]), float(r["pid_start"]))]
+        rows = self._query("SELECT * FROM leases WHERE node = ?", (self.key,))
+        groups = process_groups() if rows else {}
+        out: list[LeaseRow] = []
+        for r in rows:
+            keys = r.keys()
+            pgid = r["pgid"] if "pgid" in keys else None
+            pgid_start = r["pgid_start"] if "pgid_start" in keys else None
+            if not lease_processes(int(r["pid"]), float(r["pid_start"]), pgid, pgid_start, groups):
+                continue
+            out.append(LeaseRow(uuid=r["uuid"], gpu=r["gpu"], gi=r["gi"], ci=r["ci"], profile=r["profile"],
+                                pid=r["pid"], job_id=r["job_id"], created=r["created"]))
+        return out
 
     def queue(self) -> QueueStats:
         q = QueueStats()
