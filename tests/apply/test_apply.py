@@ -105,7 +105,8 @@ def test_mode_change_refused_when_gpu_busy_and_resets_only_changed(mknode, clien
         apply_config(DEFAULT, "all-disabled", node=node)
     one = {"version": "v1", "mig-configs": {"x": [{"devices": [0], "mig-enabled": False}]}}
     r = apply_config(one, "x", node=node)
-    assert [op["gpu"] for op in r.plan.ops if op["op"] in ("set_mode", "reset")] == [0, 0]
+    assert [op["gpu"] for op in r.plan.ops if op["op"] == "set_mode"] == [0]
+    assert [op["gpus"] for op in r.plan.ops if op["op"] == "reset"] == [[0]]
     assert layouts(node)[0] == {"mig": False, "gis": []} and layouts(node)[1]["mig"]
 
 

@@ -90,13 +90,42 @@ def read_node(node: Any) -> list[LiveGpu]:
 
 # ------------------------------------------------------------------------------------------ operations
 def _nvml_text(e: BaseException) -> str:
+    detail = getattr(e, "detail", None)  # a refused reset names what holds each GPU
+    if detail:
+        return str(detail)
     return f"{e.__class__.__name__}: {e}"
 
 
-def run_op(node: Any, op: dict[str, Any]) -> None:
+def _reset(node: Any, op: dict[str, Any], journal: Journal | None) -> None:
+    """Reset every GPU of ``op`` whose mode change is still pending, in ONE :meth:`Node.reset_gpus` call (one
+    ``nvidia-smi -r -i BUS,...``). Refuses a GPU with a holder (:mod:`migctl.busy`): a reset must never hit a
+    busy GPU. The call is journalled (fsynced) before it runs."""
+    from migctl.busy import busy_view
+
+    gpus = [node.gpu(i) for i in op.get("gpus", [op.get("gpu")])]
+    pending = [g for g in gpus if (lambda m: m[0] != m[1])(g.mig_mode())]
+    if not pending:
+        return
+    view = busy_view(node, gpus=pending)
+    busy = {g.index: view.of_gpu(g.index) for g in pending if view.of_gpu(g.index)}
+    if busy:
+        raise UserError("refusing to reset GPUs in use: " + "; ".join(
+            f"GPU {i}: " + ", ".join(h.text() for h in hs) for i, hs in sorted(busy.items())), 3)
+    if journal is not None:
+        journal.data.setdefault("resets", []).append(
+            {"phase": journal.data.get("phase"), "gpus": [g.index for g in pending],
+             "bus_ids": [g.bus_id for g in pending]})
+        journal.write()
+    node.reset_gpus(pending)
+
+
+def run_op(node: Any, op: dict[str, Any], journal: Journal | None = None) -> None:
     """Execute one planned operation through the device layer."""
-    gpu = node.gpu(op["gpu"])
     kind = op["op"]
+    if kind == "reset":
+        _reset(node, op, journal)
+        return
+    gpu = node.gpu(op["gpu"])
     if kind == "destroy_ci":
         gi = gpu.gpu_instance(op["gi"])
         ci = next((c for c in gi.compute_instances() if c.id == op["ci"]), None)
@@ -106,10 +135,6 @@ def run_op(node: Any, op: dict[str, Any]) -> None:
         gpu.gpu_instance(op["gi"]).destroy()
     elif kind == "set_mode":
         gpu.set_mig_mode(bool(op["enabled"]))
-    elif kind == "reset":
-        cur, pending = gpu.mig_mode()
-        if cur != pending:
-            gpu.reset()
     elif kind == "create_gi":
         prof = gpu.profile(op["profile"])
         if prof is None:
@@ -139,7 +164,7 @@ def _execute(node: Any, ops: list[dict[str, Any]], journal: Journal, phase: str,
         journal.step(k, phase, ops if k == 0 else None)
         if progress is not None:
             progress(k + 1, len(ops), op["desc"])
-        run_op(node, op)
+        run_op(node, op, journal)
         done += 1
     return done
 

@@ -74,8 +74,21 @@ class NodePlan:
     @property
     def ops(self) -> list[dict[str, Any]]:
         mode = [op for g in self.gpus for op in g.ops if op["phase"] == "mode"]
+        reset = self.reset_op()
         cfg = [op for g in self.gpus for op in g.ops if op["phase"] == "config"]
-        return mode + cfg
+        return mode + ([reset] if reset else []) + cfg
+
+    def reset_op(self) -> dict[str, Any] | None:
+        """One reset of every GPU whose MIG mode changes, after all mode changes are requested and before any
+        instance is created (as mig-parted does); at run time only GPUs whose change is still pending are reset
+        (Hopper and newer apply the mode without one)."""
+        idx = [g.index for g in self.gpus if g.status == "change" and g.mode_change]
+        if not idx:
+            return None
+        names = ", ".join(map(str, idx))
+        return {"op": "reset", "gpus": idx, "phase": "mode",
+                "desc": f"GPU{'s' if len(idx) > 1 else ''} {names}: reset in one call (those whose mode change "
+                        "is pending)"}
 
     @property
     def blocked(self) -> list[GpuPlan]:
@@ -116,6 +129,9 @@ class NodePlan:
                 lines.append("      keep:   " + ", ".join(f"{k.label()} (GI {k.id})" for k in g.keep))
             for op in g.ops:
                 lines.append(f"      - {op['desc']}")
+        reset = self.reset_op()
+        if reset:
+            lines.append(f"  then: {reset['desc']}, before instances are created")
         c = self.counts()
         lines.append(
             f"  {c['operations']} operation(s) on {c['gpus_changed']} GPU(s): {c['instances_kept']} instance(s) kept, "
@@ -281,8 +297,7 @@ def plan_gpu(live: LiveGpu, desired: Desired | None, force: bool = False) -> Gpu
         gp.ops += _destroy_ops(i, live.gis, "mode")
         gp.ops.append({"op": "set_mode", "gpu": i, "enabled": want, "phase": "mode",
                        "desc": f"GPU {i}: {'enable' if want else 'disable'} MIG mode"})
-        gp.ops.append({"op": "reset", "gpu": i, "phase": "mode",
-                       "desc": f"GPU {i}: reset (only if the mode change is pending)"})
+        # no per-GPU reset: NodePlan.ops resets every GPU whose mode change is pending in ONE call
         if want:
             placed = _place(model, [], list(desired.gis))
             if placed is None:

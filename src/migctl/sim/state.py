@@ -46,6 +46,11 @@ BEHAVIOURS: dict[str, tuple[str, ...]] = {
     "functions": ("driver", "all"),
     # nvidia-persistenced running: holds every GPU open (reset refused, Ampere mode changes stay pending)
     "persistenced": ("off", "on"),
+    # Ampere MIG mode change: "nvml" = nvmlDeviceSetMigMode resets the GPU itself unless something holds it
+    # (nvml.h: "This API may unbind or reset the device to activate the requested mode"); "reset" = it always stays
+    # pending until a GPU reset, as mig-parted assumes (it resets pre-Hopper GPUs after every mode change;
+    # which setups do this beyond held GPUs: UNCONFIRMED)
+    "ampere-activation": ("nvml", "reset"),
 }
 DEFAULT_BEHAVIOUR = {k: v[0] for k, v in BEHAVIOURS.items()}
 # Profile info answers Not Supported with MIG disabled below this driver (UNCONFIRMED: the stricter choice; the
@@ -351,7 +356,7 @@ class Driver:
             # nvml.h: "In a pass-through VM ... activationStatus NVML_ERROR_RESET_REQUIRED" (VM reboot needed).
             # Hopper+ in a pass-through VM: UNCONFIRMED, the stricter Ampere behaviour is kept.
             return SUCCESS, ERROR_RESET_REQUIRED
-        if self.ampere(gpu) and self.gpu_holders(gpu):
+        if self.ampere(gpu) and (self.gpu_holders(gpu) or self.state.b("ampere-activation") == "reset"):
             # Ampere needs a reset to activate; a holder (persistence daemon, monitoring client) prevents it
             return SUCCESS, ERROR_IN_USE
         self._activate(gpu)
