@@ -265,3 +265,18 @@ def test_instances_of_a_killed_apply_are_never_leased(a30: SimEnv) -> None:
     assert sorted(d.profile_name for d in n.gpu(0).mig_devices()) == ["2g.12gb", "2g.12gb"]
     r = a30.migctl("recover")
     assert r.returncode == 0 and "nothing to recover" in r.stdout, r.stdout + r.stderr
+
+
+def test_crash_between_gi_and_ci_is_recovered_by_the_next_apply(a30: SimEnv) -> None:
+    """A runner killed between creating a GI and its CI: the next `migctl apply` (no recover, no run) finishes
+    or removes the half-made instance before it plans, and leaves no GI without a CI."""
+    n = a30.node()
+    env = {**a30.env, "MIGCTL_SIM_CRASH_AT": str(n.sim.op_count() + 2)}
+    r = subprocess.run([sys.executable, "-m", "migctl.cli.main", "run", "--profile", "2g.12gb", "--", "true"],
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == -9
+    assert any(not gi.compute_instances() for gi in n.gpu(0).gpu_instances())  # the orphan GI
+    r = a30.migctl("apply", "-f", str(_config(a30)), "-c", "small")
+    assert r.returncode == 0, r.stdout + r.stderr
+    gis = n.gpu(0).gpu_instances()
+    assert gis and all(gi.compute_instances() for gi in gis)
