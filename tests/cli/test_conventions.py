@@ -119,9 +119,8 @@ def test_unknown_backend_is_refused(cli, monkeypatch) -> None:
 
 # ------------------------------------------------------------------------------------------ --json, exit codes
 # verbs whose output is not migctl's to shape: nvidia-smi's format, the command's or job's own output, a server,
-# an interactive view; and the simulator's own driver verbs (not done yet: tracked in the issue report)
-NO_JSON = {"smi", "run", "logs", "exporter", "top", "sim reset-state", "sim add-client", "sim remove-client",
-           "sim set", "sim reboot", "sim add-holder", "sim remove-holder"}
+# an interactive view
+NO_JSON = {"smi", "run", "logs", "exporter", "top"}
 
 
 def test_every_verb_takes_json() -> None:

@@ -73,7 +73,7 @@ def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 @sim_app.command("reset-state")
-def reset_state_cmd(ctx: typer.Context) -> None:
+def reset_state_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Forget the simulated node: the next command starts from fresh GPUs (new UUIDs, MIG disabled).
 
     Works on a corrupt or foreign state file too (that is how to recover from one).
@@ -89,6 +89,9 @@ def reset_state_cmd(ctx: typer.Context) -> None:
     path = sn.store.path
     sn.store.reset()
     state(ctx)._node = None
+    if as_json:
+        emit_json({"spec": str(sn.spec), "removed": None if path is None else str(path)})
+        return
     out(f"Forgot simulated node {sn.spec}" + (f" (removed {path})" if path is not None else ""))
 
 
@@ -109,6 +112,7 @@ def add_client_cmd(
     device: Annotated[str | None, typer.Option("--device", "-d", help="A MIG device UUID instead of -i/--gi/--ci.")] = None,
     used_mib: Annotated[int, typer.Option("--used-mib", help="Memory the client uses, MiB.")] = 0,
     name: Annotated[str, typer.Option("--name", help="A process name to show.")] = "",
+    as_json: JsonOpt = False,
 ) -> None:
     """Register PID as a client of a GPU or of a MIG device (makes it "in use", as a CUDA process would)."""
     n, sn = _sim_node(ctx)
@@ -132,6 +136,9 @@ def add_client_cmd(
     if rc:
         fail(f"cannot add client {pid} to GPU {g.index}: NVML error {rc}")
     where = f"GPU {g.index}" + ("" if gi is None else f" GI {gi}") + ("" if ci is None else f" CI {ci}")
+    if as_json:
+        emit_json({"pid": pid, "gpu": g.index, "gi_id": gi, "ci_id": ci})
+        return
     out(f"PID {pid} is now a client of {where} (until it exits or `migctl sim remove-client {pid} -i {g.index}`)")
 
 
@@ -159,6 +166,7 @@ def remove_client_cmd(
     ctx: typer.Context,
     pid: Annotated[int, typer.Argument(help="PID to forget.")],
     gpu: Annotated[str | None, typer.Option("-i", "--gpu", "--id", help="GPUs (default: all).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Forget a client registered with add-client."""
     n, sn = _sim_node(ctx)
@@ -169,6 +177,9 @@ def remove_client_cmd(
             removed.append(g.index)
     if not removed:
         fail(f"PID {pid} is not a client of GPU {gpu if gpu is not None else 'any'}; see `migctl sim clients`")
+    if as_json:
+        emit_json({"pid": pid, "gpus": removed})
+        return
     out(f"PID {pid} is no longer a client of GPU {id_list(removed)}")
 
 
