@@ -47,7 +47,7 @@ def test_mode_pending_while_in_use_then_reset_applies_it(cli):
     # reset is refused while the client lives, naming it; nothing changes
     before = snapshot(cli)
     busy = cli("reset", "-i", "1")
-    assert busy.code == 1
+    assert busy.code == 3  # busy: the same code as apply's
     assert f"PID {pid}" in one_error_line(busy)
     assert snapshot(cli) == before
     assert cli("sim", "remove-client", pid, "-i", "1").code == 0
@@ -203,7 +203,7 @@ def test_gi_destroy_destroys_cis_first_and_refuses_busy(enabled):
     assert cli("sim", "add-client", pid, "-i", "0", "--gi", "7", "--ci", "0").code == 0
     before = snapshot(cli)
     r = cli("gi", "destroy", "--all", "-i", "0")
-    assert r.code == 1
+    assert r.code == 3
     line = one_error_line(r)
     assert "GPU instance(s) 7" in line and f"PID {pid}" in line and "nothing was destroyed" in line
     assert snapshot(cli) == before
@@ -213,7 +213,7 @@ def test_gi_destroy_destroys_cis_first_and_refuses_busy(enabled):
                                    "Destroyed GPU instance 2 from GPU 0"]
     assert [g["gi_id"] for g in cli("gi", "list", "--json").json()["gpu_instances"]] == [7]
     busy_ci = cli("ci", "destroy", "--all", "-i", "0")
-    assert busy_ci.code == 1 and f"PID {pid}" in one_error_line(busy_ci)
+    assert busy_ci.code == 3 and f"PID {pid}" in one_error_line(busy_ci)
 
 
 def test_ci_create_default_named_and_destroy(cli):

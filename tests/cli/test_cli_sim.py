@@ -57,7 +57,7 @@ def test_dead_client_stops_counting(cli):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         assert cli("sim", "add-client", proc.pid, "-i", "0").code == 0
-        assert cli("reset", "-i", "0").code == 1
+        assert cli("reset", "-i", "0").code == 3
     finally:
         proc.kill()
         proc.wait()

@@ -168,6 +168,9 @@ def test_exit_code_table_is_documented_and_matches_the_code() -> None:
     for code in (0, 1, 2, EXIT_BUSY, EXIT_LOCKED, EXIT_FAILED, 75, 130):
         assert f"\n| {code} |" in table, code
     assert (EXIT_BUSY, EXIT_LOCKED, EXIT_FAILED) == (3, 4, 5)
+    from migctl.cli.devices import EXIT_BUSY as DEVICES_BUSY
+
+    assert DEVICES_BUSY == EXIT_BUSY  # busy is one code: gi/ci destroy and reset as apply
 
 
 def test_one_option_name_per_meaning() -> None:

@@ -31,7 +31,8 @@ from migctl.cli.render import (
 )
 
 # exit codes
-EXIT_DEVICE = 1  # the device refused or failed the operation (e.g. In use, Insufficient Resources)
+EXIT_DEVICE = 1  # the device refused or failed the operation (e.g. Insufficient Resources, an NVML error)
+EXIT_BUSY = 3  # instances or GPUs in use: refused before anything changed (the same code as apply's)
 EXIT_INPUT = 2  # bad input; nothing was changed
 
 GpuSel = Annotated[
@@ -458,7 +459,7 @@ def reset_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) 
     busy = [(g, pids) for g, pids in busy if pids]
     if busy:
         what = "; ".join(f"GPU {g.index} is in use by {pids_text(pids)}" for g, pids in busy)
-        fail(f"cannot reset: {what}; stop those processes first (nothing was reset)", EXIT_DEVICE)
+        fail(f"cannot reset: {what}; stop those processes first (nothing was reset)", EXIT_BUSY)
     # one reset for every selected GPU, by bus id, with NVML shut down meanwhile (Node.reset_gpus, as mig-parted)
     n_gis = {g.index: len(_gi_list(g)) if _mig_state(g)[0] == 1 else 0 for g in gpus}
     indices = [g.index for g in gpus]
@@ -646,7 +647,7 @@ def gi_destroy(
             busy.append(f"GPU {g.index} GPU instance(s) {id_list(sorted({p.gi_id for p in _procs(g) if p.gi_id in ids_here}))} "
                         f"in use by {pids_text(pids)}")
     if busy:
-        fail(f"cannot destroy: {'; '.join(busy)} (nothing was destroyed)", EXIT_DEVICE)
+        fail(f"cannot destroy: {'; '.join(busy)} (nothing was destroyed)", EXIT_BUSY)
     destroyed: list[dict[str, Any]] = []
     error = None
     for g, gis in targets:
@@ -844,7 +845,7 @@ def ci_destroy(
                 pids = [p.pid for p in procs if p.gi_id == x.id and p.ci_id == c.id]
                 if pids:
                     fail(f"cannot destroy compute instance {c.id} of GPU instance {x.id} on GPU {g.index}: in use by "
-                         f"{pids_text(pids)} (nothing was destroyed)", EXIT_DEVICE)
+                         f"{pids_text(pids)} (nothing was destroyed)", EXIT_BUSY)
             plan.append((g, x, cis))
     destroyed = []
     error = None
