@@ -4,6 +4,7 @@ Also: a pending MIG disable is cancelled by apply when the config says enabled."
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -120,3 +121,28 @@ def test_apply_cancels_a_pending_disable(node_factory):
     finally:
         p.kill()
         p.wait()
+
+
+def test_planner_plans_an_unknown_gpu_from_nvml(tmp_path):
+    """`plan --live` and `plan --apply` on GPUs the catalog does not ship: planned from the model NVML describes."""
+    import os
+    import subprocess
+    import sys
+
+    path = unknown_model_file(tmp_path)
+    wl = tmp_path / "wl.yaml"
+    wl.write_text("workloads:\n  - {name: a, profile: 2g.20gb, count: 3}\n")
+    env = {**os.environ, "MIGCTL_SIM": f"2xfile:{path}", "MIGCTL_SIM_STATE": str(tmp_path / "sim.json"),
+           "MIGCTL_STATE_DIR": str(tmp_path / "state")}
+
+    def migctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "migctl", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    assert migctl("mode", "enable").returncode == 0
+    r = migctl("plan", str(wl), "--live", "--json")
+    assert r.returncode == 0, r.stderr
+    r = migctl("plan", str(wl), "--apply")
+    assert r.returncode == 0, r.stderr
+    gpus = json.loads(migctl("gpus", "--json").stdout)["gpus"]
+    assert sorted(d["profile"] for g in gpus for d in g["mig_devices"]) == ["2g.20gb"] * 3

@@ -260,6 +260,15 @@ def _load_path(path: str, mtime_ns: int, size: int) -> GpuModel:
         raise CatalogError(f"model file {path} is missing or has a bad field: {e.__class__.__name__}: {e}") from None
 
 
+_LEARNED: dict[str, GpuModel] = {}
+
+
+def learn_model(model: GpuModel) -> None:
+    """Make a model that NVML described (a GPU the catalog does not ship) known to :func:`load_model` in this
+    process, so the planner can plan for it by its key. In memory only: nothing is written."""
+    _LEARNED[_norm(model.key)] = model
+
+
 def load_model(key: str) -> GpuModel:
     """The model with catalog key or alias ``key`` (case-insensitive), e.g. ``H100-80GB`` or ``h100``;
     ``file:PATH`` loads a model file outside the catalog."""
@@ -272,6 +281,8 @@ def load_model(key: str) -> GpuModel:
     for m in all_models():
         if n == _norm(m.key) or n in (_norm(a) for a in m.aliases):
             return m
+    if n in _LEARNED:
+        return _LEARNED[n]
     valid = ", ".join(model_keys())
     raise CatalogError(f"unknown GPU model {key!r}; valid models: {valid}")
 

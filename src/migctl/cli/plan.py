@@ -21,13 +21,21 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def live_layout(node: Any) -> list[dict[str, Any]]:
-    """The node's current layout in the planner's ``live`` form; an instance with processes is busy."""
+    """The node's current layout in the planner's ``live`` form; an instance is busy as :mod:`migctl.busy`
+    says (a live lease, an NVML process or an MPS server). A GPU the catalog does not ship is planned from
+    the model NVML describes."""
+    from migctl.busy import busy_view
+    from migctl.catalog.loader import learn_model
+
+    view = busy_view(node)
     out: list[dict[str, Any]] = []
     for gpu in node.gpus():
         if gpu.model is None or not gpu.mig_capable():
             continue
-        busy_gis = {(p.gi_id) for d in gpu.mig_devices() for p in d.processes()}
-        busy_gis |= {p.gi_id for p in gpu.processes() if p.gi_id is not None}
+        if getattr(gpu, "catalog_model", gpu.model) is None:
+            learn_model(gpu.model)
+        busy_gis = {h_gi for (g, h_gi) in view.gis if g == gpu.index and view.gis[(g, h_gi)]}
+        busy_gis |= {gi for (g, gi, _ci) in view.devices if g == gpu.index and view.devices[(g, gi, _ci)]}
         instances = []
         if gpu.mig_mode()[0] == 1:
             for gi in gpu.gpu_instances():
@@ -83,8 +91,12 @@ def plan_command(
                 raise PlanError(f"{file}: expected a mapping with 'fleet' and 'workloads'")
             if not data.get("fleet"):
                 counts: dict[str, int] = {}
+                from migctl.catalog.loader import learn_model
+
                 for g in cli_node(ctx).gpus():
                     if g.model is not None:
+                        if getattr(g, "catalog_model", g.model) is None:
+                            learn_model(g.model)  # a GPU the catalog does not ship: plan from what NVML says
                         counts[g.model.key] = counts.get(g.model.key, 0) + 1
                 data["fleet"] = [{"model": k, "count": v} for k, v in counts.items()]
             request = parse_request(data, base_dir=file.parent)
