@@ -342,9 +342,7 @@ def apply_desired(
     def build() -> tuple[list[LiveGpu], NodePlan]:
         live = read_node(node)
         plan = plan_node(live, resolver(live), label, force)
-        if skip_reset:
-            for g in plan.gpus:
-                g.ops = [op for op in g.ops if op["op"] != "reset"]
+        plan.skip_reset = skip_reset
         return live, plan
 
     if dry_run:

@@ -70,6 +70,7 @@ class NodePlan:
 
     label: str
     gpus: list[GpuPlan]
+    skip_reset: bool = False  # mig-parted's --skip-reset: no reset step (a pending mode change stays pending)
 
     @property
     def ops(self) -> list[dict[str, Any]]:
@@ -83,7 +84,7 @@ class NodePlan:
         instance is created (as mig-parted does); at run time only GPUs whose change is still pending are reset
         (Hopper and newer apply the mode without one)."""
         idx = [g.index for g in self.gpus if g.status == "change" and g.mode_change]
-        if not idx:
+        if not idx or self.skip_reset:
             return None
         names = ", ".join(map(str, idx))
         return {"op": "reset", "gpus": idx, "phase": "mode",
