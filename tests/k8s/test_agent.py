@@ -221,13 +221,13 @@ def test_watch_dropped_mid_apply_410_and_409_are_survived(server, agent, monkeyp
     real = engine.run_op
     calls = {"n": 0}
 
-    def slow_op(node, op):  # the apply takes long enough for the faults to land mid-apply
+    def slow_op(node, op, journal=None):  # the apply takes long enough for the faults to land mid-apply
         calls["n"] += 1
         if calls["n"] == 3:
             assert server.drop_watches() >= 1
             server.compact()
             server.patch_labels("n1", {"team": "x"})
-        return real(node, op)
+        return real(node, op, journal)
 
     monkeypatch.setattr(engine, "run_op", slow_op)
     a = agent("n1")
