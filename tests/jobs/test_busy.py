@@ -134,7 +134,7 @@ def _child_pid(jid: int) -> int | None:
 
 def _job(env: SimEnv, jid: int) -> dict:
     r = env.migctl("jobs", "--all", "--json")
-    return next(j for j in json.loads(r.stdout) if j["id"] == jid)
+    return next(j for j in json.loads(r.stdout)["jobs"] if j["id"] == jid)
 
 
 def test_sigkill_of_run_keeps_the_lease_while_its_process_group_runs(a30: SimEnv) -> None:
