@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-# Copies of /work/shared/seeds (tests never read ../shared); sources and licence in tests/fixtures/seeds/README.md
+# Copies of the project's seed transcripts, kept in the repository; sources and licence in tests/fixtures/seeds/README.md
 SEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "seeds"
 
 

@@ -8,8 +8,8 @@ Run as ``python -m migctl.sim.mps_control [-d]`` with the same environment as th
 * without ``-d`` it reads control commands from stdin, one per line, sends each to the daemon of
   ``CUDA_MPS_PIPE_DIRECTORY`` and prints the replies (the real tool's interactive/pipe mode).
 
-Commands (CUDA MPS documentation, "nvidia-cuda-mps-control" section; ../shared/reference
-kubernetes-and-ops.md §4): ``get_server_list``, ``start_server -uid UID``,
+Commands (CUDA MPS documentation, "nvidia-cuda-mps-control" section; the project's reference
+notes, kubernetes-and-ops.md §4): ``get_server_list``, ``start_server -uid UID``,
 ``set_default_active_thread_percentage N``, ``get_default_active_thread_percentage``,
 ``set_default_device_pinned_mem_limit DEV LIMIT``, ``get_default_device_pinned_mem_limit DEV``, ``quit``.
 
