@@ -33,7 +33,7 @@ def _popen(se: Any, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 
 def _wait_file(p: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while not p.exists():
+    while not (p.exists() and p.stat().st_size):  # (the shell creates the file before writing to it)
         assert time.monotonic() < deadline, f"timed out waiting for {p}"
         time.sleep(0.05)
 

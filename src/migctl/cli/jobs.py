@@ -85,26 +85,19 @@ def register(app: typer.Typer) -> None:
 
         req = _request(profile, mem, gpu, create=not no_create)
         log = (lambda s: sys.stderr.write(f"migctl: {s}\n")) if verbose else None
-        if isolation not in ("hard", "soft", "none"):
-            fail(f"--isolation must be hard, soft or none, not {isolation!r}")
-        if isolation == "hard" and (share is not None or threads is not None or mps_mem is not None):
-            fail("--share, --threads and --mps-mem need --isolation soft (MPS) or none (time-slicing)")
-        if share is not None and (threads is not None or mps_mem is not None):
-            fail("give --share N, or --threads/--mps-mem, not both")
+        from migctl.jobs.mps import sharing_options
+
+        sharing = sharing_options(isolation, share, threads, mps_mem, ephemeral=ephemeral)
         if reshape and isolation == "hard" and req.create:
             from migctl.jobs.reshape import reshape_if_needed
 
             note = reshape_if_needed(node(ctx), req)
             if note and log:
                 log(note)
-        if isolation != "hard":
-            from migctl.jobs import parse_mem
+        if sharing.kind != "mig":
             from migctl.jobs.shared import run_shared
 
-            rc = run_shared(node(ctx), cmd or [], req, isolation=isolation, share=share, threads=threads,
-                            mem_limit_mib=parse_mem(mps_mem) if mps_mem else None,
-                            wait=0 if no_wait else wait, log=log)
-            sys.exit(rc)
+            sys.exit(run_shared(node(ctx), cmd or [], req, sharing=sharing, wait=0 if no_wait else wait, log=log))
         rc = runner.run(node(ctx), cmd or [], req, wait=0 if no_wait else wait, ephemeral=ephemeral, log=log)
         sys.exit(rc)
 
@@ -119,19 +112,28 @@ def register(app: typer.Typer) -> None:
         priority: int = typer.Option(0, "--priority", callback=int_range(-1_000_000, 1_000_000, "--priority"), help="Higher starts first; FIFO within a priority."),
         name: str = typer.Option("", "--name", help="A label for the job."),
         ephemeral: bool = typer.Option(False, "--ephemeral/--keep", help="Destroy an instance created for it afterwards."),
+        isolation: str = typer.Option("hard", "--isolation", help="hard: a MIG device of its own; soft: an MPS client; none: time-sliced."),
+        share: Optional[int] = typer.Option(None, "--share", help="Clients per device: MPS gets 1/N of threads and memory; time-slicing at most N."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="MPS active thread percentage (1-100), instead of --share."),
+        mps_mem: Optional[str] = typer.Option(None, "--mps-mem", help="MPS pinned memory limit, e.g. 4GiB, instead of --share."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Queue CMD; a worker (migctl worker) starts it when a device is free."""
-        from migctl.jobs.leases import LeaseManager
+        """Queue CMD; a worker (migctl worker) starts it when a device is free (or, with --isolation soft or
+        none, when a shared device has room: docs/dynamic.md)."""
+        from migctl.jobs.mps import sharing_options
         from migctl.jobs.queue import JobQueue
+        from migctl.jobs.shared import check_request
 
         req = _request(profile, mem, gpu)
+        sharing = sharing_options(isolation, share, threads, mps_mem, ephemeral=ephemeral)
+        if not cmd:
+            fail("no command given; usage: migctl submit [OPTIONS] -- CMD [ARGS...]")
         n = node(ctx)
-        note = LeaseManager(n).check_satisfiable_locked(req)
+        note = check_request(n, req, sharing)
         if note:
             sys.stderr.write(f"migctl: note: {note}\n")
         q = JobQueue(n)
-        jid = q.submit(cmd or [], req, priority=priority, name=name, ephemeral=ephemeral)
+        jid = q.submit(cmd or [], req, priority=priority, name=name, ephemeral=ephemeral, sharing=sharing)
         if as_json:
             emit_json(q.get(jid).to_json())
         else:
@@ -161,13 +163,14 @@ def register(app: typer.Typer) -> None:
         if not jobs:
             print("no jobs" + ("" if all_ else " queued or running (--all shows finished ones)"))
             return
-        print(f"{'ID':>5} {'STATE':<9} {'PRI':>3} {'EXIT':>4} {'DEVICE':<17} {'CREATED':<8} {'STARTED':<8} NAME/COMMAND")
+        print(f"{'ID':>5} {'STATE':<9} {'PRI':>3} {'EXIT':>4} {'DEVICE':<17} {'SHARE':<14} {'CREATED':<8} "
+              f"{'STARTED':<8} NAME/COMMAND")
         for j in jobs:
             dev = (j.mig_uuid or "-")[:17]
             label = printable(j.name or " ".join(j.cmd), 60)
             code = "-" if j.exit_code is None else str(j.exit_code)
-            print(f"{j.id:>5} {j.state:<9} {j.priority:>3} {code:>4} {dev:<17} {_fmt_time(j.created):<8} "
-                  f"{_fmt_time(j.started):<8} {label}")
+            print(f"{j.id:>5} {j.state:<9} {j.priority:>3} {code:>4} {dev:<17} {j.sharing.describe():<14} "
+                  f"{_fmt_time(j.created):<8} {_fmt_time(j.started):<8} {label}")
 
     @app.command("cancel")
     @_guard

@@ -11,6 +11,11 @@ File format (YAML)::
         env: {OMP_NUM_THREADS: "4"}
         cwd: /path                     # default: the directory of the jobs file
         ephemeral: false               # destroy an instance created for this job afterwards
+      - name: shared
+        command: ./infer
+        isolation: soft                # hard (default): a MIG device of its own; soft: an MPS client;
+        share: 2                       #   none: time-sliced. share: N clients per device, or (soft only)
+                                       #   threads: 50 and mps_mem: 4GiB (as submit's --share/--threads/--mps-mem)
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from typing import Any
 
 from migctl.jobs.common import JobsError, parse_mem
 from migctl.jobs.leases import Request
+from migctl.jobs.mps import Sharing, sharing_options
 from migctl.jobs.queue import TERMINAL, Job, JobQueue, Worker
 
-KEYS = {"name", "command", "cmd", "profile", "mem", "gpu", "gpus", "priority", "env", "cwd", "ephemeral"}
+KEYS = {"name", "command", "cmd", "profile", "mem", "gpu", "gpus", "priority", "env", "cwd", "ephemeral",
+        "isolation", "share", "threads", "mps_mem"}
 
 
 def _gpus(value: Any) -> tuple[int, ...] | None:
@@ -72,20 +79,27 @@ def load(path: str | Path) -> list[dict[str, Any]]:
             raise JobsError(f"{p}: {label}: give 'profile' or 'mem', not both{where}")
         req = Request(profile=item.get("profile"), mem_mib=parse_mem(str(mem)) if mem is not None else None,
                       gpus=_gpus(item.get("gpu", item.get("gpus"))))
+        try:  # the same validation as submit's --isolation/--share/--threads/--mps-mem
+            sharing = sharing_options(item.get("isolation"), item.get("share"), item.get("threads"),
+                                      item.get("mps_mem"), ephemeral=bool(item.get("ephemeral")), opt="")
+        except JobsError as e:
+            raise JobsError(f"{p}: {label}: {e}") from None
         cwd = item.get("cwd")
         cwd = str((p.parent / cwd).resolve()) if cwd else str(p.parent.resolve())
         env = {str(k): str(v) for k, v in (item.get("env") or {}).items()}
         specs.append(dict(cmd=[str(x) for x in cmd], req=req, name=str(item.get("name") or ""),
                           priority=int(item.get("priority") or 0), cwd=cwd, env=env,
-                          ephemeral=bool(item.get("ephemeral"))))
+                          ephemeral=bool(item.get("ephemeral")), sharing=sharing))
     return specs
 
 
 def run_batch(queue: JobQueue, specs: list[dict[str, Any]], on_finish: Any = None, poll: float = 0.05) -> list[Job]:
     """Queue ``specs`` atomically, run a worker (or wait for the running one) until all of them ended."""
+    from migctl.jobs.shared import check_request
+
     worker = Worker(queue, poll=poll)
-    for s in specs:  # fail before queueing anything if a job can never fit
-        worker.leases.check_satisfiable_locked(s["req"])  # on a settled layout; left to the worker during an apply
+    for s in specs:  # fail before queueing anything if a job can never fit (on a settled layout; left to the
+        check_request(queue.node, s["req"], s.get("sharing") or Sharing(), worker.leases)  # worker during an apply)
     ids = queue.submit_many(specs, batch=uuid.uuid4().hex[:12])
     reported: set[int] = set()
     owns = worker.acquire(block=False)

@@ -119,7 +119,12 @@ CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (node, state, priority DESC, id);
 
 
 # Columns added after the first release (ALTER TABLE on databases that lack them).
-ADDED_COLUMNS = {"leases": (("pgid", "INTEGER"), ("pgid_start", "REAL"), ("pidns", "TEXT NOT NULL DEFAULT ''"))}
+ADDED_COLUMNS = {
+    "leases": (("pgid", "INTEGER"), ("pgid_start", "REAL"), ("pidns", "TEXT NOT NULL DEFAULT ''")),
+    # sharing (jobs/mps.py Sharing): isolation hard|soft|none, --share N, --threads P, --mps-mem in MiB
+    "jobs": (("isolation", "TEXT NOT NULL DEFAULT 'hard'"), ("share", "INTEGER"), ("threads", "INTEGER"),
+             ("mps_mem_mib", "INTEGER")),
+}
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -181,6 +181,12 @@ class LeaseManager:
         gpus = self._gpus(req)
         if not gpus:
             where = f"GPU {','.join(map(str, req.gpus))}" if req.gpus else "this node"
+            every = retry_nvml(self.node.gpus)
+            chosen = [every[i] for i in req.gpus] if req.gpus is not None else every
+            if chosen and not any(retry_nvml(g.mig_capable) for g in chosen):
+                names = sorted({str(g.name) for g in chosen})
+                raise JobsError(f"no MIG on {where} ({', '.join(names)} cannot be partitioned); share the whole "
+                                "GPU with --isolation soft (MPS) or --isolation none (time-slicing)")
             raise JobsError(f"no MIG-enabled GPU on {where}; enable MIG mode first (migctl apply / nvidia-smi -mig 1)")
         for g in gpus:
             if any(self._fits_device(req, d) for d in retry_nvml(g.mig_devices)):

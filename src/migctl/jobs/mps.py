@@ -51,6 +51,88 @@ def mechanism(isolation: str) -> str:
 
 
 @dataclass(frozen=True)
+class Sharing:
+    """What a job asks for besides memory: an isolation level and, when shared, its share of the device.
+
+    ``share``: clients per device (MPS: 1/N of threads and memory; time-slicing: at most N clients);
+    ``threads``/``mem_limit_mib``: an explicit MPS thread percentage and pinned memory limit instead.
+    Built by :func:`sharing_options`, the one validation of ``run``, ``submit`` and batch files.
+    """
+
+    isolation: str = "hard"
+    share: int | None = None
+    threads: int | None = None
+    mem_limit_mib: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """``mig``, ``mps`` or ``timeslice``."""
+        return mechanism(self.isolation)
+
+    @property
+    def cap(self) -> int:
+        """Time-slicing: the most clients per device (``--share``, default 2). MPS: the client count of a share."""
+        return self.share or (2 if self.kind == "timeslice" else 1)
+
+    def describe(self) -> str:
+        """Short form for job listings: ``-`` (hard), ``mps 1/2``, ``mps 50%/4096M``, ``ts <=2``."""
+        if self.kind == "mig":
+            return "-"
+        if self.kind == "timeslice":
+            return f"ts <={self.cap}"
+        if self.share is not None:
+            return f"mps 1/{self.share}"
+        return f"mps {self.threads if self.threads is not None else 100}%" + (
+            f"/{self.mem_limit_mib}M" if self.mem_limit_mib is not None else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"isolation": self.isolation, "share": self.share, "threads": self.threads,
+                "mps_mem_mib": self.mem_limit_mib}
+
+
+def sharing_options(isolation: str | None, share: int | None = None, threads: int | None = None,
+                    mps_mem: str | int | float | None = None, *, ephemeral: bool = False, opt: str = "--") -> Sharing:
+    """Validate an isolation level and its share options (``run``, ``submit``, batch files); one-line
+    :class:`JobsError` (exit 2) naming what is wrong and what is valid. ``opt`` prefixes option names in
+    messages (``--`` for the CLI, ``''`` for batch-file keys); ``mps_mem`` is a size as ``--mem`` takes it
+    (``4GiB``, ``500MiB``; a bare number is GiB)."""
+    from migctl.inputs import printable
+    from migctl.jobs.common import parse_mem
+
+    iso = "hard" if isolation is None else isolation
+    o = (lambda n: f"{opt}{n}") if opt else (lambda n: f"'{n.replace('-', '_')}'")
+    if iso not in ISOLATION:
+        raise JobsError(f"{o('isolation')} must be hard, soft or none, not '{printable(str(iso), 40)}'")
+    given = [n for n, v in (("share", share), ("threads", threads), ("mps-mem", mps_mem)) if v is not None]
+    if iso == "hard" and given:
+        raise JobsError(f"{', '.join(o(n) for n in given)} need{'s' if len(given) == 1 else ''} "
+                        f"{o('isolation')} soft (MPS) or none (time-slicing)")
+    if iso == "none" and (threads is not None or mps_mem is not None):
+        raise JobsError(f"{o('threads')} and {o('mps-mem')} are MPS limits: they need {o('isolation')} soft "
+                        f"(time-slicing has no limits; {o('share')} N caps its clients)")
+    if share is not None and (threads is not None or mps_mem is not None):
+        raise JobsError(f"give {o('share')} N, or {o('threads')}/{o('mps-mem')}, not both")
+    if ephemeral and iso != "hard":
+        raise JobsError(f"{o('ephemeral')} needs {o('isolation')} hard (a shared device outlives each client)")
+    for n, v in (("share", share), ("threads", threads)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 100):
+            what = "clients per device" if n == "share" else "percent of the device's threads"
+            bad = "is out of range" if isinstance(v, int) and not isinstance(v, bool) else "is not a whole number"
+            raise JobsError(f"{o(n)} '{printable(str(v), 40)}' {bad}; valid: 1..100 ({what})")
+    mem: int | None = None
+    if mps_mem is not None:
+        if isinstance(mps_mem, bool):
+            raise JobsError(f"{o('mps-mem')} must be a size such as 4GiB or 500MiB")
+        try:
+            mem = parse_mem(str(mps_mem))
+        except JobsError as e:
+            raise JobsError(f"{o('mps-mem')}: {e}") from None
+        if mem < 1:
+            raise JobsError(f"{o('mps-mem')} must be at least 1 MiB (e.g. 4GiB or 500MiB)")
+    return Sharing(iso, share, threads, mem)
+
+
+@dataclass(frozen=True)
 class Share:
     """What one client gets: a thread percentage (1..100) and a pinned memory limit in MiB (None: no limit)."""
 
@@ -135,7 +217,19 @@ class MpsManager:
         if not f.exists():
             return []
         clients = json.loads(f.read_text())
-        return [c for c in clients if pid_alive(c["pid"], c.get("pid_start"))]
+        groups: dict[int, list[tuple[int, float]]] | None = None
+        out = []
+        for c in clients:
+            if pid_alive(c["pid"], c.get("pid_start")):
+                out.append(c)
+            elif c.get("pgid"):
+                # the client's process group: a command whose wrapper was killed still holds its share
+                from migctl.busy import lease_processes, process_groups
+
+                groups = process_groups() if groups is None else groups
+                if lease_processes(c["pid"], c.get("pid_start") or 0.0, c["pgid"], c.get("pid_start"), groups):
+                    out.append(c)
+        return out
 
     def _write(self, d: Path, clients: list[dict[str, Any]]) -> None:
         tmp = d / f".clients.{os.getpid()}.tmp"
@@ -179,24 +273,20 @@ class MpsManager:
 
     # ------------------------------------------------------------------------------------ clients
 
-    def admit(self, uuid: str, share: Share, device_mem_mib: int, pid: int, pid_start: float | None) -> dict[str, str]:
-        """Admit a client if its share fits next to the others; its environment additions.
+    def admit(self, uuid: str, share: Share, device_mem_mib: int, pid: int, pid_start: float | None,
+              pgid: int | None = None) -> dict[str, str]:
+        """Admit a client if its share fits next to the others; its environment additions. ``pgid``: the
+        client's own process group (it leads it): the client counts while any member lives.
 
         Raises :class:`JobsError` (exit code 75) when the device's remaining threads or memory are too few.
         """
         with self._locked(uuid) as d:
             clients = self._read(d)
-            if any(c.get("kind", "mps") != "mps" for c in clients):
-                raise JobsError(f"{uuid} is time-sliced by other clients", exit_code=75)
-            threads = sum(c["threads"] for c in clients)
-            mem = sum(c["mem_mib"] or 0 for c in clients)
-            if threads + share.threads > 100 or (share.mem_mib or 0) + mem > device_mem_mib:
-                raise JobsError(f"{uuid} has {100 - threads}% of its threads and {device_mem_mib - mem} MiB free; "
-                                f"the client asks {share.threads}% and {share.mem_mib or 0} MiB", exit_code=75)
+            _check_mps(uuid, clients, share, device_mem_mib)
             if not clients and not self.running(uuid):
                 self._start(uuid)
-            clients.append({"pid": pid, "pid_start": pid_start, "threads": share.threads, "mem_mib": share.mem_mib,
-                            "kind": "mps"})
+            clients.append({"pid": pid, "pid_start": pid_start, "pgid": pgid, "threads": share.threads,
+                            "mem_mib": share.mem_mib, "kind": "mps"})
             self._write(d, clients)
         return self.client_env(uuid, share)
 
@@ -209,31 +299,82 @@ class MpsManager:
             extra["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = f"0={share.mem_mib}M"
         return extra
 
-    def admit_timeslice(self, uuid: str, cap: int, pid: int, pid_start: float | None) -> dict[str, str]:
+    def admit_timeslice(self, uuid: str, cap: int, pid: int, pid_start: float | None,
+                        pgid: int | None = None) -> dict[str, str]:
         """Admit a time-sliced client (no limits) while the device has fewer than ``cap`` of them."""
         with self._locked(uuid) as d:
             clients = self._read(d)
-            if any(c.get("kind", "mps") != "timeslice" for c in clients):
-                raise JobsError(f"{uuid} is shared through MPS by other clients", exit_code=75)
-            if len(clients) >= cap:
-                raise JobsError(f"{uuid} already has {len(clients)} time-sliced clients (--share {cap})", exit_code=75)
-            clients.append({"pid": pid, "pid_start": pid_start, "threads": 0, "mem_mib": None, "kind": "timeslice"})
+            _check_timeslice(uuid, clients, cap)
+            clients.append({"pid": pid, "pid_start": pid_start, "pgid": pgid, "threads": 0, "mem_mib": None,
+                            "kind": "timeslice"})
             self._write(d, clients)
         return {}
 
-    def leave(self, uuid: str, pid: int) -> bool:
-        """Remove a client; stop the daemon when it was the last. True when the daemon was stopped."""
+    def room(self, uuid: str, share: Share | None, cap: int, device_mem_mib: int) -> bool:
+        """Whether a client with ``share`` (MPS) or a time-sliced one (``share`` None, at most ``cap``) would be
+        admitted now: a look before starting a process that :meth:`admit` might turn away."""
         with self._locked(uuid) as d:
+            clients = self._read(d)
+        try:
+            if share is not None:
+                _check_mps(uuid, clients, share, device_mem_mib)
+            else:
+                _check_timeslice(uuid, clients, cap)
+        except JobsError:
+            return False
+        return True
+
+    def leave(self, uuid: str, pid: int) -> bool:
+        """Remove a client; stop the daemon when it was the last. True when this emptied the device (its MPS
+        daemon stopped), False when clients remain or an earlier leave already emptied it."""
+        with self._locked(uuid) as d:
+            f = d / "clients.json"
+            listed = bool(json.loads(f.read_text())) if f.exists() else False
             clients = [c for c in self._read(d) if c["pid"] != pid]
             self._write(d, clients)
             if clients:
                 return False
             self._stop(uuid)
-            return True
+            return listed
 
     def clients(self, uuid: str) -> list[dict[str, Any]]:
         with self._locked(uuid) as d:
             return self._read(d)
+
+    def sweep(self, uuids: list[str]) -> list[str]:
+        """Stop the daemons of these devices that have no live client any more (their last client died while
+        nobody was there to see it leave, e.g. a worker killed between admitting a job and starting it).
+        Returns the devices whose daemon was stopped."""
+        stopped = []
+        for uuid in uuids:
+            if not (self.device_dir(uuid) / "pipe" / "control").exists():
+                continue
+            with self._locked(uuid) as d:
+                clients = self._read(d)
+                if not clients and (d / "pipe" / "control").exists():
+                    try:
+                        self._stop(uuid)
+                    except (JobsError, subprocess.TimeoutExpired):
+                        continue  # a dead daemon's leftover endpoint: nothing runs there
+                    stopped.append(uuid)
+        return stopped
+
+
+def _check_mps(uuid: str, clients: list[dict[str, Any]], share: Share, device_mem_mib: int) -> None:
+    if any(c.get("kind", "mps") != "mps" for c in clients):
+        raise JobsError(f"{uuid} is time-sliced by other clients", exit_code=75)
+    threads = sum(c["threads"] for c in clients)
+    mem = sum(c["mem_mib"] or 0 for c in clients)
+    if threads + share.threads > 100 or (share.mem_mib or 0) + mem > device_mem_mib:
+        raise JobsError(f"{uuid} has {100 - threads}% of its threads and {device_mem_mib - mem} MiB free; "
+                        f"the client asks {share.threads}% and {share.mem_mib or 0} MiB", exit_code=75)
+
+
+def _check_timeslice(uuid: str, clients: list[dict[str, Any]], cap: int) -> None:
+    if any(c.get("kind", "mps") != "timeslice" for c in clients):
+        raise JobsError(f"{uuid} is shared through MPS by other clients", exit_code=75)
+    if len(clients) >= cap:
+        raise JobsError(f"{uuid} already has {len(clients)} time-sliced clients (--share {cap})", exit_code=75)
 
 
 def free_share(clients: list[dict[str, Any]], device_mem_mib: int) -> tuple[int, int]:

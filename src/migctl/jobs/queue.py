@@ -49,6 +49,7 @@ from migctl.jobs.common import (
     state_dir,
 )
 from migctl.jobs.leases import Lease, LeaseManager, Request
+from migctl.jobs.mps import Sharing
 from migctl.jobs.runner import (
     GATE_OPEN,
     child_env,
@@ -107,6 +108,7 @@ class Job:
     batch: str | None
     env: dict[str, str]
     child_start: float | None = None
+    sharing: Sharing = Sharing()
 
     @classmethod
     def from_row(cls, r: Any) -> Job:
@@ -116,7 +118,8 @@ class Job:
                    started=r["started"], finished=r["finished"], exit_code=r["exit_code"], reason=r["reason"],
                    log_path=r["log_path"], child_pid=r["child_pid"], mig_uuid=r["mig_uuid"],
                    ephemeral=bool(r["ephemeral"]), batch=r["batch"], env=json.loads(r["env"] or "{}"),
-                   child_start=r["child_start"])
+                   child_start=r["child_start"],
+                   sharing=Sharing(r["isolation"] or "hard", r["share"], r["threads"], r["mps_mem_mib"]))
 
     @property
     def request(self) -> Request:
@@ -127,7 +130,7 @@ class Job:
                 "mem_mib": self.mem_mib, "gpus": list(self.gpus) if self.gpus else None, "priority": self.priority,
                 "created": self.created, "started": self.started, "finished": self.finished,
                 "exit_code": self.exit_code, "reason": self.reason, "mig_uuid": self.mig_uuid,
-                "log": self.log_path, "pid": self.child_pid, "batch": self.batch}
+                "log": self.log_path, "pid": self.child_pid, "batch": self.batch, **self.sharing.to_json()}
 
 
 class JobQueue:
@@ -144,12 +147,13 @@ class JobQueue:
 
     # ------------------------------------------------------------------ client side
     def submit(self, cmd: list[str], req: Request, *, priority: int = 0, name: str = "", cwd: str | None = None,
-               env: dict[str, str] | None = None, ephemeral: bool = False, batch: str | None = None) -> int:
+               env: dict[str, str] | None = None, ephemeral: bool = False, batch: str | None = None,
+               sharing: Sharing | None = None) -> int:
         """Queue ``cmd``; returns the job id."""
         if not cmd:
             raise JobsError("no command given; usage: migctl submit [OPTIONS] -- CMD [ARGS...]")
         return self.submit_many([dict(cmd=cmd, req=req, priority=priority, name=name, cwd=cwd, env=env,
-                                      ephemeral=ephemeral)], batch=batch)[0]
+                                      ephemeral=ephemeral, sharing=sharing)], batch=batch)[0]
 
     def submit_many(self, specs: list[dict[str, Any]], batch: str | None = None) -> list[int]:
         """Queue several jobs in one transaction (all or none)."""
@@ -164,13 +168,15 @@ class JobQueue:
         with immediate(self.conn) as c:
             for s in specs:
                 req: Request = s["req"]
+                sh: Sharing = s.get("sharing") or Sharing()
                 cur = c.execute(
                     "INSERT INTO jobs (node, name, cmd, cwd, env, profile, mem_mib, gpus, priority, state, created, "
-                    "ephemeral, batch) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "ephemeral, batch, isolation, share, threads, mps_mem_mib) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (self.key, s.get("name") or "", json.dumps(list(s["cmd"])), s["cwd"],
                      json.dumps(s.get("env") or {}), req.profile, req.mem_mib,
                      json.dumps(list(req.gpus)) if req.gpus is not None else None, int(s.get("priority") or 0),
-                     "queued", time.time(), int(bool(s.get("ephemeral"))), batch),
+                     "queued", time.time(), int(bool(s.get("ephemeral"))), batch, sh.isolation, sh.share, sh.threads,
+                     sh.mem_limit_mib),
                 )
                 jid = int(cur.lastrowid or 0)
                 c.execute("UPDATE jobs SET log_path=? WHERE id=?", (str(self.log_dir / f"{jid}.log"), jid))
@@ -280,6 +286,10 @@ class Worker:
         if n:
             self.log(f"requeued {n} job(s) that a previous worker had claimed but not started")
         self.reap()
+        from migctl.jobs.shared import sweep
+
+        for uuid in sweep(self.node):  # e.g. a worker killed between admitting a shared job and starting it
+            self.log(f"stopped the MPS daemon of {uuid}: its clients had all ended")
 
     # ------------------------------------------------------------------ one pass
     def step(self) -> int:
@@ -323,17 +333,16 @@ class Worker:
         return done
 
     def _finish(self, job: Job, status: int | None) -> None:
-        with immediate(self.q.conn) as c:
-            r = c.execute("SELECT state, exit_code FROM jobs WHERE id=?", (job.id,)).fetchone()
-            if r["state"] == "running":
-                if status is None:
-                    c.execute("UPDATE jobs SET state='failed', reason='lost: the job process died without an exit "
-                              "status (not re-run)', finished=? WHERE id=?", (time.time(), job.id))
-                else:
-                    c.execute("UPDATE jobs SET state=?, exit_code=?, finished=? WHERE id=?",
-                              ("done" if status == 0 else "failed", status, time.time(), job.id))
-            elif r["state"] == "cancelled" and r["exit_code"] is None:
-                c.execute("UPDATE jobs SET exit_code=? WHERE id=?", (status if status is not None else -1, job.id))
+        self._record_end(job, status)
+        if job.sharing.kind != "mig":  # a shared job: drop the client; the last one stops the MPS daemon
+            self.gpu_of.pop(job.id, None)
+            if job.mig_uuid and job.child_pid:
+                from migctl.jobs.shared import release_client
+
+                if release_client(self.node, job.mig_uuid, job.child_pid):
+                    self.log(f"job {job.id} was the last client of {job.mig_uuid}: "
+                             + ("MPS daemon stopped" if job.sharing.kind == "mps" else "device free"))
+            return
         if job.mig_uuid and job.child_pid:
             lease = self._lease_of(job)
             gpu = self.gpu_of.pop(job.id, None)
@@ -347,6 +356,19 @@ class Worker:
             if lease is not None:  # (it may already have been reclaimed as stale: its holder is dead)
                 self.leases.release(lease, destroy=job.ephemeral and lease.created_instance)
 
+    def _record_end(self, job: Job, status: int | None) -> None:
+        with immediate(self.q.conn) as c:
+            r = c.execute("SELECT state, exit_code FROM jobs WHERE id=?", (job.id,)).fetchone()
+            if r["state"] == "running":
+                if status is None:
+                    c.execute("UPDATE jobs SET state='failed', reason='lost: the job process died without an exit "
+                              "status (not re-run)', finished=? WHERE id=?", (time.time(), job.id))
+                else:
+                    c.execute("UPDATE jobs SET state=?, exit_code=?, finished=? WHERE id=?",
+                              ("done" if status == 0 else "failed", status, time.time(), job.id))
+            elif r["state"] == "cancelled" and r["exit_code"] is None:
+                c.execute("UPDATE jobs SET exit_code=? WHERE id=?", (status if status is not None else -1, job.id))
+
     def _lease_of(self, job: Job) -> Lease | None:
         r = self.q.conn.execute("SELECT * FROM leases WHERE node=? AND uuid=? AND pid=?",
                                 (self.q.key, job.mig_uuid, job.child_pid)).fetchone()
@@ -356,15 +378,16 @@ class Worker:
         """Start queued jobs in (priority desc, id) order while devices fit; a job that does not fit now does
         not block smaller ones behind it (backfill)."""
         started = 0
-        blocked: set[Request] = set()
+        blocked: set[tuple[Any, ...]] = set()
         self._checked: dict[Request, str | None] = {}
         self.lock_busy = ""
-        rows = self.q.conn.execute("SELECT id, profile, mem_mib, gpus FROM jobs WHERE node=? AND state='queued' "
-                                   "ORDER BY priority DESC, id", (self.q.key,)).fetchall()
+        rows = self.q.conn.execute("SELECT id, profile, mem_mib, gpus, isolation, share, threads, mps_mem_mib FROM jobs "
+                                   "WHERE node=? AND state='queued' ORDER BY priority DESC, id", (self.q.key,)).fetchall()
         for r in rows:
             req = Request(profile=r["profile"], mem_mib=r["mem_mib"],
                           gpus=tuple(json.loads(r["gpus"])) if r["gpus"] else None)
-            if req in blocked:
+            key = (req, r["isolation"], r["share"], r["threads"], r["mps_mem_mib"])  # what blocks what
+            if key in blocked:
                 continue
             if started and started % 16 == 0:
                 self.reap()  # record finished jobs (and drop their simulator clients) as we go
@@ -376,7 +399,7 @@ class Worker:
             elif self.lock_busy:
                 break  # an apply holds the node lock: nothing can be leased until it ends
             else:
-                blocked.add(req)
+                blocked.add(key)
         return started
 
     def _start(self, job: Job) -> bool:
@@ -387,6 +410,8 @@ class Worker:
         if not claimed:
             return False
         try:
+            if job.sharing.kind != "mig":
+                return self._start_shared(job)
             try:
                 verify = job.request not in self._checked
                 lease = self.leases.try_acquire(job.request, pid=self.pid, pid_start=self.pid_start, job_id=job.id,
@@ -412,27 +437,75 @@ class Worker:
                 c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=? AND state='starting'", (job.id,))
             raise
 
-    def _launch(self, job: Job, lease: Lease) -> bool:
-        c = self.q.conn
+    def _spawn(self, job: Job, extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+        """Start the job's wrapper behind its closed gate: the submitter's environment plus ``extra``, output
+        to the job's log, in a session of its own (it outlives the worker)."""
         log_path = Path(job.log_path)
         exit_file = log_path.with_suffix(".exit")
         for p in (exit_file, exit_file.with_suffix(".exit.tmp")):
             p.unlink(missing_ok=True)
-        env = child_env(lease, base=dict(job.env),  # the submitter's environment, recorded at submit
-                        extra={"MIGCTL_JOB_ID": str(job.id), "MIGCTL_EXIT_FILE": str(exit_file)})
+        env = {**job.env, "MIGCTL_JOB_ID": str(job.id), "MIGCTL_EXIT_FILE": str(exit_file), **extra}
         cwd = job.cwd if os.path.isdir(job.cwd) else None
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "ab") as out:
-            try:
-                proc, gate = gated_popen(job.cmd, env, script=JOB_SCRIPT, new_group=False, deathsig=False,
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                         start_new_session=True)
-            except OSError as e:
-                self.leases.release(lease)
-                with immediate(c):
-                    c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='starting'",
-                              (f"cannot start: {e}", time.time(), job.id))
-                return False
+            return gated_popen(job.cmd, env, script=JOB_SCRIPT, new_group=False, deathsig=False,
+                               stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                               start_new_session=True)
+
+    def _start_shared(self, job: Job) -> bool:
+        """Start a claimed job as an MPS or time-sliced client: jobs/shared.py's :func:`launch`, as ``run`` does.
+        The job's wrapper is the client; :meth:`_finish` releases it (the last one stops the MPS daemon)."""
+        from migctl.jobs.shared import launch, release_client
+
+        c = self.q.conn
+
+        def lease_now(r: Request) -> Lease | None:
+            lease = self.leases.try_acquire(r, pid=self.pid, pid_start=self.pid_start, job_id=job.id,
+                                            owner=f"job {job.id}")  # (the lock-free look first: cheap)
+            self.lock_busy = self.leases.last_lock_busy or self.lock_busy
+            return lease
+
+        try:
+            got = launch(self.node, job.request, job.sharing, lambda extra: self._spawn(job, extra),
+                         leases=self.leases, lease_now=lease_now, name=os.path.basename(job.cmd[0]), lock_timeout=1.0)
+        except JobsError as e:
+            with immediate(c):
+                c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='starting'",
+                          (str(e), time.time(), job.id))
+            self.log(f"job {job.id}: {e}")
+            return False
+        if got is None:  # no shared device has room now: stays queued
+            with immediate(c):
+                c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=? AND state='starting'", (job.id,))
+            return False
+        start = proc_start(got.proc.pid) or 0.0
+        go = False
+        try:
+            with immediate(c):
+                go = c.execute(
+                    "UPDATE jobs SET state='running', child_pid=?, child_start=?, started=?, mig_uuid=? WHERE id=? "
+                    "AND state='starting'", (got.proc.pid, start, time.time(), got.device.uuid, job.id)).rowcount == 1
+        finally:
+            open_gate(got.gate, go=go)
+            if not go:
+                got.proc.wait()
+                release_client(self.node, got.device.uuid, got.proc.pid, device=got.device)
+        if go:
+            self.procs[job.id] = got.proc
+            self.gpu_of[job.id] = got.device.gpu
+            self.log(f"job {job.id} started as {got.describe()}: {shlex.join(job.cmd)}")
+        return go
+
+    def _launch(self, job: Job, lease: Lease) -> bool:
+        c = self.q.conn
+        try:
+            proc, gate = self._spawn(job, child_env(lease, base={}))
+        except OSError as e:
+            self.leases.release(lease)
+            with immediate(c):
+                c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='starting'",
+                          (f"cannot start: {e}", time.time(), job.id))
+            return False
         start = proc_start(proc.pid) or 0.0
         go = False
         try:

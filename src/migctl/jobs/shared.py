@@ -1,4 +1,7 @@
-"""``migctl run --isolation soft|none``: run a command as an MPS client, or time-sliced, on a shared device.
+"""``--isolation soft|none``: start a command as an MPS client, or time-sliced, on a shared device.
+
+One admission-and-launch step, :func:`launch`, serves both ``migctl run`` (:func:`run_shared`, which then
+waits for its child) and the queue's worker (which records the job and lets it run on its own):
 
 * ``soft`` (MPS): join a device whose migctl MPS daemon still has room for the share; otherwise lease a
   free device that fits (creating a MIG instance in free space if needed, as ``run`` does), start its
@@ -10,7 +13,8 @@
 Devices: MIG devices that fit the request (``--profile``/``--mem``/``--gpu``), and whole GPUs without MIG
 (they have no MIG devices; ``--mem`` still applies). The child runs behind the same gate as ``run``, is
 registered as a client of the device on the simulator (a CUDA process appears in NVML by itself on real
-hardware), gets ``CUDA_VISIBLE_DEVICES`` = the device's UUID and, for MPS, the MPS variables.
+hardware), gets ``CUDA_VISIBLE_DEVICES`` = the device's UUID and, for MPS, the MPS variables. When the
+client ends, :func:`release_client` drops it; the last client of a device stops its MPS daemon.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from migctl.jobs.common import JobsError, exit_status
-from migctl.jobs.leases import LeaseManager, Request
-from migctl.jobs.mps import MpsManager, Share, mechanism, shares_from
-from migctl.jobs.runner import FORWARDED, gated_popen, open_gate
+from migctl.jobs.leases import Lease, LeaseManager, Request
+from migctl.jobs.mps import MpsManager, Share, Sharing, shares_from
+from migctl.jobs.runner import FORWARDED, check_command, gated_popen, open_gate
+
+# spawn(env additions) -> (process behind its closed gate, gate); lease_now(request) -> a lease or None
+Spawn = Callable[[dict[str, str]], tuple[Any, int]]
+LeaseNow = Callable[[Request], "Lease | None"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,32 @@ def _devices(node: Any, req: Request) -> list[Device]:
     return out
 
 
+def find_device(node: Any, uuid: str) -> Device | None:
+    """The MIG device or whole GPU with this UUID (None when it is gone)."""
+    for g in node.gpus():
+        if g.uuid == uuid:
+            return Device(g.uuid, g.index, None, None, g.memory()[1], "whole GPU")
+        if g.mig_capable() and g.mig_mode()[0] == 1:
+            for d in g.mig_devices():
+                if d.uuid == uuid:
+                    return Device(d.uuid, g.index, d.gi_id, d.ci_id, d.memory_mib, d.profile_name)
+    return None
+
+
+def check_request(node: Any, req: Request, sharing: Sharing, leases: LeaseManager | None = None) -> str | None:
+    """At submit time: fail (exit 2, one line) when no device could ever take the request with this isolation;
+    returns a note when the check is left to the worker (an apply holds the node lock)."""
+    leases = leases or LeaseManager(node)
+    if sharing.kind == "mig":
+        return leases.check_satisfiable_locked(req)
+    if _devices(node, req):
+        return None
+    if req.create and leases._gpus(req):
+        return leases.check_satisfiable_locked(req)
+    raise JobsError(f"no device fits {req.describe()}; valid: an existing MIG device, free space to create one, "
+                    "or a GPU without MIG")
+
+
 def _register(node: Any, dev: Device, pid: int, name: str) -> None:
     sim = getattr(node, "sim", None)
     if sim is not None:
@@ -73,39 +107,167 @@ def _unregister(node: Any, dev: Device, pid: int) -> None:
         sim.remove_client(dev.gpu, pid)
 
 
-def run_shared(node: Any, cmd: Sequence[str], req: Request, *, isolation: str, share: int | None = None,
-               threads: int | None = None, mem_limit_mib: int | None = None, wait: float | None = None,
+@dataclass
+class Launched:
+    """A client admitted to a shared device, started behind its still closed gate."""
+
+    proc: Any
+    gate: int
+    device: Device
+    kind: str
+    extra: dict[str, str]
+
+    def describe(self) -> str:
+        d = self.device
+        return (f"{'MPS client' if self.kind == 'mps' else 'time-sliced'} on {d.uuid} (GPU {d.gpu}, {d.profile})"
+                + (": " + " ".join(f"{k}={v}" for k, v in sorted(self.extra.items())) if self.extra else ""))
+
+
+def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: LeaseManager, lease_now: LeaseNow,
+           name: str, pgid_of: Callable[[int], int | None] = lambda pid: pid, mps: MpsManager | None = None,
+           lock_timeout: float = 120.0) -> Launched | None:
+    """Choose a device with room for a client with ``sharing`` and admit one started by ``spawn``.
+
+    In order: a device migctl already shares the same way with room left; a free whole GPU without MIG; a
+    device leased with ``lease_now`` (the lease manager's free check and dynamic creation; the lease is
+    released once the client is admitted: from then on the client, and for MPS the server, keep the device
+    busy). The client is admitted (shares checked, the MPS daemon started if it is the first) and registered
+    on the simulator before this returns; its gate is still closed: the caller opens it, or closes it and
+    calls :func:`release_client`. None when no device has room now (nothing started).
+    """
+    if sharing.kind == "mig":
+        raise JobsError("--isolation hard runs on a MIG device of its own: use plain migctl run")
+    mps = mps or MpsManager(node)
+    devs = _devices(node, req)
+    if not devs and not req.create:
+        raise JobsError(f"no device fits {req.describe()}; valid: an existing MIG device or a GPU without MIG")
+    from filelock import FileLock, Timeout
+
+    # choosing a device and admitting to it is one step per node (two starters must not both decide to
+    # open a new device); the lock is released as soon as the client is admitted and registered
+    mps.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = FileLock(str(mps.root / "select.lock"), timeout=lock_timeout, mode=0o600)
+    try:
+        lock.acquire()
+    except Timeout:
+        return None
+    try:
+        for d in devs:  # 1. devices migctl already shares this way, with room
+            clients = mps.clients(d.uuid)
+            if clients and clients[0].get("kind", "mps") == sharing.kind:
+                got = _admit(node, mps, d, sharing, spawn, name, pgid_of, None)
+                if got is not None:
+                    return got
+        for d in devs:  # 2. a free whole GPU without MIG
+            if d.gi is None and not node.gpu(d.gpu).processes() and not mps.clients(d.uuid):
+                got = _admit(node, mps, d, sharing, spawn, name, pgid_of, None)
+                if got is not None:
+                    return got
+        if not leases._gpus(req):
+            return None  # no MIG-enabled GPU here: nothing to lease
+        lease = lease_now(req)  # 3. a free (or new) MIG device, leased while the client is admitted
+        if lease is None:
+            return None
+        dev = Device(lease.uuid, lease.gpu, lease.gi, lease.ci, lease.memory_mib, lease.profile)
+        try:
+            return _admit(node, mps, dev, sharing, spawn, name, pgid_of, lease)
+        finally:
+            leases.release(lease)
+    finally:
+        if lock.is_locked:
+            lock.release(force=True)
+
+
+def _admit(node: Any, mps: MpsManager, d: Device, sharing: Sharing, spawn: Spawn, name: str,
+           pgid_of: Callable[[int], int | None], lease: Lease | None) -> Launched | None:
+    sh: Share | None = None
+    if sharing.kind == "mps":
+        sh = shares_from(sharing.threads, sharing.mem_limit_mib, sharing.share, d.memory_mib)
+    if not mps.room(d.uuid, sh, sharing.cap, d.memory_mib):
+        return None  # (no process started for a device that would turn the client away)
+    extra = mps.client_env(d.uuid, sh) if sh is not None else {}
+    env = {**extra, "CUDA_VISIBLE_DEVICES": d.uuid, "MIGCTL_MIG_UUID": d.uuid, "MIGCTL_MIG_PROFILE": d.profile}
+    try:
+        proc, gate = spawn(env)
+    except OSError as e:
+        raise JobsError(f"cannot start {name!r}: {e}") from None
+    import psutil
+
+    try:
+        start = psutil.Process(proc.pid).create_time()
+        if sh is not None:
+            mps.admit(d.uuid, sh, d.memory_mib, proc.pid, start, pgid=pgid_of(proc.pid))
+        else:
+            mps.admit_timeslice(d.uuid, sharing.cap, proc.pid, start, pgid=pgid_of(proc.pid))
+    except (JobsError, psutil.NoSuchProcess) as e:
+        open_gate(gate, go=False)
+        proc.wait()
+        if isinstance(e, JobsError) and e.exit_code != 75:
+            raise
+        return None
+    try:
+        _register(node, d, proc.pid, name)
+    except BaseException:
+        open_gate(gate, go=False)
+        proc.wait()
+        release_client(node, d.uuid, proc.pid, mps, device=d)
+        raise
+    return Launched(proc, gate, d, sharing.kind, extra)
+
+
+def release_client(node: Any, uuid: str, pid: int, mps: MpsManager | None = None,
+                   device: Device | None = None) -> bool:
+    """The client ``pid`` of ``uuid`` left (ended, killed, or never started): drop it from the simulator and
+    from the device's clients; stop the MPS daemon if it was the last. True when the device is free again."""
+    mps = mps or MpsManager(node)
+    d = device or find_device(node, uuid)
+    if d is not None:
+        _unregister(node, d, pid)
+    return mps.leave(uuid, pid)
+
+
+def sweep(node: Any, mps: MpsManager | None = None) -> list[str]:
+    """Stop MPS daemons whose clients all died unseen (see :meth:`MpsManager.sweep`)."""
+    mps = mps or MpsManager(node)
+    if not mps.root.is_dir():
+        return []
+    uuids = []
+    for g in node.gpus():
+        uuids.append(g.uuid)
+        if g.mig_capable() and g.mig_mode()[0] == 1:
+            uuids.extend(d.uuid for d in g.mig_devices())
+    return mps.sweep(uuids)
+
+
+def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing, wait: float | None = None,
                log: Callable[[str], None] | None = None, manager: MpsManager | None = None) -> int:
     """Run ``cmd`` on a shared device; returns its exit status (75 when no device had room in time)."""
     if not cmd:
         raise JobsError("no command given; usage: migctl run --isolation soft|none [OPTIONS] -- CMD [ARGS...]")
-    mech = mechanism(isolation)
-    if mech == "mig":
-        raise JobsError("--isolation hard runs on a MIG device of its own: use plain migctl run")
+    check_command(cmd[0])
     say = log or (lambda s: None)
     mps = manager or MpsManager(node)
-    kind = "mps" if mech == "mps" else "timeslice"
-    cap = share or (2 if kind == "timeslice" else 1)
+    leases = LeaseManager(node)
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+
+    def spawn(extra: dict[str, str]) -> tuple[Any, int]:
+        return gated_popen(cmd, {**os.environ, **extra}, new_group=not interactive)
+
+    def lease_now(r: Request) -> Lease | None:
+        try:
+            return leases.acquire(r, wait=0, owner="run")
+        except JobsError as e:
+            if e.exit_code == 75:
+                return None
+            raise
+
     deadline = None if wait is None else time.monotonic() + wait
     told = False
     while True:
-        devs = _devices(node, req)
-        if not devs and not req.create:
-            raise JobsError(f"no device fits {req.describe()}; valid: an existing MIG device or a GPU without MIG")
-        from filelock import FileLock
-
-        # choosing a device and admitting to it is one step per node (two runners must not both decide to
-        # open a new device); the lock is released as soon as the child is admitted and registered
-        mps.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock = FileLock(str(mps.root / "select.lock"), timeout=120, mode=0o600)
-        lock.acquire()
-        try:
-            got = _try(node, mps, devs, req, kind, cap, share, threads, mem_limit_mib, cmd, say, lock)
-        finally:
-            if lock.is_locked:
-                lock.release(force=True)
+        got = launch(node, req, sharing, spawn, leases=leases, lease_now=lease_now, name=os.path.basename(cmd[0]),
+                     pgid_of=(lambda pid: None) if interactive else (lambda pid: pid), mps=mps)
         if got is not None:
-            return got
+            break
         if deadline is not None and time.monotonic() >= deadline:
             sys.stderr.write(f"migctl: no shared device had room for {req.describe()} in time\n")
             return 75
@@ -113,80 +275,10 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, isolation: str, s
             sys.stderr.write(f"migctl: waiting for room on a shared device ({req.describe()})...\n")
             told = True
         time.sleep(0.2)
-
-
-def _try(node: Any, mps: MpsManager, devs: list[Device], req: Request, kind: str, cap: int, share: int | None,
-         threads: int | None, mem_limit_mib: int | None, cmd: Sequence[str], say: Callable[[str], None],
-         lock: Any) -> int | None:
-    # 1. devices migctl already shares this way, with room
-    for d in devs:
-        clients = mps.clients(d.uuid)
-        if not clients or clients[0].get("kind", "mps") != kind:
-            continue
-        r = _start_on(node, mps, d, kind, cap, share, threads, mem_limit_mib, cmd, say, None, lock)
-        if r is not None:
-            return r
-    # 2. a free device: an exclusive lease first (the lease manager's free check and dynamic creation)
-    mgr = LeaseManager(node)
-    for d in devs:
-        if d.gi is None and not node.gpu(d.gpu).processes() and not mps.clients(d.uuid):
-            r = _start_on(node, mps, d, kind, cap, share, threads, mem_limit_mib, cmd, say, None, lock)
-            if r is not None:
-                return r
-    try:
-        lease = mgr.acquire(req, wait=0, owner="run")
-    except JobsError as e:
-        if e.exit_code == 75:
-            return None
-        raise
-    dev = Device(lease.uuid, lease.gpu, lease.gi, lease.ci, lease.memory_mib, lease.profile)
-    return _start_on(node, mps, dev, kind, cap, share, threads, mem_limit_mib, cmd, say, (mgr, lease), lock)
-
-
-def _start_on(node: Any, mps: MpsManager, d: Device, kind: str, cap: int, share: int | None, threads: int | None,
-              mem_limit_mib: int | None, cmd: Sequence[str], say: Callable[[str], None], lease: Any,
-              lock: Any) -> int | None:
-    sh: Share | None = shares_from(threads, mem_limit_mib, share, d.memory_mib) if kind == "mps" else None
-    extra = mps.client_env(d.uuid, sh) if sh is not None else {}
-    env = dict(os.environ)
-    env.update(extra)
-    env["CUDA_VISIBLE_DEVICES"] = d.uuid
-    env["MIGCTL_MIG_UUID"] = d.uuid
-    env["MIGCTL_MIG_PROFILE"] = d.profile
-    interactive = sys.stdin is not None and sys.stdin.isatty()
-    try:
-        proc, gate = gated_popen(cmd, env, new_group=not interactive)
-    except OSError as e:
-        if lease is not None:
-            lease[0].release(lease[1])
-        raise JobsError(f"cannot start {cmd[0]!r}: {e}") from None
-    import psutil
-
-    start = psutil.Process(proc.pid).create_time()
-    try:
-        if sh is not None:
-            mps.admit(d.uuid, sh, d.memory_mib, proc.pid, start)
-        else:
-            mps.admit_timeslice(d.uuid, cap, proc.pid, start)
-    except JobsError as e:
-        open_gate(gate, go=False)
-        proc.wait()
-        if lease is not None:
-            lease[0].release(lease[1])
-        if e.exit_code == 75:
-            return None
-        raise
+    proc = got.proc
     previous: dict[int, Any] = {}
     try:
-        try:
-            _register(node, d, proc.pid, os.path.basename(cmd[0]))
-        finally:
-            if lease is not None:
-                # the MPS server and the registered client now keep the device busy; the lease is not needed
-                lease[0].release(lease[1])
-            lock.release(force=True)
-        say(f"{'MPS client' if kind == 'mps' else 'time-sliced'} on {d.uuid} (GPU {d.gpu}, {d.profile}): "
-            + " ".join(f"{k}={v}" for k, v in sorted(extra.items())))
+        say(got.describe())
 
         def forward(signum: int, _frame: Any) -> None:
             if proc.poll() is None:
@@ -197,7 +289,7 @@ def _start_on(node: Any, mps: MpsManager, d: Device, kind: str, cap: int, share:
 
         for s in (FORWARDED if not interactive else (signal.SIGTERM, signal.SIGHUP)):
             previous[s] = signal.signal(s, forward)
-        open_gate(gate)
+        open_gate(got.gate)
         return exit_status(proc.wait())
     finally:
         for s, h in previous.items():
@@ -205,6 +297,6 @@ def _start_on(node: Any, mps: MpsManager, d: Device, kind: str, cap: int, share:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        _unregister(node, d, proc.pid)
-        if mps.leave(d.uuid, proc.pid):
-            say(f"last client left {d.uuid}: {'MPS daemon stopped' if kind == 'mps' else 'device free'}")
+        if release_client(node, got.device.uuid, proc.pid, mps, device=got.device):
+            say(f"last client left {got.device.uuid}: "
+                f"{'MPS daemon stopped' if got.kind == 'mps' else 'device free'}")
