@@ -222,6 +222,8 @@ def test_submit_on_a_gpu_without_mig(l4: SimEnv) -> None:
     assert "no MIG" in r.stderr and "NVIDIA L4" in r.stderr and "--isolation soft" in r.stderr
     r = se.migctl("run", "--", "true")  # run says the same
     assert r.returncode == 2 and "no MIG" in r.stderr
+    r = se.migctl("submit", "--isolation", "soft", "--profile", "1g.6gb", "--", "true")  # no MIG device to share
+    assert r.returncode == 2 and "no device fits profile 1g.6gb" in r.stderr and r.stderr.count("\n") == 1
     jid = _submit(se, "--isolation", "soft", "--threads", "25", "--mps-mem", "4GiB", script=SCRIPT.split(";")[0])
     r = se.migctl("worker", "--until-idle", "-q")
     assert r.returncode == 0, r.stderr

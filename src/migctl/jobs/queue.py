@@ -22,6 +22,11 @@ Crash safety (a worker killed with SIGKILL, then restarted):
 
 The lease belongs to the job's process *and its process group*: killing the wrapper with SIGKILL while the
 command runs keeps the device leased (and the job ``running``) until the command ends too.
+
+Shared jobs (``--isolation soft|none``) start through :func:`migctl.jobs.shared.launch`, as ``run`` does:
+the job's process is the MPS or time-sliced client (no lease is kept); reaping it releases the client,
+and the last client of a device stops its MPS daemon. A restarted worker reaps clients that ended while
+it was down, and stops daemons left without a live client (admitted, never started).
 """
 
 from __future__ import annotations

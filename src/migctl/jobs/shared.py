@@ -19,6 +19,7 @@ client ends, :func:`release_client` drops it; the last client of a device stops 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -79,12 +80,20 @@ def find_device(node: Any, uuid: str) -> Device | None:
     return None
 
 
+def device_request(req: Request, sharing: Sharing) -> Request:
+    """The device a client needs: an MPS memory limit (``--mps-mem``) asks for a device at least that large."""
+    if sharing.mem_limit_mib and not req.profile and (req.mem_mib or 0) < sharing.mem_limit_mib:
+        return dataclasses.replace(req, mem_mib=sharing.mem_limit_mib)
+    return req
+
+
 def check_request(node: Any, req: Request, sharing: Sharing, leases: LeaseManager | None = None) -> str | None:
     """At submit time: fail (exit 2, one line) when no device could ever take the request with this isolation;
     returns a note when the check is left to the worker (an apply holds the node lock)."""
     leases = leases or LeaseManager(node)
     if sharing.kind == "mig":
         return leases.check_satisfiable_locked(req)
+    req = device_request(req, sharing)
     if _devices(node, req):
         return None
     if req.create and leases._gpus(req):
@@ -138,9 +147,11 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
     if sharing.kind == "mig":
         raise JobsError("--isolation hard runs on a MIG device of its own: use plain migctl run")
     mps = mps or MpsManager(node)
+    req = device_request(req, sharing)
     devs = _devices(node, req)
-    if not devs and not req.create:
-        raise JobsError(f"no device fits {req.describe()}; valid: an existing MIG device or a GPU without MIG")
+    if not devs and (not req.create or not leases._gpus(req)):
+        raise JobsError(f"no device fits {req.describe()}; valid: an existing MIG device, free space to create "
+                        "one, or a GPU without MIG")
     from filelock import FileLock, Timeout
 
     # choosing a device and admitting to it is one step per node (two starters must not both decide to
