@@ -128,37 +128,48 @@ def test_submit_mps_two_clients_third_waits_apply_refuses(whole: SimEnv) -> None
     assert MpsManager(se.node()).servers(dev.uuid) == []
 
 
-def test_worker_sigkill_keeps_and_reaps_shared_clients(whole: SimEnv) -> None:
-    """Time-sliced jobs through submit; the worker dies with SIGKILL mid-run: the clients keep running (and
-    the device), a restarted worker reaps the one that ended meanwhile and frees the device after the last."""
+@pytest.mark.parametrize("isolation", ["soft", "none"])
+def test_worker_sigkill_keeps_and_reaps_shared_clients(whole: SimEnv, isolation: str) -> None:
+    """MPS and time-sliced jobs through submit; the worker dies with SIGKILL mid-run: the clients keep running
+    (and the device), a restarted worker reaps the one that ended meanwhile, adopts the other; a cancelled
+    job and one killed outright are released too, and the device is free after the last."""
     se = whole
     (dev,) = se.node().gpu(0).mig_devices()
-    ids = [_submit(se, "--isolation", "none", "--share", "2") for _ in range(3)]
+    ids = [_submit(se, "--isolation", isolation, "--share", "2") for _ in range(3)]
     w = se.popen("worker", "-q")
     try:
         for i in ids[:2]:
             e = _env(se, i)
-            assert "CUDA_MPS" not in e and f"CUDA_VISIBLE_DEVICES={dev.uuid}\n" in e
-        assert _job(se, ids[2]).child_pid is None  # --share 2: at most two time-sliced clients
+            assert f"CUDA_VISIBLE_DEVICES={dev.uuid}\n" in e
+            assert ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50\n" in e) == (isolation == "soft")
+        assert _job(se, ids[2]).child_pid is None  # --share 2: no room for a third client
         os.kill(w.pid, signal.SIGKILL)
         w.wait()
+        servers = MpsManager(se.node()).servers(dev.uuid)
+        assert len(servers) == (isolation == "soft")  # the daemon outlives the worker, with its clients
         _go(se, ids[0])  # the first ends while no worker runs
         wait_for(lambda: _pid_gone(_job(se, ids[0]).child_pid), what="job 1's process to end")
         assert _job(se, ids[1]).state == "running"
         w = se.popen("worker", "-q")
-        third = _env(se, ids[2])  # the restarted worker reaped job 1 and admitted job 3
+        third = _env(se, ids[2])  # the restarted worker reaped job 1 and admitted job 3 in its place
         assert dev.uuid in third
-        assert _job(se, ids[0]).state == "done" and _job(se, ids[0]).exit_code == 0
+        assert (_job(se, ids[0]).state, _job(se, ids[0]).exit_code) == ("done", 0)
         assert _job(se, ids[1]).state == "running"  # adopted, not restarted
-        _go(se, ids[1])
-        _go(se, ids[2])
-        wait_for(lambda: all(_job(se, i).state == "done" for i in ids), timeout=30, what="all jobs done")
+        assert MpsManager(se.node()).servers(dev.uuid) == servers  # the same daemon throughout
+        r = se.migctl("cancel", str(ids[1]))
+        assert r.returncode == 0, r.stderr
+        os.killpg(_job(se, ids[2]).child_pid, signal.SIGKILL)  # killed outright: no exit status
+        wait_for(lambda: _job(se, ids[2]).state == "failed" and _job(se, ids[1]).exit_code is not None,
+                 timeout=30, what="both reaped")
+        wait_for(lambda: not MpsManager(se.node()).clients(dev.uuid) and not read_gpu(se.node().gpu(0)).gis[0].pids,
+                 what="the device to be free")
     finally:
         for i in ids:
             _go(se, i)
         _stop(w)
-    assert read_gpu(se.node().gpu(0)).gis[0].pids == []
-    assert MpsManager(se.node()).clients(dev.uuid) == []
+    assert _job(se, ids[1]).state == "cancelled"
+    assert (_job(se, ids[2]).state, _job(se, ids[2]).exit_code) == ("failed", 128 + signal.SIGKILL)
+    assert MpsManager(se.node()).servers(dev.uuid) == []
 
 
 def _pid_gone(pid: int | None) -> bool:
