@@ -7,7 +7,8 @@ An instance (GPU instance, or one compute instance of it) is **busy** when any o
   with SIGKILL cannot free a device whose command still runs);
 * an **NVML process** (a CUDA context on it: on a real GPU that appears only after the first CUDA call,
   which is why leases count too);
-* an **MPS server** on it (:func:`register_mps_provider`: whoever starts MPS control daemons reports them).
+* an **MPS server** on it, or a time-sliced client migctl started (:func:`register_mps_provider`: whoever
+  starts MPS control daemons or time-sliced clients reports them).
 
 Every path that destroys instances (apply and its rollback, ``run --ephemeral``, the queue worker,
 reshaping) asks :func:`busy_view`/:func:`annotate` **while holding the node lock** (:func:`migctl.paths.node_lock`),
@@ -51,7 +52,7 @@ class Holder:
             return f"leased to PID {self.pid}" + (f" ({self.detail})" if self.detail else "") + (
                 f", processes {', '.join(map(str, self.pids))}" if self.pids and self.pids != (self.pid,) else "")
         if self.kind == "mps":
-            return f"MPS server PID {self.pid}"
+            return f"{'time-sliced client' if self.detail.startswith('time-sliced') else 'MPS server'} PID {self.pid}"
         return f"process PID {self.pid}"
 
 

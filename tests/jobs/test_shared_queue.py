@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import SimEnv, wait_for
+from migctl.busy import busy_view
 from migctl.jobs import batch
 from migctl.jobs.common import JobsError
 from migctl.jobs.mps import MpsManager, Share, Sharing, sharing_options
@@ -143,6 +144,12 @@ def test_worker_sigkill_keeps_and_reaps_shared_clients(whole: SimEnv, isolation:
             assert f"CUDA_VISIBLE_DEVICES={dev.uuid}\n" in e
             assert ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50\n" in e) == (isolation == "soft")
         assert _job(se, ids[2]).child_pid is None  # --share 2: no room for a third client
+        # the busy authority names them (even before a CUDA context exists on a real GPU)
+        ours = sorted(h.text() for h in busy_view(se.node()).of_device(0, dev.gi_id, dev.ci_id) if h.kind == "mps")
+        if isolation == "none":
+            assert ours == sorted(f"time-sliced client PID {_job(se, i).child_pid}" for i in ids[:2])
+        else:
+            assert len(ours) == 1 and ours[0].startswith("MPS server PID")
         os.kill(w.pid, signal.SIGKILL)
         w.wait()
         servers = MpsManager(se.node()).servers(dev.uuid)

@@ -397,8 +397,9 @@ def shares_from(threads: int | None, mem_mib: int | None, share: int | None, dev
 
 
 def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]:
-    """The MPS servers migctl's daemons run on ``node``, for :mod:`migctl.busy` (an MPS server makes its
-    device busy even before a client has a CUDA context on it): ``(gpu, gi, ci, server pid, detail)``."""
+    """The MPS servers migctl's daemons run on ``node``, and migctl's live time-sliced clients, for
+    :mod:`migctl.busy` (they make their device busy even before a client has a CUDA context on it):
+    ``(gpu, gi, ci, pid, detail)``."""
     mgr = MpsManager(node)
     if not mgr.root.is_dir():
         return []
@@ -411,7 +412,12 @@ def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]
         except Exception:  # noqa: BLE001 - a GPU without MIG: its own UUID is the device
             pass
         for uuid, gi, ci in targets:
-            if not (mgr.device_dir(uuid) / "pipe" / "control").exists():
+            d = mgr.device_dir(uuid)
+            if (d / "clients.json").exists():  # time-sliced clients hold their device before their first CUDA call
+                for c in mgr._read(d):
+                    if c.get("kind") == "timeslice":
+                        out.append((g.index, gi, ci, int(c["pid"]), f"time-sliced client of {uuid}"))
+            if not (d / "pipe" / "control").exists():
                 continue  # no daemon was started for this device: skip the control round trip
             for pid in mgr.servers(uuid):
                 out.append((g.index, gi, ci, pid, f"MPS server of {uuid}"))
