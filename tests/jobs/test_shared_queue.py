@@ -21,6 +21,7 @@ from conftest import SimEnv, wait_for
 from migctl.busy import busy_view
 from migctl.jobs import batch
 from migctl.jobs.common import JobsError
+from migctl.jobs.leases import Request
 from migctl.jobs.mps import MpsManager, Share, Sharing, sharing_options
 from migctl.jobs.queue import JobQueue, Worker
 from migctl.reconcile.live import read_gpu
@@ -136,7 +137,9 @@ def test_worker_sigkill_keeps_and_reaps_shared_clients(whole: SimEnv, isolation:
     job and one killed outright are released too, and the device is free after the last."""
     se = whole
     (dev,) = se.node().gpu(0).mig_devices()
-    ids = [_submit(se, "--isolation", isolation, "--share", "2") for _ in range(3)]
+    q = JobQueue(se.node())  # (queued in-process to keep the test short; the CLI path is tested above)
+    ids = [q.submit(["bash", "-c", SCRIPT], Request(), env={"D": str(se.tmp)}, sharing=Sharing(isolation, 2))
+           for _ in range(3)]
     w = se.popen("worker", "-q")
     try:
         for i in ids[:2]:
