@@ -1,5 +1,5 @@
 """The agent as real processes: SIGKILL mid-apply and restart (journal, operands), re-apply after a reboot,
-and 50 nodes reconciled by 50 agent processes against one stand-in API server."""
+and a fleet of nodes reconciled by as many agent processes against one stand-in API server."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.k8s.cluster import CM, CONFIG, DP, NS, STATE, add_node, events, labels, wait_for
+from tests.k8s.cluster import CM, DP, NS, STATE, add_node, events, labels, wait_for
 from tests.k8s.conftest import ROOT
+from tests.k8s.fleet import run_fleet
 
 
 def _agent_proc(kc: Path, node: str, env: dict[str, str]) -> subprocess.Popen:
@@ -69,35 +69,8 @@ def test_agent_sigkilled_mid_apply_resumes_and_reapplies_after_reboot(server, tm
     assert seq[:2] == [None, "pending"] and seq[-1] == "success" and "failed" not in seq
 
 
-def test_fifty_nodes_fifty_agent_processes(server, tmp_path) -> None:
-    """50 Nodes, 50 agent processes (forked from one launcher so imports are paid once), one server: every
-    node reaches success with its layout, then a relabel of all 50 converges too."""
-    n = 50
-    kc = server.kubeconfig(tmp_path / "kc")
-    small = ("version: v1\nmig-configs:\n  all-balanced:\n    - devices: all\n      mig-enabled: true\n"
-             "      mig-devices: {\"1g.5gb\": 2, \"2g.10gb\": 1, \"3g.20gb\": 1}\n"
-             "  all-1g.5gb:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {\"1g.5gb\": 7}\n")
-    server.put("configmaps", {"metadata": {"name": CM, "namespace": NS}, "data": {"config.yaml": small}})
-    for i in range(n):
-        add_node(server, f"node{i}", "all-balanced")
-    full = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + str(ROOT / "src")}
-    launcher = subprocess.Popen([sys.executable, "-m", "tests.k8s.fleet", str(kc), str(tmp_path), "node", str(n),
-                                 "1xA100-40GB"], env=full, stderr=subprocess.PIPE, text=True)
-    try:
-        def done(key: str, value: str) -> bool:
-            time.sleep(0.5)  # poll gently: the server is busy with 100 watches
-            return all(labels(server, f"node{i}").get(STATE) == "success"
-                       and labels(server, f"node{i}").get(key) == value for i in range(n))
-
-        wait_for(lambda: done("nvidia.com/mig-3g.20gb.count", "1"), timeout=90, what="50 nodes all-balanced")
-        for i in range(n):
-            server.patch_labels(f"node{i}", {CONFIG: "all-1g.5gb"})
-        wait_for(lambda: done("nvidia.com/mig-1g.5gb.count", "7"), timeout=90, what="50 nodes relabelled")
-    finally:
-        launcher.send_signal(signal.SIGTERM)
-        _, err = launcher.communicate(timeout=60)
-    assert launcher.returncode == 0, err
-    for i in range(n):
-        lab = labels(server, f"node{i}")
-        assert all(v == "true" for k, v in lab.items() if k.startswith("nvidia.com/gpu.deploy."))
-        assert server.label_sequence(f"node{i}", STATE) == [None, "pending", "success", "pending", "success"]
+def test_a_fleet_of_agent_processes(server, tmp_path) -> None:
+    """Eight Nodes, eight agent processes (forked from one launcher so imports are paid once), one server:
+    every node reaches success with its layout, then a relabel of all of them converges too. The same at
+    50 nodes is benchmarks/k8s/fleet.py."""
+    run_fleet(server, tmp_path, 8)  # asserts every node's labels, label sequence and the launcher's exit

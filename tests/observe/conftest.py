@@ -2,69 +2,29 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+from simenv import SimNode, make_sim
+from simenv import wait_for as _wait_for
 
 
-@dataclass
-class Env:
-    spec: str
-    state: Path
-    env: dict[str, str]
-    tmp: Path
-
-    def node(self) -> Any:
-        from migctl.device import open_node
-
-        return open_node(self.spec, str(self.state))
-
-    def migctl(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "migctl.cli.main", *args], env=self.env, text=True,
-                              capture_output=True, timeout=timeout, **kw)
-
-    def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
-        kw.setdefault("stdout", subprocess.PIPE)
-        kw.setdefault("stderr", subprocess.PIPE)
-        return subprocess.Popen([sys.executable, "-m", "migctl.cli.main", *args], env=self.env, text=True, **kw)
+class Env(SimNode):
+    """A simulated node for one test (tests/simenv.py); ``layout`` returns [(GI id, MIG UUID)]."""
 
     def layout(self, gpu: int, profiles: list[str]) -> list[tuple[int, str]]:
         """GI + default CI for each profile on ``gpu``; returns [(gi id, MIG UUID)]."""
-        g = self.node().gpu(gpu)
-        out = []
-        for name in profiles:
-            p = g.profile(name)
-            assert p is not None, name
-            gi = g.create_gi(p.id)
-            ci = gi.create_ci()
-            out.append((gi.id, ci.mig_device().uuid))
-        return out
+        return self.create(gpu, profiles)
 
 
 def make_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, mig: bool = True) -> Env:
-    state_dir = tmp_path / "state"
-    state = tmp_path / "sim.json"
-    monkeypatch.setenv("MIGCTL_STATE_DIR", str(state_dir))
-    monkeypatch.setenv("MIGCTL_SIM", spec)
-    monkeypatch.setenv("MIGCTL_SIM_STATE", str(state))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    e = Env(spec=spec, state=state, env=env, tmp=tmp_path)
-    if mig:
-        for g in e.node().gpus():
-            g.set_mig_mode(True)
-    return e
+    return make_sim(tmp_path, monkeypatch, spec, mig, cls=Env)
 
 
 @pytest.fixture
@@ -73,17 +33,7 @@ def h100x2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition", step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-        except Exception as e:  # a server still starting
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    return _wait_for(pred, timeout=timeout, what=what, step=step, retry_errors=True)  # a server still starting
 
 
 def free_port() -> int:

@@ -14,23 +14,8 @@ import yaml
 import migctl.sim as sim
 from migctl.catalog import all_models, load_model
 from migctl.catalog.loader import load_model_file
-from migctl.device import open_node
 from migctl.device.model import catalog_yaml
 from migctl.reconcile import apply_config, assert_config
-
-
-@pytest.fixture
-def node_factory(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGCTL_STATE_DIR", str(tmp_path))
-    for var in ("MIGCTL_SIM", "MIGCTL_SIM_STATE", "MIGCTL_BACKEND"):
-        monkeypatch.delenv(var, raising=False)
-
-    def make(spec: str):
-        sim.install(spec, state_path=None)
-        return open_node(spec)
-
-    yield make
-    sim.uninstall()
 
 
 def unknown_model_file(tmp_path: Path) -> Path:

@@ -17,20 +17,6 @@ from migctl.catalog import Placement
 from migctl.device import open_node
 
 
-@pytest.fixture
-def node_factory(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGCTL_STATE_DIR", str(tmp_path))
-    monkeypatch.delenv("MIGCTL_SIM", raising=False)
-    monkeypatch.delenv("MIGCTL_SIM_STATE", raising=False)
-
-    def make(spec: str, persistent: bool = False):
-        sim.install(spec, state_path=True if persistent else None)
-        return open_node(spec)
-
-    yield make
-    sim.uninstall()
-
-
 def sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 

@@ -13,22 +13,8 @@ import pytest
 
 import migctl.sim as sim
 from migctl.catalog import Placement, load_model
-from migctl.device import DeviceError, open_node
+from migctl.device import DeviceError
 from migctl.sim.fakelib import FIRST_DRIVER
-
-
-@pytest.fixture
-def node_factory(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGCTL_STATE_DIR", str(tmp_path))
-    for var in ("MIGCTL_SIM", "MIGCTL_SIM_STATE", "MIGCTL_BACKEND"):
-        monkeypatch.delenv(var, raising=False)
-
-    def make(spec: str):
-        sim.install(spec, state_path=None)
-        return open_node(spec)
-
-    yield make
-    sim.uninstall()
 
 
 def sleeper() -> subprocess.Popen:
