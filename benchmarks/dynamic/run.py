@@ -15,6 +15,7 @@ Families:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import heapq
 import json
 import math
@@ -32,6 +33,7 @@ sys.path.insert(0, str(HERE.parents[1] / "src"))
 
 from migctl.catalog import load_model  # noqa: E402
 from migctl.catalog.geometry import place_all  # noqa: E402
+from migctl.planner.bound import PackingBound  # noqa: E402
 from migctl.planner.dynamic import Job, Policy, Scheduler  # noqa: E402
 from migctl.planner.online import Request  # noqa: E402
 
@@ -50,6 +52,11 @@ MAX_RECONFIG_PER_MIN = 30.0
 ALL_BALANCED = {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1}
 
 
+RESHAPING = Policy(placement="migctl", keep_idle=True, reshape=True, hysteresis_s=HYSTERESIS_S,
+                   hysteresis_blocks=False, reshape_reserved=True, reshape_gangs=True,
+                   max_reconfig_per_min=MAX_RECONFIG_PER_MIN, reserve_after_s=RESERVE_AFTER_S)
+
+
 def method_policies() -> dict[str, Policy]:
     return {
         "static all-balanced": Policy(static=True),
@@ -58,8 +65,8 @@ def method_policies() -> dict[str, Policy]:
         "best-fit": Policy(placement="best"),
         "fragmentation gradient (FGD)": Policy(placement="fgd"),
         "migctl online": Policy(placement="migctl"),
-        "migctl reshaping": Policy(placement="migctl", keep_idle=True, reshape=True, hysteresis_s=HYSTERESIS_S,
-                                   max_reconfig_per_min=MAX_RECONFIG_PER_MIN, reserve_after_s=RESERVE_AFTER_S),
+        "migctl reshaping": RESHAPING,
+        "migctl reshaping + MPS sharing": dataclasses.replace(RESHAPING, share=True),
     }
 
 
@@ -75,7 +82,7 @@ def static_layout(model, name: str) -> list[tuple[int, int]]:
 
 # ------------------------------------------------------------------------------------------------ traces
 
-Trace = list[tuple[float, float, str, int]]  # (arrival, run time, profile name, gang size)
+Trace = list[tuple[float, float, str, int, float | None]]  # (arrival, run time, profile, gang size, GPU share)
 
 
 def alibaba() -> Trace:
@@ -87,7 +94,8 @@ def alibaba() -> Trace:
                 continue
             t0, t1 = float(row["creation_time"]), float(row["deletion_time"])
             prof = SIZE_TO_PROFILE[max(1, math.ceil(7 * milli / 1000))] if n == 1 else "7g.80gb"
-            out.append((t0, max(1.0, t1 - t0), prof, n))
+            share = milli / 1000 if n == 1 and milli < 1000 else None
+            out.append((t0, max(1.0, t1 - t0), prof, n, share))
     out.sort(key=lambda r: r[0])
     return out
 
@@ -115,21 +123,29 @@ def poisson(mixes: list[list[str]], weights_of: Callable[[int], list[float]] | N
         for _ in range(per):
             t += rnd.expovariate(rate)
             prof = rnd.choices(mix, weights=w)[0]
-            out.append((t, rnd.expovariate(1 / mean_run), prof, 1))
+            out.append((t, rnd.expovariate(1 / mean_run), prof, 1, None))
     return out
 
 
 # ------------------------------------------------------------------------------------------------ simulation
 
 
-def simulate(models: list, trace: Trace, name: str, policy: Policy) -> dict:
-    """Replay ``trace`` under ``policy``; every figure comes from this event loop."""
+def simulate(models: list, trace: Trace, name: str, policy: Policy, bound: PackingBound | None = None) -> dict:
+    """Replay ``trace`` under ``policy``; every figure comes from this event loop.
+
+    ``bound`` gives the upper bound: at each instant, the offline optimum for the jobs present in this
+    method's own run (running or waiting): the most compute slices of them that the fleet can hold at once
+    (:class:`PackingBound`). Fractional jobs (a GPU share) count their share: with sharing, the optimum of
+    the other jobs plus all shares up to the capacity left (MPS can pack shares without waste); without
+    sharing, also at most the optimum with each fractional job as its rounded profile (it holds such an
+    instance and asks at most its slices).
+    """
     initial = [static_layout(m, name) for m in models] if policy.static else None
     sch = Scheduler(models, policy, initial=initial)
     capacity = sum(m.compute_slices for m in models)
     reqs: dict[str, Request] = {}
     events: list[tuple[float, int, int]] = []  # (time, kind 0=finish 1=arrive 2=tick, job index)
-    for i, (t, _run, _prof, _n) in enumerate(trace):
+    for i, (t, _run, _prof, _n, _sh) in enumerate(trace):
         heapq.heappush(events, (t, 1, i))
     jobs: dict[int, Job] = {}
     waits: list[float] = []
@@ -137,28 +153,58 @@ def simulate(models: list, trace: Trace, name: str, policy: Policy) -> dict:
     bound_area = 0.0
     last = trace[0][0]
     series: list[tuple[float, float, float]] = []
-    demand = 0  # slices of jobs present (running or waiting)
+    units: dict[str, int] = {}  # present jobs' instances per profile name (fractional jobs apart)
+    units_all: dict[str, int] = {}  # the same with fractional jobs as their rounded profile
+    frac = 0.0  # present fractional jobs' GPU shares, in compute slices
+    dirty = True
+    opt = 0.0
     ticks: set[float] = set()
     t = last
     t_end = trace[-1][0]  # allocation is measured while the trace runs (first to last arrival)
+    seven = A100.compute_slices
+
+    def present(i: int, sign: int) -> None:
+        nonlocal frac, dirty
+        _t, _run, prof, n, sh = trace[i]
+        if sh is not None:
+            frac += sign * sh * seven
+        else:
+            units[prof] = units.get(prof, 0) + sign * n
+        units_all[prof] = units_all.get(prof, 0) + sign * n
+        dirty = True
+
+    def current_bound() -> float:
+        nonlocal opt, dirty
+        if dirty:
+            if bound is None:
+                opt = min(capacity, sum(A100.profile(p).slices * c for p, c in units_all.items()))
+            else:
+                opt = min(capacity, bound.optimum(units) + frac)
+                if frac and not policy.share:
+                    # without sharing every job holds an instance of its profile, and asks at most its slices
+                    opt = min(opt, bound.optimum(units_all))
+            dirty = False
+        return opt
+
     while events:
         t, kind, i = heapq.heappop(events)
         if last < t_end:
             dt = min(t, t_end) - last
-            area += sch.allocated_slices() * dt
-            bound_area += min(capacity, demand) * dt
+            if dt > 0:
+                area += sch.allocated_slices() * dt
+                bound_area += current_bound() * dt
         last = t
         if kind == 0:
             sch.finish(i, t)
-            demand -= jobs[i].count * A100.profile(trace[i][2]).slices
+            present(i, -1)
         elif kind == 1:
-            _t, run, prof, n = trace[i]
+            _t, run, prof, n, sh = trace[i]
             if prof not in reqs:
                 reqs[prof] = Request.for_profile(list({m.key: m for m in models}.values()), prof)
-            job = Job(id=i, request=reqs[prof], submit=t, limit=run, count=n)
+            job = Job(id=i, request=reqs[prof], submit=t, limit=run, count=n, share=sh)
             jobs[i] = job
             sch.submit(job)
-            demand += n * A100.profile(prof).slices
+            present(i, +1)
         # all events at the same instant before scheduling
         if events and events[0][0] == t:
             continue
@@ -170,8 +216,8 @@ def simulate(models: list, trace: Trace, name: str, policy: Policy) -> dict:
             if nxt is not None and nxt not in ticks:
                 ticks.add(nxt)
                 heapq.heappush(events, (nxt, 2, -1))
-        if not series or t - series[-1][0] >= (trace[-1][0] - trace[0][0]) / 400:
-            series.append((t, sch.allocated_slices() / capacity, min(1.0, demand / capacity)))
+        if t <= t_end and (not series or t - series[-1][0] >= (trace[-1][0] - trace[0][0]) / 400):
+            series.append((t, sch.allocated_slices() / capacity, current_bound() / capacity))
     span = t_end - trace[0][0]
     never = len(sch.waiting) + len(sch.unservable)
     end_waits = [last - j.submit for j in sch.waiting + sch.unservable]
@@ -194,10 +240,39 @@ def simulate(models: list, trace: Trace, name: str, policy: Policy) -> dict:
         "reshape_destroyed": sch.stats["reshape_destroyed"],
         "busy_destroyed": sch.stats["busy_destroyed"],
         "reused": sch.stats["reused"],
+        "joined": sch.stats["joined"],
         "reservations": sch.stats["reservations"],
         "reservations_late": sch.stats["reservations_late"],
+        "starvation": starvation(sch, waits, last),
         "series": [(round(a, 1), round(b, 4), round(c, 4)) for a, b, c in series],
     }
+
+
+def starvation(sch: Scheduler, waits: list[float], now: float) -> dict:
+    """Check the documented bound for every job that got a reservation: it starts by the reserved time, so
+    its wait is at most (reservation made - submit) + the longest time limit among the jobs in the way of
+    its reserved placements then. ``to_reservation`` is how long jobs waited before their reservation was
+    made (at least reserve_after_s; longer while older jobs held the reservations)."""
+    viol = 0
+    worst_wait = 0.0
+    worst_bound = 0.0
+    slack = float("inf")
+    to_res = 0.0
+    for job, res in sch.reservation_log:
+        bound = (res.made - job.submit) + res.way_limit
+        start = job.start if job.start is not None else now
+        wait = start - job.submit
+        late = job.start is None and now > res.at + 1e-6
+        if late or (job.start is not None and (job.start > res.at + 1e-6 or wait > bound + 1e-6)):
+            viol += 1
+        worst_wait = max(worst_wait, wait)
+        worst_bound = max(worst_bound, bound)
+        slack = min(slack, bound - wait)
+        to_res = max(to_res, res.made - job.submit)
+    return {"reserved_jobs": len(sch.reservation_log), "violations": viol,
+            "max_wait_s": round(worst_wait, 1), "max_bound_s": round(worst_bound, 1),
+            "min_slack_s": round(slack, 1) if sch.reservation_log else None,
+            "max_to_reservation_s": round(to_res, 1)}
 
 
 def _next_tick(sch: Scheduler, now: float, policy: Policy) -> float | None:
@@ -369,15 +444,22 @@ def main() -> int:
         if only and fam not in only:
             continue
         fr: dict = {"description": desc, "gpus": len(models), "methods": {}}
+        bound = PackingBound(models, sorted({r[2] for r in trace}))
+        t_fam = time.perf_counter()
         for name, pol in method_policies().items():
             t = time.perf_counter()
-            r = simulate(models, trace, name, pol)
+            r = simulate(models, trace, name, pol, bound)
             r["time_s"] = round(time.perf_counter() - t, 2)
             fr["methods"][name] = r
             print(f"{fam:10s} {name:30s} alloc {100 * r['allocation']:6.2f}% (bound {100 * r['upper_bound']:.2f}%) "
                   f"wait p50 {r['wait_p50_s']} p95 {r['wait_p95_s']} max {r['wait_max_s']} never {r['never_started']} "
                   f"reconf/h {r['reconfig_per_hour']} destroyed {r['instances_destroyed']} "
                   f"busy {r['busy_destroyed']} ({r['time_s']}s)", flush=True)
+        fr["bound_solver"] = {"instants_cached": len(bound.cache), "greedy": bound.greedy,
+                              "trivial": bound.trivial, "lp_tight": bound.relaxed, "cp_sat": bound.solved,
+                              "unproven": bound.unproven}
+        fr["time_s"] = round(time.perf_counter() - t_fam, 1)
+        print(f"{fam}: bound {fr['bound_solver']}", flush=True)
         results["families"][fam] = fr
     results["time_s"] = round(time.perf_counter() - t_all, 1)
     if only:

@@ -164,3 +164,128 @@ def test_static_layout_never_reconfigures(layout: list[str]) -> None:
         sch.submit(Job(i, req(A100, "1g.10gb"), 0.0, 1.0))
     assert len(sch.step(0.0)) == 7
     assert sch.stats["created"] == 0 and sch.stats["destroyed"] == 0
+
+
+def _fits_busy_only(sch: Scheduler, job: Job) -> bool:
+    """Whether ``job`` would fit on some GPU if every idle instance were destroyed (what a scheduler that
+    destroys instances when their jobs end would see)."""
+    from migctl.catalog.geometry import conflict
+
+    for g, m in enumerate(sch.models):
+        sp = sch.placer.spaces[m.key]
+        busy = [sch._placed(k) for k, o in sch.owner.items() if k[0] == g and o is not None]
+        for pid in job.request.on(m.key):
+            if any(conflict(m, busy, sp.profiles[pid], pl) is None for pl in sp.profiles[pid].placements):
+                return True
+    return False
+
+
+def test_reshaping_never_leaves_waiting_a_job_that_destroy_on_release_would_start() -> None:
+    """With no reservation and no churn limit in the way, hysteresis only orders the idle instances to
+    destroy: a job that fits once idle instances are gone never waits."""
+    rnd = random.Random(11)
+    names = ["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]
+    pol = Policy(keep_idle=True, reshape=True, hysteresis_s=600.0, hysteresis_blocks=False)
+    sch = Scheduler([A100] * 3, pol)
+    events: list[tuple[float, int, int]] = []
+    t = 0.0
+    specs = []
+    for i in range(400):
+        t += rnd.expovariate(1 / 15)
+        specs.append((t, rnd.expovariate(1 / 200), rnd.choices(names, [60, 5, 15, 10, 5, 5])[0]))
+        heapq.heappush(events, (t, 1, i))
+    checked = 0
+    while events:
+        now, kind, i = heapq.heappop(events)
+        if kind == 0:
+            sch.finish(i, now)
+        else:
+            sch.submit(Job(i, req(A100, specs[i][2]), now, specs[i][1]))
+        if events and events[0][0] == now:
+            continue
+        for j in sch.step(now):
+            heapq.heappush(events, (now + specs[j.id][1], 0, j.id))
+        for j in sch.waiting:
+            assert not _fits_busy_only(sch, j), (now, j.id)
+            checked += 1
+    assert checked > 100 and sch.stats["reshape_destroyed"] > 0 and sch.stats["busy_destroyed"] == 0
+
+
+def test_hysteresis_that_blocks_makes_jobs_wait() -> None:
+    """The old rule (young idle instances are never destroyed) leaves the job waiting; the new one starts it,
+    and when old idle instances can make room it destroys those rather than young ones."""
+    for blocks, started in ((True, []), (False, [20])):
+        sch = Scheduler([A30], Policy(keep_idle=True, reshape=True, hysteresis_s=30.0, hysteresis_blocks=blocks))
+        for i in range(4):
+            sch.submit(Job(i, req(A30, "1g.6gb"), 0.0, 10.0))
+        sch.step(0.0)
+        for i in range(4):
+            sch.finish(i, 40.0)  # all idle for 1 s at 41
+        sch.submit(Job(20, req(A30, "2g.12gb"), 41.0, 10.0))
+        assert [j.id for j in sch.step(41.0)] == started
+    sch = Scheduler([A30], Policy(keep_idle=True, reshape=True, hysteresis_s=30.0, hysteresis_blocks=False))
+    for i in range(4):
+        sch.submit(Job(i, req(A30, "1g.6gb"), 0.0, 10.0))
+    sch.step(0.0)
+    young = [k for k in sch.owner if k[2] in (0, 1)]
+    for i, j in sch.running.copy().items():
+        sch.finish(i, 40.0 if j.held[0] in young else 5.0)
+    sch.submit(Job(20, req(A30, "2g.12gb"), 41.0, 10.0))
+    assert [j.id for j in sch.step(41.0)] == [20]
+    assert sch.running[20].held[0][2] == 2  # the old ones (memory slices 2, 3) made room
+
+
+def test_mps_sharing_packs_fractional_jobs() -> None:
+    """Jobs that ask for a GPU share join a shared instance while threads and memory (proportional) fit;
+    the instance stays busy while any client runs; allocation counts the shares asked."""
+    sch = Scheduler([A100], Policy(keep_idle=True, reshape=True, share=True))
+    sch.submit(Job(0, req(A100, "2g.20gb"), 0.0, 100.0, share=0.25))  # 1.75 slices -> a 2g.20gb
+    sch.submit(Job(1, req(A100, "1g.10gb"), 0.0, 50.0, share=0.03))  # 0.21 slices: joins it (0.25 left)
+    sch.submit(Job(2, req(A100, "1g.10gb"), 0.0, 50.0, share=0.1))  # 0.7 slices: no room left there
+    assert [j.id for j in sch.step(0.0)] == [0, 1, 2]
+    assert sch.running[0].held == sch.running[1].held != sch.running[2].held
+    assert sch.stats["joined"] == 1 and sch.stats["created"] == 2
+    assert abs(sch.allocated_slices() - 7 * (0.25 + 0.03 + 0.1)) < 1e-9
+    sch.finish(0, 60.0)  # one client left: still busy
+    sch.submit(Job(3, req(A100, "7g.80gb"), 61.0, 10.0))
+    assert sch.step(61.0) == []
+    sch.finish(1, 70.0)
+    sch.finish(2, 70.0)
+    assert [j.id for j in sch.step(70.0)] == [3]  # both idle now: reshaped away
+    assert sch.stats["busy_destroyed"] == 0
+
+
+def test_without_sharing_fractional_jobs_hold_instances() -> None:
+    sch = Scheduler([A100], Policy(keep_idle=True, reshape=True))
+    sch.submit(Job(0, req(A100, "2g.20gb"), 0.0, 100.0, share=0.25))
+    sch.submit(Job(1, req(A100, "1g.10gb"), 0.0, 50.0, share=0.03))
+    sch.step(0.0)
+    assert sch.running[0].held != sch.running[1].held and sch.stats["joined"] == 0
+    assert abs(sch.allocated_slices() - 7 * 0.28) < 1e-9
+
+
+def test_reservation_log_and_bound() -> None:
+    """Every reservation records when it was made and the longest limit in its way; the job starts by its
+    reserved time, so its wait is at most (made - submit) + that limit."""
+    jobs = starving_trace()
+    sch, waits = simulate([A100], jobs, Policy(placement="migctl", reserve_after_s=120.0))
+    assert sch.reservation_log
+    for job, res in sch.reservation_log:
+        assert res.made - job.submit >= 120.0 - 1e-9
+        assert job.start is not None and job.start <= res.at + 1e-9
+        assert waits[job.id] <= (res.made - job.submit) + res.way_limit + 1e-9
+
+
+def test_gangs_reshape_only_when_every_unit_fits() -> None:
+    pol = Policy(keep_idle=True, reshape=True, reshape_gangs=True)
+    sch = Scheduler([A100, A100], pol)
+    for i in range(14):
+        sch.submit(Job(i, req(A100, "1g.10gb"), 0.0, 10.0))
+    sch.step(0.0)
+    for i in range(13):
+        sch.finish(i, 10.0)  # job 13 still busy on one GPU
+    sch.submit(Job(20, req(A100, "7g.80gb"), 11.0, 10.0, count=2))
+    assert sch.step(11.0) == [] and sch.stats["destroyed"] == 0  # one GPU cannot be emptied: nothing destroyed
+    sch.finish(13, 12.0)
+    assert [j.id for j in sch.step(12.0)] == [20]
+    assert sch.stats["busy_destroyed"] == 0

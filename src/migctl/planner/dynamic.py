@@ -43,6 +43,11 @@ class Policy:
     reserve_after_s: float | None = None
     max_reservations: int = 1
     static: bool = False
+    hysteresis_blocks: bool = True  # False: young idle instances are only a last resort, never a reason to wait
+    reuse: str = "smallest"  # "smallest": the smallest fitting idle instance; "placement": the placement rule's pick
+    reshape_reserved: bool = False  # reshape on GPUs with reservations too (keeping clear of the reserved slices)
+    reshape_gangs: bool = False  # gangs reshape too (after checking that every unit can find room)
+    share: bool = False  # jobs that ask for a fraction of a GPU (Job.share < 1) run as MPS clients on shared instances
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Job:
     priority: int = 0
     start: float | None = None
     held: list[tuple[int, int, int]] = field(default_factory=list)  # (gpu, profile id, start)
+    share: float | None = None  # the fraction of one GPU's compute asked for (None: the request's profile)
 
 
 @dataclass
@@ -64,6 +70,8 @@ class Reservation:
     profile: int
     placement: Placement
     at: float
+    made: float = 0.0  # when it was made
+    way_limit: float = 0.0  # the longest time limit among the running jobs in the way when it was made
 
 
 @dataclass
@@ -74,6 +82,9 @@ class Action:
     profile: int = -1
     start: int = -1
     job: int = -1
+
+
+SHARED = -1  # owner of an instance that MPS clients share (busy while it has a client)
 
 
 class BusyTouched(RuntimeError):
@@ -99,10 +110,12 @@ class Scheduler:
         self.unservable: list[Job] = []
         self.running: dict[int, Job] = {}
         self.reservations: dict[int, list[Reservation]] = {}  # job id -> one per unit (gangs: several)
+        self.reservation_log: list[tuple[Job, Reservation]] = []  # every reservation made, with its job
+        self.clients: dict[tuple[int, int, int], dict[int, float]] = {}  # shared instance -> job id -> slices
         self.actions: list[Action] = []
         self._reshape_times: deque[float] = deque()
         self.stats = {"created": 0, "destroyed": 0, "reshape_destroyed": 0, "busy_destroyed": 0, "reused": 0,
-                      "reservations": 0, "reservations_late": 0}
+                      "reservations": 0, "reservations_late": 0, "joined": 0}
 
     # ------------------------------------------------------------------------------------- events
 
@@ -125,6 +138,17 @@ class Scheduler:
     def finish(self, job_id: int, now: float) -> None:
         job = self.running.pop(job_id)
         for key in job.held:
+            if key in self.clients:
+                self.actions.append(Action("release", now, *key, job=job_id))
+                self.clients[key].pop(job_id, None)
+                if self.clients[key]:
+                    continue  # other clients still run there
+                del self.clients[key]
+                self.owner[key] = None
+                self.idle_since[key] = now
+                if not self.policy.keep_idle and not self.policy.static:
+                    self._destroy(key, now)
+                continue
             self.actions.append(Action("release", now, *key, job=job_id))
             self.owner[key] = None
             self.idle_since[key] = now
@@ -150,6 +174,46 @@ class Scheduler:
         self.stats["created"] += 1
         self.actions.append(Action("create", now, g, pid, start))
         return key
+
+    def _shares(self, job: Job) -> bool:
+        return self.policy.share and job.share is not None and job.share < 1 and job.count == 1
+
+    def _share_slices(self, job: Job, g: int) -> float:
+        return (job.share or 0.0) * self.models[g].compute_slices
+
+    def _holders(self, key: tuple[int, int, int]) -> list[Job]:
+        """The running jobs on an instance (several for a shared one)."""
+        o = self.owner.get(key)
+        if o is None:
+            return []
+        if o == SHARED:
+            return [self.running[j] for j in self.clients.get(key, {})]
+        return [self.running[o]]
+
+    def _join(self, job: Job, now: float, clear) -> tuple[int, int, int] | None:  # noqa: ANN001
+        """A shared instance with room for ``job``'s share (thread percentages add up to at most 100%, and
+        memory limits, proportional to them, to at most the instance's memory): the fullest after joining."""
+        best = None
+        for key, cl in self.clients.items():
+            g, pid, _s = key
+            if pid not in job.request.on(self.models[g].key) and not self._share_fits_larger(job, key):
+                continue
+            room = self._placed(key).profile.slices - sum(cl.values())
+            need = self._share_slices(job, g)
+            if need <= room + 1e-9 and clear(key):
+                cand = (room - need, key)
+                if best is None or cand < best:
+                    best = cand
+        return best[1] if best else None
+
+    def _share_fits_larger(self, job: Job, key: tuple[int, int, int]) -> bool:
+        """A client may join a shared instance larger than its own profile (its share is what it asked)."""
+        g, pid, _s = key
+        ids = job.request.on(self.models[g].key)
+        if not ids:
+            return False
+        profiles = self.placer.spaces[self.models[g].key].profiles
+        return profiles[pid].slices >= profiles[ids[0]].slices
 
     def _model(self, g: int) -> GpuModel:
         return self.models[g]
@@ -201,6 +265,11 @@ class Scheduler:
             pl = self._placed(k).placement
             return not any(x.placement.overlaps(pl) for x in extra.get(k[0], ()))
 
+        if self._shares(job):
+            key = self._join(job, now, clear)
+            if key is not None:
+                self.stats["joined"] += 1
+                return key
         idle = [k for k, o in self.owner.items() if o is None and k not in taken and self._idle_fits(job, k)
                 and clear(k)]
         if idle:
@@ -210,7 +279,10 @@ class Scheduler:
                 p = profiles[self.models[k[0]].key][k[1]]
                 return (p.slices, p.memory_mib, k)
 
-            key = min(idle, key=size)
+            if self.policy.reuse == "placement" and not self.policy.static:
+                key = min(idle, key=lambda k: self.placer.rank(k[0], k[1], k[2]))
+            else:
+                key = min(idle, key=size)
             self.stats["reused"] += 1
             return key
         if self.policy.static:
@@ -233,16 +305,25 @@ class Scheduler:
                 for pid, st in drop:
                     self._destroy((c.gpu, pid, st), now)
                 return self._create(c.gpu, c.profile.id, c.placement.start, now)
-        if not self.policy.reshape or job.count > 1 or not self._churn_ok(now):
+        if (not self.policy.reshape or (job.count > 1 and not self.policy.reshape_gangs)
+                or not self._churn_ok(now)):
             return None
 
-        spare: dict[int, list[Inst]] = {}
-        for k, o in self.owner.items():
-            if (o is None and k not in taken and now - self.idle_since.get(k, 0.0) >= self.policy.hysteresis_s
-                    and clear(k)):
-                spare.setdefault(k[0], []).append((k[1], k[2]))
-        made = self.placer.make_room(job.request, lambda g: spare.get(g, []),
-                                     allowed=lambda g: g in spare and g not in extra)
+        made = None
+        for young in ((False, True) if not self.policy.hysteresis_blocks else (False,)):
+            spare: dict[int, list[Inst]] = {}
+            for k, o in self.owner.items():
+                if (o is None and k not in taken and (self.policy.reshape_reserved or clear(k))
+                        and (young or now - self.idle_since.get(k, 0.0) >= self.policy.hysteresis_s)):
+                    spare.setdefault(k[0], []).append((k[1], k[2]))
+            if self.policy.reshape_reserved:
+                made = self.placer.make_room(job.request, lambda g, spare=spare: spare.get(g, []),
+                                             allowed=lambda g, spare=spare: g in spare, extra=extra)
+            else:
+                made = self.placer.make_room(job.request, lambda g, spare=spare: spare.get(g, []),
+                                             allowed=lambda g, spare=spare: g in spare and g not in extra)
+            if made is not None:
+                break
         if made is None:
             return None
         drop, c = made
@@ -286,19 +367,21 @@ class Scheduler:
                     if conflict(m, rest, p, pl) is not None:
                         continue
                     at = now
+                    lim = 0.0
                     for k in way:
-                        o = self.owner[k]
-                        if o is not None:
-                            r = self.running[o]
-                            at = max(at, (r.start or now) + r.limit)
-                    cand = (at, len(way), g, pl.start, pid, pl)
+                        for r in self._holders(k):
+                            at = max(at, (r.start if r.start is not None else now) + r.limit)
+                            lim = max(lim, r.limit)
+                    cand = (at, len(way), g, pl.start, pid, pl, lim)
                     if g not in per_gpu or cand[:4] < per_gpu[g][:4]:
                         per_gpu[g] = cand
         best = sorted(per_gpu.values(), key=lambda c: c[:4])[:job.count]
         if len(best) < job.count:
             return
         at = max(c[0] for c in best)
-        self.reservations[job.id] = [Reservation(job.id, c[2], c[4], c[5], at) for c in best]
+        lim = max(c[6] for c in best)
+        self.reservations[job.id] = [Reservation(job.id, c[2], c[4], c[5], at, now, lim) for c in best]
+        self.reservation_log.append((job, self.reservations[job.id][0]))
         self.stats["reservations"] += 1
         for r in self.reservations[job.id]:
             self.actions.append(Action("reserve", now, r.gpu, r.profile, r.placement.start, job.id))
@@ -328,7 +411,11 @@ class Scheduler:
             if got is None:
                 continue
             for k in got:
-                self.owner[k] = job.id
+                if self._shares(job):
+                    self.owner[k] = SHARED
+                    self.clients.setdefault(k, {})[job.id] = self._share_slices(job, k[0])
+                else:
+                    self.owner[k] = job.id
                 self.idle_since.pop(k, None)
             job.start = now
             job.held = got
@@ -342,7 +429,31 @@ class Scheduler:
             started.append(job)
         return started
 
+    def _gang_fits(self, job: Job, now: float) -> bool:
+        """Whether each unit of a gang can find room on a GPU of its own: an idle eligible instance there,
+        or an eligible placement clear of the busy instances and of other jobs' reservations (destroying
+        idle instances where needed). Checked before a gang reshapes, so that a gang that cannot start
+        whole destroys nothing."""
+        ok = 0
+        for g, m in enumerate(self.models):
+            ids = job.request.on(m.key)
+            if not ids:
+                continue
+            sp = self.placer.spaces[m.key]
+            busy = [self._placed(k) for k, o in self.owner.items() if k[0] == g and o is not None]
+            block = self._blocking(job, now, g)
+            if any(self.owner.get((g, pid, st), 0) is None for pid, st in self.placer.states[g] if pid in ids):
+                ok += 1
+            elif any(conflict(m, busy + block, sp.profiles[pid], pl) is None
+                     for pid in ids for pl in sp.profiles[pid].placements):
+                ok += 1
+            if ok >= job.count:
+                return True
+        return False
+
     def _try_start(self, job: Job, now: float) -> list[tuple[int, int, int]] | None:
+        if job.count > 1 and self.policy.reshape and self.policy.reshape_gangs and not self._gang_fits(job, now):
+            return None
         taken: set[tuple[int, int, int]] = set()
         got: list[tuple[int, int, int]] = []
         mark = (len(self.actions), dict(self.stats))
@@ -379,11 +490,15 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------- measures
 
-    def allocated_slices(self) -> int:
-        """Compute slices that running jobs asked for (a job on a larger instance counts what it asked)."""
-        total = 0
+    def allocated_slices(self) -> float:
+        """Compute slices that running jobs asked for (a job on a larger instance counts what it asked; a job
+        with ``share`` counts that fraction of its GPU's slices, whether it shares or holds an instance)."""
+        total: float = 0
         for job in self.running.values():
             for g, _pid, _s in job.held:
                 key = self.models[g].key
-                total += self.placer.spaces[key].profiles[job.request.on(key)[0]].slices
+                if job.share is not None:
+                    total += job.share * self.models[g].compute_slices
+                else:
+                    total += self.placer.spaces[key].profiles[job.request.on(key)[0]].slices
         return total

@@ -229,6 +229,16 @@ class Placer:
         pids = tuple(sorted(d)) if d else tuple(sorted(sp.profiles))
         return sp.model.compute_slices - sp.used_slices(state) - sp.fillable(state, pids)
 
+    def rank(self, g: int, profile_id: int, start: int) -> tuple:
+        """The placement rule's score of instance ``(profile_id, start)`` already on GPU ``g``, as if it were
+        placed now (lower is better): how reuse picks among idle instances of a profile."""
+        sp = self.spaces[self.models[g].key]
+        state = self.states[g]
+        rest = list(state)
+        rest.remove((profile_id, start))
+        p = sp.profiles[profile_id]
+        return self._score(sp, tuple(rest), state, g, Placement(start, p.placement_size))
+
     def choose(self, request: Request, extra: Mapping[int, Sequence[PlacedGI]] | None = None) -> Choice | None:
         """The best GPU, profile and placement for ``request`` now, or None when it fits nowhere.
 
@@ -265,11 +275,13 @@ class Placer:
         return choice
 
     def make_room(self, request: Request, idle: Callable[[int], Sequence[Inst]],
-                  allowed: Callable[[int], bool] | None = None) -> tuple[list[Inst], Choice] | None:
+                  allowed: Callable[[int], bool] | None = None,
+                  extra: Mapping[int, Sequence[PlacedGI]] | None = None) -> tuple[list[Inst], Choice] | None:
         """Idle instances to destroy on one GPU so that ``request`` fits there, and where it then goes.
 
         Only instances that ``idle(g)`` returns may be destroyed; the fewest are chosen (then the fewest
-        slices, then the placement rule). None when no set of idle instances makes room.
+        slices, then the placement rule). None when no set of idle instances makes room. ``extra`` maps GPU
+        indices to phantom instances (reservations) that the new instance must keep clear of.
         """
         best: tuple | None = None
         out: tuple[list[Inst], Choice] | None = None
@@ -281,7 +293,10 @@ class Placer:
             cands = sorted(i for i in idle(g) if i in self.states[g])
             if not cands:
                 continue
+            phantom = list(extra.get(g, ())) if extra else []
             sig = (m.key, self.states[g], tuple(cands))
+            if phantom:
+                sig += (g,)
             if sig in seen:  # the same layout and idle set on a lower-numbered GPU scores at least as well
                 continue
             seen.add(sig)
@@ -297,6 +312,8 @@ class Placer:
                     freed = sum(sp.profiles[pid].slices for pid, _ in drop)
                     for pid in ids:
                         for pl in sp.options(rest, pid):
+                            if phantom and conflict(sp.model, sp.placed(rest) + phantom, sp.profiles[pid], pl):
+                                continue
                             new = tuple(sorted(rest + ((pid, pl.start),)))
                             s = (r, freed, ids.index(pid)) + self._score(sp, rest, new, g, pl)
                             if best is None or s < best:
