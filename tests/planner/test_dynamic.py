@@ -235,10 +235,23 @@ def test_hysteresis_that_blocks_makes_jobs_wait() -> None:
     assert sch.running[20].held[0][2] == 2  # the old ones (memory slices 2, 3) made room
 
 
+def test_mps_sharing_opens_whole_gpu_pools() -> None:
+    """With a free GPU, the first fractional job opens a whole-GPU shared instance and the others join it
+    while their shares add up to at most 100%."""
+    sch = Scheduler([A100, A100], Policy(keep_idle=True, reshape=True, share=True))
+    for i, sh in enumerate([0.47, 0.47, 0.05, 0.1]):
+        sch.submit(Job(i, req(A100, "4g.40gb" if sh > 0.4 else "1g.10gb"), 0.0, 100.0, share=sh))
+    assert len(sch.step(0.0)) == 4
+    held = [sch.running[i].held[0] for i in range(4)]
+    assert held[0] == held[1] == held[2] != held[3]  # 0.47 + 0.47 + 0.05 = 0.99; 0.1 more does not fit
+    assert A100.profile("7g.80gb").id == held[0][1] == held[3][1]
+    assert sch.stats["joined"] == 2 and sch.stats["created"] == 2
+
+
 def test_mps_sharing_packs_fractional_jobs() -> None:
     """Jobs that ask for a GPU share join a shared instance while threads and memory (proportional) fit;
     the instance stays busy while any client runs; allocation counts the shares asked."""
-    sch = Scheduler([A100], Policy(keep_idle=True, reshape=True, share=True))
+    sch = Scheduler([A100], Policy(keep_idle=True, reshape=True, share=True, share_pool="own"))
     sch.submit(Job(0, req(A100, "2g.20gb"), 0.0, 100.0, share=0.25))  # 1.75 slices -> a 2g.20gb
     sch.submit(Job(1, req(A100, "1g.10gb"), 0.0, 50.0, share=0.03))  # 0.21 slices: joins it (0.25 left)
     sch.submit(Job(2, req(A100, "1g.10gb"), 0.0, 50.0, share=0.1))  # 0.7 slices: no room left there

@@ -42,12 +42,15 @@ class Policy:
     max_reconfig_per_min: float = float("inf")
     reserve_after_s: float | None = None
     max_reservations: int = 1
+    reserve_relative: float | None = None  # also require a wait of at least this many times the queue's median wait
+    reserve_bypassed: bool = False  # also require that younger jobs have started with at least the job's slices
     static: bool = False
     hysteresis_blocks: bool = True  # False: young idle instances are only a last resort, never a reason to wait
     reuse: str = "smallest"  # "smallest": the smallest fitting idle instance; "placement": the placement rule's pick
     reshape_reserved: bool = False  # reshape on GPUs with reservations too (keeping clear of the reserved slices)
     reshape_gangs: bool = False  # gangs reshape too (after checking that every unit can find room)
     share: bool = False  # jobs that ask for a fraction of a GPU (Job.share < 1) run as MPS clients on shared instances
+    share_pool: str = "whole"  # a new shared instance: "whole" GPU when one is free, else the job's own profile; "own"
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Scheduler:
         self.reservations: dict[int, list[Reservation]] = {}  # job id -> one per unit (gangs: several)
         self.reservation_log: list[tuple[Job, Reservation]] = []  # every reservation made, with its job
         self.clients: dict[tuple[int, int, int], dict[int, float]] = {}  # shared instance -> job id -> slices
+        self._bypassed: dict[int, float] = {}  # waiting job id -> slices younger jobs started with meanwhile
         self.actions: list[Action] = []
         self._reshape_times: deque[float] = deque()
         self.stats = {"created": 0, "destroyed": 0, "reshape_destroyed": 0, "busy_destroyed": 0, "reused": 0,
@@ -206,6 +210,26 @@ class Scheduler:
                     best = cand
         return best[1] if best else None
 
+    def _open_pool(self, job: Job, now: float, taken: set[tuple[int, int, int]], clear,  # noqa: ANN001
+                   extra: dict[int, list[PlacedGI]]) -> tuple[int, int, int] | None:
+        """A whole-GPU instance for a new shared pool (an idle one, or one created in free space; no
+        reshaping for it), so that later fractional jobs can join; None when no GPU is free."""
+        eligible = []
+        for m in {m.key: m for m in self.models}.values():
+            if job.request.on(m.key):
+                whole = max(m.gi_profiles, key=lambda p: (p.slices, p.memory_mib, -p.id))
+                eligible.append((m.key, (whole.id,)))
+        req = Request(tuple(eligible))
+        idle = [k for k, o in self.owner.items() if o is None and k not in taken and k[1] in req.on(self.models[k[0]].key)
+                and clear(k)]
+        if idle:
+            self.stats["reused"] += 1
+            return min(idle)
+        c = self.placer.choose(req, extra=extra)
+        if c is None:
+            return None
+        return self._create(c.gpu, c.profile.id, c.placement.start, now)
+
     def _share_fits_larger(self, job: Job, key: tuple[int, int, int]) -> bool:
         """A client may join a shared instance larger than its own profile (its share is what it asked)."""
         g, pid, _s = key
@@ -270,6 +294,10 @@ class Scheduler:
             if key is not None:
                 self.stats["joined"] += 1
                 return key
+            if self.policy.share_pool == "whole":
+                key = self._open_pool(job, now, taken, clear, extra)
+                if key is not None:
+                    return key
         idle = [k for k, o in self.owner.items() if o is None and k not in taken and self._idle_fits(job, k)
                 and clear(k)]
         if idle:
@@ -427,7 +455,26 @@ class Scheduler:
             for k in got:
                 self.actions.append(Action("start", now, *k, job=job.id))
             started.append(job)
+        if started and self.policy.reserve_bypassed and self.waiting:
+            # younger jobs that started while an older one waited took capacity it could not use: it is
+            # being bypassed (starvation by backfill is exactly this)
+            for j in self.waiting:
+                took = sum(self._slices(k) for k in started if (k.submit, k.id) > (j.submit, j.id))
+                if took:
+                    self._bypassed[j.id] = self._bypassed.get(j.id, 0.0) + took
         return started
+
+    def _slices(self, job: Job) -> float:
+        if job.share is not None:
+            return job.share * self.models[job.held[0][0]].compute_slices
+        key = self.models[job.held[0][0]].key
+        return job.count * self.placer.spaces[key].profiles[job.request.on(key)[0]].slices
+
+    def _size(self, job: Job) -> float:
+        m = next(m for m in self.models if job.request.on(m.key))
+        if job.share is not None:
+            return job.share * m.compute_slices
+        return job.count * self.placer.spaces[m.key].profiles[job.request.on(m.key)[0]].slices
 
     def _gang_fits(self, job: Job, now: float) -> bool:
         """Whether each unit of a gang can find room on a GPU of its own: an idle eligible instance there,
@@ -485,6 +532,12 @@ class Scheduler:
                 or now - job.submit < self.policy.reserve_after_s
                 or len(self.reservations) >= self.policy.max_reservations):
             return False
+        if self.policy.reserve_bypassed and self._bypassed.get(job.id, 0.0) < self._size(job):
+            return False
+        if self.policy.reserve_relative is not None:
+            waits = sorted(now - j.submit for j in self.waiting)
+            if now - job.submit < self.policy.reserve_relative * waits[len(waits) // 2]:
+                return False
         self._reserve(job, now)
         return job.id in self.reservations
 
