@@ -44,6 +44,7 @@ MAPPING = ("num_gpu == 1: compute slices = ceil(7 x gpu_milli / 1000) -> 1g.10gb
            "5..7 -> 7g.80gb; num_gpu = k >= 2: a gang of k 7g.80gb (whole GPUs) started together; "
            "num_gpu == 0 skipped. Run time = deletion_time - creation_time (the pod's lifetime in the trace).")
 RESERVE_AFTER_S = 3600.0
+RESERVE_SLOWDOWN = 1.0  # a job is starving once it has waited reserve_after_s and its own time limit
 LOAD = 0.95
 HYSTERESIS_S = 60.0
 MAX_RECONFIG_PER_MIN = 30.0
@@ -54,7 +55,8 @@ ALL_BALANCED = {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1}
 
 RESHAPING = Policy(placement="migctl", keep_idle=True, reshape=True, hysteresis_s=HYSTERESIS_S,
                    hysteresis_blocks=False, reshape_reserved=True, reshape_gangs=True,
-                   max_reconfig_per_min=MAX_RECONFIG_PER_MIN, reserve_after_s=RESERVE_AFTER_S)
+                   max_reconfig_per_min=MAX_RECONFIG_PER_MIN, reserve_after_s=RESERVE_AFTER_S,
+                   reserve_slowdown=RESERVE_SLOWDOWN)
 
 
 def method_policies() -> dict[str, Policy]:
@@ -279,13 +281,15 @@ def _next_tick(sch: Scheduler, now: float, policy: Policy) -> float | None:
     cands = []
     if sch._reshape_times:
         cands.append(sch._reshape_times[0] + 60.0)
-    for k, o in sch.owner.items():
-        if o is None and k in sch.idle_since and sch.idle_since[k] + policy.hysteresis_s > now:
-            cands.append(sch.idle_since[k] + policy.hysteresis_s)
+    if policy.hysteresis_blocks:  # otherwise hysteresis never makes a job wait: no need to wake up for it
+        for k, o in sch.owner.items():
+            if o is None and k in sch.idle_since and sch.idle_since[k] + policy.hysteresis_s > now:
+                cands.append(sch.idle_since[k] + policy.hysteresis_s)
     if policy.reserve_after_s is not None:
         for j in sch.waiting:
-            if j.submit + policy.reserve_after_s > now:
-                cands.append(j.submit + policy.reserve_after_s)
+            due = j.submit + max(policy.reserve_after_s, (policy.reserve_slowdown or 0.0) * j.limit)
+            if due > now:
+                cands.append(due)
     for r in sch.all_reservations():
         if r.at > now:
             cands.append(r.at)
@@ -416,7 +420,8 @@ def markdown(res: dict) -> str:
         "every unit has room; idle instances younger than "
         f"{pol['hysteresis_s']:g} s are destroyed only when no older ones make room (never a reason to wait); "
         f"at most {pol['max_reconfig_per_min']:g} reshaping destroys per minute; "
-        f"the oldest job waiting over {pol['reserve_after_s']:g} s gets a reservation, "
+        f"a job is starving once it has waited {pol['reserve_after_s']:g} s and "
+        f"{pol['reserve_slowdown']:g} x its own time limit; the oldest starving job gets a reservation, "
         f"{pol['max_reservations']} at a time, conservative backfill around it), "
         "**migctl reshaping + MPS sharing** (the same, and jobs that ask for a fraction of a GPU run as MPS "
         "clients: they join a shared instance whose clients' shares add up to at most 100% of its threads, "

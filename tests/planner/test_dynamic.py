@@ -302,3 +302,16 @@ def test_gangs_reshape_only_when_every_unit_fits() -> None:
     sch.finish(13, 12.0)
     assert [j.id for j in sch.step(12.0)] == [20]
     assert sch.stats["busy_destroyed"] == 0
+
+
+def test_reserve_slowdown_waits_for_the_jobs_own_limit() -> None:
+    """With reserve_slowdown=1 a job is starving once it has waited both reserve_after_s and its own limit:
+    a short 7g job gets its reservation at reserve_after_s, a long one only after its limit."""
+    for limit, expect in ((100.0, 121.0), (500.0, 501.0)):
+        jobs = starving_trace()
+        jobs[1] = (1.0, limit, "7g.80gb")
+        pol = Policy(placement="migctl", reserve_after_s=120.0, reserve_slowdown=1.0)
+        sch, waits = simulate([A100], jobs, pol)
+        (job, res), *_ = [(j, r) for j, r in sch.reservation_log if j.id == 1]
+        assert res.made == pytest.approx(expect, abs=10.0)
+        assert waits[1] <= (res.made - job.submit) + res.way_limit

@@ -44,6 +44,7 @@ class Policy:
     max_reservations: int = 1
     reserve_relative: float | None = None  # also require a wait of at least this many times the queue's median wait
     reserve_bypassed: bool = False  # also require that younger jobs have started with at least the job's slices
+    reserve_slowdown: float | None = None  # also require a wait of at least this many times the job's own limit
     static: bool = False
     hysteresis_blocks: bool = True  # False: young idle instances are only a last resort, never a reason to wait
     reuse: str = "smallest"  # "smallest": the smallest fitting idle instance; "placement": the placement rule's pick
@@ -377,14 +378,15 @@ class Scheduler:
     def all_reservations(self) -> list[Reservation]:
         return [r for rs in self.reservations.values() for r in rs]
 
-    def _reserve(self, job: Job, now: float) -> None:
-        """Reserve the placements where ``job`` can start earliest: for each unit, on distinct GPUs, the
-        placement whose busy instances in the way reach their limits first. A gang's units all get the
-        time its last unit frees up."""
+    def _plan(self, job: Job, now: float, tentative: tuple[int, PlacedGI, float] | None = None) -> list[tuple] | None:
+        """The placements where ``job`` can start earliest: for each unit, on distinct GPUs, the placement
+        whose busy instances in the way reach their limits first, clear of other jobs' reservations.
+        ``tentative`` is an instance about to be created (GPU, instance, busy until). None if too few."""
         per_gpu: dict[int, tuple] = {}
-        taken = self.all_reservations()
+        taken = [r for r in self.all_reservations() if r.job != job.id]
         for g, m in enumerate(self.models):
             sp = self.placer.spaces[m.key]
+            tent = tentative[1] if tentative is not None and tentative[0] == g else None
             for pid in job.request.on(m.key):
                 p = sp.profiles[pid]
                 for pl in p.placements:
@@ -392,10 +394,16 @@ class Scheduler:
                         continue
                     way = [k for k in self.owner if k[0] == g and self._placed(k).placement.overlaps(pl)]
                     rest = [self._placed(k) for k in self.owner if k[0] == g and k not in way]
-                    if conflict(m, rest, p, pl) is not None:
-                        continue
                     at = now
                     lim = 0.0
+                    if tent is not None:
+                        if tent.placement.overlaps(pl):
+                            at = max(at, tentative[2])
+                            lim = tentative[2] - now
+                        else:
+                            rest.append(tent)
+                    if conflict(m, rest, p, pl) is not None:
+                        continue
                     for k in way:
                         for r in self._holders(k):
                             at = max(at, (r.start if r.start is not None else now) + r.limit)
@@ -404,7 +412,13 @@ class Scheduler:
                     if g not in per_gpu or cand[:4] < per_gpu[g][:4]:
                         per_gpu[g] = cand
         best = sorted(per_gpu.values(), key=lambda c: c[:4])[:job.count]
-        if len(best) < job.count:
+        return best if len(best) == job.count else None
+
+    def _reserve(self, job: Job, now: float) -> None:
+        """Reserve the placements where ``job`` can start earliest (:meth:`_plan`). A gang's units all get
+        the time its last unit frees up."""
+        best = self._plan(job, now)
+        if best is None:
             return
         at = max(c[0] for c in best)
         lim = max(c[6] for c in best)
@@ -420,20 +434,24 @@ class Scheduler:
         """Start every waiting job that can start now, in order; returns the started jobs.
 
         A job that finds no room closes its request for the rest of the step: every later job of the same
-        request and gang size whose limit is no shorter fails the same way (a longer limit only meets more
-        reservations), so those are not tried again.
+        request, gang size (and share, for a sharing job) whose limit is no shorter fails the same way (a
+        longer limit only meets more reservations; with no other job's reservation, any limit fails), so
+        those are not tried again.
         """
         started = []
         order = sorted(self.waiting, key=lambda j: (j.id not in self.reservations, -j.priority, j.submit, j.id))
         failed: dict[tuple, float] = {}
         for job in order:
-            memo = (job.request, job.count)
+            memo = (job.request, job.count, job.share if self._shares(job) else None)
             reserved = job.id in self.reservations
             got = None
             if reserved or memo not in failed or job.limit < failed[memo]:
+                blocking = bool(self.reservations) and any(j != job.id for j in self.reservations)
                 got = self._try_start(job, now)
                 if got is None and not reserved:
-                    failed[memo] = min(job.limit, failed.get(memo, job.limit))
+                    # without another job's reservation in the way the limit plays no part: every limit fails
+                    lim = job.limit if blocking else float("-inf")
+                    failed[memo] = min(lim, failed.get(memo, lim))
             if got is None and self._maybe_reserve(job, now) and self.reservations[job.id][0].at <= now:
                 got = self._try_start(job, now)  # its reservation is free now: it starts in this step
             if got is None:
@@ -533,6 +551,8 @@ class Scheduler:
                 or len(self.reservations) >= self.policy.max_reservations):
             return False
         if self.policy.reserve_bypassed and self._bypassed.get(job.id, 0.0) < self._size(job):
+            return False
+        if self.policy.reserve_slowdown is not None and now - job.submit < self.policy.reserve_slowdown * job.limit:
             return False
         if self.policy.reserve_relative is not None:
             waits = sorted(now - j.submit for j in self.waiting)
