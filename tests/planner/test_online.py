@@ -133,6 +133,34 @@ def test_make_room_destroys_only_idle() -> None:
     assert sorted(drop) == [(one, 0), (one, 1)] and c.placement.start == 0
 
 
+def test_make_room_keeps_clear_of_phantoms() -> None:
+    """A reserved placement (phantom) is never given to the request, even when destroying idle instances
+    would free it; the room is made elsewhere or not at all."""
+    from migctl.catalog.geometry import PlacedGI
+
+    pl = Placer([A30], "migctl")
+    one = A30.profile("1g.6gb").id
+    for s in range(4):
+        pl.add(0, one, s)
+    two = Request.for_profile([A30], "2g.12gb")
+    idle = [(one, s) for s in range(4)]
+    p2 = A30.profile("2g.12gb")
+    phantom = {0: [PlacedGI(p2, Placement(0, p2.placement_size))]}
+    made = pl.make_room(two, lambda g: idle, extra=phantom)
+    assert made is not None and made[1].placement.start == 2 and sorted(made[0]) == [(one, 2), (one, 3)]
+    both = {0: phantom[0] + [PlacedGI(p2, Placement(2, p2.placement_size))]}
+    assert pl.make_room(two, lambda g: idle, extra=both) is None
+
+
+def test_rank_scores_an_existing_instance_like_a_new_one() -> None:
+    pl = Placer([A100], "best")
+    one = A100.profile("1g.10gb").id
+    pl.add(0, one, 0)
+    pl.add(0, one, 1)
+    # under best-fit, both score the same fullness; the lower start wins the tie
+    assert pl.rank(0, one, 0) < pl.rank(0, one, 1)
+
+
 def test_unknown_policy() -> None:
     with pytest.raises(ValueError, match="valid: first, best, fgd, migctl"):
         Placer([A100], "random")

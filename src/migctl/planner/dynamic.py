@@ -1,21 +1,26 @@
-"""Dynamic partitioning: a queue of jobs on live GPUs, with reuse, idle-only reshaping, churn limits and
-reservations. Pure logic (no I/O, no clock): the caller says what time it is.
+"""Dynamic partitioning: a queue of jobs on live GPUs, with reuse, idle-only reshaping, churn limits,
+reservations and MPS sharing. Pure logic (no I/O, no clock): the caller says what time it is.
 
 A :class:`Scheduler` owns a :class:`~migctl.planner.online.Placer` and the instances on it. Every instance
-is either *busy* (a running job holds it) or *idle*. :meth:`Scheduler.step` starts waiting jobs in
-priority-then-arrival order:
+is either *busy* (a running job holds it, or MPS clients share it) or *idle*. :meth:`Scheduler.step`
+starts waiting jobs in priority-then-arrival order (a reserved job first):
 
+0. **join** (``share=True``, a job asking for a fraction of a GPU): a shared instance with room for its
+   share (thread percentages add up to at most 100%, memory limits proportional to them);
 1. **reuse**: an idle instance of an eligible profile (no reconfiguration);
 2. **place**: a new instance in free space, by the placer's rule;
 3. **reshape** (``reshape=True``): destroy the fewest idle instances on one GPU so that the job fits
-   (:meth:`Placer.make_room`). Busy instances are never candidates. Instances idle for less than
-   ``hysteresis_s`` are spared (they are the likeliest to be reused), and at most
-   ``max_reconfig_per_min`` reshaping destroys happen in any 60 s window;
-4. **reserve** (``reserve_after_s`` set): a job that has waited that long gets the placement where it
-   can start earliest (when the busy instances in the way reach their time limit) reserved. Later jobs
-   may use that space only if their own limit ends before the reservation starts (conservative
-   backfill), so a reservation, once made, is never pushed back. A starving job's wait is at most
-   ``reserve_after_s`` plus the time limit of the longest job in its way.
+   (:meth:`Placer.make_room`), clear of other jobs' reservations. Busy instances are never candidates.
+   Instances idle for less than ``hysteresis_s`` are spared: with ``hysteresis_blocks`` (the default)
+   always, otherwise only when older idle instances make room (hysteresis then never makes a job wait).
+   At most ``max_reconfig_per_min`` reshaping destroys happen in any 60 s window. Gangs reshape with
+   ``reshape_gangs`` once every unit is known to find room;
+4. **reserve** (``reserve_after_s`` set): a job that has waited that long (and, with
+   ``reserve_slowdown``, that many times its own limit) gets the placement where it can start earliest
+   (when the busy instances in the way reach their time limit) reserved. Later jobs may use that space
+   only if their own limit ends before the reservation starts (conservative backfill), so a reservation,
+   once made, is never pushed back: a job reserved at time r waits at most (r - submit) + the longest
+   time limit of the jobs in its way at r.
 
 Without ``keep_idle`` an instance is destroyed as soon as its job ends (what a plain dynamic-MIG
 scheduler does). ``static=True`` never creates or destroys: jobs take the smallest idle instance at

@@ -134,6 +134,13 @@ class _Space:
         return c / self.model.compute_slices, m / self.model.memory_slices
 
 
+def _at_reservation(placed: list[PlacedGI], phantom: Sequence[PlacedGI]) -> list[PlacedGI]:
+    """A GPU's layout when its reservations start: the instances in their way are gone by then (busy ones
+    end by their limit, idle ones are destroyed), the reserved ones are there. A new instance that does not
+    overlap any instance (checked apart) must fit next to this."""
+    return [x for x in placed if not any(x.placement.overlaps(ph.placement) for ph in phantom)] + list(phantom)
+
+
 class Placer:
     """Live layouts of a fleet and an online placement rule (see the module docstring)."""
 
@@ -266,7 +273,8 @@ class Placer:
                 for gg in gpus:
                     phantom = list(extra.get(gg, ())) if extra else []
                     for pl in sp.options(state, pid):
-                        if phantom and conflict(sp.model, sp.placed(state) + phantom, sp.profiles[pid], pl):
+                        if phantom and conflict(sp.model, _at_reservation(sp.placed(state), phantom),
+                                                sp.profiles[pid], pl):
                             continue
                         new = tuple(sorted(state + ((pid, pl.start),)))
                         s = (ids.index(pid),) + self._score(sp, state, new, gg, pl)
@@ -312,7 +320,8 @@ class Placer:
                     freed = sum(sp.profiles[pid].slices for pid, _ in drop)
                     for pid in ids:
                         for pl in sp.options(rest, pid):
-                            if phantom and conflict(sp.model, sp.placed(rest) + phantom, sp.profiles[pid], pl):
+                            if phantom and conflict(sp.model, _at_reservation(sp.placed(rest), phantom),
+                                                    sp.profiles[pid], pl):
                                 continue
                             new = tuple(sorted(rest + ((pid, pl.start),)))
                             s = (r, freed, ids.index(pid)) + self._score(sp, rest, new, g, pl)
