@@ -487,7 +487,7 @@ def markdown(res: dict) -> str:
             if not st["reserved_jobs"]:
                 continue
             lines.append(f"| {name} | {st['reserved_jobs']} | {st['violations']} | {_h(st['max_wait_s'])} "
-                         f"| {_h(st['max_bound_s'])} | {_h(st['min_slack_s'])} | {_h(st['max_to_reservation_s'])} "
+                         f"| {_h(st['max_bound_s'])} | {_h(max(0.0, st['min_slack_s']) if st['min_slack_s'] is not None else None)} | {_h(st['max_to_reservation_s'])} "
                          f"| {_h(r['wait_max_s'])} |")
         lines.append("")
     for ours in OURS:
