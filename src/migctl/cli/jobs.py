@@ -52,6 +52,51 @@ def _guard(fn: Any) -> Any:
     return wrapper
 
 
+def _churn(reshape: bool, max_reconfig: int | None, hysteresis: float | None, default_hysteresis: float,
+           verb: str) -> Any:
+    """The churn policy of ``--reshape`` (None without it); the two limits need --reshape."""
+    from migctl.jobs.reshape import DEFAULT_MAX_PER_MIN, Churn
+
+    if not reshape:
+        if max_reconfig is not None or hysteresis is not None:
+            fail(f"--max-reconfig-per-min and --hysteresis apply to reshaping; give --reshape too ({verb})")
+        return None
+    return Churn(max_per_min=DEFAULT_MAX_PER_MIN if max_reconfig is None else max_reconfig,
+                 hysteresis_s=default_hysteresis if hysteresis is None else hysteresis)
+
+
+def _reserve_after(text: str) -> float | None:
+    import math
+
+    from migctl.cli.common import MAX_SECONDS
+    from migctl.inputs import printable
+
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
+        fail(f"--reserve-after '{printable(text)}' is not a number of seconds (valid: 0 to {MAX_SECONDS:.0f}, or off)")
+    return value
+
+
+def _jobs_json(q: Any, jobs: list[Any]) -> list[dict[str, Any]]:
+    """Jobs as JSON, with their time limit (seconds or null) and reservation (null or gpu/profile/start/size/at)."""
+    from migctl.jobs import reservations
+    from migctl.jobs.limits import limit_of
+
+    held = {r.job_id: r for r in reservations.load(q.conn, q.key)}
+    out = []
+    for job in jobs:
+        d = dict(job.to_json())
+        d["time_limit"] = limit_of(q.conn, job.id)
+        d["reservation"] = held[job.id].to_json() if job.id in held else None
+        out.append(d)
+    return out
+
+
 def _fmt_time(t: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) if t else "-"
 
@@ -74,7 +119,9 @@ def register(app: typer.Typer) -> None:
         share: Optional[int] = typer.Option(None, "--share", help="Clients per device: MPS gets 1/N of threads and memory; time-slicing at most N."),
         threads: Optional[int] = typer.Option(None, "--threads", help="MPS active thread percentage (1-100), instead of --share."),
         mps_mem: Optional[str] = typer.Option(None, "--mps-mem", help="MPS pinned memory limit, e.g. 4GiB, instead of --share."),
-        reshape: bool = typer.Option(False, "--reshape", help="If nothing fits, destroy the fewest idle instances on one GPU to make room (transactional apply; busy and leased ones are never touched)."),
+        reshape: bool = typer.Option(False, "--reshape", help="If nothing fits, destroy the fewest idle instances on one GPU to make room (transactional apply; busy and leased ones are never touched), also while waiting."),
+        max_reconfig: Optional[int] = typer.Option(None, "--max-reconfig-per-min", callback=int_range(1, 10_000, "--max-reconfig-per-min"), help="With --reshape: at most N instances destroyed for reshaping per 60 s on this node, shared with the worker and other runs (default 20)."),
+        hysteresis: Optional[float] = typer.Option(None, "--hysteresis", callback=seconds, help="With --reshape: spare instances idle for less than SECONDS (default 0)."),
     ) -> None:
         """Lease a free MIG device that fits and run CMD on it with CUDA_VISIBLE_DEVICES=MIG-<uuid>.
 
@@ -88,17 +135,15 @@ def register(app: typer.Typer) -> None:
         from migctl.jobs.mps import sharing_options
 
         sharing = sharing_options(isolation, share, threads, mps_mem, ephemeral=ephemeral)
-        if reshape and isolation == "hard" and req.create:
-            from migctl.jobs.reshape import reshape_if_needed
-
-            note = reshape_if_needed(node(ctx), req)
-            if note and log:
-                log(note)
+        churn = _churn(reshape, max_reconfig, hysteresis, 0.0, "run")
+        if churn is not None and not req.create:
+            fail("--reshape creates an instance; it cannot be combined with --no-create")
         if sharing.kind != "mig":
             from migctl.jobs.shared import run_shared
 
             sys.exit(run_shared(node(ctx), cmd or [], req, sharing=sharing, wait=0 if no_wait else wait, log=log))
-        rc = runner.run(node(ctx), cmd or [], req, wait=0 if no_wait else wait, ephemeral=ephemeral, log=log)
+        rc = runner.run(node(ctx), cmd or [], req, wait=0 if no_wait else wait, ephemeral=ephemeral, log=log,
+                        reshape=churn)
         sys.exit(rc)
 
     @app.command("submit", context_settings=CMD_SETTINGS)
@@ -116,6 +161,7 @@ def register(app: typer.Typer) -> None:
         share: Optional[int] = typer.Option(None, "--share", help="Clients per device: MPS gets 1/N of threads and memory; time-slicing at most N."),
         threads: Optional[int] = typer.Option(None, "--threads", help="MPS active thread percentage (1-100), instead of --share."),
         mps_mem: Optional[str] = typer.Option(None, "--mps-mem", help="MPS pinned memory limit, e.g. 4GiB, instead of --share."),
+        time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Stop the job after DURATION (90, 90s, 5m, 1h30m, 2d): SIGTERM, SIGKILL after the worker's --limit-grace; lets it backfill before a reservation."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Queue CMD; a worker (migctl worker) starts it when a device is free (or, with --isolation soft or
@@ -128,14 +174,20 @@ def register(app: typer.Typer) -> None:
         sharing = sharing_options(isolation, share, threads, mps_mem, ephemeral=ephemeral)
         if not cmd:
             fail("no command given; usage: migctl submit [OPTIONS] -- CMD [ARGS...]")
+        limit = None
+        if time_limit is not None:
+            from migctl.jobs.limits import parse_duration
+
+            limit = parse_duration(time_limit)
         n = node(ctx)
         note = check_request(n, req, sharing)
         if note:
             sys.stderr.write(f"migctl: note: {note}\n")
         q = JobQueue(n)
-        jid = q.submit(cmd or [], req, priority=priority, name=name, ephemeral=ephemeral, sharing=sharing)
+        jid = q.submit(cmd or [], req, priority=priority, name=name, ephemeral=ephemeral, sharing=sharing,
+                       time_limit=limit)
         if as_json:
-            emit_json(q.get(jid).to_json())
+            emit_json(_jobs_json(q, [q.get(jid)])[0])
         else:
             print(jid)
 
@@ -158,7 +210,7 @@ def register(app: typer.Typer) -> None:
         states = (state,) if state else (None if all_ else ("queued", "starting", "running"))
         jobs = q.list(states)
         if as_json:
-            emit_json({"jobs": [j.to_json() for j in jobs]})
+            emit_json({"jobs": _jobs_json(q, jobs)})
             return
         if not jobs:
             print("no jobs" + ("" if all_ else " queued or running (--all shows finished ones)"))
@@ -171,6 +223,10 @@ def register(app: typer.Typer) -> None:
             code = "-" if j.exit_code is None else str(j.exit_code)
             print(f"{j.id:>5} {j.state:<9} {j.priority:>3} {code:>4} {dev:<17} {j.sharing.describe():<14} "
                   f"{_fmt_time(j.created):<8} {_fmt_time(j.started):<8} {label}")
+        from migctl.jobs import reservations
+
+        for r in reservations.load(q.conn, q.key):
+            print(f"job {r.job_id} has a reservation: {r.describe()}")
 
     @app.command("cancel")
     @_guard
@@ -230,15 +286,25 @@ def register(app: typer.Typer) -> None:
         poll: float = typer.Option(0.05, "--poll", callback=positive_seconds, help="Seconds between passes when idle."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
         as_json: bool = typer.Option(False, "--json", help="At the end, print the jobs this worker saw end."),
+        reshape: bool = typer.Option(True, "--reshape/--no-reshape", help="Destroy idle instances (never busy or leased ones) when queued jobs do not fit otherwise (default: on)."),
+        max_reconfig: int = typer.Option(20, "--max-reconfig-per-min", callback=int_range(1, 10_000, "--max-reconfig-per-min"), help="At most N instances destroyed for reshaping per 60 s on this node (shared with run --reshape)."),
+        hysteresis: float = typer.Option(5.0, "--hysteresis", callback=seconds, help="Spare instances idle for less than SECONDS when reshaping."),
+        reserve_after: str = typer.Option("300", "--reserve-after", help="Reserve space for the oldest job queued longer than SECONDS (off: never); later jobs backfill only where they end before it."),
+        limit_grace: float = typer.Option(10.0, "--limit-grace", callback=seconds, help="Seconds between SIGTERM and SIGKILL for a job past its --time-limit."),
     ) -> None:
-        """Start queued jobs as MIG devices free up (priority, then FIFO). One worker per node."""
+        """Start queued jobs as MIG devices free up (priority, then FIFO), reshaping idle instances and
+        reserving space for starving jobs (docs/dynamic.md). One worker per node."""
         import signal
         import threading
 
+        from migctl.jobs.demand import WorkerPolicy
         from migctl.jobs.queue import JobQueue, Worker
+        from migctl.jobs.reshape import Churn
 
+        policy = WorkerPolicy(reshape=reshape, churn=Churn(max_reconfig, hysteresis),
+                              reserve_after=_reserve_after(reserve_after), limit_grace=limit_grace)
         log = None if quiet else (lambda s: (sys.stderr.write(f"migctl worker: {s}\n"), sys.stderr.flush()))
-        w = Worker(JobQueue(node(ctx)), poll=poll, log=log)
+        w = Worker(JobQueue(node(ctx)), poll=poll, log=log, policy=policy)
         if not w.acquire(block=False):
             fail("another worker is already running for this node", 3)
         stop = threading.Event()
@@ -251,7 +317,7 @@ def register(app: typer.Typer) -> None:
             w.release()
         if as_json:
             ended = [j for j in w.q.list(("done", "failed", "cancelled")) if (j.finished or 0) >= started]
-            emit_json({"until_idle": until_idle, "jobs": [j.to_json() for j in ended]})
+            emit_json({"until_idle": until_idle, "jobs": _jobs_json(w.q, ended)})
 
     @app.command("batch")
     @_guard

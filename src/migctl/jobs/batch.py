@@ -95,9 +95,10 @@ def load(path: str | Path) -> list[dict[str, Any]]:
 
 def run_batch(queue: JobQueue, specs: list[dict[str, Any]], on_finish: Any = None, poll: float = 0.05) -> list[Job]:
     """Queue ``specs`` atomically, run a worker (or wait for the running one) until all of them ended."""
+    from migctl.jobs.demand import WorkerPolicy
     from migctl.jobs.shared import check_request
 
-    worker = Worker(queue, poll=poll)
+    worker = Worker(queue, poll=poll, policy=WorkerPolicy())  # the defaults of `migctl worker`
     for s in specs:  # fail before queueing anything if a job can never fit (on a settled layout; left to the
         check_request(queue.node, s["req"], s.get("sharing") or Sharing(), worker.leases)  # worker during an apply)
     ids = queue.submit_many(specs, batch=uuid.uuid4().hex[:12])

@@ -115,15 +115,38 @@ CREATE TABLE IF NOT EXISTS jobs (
     batch TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (node, state, priority DESC, id);
+CREATE TABLE IF NOT EXISTS reshapes (
+    node TEXT NOT NULL,
+    at REAL NOT NULL,
+    gpu INTEGER NOT NULL,
+    what TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS idle_since (
+    node TEXT NOT NULL,
+    uuid TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (node, uuid)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    job_id INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    gpu INTEGER NOT NULL,
+    profile TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    at REAL,
+    made REAL NOT NULL
+);
 """
 
 
 # Columns added after the first release (ALTER TABLE on databases that lack them).
 ADDED_COLUMNS = {
     "leases": (("pgid", "INTEGER"), ("pgid_start", "REAL"), ("pidns", "TEXT NOT NULL DEFAULT ''")),
-    # sharing (jobs/mps.py Sharing): isolation hard|soft|none, --share N, --threads P, --mps-mem in MiB
+    # sharing (jobs/mps.py Sharing): isolation hard|soft|none, --share N, --threads P, --mps-mem in MiB;
+    # time limits (jobs/limits.py): seconds, and when the SIGTERM was sent
     "jobs": (("isolation", "TEXT NOT NULL DEFAULT 'hard'"), ("share", "INTEGER"), ("threads", "INTEGER"),
-             ("mps_mem_mib", "INTEGER")),
+             ("mps_mem_mib", "INTEGER"), ("time_limit", "REAL"), ("limit_term", "REAL")),
 }
 
 

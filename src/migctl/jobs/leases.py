@@ -275,13 +275,15 @@ class LeaseManager:
 
     def try_acquire(self, req: Request, pid: int | None = None, pid_start: float | None = None,
                     job_id: int | None = None, owner: str = "", precheck: bool = True, check: bool = False,
-                    lock_timeout: float | None = None) -> Lease | None:
+                    lock_timeout: float | None = None, limit: float | None = None) -> Lease | None:
         """Lease the smallest free fitting device (creating one in free space if allowed); None if none now.
 
         Takes the node lock (waiting at most ``lock_timeout``, default :attr:`LOCK_SLICE`; None when it stays
         held), then decides with :func:`migctl.busy.busy_view` and inserts in one short write transaction.
         With ``precheck`` a lock-free look comes first: only when a device looks free, or there is room to
         create one, is the lock taken. ``check``: run :meth:`check_satisfiable` under the lock first.
+        Reservations (:mod:`migctl.jobs.reservations`) of other jobs are kept clear of unless the requester's
+        time limit ``limit`` (seconds; None = unbounded, as for ``migctl run``) ends before the reservation.
         """
         self.last_lock_busy = ""
         pid = pid or os.getpid()
@@ -297,12 +299,12 @@ class LeaseManager:
             self.last_lock_busy = str(e)
             return None
         try:
-            return self._acquire_locked(req, pid, start, job_id, owner, check)
+            return self._acquire_locked(req, pid, start, job_id, owner, check, limit)
         finally:
             lock.__exit__(None, None, None)
 
     def _acquire_locked(self, req: Request, pid: int, start: float, job_id: int | None, owner: str,
-                        check: bool) -> Lease | None:
+                        check: bool, limit: float | None = None) -> Lease | None:
         from migctl.instance_journal import recover_creates
 
         if check:
@@ -317,16 +319,21 @@ class LeaseManager:
             if transient(e):
                 return None  # NVML in flux (a change outside migctl's lock): try again later
             raise
+        from migctl.jobs.reservations import blocking
+
+        avoid = blocking(self.conn, self.key, job_id, limit)
         with immediate(self.conn) as c:
             live = self._live(c, {d.uuid for d in devices}, {g.index for g in gpus})
             for d in self._fitting(req, devices):
                 if d.uuid in live or view.of_device(d.gpu.index, d.gi_id, d.ci_id):
                     continue
+                if d.gpu.index in avoid and self._in_reserved(d, avoid[d.gpu.index]):
+                    continue
                 return self._insert(c, d, pid, start, False, job_id, owner)
         if not req.create:
             return None
         try:
-            d = self._create(req, gpus, owner)
+            d = self._create(req, gpus, owner, avoid)
         except Exception as e:  # noqa: BLE001
             if transient(e):
                 return None
@@ -384,12 +391,14 @@ class LeaseManager:
             raise
 
     def acquire(self, req: Request, wait: float | None = None, pid: int | None = None, job_id: int | None = None,
-                owner: str = "", on_wait: Any = None) -> Lease:
+                owner: str = "", on_wait: Any = None, on_retry: Any = None) -> Lease:
         """Lease a device, waiting up to ``wait`` seconds (None = forever, 0 = not at all) for one to free up.
 
         The first attempt checks under the node lock that the request can ever be satisfied (exit 2 if not).
         A node lock held by an apply counts as "not free now"; with ``wait=0`` it is awaited for up to
         :attr:`NO_WAIT_LOCK` seconds. When the wait ends, the error says who held the lock.
+        ``on_retry(req)``: called after each attempt that found nothing (having got the lock); True means it
+        changed the node (``run --reshape`` reshaped it) and the next attempt follows at once.
         """
         start = time.monotonic()
         deadline = None if wait is None else start + max(wait, 0.0)
@@ -405,6 +414,8 @@ class LeaseManager:
                 return lease
             got_lock = not self.last_lock_busy
             checked = checked or got_lock
+            if got_lock and on_retry is not None and on_retry(req):
+                continue
             now = time.monotonic()
             if deadline is not None and now >= deadline and (got_lock or now >= lock_deadline):
                 if not got_lock:
@@ -458,15 +469,26 @@ class LeaseManager:
                 note = f"instance kept: {e}"
         with immediate(self.conn) as c:
             c.execute("DELETE FROM leases WHERE node=? AND uuid=? AND pid=?", (self.key, lease.uuid, lease.pid))
+            # the instance is idle from now (reshaping's hysteresis, migctl.jobs.reshape)
+            c.execute("INSERT OR REPLACE INTO idle_since (node, uuid, since) VALUES (?,?,?)",
+                      (self.key, lease.uuid, time.time()))
         return note
 
     # ------------------------------------------------------------------ dynamic partitioning
-    def _plan_create(self, req: Request, gpus: list[Any]) -> tuple[Any, Any, Any] | None:
+    @staticmethod
+    def _in_reserved(d: Any, reserved: list[Any]) -> bool:
+        pl = retry_nvml(lambda: d.gpu.gpu_instance(d.gi_id)).placement
+        return any(r.overlaps(pl.start, pl.size) for r in reserved)
+
+    def _plan_create(self, req: Request, gpus: list[Any], avoid: dict[int, list[Any]] | None = None
+                     ) -> tuple[Any, Any, Any] | None:
         """(gpu, GI profile, placement) for the smallest fitting profile that fits in free space, or None.
 
         Among GPUs with room, the fullest one is preferred (keeps whole GPUs free for large requests).
+        ``avoid``: GPU index -> reservations whose placements stay free (phantom instances).
         """
         from migctl.catalog.geometry import PlacedGI, auto_placement
+        from migctl.catalog.model import Placement
 
         best: tuple[tuple[int, int, int, int], Any, Any, Any] | None = None
         for g in gpus:
@@ -482,6 +504,10 @@ class LeaseManager:
                 existing.append(PlacedGI(cp, gi.placement))
             else:
                 used = sum(x.profile.slices for x in existing)
+                for r in (avoid or {}).get(g.index, []):
+                    rp = model.profile(r.profile)
+                    if rp is not None:
+                        existing.append(PlacedGI(rp, Placement(r.start, r.size)))
                 for p in self._fitting_profiles(req, g):
                     cp = by_id.get(p.id)
                     if cp is None:
@@ -495,12 +521,13 @@ class LeaseManager:
                     break
         return None if best is None else best[1:]
 
-    def _create(self, req: Request, gpus: list[Any], owner: str = "") -> Any | None:
+    def _create(self, req: Request, gpus: list[Any], owner: str = "", avoid: dict[int, list[Any]] | None = None
+                ) -> Any | None:
         """Create GI + default CI (one journaled step) for :meth:`_plan_create`'s choice; the new MIG device
         or None. The caller holds the node lock."""
         from migctl.instance_journal import create_gi_ci
 
-        plan = self._plan_create(req, gpus)
+        plan = self._plan_create(req, gpus, avoid)
         if plan is None:
             return None
         g, p, pl = plan

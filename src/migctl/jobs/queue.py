@@ -153,12 +153,12 @@ class JobQueue:
     # ------------------------------------------------------------------ client side
     def submit(self, cmd: list[str], req: Request, *, priority: int = 0, name: str = "", cwd: str | None = None,
                env: dict[str, str] | None = None, ephemeral: bool = False, batch: str | None = None,
-               sharing: Sharing | None = None) -> int:
-        """Queue ``cmd``; returns the job id."""
+               sharing: Sharing | None = None, time_limit: float | None = None) -> int:
+        """Queue ``cmd``; returns the job id. ``time_limit``: seconds (the worker stops it then)."""
         if not cmd:
             raise JobsError("no command given; usage: migctl submit [OPTIONS] -- CMD [ARGS...]")
         return self.submit_many([dict(cmd=cmd, req=req, priority=priority, name=name, cwd=cwd, env=env,
-                                      ephemeral=ephemeral, sharing=sharing)], batch=batch)[0]
+                                      ephemeral=ephemeral, sharing=sharing, time_limit=time_limit)], batch=batch)[0]
 
     def submit_many(self, specs: list[dict[str, Any]], batch: str | None = None) -> list[int]:
         """Queue several jobs in one transaction (all or none)."""
@@ -185,6 +185,8 @@ class JobQueue:
                 )
                 jid = int(cur.lastrowid or 0)
                 c.execute("UPDATE jobs SET log_path=? WHERE id=?", (str(self.log_dir / f"{jid}.log"), jid))
+                if s.get("time_limit") is not None:
+                    c.execute("UPDATE jobs SET time_limit=? WHERE id=?", (float(s["time_limit"]), jid))
                 ids.append(jid)
         return ids
 
@@ -248,7 +250,7 @@ class WorkerBusy(JobsError):
 class Worker:
     """Starts queued jobs as devices free up (priority, then FIFO) and records how they end."""
 
-    def __init__(self, queue: JobQueue, poll: float = 0.05, log: Any = None) -> None:
+    def __init__(self, queue: JobQueue, poll: float = 0.05, log: Any = None, policy: Any = None) -> None:
         self.q = queue
         self.node = queue.node
         self.leases = LeaseManager(queue.node, queue.path)
@@ -261,6 +263,13 @@ class Worker:
         self.lock: Any = None
         self.pid = os.getpid()
         self.pid_start = proc_start(self.pid) or 0.0
+        # reshaping, reservations, time-limit grace (migctl.jobs.demand.WorkerPolicy); None: plain backfill
+        self.policy = policy
+        self.demand: Any = None
+        if policy is not None:
+            from migctl.jobs.demand import Demand
+
+            self.demand = Demand(self, policy)
 
     # ------------------------------------------------------------------ lifecycle
     def acquire(self, block: bool = False) -> bool:
@@ -298,9 +307,16 @@ class Worker:
 
     # ------------------------------------------------------------------ one pass
     def step(self) -> int:
-        """Reap finished jobs, then start what fits. Returns the number of jobs started."""
-        self.reap()
-        return self.start_ready()
+        """Reap finished jobs, enforce time limits, start what fits, then (with a policy) reserve and reshape
+        for what did not fit (:mod:`migctl.jobs.demand`). Returns the number of jobs started."""
+        from migctl.jobs.limits import DEFAULT_GRACE_S, enforce
+
+        ended = self.reap()
+        enforce(self.q.conn, self.q.key, self.policy.limit_grace if self.policy else DEFAULT_GRACE_S, self.log)
+        started = self.start_ready()
+        if self.demand is not None:
+            started += self.demand.after_pass(changed=bool(ended or started))
+        return started
 
     def reap(self) -> int:
         """Record jobs whose process ended; returns how many."""
@@ -363,9 +379,12 @@ class Worker:
 
     def _record_end(self, job: Job, status: int | None) -> None:
         with immediate(self.q.conn) as c:
-            r = c.execute("SELECT state, exit_code FROM jobs WHERE id=?", (job.id,)).fetchone()
+            r = c.execute("SELECT state, exit_code, limit_term FROM jobs WHERE id=?", (job.id,)).fetchone()
             if r["state"] == "running":
-                if status is None:
+                if r["limit_term"] is not None:  # stopped at its time limit (migctl.jobs.limits)
+                    c.execute("UPDATE jobs SET state='failed', reason='time limit', exit_code=?, finished=? WHERE id=?",
+                              (status, time.time(), job.id))
+                elif status is None:
                     c.execute("UPDATE jobs SET state='failed', reason='lost: the job process died without an exit "
                               "status (not re-run)', finished=? WHERE id=?", (time.time(), job.id))
                 else:
@@ -386,12 +405,16 @@ class Worker:
         blocked: set[tuple[Any, ...]] = set()
         self._checked: dict[Request, str | None] = {}
         self.lock_busy = ""
-        rows = self.q.conn.execute("SELECT id, profile, mem_mib, gpus, isolation, share, threads, mps_mem_mib FROM jobs "
-                                   "WHERE node=? AND state='queued' ORDER BY priority DESC, id", (self.q.key,)).fetchall()
+        rows = self.q.conn.execute(
+            "SELECT id, profile, mem_mib, gpus, isolation, share, threads, mps_mem_mib, time_limit FROM jobs "
+            "WHERE node=? AND state='queued' ORDER BY "
+            "(id IN (SELECT job_id FROM reservations WHERE node=?)) DESC, priority DESC, id",  # a reserved job first
+            (self.q.key, self.q.key)).fetchall()
         for r in rows:
             req = Request(profile=r["profile"], mem_mib=r["mem_mib"],
                           gpus=tuple(json.loads(r["gpus"])) if r["gpus"] else None)
-            key = (req, r["isolation"], r["share"], r["threads"], r["mps_mem_mib"])  # what blocks what
+            # what blocks what (a shorter time limit may backfill where a longer one may not)
+            key = (req, r["isolation"], r["share"], r["threads"], r["mps_mem_mib"], r["time_limit"])
             if key in blocked:
                 continue
             if started and started % 16 == 0:
@@ -419,8 +442,11 @@ class Worker:
                 return self._start_shared(job)
             try:
                 verify = job.request not in self._checked
+                from migctl.jobs.limits import limit_of
+
                 lease = self.leases.try_acquire(job.request, pid=self.pid, pid_start=self.pid_start, job_id=job.id,
-                                                owner=f"job {job.id}", precheck=False, check=verify)
+                                                owner=f"job {job.id}", precheck=False, check=verify,
+                                                limit=limit_of(c, job.id))
                 if not self.leases.last_lock_busy:
                     self._checked[job.request] = None  # checked under the node lock: satisfiable
             except JobsError as e:

@@ -130,8 +130,11 @@ def check_command(name: str) -> None:
 
 
 def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = None, ephemeral: bool = False,
-        log: Callable[[str], None] | None = None, manager: LeaseManager | None = None) -> int:
-    """Lease, run ``cmd`` (inheriting stdio), forward signals, release; returns the command's exit status."""
+        log: Callable[[str], None] | None = None, manager: LeaseManager | None = None, reshape: Any = None) -> int:
+    """Lease, run ``cmd`` (inheriting stdio), forward signals, release; returns the command's exit status.
+
+    ``reshape`` (a :class:`migctl.jobs.reshape.Churn`): while no device fits, reshape idle instances under
+    that churn policy (before the first wait and again while waiting)."""
     if not cmd:
         raise JobsError("no command given; usage: migctl run [OPTIONS] -- CMD [ARGS...]")
     check_command(cmd[0])
@@ -142,7 +145,12 @@ def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = Non
         sys.stderr.write(f"migctl: waiting for a free MIG device ({r.describe()})...\n")
         sys.stderr.flush()
 
-    lease = mgr.acquire(req, wait=wait, owner="run", on_wait=waiting)
+    retry = None
+    if reshape is not None:
+        from migctl.jobs.reshape import Reshaper
+
+        retry = Reshaper(node, reshape, log=say).attempt
+    lease = mgr.acquire(req, wait=wait, owner="run", on_wait=waiting, on_retry=retry)
     proc: subprocess.Popen[bytes] | None = None
     previous: dict[int, Any] = {}
     try:

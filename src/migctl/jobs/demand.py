@@ -1,0 +1,181 @@
+"""The queue worker follows demand: reshaping for queued jobs that do not fit, and reservations.
+
+After each pass of :meth:`migctl.jobs.queue.Worker.start_ready` (reuse and creation in free space, in
+priority-then-age order with backfill), :meth:`Demand.after_pass`:
+
+1. **reservations** (``reserve_after`` set): the first queued job (queue order) that has waited longer
+   than ``reserve_after`` gets the placement where it can start earliest reserved
+   (:func:`migctl.jobs.reservations.plan`), one reservation per node at a time, kept in the jobs database.
+   As soon as no busy instance is left in that placement, the idle ones in the way are destroyed and the
+   reserved instance is created (no churn cap, no hysteresis), and the job starts;
+2. **reshaping** (``reshape``): for each queued job in queue order (one attempt per distinct request and
+   time limit), :func:`migctl.jobs.reshape.try_reshape` destroys the fewest idle instances on one GPU
+   under the churn policy; the job starts at once. When the churn cap is what stops the job whose turn it
+   is, the pass ends there (later jobs do not spend the budget first).
+
+Nothing busy or leased is ever destroyed: both paths go through the transactional apply, which re-reads
+the holders under the node lock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from migctl.jobs import reservations
+from migctl.jobs.leases import Request
+from migctl.jobs.limits import DEFAULT_GRACE_S
+from migctl.jobs.reshape import Churn, eligible_profiles, reshape_reserved, try_reshape
+
+DEFAULT_WORKER_HYSTERESIS_S = 5.0
+DEFAULT_RESERVE_AFTER_S = 300.0
+
+
+@dataclass(frozen=True)
+class WorkerPolicy:
+    """What ``migctl worker`` does beyond plain backfill (its flags)."""
+
+    reshape: bool = True
+    churn: Churn = field(default_factory=lambda: Churn(hysteresis_s=DEFAULT_WORKER_HYSTERESIS_S))
+    reserve_after: float | None = DEFAULT_RESERVE_AFTER_S
+    limit_grace: float = DEFAULT_GRACE_S
+
+
+def _request(row: Any) -> Request:
+    import json
+
+    return Request(profile=row["profile"], mem_mib=row["mem_mib"],
+                   gpus=tuple(json.loads(row["gpus"])) if row["gpus"] else None)
+
+
+class Demand:
+    """Reshaping and reservations for one :class:`~migctl.jobs.queue.Worker`."""
+
+    PAUSE = 0.5  # seconds between reshaping evaluations that found nothing to do (unless jobs came or went)
+
+    def __init__(self, worker: Any, policy: WorkerPolicy) -> None:
+        self.w = worker
+        self.policy = policy
+        self.conn = worker.q.conn
+        self.key = worker.q.key
+        self.node = worker.node
+        self._next = 0.0
+        self._next_res = 0.0
+        self._said: dict[int, str] = {}
+
+    def log(self, text: str) -> None:
+        self.w.log(text)
+
+    def _queued(self) -> list[Any]:
+        return self.conn.execute(
+            "SELECT id, profile, mem_mib, gpus, created, time_limit FROM jobs WHERE node=? AND state='queued' "
+            "ORDER BY (id IN (SELECT job_id FROM reservations WHERE node=?)) DESC, priority DESC, id",
+            (self.key, self.key)).fetchall()
+
+    def after_pass(self, changed: bool = False) -> int:
+        """Reservations, then reshaping; returns the number of jobs started. ``changed``: jobs started or
+        ended in this pass (the layout's holders changed: evaluate again now)."""
+        if changed:
+            self._next = self._next_res = 0.0
+        if self.conn.execute("SELECT 1 FROM reservations WHERE node=? LIMIT 1", (self.key,)).fetchone():
+            reservations.prune(self.conn, self.key)
+        queued = self._queued()
+        if not queued:
+            return 0
+        started = 0
+        if self.policy.reserve_after is not None and time.monotonic() >= self._next_res:
+            self._next_res = time.monotonic() + self.PAUSE / 2
+            started += self._reservations(queued)
+        if self.policy.reshape and time.monotonic() >= self._next:
+            started += self._reshape(self._queued())
+        return started
+
+    def _start(self, job_id: int) -> bool:
+        from migctl.jobs.queue import Job
+
+        row = self.conn.execute("SELECT * FROM jobs WHERE id=? AND state='queued'", (job_id,)).fetchone()
+        return row is not None and bool(self.w._start(Job.from_row(row)))
+
+    # ------------------------------------------------------------------ reservations
+    def _reservations(self, queued: list[Any]) -> int:
+        held = reservations.load(self.conn, self.key)
+        now = time.time()
+        if not held:
+            row = next((r for r in queued if now - float(r["created"]) >= (self.policy.reserve_after or 0.0)), None)
+            if row is None:
+                return 0
+            res = self._plan(row, now)
+            if res is None:
+                return 0
+            reservations.save(self.conn, self.key, res)
+            self.log(f"job {row['id']}: waited {now - float(row['created']):.0f}s; reserved {res.describe()}")
+            held = [res]
+        started = 0
+        for res in held:
+            if res.at is None:  # start unknown: a better placement may have appeared
+                row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (res.job_id,)).fetchone()
+                better = self._plan(row, now, exclude=res.job_id) if row is not None else None
+                if better is not None and (better.at is not None or (better.gpu, better.start) != (res.gpu, res.start)):
+                    res = reservations.Reservation(res.job_id, better.gpu, better.profile, better.start, better.size,
+                                                   better.at, res.made)
+                    reservations.save(self.conn, self.key, res)
+            out = reshape_reserved(self.node, res, conn=self.conn)
+            if out.done:
+                self.log(f"job {res.job_id}: reserved space free; {out.note}")
+                if self._start(res.job_id):
+                    started += 1
+            elif out.status == "raced" and self._said.get(res.job_id) != out.note:
+                self._said[res.job_id] = out.note
+                self.log(f"job {res.job_id}: reservation not taken yet: {out.note}")
+        return started
+
+    def _plan(self, row: Any, now: float, exclude: int | None = None) -> reservations.Reservation | None:
+        from migctl.busy import live_leases
+        from migctl.reconcile.engine import read_node
+
+        req = _request(row)
+        live = [g for g in read_node(self.node) if g.model is not None and g.mig_current
+                and (req.gpus is None or g.index in req.gpus)]
+        eligible = {g.index: eligible_profiles(g.model, req) for g in live}
+        taken = [r for r in reservations.load(self.conn, self.key) if r.job_id not in (row["id"], exclude)]
+        return reservations.plan(live, eligible, reservations.job_ends(self.conn, self.key), live_leases(self.node),
+                                 taken, int(row["id"]), now)
+
+    # ------------------------------------------------------------------ reshaping
+    def _reshape(self, queued: list[Any]) -> int:
+        started = 0
+        tried: set[tuple[Request, float | None]] = set()
+        wake: list[float] = []
+        for row in queued:
+            req = _request(row)
+            limit = None if row["time_limit"] is None else float(row["time_limit"])
+            if (req, limit) in tried:
+                continue
+            tried.add((req, limit))
+            out = try_reshape(self.node, req, self.policy.churn, job_id=int(row["id"]), limit=limit,
+                              source="migctl worker", conn=self.conn, lock_timeout=1.0)
+            if out.done:
+                self.log(f"job {row['id']}: {out.note}")
+                if self._start(int(row["id"])):
+                    started += 1
+                tried.discard((req, limit))  # the next job with the same request may need another reshape
+                continue
+            if out.status == "free":  # something freed up since the pass: start it now
+                if self._start(int(row["id"])):
+                    started += 1
+                    tried.discard((req, limit))
+                continue
+            if out.retry_at is not None:
+                wake.append(out.retry_at)
+            if out.status != "none" and self._said.get(int(row["id"])) != out.status:
+                self._said[int(row["id"])] = out.status
+                self.log(f"job {row['id']}: not reshaping yet: {out.note}")
+            if out.status in ("budget", "raced"):
+                break  # its turn: later jobs do not spend the budget first
+        if not started:
+            pause = self.PAUSE
+            if wake:
+                pause = min(max(pause, min(wake) - time.time()), 5.0)
+            self._next = time.monotonic() + pause
+        return started

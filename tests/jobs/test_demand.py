@@ -1,0 +1,327 @@
+"""The queue follows demand on a live (simulated) node: the worker and ``run --reshape`` reshape idle
+instances (never busy ones) under a shared churn policy, reservations bound the wait of a large job, and
+time limits are enforced. Real processes: ``migctl`` subprocesses on the simulator."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from conftest import SimEnv, wait_for
+from migctl.jobs.common import db_path
+from migctl.jobs.leases import Request
+from migctl.reconcile.live import read_gpu
+
+
+def _gis(env: SimEnv) -> list[tuple[str, int]]:
+    return [(g.profile, g.start) for g in sorted(read_gpu(env.node().gpu(0)).gis, key=lambda g: g.start)]
+
+
+def _busy_1g_at_0(env: SimEnv) -> tuple[subprocess.Popen[bytes], int]:
+    """Four 1g.6gb on the A30, the one at start 0 used by a process (an NVML client, no lease)."""
+    env.layout(0, ["1g.6gb"] * 4)
+    holder = subprocess.Popen(["sleep", "120"])
+    gi0 = next(g for g in read_gpu(env.node().gpu(0)).gis if g.start == 0)
+    assert env.node().sim.add_client(0, holder.pid, gi0.id, 0) == 0
+    return holder, gi0.id
+
+
+def _jobs(env: SimEnv) -> dict[int, dict[str, Any]]:
+    r = env.migctl("jobs", "--all", "--json")
+    assert r.returncode == 0, r.stderr
+    return {j["id"]: j for j in json.loads(r.stdout)["jobs"]}
+
+
+def _state(env: SimEnv, jid: int) -> str:
+    from migctl.jobs.queue import JobQueue
+
+    return JobQueue(env.node()).get(jid).state
+
+
+def _leased(env: SimEnv) -> list[str]:
+    from migctl.jobs.leases import LeaseManager
+
+    return [x.profile for x in LeaseManager(env.node()).leases()]
+
+
+def _submit(env: SimEnv, *args: str) -> int:
+    r = env.migctl("submit", *args)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout)
+
+
+def _age_reshapes(seconds: float) -> None:
+    """Move the recorded reshaping destroys into the past (as if ``seconds`` had gone by)."""
+    conn = sqlite3.connect(str(db_path()))
+    with conn:
+        conn.execute("UPDATE reshapes SET at = at - ?", (seconds,))
+    conn.close()
+
+
+def test_worker_reshapes_idle_instances_for_a_queued_job(a30: SimEnv) -> None:
+    """The issue's A30 case through the queue: four kept 1g.6gb, one busy; a queued 2g.12gb starts once the
+    worker replaces two idle ones; the busy one keeps its GI and its process."""
+    holder, gi0 = _busy_1g_at_0(a30)
+    try:
+        jid = _submit(a30, "--profile", "2g.12gb", "--", "sh", "-c", "echo $MIGCTL_MIG_PROFILE")
+        w = a30.popen("worker", "--no-reshape")  # plain backfill: the job cannot start
+        time.sleep(1.0)
+        w.terminate()
+        w.wait(10)
+        assert _state(a30, jid) == "queued"
+        r = a30.migctl("worker", "--until-idle", "--hysteresis", "0")
+        assert r.returncode == 0, r.stderr
+        assert f"job {jid}: reshaped GPU 0: destroyed idle 1g.6gb@2, 1g.6gb@3; created 2g.12gb@2" in r.stderr
+        job = _jobs(a30)[jid]
+        assert job["state"] == "done", job
+        assert a30.migctl("logs", str(jid)).stdout.strip() == "2g.12gb"
+        assert _gis(a30) == [("1g.6gb", 0), ("1g.6gb", 1), ("2g.12gb", 2)]
+        after = next(g for g in read_gpu(a30.node().gpu(0)).gis if g.start == 0)
+        assert after.id == gi0 and holder.pid in after.pids  # the busy instance is untouched
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_churn_cap_is_shared_between_run_and_worker(a30: SimEnv) -> None:
+    a30.layout(0, ["1g.6gb"] * 4)
+    first = a30.popen("run", "--reshape", "--max-reconfig-per-min", "2", "--no-wait", "-v", "--profile", "2g.12gb",
+                      "--", "sleep", "30")
+    try:
+        wait_for(lambda: _leased(a30) == ["2g.12gb"], what="first reshape and lease")
+        # the second 2g needs the two other 1g destroyed: 2 more than the window allows
+        r = a30.migctl("run", "--reshape", "--max-reconfig-per-min", "2", "--wait", "1", "-v", "--profile", "2g.12gb",
+                       "--", "true")
+        assert r.returncode == 75, r.stderr
+        assert "not reshaping yet" in r.stderr and "--max-reconfig-per-min" in r.stderr
+        assert [p for p, _ in _gis(a30)].count("1g.6gb") == 2
+        # the worker shares the budget: its queued 2g waits as well ...
+        jid = _submit(a30, "--profile", "2g.12gb", "--", "true")
+        w = a30.popen("worker", "--max-reconfig-per-min", "2", "--hysteresis", "0")
+        try:
+            time.sleep(1.5)
+            assert _state(a30, jid) == "queued"
+            _age_reshapes(61)  # ... until the window has passed
+            wait_for(lambda: _state(a30, jid) == "done", what="queued 2g after the window")
+        finally:
+            w.terminate()
+            w.wait(10)
+        assert sorted(p for p, _ in _gis(a30)) == ["2g.12gb", "2g.12gb"]
+    finally:
+        first.terminate()
+        first.wait(10)
+
+
+def test_hysteresis_spares_recently_idle_instances(a30: SimEnv) -> None:
+    a30.layout(0, ["1g.6gb"] * 4)
+    r = a30.migctl("run", "--reshape", "--hysteresis", "60", "--wait", "1", "-v", "--profile", "2g.12gb", "--", "true")
+    assert r.returncode == 75 and "younger than the hysteresis (60s)" in r.stderr, r.stderr
+    assert [p for p, _ in _gis(a30)] == ["1g.6gb"] * 4
+    conn = sqlite3.connect(str(db_path()))
+    first_seen = [s for (s,) in conn.execute("SELECT since FROM idle_since")]
+    assert len(first_seen) == 4  # recorded by the first run, which saw them first
+    r = a30.migctl("run", "--reshape", "--hysteresis", "3", "--wait", "20", "-v", "--profile", "2g.12gb", "--",
+                   "true")
+    assert r.returncode == 0, r.stderr
+    assert "reshaped GPU 0" in r.stderr
+    (at,) = conn.execute("SELECT MIN(at) FROM reshapes").fetchone()
+    conn.close()
+    assert at >= max(first_seen) + 3  # not before the destroyed instances had been idle for the hysteresis
+
+
+def test_run_reshapes_while_waiting(a30: SimEnv) -> None:
+    """``run --reshape --wait``: the space is leased when it starts waiting, and idle once the holder ends:
+    the waiting run reshapes then (not only once before waiting)."""
+    a30.layout(0, ["1g.6gb"] * 2)
+    busy = a30.popen("run", "--profile", "2g.12gb", "--", "sleep", "1.5")  # takes 2g@... in free space
+    wait_for(lambda: "2g.12gb" in _leased(a30), what="2g lease")
+    r = a30.migctl("run", "--reshape", "--wait", "20", "-v", "--profile", "4g.24gb", "--", "true")
+    assert busy.wait(10) == 0
+    assert r.returncode == 0, r.stderr
+    assert "reshaped GPU 0: destroyed idle" in r.stderr and "created 4g.24gb@0" in r.stderr
+    assert _gis(a30) == [("4g.24gb", 0)]
+
+
+def test_concurrent_mixed_runs_complete(a30: SimEnv) -> None:
+    """Mixed 1g/2g runs started at once on an A30 holding four kept 1g.6gb: without reshaping every 2g
+    times out (kept idle 1g instances block it); with --reshape none does."""
+    a30.layout(0, ["1g.6gb"] * 4)
+
+    def launch(sizes: list[str], extra: list[str], wait: str) -> list[int]:
+        procs = [a30.popen("run", *extra, "--wait", wait, "--profile", p, "--", "sleep", "0.2",
+                           stdout=subprocess.DEVNULL) for p in sizes]
+        return [p.wait(120) for p in procs]
+
+    assert launch(["2g.12gb", "1g.6gb", "2g.12gb"], [], "2") == [75, 0, 75]
+    assert launch(["2g.12gb", "1g.6gb"] * 4, ["--reshape"], "60") == [0] * 8  # (waits bounded: 60 s)
+
+
+def test_reshape_race_nothing_busy_destroyed(a30: SimEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An instance becomes busy after the lock-free plan (the locked re-plan sees it and gives up), or after
+    the locked plan itself (the driver refuses the destroy and the apply rolls back): nothing busy is
+    destroyed either way."""
+    from migctl.jobs import reshape
+    from migctl.reconcile import engine
+
+    holder, _ = _busy_1g_at_0(a30)
+    late = [subprocess.Popen(["sleep", "120"]) for _ in range(2)]
+    try:
+        node = a30.node()
+        req = Request(profile="2g.12gb")
+        gi2 = next(g for g in read_gpu(node.gpu(0)).gis if g.start == 2)
+        real_apply = reshape._apply
+
+        def busy_then_apply(*a: Any, **kw: Any) -> Any:
+            assert node.sim.add_client(0, late[0].pid, gi2.id, 0) == 0  # after the plan, before the lock
+            return real_apply(*a, **kw)
+
+        monkeypatch.setattr(reshape, "_apply", busy_then_apply)
+        out = reshape.try_reshape(node, req, reshape.Churn(hysteresis_s=0))
+        assert out.status == "none", out
+        monkeypatch.setattr(reshape, "_apply", real_apply)
+        node.sim.remove_client(0, late[0].pid)
+
+        gi3 = next(g for g in read_gpu(node.gpu(0)).gis if g.start == 3)
+        real_plan = engine.plan_node
+
+        def plan_then_busy(*a: Any, **kw: Any) -> Any:
+            plan = real_plan(*a, **kw)
+            assert node.sim.add_client(0, late[1].pid, gi3.id, 0) == 0  # after the locked plan
+            return plan
+
+        monkeypatch.setattr(engine, "plan_node", plan_then_busy)
+        out = reshape.try_reshape(node, req, reshape.Churn(hysteresis_s=0))
+        assert out.status == "raced" and "rolled back" in out.note, out
+        after = {g.start: g for g in read_gpu(a30.node().gpu(0)).gis}
+        assert sorted((g.profile, s) for s, g in after.items()) == [("1g.6gb", s) for s in range(4)]
+        assert holder.pid in after[0].pids and late[1].pid in after[3].pids
+        assert after[3].id == gi3.id  # the busy one was never destroyed (not recreated either)
+    finally:
+        for p in [holder, *late]:
+            p.kill()
+            p.wait()
+
+
+def test_time_limit_terminates_then_kills(a30: SimEnv) -> None:
+    a30.layout(0, ["1g.6gb"] * 2)
+    polite = _submit(a30, "--time-limit", "1", "--profile", "1g.6gb", "--", "sleep", "30")
+    stubborn = _submit(a30, "--time-limit", "1s", "--profile", "1g.6gb", "--", "sh", "-c", "trap '' TERM; sleep 30")
+    t0 = time.monotonic()
+    r = a30.migctl("worker", "--until-idle", "--limit-grace", "1", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 25  # neither ran its 30 s
+    jobs = _jobs(a30)
+    for jid in (polite, stubborn):
+        assert (jobs[jid]["state"], jobs[jid]["reason"], jobs[jid]["time_limit"]) == ("failed", "time limit", 1.0)
+    assert jobs[polite]["exit_code"] == 143
+    assert f"job {stubborn}: still running 1s after SIGTERM, SIGKILL sent" in r.stderr
+    assert a30.migctl("leases").stdout.strip() == "no leases"
+
+
+def test_bad_time_limit_is_one_line(a30: SimEnv) -> None:
+    from migctl.jobs import JobsError
+    from migctl.jobs.limits import parse_duration
+
+    assert [parse_duration(x) for x in ("90", "90s", "5m", "1h30m", "1.5h", "2d")] == [90, 90, 300, 5400, 5400, 172800]
+    for bad in ("0", "5x", "1h 2", "200d", "", "h"):
+        with pytest.raises(JobsError):
+            parse_duration(bad)
+    for bad in ("-5", "abc"):
+        r = a30.migctl("submit", "--time-limit", bad, "--", "true")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "migctl: error:" in r.stderr, r.stderr
+    assert a30.migctl("jobs").stdout.startswith("no jobs")
+
+
+def test_bad_churn_flags_are_one_line(a30: SimEnv) -> None:
+    for args in (["worker", "--max-reconfig-per-min", "0"], ["worker", "--hysteresis", "-1"],
+                 ["worker", "--reserve-after", "soon"], ["run", "--hysteresis", "2", "--", "true"],
+                 ["run", "--reshape", "--max-reconfig-per-min", "x", "--", "true"]):
+        r = a30.migctl(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "error" in r.stderr, (args, r.stderr)
+
+
+def _stream(env: SimEnv) -> tuple[int, list[int]]:
+    """A large job (4g.24gb: the whole A30) queued behind one small job, then a stream of overlapping small
+    jobs (1g.6gb, 0.6-1.2 s each, time limit 3 s) that keeps some slice busy at all times."""
+    from migctl.jobs.queue import JobQueue
+
+    q = JobQueue(env.node())
+    small = Request(profile="1g.6gb")
+    first = q.submit(["sleep", "1.2"], small, time_limit=3)
+    large = q.submit(["sleep", "0.2"], Request(profile="4g.24gb"))
+    rest = [q.submit(["sleep", f"{0.6 + 0.2 * (k % 4):.1f}"], small, time_limit=3) for k in range(11)]
+    return large, [first, *rest]
+
+
+def test_without_reservations_a_large_job_starves(a30: SimEnv) -> None:
+    large, small = _stream(a30)
+    r = a30.migctl("worker", "--until-idle", "--hysteresis", "0", "--reserve-after", "off", timeout=120)
+    assert r.returncode == 0, r.stderr
+    jobs = _jobs(a30)
+    assert all(jobs[j]["state"] == "done" for j in [large, *small])
+    assert jobs[large]["started"] > max(jobs[j]["started"] for j in small)  # starved until the stream ended
+
+
+def test_reservation_bounds_the_wait_of_a_large_job(a30: SimEnv) -> None:
+    large, small = _stream(a30)
+    t0 = time.time()
+    r = a30.migctl("worker", "--until-idle", "--hysteresis", "0", "--reserve-after", "0.5", "--limit-grace", "1",
+                   timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"job {large}: waited" in r.stderr and "reserved GPU 0 4g.24gb@0" in r.stderr
+    jobs = _jobs(a30)
+    assert all(jobs[j]["state"] == "done" for j in [large, *small]), jobs
+    later = [j for j in small if jobs[j]["started"] > jobs[large]["started"]]
+    assert len(later) >= 4  # it did not wait for the stream to end
+    wait = jobs[large]["started"] - max(jobs[large]["created"], t0)
+    bound = 0.5 + 3 + 1  # --reserve-after + the longest time limit in the way + --limit-grace
+    assert wait <= bound + 3.0, (wait, r.stderr)  # (+ the worker's passes and process start-up on a busy machine)
+    assert jobs[large]["reservation"] is None  # dropped once it started
+
+
+def test_reservation_is_kept_shown_and_respected(a30: SimEnv) -> None:
+    """A reservation whose start is unknown (a process without a time limit is in the way) survives a
+    worker restart, is shown by ``jobs``, keeps ``run`` out of the reserved space although there is room,
+    and the job starts once the process ends."""
+    from migctl.jobs.demand import WorkerPolicy
+    from migctl.jobs.queue import JobQueue, Worker
+    from migctl.jobs.reshape import Churn
+
+    holder, _ = _busy_1g_at_0(a30)
+    try:
+        large = _submit(a30, "--profile", "4g.24gb", "--", "true")
+        policy = WorkerPolicy(churn=Churn(hysteresis_s=0), reserve_after=0.0)
+        w = Worker(JobQueue(a30.node()), policy=policy)
+        w.step()
+        job = _jobs(a30)[large]
+        assert job["state"] == "queued"
+        assert job["reservation"] is not None
+        assert {k: job["reservation"][k] for k in ("gpu", "profile", "start", "size", "at")} == \
+            {"gpu": 0, "profile": "4g.24gb", "start": 0, "size": 4, "at": None}
+        assert f"job {large} has a reservation: GPU 0 4g.24gb@0, from unknown" in a30.migctl("jobs").stdout
+        made = job["reservation"]["made"]
+        w2 = Worker(JobQueue(a30.node()), policy=policy)  # a restarted worker keeps it
+        w2.step()
+        assert _jobs(a30)[large]["reservation"]["made"] == made
+        # three 1g.6gb are idle and free, but they are in the reserved space: an unbounded run keeps out
+        r = a30.migctl("run", "--no-wait", "--profile", "1g.6gb", "--", "true")
+        assert r.returncode == 75, r.stderr
+        small = _submit(a30, "--time-limit", "60", "--profile", "1g.6gb", "--", "true")
+        w2.step()
+        assert _state(a30, small) == "queued"  # its limit does not end before an unknown start
+        holder.kill()
+        holder.wait()
+        a30.node().sim.remove_client(0, holder.pid)
+        wait_for(lambda: w2.step() or _state(a30, large) != "queued", what="reserved job start")
+        assert _gis(a30) == [("4g.24gb", 0)]
+        wait_for(lambda: (w2.step(), _state(a30, large))[1] == "done", what="reserved job end")
+        assert _jobs(a30)[large]["reservation"] is None
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
