@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import pytest
 
 from migctl.catalog import all_models
@@ -39,9 +42,16 @@ def _targets(entry) -> list:
     return [m for m in all_models() if all(not isinstance(resolve_key(m, k), str) for k in keys)]
 
 
+@functools.cache
+def _loaded(path: Path):
+    """Each compat file parsed and validated once (test_every_compat_config_loads covers the loading; the
+    apply test below applies the loaded config, as apply does after loading the file)."""
+    return load_config(path)
+
+
 def _cases():
     for path in CONFIG_FILES:
-        cfg = load_config(path)
+        cfg = _loaded(path)
         for label, entries in cfg.entries.items():
             models = {m.key for e in entries for m in _targets(e)}
             for key in sorted(models):
@@ -54,13 +64,14 @@ def test_every_compat_config_applies_or_is_refused(mknode, path, label, model) -
     from migctl.reconcile import apply_config, assert_config
 
     node, _ = mknode(f"2x{model}")
+    cfg = _loaded(path)
     try:
-        apply_config(path, label, node=node)
+        apply_config(cfg, label, node=node)
     except ConfigError as e:
         msg = str(e)
         assert str(path) in msg and any(s in msg for s in ("does not exist on", "do not fit", "not MIG-capable", "does not have", "matches no GPU")), msg
         return
-    assert assert_config(path, label, node=node) == []
+    assert assert_config(cfg, label, node=node) == []
 
 
 def write(tmp_path, text: str):

@@ -112,23 +112,33 @@ def test_batch_four_programs(a30: SimEnv) -> None:
 
 
 def test_worker_sigkill_restart_loses_nothing_runs_nothing_twice(a30: SimEnv) -> None:
+    """Four devices, twelve jobs: the first two end at once, the others run until a gate file appears. The
+    worker is SIGKILLed when two are done, four running and six waiting (a state reached by the jobs
+    themselves, not by timing); a new worker adopts the running four, runs the six, and no job runs twice."""
     a30.layout(0, ["1g.6gb"] * 4)
-    runs = a30.tmp / "runs"
+    runs, gate = a30.tmp / "runs", a30.tmp / "gate"
     n = 12
-    ids = [int(a30.migctl("submit", "--", "sh", "-c", f"echo $MIGCTL_JOB_ID >> {runs}; sleep 0.6").stdout)
-           for _ in range(n)]
+    q = JobQueue(a30.node())  # queued in-process: `migctl submit` itself is tested above
+    log = f"echo $MIGCTL_JOB_ID >> {runs}"
+    ids = [q.submit(["sh", "-c", log if i < 2 else f"{log}; while [ ! -e {gate} ]; do sleep 0.05; done"], Request())
+           for i in range(n)]
     w = a30.popen("worker", "-q")
     conn = sqlite3.connect(db_path())
 
     def count(state: str) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM jobs WHERE state=?", (state,)).fetchone()[0])
 
-    wait_for(lambda: count("done") >= 1 and count("running") >= 2, timeout=30, what="some done, some running")
-    os.kill(w.pid, signal.SIGKILL)
-    w.wait()
+    try:
+        wait_for(lambda: count("done") == 2 and count("running") == 4, timeout=60, what="2 done, 4 running")
+    finally:
+        os.kill(w.pid, signal.SIGKILL)
+        w.wait()
     running = conn.execute("SELECT id, child_pid FROM jobs WHERE state='running'").fetchall()
-    assert running and count("queued") >= 1
+    assert sorted(i for i, _ in running) == ids[2:6]
+    # the other six are queued, one of them perhaps claimed ('starting': its user code never started)
+    assert count("queued") >= 5 and count("queued") + count("starting") == n - 6
     assert all(proc_start(pid) is not None for _, pid in running)  # jobs outlive the worker
+    gate.touch()
     r = a30.migctl("worker", "--until-idle", "-q", timeout=120)
     assert r.returncode == 0, r.stderr
     states = _states(a30)

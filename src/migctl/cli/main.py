@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    import click
 
 from migctl.cli.common import CliState
 
@@ -88,6 +92,17 @@ def _abort_classes() -> tuple[type[BaseException], ...]:
 _ABORTS = _abort_classes()
 
 
+_COMMAND: list[click.Command] = []
+
+
+def _command() -> click.Command:
+    """The click command tree of ``app``, built once per process (what ``app(...)`` would build on every call;
+    a process that runs main() many times, such as the test suite, pays for it once)."""
+    if not _COMMAND:
+        _COMMAND.append(typer.main.get_command(app))
+    return _COMMAND[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line on stderr and exit non-zero, never a traceback."""
     click = _click()
@@ -97,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
     SIM_NOTES.clear()
     try:
-        rv = app(args=hoist_global_options(sys.argv[1:] if argv is None else list(argv)), standalone_mode=False,
-                 prog_name="migctl")
+        rv = _command()(args=hoist_global_options(sys.argv[1:] if argv is None else list(argv)),
+                        standalone_mode=False, prog_name="migctl")
         _flush_sim_notes()
         return rv if isinstance(rv, int) else 0
     except SystemExit as e:
