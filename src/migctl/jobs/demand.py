@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migctl.jobs import reservations
+from migctl.jobs.common import JobsError
 from migctl.jobs.leases import Request
 from migctl.jobs.limits import DEFAULT_GRACE_S
 from migctl.jobs.reshape import Churn, eligible_profiles, reshape_reserved, try_reshape
@@ -53,6 +54,7 @@ class Demand:
     """Reshaping and reservations for one :class:`~migctl.jobs.queue.Worker`."""
 
     PAUSE = 0.5  # seconds between reshaping evaluations that found nothing to do (unless jobs came or went)
+    MIN_GAP = 0.2  # seconds between two evaluations, whatever happens
 
     def __init__(self, worker: Any, policy: WorkerPolicy) -> None:
         self.w = worker
@@ -77,19 +79,51 @@ class Demand:
         """Reservations, then reshaping; returns the number of jobs started. ``changed``: jobs started or
         ended in this pass (the layout's holders changed: evaluate again now)."""
         if changed:
-            self._next = self._next_res = 0.0
+            soon = time.monotonic() + self.MIN_GAP
+            self._next, self._next_res = min(self._next, soon), min(self._next_res, soon)
         if self.conn.execute("SELECT 1 FROM reservations WHERE node=? LIMIT 1", (self.key,)).fetchone():
             reservations.prune(self.conn, self.key)
         queued = self._queued()
         if not queued:
             return 0
         started = 0
-        if self.policy.reserve_after is not None and time.monotonic() >= self._next_res:
-            self._next_res = time.monotonic() + self.PAUSE / 2
-            started += self._reservations(queued)
-        if self.policy.reshape and time.monotonic() >= self._next:
-            started += self._reshape(self._queued())
+        try:
+            if self.policy.reserve_after is not None and time.monotonic() >= self._next_res:
+                self._next_res = time.monotonic() + self.PAUSE / 2
+                started += self._reservations(queued)
+            if self.policy.reshape and time.monotonic() >= self._next:
+                if self._maybe_idle():
+                    started += self._reshape(self._queued())
+                else:
+                    self._next = time.monotonic() + self.PAUSE
+        except Exception as e:  # noqa: BLE001 - NVML in flux: the next pass looks again
+            from migctl.busy import transient
+
+            if not transient(e):
+                raise
+            self._next = self._next_res = time.monotonic() + self.PAUSE
         return started
+
+    def _maybe_idle(self) -> bool:
+        """A cheap look (no process scan): is any instance unleased? When every MIG device has a live-looking
+        lease row and every GI a device, nothing can be reshaped: skip the full evaluation."""
+        from migctl.busy import retry_nvml, transient
+
+        leased = {r["uuid"] for r in self.conn.execute("SELECT uuid FROM leases WHERE node=?", (self.key,)).fetchall()}
+        try:
+            for g in retry_nvml(self.node.gpus):
+                if not retry_nvml(g.mig_capable) or retry_nvml(g.mig_mode)[0] != 1:
+                    continue
+                devices = retry_nvml(g.mig_devices)
+                if any(d.uuid not in leased for d in devices):
+                    return True
+                if len(retry_nvml(g.gpu_instances)) > len({d.gi_id for d in devices}):
+                    return True  # a GI without a compute instance
+        except Exception as e:  # noqa: BLE001 - NVML in flux: let the full evaluation decide
+            if transient(e):
+                return True
+            raise
+        return False
 
     def _start(self, job_id: int) -> bool:
         from migctl.jobs.queue import Job
@@ -153,8 +187,14 @@ class Demand:
             if (req, limit) in tried:
                 continue
             tried.add((req, limit))
-            out = try_reshape(self.node, req, self.policy.churn, job_id=int(row["id"]), limit=limit,
-                              source="migctl worker", conn=self.conn, lock_timeout=1.0)
+            try:
+                out = try_reshape(self.node, req, self.policy.churn, job_id=int(row["id"]), limit=limit,
+                                  source="migctl worker", conn=self.conn, lock_timeout=1.0)
+            except JobsError as e:  # no profile here fits it any more: starting it will fail it with the reason
+                if self._said.get(int(row["id"])) != "error":
+                    self._said[int(row["id"])] = "error"
+                    self.log(f"job {row['id']}: not reshaping: {e}")
+                continue
             if out.done:
                 self.log(f"job {row['id']}: {out.note}")
                 if self._start(int(row["id"])):

@@ -354,8 +354,15 @@ class Reshaper:
         """One attempt if it is time; True when the node was reshaped."""
         if time.monotonic() < self._next:
             return False
-        out = try_reshape(self.node, req, self.churn, job_id=self.job_id, limit=self.limit, source=self.source,
-                          conn=self.conn)
+        try:
+            out = try_reshape(self.node, req, self.churn, job_id=self.job_id, limit=self.limit, source=self.source,
+                              conn=self.conn)
+        except Exception as e:  # noqa: BLE001 - NVML in flux while something changes the layout: try later
+            from migctl.busy import transient
+
+            if not transient(e):
+                raise
+            out = Outcome("raced", f"NVML in flux ({e})")
         if out.done:
             self.log(out.note)
             self._said = ""
