@@ -312,28 +312,37 @@ def _pct(xs: list[float], q: float) -> float:
 # ------------------------------------------------------------------------------------------------ families
 
 
-def families() -> dict[str, tuple[list, Trace, str]]:
+def families(seeds: dict[str, int] | None = None) -> dict[str, tuple[list, Trace, str]]:
+    """The three families; ``seeds`` replaces the seeds of the generated ones (ParvaGPU 1, synthetic 2)."""
+    seeds = {"parvagpu": 1, "synthetic": 2, **(seeds or {})}
     out = {}
     n_ali = 40
-    out["alibaba"] = ([A100] * n_ali, alibaba(),
-                      f"Alibaba v2023 default trace, all {len(alibaba())} GPU tasks with their creation and deletion "
+    ali = alibaba()
+    out["alibaba"] = ([A100] * n_ali, ali,
+                      f"Alibaba v2023 default trace, all {len(ali)} GPU tasks with their creation and deletion "
                       f"times, on {n_ali} A100-80GB (demand peaks at about 135% of their capacity near the end of the trace). "
                       f"Mapping: {MAPPING}")
     n_p = 16
     phases = parvagpu_phases()
-    out["parvagpu"] = ([A100] * n_p, poisson(phases, None, 3000, n_p * 7, LOAD, 3600.0, seed=1),
+    out["parvagpu"] = ([A100] * n_p, poisson(phases, None, 3000, n_p * 7, LOAD, 3600.0, seed=seeds["parvagpu"]),
                        f"ParvaGPU's published deployment plans for SLO sets 1..6 (their instance sizes, "
                        f"{sum(len(p) for p in phases)} instances), one phase per set in order, 500 jobs per phase "
                        f"drawn from that set's instances, Poisson arrivals at {100 * LOAD:.0f}% offered load on {n_p} A100-80GB, "
-                       f"exponential run times (mean 1 h), seed 1")
+                       f"exponential run times (mean 1 h), seed {seeds['parvagpu']}")
     mix = ["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]
     w = [70, 6, 12, 6, 3, 3]
     fleet = [A100] * 8 + [H100] * 8
-    out["synthetic"] = (fleet, poisson([mix], lambda _i: w, 3000, len(fleet) * 7, LOAD, 3600.0, seed=2),
+    out["synthetic"] = (fleet, poisson([mix], lambda _i: w, 3000, len(fleet) * 7, LOAD, 3600.0, seed=seeds["synthetic"]),
                         "small-skewed synthetic mix (1g.10gb 70%, 1g.20gb 6%, 2g.20gb 12%, 3g.40gb 6%, 4g.40gb 3%, "
                         f"7g.80gb 3%) on 8 A100-80GB + 8 H100-80GB, Poisson arrivals at {100 * LOAD:.0f}% offered load, "
-                        "exponential run times (mean 1 h), 3000 jobs, seed 2")
+                        f"exponential run times (mean 1 h), 3000 jobs, seed {seeds['synthetic']}")
     return out
+
+
+# other seeds of the generated families, to see whether a result holds beyond one draw (no bound computed;
+# static layouts, migctl online and the sharing row, equal to reshaping there, left out)
+ROBUST_SEEDS = {"parvagpu": (11, 12, 13), "synthetic": (21, 22, 23)}
+ROBUST_METHODS = ("first-fit", "best-fit", "fragmentation gradient (FGD)", "migctl reshaping")
 
 
 def plot(res: dict, path: Path) -> None:
@@ -506,6 +515,27 @@ def markdown(res: dict) -> str:
                 lines.append(f"| {fam} | {labels[key]} | {fmt(v)} | {fmt(b)} ({name}) | {vd} |")
         lines += ["", f"**Target {'met' if ok else 'not met'}.** Strictly better with no target metric worse: "
                   f"{', '.join(better) or 'none'}. Worse on a target metric: {', '.join(short) or 'none'}.", ""]
+    rob = res.get("robustness") or {}
+    if rob:
+        lines += ["## Other seeds of the generated families", "",
+                  "The same comparison for migctl reshaping on other draws of the ParvaGPU and synthetic families "
+                  "(the same generator, other seeds), against the best of first-fit, best-fit and FGD per metric. "
+                  "No bound computed here.", "",
+                  "| family | allocation (best baseline) | wait p50 (best baseline) | wait p95 (best baseline) "
+                  "| wait max (best baseline) | target metrics |", "|---|---|---|---|---|---|"]
+        for label, methods in rob.items():
+            fr = {"methods": methods}
+            rows = {k: (v, b, vd) for k, v, b, _n, vd in compare(fr, "migctl reshaping")}
+            cells = []
+            for key in ("allocation", "wait_p50_s", "wait_p95_s", "wait_max_s"):
+                v, b, vd = rows[key]
+                f = (lambda x: f"{100 * x:.2f}%") if key == "allocation" else _h
+                cells.append(f"{f(v)} ({f(b)}) {vd}")
+            worse = [lab for key, lab, _h in TARGET if rows[key][2] == "worse"]
+            better = [lab for key, lab, _h in TARGET if rows[key][2] == "better"]
+            cells.append(f"worse: {', '.join(worse)}" if worse else f"none worse; better: {', '.join(better) or '-'}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["![allocation over time](plot.png)", ""]
     return "\n".join(lines)
 
@@ -514,9 +544,15 @@ WORKERS = 2
 _FAMILIES: dict | None = None
 
 
-def _run_one(fam: str, name: str) -> tuple[dict, dict]:
-    """One method on one family (in a worker process): its figures and its bound solver's counts."""
+def _run_one(fam: str, name: str, seed: int | None = None) -> tuple[dict, dict]:
+    """One method on one family (in a worker process): its figures and its bound solver's counts. With
+    ``seed``, the family drawn with that seed and no bound (robustness runs)."""
     global _FAMILIES
+    if seed is not None:
+        models, trace, _desc = families({fam: seed})[fam]
+        r = simulate(models, trace, name, method_policies()[name])
+        r.pop("series")
+        return r, {}
     if _FAMILIES is None:
         _FAMILIES = families()
     models, trace, _desc = _FAMILIES[fam]
@@ -540,18 +576,20 @@ def main() -> int:
     global _FAMILIES
     _FAMILIES = families()  # the worker processes (forked) inherit it
     fams = {f: v for f, v in _FAMILIES.items() if not only or f in only}
-    tasks = [(fam, name) for fam in fams for name in method_policies()]
+    tasks: list[tuple[str, str, int | None]] = [(fam, name, None) for fam in fams for name in method_policies()]
+    if not only:
+        tasks += [(fam, name, seed) for fam, seeds in ROBUST_SEEDS.items() for seed in seeds for name in ROBUST_METHODS]
     # the slowest (Alibaba's reshaping runs) first; two worker processes (the machine has two cores), each
     # with its own bound cache per family
-    tasks.sort(key=lambda t: (t[0] != "alibaba", not t[1].startswith("migctl reshaping")))
-    out: dict[tuple[str, str], tuple[dict, dict]] = {}
+    tasks.sort(key=lambda t: (t[0] != "alibaba", not t[1].startswith("migctl reshaping"), t[2] is not None))
+    out: dict[tuple[str, str, int | None], tuple[dict, dict]] = {}
     with ProcessPoolExecutor(max_workers=WORKERS) as pool:
-        futs = {pool.submit(_run_one, fam, name): (fam, name) for fam, name in tasks}
+        futs = {pool.submit(_run_one, *task): task for task in tasks}
         for fut in as_completed(futs):
-            fam, name = futs[fut]
+            fam, name, seed = futs[fut]
             r, solver = fut.result()
-            out[(fam, name)] = (r, solver)
-            print(f"{fam:10s} {name:30s} alloc {100 * r['allocation']:6.2f}% (bound {100 * r['upper_bound']:.2f}%) "
+            out[(fam, name, seed)] = (r, solver)
+            print(f"{fam:10s} {name:30s} {'' if seed is None else f'seed {seed}':8s} alloc {100 * r['allocation']:6.2f}% (bound {100 * r['upper_bound']:.2f}%) "
                   f"wait p50 {r['wait_p50_s']} p95 {r['wait_p95_s']} max {r['wait_max_s']} never {r['never_started']} "
                   f"reconf/h {r['reconfig_per_hour']} destroyed {r['instances_destroyed']} "
                   f"busy {r['busy_destroyed']} ({r['time_s']}s)", flush=True)
@@ -559,13 +597,15 @@ def main() -> int:
         fr: dict = {"description": desc, "gpus": len(models), "methods": {}}
         solver_total: dict[str, int] = {}
         for name in method_policies():
-            r, solver = out[(fam, name)]
+            r, solver = out[(fam, name, None)]
             fr["methods"][name] = r
             for k, v in solver.items():
                 solver_total[k] = solver_total.get(k, 0) + v
         fr["bound_solver"] = solver_total
         fr["time_s"] = round(sum(r["time_s"] for r in fr["methods"].values()), 1)
         results["families"][fam] = fr
+    results["robustness"] = {f"{fam} seed {seed}": {name: out[(fam, name, seed)][0] for name in ROBUST_METHODS}
+                             for fam, seeds in ROBUST_SEEDS.items() for seed in seeds if (fam, ROBUST_METHODS[0], seed) in out}
     results["time_s"] = round(time.perf_counter() - t_all, 1)
     if only:
         return 0

@@ -152,15 +152,6 @@ def test_make_room_keeps_clear_of_phantoms() -> None:
     assert pl.make_room(two, lambda g: idle, extra=both) is None
 
 
-def test_rank_scores_an_existing_instance_like_a_new_one() -> None:
-    pl = Placer([A100], "best")
-    one = A100.profile("1g.10gb").id
-    pl.add(0, one, 0)
-    pl.add(0, one, 1)
-    # under best-fit, both score the same fullness; the lower start wins the tie
-    assert pl.rank(0, one, 0) < pl.rank(0, one, 1)
-
-
 def test_unknown_policy() -> None:
     with pytest.raises(ValueError, match="valid: first, best, fgd, migctl"):
         Placer([A100], "random")

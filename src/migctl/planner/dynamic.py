@@ -47,12 +47,9 @@ class Policy:
     max_reconfig_per_min: float = float("inf")
     reserve_after_s: float | None = None
     max_reservations: int = 1
-    reserve_relative: float | None = None  # also require a wait of at least this many times the queue's median wait
-    reserve_bypassed: bool = False  # also require that younger jobs have started with at least the job's slices
     reserve_slowdown: float | None = None  # also require a wait of at least this many times the job's own limit
     static: bool = False
     hysteresis_blocks: bool = True  # False: young idle instances are only a last resort, never a reason to wait
-    reuse: str = "smallest"  # "smallest": the smallest fitting idle instance; "placement": the placement rule's pick
     reshape_reserved: bool = False  # reshape on GPUs with reservations too (keeping clear of the reserved slices)
     reshape_gangs: bool = False  # gangs reshape too (after checking that every unit can find room)
     share: bool = False  # jobs that ask for a fraction of a GPU (Job.share < 1) run as MPS clients on shared instances
@@ -121,7 +118,6 @@ class Scheduler:
         self.reservations: dict[int, list[Reservation]] = {}  # job id -> one per unit (gangs: several)
         self.reservation_log: list[tuple[Job, Reservation]] = []  # every reservation made, with its job
         self.clients: dict[tuple[int, int, int], dict[int, float]] = {}  # shared instance -> job id -> slices
-        self._bypassed: dict[int, float] = {}  # waiting job id -> slices younger jobs started with meanwhile
         self.actions: list[Action] = []
         self._reshape_times: deque[float] = deque()
         self.stats = {"created": 0, "destroyed": 0, "reshape_destroyed": 0, "busy_destroyed": 0, "reused": 0,
@@ -313,10 +309,7 @@ class Scheduler:
                 p = profiles[self.models[k[0]].key][k[1]]
                 return (p.slices, p.memory_mib, k)
 
-            if self.policy.reuse == "placement" and not self.policy.static:
-                key = min(idle, key=lambda k: self.placer.rank(k[0], k[1], k[2]))
-            else:
-                key = min(idle, key=size)
+            key = min(idle, key=size)
             self.stats["reused"] += 1
             return key
         if self.policy.static:
@@ -478,26 +471,7 @@ class Scheduler:
             for k in got:
                 self.actions.append(Action("start", now, *k, job=job.id))
             started.append(job)
-        if started and self.policy.reserve_bypassed and self.waiting:
-            # younger jobs that started while an older one waited took capacity it could not use: it is
-            # being bypassed (starvation by backfill is exactly this)
-            for j in self.waiting:
-                took = sum(self._slices(k) for k in started if (k.submit, k.id) > (j.submit, j.id))
-                if took:
-                    self._bypassed[j.id] = self._bypassed.get(j.id, 0.0) + took
         return started
-
-    def _slices(self, job: Job) -> float:
-        if job.share is not None:
-            return job.share * self.models[job.held[0][0]].compute_slices
-        key = self.models[job.held[0][0]].key
-        return job.count * self.placer.spaces[key].profiles[job.request.on(key)[0]].slices
-
-    def _size(self, job: Job) -> float:
-        m = next(m for m in self.models if job.request.on(m.key))
-        if job.share is not None:
-            return job.share * m.compute_slices
-        return job.count * self.placer.spaces[m.key].profiles[job.request.on(m.key)[0]].slices
 
     def _gang_fits(self, job: Job, now: float) -> bool:
         """Whether each unit of a gang can find room on a GPU of its own: an idle eligible instance there,
@@ -555,14 +529,8 @@ class Scheduler:
                 or now - job.submit < self.policy.reserve_after_s
                 or len(self.reservations) >= self.policy.max_reservations):
             return False
-        if self.policy.reserve_bypassed and self._bypassed.get(job.id, 0.0) < self._size(job):
-            return False
         if self.policy.reserve_slowdown is not None and now - job.submit < self.policy.reserve_slowdown * job.limit:
             return False
-        if self.policy.reserve_relative is not None:
-            waits = sorted(now - j.submit for j in self.waiting)
-            if now - job.submit < self.policy.reserve_relative * waits[len(waits) // 2]:
-                return False
         self._reserve(job, now)
         return job.id in self.reservations
 

@@ -236,16 +236,6 @@ class Placer:
         pids = tuple(sorted(d)) if d else tuple(sorted(sp.profiles))
         return sp.model.compute_slices - sp.used_slices(state) - sp.fillable(state, pids)
 
-    def rank(self, g: int, profile_id: int, start: int) -> tuple:
-        """The placement rule's score of instance ``(profile_id, start)`` already on GPU ``g``, as if it were
-        placed now (lower is better): how reuse picks among idle instances of a profile."""
-        sp = self.spaces[self.models[g].key]
-        state = self.states[g]
-        rest = list(state)
-        rest.remove((profile_id, start))
-        p = sp.profiles[profile_id]
-        return self._score(sp, tuple(rest), state, g, Placement(start, p.placement_size))
-
     def choose(self, request: Request, extra: Mapping[int, Sequence[PlacedGI]] | None = None) -> Choice | None:
         """The best GPU, profile and placement for ``request`` now, or None when it fits nowhere.
 
