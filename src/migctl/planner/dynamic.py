@@ -376,15 +376,14 @@ class Scheduler:
     def all_reservations(self) -> list[Reservation]:
         return [r for rs in self.reservations.values() for r in rs]
 
-    def _plan(self, job: Job, now: float, tentative: tuple[int, PlacedGI, float] | None = None) -> list[tuple] | None:
+    def _plan(self, job: Job, now: float) -> list[tuple] | None:
         """The placements where ``job`` can start earliest: for each unit, on distinct GPUs, the placement
-        whose busy instances in the way reach their limits first, clear of other jobs' reservations.
-        ``tentative`` is an instance about to be created (GPU, instance, busy until). None if too few."""
+        whose busy instances in the way reach their limits first, clear of other jobs' reservations. None
+        if too few GPUs have one."""
         per_gpu: dict[int, tuple] = {}
         taken = [r for r in self.all_reservations() if r.job != job.id]
         for g, m in enumerate(self.models):
             sp = self.placer.spaces[m.key]
-            tent = tentative[1] if tentative is not None and tentative[0] == g else None
             for pid in job.request.on(m.key):
                 p = sp.profiles[pid]
                 for pl in p.placements:
@@ -392,16 +391,10 @@ class Scheduler:
                         continue
                     way = [k for k in self.owner if k[0] == g and self._placed(k).placement.overlaps(pl)]
                     rest = [self._placed(k) for k in self.owner if k[0] == g and k not in way]
-                    at = now
-                    lim = 0.0
-                    if tent is not None:
-                        if tent.placement.overlaps(pl):
-                            at = max(at, tentative[2])
-                            lim = tentative[2] - now
-                        else:
-                            rest.append(tent)
                     if conflict(m, rest, p, pl) is not None:
                         continue
+                    at = now
+                    lim = 0.0
                     for k in way:
                         for r in self._holders(k):
                             at = max(at, (r.start if r.start is not None else now) + r.limit)
