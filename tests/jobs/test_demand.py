@@ -254,7 +254,9 @@ def test_bad_time_limit_is_one_line(a30: SimEnv) -> None:
 def test_bad_churn_flags_are_one_line(a30: SimEnv) -> None:
     for args in (["worker", "--max-reconfig-per-min", "0"], ["worker", "--hysteresis", "-1"],
                  ["worker", "--reserve-after", "soon"], ["run", "--hysteresis", "2", "--", "true"],
-                 ["run", "--reshape", "--max-reconfig-per-min", "x", "--", "true"]):
+                 ["run", "--reshape", "--max-reconfig-per-min", "x", "--", "true"],
+                 ["run", "--reshape", "--no-create", "--", "true"],
+                 ["run", "--reshape", "--isolation", "soft", "--share", "2", "--", "true"]):
         r = a30.migctl(*args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "error" in r.stderr, (args, r.stderr)
 
@@ -339,3 +341,25 @@ def test_reservation_is_kept_shown_and_respected(a30: SimEnv) -> None:
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+
+
+def test_worker_reshapes_for_a_queued_mps_job(a30: SimEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared job (``submit --isolation soft``) that fits nowhere gets a device by reshaping too."""
+    import shutil
+    import tempfile
+
+    short = tempfile.mkdtemp(prefix="md")  # the MPS control socket's path (under the state dir) must stay short
+    a30.env["MIGCTL_STATE_DIR"] = short
+    monkeypatch.setenv("MIGCTL_STATE_DIR", short)
+    try:
+        a30.layout(0, ["1g.6gb"] * 4)
+        jid = _submit(a30, "--isolation", "soft", "--share", "2", "--profile", "2g.12gb", "--", "sh", "-c",
+                      "echo $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+        r = a30.migctl("worker", "--until-idle", "--hysteresis", "0")
+        assert r.returncode == 0, r.stderr
+        assert f"job {jid}: reshaped GPU 0: destroyed idle" in r.stderr and "started as MPS client" in r.stderr
+        assert _jobs(a30)[jid]["state"] == "done"
+        assert a30.migctl("logs", str(jid)).stdout.strip() == "50"
+        assert sorted(p for p, _ in _gis(a30)) == ["1g.6gb", "1g.6gb", "2g.12gb"]
+    finally:
+        shutil.rmtree(short, ignore_errors=True)

@@ -138,6 +138,9 @@ def register(app: typer.Typer) -> None:
         churn = _churn(reshape, max_reconfig, hysteresis, 0.0, "run")
         if churn is not None and not req.create:
             fail("--reshape creates an instance; it cannot be combined with --no-create")
+        if churn is not None and sharing.kind != "mig":
+            fail("--reshape applies to --isolation hard (a MIG device of its own); shared runs are not reshaped for "
+                 "(queued shared jobs are: migctl submit + worker)")
         if sharing.kind != "mig":
             from migctl.jobs.shared import run_shared
 
