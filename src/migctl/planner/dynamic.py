@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from migctl.catalog.geometry import PlacedGI, conflict
 from migctl.catalog.model import GpuModel, Placement
-from migctl.planner.online import Inst, Placer, Request
+from migctl.planner.online import Choice, Inst, Placer, Request
 
 
 @dataclass(frozen=True)
@@ -336,21 +336,26 @@ class Scheduler:
                 or not self._churn_ok(now)):
             return None
 
-        made = None
-        for young in ((False, True) if not self.policy.hysteresis_blocks else (False,)):
+        def room(young: bool) -> tuple[list[Inst], Choice] | None:
             spare: dict[int, list[Inst]] = {}
             for k, o in self.owner.items():
                 if (o is None and k not in taken and (self.policy.reshape_reserved or clear(k))
                         and (young or now - self.idle_since.get(k, 0.0) >= self.policy.hysteresis_s)):
                     spare.setdefault(k[0], []).append((k[1], k[2]))
             if self.policy.reshape_reserved:
-                made = self.placer.make_room(job.request, lambda g, spare=spare: spare.get(g, []),
-                                             allowed=lambda g, spare=spare: g in spare, extra=extra)
-            else:
-                made = self.placer.make_room(job.request, lambda g, spare=spare: spare.get(g, []),
-                                             allowed=lambda g, spare=spare: g in spare and g not in extra)
+                return self.placer.make_room(job.request, lambda g: spare.get(g, []),
+                                             allowed=lambda g: g in spare, extra=extra)
+            return self.placer.make_room(job.request, lambda g: spare.get(g, []),
+                                         allowed=lambda g: g in spare and g not in extra)
+
+        if self.policy.hysteresis_blocks:
+            made = room(False)
+        else:
+            # with every idle instance first: when even that makes no room (the common case in a full
+            # cluster), the search among old ones alone is not needed
+            made = room(True)
             if made is not None:
-                break
+                made = room(False) or made
         if made is None:
             return None
         drop, c = made
@@ -443,7 +448,8 @@ class Scheduler:
                     # without another job's reservation in the way the limit plays no part: every limit fails
                     lim = job.limit if blocking else float("-inf")
                     failed[memo] = min(lim, failed.get(memo, lim))
-            if got is None and self._maybe_reserve(job, now) and self.reservations[job.id][0].at <= now:
+            if (got is None and len(self.reservations) < self.policy.max_reservations
+                    and self._maybe_reserve(job, now) and self.reservations[job.id][0].at <= now):
                 got = self._try_start(job, now)  # its reservation is free now: it starts in this step
             if got is None:
                 continue
@@ -472,18 +478,22 @@ class Scheduler:
         idle instances where needed). Checked before a gang reshapes, so that a gang that cannot start
         whole destroys nothing."""
         ok = 0
+        busy: dict[int, list[PlacedGI]] = {}
+        for k, o in self.owner.items():
+            if o is not None:
+                busy.setdefault(k[0], []).append(self._placed(k))
         for g, m in enumerate(self.models):
             ids = job.request.on(m.key)
             if not ids:
                 continue
             sp = self.placer.spaces[m.key]
-            busy = [self._placed(k) for k, o in self.owner.items() if k[0] == g and o is not None]
-            block = self._blocking(job, now, g)
             if any(self.owner.get((g, pid, st), 0) is None for pid, st in self.placer.states[g] if pid in ids):
                 ok += 1
-            elif any(conflict(m, busy + block, sp.profiles[pid], pl) is None
-                     for pid in ids for pl in sp.profiles[pid].placements):
-                ok += 1
+            else:
+                fixed = busy.get(g, []) + self._blocking(job, now, g)
+                if any(conflict(m, fixed, sp.profiles[pid], pl) is None
+                       for pid in ids for pl in sp.profiles[pid].placements):
+                    ok += 1
             if ok >= job.count:
                 return True
         return False
