@@ -623,7 +623,27 @@ def main() -> int:
         return 0
     (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     report(results)
-    return 0
+    return check(results)
+
+
+def check(results: dict) -> int:
+    """The benchmark's own checks: no busy instance destroyed, no reserved job past its starvation bound, no
+    reservation started late, no interval where a method allocated more than its upper bound. 1 if any fails."""
+    bad = []
+    for fam, fr in results["families"].items():
+        for name, r in fr["methods"].items():
+            for what, n in (("busy instances destroyed", r["busy_destroyed"]),
+                            ("starvation bound violations", r["starvation"]["violations"]),
+                            ("late reservations", r["reservations_late"]),
+                            ("intervals above the bound", r["above_bound"])):
+                if n:
+                    bad.append(f"{fam} / {name}: {n} {what}")
+    for line in bad:
+        print(f"CHECK FAILED: {line}", flush=True)
+    if not bad:
+        print("checks passed: 0 busy instances destroyed, 0 starvation bound violations, 0 late reservations, "
+              "0 intervals above the bound", flush=True)
+    return 1 if bad else 0
 
 
 def report(results: dict) -> None:
