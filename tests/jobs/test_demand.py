@@ -363,3 +363,19 @@ def test_worker_reshapes_for_a_queued_mps_job(a30: SimEnv, monkeypatch: pytest.M
         assert sorted(p for p, _ in _gis(a30)) == ["1g.6gb", "1g.6gb", "2g.12gb"]
     finally:
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_an_idle_gi_without_a_full_size_device_is_reshaped(a30: SimEnv) -> None:
+    """A 2g.12gb GI whose only compute instance is 1c.2g.12gb offers no ``2g.12gb`` device: it is not "a
+    free fitting device", so reshaping replaces it (one destroy) rather than waiting for it forever."""
+    from migctl.jobs.reshape import Churn, try_reshape
+
+    node = a30.node()
+    g = node.gpu(0)
+    g.create_gi(g.profile("2g.12gb").id).create_ci(0)  # CI profile 0: one slice (1c.2g.12gb)
+    a30.layout(0, ["1g.6gb", "1g.6gb"])
+    assert _gis(a30) == [("2g.12gb", 0), ("1g.6gb", 2), ("1g.6gb", 3)]
+    out = try_reshape(node, Request(profile="2g.12gb"), Churn(hysteresis_s=0))
+    assert out.done and out.note == "reshaped GPU 0: destroyed idle 2g.12gb@0; created 2g.12gb@0", out
+    gi0 = next(x for x in read_gpu(a30.node().gpu(0)).gis if x.start == 0)
+    assert [c.profile for c in gi0.cis] == ["2g.12gb"]

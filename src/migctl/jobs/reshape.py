@@ -170,7 +170,8 @@ def _make_room(live: list[Any], req: Request, ok: Callable[[Any, Any], bool], bl
     if not eligible:
         return None
     ok_ids = dict(eligible)
-    if any(not gi.busy and gi.profile_id in ok_ids.get(g.model.key, ()) for g in gpus for gi in g.gis):
+    if any(not gi.busy and gi.profile_id in ok_ids.get(g.model.key, ()) and any(c.profile == gi.profile for c in gi.cis)
+           for g in gpus for gi in g.gis):  # an idle device of an eligible profile (its full-size CI) exists
         return _FREE
     if placer.choose(PRequest(tuple(eligible))) is not None:
         return _FREE
