@@ -161,7 +161,9 @@ def _sim_suffix() -> str:
 
 GLOBAL_OPTIONS = ("--sim", "--sim-state")
 # options that take a value in the verbs whose command words follow their options (run, submit)
-_CMD_VERB_VALUES = {"--profile", "-p", "--mem", "-m", "--gpu", "-g", "-i", "--wait", "--priority", "--name"}
+_CMD_VERB_VALUES = {"--profile", "-p", "--mem", "-m", "--gpu", "-g", "-i", "--wait", "--priority", "--name",
+                    "--max-reconfig-per-min", "--hysteresis", "--time-limit",
+                    "--isolation", "--share", "--threads", "--mps-mem"}
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:
