@@ -30,7 +30,7 @@ least as large as they need (a pre-partitioned layout).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from migctl.catalog.geometry import PlacedGI, conflict
@@ -90,6 +90,7 @@ class Action:
     job: int = -1
 
 
+Key = tuple[int, int, int]  # an instance: (GPU index, GI profile id, start)
 SHARED = -1  # owner of an instance that MPS clients share (busy while it has a client)
 
 
@@ -196,7 +197,7 @@ class Scheduler:
             return [self.running[j] for j in self.clients.get(key, {})]
         return [self.running[o]]
 
-    def _join(self, job: Job, now: float, clear) -> tuple[int, int, int] | None:  # noqa: ANN001
+    def _join(self, job: Job, now: float, clear: Callable[[Key], bool]) -> Key | None:
         """A shared instance with room for ``job``'s share (thread percentages add up to at most 100%, and
         memory limits, proportional to them, to at most the instance's memory): the fullest after joining."""
         best = None
@@ -212,8 +213,8 @@ class Scheduler:
                     best = cand
         return best[1] if best else None
 
-    def _open_pool(self, job: Job, now: float, taken: set[tuple[int, int, int]], clear,  # noqa: ANN001
-                   extra: dict[int, list[PlacedGI]]) -> tuple[int, int, int] | None:
+    def _open_pool(self, job: Job, now: float, taken: set[Key], clear: Callable[[Key], bool],
+                   extra: dict[int, list[PlacedGI]]) -> Key | None:
         """A whole-GPU instance for a new shared pool (an idle one, or one created in free space; no
         reshaping for it), so that later fractional jobs can join; None when no GPU is free."""
         eligible = []
