@@ -1,9 +1,13 @@
-"""Suite-wide isolation: every test session gets its own migctl state dir and no inherited sim settings."""
+"""Suite-wide isolation: every test session gets its own migctl state dir and no inherited sim settings;
+fixtures shared by several test directories."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -21,3 +25,20 @@ def _isolated_state_dir():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture
+def client() -> Iterator[Callable[[float], subprocess.Popen]]:
+    """A real process to register as a GPU client: ``client(seconds)`` -> Popen (killed after the test)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(seconds: float = 60) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,18 +32,3 @@ def mknode():
     return make
 
 
-@pytest.fixture
-def client() -> Iterator:
-    """Start a real process to act as a GPU client: ``client(seconds)`` -> Popen."""
-    procs: list[subprocess.Popen] = []
-
-    def start(seconds: float = 60) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()

@@ -253,6 +253,10 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return m["plural"], m["ns"] or "", m["name"], m["sub"], parse_qs(u.query)
 
+    def _begin(self, method: str) -> tuple[str, str, str | None, str | None, dict[str, list[str]]] | None:
+        """Record the request, answer an injected fault or a bad path; else the route."""
+        return self._route() if self._pre(method) else None
+
     def _pre(self, method: str) -> bool:
         self.api.requests.append((method, self.path, self.headers.get("Content-Type", "")))
         code = self.api._fault(method, self.path)
@@ -266,9 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -------------------------------------------------------------- GET: get, list, watch
     def do_GET(self) -> None:  # noqa: N802
-        if not self._pre("GET"):
-            return
-        r = self._route()
+        r = self._begin("GET")
         if r is None:
             return
         plural, ns, name, _, q = r
@@ -354,10 +356,22 @@ class _Handler(BaseHTTPRequestHandler):
                 api.watch_socks.discard(sock)
 
     # -------------------------------------------------------------- writes
+    def _current(self, plural: str, ns: str, name: str | None, body: Any) -> dict[str, Any] | None:
+        """Under the store's lock: the object a PATCH or PUT changes; None after answering 404 Not Found, or 409
+        Conflict when the body names a resourceVersion that is not the current one (optimistic concurrency)."""
+        cur = self.api.objects.get((plural, ns, name or ""))
+        if cur is None:
+            self._send(404, _status(404, "NotFound", f'{plural} "{name}" not found'))
+            return None
+        want_rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+        if want_rv is not None and want_rv != cur["metadata"]["resourceVersion"]:
+            self._send(409, _status(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": the object '
+                                    "has been modified; please apply your changes to the latest version and try again"))
+            return None
+        return cur
+
     def do_PATCH(self) -> None:  # noqa: N802
-        if not self._pre("PATCH"):
-            return
-        r = self._route()
+        r = self._begin("PATCH")
         if r is None:
             return
         plural, ns, name, _, _ = r
@@ -370,14 +384,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         api = self.api
         with api.lock:
-            cur = api.objects.get((plural, ns, name))
+            cur = self._current(plural, ns, name, body)
             if cur is None:
-                self._send(404, _status(404, "NotFound", f'{plural} "{name}" not found'))
-                return
-            want_rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
-            if want_rv is not None and want_rv != cur["metadata"]["resourceVersion"]:
-                self._send(409, _status(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": the object '
-                                        "has been modified; please apply your changes to the latest version and try again"))
                 return
             new = merge_patch(cur, body)
             new["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
@@ -391,23 +399,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, out)
 
     def do_PUT(self) -> None:  # noqa: N802
-        if not self._pre("PUT"):
-            return
-        r = self._route()
+        r = self._begin("PUT")
         if r is None:
             return
         plural, ns, name, _, _ = r
         body = self._body()
         api = self.api
         with api.lock:
-            cur = api.objects.get((plural, ns, name))
+            cur = self._current(plural, ns, name, body)
             if cur is None:
-                self._send(404, _status(404, "NotFound", f'{plural} "{name}" not found'))
-                return
-            rv = (body.get("metadata") or {}).get("resourceVersion")
-            if rv is not None and rv != cur["metadata"]["resourceVersion"]:
-                self._send(409, _status(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": the object '
-                                        "has been modified; please apply your changes to the latest version and try again"))
                 return
             body.setdefault("metadata", {})["name"] = name
             if ns:
@@ -416,9 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, api.put(plural, body))
 
     def do_POST(self) -> None:  # noqa: N802
-        if not self._pre("POST"):
-            return
-        r = self._route()
+        r = self._begin("POST")
         if r is None:
             return
         plural, ns, name, sub, _ = r
@@ -445,9 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(201, api.put(plural, body))
 
     def do_DELETE(self) -> None:  # noqa: N802
-        if not self._pre("DELETE"):
-            return
-        r = self._route()
+        r = self._begin("DELETE")
         if r is None:
             return
         plural, ns, name, _, _ = r

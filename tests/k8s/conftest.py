@@ -77,23 +77,6 @@ def parted_proc(*argv: str, env: dict[str, str] | None = None, timeout: float = 
 
 
 @pytest.fixture
-def client() -> Iterator[Callable[[float], subprocess.Popen]]:
-    """A real process to register as a GPU client: ``client(seconds)`` -> Popen."""
-    procs: list[subprocess.Popen] = []
-
-    def start(seconds: float = 60) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
-
-@pytest.fixture
 def server(tmp_path: Path) -> Iterator[Any]:
     """A started stand-in API server holding the operator's default ConfigMap."""
     from tests.k8s.apiserver import ApiServer
