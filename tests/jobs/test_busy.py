@@ -142,16 +142,19 @@ def test_sigkill_of_run_keeps_the_lease_while_its_process_group_runs(a30: SimEnv
     mark, gate = a30.tmp / "bg", a30.tmp / "gate"
     # the command forks a background worker in its process group (it runs until the gate file appears),
     # then the runner is killed
-    p = a30.popen("run", "--", "sh", "-c", f"(while [ ! -e {gate} ]; do sleep 0.05; done) & echo $! > {mark}; wait")
-    bg = int(wait_for(lambda: mark.exists() and mark.read_text().strip(), what="background child"))
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    assert _alive(bg)
-    r = a30.migctl("run", "--no-wait", "--", "true")
-    assert r.returncode == 75 and "no free MIG device" in r.stderr, r.stderr
-    assert [x.pid for x in LeaseManager(a30.node()).leases()] == [p.pid]
-    assert _alive(bg)
-    gate.touch()
+    bg_loop = f"for _ in $(seq 2400); do [ -e {gate} ] && break; sleep 0.05; done"  # bounded: 2 min at most
+    p = a30.popen("run", "--", "sh", "-c", f"({bg_loop}) & echo $! > {mark}; wait")
+    try:
+        bg = int(wait_for(lambda: mark.exists() and mark.read_text().strip(), what="background child"))
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        assert _alive(bg)
+        r = a30.migctl("run", "--no-wait", "--", "true")
+        assert r.returncode == 75 and "no free MIG device" in r.stderr, r.stderr
+        assert [x.pid for x in LeaseManager(a30.node()).leases()] == [p.pid]
+        assert _alive(bg)
+    finally:
+        gate.touch()  # the background child ends (also when an assertion above failed)
     wait_for(lambda: not _alive(bg), timeout=10, what="the background child to end")
     r = a30.migctl("run", "--no-wait", "--", "true")
     assert r.returncode == 0, r.stderr

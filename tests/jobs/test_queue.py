@@ -120,8 +120,8 @@ def test_worker_sigkill_restart_loses_nothing_runs_nothing_twice(a30: SimEnv) ->
     n = 12
     q = JobQueue(a30.node())  # queued in-process: `migctl submit` itself is tested above
     log = f"echo $MIGCTL_JOB_ID >> {runs}"
-    ids = [q.submit(["sh", "-c", log if i < 2 else f"{log}; while [ ! -e {gate} ]; do sleep 0.05; done"], Request())
-           for i in range(n)]
+    wait = f"{log}; for _ in $(seq 2400); do [ -e {gate} ] && break; sleep 0.05; done"  # bounded: 2 min at most
+    ids = [q.submit(["sh", "-c", log if i < 2 else wait], Request()) for i in range(n)]
     w = a30.popen("worker", "-q")
     conn = sqlite3.connect(db_path())
 
@@ -129,16 +129,18 @@ def test_worker_sigkill_restart_loses_nothing_runs_nothing_twice(a30: SimEnv) ->
         return int(conn.execute("SELECT COUNT(*) FROM jobs WHERE state=?", (state,)).fetchone()[0])
 
     try:
-        wait_for(lambda: count("done") == 2 and count("running") == 4, timeout=60, what="2 done, 4 running")
+        try:
+            wait_for(lambda: count("done") == 2 and count("running") == 4, timeout=60, what="2 done, 4 running")
+        finally:
+            os.kill(w.pid, signal.SIGKILL)
+            w.wait()
+        running = conn.execute("SELECT id, child_pid FROM jobs WHERE state='running'").fetchall()
+        assert sorted(i for i, _ in running) == ids[2:6]
+        # the other six are queued, one of them perhaps claimed ('starting': its user code never started)
+        assert count("queued") >= 5 and count("queued") + count("starting") == n - 6
+        assert all(proc_start(pid) is not None for _, pid in running)  # jobs outlive the worker
     finally:
-        os.kill(w.pid, signal.SIGKILL)
-        w.wait()
-    running = conn.execute("SELECT id, child_pid FROM jobs WHERE state='running'").fetchall()
-    assert sorted(i for i, _ in running) == ids[2:6]
-    # the other six are queued, one of them perhaps claimed ('starting': its user code never started)
-    assert count("queued") >= 5 and count("queued") + count("starting") == n - 6
-    assert all(proc_start(pid) is not None for _, pid in running)  # jobs outlive the worker
-    gate.touch()
+        gate.touch()  # the running jobs end (also when an assertion above failed)
     r = a30.migctl("worker", "--until-idle", "-q", timeout=120)
     assert r.returncode == 0, r.stderr
     states = _states(a30)
