@@ -388,10 +388,15 @@ def test_an_idle_gi_without_a_full_size_device_is_reshaped(a30: SimEnv) -> None:
     g.create_gi(g.profile("2g.12gb").id).create_ci(0)  # CI profile 0: one slice (1c.2g.12gb)
     a30.layout(0, ["1g.6gb", "1g.6gb"])
     assert _gis(a30) == [("2g.12gb", 0), ("1g.6gb", 2), ("1g.6gb", 3)]
+    before = time.time()
     out = try_reshape(node, Request(profile="2g.12gb"), Churn(hysteresis_s=0))
     assert out.done and out.note == "reshaped GPU 0: destroyed idle 2g.12gb@0; created 2g.12gb@0", out
     gi0 = next(x for x in read_gpu(a30.node().gpu(0)).gis if x.start == 0)
     assert [c.profile for c in gi0.cis] == ["2g.12gb"]
+    conn = sqlite3.connect(str(db_path()))
+    (since,) = conn.execute("SELECT since FROM idle_since WHERE uuid=?", (gi0.cis[0].uuid,)).fetchone()
+    conn.close()
+    assert since >= before  # idle from its creation (the hysteresis counts from there)
 
 
 def test_global_options_after_the_new_value_options(a30: SimEnv) -> None:

@@ -258,7 +258,24 @@ def _apply(node: Any, conn: sqlite3.Connection, decide: Callable[[list[Any], flo
         return Outcome("raced", str(e))
     except UserError as e:  # the node lock stayed held (LockBusy), or the layout is not ours to change
         return Outcome("raced", str(e))
+    _record_created(node, conn, key, chosen[0])
     return Outcome("reshaped", _describe(chosen[0]))
+
+
+def _record_created(node: Any, conn: sqlite3.Connection, key: str, ch: _Change) -> None:
+    """The new instance is idle from its creation (until its job leases it)."""
+    from migctl.busy import retry_nvml
+    from migctl.reconcile.live import read_gpu
+
+    try:
+        g = retry_nvml(lambda: read_gpu(node.gpu(ch.gpu.index)))
+    except Exception:  # noqa: BLE001 - only a record for the hysteresis: first-seen covers a miss
+        return
+    now = time.time()
+    with immediate(conn) as c:
+        c.executemany("INSERT OR REPLACE INTO idle_since (node, uuid, since) VALUES (?,?,?)",
+                      [(key, u, now) for gi in g.gis if gi.start == ch.start and gi.profile == ch.profile.name
+                       for u in _gi_uuids(g, gi)])
 
 
 # ------------------------------------------------------------------------------------------------ entry points
