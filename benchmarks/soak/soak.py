@@ -315,7 +315,7 @@ class Soak:
                 if not gi["cis"]:
                     self.problem("orphan_instances", f"GPU {g['index']}: GI {gi['id']} has no compute instance")
         r = self.migctl("leases", "--json")
-        leases = json.loads(r.stdout or "[]") if r.returncode == 0 else []
+        leases = json.loads(r.stdout or "{}").get("leases", []) if r.returncode == 0 else []  # {"leases": [...]}
         for x in leases:
             self.problem("orphan_instances", f"lease left: {x}")
         journals = list((self.tmp / "state").glob("apply-*.journal.json")) + list((self.tmp / "state").glob("create-*.json"))
