@@ -38,6 +38,7 @@ def main() -> None:
     from tests.k8s.apiserver import ApiServer
     from tests.k8s.fleet import run_fleet
 
+    load_before = os.getloadavg()[0]
     server = ApiServer().start()
     try:
         with tempfile.TemporaryDirectory(prefix="migctl-fleet-") as d:
@@ -50,7 +51,8 @@ def main() -> None:
     load = os.getloadavg()
     res = {"nodes": args.nodes, "gpu": "1xA100-40GB", **{k: round(v, 2) for k, v in took.items()},
            "total_s": round(total, 2), "requests": dict(sorted(methods.items())),
-           "all_nodes_converged": True, "cpus": os.cpu_count(), "loadavg_1m_at_end": round(load[0], 2),
+           "all_nodes_converged": True, "cpus": os.cpu_count(), "loadavg_1m_before": round(load_before, 2),
+           "loadavg_1m_at_end": round(load[0], 2),
            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,7 +60,8 @@ def main() -> None:
     (out / "results.md").write_text(
         "# k8s agent fleet benchmark\n\n"
         f"`python benchmarks/k8s/fleet.py --nodes {args.nodes}` ({res['cpus']} CPUs, Python {res['python']}, "
-        f"{res['date']}, 1-minute load average {res['loadavg_1m_at_end']} at the end: the machine was shared).\n\n"
+        f"{res['date']}; 1-minute load average {res['loadavg_1m_before']} before, {res['loadavg_1m_at_end']} at the "
+        "end, the agents' own load included: the machine was shared).\n\n"
         f"{args.nodes} Nodes, {args.nodes} agent processes, one stand-in API server; every node converged in both "
         "phases with the label sequence pending -> success twice.\n\n"
         "| phase | seconds |\n|---|---|\n"
