@@ -255,14 +255,33 @@ def _terminate(pids: list[int], grace: float = 5.0) -> list[int]:
             procs.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = _wait_gone(procs, grace)
     for p in alive:
         try:
             p.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=grace)
+    _wait_gone(alive, grace)
     return [p.pid for p in procs]
+
+
+def _wait_gone(procs: list[Any], timeout: float) -> list[Any]:
+    """Wait until every process has ended; returns those still running after ``timeout`` seconds. A zombie
+    has ended (only its parent has not collected its status yet): psutil.wait_procs would wait it out in full."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
 
 
 def build_plan(node: Any, config: MigConfig, label: str, force: bool = False) -> tuple[list[LiveGpu], NodePlan]:
