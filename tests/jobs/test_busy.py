@@ -165,7 +165,10 @@ def test_node_lock_is_never_awaited_inside_a_sqlite_write_transaction(a30: SimEn
     SQLite write lock; a run whose wait ends names the lock holder in one line."""
     a30.layout(0, ["1g.6gb"])
     cfg = _config(a30)
-    hooks = _slow_hooks(a30, 15, hook="apply-start")
+    gate = a30.tmp / "gate"  # the apply-start hook runs until the checks below are done (2 min at most)
+    hooks = a30.tmp / "hooks.json"
+    hooks.write_text(json.dumps({"version": "v1", "hooks": {"apply-start": [{"command": "/bin/sh", "args": [
+        "-c", f"for _ in $(seq 2400); do [ -e {gate} ] && break; sleep 0.05; done"]}]}}))
     ap = a30.popen("apply", "-f", str(cfg), "-c", "small", "-k", str(hooks), "-q")
     wait_for(lambda: any(Path(a30.env["MIGCTL_STATE_DIR"]).glob("apply-*.lock.owner")), what="apply to lock")
     run = a30.popen("run", "--wait", "30", "--", "true")
@@ -185,6 +188,7 @@ def test_node_lock_is_never_awaited_inside_a_sqlite_write_transaction(a30: SimEn
         out, err = p.communicate(timeout=20)
         assert p.returncode == 0 and "Traceback" not in err, (p.args, err)
     assert ap.poll() is None  # all of that while the apply still holds the node lock
+    gate.touch()
     assert ap.wait(timeout=60) == 0
     assert run.wait(timeout=60) == 0  # it got a device once the apply committed
 
