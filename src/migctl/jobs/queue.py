@@ -424,6 +424,8 @@ class Worker:
                 continue
             if self._start(Job.from_row(row)):
                 started += 1
+                if started == 1:  # a reserved job comes first: its reservation ends now, not at the next pass
+                    self.q.conn.execute("DELETE FROM reservations WHERE job_id=?", (r["id"],))
             elif self.lock_busy:
                 break  # an apply holds the node lock: nothing can be leased until it ends
             else:
