@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -184,3 +185,15 @@ def parse_mem(text: str) -> int:
 def exit_status(returncode: int) -> int:
     """Popen returncode -> shell-style exit status (128+N when killed by signal N)."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the process group led by ``pid`` (a job's session), or to ``pid`` alone when it leads
+    none; a process that is gone or not ours is left alone."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -9,14 +9,13 @@ returned, 143 for a plain SIGTERM; none when it had to be killed). The moment of
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sqlite3
 import time
 from collections.abc import Callable
 
-from migctl.jobs.common import JobsError, immediate
+from migctl.jobs.common import JobsError, immediate, signal_group
 
 MAX_LIMIT_S = 10_000_000.0  # about 115 days, the CLI-wide limit on seconds (docs/cli.md)
 DEFAULT_GRACE_S = 10.0
@@ -41,16 +40,6 @@ def limit_of(conn: sqlite3.Connection, job_id: int) -> float | None:
     return None if r is None or r["time_limit"] is None else float(r["time_limit"])
 
 
-def _killpg(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 def enforce(conn: sqlite3.Connection, key: str, grace: float = DEFAULT_GRACE_S,
             log: Callable[[str], None] | None = None, now: float | None = None) -> int:
     """Signal running jobs past their limit (SIGTERM at the limit, SIGKILL ``grace`` s later); returns how
@@ -71,12 +60,12 @@ def enforce(conn: sqlite3.Connection, key: str, grace: float = DEFAULT_GRACE_S,
                 got = c.execute("UPDATE jobs SET limit_term=?, reason='time limit' WHERE id=? AND state='running' "
                                 "AND limit_term IS NULL", (now, r["id"])).rowcount
             if got:
-                _killpg(pid, signal.SIGTERM)
+                signal_group(pid, signal.SIGTERM)
                 n += 1
                 if log:
                     log(f"job {r['id']}: time limit ({float(r['time_limit']):g}s) reached, SIGTERM sent")
         elif now >= float(r["limit_term"]) + grace and lease_processes(pid, r["child_start"] or 0.0, pid, r["child_start"]):
-            _killpg(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
             n += 1
             if log:
                 log(f"job {r['id']}: still running {grace:g}s after SIGTERM, SIGKILL sent")

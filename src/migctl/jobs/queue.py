@@ -51,6 +51,7 @@ from migctl.jobs.common import (
     node_key,
     pid_alive,
     proc_start,
+    signal_group,
     state_dir,
 )
 from migctl.jobs.leases import Lease, LeaseManager, Request
@@ -221,26 +222,16 @@ class JobQueue:
             return f"job {job_id} cancelled"
         pid, start = r["child_pid"], r["child_start"]
         if pid_alive(pid, start):
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
             while pid_alive(pid, start) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if pid_alive(pid, start):
-                _signal_group(pid, signal.SIGKILL)
+                signal_group(pid, signal.SIGKILL)
         return f"job {job_id} cancelled (was running as PID {pid})"
 
     def log_file(self, job_id: int) -> Path:
         return Path(self.get(job_id).log_path)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 class WorkerBusy(JobsError):
@@ -452,23 +443,29 @@ class Worker:
                 if not self.leases.last_lock_busy:
                     self._checked[job.request] = None  # checked under the node lock: satisfiable
             except JobsError as e:
-                with immediate(c):
-                    c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='starting'",
-                              (str(e), time.time(), job.id))
-                self.log(f"job {job.id}: {e}")
+                self._fail_claimed(job, str(e))
                 return False
             if lease is None:
-                with immediate(c):
-                    c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=? AND state='starting'",
-                              (job.id,))
+                self._requeue(job)
                 if self.leases.last_lock_busy:
                     self.lock_busy = self.leases.last_lock_busy
                 return False
             return self._launch(job, lease)
         except BaseException:
-            with immediate(c):
-                c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=? AND state='starting'", (job.id,))
+            self._requeue(job)
             raise
+
+    def _requeue(self, job: Job) -> None:
+        """A claimed job that could not start now goes back to the queue."""
+        with immediate(self.q.conn) as c:
+            c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=? AND state='starting'", (job.id,))
+
+    def _fail_claimed(self, job: Job, reason: str) -> None:
+        """A claimed job that can never start fails with ``reason`` (logged)."""
+        with immediate(self.q.conn) as c:
+            c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='starting'",
+                      (reason, time.time(), job.id))
+        self.log(f"job {job.id}: {reason}")
 
     def _spawn(self, job: Job, extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
         """Start the job's wrapper behind its closed gate: the submitter's environment plus ``extra``, output
@@ -502,14 +499,10 @@ class Worker:
             got = launch(self.node, job.request, job.sharing, lambda extra: self._spawn(job, extra),
                          leases=self.leases, lease_now=lease_now, name=os.path.basename(job.cmd[0]), lock_timeout=1.0)
         except JobsError as e:
-            with immediate(c):
-                c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='starting'",
-                          (str(e), time.time(), job.id))
-            self.log(f"job {job.id}: {e}")
+            self._fail_claimed(job, str(e))
             return False
         if got is None:  # no shared device has room now: stays queued
-            with immediate(c):
-                c.execute("UPDATE jobs SET state='queued', worker_pid=NULL WHERE id=? AND state='starting'", (job.id,))
+            self._requeue(job)
             return False
         start = proc_start(got.proc.pid) or 0.0
         go = False
@@ -535,9 +528,7 @@ class Worker:
             proc, gate = self._spawn(job, child_env(lease, base={}))
         except OSError as e:
             self.leases.release(lease)
-            with immediate(c):
-                c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='starting'",
-                          (f"cannot start: {e}", time.time(), job.id))
+            self._fail_claimed(job, f"cannot start: {e}")
             return False
         start = proc_start(proc.pid) or 0.0
         go = False

@@ -21,6 +21,7 @@ optimal within its time limit returns its best bound (still an upper bound; coun
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from migctl.catalog.model import GpuModel
 from migctl.planner.layouts import enumerate_layouts, maximal_layouts
@@ -123,15 +124,14 @@ class PackingBound:
                 n_gpu -= reps
         return placed
 
-    def _relaxed(self, vec: tuple[int, ...]) -> int:
-        """The floor of the linear relaxation's optimum (GLOP): an upper bound of the integer optimum."""
-        from ortools.linear_solver import pywraplp
-
-        lp = pywraplp.Solver.CreateSolver("GLOP")
+    def _packing(self, vec: tuple[int, ...], var: Any, add: Any, total: Any) -> list:
+        """The packing model, built with either solver's calls (``var(lo, hi, name)``, ``add(constraint)``,
+        ``total(terms)``): x = GPUs of each model using each layout, s = jobs of each profile served, at most
+        the demand ``vec`` and what the chosen layouts provide. Returns the objective's terms (slices)."""
         provide: dict[str, list] = {n: [] for n in self.names}
         for key, lays in self.layouts.items():
-            xs = [lp.NumVar(0, self.counts[key], f"x_{key}_{i}") for i in range(len(lays))]
-            lp.Add(lp.Sum(xs) <= self.counts[key])
+            xs = [var(0, self.counts[key], f"x_{key}_{i}") for i in range(len(lays))]
+            add(total(xs) <= self.counts[key])
             for x, lay in zip(xs, lays, strict=True):
                 for n, c in lay.items():
                     provide[n].append(c * x)
@@ -139,9 +139,17 @@ class PackingBound:
         for n, d in zip(self.names, vec, strict=True):
             if d == 0:
                 continue
-            s = lp.NumVar(0, d, f"s_{n}")
-            lp.Add(s <= lp.Sum(provide[n]))
+            s = var(0, d, f"s_{n}")
+            add(s <= total(provide[n]))
             obj.append(self.slices[n] * s)
+        return obj
+
+    def _relaxed(self, vec: tuple[int, ...]) -> int:
+        """The floor of the linear relaxation's optimum (GLOP): an upper bound of the integer optimum."""
+        from ortools.linear_solver import pywraplp
+
+        lp = pywraplp.Solver.CreateSolver("GLOP")
+        obj = self._packing(vec, lp.NumVar, lp.Add, lp.Sum)
         lp.Maximize(lp.Sum(obj))
         if lp.Solve() != pywraplp.Solver.OPTIMAL:
             return self.capacity
@@ -151,20 +159,7 @@ class PackingBound:
         from ortools.sat.python import cp_model
 
         mdl = cp_model.CpModel()
-        provide: dict[str, list] = {n: [] for n in self.names}
-        for key, lays in self.layouts.items():
-            xs = [mdl.NewIntVar(0, self.counts[key], f"x_{key}_{i}") for i in range(len(lays))]
-            mdl.Add(sum(xs) <= self.counts[key])
-            for x, lay in zip(xs, lays, strict=True):
-                for n, c in lay.items():
-                    provide[n].append(c * x)
-        obj = []
-        for n, d in zip(self.names, vec, strict=True):
-            if d == 0:
-                continue
-            s = mdl.NewIntVar(0, d, f"s_{n}")
-            mdl.Add(s <= sum(provide[n]))
-            obj.append(self.slices[n] * s)
+        obj = self._packing(vec, mdl.NewIntVar, mdl.Add, sum)
         mdl.Add(sum(obj) >= low)
         if high is not None:
             mdl.Add(sum(obj) <= high)
