@@ -31,9 +31,15 @@ def _popen(se: Any, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+# The job writes its CUDA environment to $OUT whole (a temp file renamed into place: a reader never sees a
+# file the shell has created but not yet written), then runs until $GO exists (2 min at most).
+ENV_THEN_WAIT = ('env | grep -E "^CUDA_(MPS|VIS)" | sort > "$OUT.tmp" && mv "$OUT.tmp" "$OUT"; '
+                 'for _ in $(seq 2400); do [ -e "$GO" ] && break; sleep 0.05; done')
+
+
 def _wait_file(p: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while not (p.exists() and p.stat().st_size):  # (the shell creates the file before writing to it)
+    while not p.exists():  # complete once it exists (renamed into place)
         assert time.monotonic() < deadline, f"timed out waiting for {p}"
         time.sleep(0.05)
 
@@ -42,7 +48,7 @@ def test_two_mps_clients_share_a_device_and_a_third_waits(shared: Any) -> None:
     a30 = shared
     a30.layout(0, ["2g.12gb"])
     go = a30.tmp / "go"
-    script = 'env | grep -E "^CUDA_(MPS|VIS)" | sort > "$OUT"; while [ ! -e "$GO" ]; do sleep 0.05; done'
+    script = ENV_THEN_WAIT
     procs = []
     for i in range(2):
         env = {"OUT": str(a30.tmp / f"env{i}"), "GO": str(go)}
@@ -79,7 +85,7 @@ def test_time_sliced_jobs_share_without_limits(shared: Any) -> None:
     a30 = shared
     a30.layout(0, ["1g.6gb"])
     go = a30.tmp / "go"
-    script = 'env | grep -E "^CUDA_(MPS|VIS)" | sort > "$OUT"; while [ ! -e "$GO" ]; do sleep 0.05; done'
+    script = ENV_THEN_WAIT
     procs = []
     for i in range(2):
         env = {"OUT": str(a30.tmp / f"env{i}"), "GO": str(go)}
