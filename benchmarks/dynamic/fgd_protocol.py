@@ -20,14 +20,14 @@ sys.path.insert(0, str(HERE))
 
 from run import A100, H100, SIZE_TO_PROFILE, alibaba, parvagpu_phases  # noqa: E402
 
-from migctl.planner.online import POLICIES, Placer, Request  # noqa: E402
+from migctl.planner.online import POLICIES, fill  # noqa: E402
 
 N = 300
 
 
 def alibaba_units() -> list[str]:
     out: list[str] = []
-    for _t, _run, prof, n in alibaba():
+    for _t, _run, prof, n, _share in alibaba():
         out += [prof] * n
     return out
 
@@ -38,20 +38,8 @@ def skewed() -> list[str]:
 
 
 def allocation(models: list, units: list[str], policy: str) -> float:
-    uniq = list({m.key: m for m in models}.values())
-    reqs = {u: Request.for_profile(uniq, u) for u in set(units)}
-    pl = Placer(models, policy)
-    cap = pl.capacity_slices()
-    requested = i = 0
-    while requested < 1.3 * cap:
-        u = units[i % len(units)]
-        i += 1
-        pl.observe(reqs[u])
-        requested += A100.profile(u).slices
-        c = pl.choose(reqs[u])
-        if c is not None:
-            pl.add(c.gpu, c.profile.id, c.placement.start)
-    return pl.used_slices() / cap
+    pl = fill(models, units, policy)
+    return pl.used_slices() / pl.capacity_slices()
 
 
 def main() -> int:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from migctl.catalog import load_model
 from migctl.catalog.geometry import PlacedGI, validate_layout
 from migctl.catalog.model import Placement
-from migctl.planner.online import POLICIES, Placer, Request
+from migctl.planner.online import POLICIES, Placer, Request, fill
 
 DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "dynamic" / "data"
 A100 = load_model("A100-80GB")
@@ -33,19 +33,8 @@ def _valid(pl: Placer) -> None:
 
 def fgd_protocol(models: list, units: list[str], policy: str) -> float:
     """Arrivals in order (cycled) until 130% of capacity is requested, no departures; allocated share."""
-    uniq = list({m.key: m for m in models}.values())
-    reqs = {u: Request.for_profile(uniq, u) for u in set(units)}
-    pl = Placer(models, policy)
+    pl = fill(models, units, policy)
     cap = pl.capacity_slices()
-    requested = i = 0
-    while requested < 1.3 * cap:
-        u = units[i % len(units)]
-        i += 1
-        pl.observe(reqs[u])
-        requested += A100.profile(u).slices
-        c = pl.choose(reqs[u])
-        if c is not None:
-            pl.add(c.gpu, c.profile.id, c.placement.start)
     _valid(pl)
     return pl.used_slices() / cap
 

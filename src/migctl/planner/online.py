@@ -326,3 +326,25 @@ class Placer:
 
     def capacity_slices(self) -> int:
         return sum(m.compute_slices for m in self.models)
+
+
+def fill(models: Sequence[GpuModel], units: Sequence[str], policy: str, load: float = 1.3) -> Placer:
+    """The FGD protocol (Weng et al., ATC'23): requests for the profile names ``units`` arrive in order
+    (cycled) until ``load`` x the fleet's compute slices have been requested; nothing departs. Each is placed
+    by ``policy`` where it fits, or turned away. Returns the placer (its ``used_slices()`` / capacity is the
+    allocation the protocol reports)."""
+    uniq = list({m.key: m for m in models}.values())
+    reqs = {u: Request.for_profile(uniq, u) for u in set(units)}
+    slices = {u: next(p.slices for m in uniq if (p := m.profile(u)) is not None) for u in set(units)}
+    pl = Placer(models, policy)
+    cap = pl.capacity_slices()
+    requested = i = 0
+    while requested < load * cap:
+        u = units[i % len(units)]
+        i += 1
+        pl.observe(reqs[u])
+        requested += slices[u]
+        c = pl.choose(reqs[u])
+        if c is not None:
+            pl.add(c.gpu, c.profile.id, c.placement.start)
+    return pl
