@@ -66,29 +66,17 @@ def plan_command(
 
     try:
         if live:
-            from migctl.inputs import InputError, load_yaml_file
-            from migctl.planner.request import parse_request
+            from migctl.planner.request import parse_request, read_request_data
 
-            try:
-                data = load_yaml_file(file, "plan file")
-            except InputError as e:
-                raise PlanError(str(e)) from None
-            if not isinstance(data, dict):
-                raise PlanError(f"{file}: expected a mapping with 'workloads'")
+            data = read_request_data(file, "'workloads'")
             data["live"] = live_layout(cli_node(ctx))
             data.pop("fleet", None)  # the fleet is the node
             request = parse_request(data, base_dir=file.parent)
         elif apply:
             # with --apply the fleet is the live node unless the file gives one (which must then match it)
-            from migctl.inputs import InputError, load_yaml_file
-            from migctl.planner.request import parse_request
+            from migctl.planner.request import parse_request, read_request_data
 
-            try:
-                data = load_yaml_file(file, "plan file")
-            except InputError as e:
-                raise PlanError(str(e)) from None
-            if not isinstance(data, dict):
-                raise PlanError(f"{file}: expected a mapping with 'fleet' and 'workloads'")
+            data = read_request_data(file)
             if not data.get("fleet"):
                 counts: dict[str, int] = {}
                 from migctl.catalog.loader import learn_model

@@ -115,8 +115,9 @@ def _first_error(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
 
-def load_request(path: str | Path) -> Request:
-    """Read a planning request from a YAML file (workloads may also come from a CSV next to it)."""
+def read_request_data(path: str | Path, keys: str = "'fleet' and 'workloads'") -> dict[str, Any]:
+    """The mapping of a plan file, read with the input bounds (not yet parsed: callers may fill in the fleet
+    or the live layout first); ``keys`` names what the mapping must hold, for the error line."""
     from migctl.inputs import InputError, load_yaml_file
 
     p = Path(path)
@@ -127,8 +128,13 @@ def load_request(path: str | Path) -> Request:
     except InputError as e:
         raise PlanError(str(e)) from None
     if not isinstance(data, dict):
-        raise PlanError(f"{p}: expected a mapping with 'fleet' and 'workloads'")
-    return parse_request(data, base_dir=p.parent)
+        raise PlanError(f"{p}: expected a mapping with {keys}")
+    return data
+
+
+def load_request(path: str | Path) -> Request:
+    """Read a planning request from a YAML file (workloads may also come from a CSV next to it)."""
+    return parse_request(read_request_data(path), base_dir=Path(path).parent)
 
 
 def read_workloads_csv(path: Path) -> list[dict[str, Any]]:
