@@ -15,12 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from migctl.paths import node_slug, state_dir
+from migctl.paths import atomic_write, node_slug, state_dir
 
 
 def intent_path(node: Any) -> Path:
@@ -29,17 +28,7 @@ def intent_path(node: Any) -> Path:
 
 def _write(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".create-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(data), ".create-")
 
 
 def create_gi_ci(node: Any, gpu: Any, profile: Any, placement: Any, what: str = "") -> tuple[Any, Any]:

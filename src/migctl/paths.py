@@ -91,6 +91,31 @@ def private_file(path: Path, what: str) -> Path:
     return path
 
 
+def atomic_write(path: Path, text: str, prefix: str, fsync_dir: bool = False) -> None:
+    """Replace ``path`` with ``text`` atomically: an unpredictable temp file created exclusively (0600) next to
+    it, written and fsynced, then renamed over it (``fsync_dir``: the directory too, so the rename survives a
+    crash). The temp file's name starts with ``prefix`` (:func:`_clean_stale_temps` knows the prefixes)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=prefix, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if fsync_dir:
+            dfd = os.open(str(path.parent), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _clean_stale_temps(directory: Path) -> None:
     """Remove temp files of atomic writes whose writer was killed (older than :data:`STALE_TMP_S`)."""
     now = time.time()

@@ -99,20 +99,10 @@ class Agent:
             return {}
 
     def _save_state(self) -> None:
-        import tempfile
+        from migctl.paths import atomic_write
 
         self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=str(self.state_path.parent), prefix=".agent-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.saved, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            with _suppress():
-                os.unlink(tmp)
-            raise
+        atomic_write(self.state_path, json.dumps(self.saved), ".agent-")
 
     # ------------------------------------------------------------------ Kubernetes calls
     def _call(self, fn: Callable[..., Any], *args: Any, attempts: int = 8, **kwargs: Any) -> Any:

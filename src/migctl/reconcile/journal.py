@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from migctl.errors import UserError
-from migctl.paths import EXIT_LOCKED, LockBusy, state_dir  # noqa: F401  (re-exported)
+from migctl.paths import EXIT_LOCKED, LockBusy, atomic_write, state_dir  # noqa: F401  (re-exported)
 from migctl.paths import node_lock as _node_lock
 from migctl.paths import node_slug as node_key
 
@@ -33,22 +32,7 @@ JOURNAL_VERSION = 1
 
 def _atomic_write(path: Path, data: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".journal-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(str(path.parent), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data, ".journal-", fsync_dir=True)
 
 
 class Journal:

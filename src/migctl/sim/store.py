@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from migctl.paths import atomic_write
 from migctl.paths import state_dir as default_state_dir
 from migctl.sim.spec import NodeSpec
 from migctl.sim.state import SimState
@@ -151,17 +150,7 @@ class Store:
     def _write(self, state: SimState) -> None:
         assert self.path is not None
         data = json.dumps(state.to_json(), indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=str(self.path.parent), prefix=".state-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path, data, ".state-")
         self._cache = None
 
     def reset(self) -> None:
