@@ -94,6 +94,15 @@ def _set(p: Parsed, f: Flag, value: str, where: str) -> None:
     p.given.add(f.name)
 
 
+def _value(args: list[str], i: int, value: str, has_eq: bool, flag: str) -> tuple[str, int]:
+    """A flag's value: after ``=``, else the next argument (Go's flag package); the index of the last one used."""
+    if has_eq:
+        return value, i
+    if i + 1 >= len(args):
+        raise ArgError(f"flag needs an argument: {flag}")
+    return args[i + 1], i + 1
+
+
 def _parse_flags(args: list[str], flags: list[Flag], p: Parsed, stop_at_command: bool) -> list[str]:
     """Parse ``args`` into ``p``; returns the positional arguments (from the verb on, at the root)."""
     pos: list[str] = []
@@ -128,11 +137,7 @@ def _parse_flags(args: list[str], flags: list[Flag], p: Parsed, stop_at_command:
             if f.boolean:
                 _set(p, f, value or "true", f"flag -{name}")
             else:
-                if not has_eq:
-                    if i + 1 >= len(args):
-                        raise ArgError(f"flag needs an argument: {first}")
-                    value = args[i + 1]
-                    i += 1
+                value, i = _value(args, i, value, has_eq, first)
                 _set(p, f, value, f"flag -{name}")
             i += 1
             continue
@@ -145,11 +150,7 @@ def _parse_flags(args: list[str], flags: list[Flag], p: Parsed, stop_at_command:
             if sf.boolean:
                 _set(p, sf, value if (k == len(name) - 1 and value) else "true", f"flag -{ch}")
             elif k == len(name) - 1:
-                if not has_eq:
-                    if i + 1 >= len(args):
-                        raise ArgError(f"flag needs an argument: -{ch}")
-                    value = args[i + 1]
-                    i += 1
+                value, i = _value(args, i, value, has_eq, f"-{ch}")
                 _set(p, sf, value, f"flag -{ch}")
         i += 1
     return pos

@@ -185,15 +185,20 @@ def _observers(log: Log) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ verbs
-def cmd_apply(p: Parsed, log: Log) -> None:
-    from migctl.parted.compat import resolver
-    from migctl.reconcile import apply_desired
-
+def _selected(p: Parsed, log: Log) -> tuple[Any, str]:
+    """The config file (-f) and the label selected in it (-c), with mig-parted's debug lines."""
     path = _require(p, "config-file")
     log.debug("Parsing config file...")
     cfg = load_config(path)
     log.debug("Selecting specific MIG config...")
-    label = select_label(p, cfg)
+    return cfg, select_label(p, cfg)
+
+
+def cmd_apply(p: Parsed, log: Log) -> None:
+    from migctl.parted.compat import resolver
+    from migctl.reconcile import apply_desired
+
+    cfg, label = _selected(p, log)
     p.values["selected-config"] = label  # hooks see the selected label, as in mig-parted
     env = _flag_env(p, ["config-file", "selected-config", "hooks-file", "skip-reset", "mode-only"])
     hooks = _hooks(p, env)
@@ -213,11 +218,7 @@ def cmd_assert(p: Parsed, log: Log) -> None:
     from migctl.reconcile.engine import config_modes
     from migctl.reconcile.live import read_node
 
-    path = _require(p, "config-file")
-    log.debug("Parsing config file...")
-    cfg = load_config(path)
-    log.debug("Selecting specific MIG config...")
-    label = select_label(p, cfg)
+    cfg, label = _selected(p, log)
     if p.bool("valid-config"):
         print("Selected MIG configuration is valid", flush=True)
         return
