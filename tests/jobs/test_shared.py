@@ -44,19 +44,30 @@ def _wait_file(p: Path, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def _two_clients(a30: Any, *run_args: str) -> tuple[Path, list[subprocess.Popen[str]]]:
+    """Two `migctl run RUN_ARGS -- ENV_THEN_WAIT` clients, each past writing its environment (env0, env1);
+    they exit once the returned gate file exists."""
+    go = a30.tmp / "go"
+    procs = []
+    try:
+        for i in range(2):
+            env = {"OUT": str(a30.tmp / f"env{i}"), "GO": str(go)}
+            procs.append(_popen(a30, env, "run", *run_args, "--", "bash", "-c", ENV_THEN_WAIT))
+        for i in range(2):
+            _wait_file(a30.tmp / f"env{i}")
+    except BaseException:
+        go.touch()
+        for p in procs:
+            p.wait(timeout=60)
+        raise
+    return go, procs
+
+
 def test_two_mps_clients_share_a_device_and_a_third_waits(shared: Any) -> None:
     a30 = shared
     a30.layout(0, ["2g.12gb"])
-    go = a30.tmp / "go"
-    script = ENV_THEN_WAIT
-    procs = []
-    for i in range(2):
-        env = {"OUT": str(a30.tmp / f"env{i}"), "GO": str(go)}
-        procs.append(_popen(a30, env, "run", "--isolation", "soft", "--share", "2", "--profile", "2g.12gb", "--",
-                            "bash", "-c", script))
+    go, procs = _two_clients(a30, "--isolation", "soft", "--share", "2", "--profile", "2g.12gb")
     try:
-        for i in range(2):
-            _wait_file(a30.tmp / f"env{i}")
         envs = [(a30.tmp / f"env{i}").read_text() for i in range(2)]
         for e in envs:
             assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50" in e and "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=5984M" in e
@@ -84,15 +95,8 @@ def test_two_mps_clients_share_a_device_and_a_third_waits(shared: Any) -> None:
 def test_time_sliced_jobs_share_without_limits(shared: Any) -> None:
     a30 = shared
     a30.layout(0, ["1g.6gb"])
-    go = a30.tmp / "go"
-    script = ENV_THEN_WAIT
-    procs = []
-    for i in range(2):
-        env = {"OUT": str(a30.tmp / f"env{i}"), "GO": str(go)}
-        procs.append(_popen(a30, env, "run", "--isolation", "none", "--share", "2", "--", "bash", "-c", script))
+    go, procs = _two_clients(a30, "--isolation", "none", "--share", "2")
     try:
-        for i in range(2):
-            _wait_file(a30.tmp / f"env{i}")
         for i in range(2):
             e = (a30.tmp / f"env{i}").read_text()
             assert "CUDA_MPS" not in e and "CUDA_VISIBLE_DEVICES=MIG-" in e
