@@ -315,3 +315,42 @@ def test_reserve_slowdown_waits_for_the_jobs_own_limit() -> None:
         (job, res), *_ = [(j, r) for j, r in sch.reservation_log if j.id == 1]
         assert res.made == pytest.approx(expect, abs=10.0)
         assert waits[1] <= (res.made - job.submit) + res.way_limit
+
+
+def test_start_orders_within_a_priority() -> None:
+    """Two waiting 7g jobs and one GPU: "fifo" starts the older (long) one, "sjf" the shorter one, and "hrrn"
+    the one with the higher response ratio (wait + limit) / limit, so a long job ages past a short newcomer."""
+    def first(order: str, short_at: float, now: float = 500.0) -> int:
+        sch = Scheduler([A100], Policy(order=order))
+        sch.submit(Job(0, req(A100, "1g.10gb"), 0.0, now))  # holds the GPU until ``now``
+        sch.step(0.0)
+        sch.submit(Job(1, req(A100, "7g.80gb"), 1.0, 1000.0))  # older, long
+        sch.submit(Job(2, req(A100, "7g.80gb"), short_at, 10.0))  # younger, short
+        assert sch.step(short_at) == []
+        sch.finish(0, now)
+        (job,) = sch.step(now)
+        return job.id
+
+    assert first("fifo", 2.0) == 1
+    assert first("sjf", 2.0) == 2
+    assert first("sjf", 499.0) == 2  # shortest first never ages
+    assert first("hrrn", 2.0) == 2  # (499 + 1000) / 1000 = 1.5 < (498 + 10) / 10 = 50.8
+    assert first("hrrn", 499.0) == 1  # 1.5 > (1 + 10) / 10 = 1.1
+
+
+def test_reservation_goes_to_the_oldest_starving_job_whatever_the_order() -> None:
+    """With shortest-limit-first a long 7g job behind a stream of short 1g jobs would never start; the
+    reservation still goes to the oldest starving job (not the younger, shorter 7g job that this order tries
+    first), so its wait stays within the documented bound."""
+    jobs = starving_trace() + [(1.0, 60.0, "7g.80gb")]  # starving at the same instant as job 1
+    for order in ("sjf", "hrrn"):
+        sch, waits = simulate([A100], jobs, Policy(placement="migctl", reserve_after_s=120.0, order=order))
+        assert 1 in waits and sch.reservation_log[0][0].id == 1
+        job, res = sch.reservation_log[0]
+        assert waits[1] <= (res.made - job.submit) + res.way_limit + 1e-9
+        assert sch.stats["reservations_late"] == 0 and len(waits) == len(jobs)
+
+
+def test_unknown_order_is_refused() -> None:
+    with pytest.raises(ValueError, match="order 'lifo' is not one of fifo, hrrn, sjf"):
+        Policy(order="lifo")

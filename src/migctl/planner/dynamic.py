@@ -3,7 +3,8 @@ reservations and MPS sharing. Pure logic (no I/O, no clock): the caller says wha
 
 A :class:`Scheduler` owns a :class:`~migctl.planner.online.Placer` and the instances on it. Every instance
 is either *busy* (a running job holds it, or MPS clients share it) or *idle*. :meth:`Scheduler.step`
-starts waiting jobs in priority-then-arrival order (a reserved job first):
+starts waiting jobs in priority-then-arrival order (a reserved job first; ``order`` can put the highest
+response ratio or the shortest limit first within a priority instead of arrival):
 
 0. **join** (``share=True``, a job asking for a fraction of a GPU): a shared instance with room for its
    share (thread percentages add up to at most 100%, memory limits proportional to them);
@@ -54,6 +55,16 @@ class Policy:
     reshape_gangs: bool = False  # gangs reshape too (after checking that every unit can find room)
     share: bool = False  # jobs that ask for a fraction of a GPU (Job.share < 1) run as MPS clients on shared instances
     share_pool: str = "whole"  # a new shared instance: "whole" GPU when one is free, else the job's own profile; "own"
+    order: str = "fifo"  # start order within a priority: "fifo" (arrival), "hrrn" (highest (wait + limit) / limit
+    # first, Brinch Hansen's response ratio) or "sjf" (shortest limit first); reservations go to the oldest starving
+    # job whatever the order
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"order '{self.order}' is not one of {', '.join(ORDERS)}")
+
+
+ORDERS = ("fifo", "hrrn", "sjf")
 
 
 @dataclass
@@ -436,7 +447,11 @@ class Scheduler:
         those are not tried again.
         """
         started = []
-        order = sorted(self.waiting, key=lambda j: (j.id not in self.reservations, -j.priority, j.submit, j.id))
+        order = sorted(self.waiting, key=lambda j: (j.id not in self.reservations, -j.priority, self._rank(j, now),
+                                                    j.submit, j.id))
+        # the jobs that may get a reservation, oldest first (the same as the start order with "fifo")
+        starving = deque(j for j in sorted(self.waiting, key=lambda j: (-j.priority, j.submit, j.id))
+                         if j.id not in self.reservations and self._starving(j, now))
         failed: dict[tuple, float] = {}
         for job in order:
             memo = (job.request, job.count, job.share if self._shares(job) else None)
@@ -449,9 +464,13 @@ class Scheduler:
                     # without another job's reservation in the way the limit plays no part: every limit fails
                     lim = job.limit if blocking else float("-inf")
                     failed[memo] = min(lim, failed.get(memo, lim))
-            if (got is None and len(self.reservations) < self.policy.max_reservations
-                    and self._maybe_reserve(job, now) and self.reservations[job.id][0].at <= now):
-                got = self._try_start(job, now)  # its reservation is free now: it starts in this step
+            while starving and (starving[0].start is not None or starving[0].id in self.reservations):
+                starving.popleft()
+            if (got is None and starving and starving[0] is job
+                    and len(self.reservations) < self.policy.max_reservations):
+                starving.popleft()  # its chance in this step, taken or not (then the next starving job's)
+                if self._maybe_reserve(job, now) and self.reservations[job.id][0].at <= now:
+                    got = self._try_start(job, now)  # its reservation is free now: it starts in this step
             if got is None:
                 continue
             for k in got:
@@ -527,13 +546,26 @@ class Scheduler:
             self.stats["reused"] = mark[1]["reused"]
         return None
 
-    def _maybe_reserve(self, job: Job, now: float) -> bool:
-        """Reserve for ``job`` if it has waited long enough and a reservation is available; True if made."""
-        if (self.policy.reserve_after_s is None or job.id in self.reservations
-                or now - job.submit < self.policy.reserve_after_s
-                or len(self.reservations) >= self.policy.max_reservations):
+    def _rank(self, job: Job, now: float) -> float:
+        """The job's place in the start order within its priority (lower first); 0 for every job with "fifo"."""
+        if self.policy.order == "hrrn":
+            return -(now - job.submit + job.limit) / max(job.limit, 1.0)
+        if self.policy.order == "sjf":
+            return job.limit
+        return 0.0
+
+    def _starving(self, job: Job, now: float) -> bool:
+        """Whether ``job`` has waited long enough for a reservation (``reserve_after_s`` and, with
+        ``reserve_slowdown``, that many times its own limit)."""
+        p = self.policy
+        if p.reserve_after_s is None or now - job.submit < p.reserve_after_s:
             return False
-        if self.policy.reserve_slowdown is not None and now - job.submit < self.policy.reserve_slowdown * job.limit:
+        return p.reserve_slowdown is None or now - job.submit >= p.reserve_slowdown * job.limit
+
+    def _maybe_reserve(self, job: Job, now: float) -> bool:
+        """Reserve for ``job`` if it is starving and a reservation is available; True if made."""
+        if (job.id in self.reservations or not self._starving(job, now)
+                or len(self.reservations) >= self.policy.max_reservations):
             return False
         self._reserve(job, now)
         return job.id in self.reservations
