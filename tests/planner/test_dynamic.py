@@ -354,3 +354,25 @@ def test_reservation_goes_to_the_oldest_starving_job_whatever_the_order() -> Non
 def test_unknown_order_is_refused() -> None:
     with pytest.raises(ValueError, match="order 'lifo' is not one of fifo, hrrn, sjf"):
         Policy(order="lifo")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_several_reservations_start_on_time(seed: int) -> None:
+    """With several reservations at a time, a reserved job that makes room for itself keeps clear of the
+    other reservations: every reserved job starts by its reserved time, within the documented bound."""
+    rnd = random.Random(seed)
+    names = ["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]
+    jobs = []
+    t = 0.0
+    for _ in range(400):
+        t += rnd.expovariate(1 / 15)
+        jobs.append((t, rnd.expovariate(1 / 200), rnd.choices(names, [50, 5, 15, 15, 10, 5])[0]))
+    pol = Policy(keep_idle=True, reshape=True, reshape_reserved=True, hysteresis_s=5, hysteresis_blocks=False,
+                 reserve_after_s=300, max_reservations=3)
+    sch, waits = simulate([A100] * 2, jobs, pol)
+    assert sch.stats["busy_destroyed"] == 0 and len(waits) == len(jobs)
+    assert sch.stats["reservations"] >= 10
+    for job, res in sch.reservation_log:
+        assert job.start is not None and job.start <= res.at + 1e-6
+        assert waits[job.id] <= (res.made - job.submit) + res.way_limit + 1e-6
+    assert sch.stats["reservations_late"] == 0

@@ -338,7 +338,7 @@ class Scheduler:
             idle_here = [(k[1], k[2]) for k, o in self.owner.items() if k[0] == res.gpu and o is None and k not in taken]
             made = self.placer.make_room(Request(((self.models[res.gpu].key, (res.profile,)),)),
                                          lambda g, idle_here=idle_here: idle_here,
-                                         allowed=lambda g, gpu=res.gpu: g == gpu)
+                                         allowed=lambda g, gpu=res.gpu: g == gpu, extra=extra)
             if made is not None:
                 drop, c = made
                 for pid, st in drop:
