@@ -97,6 +97,13 @@ def _jobs_json(q: Any, jobs: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _run_reservations(q: Any) -> list[dict[str, Any]]:
+    """Reservations of waiting runs (``run --reserve-after``) as JSON: the run's PID and the placement."""
+    from migctl.jobs import reservations
+
+    return [{"pid": r.pid, **r.to_json()} for r in reservations.load(q.conn, q.key, live=True) if r.pid is not None]
+
+
 def _fmt_time(t: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) if t else "-"
 
@@ -122,6 +129,7 @@ def register(app: typer.Typer) -> None:
         reshape: bool = typer.Option(False, "--reshape", help="If nothing fits, destroy the fewest idle instances on one GPU to make room (transactional apply; busy and leased ones are never touched), also while waiting."),
         max_reconfig: Optional[int] = typer.Option(None, "--max-reconfig-per-min", callback=int_range(1, 10_000, "--max-reconfig-per-min"), help="With --reshape: at most N instances destroyed for reshaping per 60 s on this node, shared with the worker and other runs (default 20)."),
         hysteresis: Optional[float] = typer.Option(None, "--hysteresis", callback=seconds, help="With --reshape: spare instances idle for less than SECONDS (default 0)."),
+        reserve_after: Optional[str] = typer.Option(None, "--reserve-after", help="Once waiting longer than SECONDS (default 300; off: never), take the node's reservation in turn (oldest waiter first, shared with the worker's queued jobs) and start in it when it frees up."),
     ) -> None:
         """Lease a free MIG device that fits and run CMD on it with CUDA_VISIBLE_DEVICES=MIG-<uuid>.
 
@@ -136,6 +144,11 @@ def register(app: typer.Typer) -> None:
 
         sharing = sharing_options(isolation, share, threads, mps_mem, ephemeral=ephemeral)
         churn = _churn(reshape, max_reconfig, hysteresis, 0.0, "run")
+        from migctl.jobs.demand import DEFAULT_RESERVE_AFTER_S
+
+        reserve = DEFAULT_RESERVE_AFTER_S if reserve_after is None else _reserve_after(reserve_after)
+        if reserve_after is not None and sharing.kind != "mig":
+            fail("--reserve-after applies to --isolation hard (a MIG device of its own); shared runs get no reservation")
         if churn is not None and not req.create:
             fail("--reshape creates an instance; it cannot be combined with --no-create")
         if churn is not None and sharing.kind != "mig":
@@ -146,7 +159,7 @@ def register(app: typer.Typer) -> None:
 
             sys.exit(run_shared(node(ctx), cmd or [], req, sharing=sharing, wait=0 if no_wait else wait, log=log))
         rc = runner.run(node(ctx), cmd or [], req, wait=0 if no_wait else wait, ephemeral=ephemeral, log=log,
-                        reshape=churn)
+                        reshape=churn, reserve_after=reserve)
         sys.exit(rc)
 
     @app.command("submit", context_settings=CMD_SETTINGS)
@@ -213,13 +226,13 @@ def register(app: typer.Typer) -> None:
         states = (state,) if state else (None if all_ else ("queued", "starting", "running"))
         jobs = q.list(states)
         if as_json:
-            emit_json({"jobs": _jobs_json(q, jobs)})
+            emit_json({"jobs": _jobs_json(q, jobs), "run_reservations": _run_reservations(q)})
             return
         if not jobs:
             print("no jobs" + ("" if all_ else " queued or running (--all shows finished ones)"))
-            return
-        print(f"{'ID':>5} {'STATE':<9} {'PRI':>3} {'EXIT':>4} {'DEVICE':<17} {'SHARE':<14} {'CREATED':<8} "
-              f"{'STARTED':<8} NAME/COMMAND")
+        else:
+            print(f"{'ID':>5} {'STATE':<9} {'PRI':>3} {'EXIT':>4} {'DEVICE':<17} {'SHARE':<14} {'CREATED':<8} "
+                  f"{'STARTED':<8} NAME/COMMAND")
         for j in jobs:
             dev = (j.mig_uuid or "-")[:17]
             label = printable(j.name or " ".join(j.cmd), 60)
@@ -228,8 +241,8 @@ def register(app: typer.Typer) -> None:
                   f"{_fmt_time(j.created):<8} {_fmt_time(j.started):<8} {label}")
         from migctl.jobs import reservations
 
-        for r in reservations.load(q.conn, q.key):
-            print(f"job {r.job_id} has a reservation: {r.describe()}")
+        for r in reservations.load(q.conn, q.key, live=True):
+            print(f"{r.holder()} has a reservation: {r.describe()}")
 
     @app.command("cancel")
     @_guard

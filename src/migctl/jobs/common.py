@@ -138,6 +138,14 @@ CREATE TABLE IF NOT EXISTS reservations (
     at REAL,
     made REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS waiters (
+    node TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start REAL NOT NULL,
+    since REAL NOT NULL,
+    reserve_after REAL NOT NULL,
+    PRIMARY KEY (node, pid)
+);
 """
 
 
@@ -148,6 +156,9 @@ ADDED_COLUMNS = {
     # time limits (jobs/limits.py): seconds, and when the SIGTERM was sent
     "jobs": (("isolation", "TEXT NOT NULL DEFAULT 'hard'"), ("share", "INTEGER"), ("threads", "INTEGER"),
              ("mps_mem_mib", "INTEGER"), ("time_limit", "REAL"), ("limit_term", "REAL")),
+    # a waiting ``migctl run``'s reservation (jobs/run_reserve.py): its PID and start time (NULL for a
+    # queued job's); its job_id is then -PID (the column stays the primary key)
+    "reservations": (("pid", "INTEGER"), ("pid_start", "REAL")),
 }
 
 

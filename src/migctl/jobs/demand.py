@@ -5,7 +5,10 @@ priority-then-age order with backfill), :meth:`Demand.after_pass`:
 
 1. **reservations** (``reserve_after`` set): the first queued job (queue order) that has waited longer
    than ``reserve_after`` gets the placement where it can start earliest reserved
-   (:func:`migctl.jobs.reservations.plan`), one reservation per node at a time, kept in the jobs database.
+   (:func:`migctl.jobs.reservations.plan`), one reservation per node at a time, kept in the jobs database,
+   unless a waiting ``migctl run`` that began waiting before the job was queued has waited its own
+   ``--reserve-after``: that run reserves for itself (:mod:`migctl.jobs.run_reserve`) and the worker
+   leaves it alone (a run's reservation is neither re-planned nor taken by the worker).
    As soon as no busy instance is left in that placement, the idle ones in the way are destroyed and the
    reserved instance is created (no churn cap, no hysteresis), and the job starts;
 2. **reshaping** (``reshape``): for each queued job in queue order (one attempt per distinct request and
@@ -27,7 +30,7 @@ from migctl.jobs import reservations
 from migctl.jobs.common import JobsError
 from migctl.jobs.leases import Request
 from migctl.jobs.limits import DEFAULT_GRACE_S
-from migctl.jobs.reshape import Churn, eligible_profiles, reshape_reserved, try_reshape
+from migctl.jobs.reshape import Churn, reshape_reserved, try_reshape
 
 DEFAULT_WORKER_HYSTERESIS_S = 5.0
 DEFAULT_RESERVE_AFTER_S = 300.0
@@ -133,20 +136,23 @@ class Demand:
 
     # ------------------------------------------------------------------ reservations
     def _reservations(self, queued: list[Any]) -> int:
-        held = reservations.load(self.conn, self.key)
+        held = reservations.load(self.conn, self.key, live=True)
         now = time.time()
         if not held:
             row = next((r for r in queued if now - float(r["created"]) >= (self.policy.reserve_after or 0.0)), None)
             if row is None:
                 return 0
+            if reservations.older_run(self.conn, self.key, float(row["created"]), now) is not None:
+                return 0  # an older waiting run reserves for itself
             res = self._plan(row, now)
-            if res is None:
+            if res is None or not reservations.claim(self.conn, self.key, res):
                 return 0
-            reservations.save(self.conn, self.key, res)
             self.log(f"job {row['id']}: waited {now - float(row['created']):.0f}s; reserved {res.describe()}")
             held = [res]
         started = 0
         for res in held:
+            if res.pid is not None:  # a waiting run's: the run takes it itself
+                continue
             if res.at is None:  # start unknown: a better placement may have appeared
                 row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (res.job_id,)).fetchone()
                 better = self._plan(row, now, exclude=res.job_id) if row is not None else None
@@ -165,16 +171,7 @@ class Demand:
         return started
 
     def _plan(self, row: Any, now: float, exclude: int | None = None) -> reservations.Reservation | None:
-        from migctl.busy import live_leases
-        from migctl.reconcile.engine import read_node
-
-        req = _request(row)
-        live = [g for g in read_node(self.node) if g.model is not None and g.mig_current
-                and (req.gpus is None or g.index in req.gpus)]
-        eligible = {g.index: eligible_profiles(g.model, req) for g in live}
-        taken = [r for r in reservations.load(self.conn, self.key) if r.job_id not in (row["id"], exclude)]
-        return reservations.plan(live, eligible, reservations.job_ends(self.conn, self.key), live_leases(self.node),
-                                 taken, int(row["id"]), now)
+        return reservations.plan_live(self.node, self.conn, self.key, _request(row), int(row["id"]), now, exclude)
 
     # ------------------------------------------------------------------ reshaping
     def _reshape(self, queued: list[Any]) -> int:

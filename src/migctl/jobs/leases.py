@@ -282,8 +282,9 @@ class LeaseManager:
         held), then decides with :func:`migctl.busy.busy_view` and inserts in one short write transaction.
         With ``precheck`` a lock-free look comes first: only when a device looks free, or there is room to
         create one, is the lock taken. ``check``: run :meth:`check_satisfiable` under the lock first.
-        Reservations (:mod:`migctl.jobs.reservations`) of other jobs are kept clear of unless the requester's
-        time limit ``limit`` (seconds; None = unbounded, as for ``migctl run``) ends before the reservation.
+        Reservations (:mod:`migctl.jobs.reservations`) of other jobs and runs are kept clear of unless the
+        requester's time limit ``limit`` (seconds; None = unbounded, as for ``migctl run``) ends before the
+        reservation; a run's own reservation (held for process ``pid``) is its to use.
         """
         self.last_lock_busy = ""
         pid = pid or os.getpid()
@@ -321,7 +322,7 @@ class LeaseManager:
             raise
         from migctl.jobs.reservations import blocking
 
-        avoid = blocking(self.conn, self.key, job_id, limit)
+        avoid = blocking(self.conn, self.key, job_id, limit, pid=pid)  # (a waiting run's own reservation: not)
         with immediate(self.conn) as c:
             live = self._live(c, {d.uuid for d in devices}, {g.index for g in gpus})
             for d in self._fitting(req, devices):

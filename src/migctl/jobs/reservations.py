@@ -4,7 +4,9 @@ A reservation is one row of the ``reservations`` table (jobs database): job, GPU
 (memory-slice start and size) and ``at``, the time by which the busy instances in its way reach their
 time limit (NULL when one of them has no limit: the start is then unknown). It is made by the queue
 worker (:mod:`migctl.jobs.demand`) for the oldest job that has waited longer than ``--reserve-after``,
-one at a time per node, and it outlives a worker restart.
+or by a waiting ``migctl run`` for itself (:mod:`migctl.jobs.run_reserve`; its row has ``job_id`` -PID and
+the run's PID and start time), one at a time per node, and it outlives a worker restart. A run's
+reservation whose process is gone is ignored at once and swept by the next worker pass or run.
 
 Every lease respects it (:meth:`migctl.jobs.leases.LeaseManager.try_acquire`): another requester may use
 an existing device, or create one, that overlaps a reserved placement only when its own time limit ends
@@ -33,13 +35,28 @@ class Reservation:
     size: int
     at: float | None  # None: unknown (something without a time limit is in the way)
     made: float
+    pid: int | None = None  # a waiting run's reservation: the run's PID and start time (None for a job's)
+    pid_start: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        """A job's reservation, or a run's whose process still runs."""
+        from migctl.proc import pid_alive
+
+        return self.pid is None or pid_alive(self.pid, self.pid_start)
+
+    def holder(self) -> str:
+        return f"job {self.job_id}" if self.pid is None else f"run (pid {self.pid})"
 
     def overlaps(self, start: int, size: int) -> bool:
         return start < self.start + self.size and self.start < start + size
 
-    def blocks(self, job_id: int | None, limit: float | None, now: float) -> bool:
-        """Whether a requester (``job_id``, time limit ``limit`` seconds, None = unbounded) must keep clear."""
+    def blocks(self, job_id: int | None, limit: float | None, now: float, pid: int | None = None) -> bool:
+        """Whether a requester (``job_id``, or the process ``pid``; time limit ``limit`` seconds, None =
+        unbounded) must keep clear."""
         if job_id is not None and job_id == self.job_id:
+            return False
+        if self.pid is not None and pid == self.pid:
             return False
         return self.at is None or limit is None or now + limit > self.at
 
@@ -54,30 +71,50 @@ class Reservation:
 
 def _from_row(r: sqlite3.Row) -> Reservation:
     return Reservation(job_id=r["job_id"], gpu=r["gpu"], profile=r["profile"], start=r["start"], size=r["size"],
-                       at=r["at"], made=r["made"])
+                       at=r["at"], made=r["made"], pid=r["pid"], pid_start=r["pid_start"])
 
 
-def load(conn: sqlite3.Connection, key: str) -> list[Reservation]:
+def load(conn: sqlite3.Connection, key: str, live: bool = False) -> list[Reservation]:
+    """The node's reservations (with ``live``, not those of runs whose process is gone)."""
     rows = conn.execute("SELECT * FROM reservations WHERE node=? ORDER BY made, job_id", (key,)).fetchall()
-    return [_from_row(r) for r in rows]
+    out = [_from_row(r) for r in rows]
+    return [r for r in out if r.alive] if live else out
 
 
 def blocking(conn: sqlite3.Connection, key: str, job_id: int | None, limit: float | None,
-             now: float | None = None) -> dict[int, list[Reservation]]:
-    """GPU index -> the reservations there that a requester must keep clear of."""
+             now: float | None = None, pid: int | None = None) -> dict[int, list[Reservation]]:
+    """GPU index -> the reservations there that a requester (``job_id`` or process ``pid``) must keep clear of
+    (a dead run's reservation blocks nothing)."""
     now = time.time() if now is None else now
     out: dict[int, list[Reservation]] = {}
-    for r in load(conn, key):
-        if r.blocks(job_id, limit, now):
+    for r in load(conn, key, live=True):
+        if r.blocks(job_id, limit, now, pid):
             out.setdefault(r.gpu, []).append(r)
     return out
 
 
+_INSERT = ("INSERT OR REPLACE INTO reservations (job_id, node, gpu, profile, start, size, at, made, pid, pid_start) "
+           "VALUES (?,?,?,?,?,?,?,?,?,?)")
+
+
+def _values(key: str, res: Reservation) -> tuple[Any, ...]:
+    return (res.job_id, key, res.gpu, res.profile, res.start, res.size, res.at, res.made, res.pid, res.pid_start)
+
+
 def save(conn: sqlite3.Connection, key: str, res: Reservation) -> None:
     with immediate(conn) as c:
-        c.execute("INSERT OR REPLACE INTO reservations (job_id, node, gpu, profile, start, size, at, made) "
-                  "VALUES (?,?,?,?,?,?,?,?)", (res.job_id, key, res.gpu, res.profile, res.start, res.size, res.at,
-                                               res.made))
+        c.execute(_INSERT, _values(key, res))
+
+
+def claim(conn: sqlite3.Connection, key: str, res: Reservation) -> bool:
+    """Save ``res`` unless the node already has another live reservation (one per node at a time: the check
+    and the insert are one write transaction, so the worker and runs cannot both get one)."""
+    with immediate(conn) as c:
+        for r in c.execute("SELECT * FROM reservations WHERE node=? AND job_id<>?", (key, res.job_id)).fetchall():
+            if _from_row(r).alive:
+                return False
+        c.execute(_INSERT, _values(key, res))
+    return True
 
 
 def drop(conn: sqlite3.Connection, job_id: int) -> None:
@@ -86,10 +123,53 @@ def drop(conn: sqlite3.Connection, job_id: int) -> None:
 
 
 def prune(conn: sqlite3.Connection, key: str) -> None:
-    """Drop reservations of jobs that are no longer queued (started, cancelled, failed)."""
+    """Drop reservations of jobs that are no longer queued (started, cancelled, failed), and the reservations
+    and waiter rows of runs whose process is gone (killed while waiting). Reads first: the write transaction
+    is opened only when there is something to drop."""
+    from migctl.proc import pid_alive
+
+    gone_jobs = "pid IS NULL AND job_id NOT IN (SELECT id FROM jobs WHERE node=? AND state IN ('queued', 'starting'))"
+    jobs = conn.execute(f"SELECT 1 FROM reservations WHERE node=? AND {gone_jobs} LIMIT 1", (key, key)).fetchone()
+    runs = [(int(r["job_id"]), int(r["pid"])) for r in conn.execute(
+        "SELECT job_id, pid, pid_start FROM reservations WHERE node=? AND pid IS NOT NULL", (key,)).fetchall()
+        if not pid_alive(r["pid"], r["pid_start"])]
+    waiters = [(int(r["pid"]), float(r["pid_start"])) for r in conn.execute(
+        "SELECT pid, pid_start FROM waiters WHERE node=?", (key,)).fetchall() if not pid_alive(r["pid"], r["pid_start"])]
+    if not (jobs or runs or waiters):
+        return
     with immediate(conn) as c:
-        c.execute("DELETE FROM reservations WHERE node=? AND job_id NOT IN "
-                  "(SELECT id FROM jobs WHERE node=? AND state IN ('queued', 'starting'))", (key, key))
+        c.execute(f"DELETE FROM reservations WHERE node=? AND {gone_jobs}", (key, key))
+        c.executemany("DELETE FROM reservations WHERE job_id=? AND pid=?", runs)
+        c.executemany("DELETE FROM waiters WHERE node=? AND pid=? AND pid_start=?", [(key, *w) for w in waiters])
+
+
+def older_run(conn: sqlite3.Connection, key: str, since: float, now: float, pid: int | None = None) -> int | None:
+    """The PID of a live waiting run (other than ``pid``) that began waiting before ``since`` and has waited
+    its own ``--reserve-after``: it comes first (oldest waiter first). None when there is none."""
+    from migctl.proc import pid_alive
+
+    rows = conn.execute("SELECT pid, pid_start, since FROM waiters WHERE node=? AND (since < ? OR (since = ? AND "
+                        "pid < ?)) AND ? - since >= reserve_after ORDER BY since, pid",
+                        (key, since, since, pid if pid is not None else -1, now)).fetchall()
+    for r in rows:
+        if r["pid"] != pid and pid_alive(r["pid"], r["pid_start"]):
+            return int(r["pid"])
+    return None
+
+
+def plan_live(node: Any, conn: sqlite3.Connection, key: str, req: Any, job_id: int, now: float,
+              exclude: int | None = None) -> Reservation | None:
+    """:func:`plan` on the node's live layout and leases for request ``req`` (a :class:`Request`), clear of
+    the other live reservations (``exclude``: one more to ignore, the one being re-planned)."""
+    from migctl.busy import live_leases
+    from migctl.jobs.reshape import eligible_profiles
+    from migctl.reconcile.engine import read_node
+
+    live = [g for g in read_node(node) if g.model is not None and g.mig_current
+            and (req.gpus is None or g.index in req.gpus)]
+    eligible = {g.index: eligible_profiles(g.model, req) for g in live}
+    taken = [r for r in load(conn, key, live=True) if r.job_id not in (job_id, exclude)]
+    return plan(live, eligible, job_ends(conn, key), live_leases(node), taken, job_id, now)
 
 
 def job_ends(conn: sqlite3.Connection, key: str) -> dict[int, float]:

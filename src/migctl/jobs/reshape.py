@@ -284,7 +284,9 @@ def try_reshape(node: Any, req: Request, churn: Churn | None = None, *, job_id: 
                 lock_timeout: float = 5.0) -> Outcome:
     """One reshaping attempt for ``req`` under ``churn``. ``job_id``/``limit``: the requester (a queued job
     and its time limit) for :mod:`migctl.jobs.reservations` (GPUs with a reservation it must keep clear of
-    are not reshaped for it)."""
+    are not reshaped for it; a waiting run's own reservation, held for this process, is not in its way)."""
+    import os
+
     from migctl.jobs import reservations
     from migctl.reconcile.engine import read_node
 
@@ -298,7 +300,8 @@ def try_reshape(node: Any, req: Request, churn: Churn | None = None, *, job_id: 
     if not any(eligible_profiles(g.model, req) for g in live):
         raise JobsError(f"no MIG profile on this node fits {req.describe()}")
     since = idle_records(conn, key, live, now)
-    blocked = set(reservations.blocking(conn, key, job_id, limit, now))
+    me = os.getpid()
+    blocked = set(reservations.blocking(conn, key, job_id, limit, now, pid=me))
     pre = _decide(live, req, churn, since, blocked, _used(conn, key, now), now)
     if isinstance(pre, Outcome):
         return pre
@@ -306,7 +309,7 @@ def try_reshape(node: Any, req: Request, churn: Churn | None = None, *, job_id: 
     def decide(live2: list[Any], now2: float) -> _Change | Outcome:
         l2 = _mig(live2, req.gpus)
         s2 = idle_records(conn, key, l2, now2, write=False)
-        b2 = set(reservations.blocking(conn, key, job_id, limit, now2))
+        b2 = set(reservations.blocking(conn, key, job_id, limit, now2, pid=me))
         return _decide(l2, req, churn, s2, b2, _used(conn, key, now2), now2)
 
     return _apply(node, conn, decide, f"reshape for {req.describe()}", source, "reshape", lock_timeout)
@@ -334,7 +337,7 @@ def reshape_reserved(node: Any, res: Any, source: str = "worker (reservation)", 
     pre = decide(read_node(node), time.time())
     if isinstance(pre, Outcome):
         return pre
-    return _apply(node, conn, decide, f"reservation of job {res.job_id}", source, "reservation", lock_timeout)
+    return _apply(node, conn, decide, f"reservation of {res.holder()}", source, "reservation", lock_timeout)
 
 
 def reshape_for(node: Any, req: Request, churn: Churn | None = None) -> str | None:

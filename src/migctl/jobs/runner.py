@@ -130,11 +130,14 @@ def check_command(name: str) -> None:
 
 
 def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = None, ephemeral: bool = False,
-        log: Callable[[str], None] | None = None, manager: LeaseManager | None = None, reshape: Any = None) -> int:
+        log: Callable[[str], None] | None = None, manager: LeaseManager | None = None, reshape: Any = None,
+        reserve_after: float | None = None) -> int:
     """Lease, run ``cmd`` (inheriting stdio), forward signals, release; returns the command's exit status.
 
     ``reshape`` (a :class:`migctl.jobs.reshape.Churn`): while no device fits, reshape idle instances under
-    that churn policy (before the first wait and again while waiting)."""
+    that churn policy (before the first wait and again while waiting). ``reserve_after``: once it has waited
+    that many seconds, the run gets the node's reservation in its turn (:mod:`migctl.jobs.run_reserve`);
+    None: never."""
     if not cmd:
         raise JobsError("no command given; usage: migctl run [OPTIONS] -- CMD [ARGS...]")
     check_command(cmd[0])
@@ -145,12 +148,26 @@ def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = Non
         sys.stderr.write(f"migctl: waiting for a free MIG device ({r.describe()})...\n")
         sys.stderr.flush()
 
-    retry = None
+    hooks: list[Callable[[Request], bool]] = []
+    reserver = None
+    if reserve_after is not None and wait != 0 and req.create:
+        from migctl.jobs.run_reserve import RunReservation
+
+        reserver = RunReservation(node, reserve_after, log=say)
+        hooks.append(reserver.attempt)
     if reshape is not None:
         from migctl.jobs.reshape import Reshaper
 
-        retry = Reshaper(node, reshape, log=say).attempt
-    lease = mgr.acquire(req, wait=wait, owner="run", on_wait=waiting, on_retry=retry)
+        hooks.append(Reshaper(node, reshape, log=say).attempt)
+
+    def retry(r: Request) -> bool:
+        return any(h(r) for h in hooks)
+
+    try:
+        lease = mgr.acquire(req, wait=wait, owner="run", on_wait=waiting, on_retry=retry if hooks else None)
+    finally:
+        if reserver is not None:
+            reserver.close()
     proc: subprocess.Popen[bytes] | None = None
     previous: dict[int, Any] = {}
     try:

@@ -1,0 +1,222 @@
+"""A waiting ``migctl run`` gets a reservation too (``run --reserve-after``): it bounds the wait of a large
+run behind a stream of small queued jobs, the worker's leases keep clear of it, and a run that ends, is
+interrupted or is killed does not leave it behind. Real processes: ``migctl`` subprocesses on the simulator."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import SimEnv, wait_for
+from migctl.jobs.common import db_path
+from migctl.jobs.leases import Request
+from migctl.reconcile.live import read_gpu
+
+
+def _rows(table: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(str(db_path()))
+    try:
+        return [tuple(r) for r in conn.execute(f"SELECT * FROM {table}")]  # noqa: S608 - fixed table names
+    finally:
+        conn.close()
+
+
+def _run_reservations(env: SimEnv) -> list[dict[str, Any]]:
+    r = env.migctl("jobs", "--json")
+    assert r.returncode == 0, r.stderr
+    return list(json.loads(r.stdout)["run_reservations"])
+
+
+def _gis(env: SimEnv) -> list[tuple[str, int]]:
+    return [(g.profile, g.start) for g in sorted(read_gpu(env.node().gpu(0)).gis, key=lambda g: g.start)]
+
+
+def _busy_1g_at_0(env: SimEnv) -> subprocess.Popen[bytes]:
+    """Four 1g.6gb on the A30, the one at start 0 used by a process without a lease (no time limit)."""
+    env.layout(0, ["1g.6gb"] * 4)
+    holder = subprocess.Popen(["sleep", "120"])
+    gi0 = next(g for g in read_gpu(env.node().gpu(0)).gis if g.start == 0)
+    assert env.node().sim.add_client(0, holder.pid, gi0.id, 0) == 0
+    return holder
+
+
+def _large_run(env: SimEnv, stamp: Path, *flags: str) -> subprocess.Popen[str]:
+    """A waiting 4g.24gb run (the whole A30) whose command writes the time it started to ``stamp``."""
+    return env.popen("run", "--wait", "60", "-v", "--profile", "4g.24gb", *flags, "--",
+                     "sh", "-c", f'date +%s.%N > "{stamp}"')
+
+
+def _stream(env: SimEnv) -> list[int]:
+    """Twelve overlapping small jobs (1g.6gb, 0.6-1.2 s each, time limit 3 s) that keep some slice busy."""
+    from migctl.jobs.queue import JobQueue
+
+    q = JobQueue(env.node())
+    small = Request(profile="1g.6gb")
+    return [q.submit(["sleep", f"{0.6 + 0.2 * (k % 4):.1f}"], small, time_limit=3) for k in range(12)]
+
+
+def _started(env: SimEnv, ids: list[int]) -> list[float]:
+    from migctl.jobs.queue import JobQueue
+
+    q = JobQueue(env.node())
+    return [float(q.get(i).started or 0) for i in ids]
+
+
+def _leased(env: SimEnv) -> list[str]:
+    from migctl.jobs.leases import LeaseManager
+
+    return [x.profile for x in LeaseManager(env.node()).leases()]
+
+
+@pytest.mark.parametrize("reserve", ["off", "0.5"])
+def test_large_run_behind_a_stream(a30: SimEnv, tmp_path: Path, reserve: str) -> None:
+    """Without a reservation (``off``; ``--reshape`` would destroy idle instances, but never are all four idle
+    at once) the large run starts only after every small job has started; with ``--reserve-after 0.5`` it
+    starts within the bound: 0.5 s + the longest time limit in the way (3 s) + the worker's grace (1 s)."""
+    small = _stream(a30)
+    stamp = tmp_path / "large.started"
+    w = a30.popen("worker", "--until-idle", "--hysteresis", "0", "--reserve-after", "60", "--limit-grace", "1")
+    try:
+        wait_for(lambda: len(_leased(a30)) >= 2, what="the stream to start")
+        t0 = time.time()
+        run = _large_run(a30, stamp, "--reshape", "--reserve-after", reserve)
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+        assert w.wait(60) == 0
+    finally:
+        if w.poll() is None:
+            w.terminate()
+            w.wait(10)
+    started = float(stamp.read_text())
+    small_started = _started(a30, small)
+    if reserve == "off":
+        assert "reserved" not in err
+        assert started > max(small_started)  # starved until the stream ended
+        return
+    assert "reserved GPU 0 4g.24gb@0" in err, err
+    assert sum(1 for s in small_started if s > started) >= 2  # it did not wait for the stream to end
+    assert started - t0 <= 0.5 + 3 + 1 + 3.0, err  # (+ passes and process start-up on a busy 2-core machine)
+    assert _rows("reservations") == [] and _rows("waiters") == []  # removed once it started
+
+
+def test_run_reservation_is_kept_clear_of_shown_and_taken(a30: SimEnv, tmp_path: Path) -> None:
+    """A run's reservation with an unknown start (a process without a time limit is in the way): shown by
+    ``jobs``; a queued job without a time limit does not take the idle instances in the reserved space; once
+    the process ends the run destroys the idle ones in the way, creates its instance and starts."""
+    from migctl.jobs.demand import WorkerPolicy
+    from migctl.jobs.queue import JobQueue, Worker
+    from migctl.jobs.reshape import Churn
+
+    holder = _busy_1g_at_0(a30)
+    stamp = tmp_path / "large.started"
+    run = _large_run(a30, stamp, "--reserve-after", "0")
+    try:
+        got = wait_for(lambda: _run_reservations(a30), what="the run's reservation")
+        assert [{k: g[k] for k in ("pid", "gpu", "profile", "start", "size", "at")} for g in got] == \
+            [{"pid": run.pid, "gpu": 0, "profile": "4g.24gb", "start": 0, "size": 4, "at": None}]
+        assert f"run (pid {run.pid}) has a reservation: GPU 0 4g.24gb@0, from unknown" in a30.migctl("jobs").stdout
+        q = JobQueue(a30.node())
+        small = q.submit(["true"], Request(profile="1g.6gb"))  # no time limit: unbounded
+        w = Worker(q, policy=WorkerPolicy(churn=Churn(hysteresis_s=0), reserve_after=0.0))
+        for _ in range(3):
+            w.step()
+        assert q.get(small).state == "queued"  # three 1g.6gb are idle, but in the run's reserved space
+        assert _leased(a30) == [] and run.poll() is None
+        holder.kill()
+        holder.wait()
+        a30.node().sim.remove_client(0, holder.pid)
+        out, err = run.communicate(timeout=30)
+        assert run.returncode == 0, err
+        assert "reserved space free" in err and stamp.exists(), err
+        assert _gis(a30) == [("4g.24gb", 0)]
+        assert _rows("reservations") == [] and _rows("waiters") == []
+        assert q.get(small).state == "queued"  # it starts once the run's instance is free (reused or reshaped)
+        wait_for(lambda: (w.step(), q.get(small).state)[1] == "done", what="the small job after the run")
+    finally:
+        for p in (holder, run):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_killed_run_is_swept_interrupted_run_removes_its_own(a30: SimEnv, tmp_path: Path) -> None:
+    from migctl.jobs.demand import WorkerPolicy
+    from migctl.jobs.queue import JobQueue, Worker
+
+    holder = _busy_1g_at_0(a30)
+    first = _large_run(a30, tmp_path / "first", "--reserve-after", "0")
+    second: subprocess.Popen[str] | None = None
+    try:
+        wait_for(lambda: _run_reservations(a30), what="the first run's reservation")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert len(_rows("reservations")) == 1 and len(_rows("waiters")) == 1  # left behind ...
+        assert _run_reservations(a30) == []  # ... but not shown, and it blocks nothing:
+        r = a30.migctl("run", "--no-wait", "--profile", "1g.6gb", "--", "true")
+        assert r.returncode == 0, r.stderr
+        # the next run sweeps it and gets the reservation itself
+        second = _large_run(a30, tmp_path / "second", "--reserve-after", "0")
+        wait_for(lambda: [g["pid"] for g in _run_reservations(a30)] == [second.pid], what="the second reservation")
+        assert [r[0] for r in _rows("reservations")] == [-second.pid]
+        assert [r[1] for r in _rows("waiters")] == [second.pid]
+        second.send_signal(signal.SIGINT)  # Ctrl-C while waiting (no terminal: it reaches the run itself)
+        _, err = second.communicate(timeout=20)
+        assert second.returncode == 130, err
+        assert _rows("reservations") == [] and _rows("waiters") == []
+        # a killed run's rows are swept by the next worker pass too
+        third = _large_run(a30, tmp_path / "third", "--reserve-after", "0")
+        wait_for(lambda: _run_reservations(a30), what="the third run's reservation")
+        third.send_signal(signal.SIGKILL)
+        third.wait(10)
+        assert len(_rows("reservations")) == 1
+        Worker(JobQueue(a30.node()), policy=WorkerPolicy()).step()
+        assert _rows("reservations") == [] and _rows("waiters") == []
+        assert not (tmp_path / "first").exists() and not (tmp_path / "third").exists()
+    finally:
+        for p in (holder, first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_bad_reserve_after_is_one_line(a30: SimEnv) -> None:
+    before = _gis(a30)
+    for args in (["run", "--reserve-after", "soon", "--profile", "1g.6gb", "--", "true"],
+                 ["run", "--reserve-after", "-1", "--", "true"],
+                 ["run", "--reserve-after", "nan", "--", "true"],
+                 ["run", "--reserve-after", "5", "--isolation", "soft", "--share", "2", "--", "true"]):
+        r = a30.migctl(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("migctl: error:"), (args, r.stderr)
+        assert "--reserve-after" in r.stderr
+    assert _gis(a30) == before == []
+    if db_path().exists():  # (nothing may have opened it at all)
+        assert _rows("reservations") == [] and _rows("waiters") == [] and _rows("leases") == []
+
+
+def test_an_existing_database_gets_the_new_columns(a30: SimEnv) -> None:
+    """A jobs database from before run reservations (no pid columns, no waiters table) keeps its job
+    reservation, which stays a job's (pid NULL) and is shown as before."""
+    from migctl.jobs import reservations
+    from migctl.jobs.common import connect, node_key
+
+    key = node_key(a30.node())
+    db_path().parent.mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(str(db_path()))
+    with old:
+        old.execute("CREATE TABLE reservations (job_id INTEGER PRIMARY KEY, node TEXT NOT NULL, gpu INTEGER NOT NULL, "
+                    "profile TEXT NOT NULL, start INTEGER NOT NULL, size INTEGER NOT NULL, at REAL, made REAL NOT NULL)")
+        old.execute("INSERT INTO reservations VALUES (7, ?, 0, '4g.24gb', 0, 4, NULL, 1.0)", (key,))
+    old.close()
+    conn = connect()
+    [res] = reservations.load(conn, key, live=True)
+    assert (res.job_id, res.pid, res.pid_start, res.holder()) == (7, None, None, "job 7")
+    assert _rows("waiters") == []
+    reservations.prune(conn, key)  # job 7 is not queued (there is no such job): its reservation goes
+    assert _rows("reservations") == []
