@@ -112,6 +112,21 @@ def starving_trace() -> list[tuple[float, float, str]]:
     return jobs
 
 
+NAMES = ["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]
+
+
+def random_trace(seed: int, n: int, gap: float, weights: list[int]) -> list[tuple[float, float, str]]:
+    """``n`` jobs (arrival, run time, profile): exponential gaps (mean ``gap`` s) and run times (mean 200 s),
+    A100-80GB profiles drawn with ``weights``."""
+    rnd = random.Random(seed)
+    jobs = []
+    t = 0.0
+    for _ in range(n):
+        t += rnd.expovariate(1 / gap)
+        jobs.append((t, rnd.expovariate(1 / 200), rnd.choices(NAMES, weights)[0]))
+    return jobs
+
+
 def test_reservation_bounds_the_wait_of_a_large_job() -> None:
     jobs = starving_trace()
     plain, waits = simulate([A100], jobs, Policy(placement="migctl"))
@@ -125,13 +140,7 @@ def test_reservation_bounds_the_wait_of_a_large_job() -> None:
 
 
 def test_random_traces_never_touch_busy() -> None:
-    rnd = random.Random(5)
-    names = ["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]
-    jobs = []
-    t = 0.0
-    for _ in range(300):
-        t += rnd.expovariate(1 / 20)
-        jobs.append((t, rnd.expovariate(1 / 200), rnd.choices(names, [60, 5, 15, 10, 5, 5])[0]))
+    jobs = random_trace(5, 300, 20, [60, 5, 15, 10, 5, 5])
     pol = Policy(keep_idle=True, reshape=True, max_reconfig_per_min=10, hysteresis_s=5, reserve_after_s=600)
     sch, waits = simulate([A100] * 3, jobs, pol)
     assert sch.stats["busy_destroyed"] == 0 and sch.stats["reservations_late"] == 0
@@ -183,17 +192,11 @@ def _fits_busy_only(sch: Scheduler, job: Job) -> bool:
 def test_reshaping_never_leaves_waiting_a_job_that_destroy_on_release_would_start() -> None:
     """With no reservation and no churn limit in the way, hysteresis only orders the idle instances to
     destroy: a job that fits once idle instances are gone never waits."""
-    rnd = random.Random(11)
-    names = ["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]
     pol = Policy(keep_idle=True, reshape=True, hysteresis_s=600.0, hysteresis_blocks=False)
     sch = Scheduler([A100] * 3, pol)
-    events: list[tuple[float, int, int]] = []
-    t = 0.0
-    specs = []
-    for i in range(400):
-        t += rnd.expovariate(1 / 15)
-        specs.append((t, rnd.expovariate(1 / 200), rnd.choices(names, [60, 5, 15, 10, 5, 5])[0]))
-        heapq.heappush(events, (t, 1, i))
+    specs = random_trace(11, 400, 15, [60, 5, 15, 10, 5, 5])
+    events = [(t, 1, i) for i, (t, _d, _p) in enumerate(specs)]
+    heapq.heapify(events)
     checked = 0
     while events:
         now, kind, i = heapq.heappop(events)
@@ -360,13 +363,7 @@ def test_unknown_order_is_refused() -> None:
 def test_several_reservations_start_on_time(seed: int) -> None:
     """With several reservations at a time, a reserved job that makes room for itself keeps clear of the
     other reservations: every reserved job starts by its reserved time, within the documented bound."""
-    rnd = random.Random(seed)
-    names = ["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]
-    jobs = []
-    t = 0.0
-    for _ in range(400):
-        t += rnd.expovariate(1 / 15)
-        jobs.append((t, rnd.expovariate(1 / 200), rnd.choices(names, [50, 5, 15, 15, 10, 5])[0]))
+    jobs = random_trace(seed, 400, 15, [50, 5, 15, 15, 10, 5])
     pol = Policy(keep_idle=True, reshape=True, reshape_reserved=True, hysteresis_s=5, hysteresis_blocks=False,
                  reserve_after_s=300, max_reservations=3)
     sch, waits = simulate([A100] * 2, jobs, pol)
