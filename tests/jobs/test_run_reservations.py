@@ -53,13 +53,13 @@ def _large_run(env: SimEnv, stamp: Path, *flags: str) -> subprocess.Popen[str]:
                      "sh", "-c", f'date +%s.%N > "{stamp}"')
 
 
-def _stream(env: SimEnv) -> list[int]:
-    """Twelve overlapping small jobs (1g.6gb, 0.6-1.2 s each, time limit 3 s) that keep some slice busy."""
+def _stream(env: SimEnv, n: int = 24) -> list[int]:
+    """Overlapping small jobs (1g.6gb, 0.6-1.2 s each, time limit 3 s) that keep some slice busy."""
     from migctl.jobs.queue import JobQueue
 
     q = JobQueue(env.node())
     small = Request(profile="1g.6gb")
-    return [q.submit(["sleep", f"{0.6 + 0.2 * (k % 4):.1f}"], small, time_limit=3) for k in range(12)]
+    return [q.submit(["sleep", f"{0.6 + 0.2 * (k % 4):.1f}"], small, time_limit=3) for k in range(n)]
 
 
 def _started(env: SimEnv, ids: list[int]) -> list[float]:
@@ -79,29 +79,28 @@ def _leased(env: SimEnv) -> list[str]:
 def test_large_run_behind_a_stream(a30: SimEnv, tmp_path: Path, reserve: str) -> None:
     """Without a reservation (``off``; ``--reshape`` would destroy idle instances, but never are all four idle
     at once) the large run starts only after every small job has started; with ``--reserve-after 0.5`` it
-    starts within the bound: 0.5 s + the longest time limit in the way (3 s) + the worker's grace (1 s)."""
+    starts within the bound: 0.5 s + the longest time limit in the way (3 s) + the worker's grace (1 s).
+    The worker is stopped once the run has ended (small jobs it did not start stay queued)."""
     small = _stream(a30)
     stamp = tmp_path / "large.started"
-    w = a30.popen("worker", "--until-idle", "--hysteresis", "0", "--reserve-after", "60", "--limit-grace", "1")
+    w = a30.popen("worker", "--hysteresis", "0", "--reserve-after", "60", "--limit-grace", "1")
     try:
         wait_for(lambda: len(_leased(a30)) >= 2, what="the stream to start")
         t0 = time.time()
         run = _large_run(a30, stamp, "--reshape", "--reserve-after", reserve)
-        out, err = run.communicate(timeout=60)
+        out, err = run.communicate(timeout=90)
         assert run.returncode == 0, err
-        assert w.wait(60) == 0
     finally:
-        if w.poll() is None:
-            w.terminate()
-            w.wait(10)
+        w.terminate()
+        w.wait(20)
     started = float(stamp.read_text())
     small_started = _started(a30, small)
     if reserve == "off":
         assert "reserved" not in err
-        assert started > max(small_started)  # starved until the stream ended
+        assert all(small_started) and started > max(small_started)  # starved until the stream ended
         return
     assert "reserved GPU 0 4g.24gb@0" in err, err
-    assert sum(1 for s in small_started if s > started) >= 2  # it did not wait for the stream to end
+    assert sum(1 for s in small_started if not s or s > started) >= 2  # it did not wait for the stream to end
     assert started - t0 <= 0.5 + 3 + 1 + 3.0, err  # (+ passes and process start-up on a busy 2-core machine)
     assert _rows("reservations") == [] and _rows("waiters") == []  # removed once it started
 
@@ -184,6 +183,65 @@ def test_killed_run_is_swept_interrupted_run_removes_its_own(a30: SimEnv, tmp_pa
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def _holder_of(env: SimEnv) -> list[str]:
+    """Who holds the node's reservation(s), as ``jobs`` prints it."""
+    from migctl.jobs import reservations
+    from migctl.jobs.common import connect, node_key
+
+    return [r.holder() for r in reservations.load(connect(), node_key(env.node()), live=True)]
+
+
+def test_oldest_waiter_gets_the_next_reservation(a30: SimEnv, tmp_path: Path) -> None:
+    """Jobs and runs in one order, by when they began waiting: while a first run holds the reservation, job
+    J1 is queued, then run R1 begins waiting, then job J2 is queued (all past their thresholds). Each time the
+    reservation is released the oldest remaining waiter gets it: J1 (R1 defers to the worker's job), then R1
+    (the worker defers to the run), then J2. The worker runs in-process, stepped by the test, so that who
+    goes first is not a race between the worker's passes and the run's attempts."""
+    from migctl.jobs.demand import WorkerPolicy
+    from migctl.jobs.queue import JobQueue, Worker
+    from migctl.jobs.reshape import Churn
+
+    holder = _busy_1g_at_0(a30)  # (every reservation's start stays unknown: nothing starts in it)
+    q = JobQueue(a30.node())
+    w = Worker(q, policy=WorkerPolicy(churn=Churn(hysteresis_s=0), reserve_after=0.0))
+    assert w.acquire()  # the node's worker (recorded with its --reserve-after), stepped below
+    procs: list[subprocess.Popen[Any]] = [holder]
+    try:
+        r0 = _large_run(a30, tmp_path / "r0", "--reserve-after", "0")
+        procs.append(r0)
+        wait_for(lambda: _holder_of(a30) == [f"run (pid {r0.pid})"], what="the first run's reservation")
+        j1 = q.submit(["true"], Request(profile="4g.24gb"))
+        r1 = _large_run(a30, tmp_path / "r1", "--reserve-after", "0")
+        procs.append(r1)
+        wait_for(lambda: r1.pid in [r[1] for r in _rows("waiters")], what="the second run waiting")
+        time.sleep(0.05)  # (J2 queued strictly after R1 began waiting)
+        j2 = q.submit(["true"], Request(profile="4g.24gb"))
+        w.step()
+        assert _holder_of(a30) == [f"run (pid {r0.pid})"]  # one at a time: the worker waits
+        r0.send_signal(signal.SIGINT)
+        assert r0.wait(20) == 130
+        time.sleep(1.0)  # R1 attempts every 0.25 s: it leaves the reservation to the older J1
+        assert _holder_of(a30) == [] and r1.poll() is None
+        wait_for(lambda: (w.step(), _holder_of(a30))[1] == [f"job {j1}"], what="J1's reservation")
+        assert a30.migctl("cancel", str(j1)).returncode == 0
+        w.step()  # J1's reservation is dropped; the worker leaves the next one to the older R1
+        assert _holder_of(a30) in ([], [f"run (pid {r1.pid})"])
+        wait_for(lambda: _holder_of(a30) == [f"run (pid {r1.pid})"], what="R1's reservation")
+        w.step()
+        assert _holder_of(a30) == [f"run (pid {r1.pid})"]
+        r1.send_signal(signal.SIGINT)
+        assert r1.wait(20) == 130
+        wait_for(lambda: (w.step(), _holder_of(a30))[1] == [f"job {j2}"], what="J2's reservation")
+        assert q.get(j2).state == "queued" and _rows("waiters") == []
+    finally:
+        w.release()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(20)
+    assert _rows("workers") == []
 
 
 def test_bad_reserve_after_is_one_line(a30: SimEnv) -> None:

@@ -146,6 +146,12 @@ CREATE TABLE IF NOT EXISTS waiters (
     reserve_after REAL NOT NULL,
     PRIMARY KEY (node, pid)
 );
+CREATE TABLE IF NOT EXISTS workers (
+    node TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    pid_start REAL NOT NULL,
+    reserve_after REAL
+);
 """
 
 

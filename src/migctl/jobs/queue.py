@@ -276,10 +276,16 @@ class Worker:
             return False
         self.lock = lock
         self.recover()
+        from migctl.jobs.reservations import worker_serves  # (waiting runs defer to the job it reserves for)
+
+        worker_serves(self.q.conn, self.q.key, self.pid, self.pid_start, self.policy and self.policy.reserve_after)
         return True
 
     def release(self) -> None:
         if self.lock is not None:
+            from migctl.jobs.reservations import worker_leaves
+
+            worker_leaves(self.q.conn, self.q.key, self.pid)
             self.lock.release()
             self.lock = None
 

@@ -7,6 +7,7 @@ worker (:mod:`migctl.jobs.demand`) for the oldest job that has waited longer tha
 or by a waiting ``migctl run`` for itself (:mod:`migctl.jobs.run_reserve`; its row has ``job_id`` -PID and
 the run's PID and start time), one at a time per node, and it outlives a worker restart. A run's
 reservation whose process is gone is ignored at once and swept by the next worker pass or run.
+Waiting runs (table ``waiters``) and queued jobs take turns oldest first (:func:`older_run`, :func:`older_job`).
 
 Every lease respects it (:meth:`migctl.jobs.leases.LeaseManager.try_acquire`): another requester may use
 an existing device, or create one, that overlaps a reserved placement only when its own time limit ends
@@ -155,6 +156,32 @@ def older_run(conn: sqlite3.Connection, key: str, since: float, now: float, pid:
         if r["pid"] != pid and pid_alive(r["pid"], r["pid_start"]):
             return int(r["pid"])
     return None
+
+
+def older_job(conn: sqlite3.Connection, key: str, since: float, now: float) -> int | None:
+    """The queued job that the node's live worker reserves for next (the first in queue order that has
+    waited its ``--reserve-after``), when it was queued before ``since``: it comes first. None when there is
+    none, or no live worker with reservations on serves the node (its reservation would never be used)."""
+    from migctl.proc import pid_alive
+
+    w = conn.execute("SELECT pid, pid_start, reserve_after FROM workers WHERE node=?", (key,)).fetchone()
+    if w is None or w["reserve_after"] is None or not pid_alive(w["pid"], w["pid_start"]):
+        return None
+    r = conn.execute("SELECT id, created FROM jobs WHERE node=? AND state='queued' AND created <= ? "
+                     "ORDER BY priority DESC, id LIMIT 1", (key, now - float(w["reserve_after"]))).fetchone()
+    return int(r["id"]) if r is not None and float(r["created"]) < since else None
+
+
+def worker_serves(conn: sqlite3.Connection, key: str, pid: int, pid_start: float, reserve_after: float | None) -> None:
+    """Record the node's worker and its ``--reserve-after`` (None: off) for :func:`older_job`."""
+    with immediate(conn) as c:
+        c.execute("INSERT OR REPLACE INTO workers (node, pid, pid_start, reserve_after) VALUES (?,?,?,?)",
+                  (key, pid, pid_start, reserve_after))
+
+
+def worker_leaves(conn: sqlite3.Connection, key: str, pid: int) -> None:
+    with immediate(conn) as c:
+        c.execute("DELETE FROM workers WHERE node=? AND pid=?", (key, pid))
 
 
 def plan_live(node: Any, conn: sqlite3.Connection, key: str, req: Any, job_id: int, now: float,

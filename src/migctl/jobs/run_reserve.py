@@ -19,10 +19,12 @@ The run makes and takes its own reservation, so it works with no worker running:
   ignored by :func:`migctl.jobs.reservations.blocking`) and the next worker pass or waiting run deletes
   both (:func:`migctl.jobs.reservations.prune`), as stale leases are (same PID and start-time check).
 
-A run does not defer to queued jobs: it does not know the worker's ``--reserve-after``, and with no worker
-a queued job's reservation would never be used. So when the node's reservation is released, a run past its
-threshold may take the next one before an older queued job past the worker's threshold (never more than one
-reservation at a time; the worker, in turn, never reserves for a job while an older run is past its own).
+Oldest waiter first, jobs and runs together: a run defers to an older waiting run past its own threshold
+(:func:`migctl.jobs.reservations.older_run`) and to the queued job that the node's live worker reserves for
+next when that job was queued before the run began waiting (:func:`migctl.jobs.reservations.older_job`:
+the worker records itself and its ``--reserve-after`` in the ``workers`` table; with no worker, or one with
+``--reserve-after off``, queued jobs get no reservation and a run does not wait for them). The worker, in
+turn, leaves the reservation to a run that began waiting before its job was queued.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class RunReservation:
                 return False  # one reservation per node at a time
             if reservations.older_run(self.conn, self.key, self.since, now, self.pid) is not None:
                 return False  # an older waiting run comes first
+            if reservations.older_job(self.conn, self.key, self.since, now) is not None:
+                return False  # so does the older queued job the worker reserves for next
             res = self._plan(req, now)
             if res is None or not reservations.claim(self.conn, self.key, res):
                 return False
