@@ -2,9 +2,11 @@
 
 The run makes and takes its own reservation, so it works with no worker running:
 
-* when its first lease attempt finds nothing, the run records itself in the ``waiters`` table (PID, start
-  time, when it began waiting, its ``--reserve-after``), so the worker knows an older waiting run comes
-  first (:func:`migctl.jobs.reservations.older_run`);
+* its first lease attempt that finds nothing is when it began waiting; once it has waited its
+  ``--reserve-after`` it records itself in the ``waiters`` table (PID, start time, when it began waiting,
+  its threshold), so the worker knows an older waiting run comes first
+  (:func:`migctl.jobs.reservations.older_run`; only runs past their threshold count, so a run that waits
+  less writes nothing);
 * once it has waited ``reserve_after`` seconds, no live reservation is held on the node and no run that
   began waiting earlier has waited its own threshold, it plans with the worker's function
   (:func:`migctl.jobs.reservations.plan_live`) and claims the node's one reservation (a row with
@@ -33,6 +35,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 
 from migctl.jobs import reservations
@@ -49,20 +52,26 @@ class RunReservation:
         self.node = node
         self.reserve_after = reserve_after
         self.log = log or (lambda s: None)
-        self.conn = connect()
         self.key = node_key(node)
         self.pid = os.getpid()
         self.pid_start = proc_start(self.pid) or 0.0
         self.since: float | None = None
+        self.enlisted = False
         self._next = 0.0
         self._said = ""
+
+    @cached_property
+    def conn(self) -> Any:
+        """The jobs database, opened when first needed (a run that waits less than its threshold never does)."""
+        return connect()
 
     @property
     def job_id(self) -> int:
         return -self.pid
 
     def _enlist(self) -> None:
-        self.since = time.time()
+        assert self.since is not None
+        self.enlisted = True
         with immediate(self.conn) as c:
             c.execute("INSERT OR REPLACE INTO waiters (node, pid, pid_start, since, reserve_after) VALUES (?,?,?,?,?)",
                       (self.key, self.pid, self.pid_start, self.since, self.reserve_after))
@@ -75,7 +84,7 @@ class RunReservation:
         """One step if it is time (an ``on_retry`` hook of :meth:`LeaseManager.acquire`); True when the
         reserved instance was just created (the next lease attempt follows at once)."""
         if self.since is None:
-            self._enlist()
+            self.since = time.time()
         if time.monotonic() < self._next:
             return False
         self._next = time.monotonic() + self.PAUSE
@@ -96,6 +105,8 @@ class RunReservation:
         assert self.since is not None
         if now - self.since < self.reserve_after:
             return False  # (no database access before its threshold: many runs may be waiting)
+        if not self.enlisted:
+            self._enlist()
         reservations.prune(self.conn, self.key)
         res = self.mine()
         if res is None:
@@ -129,9 +140,9 @@ class RunReservation:
 
     def close(self) -> None:
         """Remove this run's reservation and waiter rows (it got its lease, gave up, or was interrupted)."""
-        if self.since is None:
+        if not self.enlisted:
             return
         with immediate(self.conn) as c:
             c.execute("DELETE FROM reservations WHERE job_id=? AND pid=?", (self.job_id, self.pid))
             c.execute("DELETE FROM waiters WHERE node=? AND pid=?", (self.key, self.pid))
-        self.since = None
+        self.enlisted = False
