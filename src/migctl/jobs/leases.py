@@ -141,7 +141,9 @@ class LeaseManager:
         return node_lock(self.node, timeout, what=what)
 
     # ------------------------------------------------------------------ inventory
-    def _gpus(self, req: Request) -> list[Any]:
+    def mig_gpus(self, req: Request) -> list[Any]:
+        """The GPUs ``req`` may use (its ``gpus``, else all) that are in MIG mode; a GPU index that does not
+        exist is a :class:`JobsError` naming the valid range."""
         gpus = retry_nvml(self.node.gpus)
         if req.gpus is not None:
             bad = [g for g in req.gpus if not 0 <= g < len(gpus)]
@@ -178,7 +180,7 @@ class LeaseManager:
         Meaningful only on a settled layout: callers hold the node lock (no apply half-way), and NVML errors
         that concurrent changes cause are retried (they never mean "never").
         """
-        gpus = self._gpus(req)
+        gpus = self.mig_gpus(req)
         if not gpus:
             where = f"GPU {','.join(map(str, req.gpus))}" if req.gpus else "this node"
             every = retry_nvml(self.node.gpus)
@@ -313,7 +315,7 @@ class LeaseManager:
         try:
             recover_creates(self.node)
             frozen = self._recover_apply()
-            gpus = [g for g in self._gpus(req) if g.index not in frozen]
+            gpus = [g for g in self.mig_gpus(req) if g.index not in frozen]
             devices = self._devices(gpus)
             view = busy_view(self.node, leases=False, gpus=gpus)
         except Exception as e:  # noqa: BLE001
@@ -377,7 +379,7 @@ class LeaseManager:
         from migctl.proc import pid_alive
 
         try:
-            gpus = self._gpus(req)
+            gpus = self.mig_gpus(req)
             devices = self._devices(gpus)
             rows = self.conn.execute("SELECT uuid, pid, pid_start, pgid FROM leases WHERE node=?", (self.key,)).fetchall()
             held = {r["uuid"] for r in rows if r["pgid"] or pid_alive(r["pid"], r["pid_start"])}

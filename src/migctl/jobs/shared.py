@@ -96,7 +96,7 @@ def check_request(node: Any, req: Request, sharing: Sharing, leases: LeaseManage
     req = device_request(req, sharing)
     if _devices(node, req):
         return None
-    if req.create and leases._gpus(req):
+    if req.create and leases.mig_gpus(req):
         return leases.check_satisfiable_locked(req)
     raise JobsError(f"no device fits {req.describe()}; valid: an existing MIG device, free space to create one, "
                     "or a GPU without MIG")
@@ -149,7 +149,7 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
     mps = mps or MpsManager(node)
     req = device_request(req, sharing)
     devs = _devices(node, req)
-    if not devs and (not req.create or not leases._gpus(req)):
+    if not devs and (not req.create or not leases.mig_gpus(req)):
         raise JobsError(f"no device fits {req.describe()}; valid: an existing MIG device, free space to create "
                         "one, or a GPU without MIG")
     from filelock import FileLock, Timeout
@@ -174,7 +174,7 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
                 got = _admit(node, mps, d, sharing, spawn, name, pgid_of, None)
                 if got is not None:
                     return got
-        if not leases._gpus(req):
+        if not leases.mig_gpus(req):
             return None  # no MIG-enabled GPU here: nothing to lease
         lease = lease_now(req)  # 3. a free (or new) MIG device, leased while the client is admitted
         if lease is None:
