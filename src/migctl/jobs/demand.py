@@ -156,10 +156,7 @@ class Demand:
             if res.at is None:  # start unknown: a better placement may have appeared
                 row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (res.job_id,)).fetchone()
                 better = self._plan(row, now, exclude=res.job_id) if row is not None else None
-                if better is not None and (better.at is not None or (better.gpu, better.start) != (res.gpu, res.start)):
-                    res = reservations.Reservation(res.job_id, better.gpu, better.profile, better.start, better.size,
-                                                   better.at, res.made)
-                    reservations.save(self.conn, self.key, res)
+                res = reservations.moved(self.conn, self.key, res, better)
             out = reshape_reserved(self.node, res, conn=self.conn)
             if out.done:
                 self.log(f"job {res.job_id}: reserved space free; {out.note}")

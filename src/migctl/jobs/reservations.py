@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from migctl.jobs.common import immediate
@@ -105,6 +105,16 @@ def _values(key: str, res: Reservation) -> tuple[Any, ...]:
 def save(conn: sqlite3.Connection, key: str, res: Reservation) -> None:
     with immediate(conn) as c:
         c.execute(_INSERT, _values(key, res))
+
+
+def moved(conn: sqlite3.Connection, key: str, res: Reservation, better: Reservation | None) -> Reservation:
+    """A reservation whose start is unknown (``res.at`` None) takes the place of ``better``, a fresh plan for the
+    same requester, when that one has a known start or is elsewhere; saved. Returns the reservation kept."""
+    if res.at is not None or better is None or (better.at is None and (better.gpu, better.start) == (res.gpu, res.start)):
+        return res
+    res = replace(better, job_id=res.job_id, made=res.made, pid=res.pid, pid_start=res.pid_start)
+    save(conn, key, res)
+    return res
 
 
 def claim(conn: sqlite3.Connection, key: str, res: Reservation) -> bool:

@@ -39,7 +39,7 @@ from functools import cached_property
 from typing import Any
 
 from migctl.jobs import reservations
-from migctl.jobs.common import JobsError, connect, immediate, node_key, proc_start
+from migctl.jobs.common import connect, immediate, node_key, proc_start
 from migctl.jobs.leases import Request
 
 
@@ -90,8 +90,6 @@ class RunReservation:
         self._next = time.monotonic() + self.PAUSE
         try:
             return self._step(req, time.time())
-        except JobsError:
-            raise
         except Exception as e:  # noqa: BLE001 - NVML in flux while something changes the layout: try later
             from migctl.busy import transient
 
@@ -121,10 +119,7 @@ class RunReservation:
                 return False
             self.log(f"waited {now - self.since:.0f}s; reserved {res.describe()}")
         elif res.at is None:  # start unknown: a better placement may have appeared (as the worker does)
-            better = self._plan(req, now)
-            if better is not None and (better.at is not None or (better.gpu, better.start) != (res.gpu, res.start)):
-                res = replace(better, made=res.made)
-                reservations.save(self.conn, self.key, res)
+            res = reservations.moved(self.conn, self.key, res, self._plan(req, now))
         out = reshape_reserved(self.node, res, source="migctl run (reservation)", conn=self.conn)
         if out.done:
             self.log(f"reserved space free; {out.note}")
