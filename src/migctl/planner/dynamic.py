@@ -469,7 +469,8 @@ class Scheduler:
             if (got is None and starving and starving[0] is job
                     and len(self.reservations) < self.policy.max_reservations):
                 starving.popleft()  # its chance in this step, taken or not (then the next starving job's)
-                if self._maybe_reserve(job, now) and self.reservations[job.id][0].at <= now:
+                self._reserve(job, now)
+                if job.id in self.reservations and self.reservations[job.id][0].at <= now:
                     got = self._try_start(job, now)  # its reservation is free now: it starts in this step
             if got is None:
                 continue
@@ -561,14 +562,6 @@ class Scheduler:
         if p.reserve_after_s is None or now - job.submit < p.reserve_after_s:
             return False
         return p.reserve_slowdown is None or now - job.submit >= p.reserve_slowdown * job.limit
-
-    def _maybe_reserve(self, job: Job, now: float) -> bool:
-        """Reserve for ``job`` if it is starving and a reservation is available; True if made."""
-        if (job.id in self.reservations or not self._starving(job, now)
-                or len(self.reservations) >= self.policy.max_reservations):
-            return False
-        self._reserve(job, now)
-        return job.id in self.reservations
 
     # ------------------------------------------------------------------------------------- measures
 
