@@ -10,6 +10,7 @@ subprocesses (this tree's src first on PYTHONPATH) and enables MIG mode on every
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ class SimNode:
     def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
+        kw.setdefault("preexec_fn", default_interrupts)
         return subprocess.Popen([sys.executable, "-m", "migctl.cli.main", *args], env=self.env, text=True, **kw)
 
     def create(self, gpu: int, profiles: list[str]) -> list[tuple[int, str]]:
@@ -71,6 +73,14 @@ class SimNode:
 
 
 S = TypeVar("S", bound=SimNode)
+
+
+def default_interrupts() -> None:
+    """In a child before exec: SIGINT and SIGQUIT back to their defaults, as in a user's terminal. A suite
+    started as a background job (``scripts/test.sh &``) inherits them ignored, and a Python started with
+    SIGINT ignored installs no KeyboardInterrupt handler, so the Ctrl-C tests would wait forever."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def make_sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, mig: bool = True,
