@@ -280,11 +280,11 @@ def starvation(sch: Scheduler, waits: list[float], now: float) -> dict:
     slack = float("inf")
     to_res = 0.0
     for job, res in sch.reservation_log:
-        bound = (res.made - job.submit) + res.way_limit
+        bound = (res.made - job.submit) + res.way_limit + res.slack
         start = job.start if job.start is not None else now
         wait = start - job.submit
-        late = job.start is None and now > res.at + 1e-6
-        if late or (job.start is not None and (job.start > res.at + 1e-6 or wait > bound + 1e-6)):
+        late = job.start is None and now > res.due + 1e-6
+        if late or (job.start is not None and (job.start > res.due + 1e-6 or wait > bound + 1e-6)):
             viol += 1
         worst_wait = max(worst_wait, wait)
         worst_bound = max(worst_bound, bound)

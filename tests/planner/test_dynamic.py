@@ -292,6 +292,27 @@ def test_reservation_log_and_bound() -> None:
         assert waits[job.id] <= (res.made - job.submit) + res.way_limit + 1e-9
 
 
+def test_relaxed_backfill_delays_a_reservation_by_at_most_its_slack() -> None:
+    """backfill_slack=0.1: a later job may hold reserved space up to 0.1 x the reserved job's limit after the
+    reservation's start (here 100 s); without slack it must end before the reservation starts."""
+    for slack, backfilled in ((None, False), (0.1, True)):
+        sch = Scheduler([A100], Policy(reserve_after_s=10.0, backfill_slack=slack))
+        sch.submit(Job(0, req(A100, "1g.10gb"), 0.0, 100.0))
+        sch.step(0.0)
+        sch.submit(Job(1, req(A100, "7g.80gb"), 1.0, 1000.0))
+        assert sch.step(1.0) == [] and sch.step(20.0) == []
+        (res,) = sch.reservations[1]
+        assert res.at == 100.0 and res.due == (200.0 if slack else 100.0)
+        sch.submit(Job(2, req(A100, "1g.10gb"), 30.0, 150.0))  # ends at 180: after at, before due
+        assert bool(sch.step(30.0)) is backfilled
+        sch.finish(0, 100.0)
+        assert [j.id for j in sch.step(100.0)] == ([] if backfilled else [1])
+        if backfilled:
+            sch.finish(2, 180.0)
+            assert [j.id for j in sch.step(180.0)] == [1]
+        assert sch.stats["reservations_late"] == 0
+
+
 def test_gangs_reshape_only_when_every_unit_fits() -> None:
     pol = Policy(keep_idle=True, reshape=True, reshape_gangs=True)
     sch = Scheduler([A100, A100], pol)
@@ -354,9 +375,12 @@ def test_reservation_goes_to_the_oldest_starving_job_whatever_the_order() -> Non
         assert sch.stats["reservations_late"] == 0 and len(waits) == len(jobs)
 
 
-def test_unknown_order_is_refused() -> None:
+def test_unknown_order_or_bad_slack_is_refused() -> None:
     with pytest.raises(ValueError, match="order 'lifo' is not one of fifo, hrrn, sjf"):
         Policy(order="lifo")
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="backfill_slack must be a number >= 0"):
+            Policy(backfill_slack=bad)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -21,7 +21,8 @@ response ratio or the shortest limit first within a priority instead of arrival)
    (when the busy instances in the way reach their time limit) reserved. Later jobs may use that space
    only if their own limit ends before the reservation starts (conservative backfill), so a reservation,
    once made, is never pushed back: a job reserved at time r waits at most (r - submit) + the longest
-   time limit of the jobs in its way at r.
+   time limit of the jobs in its way at r. With ``backfill_slack`` s (relaxed backfill), later jobs may
+   end up to s x the reserved job's own limit after the reservation starts, and the bound grows by that.
 
 Without ``keep_idle`` an instance is destroyed as soon as its job ends (what a plain dynamic-MIG
 scheduler does). ``static=True`` never creates or destroys: jobs take the smallest idle instance at
@@ -55,6 +56,8 @@ class Policy:
     reshape_gangs: bool = False  # gangs reshape too (after checking that every unit can find room)
     share: bool = False  # jobs that ask for a fraction of a GPU (Job.share < 1) run as MPS clients on shared instances
     share_pool: str = "whole"  # a new shared instance: "whole" GPU when one is free, else the job's own profile; "own"
+    backfill_slack: float | None = None  # relaxed backfill: later jobs may end up to this many times the reserved
+    # job's own limit after its reservation starts (delaying it by at most that much)
     order: str = "fifo"  # start order within a priority: "fifo" (arrival), "hrrn" (highest (wait + limit) / limit
     # first, Brinch Hansen's response ratio) or "sjf" (shortest limit first); reservations go to the oldest starving
     # job whatever the order
@@ -62,6 +65,9 @@ class Policy:
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ValueError(f"order '{self.order}' is not one of {', '.join(ORDERS)}")
+        if self.backfill_slack is not None and not self.backfill_slack >= 0:
+            raise ValueError(f"backfill_slack must be a number >= 0 (a multiple of the reserved job's limit), "
+                             f"not {self.backfill_slack}")
 
 
 ORDERS = ("fifo", "hrrn", "sjf")
@@ -89,6 +95,12 @@ class Reservation:
     at: float
     made: float = 0.0  # when it was made
     way_limit: float = 0.0  # the longest time limit among the running jobs in the way when it was made
+    slack: float = 0.0  # relaxed backfill: how long after ``at`` later jobs may still hold its space
+
+    @property
+    def due(self) -> float:
+        """When the reserved job starts at the latest."""
+        return self.at + self.slack
 
 
 @dataclass
@@ -267,7 +279,7 @@ class Scheduler:
         if not self.reservations:
             return out
         for r in self.all_reservations():
-            if r.gpu == g and r.job != job.id and now + job.limit > r.at:
+            if r.gpu == g and r.job != job.id and now + job.limit > r.due:
                 p = self.placer.spaces[self.models[g].key].profiles[r.profile]
                 out.append(PlacedGI(p, r.placement))
         return out
@@ -295,7 +307,7 @@ class Scheduler:
         """An instance for one unit of ``job``: reuse, then place, then reshape. Records creations."""
         extra: dict[int, list[PlacedGI]] = {}
         for r in self.all_reservations():
-            if r.job != job.id and now + job.limit > r.at:
+            if r.job != job.id and now + job.limit > r.due:
                 p = self.placer.spaces[self.models[r.gpu].key].profiles[r.profile]
                 extra.setdefault(r.gpu, []).append(PlacedGI(p, r.placement))
 
@@ -430,7 +442,8 @@ class Scheduler:
             return
         at = max(c[0] for c in best)
         lim = max(c[6] for c in best)
-        self.reservations[job.id] = [Reservation(job.id, c[2], c[4], c[5], at, now, lim) for c in best]
+        slack = 0.0 if self.policy.backfill_slack is None else self.policy.backfill_slack * job.limit
+        self.reservations[job.id] = [Reservation(job.id, c[2], c[4], c[5], at, now, lim, slack) for c in best]
         self.reservation_log.append((job, self.reservations[job.id][0]))
         self.stats["reservations"] += 1
         for r in self.reservations[job.id]:
@@ -484,7 +497,7 @@ class Scheduler:
             job.start = now
             job.held = got
             res = self.reservations.pop(job.id, None)
-            if res and now > res[0].at + 1e-6:
+            if res and now > res[0].due + 1e-6:
                 self.stats["reservations_late"] += 1
             self.waiting.remove(job)
             self.running[job.id] = job
