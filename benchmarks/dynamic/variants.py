@@ -1,11 +1,11 @@
 """Scheduler variants against the greedy baselines: the search behind "migctl reshaping"'s settings.
 
-Run: ``nice -n 10 python benchmarks/dynamic/variants.py`` (about 10 min on 2 cores). Writes variants.json
+Run: ``nice -n 10 python benchmarks/dynamic/variants.py`` (about 13 min on 2 cores). Writes variants.json
 and variants.md next to this file. Same simulator and traces as run.py (the three families with their
 seeds, and the other draws of run.py's robustness section); no upper bound is computed here.
 
 Each variant changes one or two of migctl reshaping's settings (start order, when a job is starving, how many
-reservations at a time, the placement rule). For each draw and variant the table names every target metric
+reservations at a time, relaxed backfill, the placement rule, keeping idle instances). For each draw and variant the table names every target metric
 (allocation, wait p50, wait p95) that is worse than the best of first-fit, best-fit and FGD on that draw,
 and by how much; "ok" means none is worse. The longest wait is listed apart: it is what reservations buy.
 """
@@ -46,6 +46,11 @@ VARIANTS = {
     "placement best-fit": dataclasses.replace(R, placement="best"),
     "placement FGD": dataclasses.replace(R, placement="fgd"),
     "order hrrn, placement best-fit": dataclasses.replace(R, order="hrrn", placement="best"),
+    "relaxed backfill, 0.25 x limit": dataclasses.replace(R, backfill_slack=0.25),
+    "relaxed backfill, 0.5 x limit": dataclasses.replace(R, backfill_slack=0.5),
+    "relaxed backfill, 1 x limit": dataclasses.replace(R, backfill_slack=1.0),
+    "idle instances destroyed at once": dataclasses.replace(R, keep_idle=False),
+    "idle destroyed at once, placement best-fit": dataclasses.replace(R, keep_idle=False, placement="best"),
 }
 DRAWS: list[tuple[str, int | None]] = [("alibaba", None), ("parvagpu", None), ("synthetic", None)] + [
     (fam, seed) for fam, seeds in run.ROBUST_SEEDS.items() for seed in seeds]
@@ -93,8 +98,11 @@ def markdown(res: dict) -> str:
         "Each cell names the target metrics on which the variant is worse than the best of first-fit, best-fit "
         "and FGD on that draw (allocation in percentage points, waits as extra time); `ok` = none worse. "
         "Every variant keeps migctl reshaping's other settings (keep idle instances, reshape idle ones only, "
-        "hysteresis, churn cap). fifo = arrival order; hrrn = highest (wait + limit) / limit first; sjf = "
-        "shortest limit first; with every order the reservation goes to the oldest starving job.",
+        "hysteresis, churn cap) unless its name says otherwise. fifo = arrival order; hrrn = highest (wait + "
+        "limit) / limit first; sjf = shortest limit first; with every order the reservation goes to the oldest "
+        "starving job. Relaxed backfill: later jobs may end up to that multiple of the reserved job's limit "
+        "after its reservation starts (the bound grows by as much). Idle instances destroyed at once: no idle "
+        "instance is kept for reuse, as a plain dynamic-MIG scheduler does (reshaping then has nothing to do).",
         "",
         "| variant | draws ok | " + " | ".join(draws) + " |",
         "|---|---|" + "---|" * len(draws),
