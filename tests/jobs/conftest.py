@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +36,14 @@ def a30(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimEnv]:
 def h100x8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimEnv]:
     """Eight H100-80GB, MIG enabled, no instances."""
     yield make_env(tmp_path, monkeypatch, "8xH100-80GB")
+
+
+@pytest.fixture
+def shared(a30: SimEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimEnv]:
+    """The A30 node with a short state dir, for the CLI and this process (the MPS control socket's path must
+    stay short)."""
+    short = tempfile.mkdtemp(prefix="mig")
+    a30.env["MIGCTL_STATE_DIR"] = short
+    monkeypatch.setenv("MIGCTL_STATE_DIR", short)
+    yield a30
+    shutil.rmtree(short, ignore_errors=True)

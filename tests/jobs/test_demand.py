@@ -269,7 +269,7 @@ def test_bad_churn_flags_are_one_line(a30: SimEnv) -> None:
                  ["worker", "--reserve-after", "soon"], ["run", "--hysteresis", "2", "--", "true"],
                  ["run", "--reshape", "--max-reconfig-per-min", "x", "--", "true"],
                  ["run", "--reshape", "--no-create", "--", "true"],
-                 ["run", "--reshape", "--isolation", "soft", "--share", "2", "--", "true"]):
+                 ["run", "--reshape", "--isolation", "soft", "--share", "2", "--hysteresis", "-1", "--", "true"]):
         rc, err = _main(*args)
         assert rc == 2 and err.count("\n") == 1 and "migctl: error:" in err, (args, err)
 

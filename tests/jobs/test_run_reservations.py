@@ -244,12 +244,49 @@ def test_oldest_waiter_gets_the_next_reservation(a30: SimEnv, tmp_path: Path) ->
     assert _rows("workers") == []
 
 
+def test_shared_run_gets_a_reservation_and_reshapes(shared: SimEnv, tmp_path: Path) -> None:
+    """A waiting MPS run (``--isolation soft``) takes the node's reservation like a plain run: for the device
+    of its own request (4g.24gb, the whole A30) while a process without a lease holds 1g.6gb@0; once that
+    process ends it destroys the idle instances in the way, creates the device and starts as its MPS client.
+    Then a second shared run with ``--reshape`` destroys idle instances for a new device."""
+    a30 = shared
+    holder = _busy_1g_at_0(a30)
+    stamp = tmp_path / "shared.started"
+    run = a30.popen("run", "--isolation", "soft", "--share", "2", "--wait", "60", "-v", "--profile", "4g.24gb",
+                    "--reserve-after", "0", "--", "sh", "-c", f'echo "$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE" > "{stamp}"')
+    try:
+        got = wait_for(lambda: _run_reservations(a30), what="the shared run's reservation")
+        assert [(g["pid"], g["profile"], g["start"], g["at"]) for g in got] == [(run.pid, "4g.24gb", 0, None)]
+        holder.kill()
+        holder.wait()
+        a30.node().sim.remove_client(0, holder.pid)
+        out, err = run.communicate(timeout=30)
+        assert run.returncode == 0, err
+        assert "reserved space free" in err and "MPS client on MIG-" in err, err
+        assert stamp.read_text().strip() == "50"  # an MPS client with half the threads
+        assert _gis(a30) == [("4g.24gb", 0)]
+        assert _rows("reservations") == [] and _rows("waiters") == []
+    finally:
+        for p in (holder, run):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    # the idle 4g.24gb blocks two 2g.12gb: without --reshape a shared run times out, with it the run starts
+    r = a30.migctl("run", "--isolation", "soft", "--share", "2", "--profile", "2g.12gb", "--wait", "1", "--", "true")
+    assert r.returncode == 75 and _gis(a30) == [("4g.24gb", 0)], r.stderr
+    r = a30.migctl("run", "--isolation", "soft", "--share", "2", "--profile", "2g.12gb", "--reshape", "-v", "--wait",
+                   "30", "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert "destroyed idle" in r.stderr and "MPS client on MIG-" in r.stderr, r.stderr
+    assert ("2g.12gb", 0) in _gis(a30) or ("2g.12gb", 2) in _gis(a30)
+
+
 def test_bad_reserve_after_is_one_line(a30: SimEnv) -> None:
     before = _gis(a30)
     for args in (["run", "--reserve-after", "soon", "--profile", "1g.6gb", "--", "true"],
                  ["run", "--reserve-after", "-1", "--", "true"],
                  ["run", "--reserve-after", "nan", "--", "true"],
-                 ["run", "--reserve-after", "5", "--isolation", "soft", "--share", "2", "--", "true"]):
+                 ["run", "--reserve-after", "-5", "--isolation", "soft", "--share", "2", "--", "true"]):
         r = a30.migctl(*args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("migctl: error:"), (args, r.stderr)
         assert "--reserve-after" in r.stderr

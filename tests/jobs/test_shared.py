@@ -3,27 +3,13 @@ stand-in MPS control daemon), through the real CLI."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from migctl.reconcile.live import read_gpu
-
-
-@pytest.fixture
-def shared(a30: Any) -> Iterator[Any]:
-    """The A30 node with a short state dir for the CLI (the MPS control socket's path must stay short)."""
-    short = tempfile.mkdtemp(prefix="mig")
-    a30.env["MIGCTL_STATE_DIR"] = short
-    yield a30
-    shutil.rmtree(short, ignore_errors=True)
 
 
 def _popen(se: Any, env: dict[str, str], *args: str) -> subprocess.Popen[str]:

@@ -147,17 +147,13 @@ def register(app: typer.Typer) -> None:
         from migctl.jobs.demand import DEFAULT_RESERVE_AFTER_S
 
         reserve = DEFAULT_RESERVE_AFTER_S if reserve_after is None else _reserve_after(reserve_after)
-        if reserve_after is not None and sharing.kind != "mig":
-            fail("--reserve-after applies to --isolation hard (a MIG device of its own); shared runs get no reservation")
         if churn is not None and not req.create:
             fail("--reshape creates an instance; it cannot be combined with --no-create")
-        if churn is not None and sharing.kind != "mig":
-            fail("--reshape applies to --isolation hard (a MIG device of its own); shared runs are not reshaped for "
-                 "(queued shared jobs are: migctl submit + worker)")
         if sharing.kind != "mig":
             from migctl.jobs.shared import run_shared
 
-            sys.exit(run_shared(node(ctx), cmd or [], req, sharing=sharing, wait=0 if no_wait else wait, log=log))
+            sys.exit(run_shared(node(ctx), cmd or [], req, sharing=sharing, wait=0 if no_wait else wait, log=log,
+                                reshape=churn, reserve_after=reserve))
         rc = runner.run(node(ctx), cmd or [], req, wait=0 if no_wait else wait, ephemeral=ephemeral, log=log,
                         reshape=churn, reserve_after=reserve)
         sys.exit(rc)

@@ -129,6 +129,32 @@ def check_command(name: str) -> None:
         raise JobsError(f"command '{printable(name)}' not found in PATH", 127)
 
 
+def wait_hooks(node: Any, req: Request, *, wait: float | None, reshape: Any, reserve_after: float | None,
+               log: Callable[[str], None]) -> tuple[Callable[[Request], bool] | None, Any]:
+    """What a waiting run does after each attempt that found nothing: take its reservation in turn
+    (``reserve_after`` seconds; only when it may wait and create) and reshape idle instances (``reshape``, a
+    :class:`migctl.jobs.reshape.Churn`). Returns the retry hook (True: the node changed, try again at once;
+    None when there is nothing to do) and the :class:`migctl.jobs.run_reserve.RunReservation` to close."""
+    hooks: list[Callable[[Request], bool]] = []
+    reserver = None
+    if reserve_after is not None and wait != 0 and req.create:
+        from migctl.jobs.run_reserve import RunReservation
+
+        reserver = RunReservation(node, reserve_after, log=log)
+        hooks.append(reserver.attempt)
+    if reshape is not None:
+        from migctl.jobs.reshape import Reshaper
+
+        hooks.append(Reshaper(node, reshape, log=log).attempt)
+    if not hooks:
+        return None, reserver
+
+    def retry(r: Request) -> bool:
+        return any(h(r) for h in hooks)
+
+    return retry, reserver
+
+
 def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = None, ephemeral: bool = False,
         log: Callable[[str], None] | None = None, manager: LeaseManager | None = None, reshape: Any = None,
         reserve_after: float | None = None) -> int:
@@ -148,23 +174,9 @@ def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = Non
         sys.stderr.write(f"migctl: waiting for a free MIG device ({r.describe()})...\n")
         sys.stderr.flush()
 
-    hooks: list[Callable[[Request], bool]] = []
-    reserver = None
-    if reserve_after is not None and wait != 0 and req.create:
-        from migctl.jobs.run_reserve import RunReservation
-
-        reserver = RunReservation(node, reserve_after, log=say)
-        hooks.append(reserver.attempt)
-    if reshape is not None:
-        from migctl.jobs.reshape import Reshaper
-
-        hooks.append(Reshaper(node, reshape, log=say).attempt)
-
-    def retry(r: Request) -> bool:
-        return any(h(r) for h in hooks)
-
+    retry, reserver = wait_hooks(node, req, wait=wait, reshape=reshape, reserve_after=reserve_after, log=say)
     try:
-        lease = mgr.acquire(req, wait=wait, owner="run", on_wait=waiting, on_retry=retry if hooks else None)
+        lease = mgr.acquire(req, wait=wait, owner="run", on_wait=waiting, on_retry=retry)
     finally:
         if reserver is not None:
             reserver.close()

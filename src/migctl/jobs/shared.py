@@ -31,7 +31,7 @@ from typing import Any
 from migctl.jobs.common import JobsError, exit_status
 from migctl.jobs.leases import Lease, LeaseManager, Request
 from migctl.jobs.mps import MpsManager, Share, Sharing, shares_from
-from migctl.jobs.runner import FORWARDED, check_command, gated_popen, open_gate
+from migctl.jobs.runner import FORWARDED, check_command, gated_popen, open_gate, wait_hooks
 
 # spawn(env additions) -> (process behind its closed gate, gate); lease_now(request) -> a lease or None
 Spawn = Callable[[dict[str, str]], tuple[Any, int]]
@@ -251,8 +251,14 @@ def sweep(node: Any, mps: MpsManager | None = None) -> list[str]:
 
 
 def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing, wait: float | None = None,
-               log: Callable[[str], None] | None = None, manager: MpsManager | None = None) -> int:
-    """Run ``cmd`` on a shared device; returns its exit status (75 when no device had room in time)."""
+               log: Callable[[str], None] | None = None, manager: MpsManager | None = None, reshape: Any = None,
+               reserve_after: float | None = None) -> int:
+    """Run ``cmd`` on a shared device; returns its exit status (75 when no device had room in time).
+
+    While nothing has room it does what a waiting ``migctl run`` does (:func:`migctl.jobs.runner.wait_hooks`)
+    for a new device of its own request (:func:`device_request`): ``reserve_after``, take the node's
+    reservation in turn; ``reshape``, destroy idle instances in the way. The device it then gets is shared
+    like any other (later clients may join it)."""
     if not cmd:
         raise JobsError("no command given; usage: migctl run --isolation soft|none [OPTIONS] -- CMD [ARGS...]")
     check_command(cmd[0])
@@ -274,18 +280,29 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
 
     deadline = None if wait is None else time.monotonic() + wait
     told = False
-    while True:
-        got = launch(node, req, sharing, spawn, leases=leases, lease_now=lease_now, name=os.path.basename(cmd[0]),
-                     pgid_of=(lambda pid: None) if interactive else (lambda pid: pid), mps=mps)
-        if got is not None:
-            break
-        if deadline is not None and time.monotonic() >= deadline:
-            sys.stderr.write(f"migctl: no shared device had room for {req.describe()} in time\n")
-            return 75
-        if not told:
-            sys.stderr.write(f"migctl: waiting for room on a shared device ({req.describe()})...\n")
-            told = True
-        time.sleep(0.2)
+    dreq = device_request(req, sharing)
+    retry, reserver = wait_hooks(node, dreq, wait=wait, reshape=reshape, reserve_after=reserve_after, log=say)
+    if retry is not None and not leases.mig_gpus(dreq):
+        retry = None  # GPUs without MIG: no instance to reserve or make room for
+    try:
+        while True:
+            got = launch(node, req, sharing, spawn, leases=leases, lease_now=lease_now,
+                         name=os.path.basename(cmd[0]), pgid_of=(lambda pid: None) if interactive else (lambda pid: pid),
+                         mps=mps)
+            if got is not None:
+                break
+            if retry is not None and retry(dreq):
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                sys.stderr.write(f"migctl: no shared device had room for {req.describe()} in time\n")
+                return 75
+            if not told:
+                sys.stderr.write(f"migctl: waiting for room on a shared device ({req.describe()})...\n")
+                told = True
+            time.sleep(0.2)
+    finally:
+        if reserver is not None:
+            reserver.close()
     proc = got.proc
     previous: dict[int, Any] = {}
     try:
