@@ -193,12 +193,14 @@ def _holder_of(env: SimEnv) -> list[str]:
     return [r.holder() for r in reservations.load(connect(), node_key(env.node()), live=True)]
 
 
-def test_oldest_waiter_gets_the_next_reservation(a30: SimEnv, tmp_path: Path) -> None:
-    """Jobs and runs in one order, by when they began waiting: while a first run holds the reservation, job
-    J1 is queued, then run R1 begins waiting, then job J2 is queued (all past their thresholds). Each time the
-    reservation is released the oldest remaining waiter gets it: J1 (R1 defers to the worker's job), then R1
-    (the worker defers to the run), then J2. The worker runs in-process, stepped by the test, so that who
-    goes first is not a race between the worker's passes and the run's attempts."""
+@pytest.mark.parametrize("priorities", [(0, 0), (-1, 5)])
+def test_oldest_waiter_gets_the_next_reservation(a30: SimEnv, tmp_path: Path, priorities: tuple[int, int]) -> None:
+    """Jobs and runs in one order, by priority (a run counts as 0), then by when they began waiting: while a
+    first run holds the reservation, job J1 is queued, then run R1 begins waiting, then job J2 is queued (all
+    past their thresholds). Each time the reservation is released the first remaining waiter gets it. At equal
+    priorities: J1 (R1 defers to the worker's job), then R1 (the worker defers to the run), then J2. With J1 at
+    priority -1 and J2 at 5: J2, R1, J1. The worker runs in-process, stepped by the test, so that who goes
+    first is not a race between the worker's passes and the run's attempts."""
     from migctl.jobs.demand import WorkerPolicy
     from migctl.jobs.queue import JobQueue, Worker
     from migctl.jobs.reshape import Churn
@@ -212,29 +214,30 @@ def test_oldest_waiter_gets_the_next_reservation(a30: SimEnv, tmp_path: Path) ->
         r0 = _large_run(a30, tmp_path / "r0", "--reserve-after", "0")
         procs.append(r0)
         wait_for(lambda: _holder_of(a30) == [f"run (pid {r0.pid})"], what="the first run's reservation")
-        j1 = q.submit(["true"], Request(profile="4g.24gb"))
+        j1 = q.submit(["true"], Request(profile="4g.24gb"), priority=priorities[0])
         r1 = _large_run(a30, tmp_path / "r1", "--reserve-after", "0")
         procs.append(r1)
         wait_for(lambda: r1.pid in [r[1] for r in _rows("waiters")], what="the second run waiting")
         time.sleep(0.05)  # (J2 queued strictly after R1 began waiting)
-        j2 = q.submit(["true"], Request(profile="4g.24gb"))
+        j2 = q.submit(["true"], Request(profile="4g.24gb"), priority=priorities[1])
+        first, last = (j1, j2) if priorities == (0, 0) else (j2, j1)
         w.step()
         assert _holder_of(a30) == [f"run (pid {r0.pid})"]  # one at a time: the worker waits
         r0.send_signal(signal.SIGINT)
         assert r0.wait(20) == 130
-        time.sleep(1.0)  # R1 attempts every 0.25 s: it leaves the reservation to the older J1
+        time.sleep(1.0)  # R1 attempts every 0.25 s: it leaves the reservation to the first job
         assert _holder_of(a30) == [] and r1.poll() is None
-        wait_for(lambda: (w.step(), _holder_of(a30))[1] == [f"job {j1}"], what="J1's reservation")
-        assert a30.migctl("cancel", str(j1)).returncode == 0
-        w.step()  # J1's reservation is dropped; the worker leaves the next one to the older R1
+        wait_for(lambda: (w.step(), _holder_of(a30))[1] == [f"job {first}"], what="the first job's reservation")
+        assert a30.migctl("cancel", str(first)).returncode == 0
+        w.step()  # its reservation is dropped; the worker leaves the next one to R1
         assert _holder_of(a30) in ([], [f"run (pid {r1.pid})"])
         wait_for(lambda: _holder_of(a30) == [f"run (pid {r1.pid})"], what="R1's reservation")
         w.step()
         assert _holder_of(a30) == [f"run (pid {r1.pid})"]
         r1.send_signal(signal.SIGINT)
         assert r1.wait(20) == 130
-        wait_for(lambda: (w.step(), _holder_of(a30))[1] == [f"job {j2}"], what="J2's reservation")
-        assert q.get(j2).state == "queued" and _rows("waiters") == []
+        wait_for(lambda: (w.step(), _holder_of(a30))[1] == [f"job {last}"], what="the last job's reservation")
+        assert q.get(last).state == "queued" and _rows("waiters") == []
     finally:
         w.release()
         for p in procs:

@@ -74,7 +74,7 @@ class Demand:
 
     def _queued(self) -> list[Any]:
         return self.conn.execute(
-            "SELECT id, profile, mem_mib, gpus, created, time_limit FROM jobs WHERE node=? AND state='queued' "
+            "SELECT id, profile, mem_mib, gpus, created, time_limit, priority FROM jobs WHERE node=? AND state='queued' "
             "ORDER BY (id IN (SELECT job_id FROM reservations WHERE node=?)) DESC, priority DESC, id",
             (self.key, self.key)).fetchall()
 
@@ -142,8 +142,8 @@ class Demand:
             row = next((r for r in queued if now - float(r["created"]) >= (self.policy.reserve_after or 0.0)), None)
             if row is None:
                 return 0
-            if reservations.older_run(self.conn, self.key, float(row["created"]), now) is not None:
-                return 0  # an older waiting run reserves for itself
+            if reservations.run_first(self.conn, self.key, int(row["priority"]), float(row["created"]), now):
+                return 0  # a waiting run comes first (an older one, or any once the job's priority is below 0)
             res = self._plan(row, now)
             if res is None or not reservations.claim(self.conn, self.key, res):
                 return 0

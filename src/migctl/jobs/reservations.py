@@ -168,18 +168,31 @@ def older_run(conn: sqlite3.Connection, key: str, since: float, now: float, pid:
     return None
 
 
+def run_first(conn: sqlite3.Connection, key: str, priority: int, created: float, now: float) -> bool:
+    """Whether a live waiting run past its threshold comes before a queued job of ``priority`` queued at
+    ``created``. A run counts as priority 0: a job above it goes first, a job below it after any such run,
+    a job at 0 after the runs that began waiting before it was queued."""
+    if priority > 0:
+        return False
+    return older_run(conn, key, math.inf if priority < 0 else created, now) is not None
+
+
 def older_job(conn: sqlite3.Connection, key: str, since: float, now: float) -> int | None:
     """The queued job that the node's live worker reserves for next (the first in queue order that has
-    waited its ``--reserve-after``), when it was queued before ``since``: it comes first. None when there is
-    none, or no live worker with reservations on serves the node (its reservation would never be used)."""
+    waited its ``--reserve-after``), when it comes before a run that began waiting at ``since``: queued
+    earlier at priority 0, or at any time with a priority above 0 (a run counts as priority 0; see
+    :func:`run_first`). None when there is none, or no live worker with reservations on serves the node
+    (its reservation would never be used)."""
     from migctl.proc import pid_alive
 
     w = conn.execute("SELECT pid, pid_start, reserve_after FROM workers WHERE node=?", (key,)).fetchone()
     if w is None or w["reserve_after"] is None or not pid_alive(w["pid"], w["pid_start"]):
         return None
-    r = conn.execute("SELECT id, created FROM jobs WHERE node=? AND state='queued' AND created <= ? "
+    r = conn.execute("SELECT id, created, priority FROM jobs WHERE node=? AND state='queued' AND created <= ? "
                      "ORDER BY priority DESC, id LIMIT 1", (key, now - float(w["reserve_after"]))).fetchone()
-    return int(r["id"]) if r is not None and float(r["created"]) < since else None
+    if r is None or int(r["priority"]) < 0:
+        return None
+    return int(r["id"]) if int(r["priority"]) > 0 or float(r["created"]) < since else None
 
 
 def worker_serves(conn: sqlite3.Connection, key: str, pid: int, pid_start: float, reserve_after: float | None) -> None:

@@ -21,7 +21,8 @@ The run makes and takes its own reservation, so it works with no worker running:
   ignored by :func:`migctl.jobs.reservations.blocking`) and the next worker pass or waiting run deletes
   both (:func:`migctl.jobs.reservations.prune`), as stale leases are (same PID and start-time check).
 
-Oldest waiter first, jobs and runs together: a run defers to an older waiting run past its own threshold
+Oldest waiter first, jobs and runs together (a run counts as priority 0: a queued job above it goes first,
+one below it after it): a run defers to an older waiting run past its own threshold
 (:func:`migctl.jobs.reservations.older_run`) and to the queued job that the node's live worker reserves for
 next when that job was queued before the run began waiting (:func:`migctl.jobs.reservations.older_job`:
 the worker records itself and its ``--reserve-after`` in the ``workers`` table; with no worker, or one with
