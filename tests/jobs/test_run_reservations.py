@@ -284,6 +284,47 @@ def test_shared_run_gets_a_reservation_and_reshapes(shared: SimEnv, tmp_path: Pa
     assert ("2g.12gb", 0) in _gis(a30) or ("2g.12gb", 2) in _gis(a30)
 
 
+def test_no_create_run_reserves_an_existing_instance(a30: SimEnv, tmp_path: Path) -> None:
+    """``run --no-create`` reserves the existing instance it can have earliest (the busy 2g.12gb@0, not the
+    space of the two idle 1g.6gb, which it could not use) and changes no layout: once that instance is free
+    others keep clear of it, and the run takes it. The run is stopped (SIGSTOP) while the test looks, so
+    that it does not take the freed instance first."""
+    from migctl.jobs.leases import LeaseManager
+
+    uuids = a30.layout(0, ["2g.12gb", "1g.6gb", "1g.6gb"])
+    holder = subprocess.Popen(["sleep", "120"])
+    node = a30.node()
+    gi0 = next(g for g in read_gpu(node.gpu(0)).gis if g.start == 0)
+    assert node.sim.add_client(0, holder.pid, gi0.id, 0) == 0
+    stamp = tmp_path / "run.cvd"
+    run = a30.popen("run", "--no-create", "--profile", "2g.12gb", "--reserve-after", "0", "--wait", "60", "-v", "--",
+                    "sh", "-c", f'echo "$CUDA_VISIBLE_DEVICES" > "{stamp}"')
+    try:
+        got = wait_for(lambda: _run_reservations(a30), what="the run's reservation")
+        assert [(g["pid"], g["profile"], g["start"], g["at"]) for g in got] == [(run.pid, "2g.12gb", 0, None)]
+        run.send_signal(signal.SIGSTOP)
+        holder.kill()
+        holder.wait()
+        node.sim.remove_client(0, holder.pid)
+        mgr = LeaseManager(node)
+        assert mgr.try_acquire(Request(profile="2g.12gb", create=False), owner="test") is None  # reserved
+        small = mgr.try_acquire(Request(profile="1g.6gb", create=False), owner="test")
+        assert small is not None  # the rest of the GPU is not
+        mgr.release(small)
+        run.send_signal(signal.SIGCONT)
+        out, err = run.communicate(timeout=30)
+        assert run.returncode == 0, err
+        assert stamp.read_text().strip() == uuids[0] and "reserved GPU 0 2g.12gb@0" in err, err
+        assert {d.uuid for d in node.gpu(0).mig_devices()} == set(uuids)  # nothing destroyed or created
+        assert _rows("reservations") == [] and _rows("waiters") == []
+    finally:
+        for p in (holder, run):
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait()
+
+
 def test_bad_reserve_after_is_one_line(a30: SimEnv) -> None:
     before = _gis(a30)
     for args in (["run", "--reserve-after", "soon", "--profile", "1g.6gb", "--", "true"],

@@ -219,7 +219,8 @@ def plan_live(node: Any, conn: sqlite3.Connection, key: str, req: Any, job_id: i
             and (req.gpus is None or g.index in req.gpus)]
     eligible = {g.index: eligible_profiles(g.model, req) for g in live}
     taken = [r for r in load(conn, key, live=True) if r.job_id not in (job_id, exclude)]
-    return plan(live, eligible, job_ends(conn, key), live_leases(node), taken, job_id, now)
+    return plan(live, eligible, job_ends(conn, key), live_leases(node), taken, job_id, now,
+                existing_only=not getattr(req, "create", True))
 
 
 def job_ends(conn: sqlite3.Connection, key: str) -> dict[int, float]:
@@ -230,7 +231,7 @@ def job_ends(conn: sqlite3.Connection, key: str) -> dict[int, float]:
 
 
 def plan(live: list[Any], eligible: dict[int, list[Any]], ends: dict[int, float], leases: list[tuple[Any, tuple[int, ...]]],
-         taken: list[Reservation], job_id: int, now: float) -> Reservation | None:
+         taken: list[Reservation], job_id: int, now: float, existing_only: bool = False) -> Reservation | None:
     """The placement where the job can start earliest (pure: no I/O).
 
     ``live``: the node's GPUs as :func:`migctl.reconcile.engine.read_node` reads them (holders as PIDs);
@@ -238,7 +239,8 @@ def plan(live: list[Any], eligible: dict[int, list[Any]], ends: dict[int, float]
     limit; ``leases``: live lease rows with their processes (:func:`migctl.busy.live_leases`); ``taken``:
     existing reservations (not overlapped). An instance in the way is free at once when idle, at its job's
     limit when every process on it belongs to leases of time-limited jobs, else never known (``at`` None).
-    Ranked by start time, then fewest instances in the way, then GPU and start.
+    Ranked by start time, then fewest instances in the way, then GPU and start. ``existing_only`` (a requester
+    that never creates, ``run --no-create``): only placements an instance of that profile already fills.
     """
     from migctl.catalog.geometry import PlacedGI, conflict
     from migctl.catalog.model import Placement
@@ -257,6 +259,8 @@ def plan(live: list[Any], eligible: dict[int, list[Any]], ends: dict[int, float]
                 if any(r.gpu == g.index and r.overlaps(pl.start, pl.size) for r in taken):
                     continue
                 way = [gi for gi in g.gis if gi.start < pl.start + pl.size and pl.start < gi.start + gi.size]
+                if existing_only and [(gi.profile, gi.start, gi.size) for gi in way] != [(p.name, pl.start, pl.size)]:
+                    continue  # (a requester that never creates: only an instance that is already there)
                 rest = []
                 for gi in g.gis:
                     cp = model.profile(gi.profile)

@@ -16,6 +16,9 @@ The run makes and takes its own reservation, so it works with no worker running:
   :func:`migctl.jobs.reshape.reshape_reserved` (the worker's path: the transactional apply, under the node
   lock, destroying only idle instances in the way) so the reserved instance is created once nothing busy
   is in the way; the next lease attempt leases it (its own reservation does not block it);
+* a run that never creates (``--no-create``) reserves an instance that is already there (the one it can
+  have earliest) and changes nothing: others keep clear of it, and its next lease attempt after the
+  instance frees up takes it;
 * :meth:`RunReservation.close` (after the lease, on an error, on Ctrl-C) removes its reservation and waiter
   rows. A run killed outright leaves them: its reservation blocks nothing from then on (a dead run's is
   ignored by :func:`migctl.jobs.reservations.blocking`) and the next worker pass or waiting run deletes
@@ -121,6 +124,8 @@ class RunReservation:
             self.log(f"waited {now - self.since:.0f}s; reserved {res.describe()}")
         elif res.at is None:  # start unknown: a better placement may have appeared (as the worker does)
             res = reservations.moved(self.conn, self.key, res, self._plan(req, now))
+        if not req.create:
+            return False  # an existing instance, kept clear of others: the next lease attempt takes it once free
         out = reshape_reserved(self.node, res, source="migctl run (reservation)", conn=self.conn)
         if out.done:
             self.log(f"reserved space free; {out.note}")
