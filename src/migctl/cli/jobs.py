@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
         reshape: bool = typer.Option(False, "--reshape", help="If nothing fits, destroy the fewest idle instances on one GPU to make room (transactional apply; busy and leased ones are never touched), also while waiting."),
         max_reconfig: Optional[int] = typer.Option(None, "--max-reconfig-per-min", callback=int_range(1, 10_000, "--max-reconfig-per-min"), help="With --reshape: at most N instances destroyed for reshaping per 60 s on this node, shared with the worker and other runs (default 20)."),
         hysteresis: Optional[float] = typer.Option(None, "--hysteresis", callback=seconds, help="With --reshape: spare instances idle for less than SECONDS (default 0)."),
-        reserve_after: Optional[str] = typer.Option(None, "--reserve-after", help="Once waiting longer than SECONDS (default 300; off: never), take the node's reservation in turn (oldest waiter first, shared with the worker's queued jobs) and start in it when it frees up."),
+        reserve_after: Optional[str] = typer.Option(None, "--reserve-after", help="Once waiting longer than SECONDS (default 300; off: never), take the node's reservation in turn (oldest waiter first, shared with the worker's queued jobs, which go first with --priority above 0; with --no-create, of an existing instance) and start in it when it frees up."),
     ) -> None:
         """Lease a free MIG device that fits and run CMD on it with CUDA_VISIBLE_DEVICES=MIG-<uuid>.
 

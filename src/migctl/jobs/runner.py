@@ -133,8 +133,9 @@ def wait_hooks(node: Any, req: Request, *, wait: float | None, reshape: Any, res
                log: Callable[[str], None]) -> tuple[Callable[[Request], bool] | None, Any]:
     """What a waiting run does after each attempt that found nothing: take its reservation in turn
     (``reserve_after`` seconds, when it may wait; with ``--no-create``, of an existing instance) and reshape
-    idle instances (``reshape``, a :class:`migctl.jobs.reshape.Churn`). Returns the retry hook (True: the node changed, try again at once;
-    None when there is nothing to do) and the :class:`migctl.jobs.run_reserve.RunReservation` to close."""
+    idle instances (``reshape``, a :class:`migctl.jobs.reshape.Churn`). Returns the retry hook (True: the
+    node changed, try again at once; None when there is nothing to do) and the
+    :class:`migctl.jobs.run_reserve.RunReservation` to close."""
     hooks: list[Callable[[Request], bool]] = []
     reserver = None
     if reserve_after is not None and wait != 0:
