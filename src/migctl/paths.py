@@ -199,7 +199,7 @@ def node_lock(node: Any, timeout: float | None = None, what: str = "", directory
     d.mkdir(parents=True, exist_ok=True)
     path = node_lock_path(node, d)
     owner = path.with_name(path.name + ".owner")
-    lock = FileLock(str(path), timeout=-1 if timeout is None else timeout)
+    lock = FileLock(str(path), timeout=-1 if timeout is None else timeout, mode=0o600)
     try:
         lock.acquire(poll_interval=0.02)
     except Timeout:

@@ -37,7 +37,7 @@ def test_state_dir_db_logs_and_journals_are_private_under_any_umask(cli, tmp_pat
     assert cli("submit", "--name", "secret", "--", "sh", "-c", "echo TOKEN=hunter2").code == 0
     assert cli("worker", "--until-idle", "-q").code == 0
     assert _mode(sd) == 0o700
-    files = [p for p in sd.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".owner", ".exit"))]
+    files = [p for p in sd.rglob("*") if p.is_file()]
     names = {p.name for p in files}
     assert "jobs.sqlite" in names and any(n.endswith(".log") for n in names)
     assert any(n.endswith(".last.json") for n in names) and any(n.endswith(".json") for n in names)

@@ -96,6 +96,24 @@ def test_time_sliced_jobs_share_without_limits(shared: Any) -> None:
     assert [p.returncode for p in procs] == [0, 0], [p.stderr.read() for p in procs if p.stderr]
 
 
+def test_mps_files_are_private_under_any_umask(shared: Any) -> None:
+    """With umask 0, an MPS run leaves only private directories and files in the state dir (the ``mps``
+    parent, the daemon's pipe and log directories, the select and node locks)."""
+    import os
+    import stat
+
+    old = os.umask(0)
+    try:
+        r = shared.migctl("run", "--isolation", "soft", "--share", "2", "--profile", "1g.6gb", "--", "true")
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    root = Path(shared.env["MIGCTL_STATE_DIR"])
+    seen = [p for p in root.rglob("*") if p.is_dir() or p.is_file()]
+    assert any(p.name == "mps" for p in seen) and any(p.name == "select.lock" for p in seen)
+    assert [(str(p), oct(stat.S_IMODE(p.stat().st_mode))) for p in seen if stat.S_IMODE(p.stat().st_mode) & 0o077] == []
+
+
 def test_sharing_options_bad_input(a30: Any) -> None:
     r = a30.migctl("run", "--share", "2", "--", "true")
     assert r.returncode == 2 and r.stderr.startswith("migctl: error: --share") and "Traceback" not in r.stderr

@@ -37,7 +37,7 @@ from typing import Any
 
 from migctl.busy import register_mps_provider
 from migctl.jobs.common import JobsError, node_key
-from migctl.paths import state_dir
+from migctl.paths import ensure_private_dir, state_dir
 from migctl.proc import pid_alive
 
 ISOLATION = ("hard", "soft", "none")
@@ -164,7 +164,17 @@ class MpsManager:
     def __init__(self, node: Any, root: Path | None = None) -> None:
         self.node = node
         # short names: the control endpoint is a Unix socket, whose path is limited to about 100 bytes
+        self._base = None if root is not None else state_dir() / "mps"
         self.root = root or state_dir() / "mps" / hashlib.sha1(node_key(node).encode()).hexdigest()[:10]
+
+    def ensure_root(self) -> Path:
+        """The node's MPS directory, 0700 (in the state dir, its ``mps`` parent too: ``mkdir -p`` would give
+        the parents the umask's mode)."""
+        if self._base is not None:
+            ensure_private_dir(self._base, "MPS directory")
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        return self.root
 
     # ------------------------------------------------------------------------------------ files
 
@@ -176,6 +186,7 @@ class MpsManager:
         if len(str(d / "pipe" / "control").encode()) > 100:
             raise JobsError(f"the MPS pipe directory {d / 'pipe'} is too long for a Unix socket (at most about "
                             "100 bytes); set MIGCTL_STATE_DIR to a shorter path", exit_code=1)
+        self.ensure_root()
         for p in (self.root, d, d / "pipe", d / "log"):
             p.mkdir(mode=0o700, parents=True, exist_ok=True)
             st = p.lstat()
@@ -261,8 +272,9 @@ class MpsManager:
         return [int(x) for x in out.split() if x.isdigit()]
 
     def _start(self, uuid: str) -> None:
+        # umask 077: the daemon's (and its servers') pipes and logs are private to this user, whatever ours is
         p = subprocess.run(control_command(self.node) + ["-d"], env=self.env(uuid), capture_output=True, text=True,
-                           timeout=30)
+                           timeout=30, umask=0o077)
         if p.returncode != 0:
             raise JobsError(f"cannot start the MPS control daemon for {uuid}: {p.stderr.strip()}", exit_code=1)
         self.control(uuid, "set_default_active_thread_percentage 100", f"start_server -uid {os.getuid()}")

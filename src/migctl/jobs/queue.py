@@ -70,8 +70,9 @@ TERMINAL = ("done", "failed", "cancelled")
 # status is still recorded when the whole process group is signalled; the command itself gets them).
 JOB_SCRIPT = GATE_OPEN + (
     "trap 'true' TERM INT HUP; \"$@\"; rc=$?; "
-    'printf "%s\\n" "$rc" > "$MIGCTL_EXIT_FILE.tmp" && mv -f "$MIGCTL_EXIT_FILE.tmp" "$MIGCTL_EXIT_FILE"; exit $rc'
-)
+    '(umask 077; printf "%s\\n" "$rc" > "$MIGCTL_EXIT_FILE.tmp") && mv -f "$MIGCTL_EXIT_FILE.tmp" "$MIGCTL_EXIT_FILE"; '
+    "exit $rc"
+)  # (the status file private whatever the job's umask; the command keeps its own)
 
 
 def _utf8(text: str) -> bool:
@@ -269,7 +270,7 @@ class Worker:
 
         path = state_dir() / "locks" / f"worker-{key_slug(self.q.key)}.lock"
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock = FileLock(str(path))
+        lock = FileLock(str(path), mode=0o600)
         try:
             lock.acquire(timeout=-1 if block else 0)
         except Timeout:

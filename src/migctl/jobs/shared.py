@@ -156,7 +156,7 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
 
     # choosing a device and admitting to it is one step per node (two starters must not both decide to
     # open a new device); the lock is released as soon as the client is admitted and registered
-    mps.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mps.ensure_root()
     lock = FileLock(str(mps.root / "select.lock"), timeout=lock_timeout, mode=0o600)
     try:
         lock.acquire()

@@ -54,7 +54,7 @@ class Store:
             elif not path.parent.is_dir():
                 raise StateFileError(f"simulator state file {path}: directory {path.parent} does not exist "
                                      "(create it first; migctl creates only its own state dir)")
-            self._flock = FileLock(str(path) + ".lock")
+            self._flock = FileLock(str(path) + ".lock", mode=0o600)
 
     # ---------------------------------------------------------------- reading
     def _fresh(self) -> SimState:
