@@ -220,7 +220,7 @@ def plan_live(node: Any, conn: sqlite3.Connection, key: str, req: Any, job_id: i
     eligible = {g.index: eligible_profiles(g.model, req) for g in live}
     taken = [r for r in load(conn, key, live=True) if r.job_id not in (job_id, exclude)]
     return plan(live, eligible, job_ends(conn, key), live_leases(node), taken, job_id, now,
-                existing_only=not getattr(req, "create", True))
+                existing_only=not req.create)
 
 
 def job_ends(conn: sqlite3.Connection, key: str) -> dict[int, float]:

@@ -281,9 +281,9 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
     deadline = None if wait is None else time.monotonic() + wait
     told = False
     dreq = device_request(req, sharing)
-    retry, reserver = wait_hooks(node, dreq, wait=wait, reshape=reshape, reserve_after=reserve_after, log=say)
-    if retry is not None and not leases.mig_gpus(dreq):
-        retry = None  # GPUs without MIG: no instance to reserve or make room for
+    mig = bool(leases.mig_gpus(dreq))  # (GPUs without MIG: no instance to reserve or make room for)
+    retry, reserver = wait_hooks(node, dreq, wait=wait, reshape=reshape if mig else None,
+                                 reserve_after=reserve_after if mig else None, log=say)
     try:
         while True:
             got = launch(node, req, sharing, spawn, leases=leases, lease_now=lease_now,
