@@ -139,9 +139,31 @@ def test_reservation_bounds_the_wait_of_a_large_job() -> None:
     assert len(waits) == len(jobs)
 
 
-def test_random_traces_never_touch_busy() -> None:
+def test_lifetime_placement_groups_jobs_that_end_together() -> None:
+    """With ``lifetime`` the scheduler tells the placement rule when each GPU drains: a job goes where it
+    ends before the jobs already there, so the other GPU empties whole at its own end."""
+    got = {}
+    for lifetime in (False, True):
+        sch = Scheduler([A100, A100], Policy(lifetime=lifetime))
+        sch.submit(Job(0, req(A100, "4g.40gb"), 0.0, 100.0))
+        sch.submit(Job(1, req(A100, "4g.40gb"), 0.0, 1000.0))
+        assert len(sch.step(0.0)) == 2
+        sch.submit(Job(2, req(A100, "1g.10gb"), 1.0, 900.0))
+        assert len(sch.step(1.0)) == 1
+        got[lifetime] = {j.id: j.held[0][0] for j in sch.running.values()}
+        sch.finish(0, 100.0)
+        # with lifetimes GPU 0 is empty once job 0 ends: a whole-GPU job starts there
+        sch.submit(Job(3, req(A100, "7g.80gb"), 100.0, 10.0))
+        assert bool(sch.step(100.0)) is lifetime
+    assert got[False] == {0: 0, 1: 1, 2: 0}
+    assert got[True] == {0: 0, 1: 1, 2: 1}
+
+
+@pytest.mark.parametrize("lifetime", [False, True])
+def test_random_traces_never_touch_busy(lifetime: bool) -> None:
     jobs = random_trace(5, 300, 20, [60, 5, 15, 10, 5, 5])
-    pol = Policy(keep_idle=True, reshape=True, max_reconfig_per_min=10, hysteresis_s=5, reserve_after_s=600)
+    pol = Policy(keep_idle=True, reshape=True, max_reconfig_per_min=10, hysteresis_s=5, reserve_after_s=600,
+                 lifetime=lifetime)
     sch, waits = simulate([A100] * 3, jobs, pol)
     assert sch.stats["busy_destroyed"] == 0 and sch.stats["reservations_late"] == 0
     assert len(waits) == len(jobs)

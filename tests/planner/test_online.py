@@ -83,6 +83,40 @@ def test_three_g_goes_where_it_strands_nothing() -> None:
     assert c is not None and (c.gpu, c.placement.start) == (0, 0)
 
 
+def test_lifetime_aware_rule_puts_a_job_where_it_delays_no_drain() -> None:
+    # two used GPUs in the same state, one draining at t=100, the other at t=1000
+    one = A100.profile("1g.10gb").id
+    req = Request.for_profile([A100], "1g.10gb")
+    for policy in POLICIES:
+        pl = Placer([A100, A100, A100], policy)
+        pl.add(0, one, 0)
+        pl.add(1, one, 0)
+        pl.observe(req)
+        drain = [100.0, 1000.0, 0.0]
+        plain = pl.choose(req)
+        late = pl.choose(req, drain=drain, end=900.0)  # ends before GPU 1 drains: no delay there
+        early = pl.choose(req, drain=drain, end=90.0)  # delays neither: the rule without lifetimes decides
+        longer = pl.choose(req, drain=drain, end=5000.0)  # delays GPU 1 least
+        assert plain is not None and late is not None and early is not None and longer is not None
+        if policy == "migctl":
+            assert (plain.gpu, late.gpu, early.gpu, longer.gpu) == (0, 1, 0, 1)
+        else:  # the other rules ignore lifetimes
+            assert late == early == longer == plain
+
+
+def test_lifetime_aware_rule_still_avoids_stranding() -> None:
+    # a 3g next to 1g at 4,5,6 strands a slice: lifetimes come after that key
+    pl = Placer([A100, A100], "migctl")
+    one = A100.profile("1g.10gb").id
+    for s in (4, 5, 6):
+        pl.add(0, one, s)
+    pl.add(1, one, 0)
+    for name in ("1g.10gb", "3g.40gb"):
+        pl.observe(Request.for_profile([A100], name))
+    c = pl.choose(Request.for_profile([A100], "3g.40gb"), drain=[500.0, 10.0], end=400.0)
+    assert c is not None and c.gpu == 1
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["1g.6gb", "2g.12gb", "4g.24gb", "1g.6gb+me"]), st.booleans()),
                 max_size=40), st.sampled_from(POLICIES))

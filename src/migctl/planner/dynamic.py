@@ -58,6 +58,8 @@ class Policy:
     share_pool: str = "whole"  # a new shared instance: "whole" GPU when one is free, else the job's own profile; "own"
     backfill_slack: float | None = None  # relaxed backfill: later jobs may end up to this many times the reserved
     # job's own limit after its reservation starts (delaying it by at most that much)
+    lifetime: bool = False  # migctl placement knows each GPU's drain time and the job's end (from the time
+    # limits) and puts jobs where they push a GPU's drain back least (Placer.choose)
     order: str = "fifo"  # start order within a priority: "fifo" (arrival), "hrrn" (highest (wait + limit) / limit
     # first, Brinch Hansen's response ratio) or "sjf" (shortest limit first); reservations go to the oldest starving
     # job whatever the order
@@ -342,7 +344,10 @@ class Scheduler:
         for res in mine:
             if self._reservation_free(res):
                 return self._create(res.gpu, res.profile, res.placement.start, now)
-        c = self.placer.choose(job.request, extra=extra)
+        if self.policy.lifetime:
+            c = self.placer.choose(job.request, extra=extra, drain=self._drain(now), end=now + job.limit)
+        else:
+            c = self.placer.choose(job.request, extra=extra)
         if c is not None:
             return self._create(c.gpu, c.profile.id, c.placement.start, now)
         for res in mine:
@@ -391,6 +396,14 @@ class Scheduler:
             self._reshape_times.append(now)
             self.stats["reshape_destroyed"] += 1
         return self._create(c.gpu, c.profile.id, c.placement.start, now)
+
+    def _drain(self, now: float) -> list[float]:
+        """Per GPU, when its last busy instance reaches its time limit (``now`` if none is busy)."""
+        drain = [now] * len(self.models)
+        for k in self.owner:
+            for r in self._holders(k):
+                drain[k[0]] = max(drain[k[0]], (r.start if r.start is not None else now) + r.limit)
+        return drain
 
     def _churn_ok(self, now: float) -> bool:
         while self._reshape_times and self._reshape_times[0] <= now - 60.0:
