@@ -5,7 +5,8 @@ and variants.md next to this file. Same simulator and traces as run.py (the thre
 seeds, and the other draws of run.py's robustness section); no upper bound is computed here.
 
 Each variant changes one or two of migctl reshaping's settings (start order, when a job is starving, how many
-reservations at a time, relaxed backfill, the placement rule, keeping idle instances). For each draw and variant the table names every target metric
+reservations at a time, relaxed backfill, the placement rule with or without time limits, keeping idle
+instances). For each draw and variant the table names every target metric
 (allocation, wait p50, wait p95) that is worse than the best of first-fit, best-fit and FGD on that draw,
 and by how much; "ok" means none is worse. The longest wait is listed apart: it is what reservations buy.
 """
@@ -51,6 +52,8 @@ VARIANTS = {
     "relaxed backfill, 1 x limit": dataclasses.replace(R, backfill_slack=1.0),
     "idle instances destroyed at once": dataclasses.replace(R, keep_idle=False),
     "idle destroyed at once, placement best-fit": dataclasses.replace(R, keep_idle=False, placement="best"),
+    "lifetime-aware placement": dataclasses.replace(R, lifetime=True),
+    "idle destroyed at once, lifetime-aware placement": dataclasses.replace(R, keep_idle=False, lifetime=True),
 }
 DRAWS: list[tuple[str, int | None]] = [("alibaba", None), ("parvagpu", None), ("synthetic", None)] + [
     (fam, seed) for fam, seeds in run.ROBUST_SEEDS.items() for seed in seeds]
@@ -102,7 +105,9 @@ def markdown(res: dict) -> str:
         "limit) / limit first; sjf = shortest limit first; with every order the reservation goes to the oldest "
         "starving job. Relaxed backfill: later jobs may end up to that multiple of the reserved job's limit "
         "after its reservation starts (the bound grows by as much). Idle instances destroyed at once: no idle "
-        "instance is kept for reuse, as a plain dynamic-MIG scheduler does (reshaping then has nothing to do).",
+        "instance is kept for reuse, as a plain dynamic-MIG scheduler does (reshaping then has nothing to do). "
+        "Lifetime-aware placement: migctl's rule knowing the time limits (a new instance goes where it pushes a "
+        "GPU's drain time back least; results.md, \"The placement rule alone\").",
         "",
         "| variant | draws ok | " + " | ".join(draws) + " |",
         "|---|---|" + "---|" * len(draws),
