@@ -7,11 +7,12 @@ import re
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import pynvml
 import pytest
 
-from conftest import SimEnv, wait_for
+from conftest import SimEnv, make_env, wait_for
 from migctl.jobs import JobsError, LeaseManager, Request, parse_mem
 from migctl.jobs.common import db_path
 
@@ -63,6 +64,22 @@ def test_dynamic_creation_keep_and_ephemeral(a30: SimEnv) -> None:
     assert r.returncode == 0, r.stderr
     assert UUID.fullmatch(r.stdout.strip()) and r.stdout.strip() != kept
     assert [d.uuid for d in n.gpu(0).mig_devices()] == [kept]
+
+
+def test_creation_uses_the_placement_rule_that_strands_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """A 3g.40gb next to the driver's three 1g.10gb (at 4, 5 and 6) on the fullest GPU could only go to
+    start 0 and would strand memory slice 7 (no 1g.10gb placement there): migctl's rule puts it on the
+    empty GPU instead, at an explicit placement."""
+    env = make_env(tmp_path, monkeypatch, "2xA100-80GB")
+    env.layout(0, ["1g.10gb"] * 3)
+    n = env.node()
+    assert sorted(gi.placement.start for gi in n.gpu(0).gpu_instances()) == [4, 5, 6]
+    r = env.migctl("run", "--profile", "3g.40gb", "--keep", "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert len(n.gpu(0).gpu_instances()) == 3
+    (gi,) = n.gpu(1).gpu_instances()
+    assert (gi.profile().name, gi.placement.start) == ("3g.40gb", 4)
 
 
 def test_creation_never_touches_busy_instances(a30: SimEnv) -> None:

@@ -487,42 +487,56 @@ class LeaseManager:
                      ) -> tuple[Any, Any, Any] | None:
         """(gpu, GI profile, placement) for the smallest fitting profile that fits in free space, or None.
 
-        Among GPUs with room, the fullest one is preferred (keeps whole GPUs free for large requests).
+        The GPU and placement come from migctl's online placement rule (:meth:`Placer.choose
+        <migctl.planner.online.Placer.choose>`, docs/dynamic.md): no stranded slices, a GPU already in use
+        before an empty one (keeps whole GPUs free for large requests), the fullest, the least room lost for
+        the profiles this node holds and asks. The placement is explicit, never the driver's default.
         ``avoid``: GPU index -> reservations whose placements stay free (phantom instances).
         """
-        from migctl.catalog.geometry import PlacedGI, auto_placement
+        from migctl.catalog.geometry import PlacedGI, conflict
         from migctl.catalog.model import Placement
+        from migctl.planner.online import Placer
+        from migctl.planner.online import Request as PRequest
 
-        best: tuple[tuple[int, int, int, int], Any, Any, Any] | None = None
+        kept: list[Any] = []  # GPUs whose every instance the catalog knows
+        layouts: list[list[tuple[Any, Any]]] = []
+        fitting: dict[str, list[Any]] = {}
         for g in gpus:
             model = g.model
             if model is None:
                 continue
             by_id = {p.id: p for p in model.gi_profiles}
-            existing = []
+            existing: list[tuple[Any, Any]] = []
             for gi in g.gpu_instances():
                 cp = by_id.get(gi.profile_id)
-                if cp is None:
-                    break
-                existing.append(PlacedGI(cp, gi.placement))
+                if cp is None or conflict(model, [PlacedGI(x, pl) for x, pl in existing], cp, gi.placement):
+                    break  # an instance the catalog does not know, or a layout it calls invalid: hands off
+                existing.append((cp, gi.placement))
             else:
-                used = sum(x.profile.slices for x in existing)
-                for r in (avoid or {}).get(g.index, []):
-                    rp = model.profile(r.profile)
-                    if rp is not None:
-                        existing.append(PlacedGI(rp, Placement(r.start, r.size)))
-                for p in self._fitting_profiles(req, g):
-                    cp = by_id.get(p.id)
-                    if cp is None:
-                        continue
-                    pl = auto_placement(model, existing, cp)
-                    if pl is None:
-                        continue
-                    rank = (p.memory_mib, p.slices, -used, g.index)
-                    if best is None or rank < best[0]:
-                        best = (rank, g, p, pl)
-                    break
-        return None if best is None else best[1:]
+                if model.key not in fitting:
+                    fitting[model.key] = [p for p in self._fitting_profiles(req, g) if p.id in by_id]
+                kept.append(g)
+                layouts.append(existing)
+        if not kept or not any(fitting.values()):
+            return None
+        placer = Placer([g.model for g in kept], "migctl")
+        extra: dict[int, list[PlacedGI]] = {}
+        for i, (g, existing) in enumerate(zip(kept, layouts, strict=True)):
+            for cp, pl in existing:
+                placer.add(i, cp.id, pl.start)
+                placer.observe(PRequest(((g.model.key, (cp.id,)),)))
+            for r in (avoid or {}).get(g.index, []):
+                rp = g.model.profile(r.profile)
+                if rp is not None:
+                    extra.setdefault(i, []).append(PlacedGI(rp, Placement(r.start, r.size)))
+        request = PRequest(tuple((key, tuple(p.id for p in ps)) for key, ps in fitting.items()))
+        placer.observe(request)
+        c = placer.choose(request, extra=extra or None)
+        if c is None:
+            return None
+        g = kept[c.gpu]
+        p = next(p for p in fitting[g.model.key] if p.id == c.profile.id)
+        return g, p, c.placement
 
     def _create(self, req: Request, gpus: list[Any], owner: str = "", avoid: dict[int, list[Any]] | None = None
                 ) -> Any | None:

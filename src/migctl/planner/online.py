@@ -6,6 +6,9 @@ GPU, profile and placement for a new instance under one of these rules:
 
 * ``first``: the lowest-numbered GPU, then the lowest start (classic first-fit);
 * ``best``: the GPU left fullest (compute share, then memory share), then first-fit order (best-fit);
+* ``driver``: best-fit's GPU, then the placement the driver picks when none is given
+  (:data:`~migctl.catalog.geometry.AUTO_PLACEMENT_ORDER`): what ``nvidia-smi mig -cgi`` without a
+  placement does on the fullest GPU, and what ``migctl run`` did before it used ``migctl``;
 * ``fgd``: the fragmentation gradient (FGD, Weng et al., ATC'23, transposed to MIG): the candidate that
   loses the least demand-weighted room, where a GPU's room for a profile is its slices times how many
   more instances of it still fit, and the weights are the demand mix observed so far;
@@ -28,10 +31,10 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from migctl.catalog.geometry import PlacedGI, conflict, remaining_capacity
+from migctl.catalog.geometry import AUTO_PLACEMENT_ORDER, PlacedGI, conflict, remaining_capacity
 from migctl.catalog.model import GIProfile, GpuModel, Placement
 
-POLICIES = ("first", "best", "fgd", "migctl")
+POLICIES = ("first", "best", "driver", "fgd", "migctl")
 
 Inst = tuple[int, int]  # (profile id, start memory slice)
 State = tuple[Inst, ...]  # sorted
@@ -214,6 +217,9 @@ class Placer:
         used = sp.used(new)
         if self.policy == "best":
             return (-used[0], -used[1], g, pl.start)
+        if self.policy == "driver":
+            order = AUTO_PLACEMENT_ORDER.get(sp.model.memory_slices, {}).get(pl.size, ())
+            return (-used[0], -used[1], g, order.index(pl.start) if pl.start in order else len(order) + pl.start)
         drop = round(self._room(sp, state) - self._room(sp, new), 9)
         if self.policy == "fgd":
             return (drop, g, pl.start)
