@@ -568,9 +568,10 @@ def markdown(res: dict) -> str:
     if rob:
         lines += ["## Other seeds of the generated families", "",
                   "The same comparison for migctl reshaping on other draws of the ParvaGPU and synthetic families "
-                  "(the same generator, other seeds), against the best of first-fit, best-fit and FGD per metric. "
+                  "(the same generator, other seeds), against the best of first-fit, best-fit, best-fit in the driver's "
+                  "order and FGD per metric. "
                   "No bound computed here. [variants.md](variants.md) (`benchmarks/dynamic/variants.py`) replays "
-                  "22 variants of the scheduler's settings (start order, starving threshold, reservations at a "
+                  "23 variants of the scheduler's settings (start order, starving threshold, reservations at a "
                   "time, relaxed backfill, placement rule, keeping idle instances) on these draws and the three families against the same baselines.", "",
                   "| family | allocation (best baseline) | wait p50 (best baseline) | wait p95 (best baseline) "
                   "| wait max (best baseline) | target metrics |", "|---|---|---|---|---|---|"]
