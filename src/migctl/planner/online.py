@@ -256,7 +256,7 @@ class Placer:
         end together share GPUs, so GPUs empty whole sooner for large requests (the idea of lifetime-aware
         VM placement: Barbalho et al., MLSys 2023; LAVA, MLSys 2025). Other rules ignore them.
         """
-        life = self.policy == "migctl" and drain is not None and end is not None
+        life = (drain, end) if self.policy == "migctl" and drain is not None and end is not None else None
         best: tuple | None = None
         choice: Choice | None = None
         for (key, state) in list(self._groups):
@@ -268,7 +268,7 @@ class Placer:
                 continue
             sp = self.spaces[key]
             gpus = [g]
-            if life:
+            if life is not None:
                 # GPUs of one state differ in their drain times: every one is a candidate
                 gpus = sorted(x for x in set(self._groups[(key, state)]) if self.states[x] == state)
             elif extra:
@@ -286,9 +286,9 @@ class Placer:
                             continue
                         new = tuple(sorted(state + ((pid, pl.start),)))
                         s = (ids.index(pid),) + self._score(sp, state, new, gg, pl)
-                        if life:
+                        if life is not None:
                             # after (preferred profile, stranded + opening cost, used GPU first)
-                            s = s[:3] + (max(0.0, end - drain[gg]),) + s[3:]  # type: ignore[index,operator]
+                            s = s[:3] + (max(0.0, life[1] - life[0][gg]),) + s[3:]
                         if best is None or s < best:
                             best, choice = s, Choice(gg, sp.profiles[pid], pl)
         return choice
