@@ -85,16 +85,20 @@ def remaining_capacity(model: GpuModel, existing: Sequence[PlacedGI], profile: G
         count += 1
 
 
+def auto_rank(model: GpuModel, placement: Placement) -> tuple[int, int]:
+    """Where ``placement`` comes in the order the driver tries placements of its size (lower first; see
+    AUTO_PLACEMENT_ORDER; ascending starts where no order is recorded)."""
+    order = AUTO_PLACEMENT_ORDER.get(model.memory_slices, {}).get(placement.size, ())
+    start = placement.start
+    return (order.index(start) if start in order else len(order) + start, start)
+
+
 def auto_placement(model: GpuModel, existing: Sequence[PlacedGI], profile: GIProfile) -> Placement | None:
     """The placement the driver picks when none is given (see AUTO_PLACEMENT_ORDER), or None."""
     free = free_placements(model, existing, profile)
     if not free:
         return None
-    order = AUTO_PLACEMENT_ORDER.get(model.memory_slices, {}).get(profile.placement_size)
-    if order is None:
-        return free[0]
-    rank = {start: i for i, start in enumerate(order)}
-    return min(free, key=lambda pl: (rank.get(pl.start, len(rank) + pl.start), pl.start))
+    return min(free, key=lambda pl: auto_rank(model, pl))
 
 
 def tree_gi_id(model: GpuModel, placement: Placement) -> int:

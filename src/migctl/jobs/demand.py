@@ -8,8 +8,8 @@ priority-then-age order with backfill), :meth:`Demand.after_pass`:
    (:func:`migctl.jobs.reservations.plan`), one reservation per node at a time, kept in the jobs database,
    unless a waiting ``migctl run`` that comes first has waited its own ``--reserve-after`` (a run counts as
    priority 0: one that began waiting before a priority-0 job was queued, any run before a job below 0, none
-   before a job above 0; :func:`migctl.jobs.reservations.run_first`): that run reserves for itself (:mod:`migctl.jobs.run_reserve`) and the worker
-   leaves it alone (a run's reservation is neither re-planned nor taken by the worker).
+   before a job above 0; :func:`migctl.jobs.reservations.run_first`): that run reserves for itself
+   (:mod:`migctl.jobs.run_reserve`) and the worker leaves it alone (a run's reservation is neither re-planned nor taken by the worker).
    As soon as no busy instance is left in that placement, the idle ones in the way are destroyed and the
    reserved instance is created (no churn cap, no hysteresis), and the job starts;
 2. **reshaping** (``reshape``): for each queued job in queue order (one attempt per distinct request and

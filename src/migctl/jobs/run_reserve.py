@@ -28,9 +28,10 @@ Oldest waiter first, jobs and runs together (a run counts as priority 0: a queue
 one below it after it): a run defers to an older waiting run past its own threshold
 (:func:`migctl.jobs.reservations.older_run`) and to the queued job that the node's live worker reserves for
 next when that job was queued before the run began waiting or has a priority above 0
-(:func:`migctl.jobs.reservations.older_job`: the worker records itself and its ``--reserve-after`` in the ``workers`` table; with no worker, or one with
-``--reserve-after off``, queued jobs get no reservation and a run does not wait for them). The worker, in
-turn, leaves the reservation to a run that comes before its job (:func:`migctl.jobs.reservations.run_first`).
+(:func:`migctl.jobs.reservations.older_job`: the worker records itself and its ``--reserve-after`` in the
+``workers`` table; with no worker, or one with ``--reserve-after off``, queued jobs get no reservation and a
+run does not wait for them). The worker, in turn, leaves the reservation to a run that comes before its job
+(:func:`migctl.jobs.reservations.run_first`).
 """
 
 from __future__ import annotations

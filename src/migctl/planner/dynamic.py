@@ -401,9 +401,12 @@ class Scheduler:
         """Per GPU, when its last busy instance reaches its time limit (``now`` if none is busy)."""
         drain = [now] * len(self.models)
         for k in self.owner:
-            for r in self._holders(k):
-                drain[k[0]] = max(drain[k[0]], (r.start if r.start is not None else now) + r.limit)
+            drain[k[0]] = max(drain[k[0]], self._ends(k, now))
         return drain
+
+    def _ends(self, key: Key, now: float) -> float:
+        """When the last job on instance ``key`` reaches its time limit (``now`` if it is idle)."""
+        return max([now] + [(r.start if r.start is not None else now) + r.limit for r in self._holders(key)])
 
     def _churn_ok(self, now: float) -> bool:
         while self._reshape_times and self._reshape_times[0] <= now - 60.0:
@@ -435,12 +438,8 @@ class Scheduler:
                     rest = [self._placed(k) for k in self.owner if k[0] == g and k not in way]
                     if conflict(m, rest, p, pl) is not None:
                         continue
-                    at = now
-                    lim = 0.0
-                    for k in way:
-                        for r in self._holders(k):
-                            at = max(at, (r.start if r.start is not None else now) + r.limit)
-                            lim = max(lim, r.limit)
+                    at = max([now] + [self._ends(k, now) for k in way])
+                    lim = max([0.0] + [r.limit for k in way for r in self._holders(k)])
                     cand = (at, len(way), g, pl.start, pid, pl, lim)
                     if g not in per_gpu or cand[:4] < per_gpu[g][:4]:
                         per_gpu[g] = cand

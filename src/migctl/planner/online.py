@@ -31,7 +31,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from migctl.catalog.geometry import AUTO_PLACEMENT_ORDER, PlacedGI, conflict, remaining_capacity
+from migctl.catalog.geometry import PlacedGI, auto_rank, conflict, remaining_capacity
 from migctl.catalog.model import GIProfile, GpuModel, Placement
 
 POLICIES = ("first", "best", "driver", "fgd", "migctl")
@@ -218,8 +218,7 @@ class Placer:
         if self.policy == "best":
             return (-used[0], -used[1], g, pl.start)
         if self.policy == "driver":
-            order = AUTO_PLACEMENT_ORDER.get(sp.model.memory_slices, {}).get(pl.size, ())
-            return (-used[0], -used[1], g, order.index(pl.start) if pl.start in order else len(order) + pl.start)
+            return (-used[0], -used[1], g, *auto_rank(sp.model, pl))
         drop = round(self._room(sp, state) - self._room(sp, new), 9)
         if self.policy == "fgd":
             return (drop, g, pl.start)
