@@ -44,6 +44,7 @@ VARIANTS = {
     "order hrrn": dataclasses.replace(R, order="hrrn"),
     "order hrrn, 2 reservations": dataclasses.replace(R, order="hrrn", max_reservations=2),
     "order sjf": dataclasses.replace(R, order="sjf"),
+    "order sjf within a request": dataclasses.replace(R, order="sjf-request"),
     "placement first-fit": dataclasses.replace(R, placement="first"),
     "placement best-fit": dataclasses.replace(R, placement="best"),
     "placement FGD": dataclasses.replace(R, placement="fgd"),
@@ -104,7 +105,9 @@ def markdown(res: dict) -> str:
         "best-fit in the driver's placement order and FGD on that draw (allocation in percentage points, waits as extra time); `ok` = none worse. "
         "Every variant keeps migctl reshaping's other settings (keep idle instances, reshape idle ones only, "
         "hysteresis, churn cap) unless its name says otherwise. fifo = arrival order; hrrn = highest (wait + "
-        "limit) / limit first; sjf = shortest limit first; with every order the reservation goes to the oldest "
+        "limit) / limit first; sjf = shortest limit first; sjf within a request = arrival order between jobs that "
+        "ask for different things, shortest limit first among jobs that ask for the same (interchangeable for the "
+        "fleet); with every order the reservation goes to the oldest "
         "starving job. Relaxed backfill: later jobs may end up to that multiple of the reserved job's limit "
         "after its reservation starts (the bound grows by as much). Idle instances destroyed at once: no idle "
         "instance is kept for reuse, as a plain dynamic-MIG scheduler does (reshaping then has nothing to do). "

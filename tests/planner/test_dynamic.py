@@ -384,12 +384,32 @@ def test_start_orders_within_a_priority() -> None:
     assert first("hrrn", 499.0) == 1  # 1.5 > (1 + 10) / 10 = 1.1
 
 
+def test_sjf_request_orders_only_jobs_that_ask_for_the_same_thing() -> None:
+    """One A100 frees up for three waiting jobs: an older long 4g.40gb, a 7g.80gb, a younger short 4g.40gb
+    (one 4g fits per GPU). "fifo" starts the older 4g, "sjf" the 7g (shortest limit of all), and "sjf-request"
+    the short 4g: it keeps arrival order between requests (a 4g first) but takes the shorter 4g job first."""
+    def started(order: str) -> list[int]:
+        sch = Scheduler([A100], Policy(order=order))
+        sch.submit(Job(0, req(A100, "1g.10gb"), 0.0, 100.0))  # holds the GPU until 100
+        sch.step(0.0)
+        sch.submit(Job(1, req(A100, "4g.40gb"), 1.0, 1000.0))
+        sch.submit(Job(2, req(A100, "7g.80gb"), 2.0, 10.0))
+        sch.submit(Job(3, req(A100, "4g.40gb"), 3.0, 20.0))
+        assert sch.step(3.0) == []
+        sch.finish(0, 100.0)
+        return [j.id for j in sch.step(100.0)]
+
+    assert started("fifo") == [1]
+    assert started("sjf") == [2]
+    assert started("sjf-request") == [3]
+
+
 def test_reservation_goes_to_the_oldest_starving_job_whatever_the_order() -> None:
     """With shortest-limit-first a long 7g job behind a stream of short 1g jobs would never start; the
     reservation still goes to the oldest starving job (not the younger, shorter 7g job that this order tries
     first), so its wait stays within the documented bound."""
     jobs = starving_trace() + [(1.0, 60.0, "7g.80gb")]  # starving at the same instant as job 1
-    for order in ("sjf", "hrrn"):
+    for order in ("sjf", "hrrn", "sjf-request"):
         sch, waits = simulate([A100], jobs, Policy(placement="migctl", reserve_after_s=120.0, order=order))
         assert 1 in waits and sch.reservation_log[0][0].id == 1
         job, res = sch.reservation_log[0]

@@ -4,7 +4,8 @@ reservations and MPS sharing. Pure logic (no I/O, no clock): the caller says wha
 A :class:`Scheduler` owns a :class:`~migctl.planner.online.Placer` and the instances on it. Every instance
 is either *busy* (a running job holds it, or MPS clients share it) or *idle*. :meth:`Scheduler.step`
 starts waiting jobs in priority-then-arrival order (a reserved job first; ``order`` can put the highest
-response ratio or the shortest limit first within a priority instead of arrival):
+response ratio or the shortest limit first within a priority instead of arrival, or the shortest limit first
+among jobs that ask for the same thing only):
 
 0. **join** (``share=True``, a job asking for a fraction of a GPU): a shared instance with room for its
    share (thread percentages add up to at most 100%, memory limits proportional to them);
@@ -61,8 +62,9 @@ class Policy:
     lifetime: bool = False  # migctl placement knows each GPU's drain time and the job's end (from the time
     # limits) and puts jobs where they push a GPU's drain back least (Placer.choose)
     order: str = "fifo"  # start order within a priority: "fifo" (arrival), "hrrn" (highest (wait + limit) / limit
-    # first, Brinch Hansen's response ratio) or "sjf" (shortest limit first); reservations go to the oldest starving
-    # job whatever the order
+    # first, Brinch Hansen's response ratio), "sjf" (shortest limit first) or "sjf-request" (arrival order, but the
+    # shortest limit first among jobs asking for the same thing); reservations go to the oldest starving job
+    # whatever the order
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -72,7 +74,7 @@ class Policy:
                              f"not {self.backfill_slack}")
 
 
-ORDERS = ("fifo", "hrrn", "sjf")
+ORDERS = ("fifo", "hrrn", "sjf", "sjf-request")
 
 
 @dataclass
@@ -472,8 +474,7 @@ class Scheduler:
         those are not tried again.
         """
         started = []
-        order = sorted(self.waiting, key=lambda j: (j.id not in self.reservations, -j.priority, self._rank(j, now),
-                                                    j.submit, j.id))
+        order = self._start_order(now)
         # the jobs that may get a reservation, oldest first (the same as the start order with "fifo")
         starving = deque(j for j in sorted(self.waiting, key=lambda j: (-j.priority, j.submit, j.id))
                          if j.id not in self.reservations and self._starving(j, now))
@@ -571,6 +572,27 @@ class Scheduler:
             self.stats["created"] -= len(creates)
             self.stats["reused"] = mark[1]["reused"]
         return None
+
+    def _start_order(self, now: float) -> list[Job]:
+        """The waiting jobs in the order they are tried: reserved jobs first, then by priority and ``order``.
+
+        "sjf-request" keeps arrival order between requests but lets the shortest limit go first among jobs
+        that ask for the same thing (same priority, request, gang size and share): such jobs are
+        interchangeable for the fleet, so only their order of service changes.
+        """
+        order = sorted(self.waiting, key=lambda j: (j.id not in self.reservations, -j.priority, self._rank(j, now),
+                                                    j.submit, j.id))
+        if self.policy.order != "sjf-request":
+            return order
+        slots: dict[tuple, list[int]] = {}
+        for i, j in enumerate(order):
+            if j.id not in self.reservations:
+                slots.setdefault((j.priority, j.request, j.count, j.share if self._shares(j) else None), []).append(i)
+        for idx in slots.values():
+            for i, j in zip(idx, sorted((order[i] for i in idx), key=lambda j: (j.limit, j.submit, j.id)),
+                            strict=True):
+                order[i] = j
+        return order
 
     def _rank(self, job: Job, now: float) -> float:
         """The job's place in the start order within its priority (lower first); 0 for every job with "fifo"."""
