@@ -390,7 +390,7 @@ def test_sjf_request_orders_only_jobs_that_ask_for_the_same_thing() -> None:
     the short 4g: it keeps arrival order between requests (a 4g first) but takes the shorter 4g job first."""
     def started(order: str) -> list[int]:
         sch = Scheduler([A100], Policy(order=order))
-        sch.submit(Job(0, req(A100, "1g.10gb"), 0.0, 100.0))  # holds the GPU until 100
+        sch.submit(Job(0, req(A100, "7g.80gb"), 0.0, 100.0))  # holds the whole GPU until 100
         sch.step(0.0)
         sch.submit(Job(1, req(A100, "4g.40gb"), 1.0, 1000.0))
         sch.submit(Job(2, req(A100, "7g.80gb"), 2.0, 10.0))
