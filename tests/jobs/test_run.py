@@ -82,6 +82,46 @@ def test_creation_uses_the_placement_rule_that_strands_nothing(tmp_path: Path, m
     assert (gi.profile().name, gi.placement.start) == ("3g.40gb", 4)
 
 
+@pytest.mark.parametrize("limit_b", ["3h", None])
+def test_queued_job_with_a_time_limit_goes_where_it_delays_no_drain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    limit_b: str | None) -> None:
+    """Two GPUs, each with one busy 1g.10gb: job A on GPU 0 ends within 100 s, job B on GPU 1 in 3 h (or has no
+    limit: never known). A job limited to 1 h goes to GPU 1, where it does not push back the time the GPU
+    empties; GPU 0 empties soon for a large request. (Without time limits the rule's tie-break is GPU 0.)"""
+    env = make_env(tmp_path, monkeypatch, "2xA100-80GB")
+    gate = tmp_path / "gate"
+    hold = ["--", "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.1; done"]
+
+    def submit(*args: str) -> int:
+        r = env.migctl("submit", "--profile", "1g.10gb", *args)
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout)
+
+    def jobs() -> dict[int, dict]:
+        from migctl.jobs.queue import JobQueue
+
+        return {j.id: j.to_json() for j in JobQueue(env.node()).list()}
+
+    def gpu_of(uuid: str) -> int:
+        return next(i for i in (0, 1) if uuid in {d.uuid for d in env.node().gpu(i).mig_devices()})
+
+    w = env.popen("worker")
+    try:
+        a = submit("--gpu", "0", "--time-limit", "100", *hold)
+        wait_for(lambda: jobs()[a]["state"] == "running", what="job A running")
+        b = submit("--gpu", "1", *(("--time-limit", limit_b) if limit_b else ()), *hold)
+        wait_for(lambda: jobs()[b]["state"] == "running", what="job B running")
+        c = submit("--time-limit", "1h", "--", "true")
+        wait_for(lambda: jobs()[c]["state"] == "done", what="job C done")
+        assert [gpu_of(jobs()[j]["mig_uuid"]) for j in (a, b, c)] == [0, 1, 1]
+        gate.touch()
+        wait_for(lambda: {jobs()[j]["state"] for j in (a, b)} == {"done"}, what="jobs A and B done")
+    finally:
+        gate.touch()
+        w.terminate()
+        w.wait(20)
+
+
 def test_creation_never_touches_busy_instances(a30: SimEnv) -> None:
     """A 4g.24gb request on an A30 with a busy 1g: no room, so it fails rather than destroying anything."""
     (uuid,) = a30.layout(0, ["1g.6gb"])

@@ -17,6 +17,7 @@ step, :mod:`migctl.instance_journal`).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sqlite3
@@ -58,6 +59,16 @@ class Request:
         what = f"profile {self.profile}" if self.profile else (f">= {self.mem_mib} MiB" if self.mem_mib else "any size")
         where = f" on GPU {','.join(map(str, self.gpus))}" if self.gpus else ""
         return what + where
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """Inputs of the lifetime-aware placement at ``now``: the requester's end, and per GPU index when its
+    last busy device is free at the latest (GPUs with no busy device: ``now``)."""
+
+    now: float
+    end: float
+    drain: dict[int, float]
 
 
 @dataclass(frozen=True)
@@ -333,10 +344,11 @@ class LeaseManager:
                 if d.gpu.index in avoid and self._in_reserved(d, avoid[d.gpu.index]):
                     continue
                 return self._insert(c, d, pid, start, False, job_id, owner)
+            life = self._lifetimes(devices, live, view, limit) if req.create and limit is not None else None
         if not req.create:
             return None
         try:
-            d = self._create(req, gpus, owner, avoid)
+            d = self._create(req, gpus, owner, avoid, life)
         except Exception as e:  # noqa: BLE001
             if transient(e):
                 return None
@@ -345,6 +357,31 @@ class LeaseManager:
             return None
         with immediate(self.conn) as c:
             return self._insert(c, d, pid, start, True, job_id, owner)
+
+    def _lifetimes(self, devices: list[Any], live: dict[str, sqlite3.Row], view: Any, limit: float) -> Lifetimes:
+        """What the lifetime-aware placement needs (:meth:`Placer.choose <migctl.planner.online.Placer.choose>`):
+        per GPU, when its last busy device is free at the latest, and when the requester's own limit ends.
+
+        A device leased by a queued job with a time limit is free at the job's start + limit; a device held
+        any other way (a ``migctl run``, which has no limit, a process outside migctl, an MPS server) at an
+        unknown time, counted as never. Idle devices do not count. A heuristic for where to place, never
+        for what may be destroyed (that is :mod:`migctl.busy`'s).
+        """
+        from migctl.jobs.reservations import job_ends
+
+        now = time.time()
+        ends = job_ends(self.conn, self.key)
+        drain: dict[int, float] = {}
+        for d in devices:
+            row = live.get(d.uuid)
+            if row is not None:
+                end = ends.get(int(row["job_id"]), math.inf) if row["job_id"] is not None else math.inf
+            elif view.of_device(d.gpu.index, d.gi_id, d.ci_id):
+                end = math.inf
+            else:
+                continue
+            drain[d.gpu.index] = max(drain.get(d.gpu.index, now), end)
+        return Lifetimes(now, now + limit, drain)
 
     def _recover_apply(self) -> set[int]:
         """An apply that died mid-way left its journal: roll it back now (we hold the node lock), before any
@@ -483,15 +520,17 @@ class LeaseManager:
         pl = retry_nvml(lambda: d.gpu.gpu_instance(d.gi_id)).placement
         return any(r.overlaps(pl.start, pl.size) for r in reserved)
 
-    def _plan_create(self, req: Request, gpus: list[Any], avoid: dict[int, list[Any]] | None = None
-                     ) -> tuple[Any, Any, Any] | None:
+    def _plan_create(self, req: Request, gpus: list[Any], avoid: dict[int, list[Any]] | None = None,
+                     life: Lifetimes | None = None) -> tuple[Any, Any, Any] | None:
         """(gpu, GI profile, placement) for the smallest fitting profile that fits in free space, or None.
 
         The GPU and placement come from migctl's online placement rule (:meth:`Placer.choose
         <migctl.planner.online.Placer.choose>`, docs/dynamic.md): no stranded slices, a GPU already in use
         before an empty one (keeps whole GPUs free for large requests), the fullest, the least room lost for
         the profiles this node holds and asks. The placement is explicit, never the driver's default.
-        ``avoid``: GPU index -> reservations whose placements stay free (phantom instances).
+        ``avoid``: GPU index -> reservations whose placements stay free (phantom instances). ``life`` (a queued
+        job with a time limit, :meth:`_lifetimes`): the rule is lifetime-aware, it then prefers the GPU whose
+        drain time the job pushes back least.
         """
         from migctl.catalog.geometry import PlacedGI, conflict
         from migctl.catalog.model import Placement
@@ -531,20 +570,24 @@ class LeaseManager:
                     extra.setdefault(i, []).append(PlacedGI(rp, Placement(r.start, r.size)))
         request = PRequest(tuple((key, tuple(p.id for p in ps)) for key, ps in fitting.items()))
         placer.observe(request)
-        c = placer.choose(request, extra=extra or None)
+        if life is None:
+            c = placer.choose(request, extra=extra or None)
+        else:
+            c = placer.choose(request, extra=extra or None, drain=[life.drain.get(g.index, life.now) for g in kept],
+                              end=life.end)
         if c is None:
             return None
         g = kept[c.gpu]
         p = next(p for p in fitting[g.model.key] if p.id == c.profile.id)
         return g, p, c.placement
 
-    def _create(self, req: Request, gpus: list[Any], owner: str = "", avoid: dict[int, list[Any]] | None = None
-                ) -> Any | None:
+    def _create(self, req: Request, gpus: list[Any], owner: str = "", avoid: dict[int, list[Any]] | None = None,
+                life: Lifetimes | None = None) -> Any | None:
         """Create GI + default CI (one journaled step) for :meth:`_plan_create`'s choice; the new MIG device
         or None. The caller holds the node lock."""
         from migctl.instance_journal import create_gi_ci
 
-        plan = self._plan_create(req, gpus, avoid)
+        plan = self._plan_create(req, gpus, avoid, life)
         if plan is None:
             return None
         g, p, pl = plan
