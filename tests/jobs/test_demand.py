@@ -266,12 +266,40 @@ def test_bad_time_limit_is_one_line(a30: SimEnv) -> None:
 
 def test_bad_churn_flags_are_one_line(a30: SimEnv) -> None:
     for args in (["worker", "--max-reconfig-per-min", "0"], ["worker", "--hysteresis", "-1"],
-                 ["worker", "--reserve-after", "soon"], ["run", "--hysteresis", "2", "--", "true"],
+                 ["worker", "--reserve-after", "soon"], ["worker", "--order", "lifo"],
+                 ["run", "--hysteresis", "2", "--", "true"],
                  ["run", "--reshape", "--max-reconfig-per-min", "x", "--", "true"],
                  ["run", "--reshape", "--no-create", "--", "true"],
                  ["run", "--reshape", "--isolation", "soft", "--share", "2", "--hysteresis", "-1", "--", "true"]):
         rc, err = _main(*args)
         assert rc == 2 and err.count("\n") == 1 and "migctl: error:" in err, (args, err)
+
+
+@pytest.mark.parametrize("order", ["fifo", "sjf-request"])
+def test_worker_start_order(a30: SimEnv, order: str) -> None:
+    """Three jobs for the whole A30 (4g.24gb), one at a time: without a limit, then limited to 1 h, then to
+    60 s. "fifo" starts them in that order; "sjf-request" the shortest limit first (no limit last), as the
+    planner's order of that name does; a 1g.6gb job keeps its place (another request)."""
+    from migctl.jobs.demand import ORDERS, start_order
+    from migctl.jobs.queue import JobQueue
+
+    q = JobQueue(a30.node())
+    whole = Request(profile="4g.24gb")
+    ids = [q.submit(["sleep", "0.3"], whole), q.submit(["sleep", "0.3"], whole, time_limit=3600),
+           q.submit(["sleep", "0.3"], whole, time_limit=60)]
+    r = a30.migctl("worker", "--until-idle", "--order", order, timeout=120)
+    assert r.returncode == 0, r.stderr
+    jobs = _jobs(a30)
+    started = sorted(ids, key=lambda j: jobs[j]["started"])
+    assert started == (ids if order == "fifo" else ids[::-1])
+    assert ORDERS == ("fifo", "sjf-request")  # the CLI's list (cli/jobs.py _order)
+    row = {"priority": 0, "profile": "4g.24gb", "mem_mib": None, "gpus": None, "isolation": "hard", "share": None,
+           "threads": None, "mps_mem_mib": None}
+    rows = [{**row, "id": 1, "time_limit": 50}, {**row, "id": 2, "profile": "1g.6gb", "time_limit": 90},
+            {**row, "id": 3, "time_limit": 10}, {**row, "id": 4, "time_limit": None}, {**row, "id": 5, "time_limit": 5}]
+    assert [r["id"] for r in start_order(rows, "sjf-request", set())] == [5, 2, 3, 1, 4]
+    assert [r["id"] for r in start_order(rows, "sjf-request", {5})] == [3, 2, 1, 4, 5]  # 5 keeps its place
+    assert start_order(rows, "fifo", set()) == rows
 
 
 def _stream(env: SimEnv) -> tuple[int, list[int]]:

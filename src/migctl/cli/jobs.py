@@ -82,6 +82,15 @@ def _reserve_after(text: str) -> float | None:
     return value
 
 
+def _order(text: str) -> str:
+    """Typer callback for ``worker --order``."""
+    from migctl.inputs import printable
+
+    if text not in ("fifo", "sjf-request"):  # (migctl.jobs.demand.ORDERS, not imported at parse time)
+        raise typer.BadParameter(f"'{printable(text)}' is not a start order (valid: fifo, sjf-request)")
+    return text
+
+
 def _jobs_json(q: Any, jobs: list[Any]) -> list[dict[str, Any]]:
     """Jobs as JSON, with their time limit (seconds or null) and reservation (null or gpu/profile/start/size/at)."""
     from migctl.jobs import reservations
@@ -303,6 +312,7 @@ def register(app: typer.Typer) -> None:
         hysteresis: float = typer.Option(5.0, "--hysteresis", callback=seconds, help="Spare instances idle for less than SECONDS when reshaping."),
         reserve_after: str = typer.Option("300", "--reserve-after", help="Reserve space for the oldest job queued longer than SECONDS (off: never); later jobs backfill only where they end before it."),
         limit_grace: float = typer.Option(10.0, "--limit-grace", callback=seconds, help="Seconds between SIGTERM and SIGKILL for a job past its --time-limit."),
+        order: str = typer.Option("fifo", "--order", callback=_order, help="Start order within a priority: fifo (arrival) or sjf-request (the shortest --time-limit first among jobs that ask for the same thing)."),
     ) -> None:
         """Start queued jobs as MIG devices free up (priority, then FIFO), reshaping idle instances and
         reserving space for starving jobs (docs/dynamic.md). One worker per node."""
@@ -314,7 +324,7 @@ def register(app: typer.Typer) -> None:
         from migctl.jobs.reshape import Churn
 
         policy = WorkerPolicy(reshape=reshape, churn=Churn(max_reconfig, hysteresis),
-                              reserve_after=_reserve_after(reserve_after), limit_grace=limit_grace)
+                              reserve_after=_reserve_after(reserve_after), limit_grace=limit_grace, order=order)
         log = None if quiet else (lambda s: (sys.stderr.write(f"migctl worker: {s}\n"), sys.stderr.flush()))
         w = Worker(JobQueue(node(ctx)), poll=poll, log=log, policy=policy)
         if not w.acquire(block=False):

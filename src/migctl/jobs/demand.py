@@ -45,6 +45,39 @@ class WorkerPolicy:
     churn: Churn = field(default_factory=lambda: Churn(hysteresis_s=DEFAULT_WORKER_HYSTERESIS_S))
     reserve_after: float | None = DEFAULT_RESERVE_AFTER_S
     limit_grace: float = DEFAULT_GRACE_S
+    order: str = "fifo"  # start order within a priority: "fifo" or "sjf-request" (:func:`start_order`)
+
+
+ORDERS = ("fifo", "sjf-request")
+
+
+def start_order(rows: list[Any], order: str, reserved: set[int]) -> list[Any]:
+    """Queued jobs (``rows``, in priority-then-age order) in the order the worker tries them.
+
+    "fifo" keeps them. "sjf-request" (the planner's ``Policy(order="sjf-request")``, docs/dynamic.md) lets the
+    shortest time limit go first among jobs that ask for the same thing (priority, profile or memory, GPUs,
+    isolation and shares; no limit counts as longest) and keeps arrival order between different requests;
+    the jobs in ``reserved`` keep their place at the front.
+    """
+    if order == "fifo":
+        return rows
+    out = list(rows)
+    slots: dict[tuple[Any, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+        if r["id"] not in reserved:
+            key = (r["priority"], r["profile"], r["mem_mib"], r["gpus"], r["isolation"], r["share"], r["threads"],
+                   r["mps_mem_mib"])
+            slots.setdefault(key, []).append(i)
+    for idx in slots.values():
+        ranked = sorted((rows[i] for i in idx), key=lambda r: (
+            float("inf") if r["time_limit"] is None else float(r["time_limit"]), r["id"]))
+        for i, r in zip(idx, ranked, strict=True):
+            out[i] = r
+    return out
+
+
+def reserved_jobs(conn: Any, key: str) -> set[int]:
+    return {int(r[0]) for r in conn.execute("SELECT job_id FROM reservations WHERE node=?", (key,)).fetchall()}
 
 
 def _request(row: Any) -> Request:
@@ -74,10 +107,12 @@ class Demand:
         self.w.log(text)
 
     def _queued(self) -> list[Any]:
-        return self.conn.execute(
-            "SELECT id, profile, mem_mib, gpus, created, time_limit, priority FROM jobs WHERE node=? AND state='queued' "
+        rows = self.conn.execute(
+            "SELECT id, profile, mem_mib, gpus, created, time_limit, priority, isolation, share, threads, mps_mem_mib "
+            "FROM jobs WHERE node=? AND state='queued' "
             "ORDER BY (id IN (SELECT job_id FROM reservations WHERE node=?)) DESC, priority DESC, id",
             (self.key, self.key)).fetchall()
+        return start_order(rows, self.policy.order, reserved_jobs(self.conn, self.key))
 
     def after_pass(self, changed: bool = False) -> int:
         """Reservations, then reshaping; returns the number of jobs started. ``changed``: jobs started or

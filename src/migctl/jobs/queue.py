@@ -397,17 +397,21 @@ class Worker:
         return Lease.from_row(r) if r is not None else None
 
     def start_ready(self) -> int:
-        """Start queued jobs in (priority desc, id) order while devices fit; a job that does not fit now does
-        not block smaller ones behind it (backfill)."""
+        """Start queued jobs in (priority desc, id) order (or the policy's ``order``) while devices fit; a job
+        that does not fit now does not block smaller ones behind it (backfill)."""
         started = 0
         blocked: set[tuple[Any, ...]] = set()
         self._checked: dict[Request, str | None] = {}
         self.lock_busy = ""
         rows = self.q.conn.execute(
-            "SELECT id, profile, mem_mib, gpus, isolation, share, threads, mps_mem_mib, time_limit FROM jobs "
+            "SELECT id, profile, mem_mib, gpus, isolation, share, threads, mps_mem_mib, time_limit, priority FROM jobs "
             "WHERE node=? AND state='queued' ORDER BY "
             "(id IN (SELECT job_id FROM reservations WHERE node=?)) DESC, priority DESC, id",  # a reserved job first
             (self.q.key, self.q.key)).fetchall()
+        if self.policy is not None and self.policy.order != "fifo":
+            from migctl.jobs.demand import reserved_jobs, start_order
+
+            rows = start_order(rows, self.policy.order, reserved_jobs(self.q.conn, self.q.key))
         for r in rows:
             req = Request(profile=r["profile"], mem_mib=r["mem_mib"],
                           gpus=tuple(json.loads(r["gpus"])) if r["gpus"] else None)
