@@ -85,9 +85,10 @@ def _reserve_after(text: str) -> float | None:
 def _order(text: str) -> str:
     """Typer callback for ``worker --order``."""
     from migctl.inputs import printable
+    from migctl.jobs.demand import ORDERS
 
-    if text not in ("fifo", "sjf-request"):  # (migctl.jobs.demand.ORDERS, not imported at parse time)
-        raise typer.BadParameter(f"'{printable(text)}' is not a start order (valid: fifo, sjf-request)")
+    if text not in ORDERS:
+        raise typer.BadParameter(f"'{printable(text)}' is not a start order (valid: {', '.join(ORDERS)})")
     return text
 
 

@@ -61,23 +61,17 @@ def start_order(rows: list[Any], order: str, reserved: set[int]) -> list[Any]:
     """
     if order == "fifo":
         return rows
-    out = list(rows)
-    slots: dict[tuple[Any, ...], list[int]] = {}
-    for i, r in enumerate(rows):
-        if r["id"] not in reserved:
-            key = (r["priority"], r["profile"], r["mem_mib"], r["gpus"], r["isolation"], r["share"], r["threads"],
-                   r["mps_mem_mib"])
-            slots.setdefault(key, []).append(i)
-    for idx in slots.values():
-        ranked = sorted((rows[i] for i in idx), key=lambda r: (
-            float("inf") if r["time_limit"] is None else float(r["time_limit"]), r["id"]))
-        for i, r in zip(idx, ranked, strict=True):
-            out[i] = r
-    return out
+    from migctl.planner.dynamic import shortest_first_within
+
+    return shortest_first_within(
+        rows, same=lambda r: (r["priority"], r["profile"], r["mem_mib"], r["gpus"], r["isolation"], r["share"],
+                              r["threads"], r["mps_mem_mib"]),
+        limit=lambda r: float("inf") if r["time_limit"] is None else float(r["time_limit"]),
+        fixed=lambda r: r["id"] in reserved)
 
 
 def reserved_jobs(conn: Any, key: str) -> set[int]:
-    return {int(r[0]) for r in conn.execute("SELECT job_id FROM reservations WHERE node=?", (key,)).fetchall()}
+    return {r.job_id for r in reservations.load(conn, key)}
 
 
 def _request(row: Any) -> Request:

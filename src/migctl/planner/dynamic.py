@@ -33,8 +33,9 @@ least as large as they need (a pre-partitioned layout).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from migctl.catalog.geometry import PlacedGI, conflict
 from migctl.catalog.model import GpuModel, Placement
@@ -75,6 +76,27 @@ class Policy:
 
 
 ORDERS = ("fifo", "hrrn", "sjf", "sjf-request")
+
+
+T = TypeVar("T")
+
+
+def shortest_first_within(items: Sequence[T], same: Callable[[T], Hashable], limit: Callable[[T], float],
+                          fixed: Callable[[T], bool]) -> list[T]:
+    """``items`` with the shortest ``limit`` first among those that ask for the same thing (``same``), each
+    group keeping the positions it had, so arrival order between groups stays; ``fixed`` items keep their
+    place. The "sjf-request" start order of the simulated :class:`Scheduler` and of the live worker
+    (:func:`migctl.jobs.demand.start_order`); ties keep the given order."""
+    out = list(items)
+    slots: dict[Hashable, list[int]] = {}
+    for i, x in enumerate(items):
+        if not fixed(x):
+            slots.setdefault(same(x), []).append(i)
+    for idx in slots.values():
+        ranked = sorted(idx, key=lambda i: (limit(items[i]), i))
+        for i, k in zip(idx, ranked, strict=True):
+            out[i] = items[k]
+    return out
 
 
 @dataclass
@@ -584,15 +606,9 @@ class Scheduler:
                                                     j.submit, j.id))
         if self.policy.order != "sjf-request":
             return order
-        slots: dict[tuple, list[int]] = {}
-        for i, j in enumerate(order):
-            if j.id not in self.reservations:
-                slots.setdefault((j.priority, j.request, j.count, j.share if self._shares(j) else None), []).append(i)
-        for idx in slots.values():
-            for i, j in zip(idx, sorted((order[i] for i in idx), key=lambda j: (j.limit, j.submit, j.id)),
-                            strict=True):
-                order[i] = j
-        return order
+        return shortest_first_within(
+            order, same=lambda j: (j.priority, j.request, j.count, j.share if self._shares(j) else None),
+            limit=lambda j: j.limit, fixed=lambda j: j.id in self.reservations)
 
     def _rank(self, job: Job, now: float) -> float:
         """The job's place in the start order within its priority (lower first); 0 for every job with "fifo"."""
