@@ -412,6 +412,32 @@ def test_pci_ids(key):
         assert model_by_pci_id((dev << 16) | 0x10DE) is m
 
 
+def test_pci_index_agrees_with_the_parsed_files_and_spares_parsing_the_others(monkeypatch):
+    from importlib import resources
+
+    from migctl.catalog import loader
+
+    root = resources.files("migctl.catalog") / "data"
+    for f in loader._data_files():
+        ids = loader.pci_ids_in_text((root / f).read_text(encoding="utf-8"))
+        assert ids == loader._load_file(f).pci_device_ids, f
+    assert loader.pci_ids_in_text("key: X\npci_device_ids: [0x20B5, 8373]  # src\n") == (0x20B5, 8373)
+    for odd in ("pci_device_ids:\n  - 0x20B5\n", "pci_device_ids: [0x20B5]\npci_device_ids: [1]\n",
+                "pci_device_ids: [zz]\n"):
+        assert loader.pci_ids_in_text(odd) is None  # such a file would be parsed in full
+    parsed: list[str] = []
+    real = loader._load_file
+
+    def spy(f: str):
+        parsed.append(f)
+        return real(f)
+
+    monkeypatch.setattr(loader, "_load_file", spy)
+    m = model_by_pci_id(0x2335)
+    assert m is not None and m.key == "H200"
+    assert parsed == ["h200.yaml"]  # the other files were not parsed
+
+
 def test_pci_ids_not_from_go_nvml_mocks():
     # §8/§10: the go-nvml mocks use H200 0x2333 and B200 0x2B00; neither is real
     assert model_by_pci_id(0x2333) is None

@@ -8,6 +8,7 @@ placements fit the grid, IDs unique) so that a bad edit fails loudly, not at run
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from typing import Any
 
@@ -188,6 +189,7 @@ def build_model(raw: dict[str, Any]) -> GpuModel:
     )
 
 
+@functools.lru_cache(maxsize=1)
 def _data_files() -> list[str]:
     root = resources.files("migctl.catalog") / "data"
     return sorted(p.name for p in root.iterdir() if p.name.endswith(".yaml"))
@@ -287,6 +289,30 @@ def load_model(key: str) -> GpuModel:
     raise CatalogError(f"unknown GPU model {key!r}; valid models: {valid}")
 
 
+_PCI_LINE = re.compile(r"^pci_device_ids:[ \t]*\[([^\]#\n]*)\]", re.MULTILINE)
+
+
+def pci_ids_in_text(text: str) -> tuple[int, ...] | None:
+    """The ``pci_device_ids`` of a data file read from its text without parsing the YAML (the one-line flow
+    list every shipped file uses), or None when the line is not in that form."""
+    found = _PCI_LINE.findall(text)
+    if len(found) != 1:
+        return None
+    try:
+        return tuple(int(x.strip(), 0) for x in found[0].split(",") if x.strip())
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _pci_index() -> dict[str, tuple[int, ...] | None]:
+    """Data file name -> its PCI device ids (None: not readable without parsing the file). Lets a lookup by
+    PCI id parse only the files that can match: every ``migctl`` command on a node looks its GPUs up this
+    way, and parsing all the YAML files took most of the catalog's share of a command's start."""
+    root = resources.files("migctl.catalog") / "data"
+    return {f: pci_ids_in_text((root / f).read_text(encoding="utf-8")) for f in _data_files()}
+
+
 def model_by_pci_id(device_id: int, name: str | None = None) -> GpuModel | None:
     """The model for a PCI device id (0xDDDD or NVML's 0xDDDD10DE form), or None.
 
@@ -294,7 +320,9 @@ def model_by_pci_id(device_id: int, name: str | None = None) -> GpuModel | None:
     filter); the device name (nvmlDeviceGetName) then decides.
     """
     dev = device_id >> 16 if device_id > 0xFFFF else device_id
-    matches = [m for m in all_models() if dev in m.pci_device_ids]
+    index = _pci_index()
+    matches = [_load_file(f) for f in _data_files() if index.get(f) is None or dev in index[f]]
+    matches = [m for m in matches if dev in m.pci_device_ids]
     if name is not None:
         by_name = [m for m in matches if m.name == name]
         if by_name:
