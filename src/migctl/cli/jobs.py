@@ -93,16 +93,19 @@ def _order(text: str) -> str:
 
 
 def _jobs_json(q: Any, jobs: list[Any]) -> list[dict[str, Any]]:
-    """Jobs as JSON, with their time limit (seconds or null) and reservation (null or gpu/profile/start/size/at)."""
-    from migctl.jobs import reservations
+    """Jobs as JSON, with their time limit (seconds or null), reservation (null or gpu/profile/start/size/at)
+    and, for a queued job, why it waits (null or reason/detail: migctl.jobs.waiting)."""
+    from migctl.jobs import reservations, waiting
     from migctl.jobs.limits import limit_of
 
     held = {r.job_id: r for r in reservations.load(q.conn, q.key)}
+    why = waiting.of_queued(q.conn, q.key) if any(j.state in waiting.WAITING for j in jobs) else {}
     out = []
     for job in jobs:
         d = dict(job.to_json())
         d["time_limit"] = limit_of(q.conn, job.id)
         d["reservation"] = held[job.id].to_json() if job.id in held else None
+        d["wait"] = why.get(job.id)
         out.append(d)
     return out
 
@@ -221,7 +224,9 @@ def register(app: typer.Typer) -> None:
         state: Optional[str] = typer.Option(None, "--state", help="Only this state (queued, running, done, failed, cancelled)."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """List jobs (queued and running; --all for finished ones too)."""
+        """List jobs (queued and running; --all for finished ones too). A queued job's DEVICE column says why it
+        waits: (resources), (reserved), (churn), (hysteresis), (node-locked), (raced) or (no-worker); --json
+        gives the detail."""
         from migctl.inputs import printable
         from migctl.jobs.queue import JobQueue
 
@@ -239,8 +244,13 @@ def register(app: typer.Typer) -> None:
         else:
             print(f"{'ID':>5} {'STATE':<9} {'PRI':>3} {'EXIT':>4} {'DEVICE':<17} {'SHARE':<14} {'CREATED':<8} "
                   f"{'STARTED':<8} NAME/COMMAND")
+        from migctl.jobs import waiting
+
+        why = waiting.of_queued(q.conn, q.key) if any(j.state in waiting.WAITING for j in jobs) else {}
         for j in jobs:
             dev = (j.mig_uuid or "-")[:17]
+            if j.id in why:
+                dev = f"({why[j.id]['reason']})"  # as squeue's (REASON) for a pending job
             label = printable(j.name or " ".join(j.cmd), 60)
             code = "-" if j.exit_code is None else str(j.exit_code)
             print(f"{j.id:>5} {j.state:<9} {j.priority:>3} {code:>4} {dev:<17} {j.sharing.describe():<14} "

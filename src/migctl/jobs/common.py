@@ -161,7 +161,9 @@ ADDED_COLUMNS = {
     # sharing (jobs/mps.py Sharing): isolation hard|soft|none, --share N, --threads P, --mps-mem in MiB;
     # time limits (jobs/limits.py): seconds, and when the SIGTERM was sent
     "jobs": (("isolation", "TEXT NOT NULL DEFAULT 'hard'"), ("share", "INTEGER"), ("threads", "INTEGER"),
-             ("mps_mem_mib", "INTEGER"), ("time_limit", "REAL"), ("limit_term", "REAL")),
+             ("mps_mem_mib", "INTEGER"), ("time_limit", "REAL"), ("limit_term", "REAL"),
+             # why a queued job waits (jobs/waiting.py), written by the worker
+             ("wait_reason", "TEXT"), ("wait_detail", "TEXT")),
     # a waiting ``migctl run``'s reservation (jobs/run_reserve.py): its PID and start time (NULL for a
     # queued job's); its job_id is then -PID (the column stays the primary key)
     "reservations": (("pid", "INTEGER"), ("pid_start", "REAL")),

@@ -128,6 +128,7 @@ class Demand:
                 if self._maybe_idle():
                     started += self._reshape(self._queued())
                 else:
+                    self.w.reasons.nothing_to_reshape()
                     self._next = time.monotonic() + self.PAUSE
         except Exception as e:  # noqa: BLE001 - NVML in flux: the next pass looks again
             from migctl.busy import transient
@@ -203,14 +204,16 @@ class Demand:
     # ------------------------------------------------------------------ reshaping
     def _reshape(self, queued: list[Any]) -> int:
         started = 0
-        tried: set[tuple[Request, float | None]] = set()
+        tried: dict[tuple[Request, float | None], tuple[str, str]] = {}  # -> outcome (status, note)
         wake: list[float] = []
-        for row in queued:
+        why = self.w.reasons
+        for n, row in enumerate(queued):
             req = _request(row)
             limit = None if row["time_limit"] is None else float(row["time_limit"])
             if (req, limit) in tried:
+                why.reshaped(int(row["id"]), *tried[(req, limit)])
                 continue
-            tried.add((req, limit))
+            tried[(req, limit)] = ("", "")
             try:
                 out = try_reshape(self.node, req, self.policy.churn, job_id=int(row["id"]), limit=limit,
                                   source="migctl worker", conn=self.conn, lock_timeout=1.0)
@@ -219,23 +222,27 @@ class Demand:
                     self._said[int(row["id"])] = "error"
                     self.log(f"job {row['id']}: not reshaping: {e}")
                 continue
+            why.reshaped(int(row["id"]), out.status, out.note)
             if out.done:
                 self.log(f"job {row['id']}: {out.note}")
                 if self._start(int(row["id"])):
                     started += 1
-                tried.discard((req, limit))  # the next job with the same request may need another reshape
+                del tried[(req, limit)]  # the next job with the same request may need another reshape
                 continue
             if out.status == "free":  # something freed up since the pass: start it now
                 if self._start(int(row["id"])):
                     started += 1
-                    tried.discard((req, limit))
+                    del tried[(req, limit)]
                 continue
+            tried[(req, limit)] = (out.status, out.note)
             if out.retry_at is not None:
                 wake.append(out.retry_at)
             if out.status != "none" and self._said.get(int(row["id"])) != out.status:
                 self._said[int(row["id"])] = out.status
                 self.log(f"job {row['id']}: not reshaping yet: {out.note}")
             if out.status in ("budget", "raced"):
+                for later in queued[n + 1:]:
+                    why.reshaped(int(later["id"]), out.status, f"behind job {row['id']}: {out.note}")
                 break  # its turn: later jobs do not spend the budget first
         if not started:
             pause = self.PAUSE

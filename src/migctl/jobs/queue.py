@@ -257,6 +257,9 @@ class Worker:
         self.pid_start = proc_start(self.pid) or 0.0
         # reshaping, reservations, time-limit grace (migctl.jobs.demand.WorkerPolicy); None: plain backfill
         self.policy = policy
+        from migctl.jobs.waiting import Reasons
+
+        self.reasons = Reasons(queue.conn, queue.key)  # why each queued job waits (migctl jobs shows it)
         self.demand: Any = None
         if policy is not None:
             from migctl.jobs.demand import Demand
@@ -314,6 +317,7 @@ class Worker:
         started = self.start_ready()
         if self.demand is not None:
             started += self.demand.after_pass(changed=bool(ended or started))
+        self.reasons.flush()
         return started
 
     def reap(self) -> int:
@@ -400,9 +404,10 @@ class Worker:
         """Start queued jobs in (priority desc, id) order (or the policy's ``order``) while devices fit; a job
         that does not fit now does not block smaller ones behind it (backfill)."""
         started = 0
-        blocked: set[tuple[Any, ...]] = set()
+        blocked: dict[tuple[Any, ...], str] = {}  # request -> why it did not start
         self._checked: dict[Request, str | None] = {}
         self.lock_busy = ""
+        self.reasons.begin_pass()
         rows = self.q.conn.execute(
             "SELECT id, profile, mem_mib, gpus, isolation, share, threads, mps_mem_mib, time_limit, priority FROM jobs "
             "WHERE node=? AND state='queued' ORDER BY "
@@ -412,12 +417,13 @@ class Worker:
             from migctl.jobs.demand import reserved_jobs, start_order
 
             rows = start_order(rows, self.policy.order, reserved_jobs(self.q.conn, self.q.key))
-        for r in rows:
+        for n, r in enumerate(rows):
             req = Request(profile=r["profile"], mem_mib=r["mem_mib"],
                           gpus=tuple(json.loads(r["gpus"])) if r["gpus"] else None)
             # what blocks what (a shorter time limit may backfill where a longer one may not)
             key = (req, r["isolation"], r["share"], r["threads"], r["mps_mem_mib"], r["time_limit"])
             if key in blocked:
+                self.reasons.not_started(int(r["id"]), "resources", blocked[key])
                 continue
             if started and started % 16 == 0:
                 self.reap()  # record finished jobs (and drop their simulator clients) as we go
@@ -429,9 +435,13 @@ class Worker:
                 if started == 1:  # a reserved job comes first: its reservation ends now, not at the next pass
                     self.q.conn.execute("DELETE FROM reservations WHERE job_id=?", (r["id"],))
             elif self.lock_busy:
+                for rest in rows[n:]:
+                    self.reasons.not_started(int(rest["id"]), "node-locked", self.lock_busy)
                 break  # an apply holds the node lock: nothing can be leased until it ends
             else:
-                blocked.add(key)
+                what = req.describe() if (r["isolation"] or "hard") == "hard" else f"a shared {req.describe()}"
+                blocked[key] = f"nothing free fits {what} and there is no room to create it"
+                self.reasons.not_started(int(r["id"]), "resources", blocked[key])
         return started
 
     def _start(self, job: Job) -> bool:
