@@ -237,6 +237,8 @@ def busy_view(node: Any, exclude_lease: str | None = None, leases: bool = True, 
                 view.gis.setdefault((gi_idx, p.gi_id), []).append(h)
             else:
                 view.devices.setdefault((gi_idx, p.gi_id, p.ci_id), []).append(h)
+        if not leases:
+            continue  # the MIG devices below only place leases (enumerating them is most of this call's cost)
         try:
             mode = retry_nvml(g.mig_mode)[0] if g.mig_capable() else 0
         except Exception:  # noqa: BLE001 - a GPU without MIG has no instances

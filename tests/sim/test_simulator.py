@@ -314,3 +314,25 @@ def test_pid_reuse_is_not_mistaken_for_the_original_client(h100):
     with h100.sim.store.transaction() as st:  # pretend our PID was recorded with another start time
         st.gpus[0].processes[0].start_time = time.time() - 10_000
     ci.destroy()  # the recorded client is not this process: not busy
+
+
+def test_state_file_holds_what_asdict_would(node_factory):
+    """The state is written with ``plain`` (no deep copies) on one line: the same data as ``asdict``, read back
+    whole by a new store."""
+    import dataclasses
+
+    from migctl.sim.state import SimState, plain
+
+    node = node_factory("2xA100-40GB", persistent=True)
+    g = node.gpu(0)
+    g.set_mig_mode(True)
+    gi = g.create_gi(g.profile("3g.20gb").id)
+    gi.create_ci()
+    assert node.sim.add_client(0, os.getpid(), gi.id, 0) == 0
+    assert node.sim.add_holder(1, "dcgm") == 0
+    state = node.sim.store.load()
+    assert plain(state) == dataclasses.asdict(state)
+    path = node.sim.store.path
+    text = path.read_text()
+    assert text.count("\n") == 0 and json.loads(text) == state.to_json()
+    assert SimState.from_json(json.loads(text)) == state

@@ -8,12 +8,13 @@ placement choice) are documented with their sources in docs/simulator.md.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from migctl.catalog import GIProfile, GpuModel, Placement, load_model, parse_driver
@@ -56,6 +57,23 @@ DEFAULT_BEHAVIOUR = {k: v[0] for k, v in BEHAVIOURS.items()}
 # Profile info answers Not Supported with MIG disabled below this driver (UNCONFIRMED: the stricter choice; the
 # only recorded data point is mig-parted discovery.go's "older drivers (e.g., 535)").
 PROFILE_INFO_MIG_OFF_FROM = (570,)
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def plain(obj: Any) -> Any:
+    """``dataclasses.asdict`` for the state's types (dataclasses, lists, dicts and plain values), without its
+    deep copies: every simulator mutation writes the state, and ``asdict`` was a third of that write."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {name: plain(getattr(obj, name)) for name in _field_names(type(obj))}
+    if isinstance(obj, list):
+        return [plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    return obj
+
 
 STATE_FORMAT = "migctl-sim-state"
 STATE_VERSION = 1
@@ -161,7 +179,7 @@ class SimState:
 
     # ---------------------------------------------------------------- serialisation
     def to_json(self) -> dict[str, Any]:
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, **asdict(self)}
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, **plain(self)}
 
     @classmethod
     def from_json(cls, data: Any) -> SimState:

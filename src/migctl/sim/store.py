@@ -149,7 +149,8 @@ class Store:
 
     def _write(self, state: SimState) -> None:
         assert self.path is not None
-        data = json.dumps(state.to_json(), indent=1, sort_keys=True)
+        # one line: json's C encoder (an indent makes it fall back to the pure-Python one, several times slower)
+        data = json.dumps(state.to_json(), sort_keys=True)
         atomic_write(self.path, data, ".state-")
         self._cache = None
 
