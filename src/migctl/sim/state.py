@@ -58,6 +58,7 @@ DEFAULT_BEHAVIOUR = {k: v[0] for k, v in BEHAVIOURS.items()}
 # only recorded data point is mig-parted discovery.go's "older drivers (e.g., 535)").
 PROFILE_INFO_MIG_OFF_FROM = (570,)
 
+
 @functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
@@ -65,7 +66,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
 
 def plain(obj: Any) -> Any:
     """``dataclasses.asdict`` for the state's types (dataclasses, lists, dicts and plain values), without its
-    deep copies: every simulator mutation writes the state, and ``asdict`` was a third of that write."""
+    deep copies: every simulator mutation writes the state, and ``asdict`` was about half of that write."""
     if is_dataclass(obj) and not isinstance(obj, type):
         return {name: plain(getattr(obj, name)) for name in _field_names(type(obj))}
     if isinstance(obj, list):
