@@ -74,6 +74,17 @@ def reserved_jobs(conn: Any, key: str) -> set[int]:
     return {r.job_id for r in reservations.load(conn, key)}
 
 
+def queued_rows(conn: Any, key: str, order: str = "fifo") -> list[Any]:
+    """The node's queued jobs in the order the worker tries them: a reserved job first, then priority, then
+    arrival (or ``order``, :func:`start_order`). Both the start pass and reshaping read them this way."""
+    rows = conn.execute(
+        "SELECT id, profile, mem_mib, gpus, created, time_limit, priority, isolation, share, threads, mps_mem_mib "
+        "FROM jobs WHERE node=? AND state='queued' "
+        "ORDER BY (id IN (SELECT job_id FROM reservations WHERE node=?)) DESC, priority DESC, id",
+        (key, key)).fetchall()
+    return start_order(rows, order, reserved_jobs(conn, key)) if order != "fifo" else rows
+
+
 def _request(row: Any) -> Request:
     import json
 
@@ -101,12 +112,7 @@ class Demand:
         self.w.log(text)
 
     def _queued(self) -> list[Any]:
-        rows = self.conn.execute(
-            "SELECT id, profile, mem_mib, gpus, created, time_limit, priority, isolation, share, threads, mps_mem_mib "
-            "FROM jobs WHERE node=? AND state='queued' "
-            "ORDER BY (id IN (SELECT job_id FROM reservations WHERE node=?)) DESC, priority DESC, id",
-            (self.key, self.key)).fetchall()
-        return start_order(rows, self.policy.order, reserved_jobs(self.conn, self.key))
+        return queued_rows(self.conn, self.key, self.policy.order)
 
     def after_pass(self, changed: bool = False) -> int:
         """Reservations, then reshaping; returns the number of jobs started. ``changed``: jobs started or

@@ -408,15 +408,9 @@ class Worker:
         self._checked: dict[Request, str | None] = {}
         self.lock_busy = ""
         self.reasons.begin_pass()
-        rows = self.q.conn.execute(
-            "SELECT id, profile, mem_mib, gpus, isolation, share, threads, mps_mem_mib, time_limit, priority FROM jobs "
-            "WHERE node=? AND state='queued' ORDER BY "
-            "(id IN (SELECT job_id FROM reservations WHERE node=?)) DESC, priority DESC, id",  # a reserved job first
-            (self.q.key, self.q.key)).fetchall()
-        if self.policy is not None and self.policy.order != "fifo":
-            from migctl.jobs.demand import reserved_jobs, start_order
+        from migctl.jobs.demand import queued_rows
 
-            rows = start_order(rows, self.policy.order, reserved_jobs(self.q.conn, self.q.key))
+        rows = queued_rows(self.q.conn, self.q.key, self.policy.order if self.policy is not None else "fifo")
         for n, r in enumerate(rows):
             req = Request(profile=r["profile"], mem_mib=r["mem_mib"],
                           gpus=tuple(json.loads(r["gpus"])) if r["gpus"] else None)
