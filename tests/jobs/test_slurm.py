@@ -138,18 +138,44 @@ def test_reconfigure_against_real_slurm(cluster: tuple[Cluster, SimEnv]) -> None
     assert "gpu:3g.40gb:1" in info and "gpu:1g.10gb:2" in info
     r = _srun(c, "gpu:3g.40gb:1")
     assert r.returncode == 0 and r.stdout.strip() != "", r.stderr
-    # a running job: reconfigure drains and waits for it
-    job = subprocess.run(["sbatch", "--parsable", "--gres=gpu:1g.10gb:1", "-o", "/dev/null", "--wrap", "sleep 3"],
+    # a running job: reconfigure drains and waits for it. The job runs until the test releases it, which the test
+    # does only once the node is draining, so reconfigure cannot have finished before the job ended (a job that
+    # simply slept could end unseen on a loaded machine)
+    release = c.d / "release-job"
+    job = subprocess.run(["sbatch", "--parsable", "--gres=gpu:1g.10gb:1", "-o", "/dev/null", "--wrap",
+                          f"for i in $(seq 1200); do [ -e {release} ] && exit 0; sleep 0.1; done; exit 1"],
                          env=c.env, capture_output=True, text=True, timeout=30)
     assert job.returncode == 0, job.stderr
-    deadline = time.monotonic() + 20
-    while "State=MIXED" not in c.scontrol_state() and "State=ALLOCATED" not in c.scontrol_state():
-        assert time.monotonic() < deadline, c.scontrol_state()
+    job_id = job.stdout.strip().split(";")[0]
+
+    def job_state() -> str:
+        return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=c.env, capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+
+    deadline = time.monotonic() + 60
+    while job_state() != "RUNNING":
+        assert time.monotonic() < deadline, (job_state(), c.scontrol_state())
         time.sleep(0.1)
-    t = time.monotonic()
-    r = _reconfigure(env, c, "all-1g.10gb")
-    assert r.returncode == 0, r.stderr + c.tail("slurmctld.log") + c.tail("slurmd.log")
-    assert time.monotonic() - t >= 1.0  # it waited for the job
+    restart = f"{sys.executable} {HELPER} restart {c.d}"
+    proc = env.popen("slurm", "reconfigure", NODE, "-f", str(env.tmp / "config.yaml"), "-c", "all-1g.10gb",
+                     "--gres-conf", str(c.gres_conf), "--slurm-conf", str(c.conf), "--autodetect", "off",
+                     "--dev-prefix", str(c.d / "dev"), "--slurmctld-restart", f"{restart} slurmctld",
+                     "--slurmd-restart", f"{restart} slurmd", "--timeout", "60", "--drain-timeout", "60")
+    try:
+        while "DRAIN" not in c.scontrol_state():
+            assert proc.poll() is None and time.monotonic() < deadline + 60, c.scontrol_state()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting for the running job
+        assert len(env.node().gpu(0).mig_devices()) == 3  # nothing applied while the job runs
+        release.touch()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        release.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err + c.tail("slurmctld.log") + c.tail("slurmd.log")
     info = c.wait_state("IDLE")
     assert "Gres=gpu:1g.10gb:7" in info
     assert len(env.node().gpu(0).mig_devices()) == 7
