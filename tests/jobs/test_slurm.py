@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from slurm_cluster import NODE, Cluster
+from slurm_cluster import NODE, Cluster, free_port_pair
 
 from conftest import SimEnv, make_env
 from migctl.integrations import slurm as S
@@ -103,7 +103,7 @@ def cluster(slurm_installed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     from migctl.reconcile import apply_config
 
     apply_config(str(cfg), "mixed", node=env.node())
-    c = Cluster(tmp_path / "slurm", port=17000 + os.getpid() % 2000)
+    c = Cluster(tmp_path / "slurm", port=free_port_pair())
     c.prepare(gpus=1)
     env.env["SLURM_CONF"] = str(c.conf)
     monkeypatch.setenv("SLURM_CONF", str(c.conf))
