@@ -149,11 +149,11 @@ def test_reconfigure_against_real_slurm(cluster: tuple[Cluster, SimEnv]) -> None
     job_id = job.stdout.strip().split(";")[0]
 
     def job_state() -> str:
-        return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=c.env, capture_output=True,
+        return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], env=c.env, capture_output=True,
                               text=True, timeout=30).stdout.strip()
 
     deadline = time.monotonic() + 60
-    while job_state() != "RUNNING":
+    while not job_state().startswith("RUNNING"):
         assert time.monotonic() < deadline, (job_state(), c.scontrol_state())
         time.sleep(0.1)
     restart = f"{sys.executable} {HELPER} restart {c.d}"
