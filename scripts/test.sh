@@ -22,4 +22,6 @@ ruff check src tests benchmarks
 python -m compileall -q src >/dev/null
 # each run gets its own state dir, so a developer's simulated nodes are never touched
 export MIGCTL_STATE_DIR="$(mktemp -d)"
-python -m pytest -p no:cacheprovider --durations=5 "$@"
+# two test processes (pytest-xdist): most tests wait on subprocesses, daemons and polls rather than compute, so
+# two of them share the 2-core machine well; MIGCTL_TEST_PROCESSES=0 runs them in this process, one at a time
+python -m pytest -p no:cacheprovider -n "${MIGCTL_TEST_PROCESSES:-2}" --durations=5 "$@"
