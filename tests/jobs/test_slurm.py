@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,14 +97,19 @@ def slurm_installed() -> None:
 
 
 @pytest.fixture
-def cluster(slurm_installed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cluster, SimEnv]]:
+def cluster(slurm_installed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, SimEnv]]:
     env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
     cfg = tmp_path / "config.yaml"
     cfg.write_text(CONFIG)
     from migctl.reconcile import apply_config
 
     apply_config(str(cfg), "mixed", node=env.node())
-    c = Cluster(tmp_path / "slurm", port=free_port_pair())
+    # a short private directory, not tmp_path: slurmstepd's Unix socket paths under SlurmdSpoolDir must fit in
+    # 108 bytes, and pytest-xdist's tmp_path (.../popen-gw0/test_reconfigure_against_real_0/...) did not
+    d = Path(tempfile.mkdtemp(prefix="slurm-"))
+    request.addfinalizer(lambda: shutil.rmtree(d, ignore_errors=True))
+    c = Cluster(d, port=free_port_pair())
     c.prepare(gpus=1)
     env.env["SLURM_CONF"] = str(c.conf)
     monkeypatch.setenv("SLURM_CONF", str(c.conf))
@@ -154,7 +160,7 @@ def test_reconfigure_against_real_slurm(cluster: tuple[Cluster, SimEnv]) -> None
 
     deadline = time.monotonic() + 60
     while not job_state().startswith("RUNNING"):
-        assert time.monotonic() < deadline, (job_state(), c.scontrol_state())
+        assert time.monotonic() < deadline, (job_state(), c.scontrol_state(), c.tail("slurmd.log", 40))
         time.sleep(0.1)
     restart = f"{sys.executable} {HELPER} restart {c.d}"
     proc = env.popen("slurm", "reconfigure", NODE, "-f", str(env.tmp / "config.yaml"), "-c", "all-1g.10gb",
