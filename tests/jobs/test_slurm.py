@@ -129,13 +129,16 @@ def _srun(c: Cluster, gres: str, timeout: float = 30) -> subprocess.CompletedPro
                           env=c.env, capture_output=True, text=True, timeout=timeout)
 
 
-def _reconfigure(env: SimEnv, c: Cluster, label: str) -> subprocess.CompletedProcess[str]:
+def _reconfigure_args(env: SimEnv, c: Cluster, label: str) -> list[str]:
     restart = f"{sys.executable} {HELPER} restart {c.d}"
-    return env.migctl("slurm", "reconfigure", NODE, "-f", str(env.tmp / "config.yaml"), "-c", label,
-                      "--gres-conf", str(c.gres_conf), "--slurm-conf", str(c.conf), "--autodetect", "off",
-                      "--dev-prefix", str(c.d / "dev"), "--slurmctld-restart", f"{restart} slurmctld",
-                      "--slurmd-restart", f"{restart} slurmd", "--timeout", "60", "--drain-timeout", "60",
-                      timeout=180)
+    return ["slurm", "reconfigure", NODE, "-f", str(env.tmp / "config.yaml"), "-c", label,
+            "--gres-conf", str(c.gres_conf), "--slurm-conf", str(c.conf), "--autodetect", "off",
+            "--dev-prefix", str(c.d / "dev"), "--slurmctld-restart", f"{restart} slurmctld",
+            "--slurmd-restart", f"{restart} slurmd", "--timeout", "60", "--drain-timeout", "60"]
+
+
+def _reconfigure(env: SimEnv, c: Cluster, label: str) -> subprocess.CompletedProcess[str]:
+    return env.migctl(*_reconfigure_args(env, c, label), timeout=180)
 
 
 def test_reconfigure_against_real_slurm(cluster: tuple[Cluster, SimEnv]) -> None:
@@ -145,8 +148,7 @@ def test_reconfigure_against_real_slurm(cluster: tuple[Cluster, SimEnv]) -> None
     r = _srun(c, "gpu:3g.40gb:1")
     assert r.returncode == 0 and r.stdout.strip() != "", r.stderr
     # a running job: reconfigure drains and waits for it. The job runs until the test releases it, which the test
-    # does only once the node is draining, so reconfigure cannot have finished before the job ended (a job that
-    # simply slept could end unseen on a loaded machine)
+    # does only once the node is draining and reconfigure is seen waiting with the layout unchanged
     release = c.d / "release-job"
     job = subprocess.run(["sbatch", "--parsable", "--gres=gpu:1g.10gb:1", "-o", "/dev/null", "--wrap",
                           f"for i in $(seq 1200); do [ -e {release} ] && exit 0; sleep 0.1; done; exit 1"],
@@ -162,11 +164,7 @@ def test_reconfigure_against_real_slurm(cluster: tuple[Cluster, SimEnv]) -> None
     while not job_state().startswith("RUNNING"):
         assert time.monotonic() < deadline, (job_state(), c.scontrol_state(), c.tail("slurmd.log", 40))
         time.sleep(0.1)
-    restart = f"{sys.executable} {HELPER} restart {c.d}"
-    proc = env.popen("slurm", "reconfigure", NODE, "-f", str(env.tmp / "config.yaml"), "-c", "all-1g.10gb",
-                     "--gres-conf", str(c.gres_conf), "--slurm-conf", str(c.conf), "--autodetect", "off",
-                     "--dev-prefix", str(c.d / "dev"), "--slurmctld-restart", f"{restart} slurmctld",
-                     "--slurmd-restart", f"{restart} slurmd", "--timeout", "60", "--drain-timeout", "60")
+    proc = env.popen(*_reconfigure_args(env, c, "all-1g.10gb"))
     try:
         while "DRAIN" not in c.scontrol_state():
             assert proc.poll() is None and time.monotonic() < deadline + 60, c.scontrol_state()
@@ -175,7 +173,7 @@ def test_reconfigure_against_real_slurm(cluster: tuple[Cluster, SimEnv]) -> None
         assert proc.poll() is None  # still waiting for the running job
         assert len(env.node().gpu(0).mig_devices()) == 3  # nothing applied while the job runs
         release.touch()
-        out, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=180)
     finally:
         release.touch()
         if proc.poll() is None:
