@@ -112,8 +112,10 @@ def _verb_command(args: list[str]) -> click.Command | None:
     that runs one command needs. Building every command's parameters costs about a fifth of a listing's
     time. None when ``args`` name none (root help, ``--version``, an unknown word: the whole tree answers,
     with its suggestions)."""
-    from typer.main import get_command_name
-
+    try:
+        from typer.main import get_command_name
+    except ImportError:
+        return None
     i = 0
     while i < len(args) and args[i] in GLOBAL_OPTIONS:
         i += 2
@@ -123,10 +125,13 @@ def _verb_command(args: list[str]) -> click.Command | None:
         return None
     verb = args[i]
     one = typer.Typer(**_APP_SETTINGS)
-    one.registered_callback = app.registered_callback
-    one.registered_commands = [c for c in app.registered_commands
-                               if (c.name or (c.callback and get_command_name(c.callback.__name__))) == verb]
-    one.registered_groups = [g for g in app.registered_groups if g.name == verb]
+    try:  # typer's registries; a typer that keeps them otherwise gets the whole tree
+        one.registered_callback = app.registered_callback
+        one.registered_commands = [c for c in app.registered_commands
+                                   if (c.name or (c.callback and get_command_name(c.callback.__name__))) == verb]
+        one.registered_groups = [g for g in app.registered_groups if g.name == verb]
+    except AttributeError:
+        return None
     if len(one.registered_commands) + len(one.registered_groups) != 1:
         return None
     return typer.main.get_command(one)
