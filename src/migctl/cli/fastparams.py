@@ -68,7 +68,7 @@ def install() -> bool:
     build = getattr(_coercion, "build_runtime_param", None)
     base = getattr(_coercion, "RuntimeParam", None)
     if build is None or base is None or getattr(core, "build_runtime_param", None) is not build:
-        return getattr(core.build_runtime_param, "migctl_fast", False)
+        return bool(getattr(getattr(core, "build_runtime_param", None), "migctl_fast", False))
     try:
         fields = set(base.__dataclass_fields__)
     except AttributeError:
