@@ -28,18 +28,11 @@ def plain(annotation: Any, value: Any) -> Any:
         return value if type(value) is bool else MISS
     if annotation is str:
         return value if type(value) is str else MISS
-    if annotation is int:
-        if type(value) is int:
+    if annotation is int or annotation is float:
+        if type(value) is annotation:
             return value
-        if type(value) is str and _INT.fullmatch(value):
-            return int(value)
-        return MISS
-    if annotation is float:
-        if type(value) is float:
-            return value
-        if type(value) is str and _FLOAT.fullmatch(value):
-            return float(value)
-        return MISS
+        form = _INT if annotation is int else _FLOAT
+        return annotation(value) if type(value) is str and form.fullmatch(value) else MISS
     if get_origin(annotation) is list and get_args(annotation) == (str,):
         if type(value) in (list, tuple) and all(type(v) is str for v in value):
             return list(value)
