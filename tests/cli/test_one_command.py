@@ -44,6 +44,10 @@ def test_every_verb_is_found() -> None:
             assert M._verb_command(words) is not None, words
     assert M._verb_command(["--sim", "1xA30", "gpus"]) is not None
     assert M._verb_command(["--sim=1xA30", "gpus"]) is not None
+    # the word after a root option's value is the verb, whatever the options' order and form
+    for args in (["--sim=1xA30", "--sim-state", "jobs", "gpus"], ["--sim-state", "jobs", "--sim=1xA30", "gpus"]):
+        one = M._verb_command(args)
+        assert one is not None and list(one.commands) == ["gpus"], args  # type: ignore[attr-defined]
     for whole in ([], ["--help"], ["--version"], ["nope"], ["gpu"]):
         assert M._verb_command(whole) is None, whole
 

@@ -117,10 +117,13 @@ def _verb_command(args: list[str]) -> click.Command | None:
     except ImportError:
         return None
     i = 0
-    while i < len(args) and args[i] in GLOBAL_OPTIONS:
-        i += 2
-    while i < len(args) and args[i].split("=", 1)[0] in GLOBAL_OPTIONS:
-        i += 1
+    while i < len(args):  # the root's options, as click reads them: --sim X, --sim=X (either order)
+        if args[i] in GLOBAL_OPTIONS:
+            i += 2
+        elif args[i].split("=", 1)[0] in GLOBAL_OPTIONS:
+            i += 1
+        else:
+            break
     if i >= len(args) or args[i].startswith("-"):
         return None
     verb = args[i]
