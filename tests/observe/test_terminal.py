@@ -48,6 +48,13 @@ WORKLOAD = "import time, os, sys\nend = time.time() + 60\nwhile time.time() < en
 
 
 def test_top_live_view_in_tmux(h100x2: Env, tmux: tuple[str, str]) -> None:
+    try:
+        _top_live_view(h100x2, tmux)
+    except AssertionError as e:  # what top showed last, to tell a slow machine from a wrong frame
+        raise AssertionError(f"{e}\nlast screen:\n{_screen(tmux, 'top')}") from e
+
+
+def _top_live_view(h100x2: Env, tmux: tuple[str, str]) -> None:
     h100x2.layout(0, ["3g.40gb", "1g.10gb"])
     _start(tmux, h100x2, ["top"], "top")
     first = wait_for(lambda: _showing(tmux, "top", "GPU 1  H100-80GB", "3g.40gb"), 30, "top's first frame")
@@ -56,11 +63,17 @@ def test_top_live_view_in_tmux(h100x2: Env, tmux: tuple[str, str]) -> None:
     stop_file = h100x2.tmp / "stop"
     job = h100x2.popen("run", "--no-create", "-p", "1g.10gb", "--", sys.executable, "-c", WORKLOAD, str(stop_file))
     try:
-        # refreshes every second: the lease, the busy compute slice (#) and the activity appear
-        busy = wait_for(lambda: _showing(tmux, "top", "leases 1", "#"), 30, "the job on screen")
-        row = next(line for line in busy.splitlines() if "1g.10gb" in line and "MiB" in line)
-        cols = row.split()  # GPU GI CI profile memory MiB activity processes lease job
-        assert cols[-3].isdigit() and cols[-2].isdigit(), row  # the client PID and the lease holder PID
+        # refreshes every second: the lease, the busy compute slice (#), the client's and the lease holder's
+        # PIDs and the activity appear (the lease can be on screen a frame before the client is in NVML)
+        def job_row() -> str | None:
+            busy = _showing(tmux, "top", "leases 1", "#") or ""
+            for row in busy.splitlines():
+                cols = row.split()  # GPU GI CI profile memory MiB activity processes lease job
+                if "1g.10gb" in row and "MiB" in row and cols[-3].isdigit() and cols[-2].isdigit():
+                    return row
+            return None
+
+        wait_for(job_row, 30, "the job on screen with its client and lease holder PIDs")
         wait_for(lambda: any("1g.10gb" in ln and "MiB" in ln and "%" in ln and " 0%" not in ln
                              for ln in _screen(tmux, "top").splitlines()), 30, "activity > 0% for the job")
     finally:
