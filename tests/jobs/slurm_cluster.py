@@ -150,6 +150,22 @@ class Cluster:
             subprocess.run(["scancel", "--user=root"], env=self.env, capture_output=True, timeout=10)
         for n in ("slurmd", "slurmctld", "munged"):
             self.stop_daemon(n)
+        self.kill_strays()
+
+    def kill_strays(self) -> None:
+        """SIGKILL every process still running with this cluster's directory in its command line: a daemon
+        that a restart helper started but whose PID file was never written (the helper killed in between)."""
+        import psutil
+
+        mine = str(self.d)
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmd = proc.info.get("cmdline") or []
+            if proc.pid != os.getpid() and any(mine in part for part in cmd) and \
+                    os.path.basename(cmd[0]) in ("slurmctld", "slurmd", "slurmstepd", "munged"):
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
 
     def scontrol_state(self) -> str:
         p = subprocess.run(["scontrol", "-o", "show", "node", NODE], env=self.env, capture_output=True, text=True,
