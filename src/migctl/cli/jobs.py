@@ -99,7 +99,7 @@ def _jobs_json(q: Any, jobs: list[Any]) -> list[dict[str, Any]]:
     from migctl.jobs.limits import limit_of
 
     held = {r.job_id: r for r in reservations.load(q.conn, q.key)}
-    why = waiting.of_queued(q.conn, q.key) if any(j.state in waiting.WAITING for j in jobs) else {}
+    why = waiting.of_jobs(q.conn, q.key, jobs)
     out = []
     for job in jobs:
         d = dict(job.to_json())
@@ -246,7 +246,7 @@ def register(app: typer.Typer) -> None:
                   f"{'STARTED':<8} NAME/COMMAND")
         from migctl.jobs import waiting
 
-        why = waiting.of_queued(q.conn, q.key) if any(j.state in waiting.WAITING for j in jobs) else {}
+        why = waiting.of_jobs(q.conn, q.key, jobs)
         for j in jobs:
             dev = (j.mig_uuid or "-")[:17]
             if j.id in why:

@@ -107,26 +107,14 @@ def _command() -> click.Command:
     return _COMMAND[0]
 
 
-def _verb_command(args: list[str]) -> click.Command | None:
-    """The click tree of ``app`` with only the command or group that ``args`` (hoisted) name: what a process
-    that runs one command needs. Building every command's parameters costs about a fifth of a listing's
-    time. None when ``args`` name none (root help, ``--version``, an unknown word: the whole tree answers,
-    with its suggestions)."""
+def _verb_command(verb: str) -> click.Command | None:
+    """The click tree of ``app`` with only the command or group named ``verb``: what a process that runs one
+    command needs. Building every command's parameters costs about a fifth of a listing's time. None when
+    no command or group has that name (an unknown word: the whole tree answers, with its suggestions)."""
     try:
         from typer.main import get_command_name
     except ImportError:
         return None
-    i = 0
-    while i < len(args):  # the root's options, as click reads them: --sim X, --sim=X (either order)
-        if args[i] in GLOBAL_OPTIONS:
-            i += 2
-        elif args[i].split("=", 1)[0] in GLOBAL_OPTIONS:
-            i += 1
-        else:
-            break
-    if i >= len(args) or args[i].startswith("-"):
-        return None
-    verb = args[i]
     one = typer.Typer(**_APP_SETTINGS)
     try:  # typer's registries; a typer that keeps them otherwise gets the whole tree
         one.registered_callback = app.registered_callback
@@ -152,8 +140,10 @@ def main(argv: list[str] | None = None, one_command: bool = False) -> int:
 
     SIM_NOTES.clear()
     try:
-        args = hoist_global_options(sys.argv[1:] if argv is None else list(argv))
-        cmd = (_verb_command(args) if one_command else None) or _command()
+        head, rest = split_global_options(sys.argv[1:] if argv is None else list(argv))
+        args = head + rest
+        verb = rest[0] if rest and not rest[0].startswith("-") else None  # None: root help, --version
+        cmd = (_verb_command(verb) if one_command and verb else None) or _command()
         rv = cmd(args=args, standalone_mode=False, prog_name="migctl")
         _flush_sim_notes()
         return rv if isinstance(rv, int) else 0
@@ -213,6 +203,13 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     Never past ``--``, never out of the command of ``run``/``submit``, and not in ``smi`` (nvidia-smi's own
     words are passed through as they are).
     """
+    head, rest = split_global_options(argv)
+    return head + rest
+
+
+def split_global_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` as (the global options with their values, the rest in order): the rest starts with the verb
+    when there is one (:func:`hoist_global_options`)."""
     head: list[str] = []
     rest: list[str] = []
     i = 0
@@ -242,7 +239,7 @@ def hoist_global_options(argv: list[str]) -> list[str]:
             elif not a.startswith("-"):
                 in_cmd = True
         i += 1
-    return head + rest
+    return head, rest
 
 
 def _click():  # type: ignore[no-untyped-def]

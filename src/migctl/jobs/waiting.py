@@ -107,3 +107,8 @@ def of_queued(conn: sqlite3.Connection, key: str) -> dict[int, dict[str, Any]]:
     rows = conn.execute("SELECT id, wait_reason, wait_detail FROM jobs WHERE node=? AND state IN ('queued', "
                         "'starting') AND wait_reason IS NOT NULL", (key,)).fetchall()
     return {int(r["id"]): {"reason": r["wait_reason"], "detail": r["wait_detail"] or ""} for r in rows}
+
+
+def of_jobs(conn: sqlite3.Connection, key: str, jobs: Any) -> dict[int, dict[str, Any]]:
+    """:func:`of_queued`, read only when ``jobs`` (rows with a ``state``) include a waiting one."""
+    return of_queued(conn, key) if any(j.state in WAITING for j in jobs) else {}
