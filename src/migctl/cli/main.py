@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None, one_command: bool = False) -> int:
         sys.stderr.write(f"migctl: error: {e}{_sim_suffix()}\n")
         return e.exit_code
     except click.exceptions.UsageError as e:
+        if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # a bare group: its help (exit 2)
+            sys.stderr.write(e.format_message().rstrip("\n") + "\n")
+            return 2
         from migctl.inputs import printable
 
         cmd = e.ctx.command_path if e.ctx is not None else "migctl"
