@@ -95,9 +95,10 @@ def static_layout(model, name: str) -> list[tuple[int, int]]:
 Trace = list[tuple[float, float, str, int, float | None]]  # (arrival, run time, profile, gang size, GPU share)
 
 
-def alibaba() -> Trace:
+def alibaba(name: str = "default") -> Trace:
+    """The GPU tasks of ``openb_pod_list_<name>.csv`` (``default`` or ``gpushare40``), mapped by MAPPING."""
     out: Trace = []
-    with (DATA / "alibaba-gpu-v2023" / "openb_pod_list_default.csv").open(newline="") as f:
+    with (DATA / "alibaba-gpu-v2023" / f"openb_pod_list_{name}.csv").open(newline="") as f:
         for row in csv.DictReader(f):
             n, milli = int(row["num_gpu"]), int(row["gpu_milli"])
             if n == 0:

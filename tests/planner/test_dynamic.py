@@ -363,6 +363,39 @@ def test_reserve_slowdown_waits_for_the_jobs_own_limit() -> None:
         assert waits[1] <= (res.made - job.submit) + res.way_limit
 
 
+def test_gang_reserve_after_ignores_the_gangs_own_limit() -> None:
+    """A gang of two whole GPUs behind a stream of 1g jobs on two A100s: with reserve_slowdown=1 it is starving
+    only after its own (long) limit; with gang_reserve_after_s it is starving after that time, whatever its limit,
+    and starts by its reservation. Single jobs keep the usual test."""
+    def reserved_at(**kw: float) -> tuple[float, float]:
+        pol = Policy(placement="migctl", reserve_after_s=120.0, reserve_slowdown=1.0, **kw)
+        sch = Scheduler([A100, A100], pol)
+        sch.submit(Job(0, req(A100, "7g.80gb"), 1.0, 5000.0, count=2))
+        ends: dict[int, float] = {}
+        started = {}
+        for n, t in enumerate(range(0, 8000, 10)):
+            for jid in [j for j, e in ends.items() if e <= t]:
+                sch.finish(jid, float(t))
+                del ends[jid]
+            sch.submit(Job(n + 1, req(A100, "1g.10gb"), float(t), 40.0))
+            for job in sch.step(float(t)):
+                started[job.id] = float(t)
+                if job.id:
+                    ends[job.id] = t + job.limit
+            if 0 in started:
+                break
+        (made,) = [r.made for j, r in sch.reservation_log if j.id == 0]
+        assert sch.stats["busy_destroyed"] == 0
+        return made, started[0]
+
+    made, start = reserved_at()
+    assert made >= 5000.0  # waited its own limit first
+    made, start = reserved_at(gang_reserve_after_s=300.0)
+    assert 300.0 <= made <= 320.0 and start <= made + 40.0  # then the 1g jobs in the way end
+    with pytest.raises(ValueError, match="gang_reserve_after_s"):
+        Policy(gang_reserve_after_s=-1.0)
+
+
 def test_start_orders_within_a_priority() -> None:
     """Two waiting 7g jobs and one GPU: "fifo" starts the older (long) one, "sjf" the shorter one, and "hrrn"
     the one with the higher response ratio (wait + limit) / limit, so a long job ages past a short newcomer."""

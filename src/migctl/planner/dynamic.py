@@ -52,6 +52,8 @@ class Policy:
     reserve_after_s: float | None = None
     max_reservations: int = 1
     reserve_slowdown: float | None = None  # also require a wait of at least this many times the job's own limit
+    gang_reserve_after_s: float | None = None  # a gang (count > 1) is starving once it has waited this long,
+    # whatever its limit (None: the test of other jobs); only with reserve_after_s set
     static: bool = False
     hysteresis_blocks: bool = True  # False: young idle instances are only a last resort, never a reason to wait
     reshape_reserved: bool = False  # reshape on GPUs with reservations too (keeping clear of the reserved slices)
@@ -70,6 +72,8 @@ class Policy:
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ValueError(f"order '{self.order}' is not one of {', '.join(ORDERS)}")
+        if self.gang_reserve_after_s is not None and not self.gang_reserve_after_s >= 0:
+            raise ValueError(f"gang_reserve_after_s must be a number of seconds >= 0, not {self.gang_reserve_after_s}")
         if self.backfill_slack is not None and not self.backfill_slack >= 0:
             raise ValueError(f"backfill_slack must be a number >= 0 (a multiple of the reserved job's limit), "
                              f"not {self.backfill_slack}")
@@ -620,9 +624,13 @@ class Scheduler:
 
     def _starving(self, job: Job, now: float) -> bool:
         """Whether ``job`` has waited long enough for a reservation (``reserve_after_s`` and, with
-        ``reserve_slowdown``, that many times its own limit)."""
+        ``reserve_slowdown``, that many times its own limit; a gang, with ``gang_reserve_after_s``, that long)."""
         p = self.policy
-        if p.reserve_after_s is None or now - job.submit < p.reserve_after_s:
+        if p.reserve_after_s is None:
+            return False
+        if job.count > 1 and p.gang_reserve_after_s is not None:
+            return now - job.submit >= p.gang_reserve_after_s
+        if now - job.submit < p.reserve_after_s:
             return False
         return p.reserve_slowdown is None or now - job.submit >= p.reserve_slowdown * job.limit
 
