@@ -9,7 +9,9 @@ of variants.md that trade it, hold on other Alibaba cells: the same trace and th
 40% of the GPU tasks share a GPU (``openb_pod_list_gpushare40``, same tasks and times), each on 32, 36, 40
 and 44 A100-80GB (40 is results.md's fleet; fewer GPUs, more congestion). Same mapping, simulator and
 comparison as variants.py (target metrics against the best of first-fit, best-fit, best-fit in the driver's
-order and FGD in the same cell). The cells were chosen before any of these runs; every run is reported.
+order and FGD in the same cell). Every run of this script is reported. The cells, the gang rule and its
+thresholds came from exploratory runs on some of these cells (docs/dynamic.md), so these are not held-out
+results.
 """
 
 from __future__ import annotations
