@@ -392,6 +392,11 @@ def test_gang_reserve_after_ignores_the_gangs_own_limit() -> None:
     assert made >= 5000.0  # waited its own limit first
     made, start = reserved_at(gang_reserve_after_s=300.0)
     assert 300.0 <= made <= 320.0 and start <= made + 40.0  # then the 1g jobs in the way end
+    pol = Policy(reserve_after_s=120.0, reserve_slowdown=1.0, gang_reserve_after_s=300.0)
+    single, gang = Job(1, req(A100, "7g.80gb"), 0.0, 5000.0), Job(2, req(A100, "7g.80gb"), 0.0, 5000.0, count=2)
+    sch = Scheduler([A100, A100], pol)
+    assert [sch._starving(j, 400.0) for j in (single, gang)] == [False, True]  # a single job: its own limit
+    assert sch._starving(single, 5000.0)
     with pytest.raises(ValueError, match="gang_reserve_after_s"):
         Policy(gang_reserve_after_s=-1.0)
 
