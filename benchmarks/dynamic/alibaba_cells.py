@@ -99,7 +99,8 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    run.no_options(__doc__, argv)
     return run_and_write("alibaba_cells", "cells", CELLS, list(METHODS), _one, _label, markdown,
                          first=lambda t: t[1])  # the most congested (slowest) first
 

@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 sys.path.insert(0, str(HERE))
 
-from run import A100, H100, SIZE_TO_PROFILE, alibaba, parvagpu_phases  # noqa: E402
+from run import A100, H100, SIZE_TO_PROFILE, alibaba, no_options, parvagpu_phases  # noqa: E402
 
 from migctl.planner.online import POLICIES, fill  # noqa: E402
 
@@ -42,7 +42,8 @@ def allocation(models: list, units: list[str], policy: str) -> float:
     return pl.used_slices() / pl.capacity_slices()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    no_options(__doc__, argv)
     t0 = time.perf_counter()
     mixes = {"ParvaGPU deployment plans": [p for ph in parvagpu_phases() for p in ph],
              "Alibaba v2023 default": alibaba_units(), "small-skewed synthetic": skewed()}

@@ -68,7 +68,8 @@ def breakdown(order: str) -> tuple[dict, dict[str, float]]:
     return r, {k: v / span[0] for k, v in acc.items()}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    run.no_options(__doc__, argv)
     t = time.perf_counter()
     rows = {o: breakdown(o) for o in ORDERS}
     keys = ["7g.80gb held", "fractional held", "fractional asked", "gang held", "idle instances"]

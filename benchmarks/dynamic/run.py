@@ -14,6 +14,7 @@ Families:
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import heapq
@@ -660,15 +661,28 @@ def _run_one(fam: str, name: str, seed: int | None = None) -> tuple[dict, dict]:
                "lp_tight": bound.relaxed, "cp_sat": bound.solved, "unproven": bound.unproven}
 
 
-def main() -> int:
+def no_options(doc: str | None, argv: list[str] | None) -> None:
+    """A benchmark script's command line: ``--help`` prints its docstring; any argument is an error (exit 2)."""
+    argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("families", nargs="*", metavar="FAMILY",
+                    help="run only these families (alibaba, parvagpu, synthetic) and write nothing")
+    ap.add_argument("--report", action="store_true", help="rewrite results.md and plot.png from results.json")
+    args = ap.parse_args(argv)
+    bad = [f for f in args.families if f not in ("alibaba", "parvagpu", "synthetic")]
+    if bad:
+        ap.error(f"unknown family {bad[0]!r} (valid: alibaba, parvagpu, synthetic)")
     t_all = time.perf_counter()
     results: dict = {"machine": platform.platform(), "python": platform.python_version(),
                      "policy": {k: v for k, v in dataclasses.asdict(RESHAPING).items()
                                 if isinstance(v, (int, float, str, bool)) or v is None}, "families": {}}
-    if sys.argv[1:] == ["--report"]:
+    if args.report:
         report(json.loads((HERE / "results.json").read_text()))
         return 0
-    only = sys.argv[1:] or None
+    only = args.families or None
     global _FAMILIES
     _FAMILIES = families()  # the worker processes (forked) inherit it
     fams = {f: v for f, v in _FAMILIES.items() if not only or f in only}

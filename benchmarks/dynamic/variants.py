@@ -193,7 +193,8 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    run.no_options(__doc__, argv)
     run._FAMILIES = None
     return run_and_write("variants", "draws", DRAWS, list(VARIANTS), _one, _label, markdown,
                          first=lambda t: t[0] != "alibaba")  # the slowest first
