@@ -1,6 +1,6 @@
 """Alibaba replays beyond the one of results.md: two traces of the v2023 release on four fleet sizes.
 
-Run: ``nice -n 10 python benchmarks/dynamic/alibaba_cells.py`` (about 20 min on 2 cores). Writes
+Run: ``nice -n 10 python benchmarks/dynamic/alibaba_cells.py`` (about 12 min on 2 cores). Writes
 alibaba_cells.json and alibaba_cells.md next to this file.
 
 results.md replays one Alibaba trace (``openb_pod_list_default``) on one fleet (40 A100-80GB), where migctl
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -75,26 +76,21 @@ def markdown(res: dict) -> str:
         "",
         *worse_rows(res["cells"], list(METHODS), "method", "cells"),
     ]
-    lines += ["", "Wait p50 / p95 / longest of each method (the best baseline's first, per metric):", "",
-              "| method | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
+    def table(title: str, best: Callable[[str], str], each: Callable[[dict], str]) -> list[str]:
+        """A method x cell table whose first row is the best baseline's figure (``best(cell)``)."""
+        return (["", title, "", "| method | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells),
+                 "| best baseline | " + " | ".join(best(c) for c in cells) + " |"]
+                + [f"| {name} | " + " | ".join(each(res["cells"][c][name]) for c in cells) + " |" for name in METHODS])
 
-    def best(c: str, key: str) -> float:
-        return min(res["cells"][c][b][key] for b in BASELINES)
+    def low(c: str, key: str) -> str:
+        return run._h(min(res["cells"][c][b][key] for b in BASELINES))
 
-    lines.append("| best baseline | " + " | ".join(
-        f"{run._h(best(c, 'wait_p50_s'))} / {run._h(best(c, 'wait_p95_s'))} / {run._h(best(c, 'wait_max_s'))}"
-        for c in cells) + " |")
-    for name in METHODS:
-        lines.append(f"| {name} | " + " | ".join(
-            f"{run._h(res['cells'][c][name]['wait_p50_s'])} / {run._h(res['cells'][c][name]['wait_p95_s'])} / "
-            f"{run._h(res['cells'][c][name]['wait_max_s'])}" for c in cells) + " |")
-    lines += ["", "Allocation (the best baseline's first):", "",
-              "| method | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
-    lines.append("| best baseline | " + " | ".join(
-        f"{100 * max(res['cells'][c][b]['allocation'] for b in BASELINES):.2f}%" for c in cells) + " |")
-    for name in METHODS:
-        lines.append(f"| {name} | " + " | ".join(
-            f"{100 * res['cells'][c][name]['allocation']:.2f}%" for c in cells) + " |")
+    lines += table("Wait p50 / p95 / longest of each method (the best baseline's first, per metric):",
+                   lambda c: f"{low(c, 'wait_p50_s')} / {low(c, 'wait_p95_s')} / {low(c, 'wait_max_s')}",
+                   lambda r: f"{run._h(r['wait_p50_s'])} / {run._h(r['wait_p95_s'])} / {run._h(r['wait_max_s'])}")
+    lines += table("Allocation (the best baseline's first):",
+                   lambda c: f"{100 * max(res['cells'][c][b]['allocation'] for b in BASELINES):.2f}%",
+                   lambda r: f"{100 * r['allocation']:.2f}%")
     lines += ["", checks_line(res["cells"]), ""]
     return "\n".join(lines)
 
