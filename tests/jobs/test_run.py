@@ -82,6 +82,17 @@ def test_creation_uses_the_placement_rule_that_strands_nothing(tmp_path: Path, m
     assert (gi.profile().name, gi.placement.start) == ("3g.40gb", 4)
 
 
+def test_a_created_3g_leaves_room_for_a_4g(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an empty A100 a 3g.40gb at start 0 would leave four free memory slices where no 4g.40gb can go
+    (its only placement is 0): `run --profile 4g.40gb` beside it must fit."""
+    env = make_env(tmp_path, monkeypatch, "1xA100-80GB")
+    inner = "migctl run --profile 4g.40gb --wait 5 -- true"
+    r = env.migctl("run", "--profile", "3g.40gb", "--", "sh", "-c", inner)
+    assert r.returncode == 0, r.stderr
+    gis = {gi.profile().name: gi.placement.start for gi in env.node().gpu(0).gpu_instances()}
+    assert gis == {"3g.40gb": 4, "4g.40gb": 0}
+
+
 @pytest.mark.parametrize("limit_b", ["3h", None])
 def test_queued_job_with_a_time_limit_goes_where_it_delays_no_drain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     limit_b: str | None) -> None:

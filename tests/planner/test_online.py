@@ -83,6 +83,19 @@ def test_three_g_goes_where_it_strands_nothing() -> None:
     assert c is not None and (c.gpu, c.placement.start) == (0, 0)
 
 
+def test_a_lone_3g_keeps_the_4g_placement_open() -> None:
+    # the demand seen so far is one 3g.40gb: at start 0 or 4 it loses the same room for 3g, but at start 0
+    # it rules out the A100's only 4g.40gb placement; the catalog tie-break puts it at 4
+    for model in (A100, H100):
+        pl = Placer([model], "migctl")
+        req = Request.for_profile([model], "3g.40gb")
+        pl.observe(req)
+        c = pl.choose(req)
+        assert c is not None and c.placement.start == 4, model.key
+        pl.add(0, c.profile.id, c.placement.start)
+        assert pl.choose(Request.for_profile([model], "4g.40gb")) is not None
+
+
 def test_lifetime_aware_rule_puts_a_job_where_it_delays_no_drain() -> None:
     # two used GPUs in the same state, one draining at t=100, the other at t=1000
     one = A100.profile("1g.10gb").id

@@ -13,7 +13,9 @@ GPU, profile and placement for a new instance under one of these rules:
   loses the least demand-weighted room, where a GPU's room for a profile is its slices times how many
   more instances of it still fit, and the weights are the demand mix observed so far;
 * ``migctl``: the GPU left fullest among the GPUs already in use (a new GPU is opened only when no used
-  GPU fits); among those, the candidate that loses the least demand-weighted room, then best-fit order.
+  GPU fits); among those, the candidate that loses the least demand-weighted room, then the least room for
+  every profile of the catalog alike (what decides when the demand seen so far is one profile), then
+  best-fit order.
   Packing tightly keeps whole GPUs free for large requests (what first-fit and best-fit get right), and
   choosing the placement by lost room keeps the free slices of a used GPU in shapes that future
   requests can take (what first-fit's lowest start gets wrong: a 1g at start 0 blocks the only 4g
@@ -223,7 +225,19 @@ class Placer:
         if self.policy == "fgd":
             return (drop, g, pl.start)
         strand = self._stranded(sp, new) - self._stranded(sp, state)
-        return (round(strand + self._opening(sp, state), 9), not state, -used[0], drop, -used[1], g, pl.start)
+        # then the room lost for every profile of the catalog alike: the tie-break when the demand seen so far
+        # cannot tell placements apart (a live node that has seen one 3g.40gb: at start 0 it rules out the
+        # A100's only 4g.40gb placement, at start 4 it does not)
+        every = round(self._catalog_room(sp, state) - self._catalog_room(sp, new), 9)
+        return (round(strand + self._opening(sp, state), 9), not state, -used[0], drop, every, -used[1], g,
+                pl.start)
+
+    @staticmethod
+    def _catalog_room(sp: _Space, state: State) -> float:
+        """The room of ``state`` for a mix of every GI profile of the model in equal parts (``_room`` with
+        uniform weights)."""
+        caps = sp.capacity(state, sp.profiles)
+        return sum(p.slices * caps[pid] for pid, p in sp.profiles.items()) / len(sp.profiles)
 
     def _opening(self, sp: _Space, state: State) -> float:
         """What starting to use an empty GPU costs: the demand-weighted slices of large requests (at least
