@@ -48,7 +48,7 @@ def is_no_me(p: GIProfile) -> bool:
 
 def conflict(model: GpuModel, existing: Sequence[PlacedGI], profile: GIProfile, placement: Placement) -> str | None:
     """Why ``profile`` at ``placement`` cannot be added next to ``existing``; None when it can."""
-    if placement not in profile.placements:
+    if placement.size != profile.placement_size or placement.start not in profile.placement_starts:
         valid = ",".join(str(s) for s in profile.placement_starts)
         return f"placement {placement} is not valid for {profile.name} (valid: {{{valid}}}:{profile.placement_size})"
     for gi in existing:

@@ -5,6 +5,7 @@ Pure data and pure functions: no I/O here (loading lives in :mod:`migctl.catalog
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -154,7 +155,7 @@ class CIProfile:
     unconfirmed: frozenset[str] = frozenset()
     source: str = ""
 
-    @property
+    @functools.cached_property
     def placements(self) -> tuple[Placement, ...]:
         return tuple(Placement(s, self.placement_size) for s in self.placement_starts)
 
@@ -192,7 +193,7 @@ class GIProfile:
     def suffix(self) -> str:
         return attribute_suffix(self.index_name)
 
-    @property
+    @functools.cached_property
     def placements(self) -> tuple[Placement, ...]:
         return tuple(Placement(s, self.placement_size) for s in self.placement_starts)
 

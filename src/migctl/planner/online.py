@@ -213,24 +213,36 @@ class Placer:
 
     # -------------------------------------------------------------------------------- placement
 
-    def _score(self, sp: _Space, state: State, new: State, g: int, pl: Placement) -> tuple:
+    def _score(self, sp: _Space, state: State, new: State, g: int, pl: Placement) -> tuple[tuple, Callable[[], tuple]]:
+        """The candidate's rank as (head, rest): ``head + rest()`` is the key, and ``rest`` is only worth
+        computing for a candidate whose head does not already lose."""
         if self.policy == "first":
-            return (g, pl.start)
+            return (g, pl.start), tuple
         used = sp.used(new)
         if self.policy == "best":
-            return (-used[0], -used[1], g, pl.start)
+            return (-used[0], -used[1], g, pl.start), tuple
         if self.policy == "driver":
-            return (-used[0], -used[1], g, *auto_rank(sp.model, pl))
+            return (-used[0], -used[1], g, *auto_rank(sp.model, pl)), tuple
         drop = round(self._room(sp, state) - self._room(sp, new), 9)
         if self.policy == "fgd":
-            return (drop, g, pl.start)
+            return (drop, g, pl.start), tuple
         strand = self._stranded(sp, new) - self._stranded(sp, state)
-        # then the room lost for every profile of the catalog alike: the tie-break when the demand seen so far
-        # cannot tell placements apart (a live node that has seen one 3g.40gb: at start 0 it rules out the
-        # A100's only 4g.40gb placement, at start 4 it does not)
-        every = round(self._catalog_room(sp, state) - self._catalog_room(sp, new), 9)
-        return (round(strand + self._opening(sp, state), 9), not state, -used[0], drop, every, -used[1], g,
-                pl.start)
+
+        def rest() -> tuple:
+            # then the room lost for every profile of the catalog alike: the tie-break when the demand seen so
+            # far cannot tell placements apart (a live node that has seen one 3g.40gb: at start 0 it rules out
+            # the A100's only 4g.40gb placement, at start 4 it does not)
+            every = round(self._catalog_room(sp, state) - self._catalog_room(sp, new), 9)
+            return (every, -used[1], g, pl.start)
+
+        return (round(strand + self._opening(sp, state), 9), not state, -used[0], drop), rest
+
+    @staticmethod
+    def _ranked(head: tuple, rest: Callable[[], tuple], best: tuple | None) -> tuple | None:
+        """``head + rest()``, or None when ``head`` alone already ranks below ``best``."""
+        if best is not None and head > best[:len(head)]:
+            return None
+        return head + rest()
 
     @staticmethod
     def _catalog_room(sp: _Space, state: State) -> float:
@@ -298,11 +310,13 @@ class Placer:
                                                 sp.profiles[pid], pl):
                             continue
                         new = tuple(sorted(state + ((pid, pl.start),)))
-                        s = (ids.index(pid),) + self._score(sp, state, new, gg, pl)
+                        head, rest = self._score(sp, state, new, gg, pl)
+                        head = (ids.index(pid),) + head
                         if life is not None:
                             # after (preferred profile, stranded + opening cost, used GPU first)
-                            s = s[:3] + (max(0.0, life[1] - life[0][gg]),) + s[3:]
-                        if best is None or s < best:
+                            head = head[:3] + (max(0.0, life[1] - life[0][gg]),) + head[3:]
+                        s = self._ranked(head, rest, best)
+                        if s is not None and (best is None or s < best):
                             best, choice = s, Choice(gg, sp.profiles[pid], pl)
         return choice
 
@@ -348,8 +362,9 @@ class Placer:
                                                     sp.profiles[pid], pl):
                                 continue
                             new = tuple(sorted(rest + ((pid, pl.start),)))
-                            s = (r, freed, ids.index(pid)) + self._score(sp, rest, new, g, pl)
-                            if best is None or s < best:
+                            head, tail = self._score(sp, rest, new, g, pl)
+                            s = self._ranked((r, freed, ids.index(pid)) + head, tail, best)
+                            if s is not None and (best is None or s < best):
                                 best, out = s, (list(drop), Choice(g, sp.profiles[pid], pl))
         return out
 
