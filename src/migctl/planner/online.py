@@ -249,7 +249,7 @@ class Placer:
         """The room of ``state`` for a mix of every GI profile of the model in equal parts (``_room`` with
         uniform weights)."""
         caps = sp.capacity(state, sp.profiles)
-        return sum(p.slices * caps[pid] for pid, p in sp.profiles.items()) / len(sp.profiles)
+        return sum(p.slices * caps[pid] for pid, p in sp.profiles.items()) / max(1, len(sp.profiles))
 
     def _opening(self, sp: _Space, state: State) -> float:
         """What starting to use an empty GPU costs: the demand-weighted slices of large requests (at least
