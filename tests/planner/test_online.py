@@ -96,6 +96,53 @@ def test_a_lone_3g_keeps_the_4g_placement_open() -> None:
         assert pl.choose(Request.for_profile([model], "4g.40gb")) is not None
 
 
+def _sequence_fails(model, names: tuple[str, ...], policy: str) -> bool:
+    """Create ``names`` one after another on an empty GPU, each placed by ``policy`` knowing only the requests
+    seen so far (a live node); whether one of them found no place."""
+    pl = Placer([model], policy)
+    for name in names:
+        req = Request.for_profile([model], name)
+        pl.observe(req)
+        c = pl.choose(req)
+        if c is None:
+            return True
+        pl.add(0, c.profile.id, c.placement.start)
+    return False
+
+
+def _fits_together(model, names: tuple[str, ...]) -> bool:
+    """Whether some placement of all of ``names`` together is valid (exact search)."""
+    from migctl.catalog.geometry import free_placements
+
+    def place(i: int, placed: list) -> bool:
+        if i == len(names):
+            return True
+        p = model.profile(names[i])
+        return any(place(i + 1, [*placed, PlacedGI(p, pl)]) for pl in free_placements(model, placed, p))
+
+    return place(0, [])
+
+
+def test_sequential_creation_never_fails_where_the_driver_default_succeeds() -> None:
+    # every sequence of up to four plain A100 profiles that fits together, created one by one: migctl's rule
+    # (demand = what was asked so far) must place all of them whenever the driver's default placement does.
+    # Before the catalog tie-break it failed 32 sequences that the driver served, e.g. 1g, 1g, 4g (1g at 0, 1)
+    import itertools
+
+    names = [p.name for p in A100.gi_profiles if "+" not in p.name and not p.name.endswith("-me")]
+    feasible = rule_fails = driver_fails = 0
+    for k in (2, 3, 4):
+        for seq in itertools.product(names, repeat=k):
+            if not _fits_together(A100, seq):
+                continue
+            feasible += 1
+            rule, driver = _sequence_fails(A100, seq, "migctl"), _sequence_fails(A100, seq, "driver")
+            rule_fails += rule
+            driver_fails += driver
+            assert not rule or driver, seq
+    assert feasible == 226 and rule_fails < driver_fails, (feasible, rule_fails, driver_fails)
+
+
 def test_lifetime_aware_rule_puts_a_job_where_it_delays_no_drain() -> None:
     # two used GPUs in the same state, one draining at t=100, the other at t=1000
     one = A100.profile("1g.10gb").id
