@@ -5,6 +5,7 @@ defragmentation that only ever destroys idle instances."""
 from __future__ import annotations
 
 import csv
+import itertools
 import random
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from migctl.catalog import load_model
 from migctl.catalog.geometry import PlacedGI, validate_layout
-from migctl.catalog.model import Placement
+from migctl.catalog.model import GpuModel, Placement
 from migctl.planner.online import POLICIES, Placer, Request, fill
 
 DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "dynamic" / "data"
@@ -96,7 +97,7 @@ def test_a_lone_3g_keeps_the_4g_placement_open() -> None:
         assert pl.choose(Request.for_profile([model], "4g.40gb")) is not None
 
 
-def _sequence_fails(model, names: tuple[str, ...], policy: str) -> bool:
+def _sequence_fails(model: GpuModel, names: tuple[str, ...], policy: str) -> bool:
     """Create ``names`` one after another on an empty GPU, each placed by ``policy`` knowing only the requests
     seen so far (a live node); whether one of them found no place."""
     pl = Placer([model], policy)
@@ -110,11 +111,11 @@ def _sequence_fails(model, names: tuple[str, ...], policy: str) -> bool:
     return False
 
 
-def _fits_together(model, names: tuple[str, ...]) -> bool:
+def _fits_together(model: GpuModel, names: tuple[str, ...]) -> bool:
     """Whether some placement of all of ``names`` together is valid (exact search)."""
     from migctl.catalog.geometry import free_placements
 
-    def place(i: int, placed: list) -> bool:
+    def place(i: int, placed: list[PlacedGI]) -> bool:
         if i == len(names):
             return True
         p = model.profile(names[i])
@@ -127,8 +128,6 @@ def test_sequential_creation_never_fails_where_the_driver_default_succeeds() -> 
     # every sequence of up to four plain A100 profiles that fits together, created one by one: migctl's rule
     # (demand = what was asked so far) must place all of them whenever the driver's default placement does.
     # Before the catalog tie-break it failed 32 sequences that the driver served, e.g. 1g, 1g, 4g (1g at 0, 1)
-    import itertools
-
     names = [p.name for p in A100.gi_profiles if "+" not in p.name and not p.name.endswith("-me")]
     feasible = rule_fails = driver_fails = 0
     for k in (2, 3, 4):
