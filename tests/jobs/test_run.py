@@ -93,6 +93,27 @@ def test_a_created_3g_leaves_room_for_a_4g(tmp_path: Path, monkeypatch: pytest.M
     assert gis == {"3g.40gb": 4, "4g.40gb": 0}
 
 
+def test_timeout_says_what_would_help(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No room on GPU 0 (two idle 2g.12gb) and GPU 1 not in MIG mode: the timeout names both ways out, and
+    `--reshape` (which the message suggests) then makes room."""
+    env = make_env(tmp_path, monkeypatch, "2xA30")
+    env.layout(0, ["2g.12gb", "2g.12gb"])
+    r = env.migctl("mode", "disable", "-i", "1")
+    assert r.returncode == 0, r.stderr
+    r = env.migctl("run", "--profile", "1g.6gb", "--wait", "0.5", "--", "true")
+    assert r.returncode == 75, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "2 idle MIG device(s) that do not fit it: `--reshape`" in line, line
+    assert "GPU 1 not in MIG mode (`migctl mode enable -i 1`)" in line, line
+    r = env.migctl("run", "--profile", "1g.6gb", "--no-create", "--wait", "0.5", "--", "true")
+    assert r.returncode == 2 and "--reshape" not in r.stderr, r.stderr  # it would not create anyway
+    assert r.stderr.strip().splitlines()[-1] == (
+        "migctl: error: no MIG device of profile 1g.6gb exists and --no-create forbids creating one (devices "
+        "here: 2g.12gb, 2g.12gb); valid: without --no-create, or create one first (migctl gi create 1g.6gb -C)")
+    r = env.migctl("run", "--profile", "1g.6gb", "--reshape", "--wait", "5", "--", "true")
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.parametrize("limit_b", ["3h", None])
 def test_queued_job_with_a_time_limit_goes_where_it_delays_no_drain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     limit_b: str | None) -> None:

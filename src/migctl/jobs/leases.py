@@ -206,6 +206,13 @@ class LeaseManager:
                 return
             if req.create and self._fitting_profiles(req, g):
                 return
+        if not req.create and any(self._fitting_profiles(req, g) for g in gpus):
+            have = sorted(d.profile_name for g in gpus for d in retry_nvml(g.mig_devices))
+            make = req.profile or "PROFILE"
+            what = f"of {req.describe()}" if req.profile else f"with {req.describe()}"
+            raise JobsError(f"no MIG device {what} exists and --no-create forbids creating one "
+                            f"(devices here: {', '.join(have) or 'none'}); valid: without --no-create, or create "
+                            f"one first (migctl gi create {make} -C)")
         if req.profile:
             names = sorted({p.name for g in gpus for p in retry_nvml(g.profiles)}
                            | {d.profile_name for g in gpus for d in retry_nvml(g.mig_devices)})
@@ -431,14 +438,15 @@ class LeaseManager:
             raise
 
     def acquire(self, req: Request, wait: float | None = None, pid: int | None = None, job_id: int | None = None,
-                owner: str = "", on_wait: Any = None, on_retry: Any = None) -> Lease:
+                owner: str = "", on_wait: Any = None, on_retry: Any = None, reshaping: bool = False) -> Lease:
         """Lease a device, waiting up to ``wait`` seconds (None = forever, 0 = not at all) for one to free up.
 
         The first attempt checks under the node lock that the request can ever be satisfied (exit 2 if not).
         A node lock held by an apply counts as "not free now"; with ``wait=0`` it is awaited for up to
         :attr:`NO_WAIT_LOCK` seconds. When the wait ends, the error says who held the lock.
         ``on_retry(req)``: called after each attempt that found nothing (having got the lock); True means it
-        changed the node (``run --reshape`` reshaped it) and the next attempt follows at once.
+        changed the node (``run --reshape`` reshaped it) and the next attempt follows at once. ``reshaping``:
+        the caller reshapes (the timeout's message then does not suggest it).
         """
         start = time.monotonic()
         deadline = None if wait is None else start + max(wait, 0.0)
@@ -465,7 +473,8 @@ class LeaseManager:
                 raise JobsError(
                     f"no free MIG device for {req.describe()} and no room to create one "
                     f"({busy} device(s) leased on this node)"
-                    + (f"; waited {wait:g}s" if wait else "; use --wait SECONDS to wait for one"),
+                    + (f"; waited {wait:g}s" if wait else "; use --wait SECONDS to wait for one")
+                    + self._what_would_help(req, reshaping),
                     exit_code=75,
                 )
             if not told and on_wait is not None:
@@ -477,6 +486,34 @@ class LeaseManager:
                     sleep = max(0.0, min(sleep, deadline - time.monotonic()))
                 time.sleep(sleep)
                 delay = min(delay * 1.5, 0.5)
+
+    def _what_would_help(self, req: Request, reshaping: bool) -> str:
+        """For the timeout's message: idle devices that reshaping could destroy (when the caller does not
+        reshape), and the GPUs the request may use that are not in MIG mode. Best effort: NVML errors say nothing."""
+        from migctl.proc import pid_alive
+
+        hints = []
+        try:
+            gpus = retry_nvml(self.node.gpus)
+            if req.gpus is not None:
+                gpus = [gpus[i] for i in req.gpus if 0 <= i < len(gpus)]
+            if not reshaping and req.create:
+                rows = self.conn.execute("SELECT uuid, pid, pid_start, pgid FROM leases WHERE node=?",
+                                         (self.key,)).fetchall()
+                held = {r["uuid"] for r in rows if r["pgid"] or pid_alive(r["pid"], r["pid_start"])}
+                idle = [d for d in self._devices(self.mig_gpus(req))
+                        if d.uuid not in held and not d.processes() and not self._fits_device(req, d)]
+                if idle:
+                    hints.append(f"{len(idle)} idle MIG device(s) that do not fit it: `--reshape` destroys idle "
+                                 "ones to make room")
+            off = [g.index for g in gpus if retry_nvml(g.mig_capable) and retry_nvml(g.mig_mode)[0] != 1]
+            if off:
+                hints.append(f"GPU {','.join(map(str, off))} not in MIG mode (`migctl mode enable -i "
+                             f"{','.join(map(str, off))}`)")
+        except Exception as e:  # noqa: BLE001 - a hint only
+            if not transient(e) and not isinstance(e, JobsError):
+                raise
+        return "".join(f"; {h}" for h in hints)
 
     def set_holder(self, lease: Lease, pid: int, pid_start: float, pgid: int | None = None) -> Lease:
         """Hand a lease to another process (the queue worker hands it to the job's process and its group)."""

@@ -177,7 +177,7 @@ def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = Non
 
     retry, reserver = wait_hooks(node, req, wait=wait, reshape=reshape, reserve_after=reserve_after, log=say)
     try:
-        lease = mgr.acquire(req, wait=wait, owner="run", on_wait=waiting, on_retry=retry)
+        lease = mgr.acquire(req, wait=wait, owner="run", on_wait=waiting, on_retry=retry, reshaping=reshape is not None)
     finally:
         if reserver is not None:
             reserver.close()
