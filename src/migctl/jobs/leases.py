@@ -417,16 +417,20 @@ class LeaseManager:
         return sorted((d for d in devices if self._fits_device(req, d)),
                       key=lambda d: (d.memory_mib, d.sms, d.gpu.index, d.index))
 
+    def _held_uuids(self) -> set[str]:
+        """Devices with a lease row whose holder or process group may still run (a cheap look, no lock)."""
+        from migctl.proc import pid_alive
+
+        rows = self.conn.execute("SELECT uuid, pid, pid_start, pgid FROM leases WHERE node=?", (self.key,)).fetchall()
+        return {r["uuid"] for r in rows if r["pgid"] or pid_alive(r["pid"], r["pid_start"])}
+
     def _looks_possible(self, req: Request) -> bool:
         """Without any lock: is a fitting device unleased and idle, or is there room to create one?
         (NVML errors while something changes the layout mean "maybe": the locked attempt decides.)"""
-        from migctl.proc import pid_alive
-
         try:
             gpus = self.mig_gpus(req)
             devices = self._devices(gpus)
-            rows = self.conn.execute("SELECT uuid, pid, pid_start, pgid FROM leases WHERE node=?", (self.key,)).fetchall()
-            held = {r["uuid"] for r in rows if r["pgid"] or pid_alive(r["pid"], r["pid_start"])}
+            held = self._held_uuids()
             if any(d.uuid not in held and not d.processes() for d in self._fitting(req, devices)):
                 return True
             return req.create and self._plan_create(req, gpus) is not None
@@ -489,18 +493,15 @@ class LeaseManager:
 
     def _what_would_help(self, req: Request, reshaping: bool) -> str:
         """For the timeout's message: idle devices that reshaping could destroy (when the caller does not
-        reshape), and the GPUs the request may use that are not in MIG mode. Best effort: NVML errors say nothing."""
-        from migctl.proc import pid_alive
-
+        reshape), and the GPUs the request may use that are not in MIG mode. Best effort: a hint that cannot be
+        worked out (NVML or the database failing now) is left out, never an error of its own."""
         hints = []
         try:
             gpus = retry_nvml(self.node.gpus)
             if req.gpus is not None:
                 gpus = [gpus[i] for i in req.gpus if 0 <= i < len(gpus)]
             if not reshaping and req.create:
-                rows = self.conn.execute("SELECT uuid, pid, pid_start, pgid FROM leases WHERE node=?",
-                                         (self.key,)).fetchall()
-                held = {r["uuid"] for r in rows if r["pgid"] or pid_alive(r["pid"], r["pid_start"])}
+                held = self._held_uuids()
                 idle = [d for d in self._devices(self.mig_gpus(req))
                         if d.uuid not in held and not d.processes() and not self._fits_device(req, d)]
                 if idle:
@@ -510,9 +511,8 @@ class LeaseManager:
             if off:
                 hints.append(f"GPU {','.join(map(str, off))} not in MIG mode (`migctl mode enable -i "
                              f"{','.join(map(str, off))}`)")
-        except Exception as e:  # noqa: BLE001 - a hint only
-            if not transient(e) and not isinstance(e, JobsError):
-                raise
+        except Exception:  # noqa: BLE001 - a hint only: the timeout is the error
+            pass
         return "".join(f"; {h}" for h in hints)
 
     def set_holder(self, lease: Lease, pid: int, pid_start: float, pgid: int | None = None) -> Lease:
