@@ -94,8 +94,8 @@ def test_a_created_3g_leaves_room_for_a_4g(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_timeout_says_what_would_help(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No room on GPU 0 (two idle 2g.12gb) and GPU 1 not in MIG mode: the timeout names both ways out, and
-    `--reshape` (which the message suggests) then makes room."""
+    """No room on GPU 0 (two idle 2g.12gb) and GPU 1 not in MIG mode: the timeout of a run (exclusive or
+    shared) names both ways out, and `--reshape` (which the message suggests) then makes room."""
     env = make_env(tmp_path, monkeypatch, "2xA30")
     env.layout(0, ["2g.12gb", "2g.12gb"])
     r = env.migctl("mode", "disable", "-i", "1")
@@ -110,6 +110,13 @@ def test_timeout_says_what_would_help(tmp_path: Path, monkeypatch: pytest.Monkey
     assert r.stderr.strip().splitlines()[-1] == (
         "migctl: error: no MIG device of profile 1g.6gb exists and --no-create forbids creating one (devices "
         "here: 2g.12gb, 2g.12gb); valid: without --no-create, or create one first (migctl gi create 1g.6gb -C)")
+    # the same for a shared run (MPS client): it used to print a bare "no shared device had room" line
+    r = env.migctl("run", "--profile", "1g.6gb", "--isolation", "soft", "--share", "2", "--wait", "0.5", "--", "true")
+    assert r.returncode == 75, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("migctl: error: no shared device had room for profile 1g.6gb in time; waited 0.5s; "
+                           "2 idle MIG device(s) that do not fit it: `--reshape`"), line
+    assert "GPU 1 not in MIG mode" in line, line
     r = env.migctl("run", "--profile", "1g.6gb", "--reshape", "--wait", "5", "--", "true")
     assert r.returncode == 0, r.stderr
 

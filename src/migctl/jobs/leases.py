@@ -478,7 +478,7 @@ class LeaseManager:
                     f"no free MIG device for {req.describe()} and no room to create one "
                     f"({busy} device(s) leased on this node)"
                     + (f"; waited {wait:g}s" if wait else "; use --wait SECONDS to wait for one")
-                    + self._what_would_help(req, reshaping),
+                    + self.what_would_help(req, reshaping),
                     exit_code=75,
                 )
             if not told and on_wait is not None:
@@ -491,10 +491,10 @@ class LeaseManager:
                 time.sleep(sleep)
                 delay = min(delay * 1.5, 0.5)
 
-    def _what_would_help(self, req: Request, reshaping: bool) -> str:
-        """For the timeout's message: idle devices that reshaping could destroy (when the caller does not
-        reshape), and the GPUs the request may use that are not in MIG mode. Best effort: a hint that cannot be
-        worked out (NVML or the database failing now) is left out, never an error of its own."""
+    def what_would_help(self, req: Request, reshaping: bool) -> str:
+        """For a timeout's message ("; ..." clauses, or ""): idle devices that reshaping could destroy (when
+        the caller does not reshape), and the GPUs the request may use that are not in MIG mode. Best effort:
+        a hint that cannot be worked out (NVML or the database failing now) is left out, never an error."""
         hints = []
         try:
             gpus = retry_nvml(self.node.gpus)

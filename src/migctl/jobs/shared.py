@@ -294,8 +294,10 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
             if retry is not None and retry(dreq):
                 continue
             if deadline is not None and time.monotonic() >= deadline:
-                sys.stderr.write(f"migctl: no shared device had room for {req.describe()} in time\n")
-                return 75
+                raise JobsError(f"no shared device had room for {req.describe()} in time"
+                                + (f"; waited {wait:g}s" if wait else "; use --wait SECONDS to wait for one")
+                                + (leases.what_would_help(dreq, reshaping=reshape is not None)
+                                   if mig else ""), exit_code=75)
             if not told:
                 sys.stderr.write(f"migctl: waiting for room on a shared device ({req.describe()})...\n")
                 told = True
