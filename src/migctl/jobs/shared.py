@@ -253,7 +253,8 @@ def sweep(node: Any, mps: MpsManager | None = None) -> list[str]:
 def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing, wait: float | None = None,
                log: Callable[[str], None] | None = None, manager: MpsManager | None = None, reshape: Any = None,
                reserve_after: float | None = None) -> int:
-    """Run ``cmd`` on a shared device; returns its exit status (75 when no device had room in time).
+    """Run ``cmd`` on a shared device; returns its exit status (:class:`JobsError`, exit 75, when no device had
+    room in time).
 
     While nothing has room it does what a waiting ``migctl run`` does (:func:`migctl.jobs.runner.wait_hooks`)
     for a new device of its own request (:func:`device_request`): ``reserve_after``, take the node's
