@@ -291,7 +291,7 @@ def test_worker_start_order(a30: SimEnv, order: str) -> None:
     assert r.returncode == 0, r.stderr
     jobs = _jobs(a30)
     started = sorted(ids, key=lambda j: jobs[j]["started"])
-    assert started == (ids if order == "fifo" else ids[::-1])
+    assert started == (ids if order == "fifo" else ids[::-1]), r.stderr
     row = {"priority": 0, "profile": "4g.24gb", "mem_mib": None, "gpus": None, "isolation": "hard", "share": None,
            "threads": None, "mps_mem_mib": None}
     rows = [{**row, "id": 1, "time_limit": 50}, {**row, "id": 2, "profile": "1g.6gb", "time_limit": 90},

@@ -152,16 +152,20 @@ class LeaseManager:
         return node_lock(self.node, timeout, what=what)
 
     # ------------------------------------------------------------------ inventory
-    def mig_gpus(self, req: Request) -> list[Any]:
-        """The GPUs ``req`` may use (its ``gpus``, else all) that are in MIG mode; a GPU index that does not
-        exist is a :class:`JobsError` naming the valid range."""
+    def allowed_gpus(self, req: Request) -> list[Any]:
+        """The GPUs ``req`` may use (its ``gpus``, else all); a GPU index that does not exist is a
+        :class:`JobsError` naming the valid range."""
         gpus = retry_nvml(self.node.gpus)
         if req.gpus is not None:
             bad = [g for g in req.gpus if not 0 <= g < len(gpus)]
             if bad:
                 raise JobsError(f"GPU {bad[0]} does not exist; valid: 0..{len(gpus) - 1}")
             gpus = [gpus[i] for i in req.gpus]
-        return [g for g in gpus if retry_nvml(g.mig_capable) and retry_nvml(g.mig_mode)[0] == 1]
+        return gpus
+
+    def mig_gpus(self, req: Request) -> list[Any]:
+        """Of :meth:`allowed_gpus`, those in MIG mode."""
+        return [g for g in self.allowed_gpus(req) if retry_nvml(g.mig_capable) and retry_nvml(g.mig_mode)[0] == 1]
 
     def _devices(self, gpus: list[Any]) -> list[Any]:
         return [d for g in gpus for d in retry_nvml(g.mig_devices)]
@@ -194,8 +198,7 @@ class LeaseManager:
         gpus = self.mig_gpus(req)
         if not gpus:
             where = f"GPU {','.join(map(str, req.gpus))}" if req.gpus else "this node"
-            every = retry_nvml(self.node.gpus)
-            chosen = [every[i] for i in req.gpus] if req.gpus is not None else every
+            chosen = self.allowed_gpus(req)
             if chosen and not any(retry_nvml(g.mig_capable) for g in chosen):
                 names = sorted({str(g.name) for g in chosen})
                 raise JobsError(f"no MIG on {where} ({', '.join(names)} cannot be partitioned); share the whole "
@@ -497,17 +500,16 @@ class LeaseManager:
         a hint that cannot be worked out (NVML or the database failing now) is left out, never an error."""
         hints = []
         try:
-            gpus = retry_nvml(self.node.gpus)
-            if req.gpus is not None:
-                gpus = [gpus[i] for i in req.gpus if 0 <= i < len(gpus)]
+            capable = [g for g in self.allowed_gpus(req) if retry_nvml(g.mig_capable)]
+            on = [g for g in capable if retry_nvml(g.mig_mode)[0] == 1]
             if not reshaping and req.create:
                 held = self._held_uuids()
-                idle = [d for d in self._devices(self.mig_gpus(req))
+                idle = [d for d in self._devices(on)
                         if d.uuid not in held and not d.processes() and not self._fits_device(req, d)]
                 if idle:
                     hints.append(f"{len(idle)} idle MIG device(s) that do not fit it: `--reshape` destroys idle "
                                  "ones to make room")
-            off = [g.index for g in gpus if retry_nvml(g.mig_capable) and retry_nvml(g.mig_mode)[0] != 1]
+            off = [g.index for g in capable if g not in on]
             if off:
                 hints.append(f"GPU {','.join(map(str, off))} not in MIG mode (`migctl mode enable -i "
                              f"{','.join(map(str, off))}`)")
