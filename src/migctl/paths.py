@@ -91,10 +91,12 @@ def private_file(path: Path, what: str) -> Path:
     return path
 
 
-def atomic_write(path: Path, text: str, prefix: str, fsync_dir: bool = False) -> None:
+def atomic_write(path: Path, text: str, prefix: str, fsync_dir: bool = False, fsync: bool = True) -> None:
     """Replace ``path`` with ``text`` atomically: an unpredictable temp file created exclusively (0600) next to
     it, written and fsynced, then renamed over it (``fsync_dir``: the directory too, so the rename survives a
-    crash). The temp file's name starts with ``prefix`` (:func:`_clean_stale_temps` knows the prefixes)."""
+    crash). The temp file's name starts with ``prefix`` (:func:`_clean_stale_temps` knows the prefixes).
+    ``fsync=False``: no fsync at all; the rename still makes the change atomic for other processes and
+    survives a killed writer, only not a crash of the operating system."""
     import tempfile
 
     fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=prefix, suffix=".tmp")
@@ -102,7 +104,8 @@ def atomic_write(path: Path, text: str, prefix: str, fsync_dir: bool = False) ->
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
         if fsync_dir:
             dfd = os.open(str(path.parent), os.O_RDONLY)

@@ -68,7 +68,7 @@ def test_apply_refuses_a_leased_device_whose_client_is_not_yet_in_nvml(a30: SimE
         # --force signals the lease holder (visible here), which forwards to its command
         r = a30.migctl("apply", "-f", str(cfg), "-c", "small", "--force", "-q")
         assert r.returncode == 0, r.stderr
-        assert p.wait(timeout=20) != 0
+        assert p.wait(timeout=60) != 0
     finally:
         if p.poll() is None:
             p.kill()

@@ -155,7 +155,7 @@ def test_run_reshapes_while_waiting(a30: SimEnv) -> None:
     busy = a30.popen("run", "--profile", "2g.12gb", "--", "sleep", "1.5")  # takes 2g@... in free space
     wait_for(lambda: "2g.12gb" in _leased(a30), what="2g lease")
     r = a30.migctl("run", "--reshape", "--wait", "20", "-v", "--profile", "4g.24gb", "--", "true")
-    assert busy.wait(10) == 0
+    assert busy.wait(60) == 0
     assert r.returncode == 0, r.stderr
     assert "reshaped GPU 0: destroyed idle" in r.stderr and "created 4g.24gb@0" in r.stderr
     assert _gis(a30) == [("4g.24gb", 0)]

@@ -84,7 +84,7 @@ def test_one_worker_per_node(a30: SimEnv) -> None:
         assert r.returncode == 3 and "another worker" in r.stderr
     finally:
         w.send_signal(signal.SIGTERM)
-        assert w.wait(10) == 0
+        assert w.wait(60) == 0
 
 
 def test_batch_four_programs(a30: SimEnv) -> None:

@@ -224,7 +224,7 @@ def test_oldest_waiter_gets_the_next_reservation(a30: SimEnv, tmp_path: Path, pr
         w.step()
         assert _holder_of(a30) == [f"run (pid {r0.pid})"]  # one at a time: the worker waits
         r0.send_signal(signal.SIGINT)
-        assert r0.wait(20) == 130
+        assert r0.wait(60) == 130
         time.sleep(1.0)  # R1 attempts every 0.25 s: it leaves the reservation to the first job
         assert _holder_of(a30) == [] and r1.poll() is None
         wait_for(lambda: (w.step(), _holder_of(a30))[1] == [f"job {first}"], what="the first job's reservation")
@@ -235,7 +235,7 @@ def test_oldest_waiter_gets_the_next_reservation(a30: SimEnv, tmp_path: Path, pr
         w.step()
         assert _holder_of(a30) == [f"run (pid {r1.pid})"]
         r1.send_signal(signal.SIGINT)
-        assert r1.wait(20) == 130
+        assert r1.wait(60) == 130
         wait_for(lambda: (w.step(), _holder_of(a30))[1] == [f"job {last}"], what="the last job's reservation")
         assert q.get(last).state == "queued" and _rows("waiters") == []
     finally:

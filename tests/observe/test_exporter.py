@@ -133,7 +133,7 @@ def test_scrape_does_not_wait_for_the_node_lock(h100x2: Env) -> None:
     t = threading.Thread(target=hold)
     t.start()
     try:
-        assert held.wait(10)
+        assert held.wait(60)
         result: dict[str, Any] = {}
         s = threading.Thread(target=lambda: result.setdefault("text", render(reg).decode()))
         s.start()

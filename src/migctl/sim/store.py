@@ -151,7 +151,10 @@ class Store:
         assert self.path is not None
         # one line: json's C encoder (an indent makes it fall back to the pure-Python one, several times slower)
         data = json.dumps(state.to_json(), sort_keys=True)
-        atomic_write(self.path, data, ".state-")
+        # No fsync: the simulated driver's state need not outlive a crash of the operating system, and on a
+        # busy disk an fsync can take seconds, which would stall every mutating simulated NVML call. The
+        # rename keeps the write atomic for other processes and for a killed writer.
+        atomic_write(self.path, data, ".state-", fsync=False)
         self._cache = None
 
     def reset(self) -> None:
