@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from cli_helpers import MIXED, one_error_line
@@ -54,7 +53,6 @@ def test_catalog_lists_models_without_a_node(cli, monkeypatch):
         raise AssertionError("catalog must not open a node")
 
     monkeypatch.setattr(migctl.device, "open_node", no_node)
-    t0 = time.monotonic()
     r = cli("catalog", sim=None)
     assert r.code == 0, r.err
     assert re.search(r"^H100-80GB\s+NVIDIA H100 80GB HBM3\s+Hopper\s+81559\s+132\s+7/8", r.out, re.M)
@@ -64,7 +62,6 @@ def test_catalog_lists_models_without_a_node(cli, monkeypatch):
     assert "H100-80GB" in keys and "A30" in keys
     h100 = next(m for m in models if m["key"] == "H100-80GB")
     assert h100["memory_slices"] == 8 and "0x2330" in h100["pci_device_ids"]
-    assert time.monotonic() - t0 < 5
 
 
 def test_catalog_model_profiles_marks_unconfirmed_and_sources(cli):

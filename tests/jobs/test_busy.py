@@ -155,7 +155,7 @@ def test_sigkill_of_run_keeps_the_lease_while_its_process_group_runs(a30: SimEnv
         assert _alive(bg)
     finally:
         gate.touch()  # the background child ends (also when an assertion above failed)
-    wait_for(lambda: not _alive(bg), timeout=10, what="the background child to end")
+    wait_for(lambda: not _alive(bg), timeout=60, what="the background child to end")
     r = a30.migctl("run", "--no-wait", "--", "true")
     assert r.returncode == 0, r.stderr
 
@@ -185,7 +185,7 @@ def test_node_lock_is_never_awaited_inside_a_sqlite_write_transaction(a30: SimEn
     assert f"PID {ap.pid} (migctl apply 'small', held" in r.stderr, r.stderr
     procs = [a30.popen(*args) for args in (("submit", "--profile", "1g.6gb", "--", "true"), ("leases",), ("jobs",))]
     for p in procs:
-        out, err = p.communicate(timeout=20)
+        out, err = p.communicate(timeout=60)
         assert p.returncode == 0 and "Traceback" not in err, (p.args, err)
     assert ap.poll() is None  # all of that while the apply still holds the node lock
     gate.touch()

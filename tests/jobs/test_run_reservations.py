@@ -166,7 +166,7 @@ def test_killed_run_is_swept_interrupted_run_removes_its_own(a30: SimEnv, tmp_pa
         assert [r[0] for r in _rows("reservations")] == [-second.pid]
         assert [r[1] for r in _rows("waiters")] == [second.pid]
         second.send_signal(signal.SIGINT)  # Ctrl-C while waiting (no terminal: it reaches the run itself)
-        _, err = second.communicate(timeout=20)
+        _, err = second.communicate(timeout=60)
         assert second.returncode == 130, err
         assert _rows("reservations") == [] and _rows("waiters") == []
         # a killed run's rows are swept by the next worker pass too
