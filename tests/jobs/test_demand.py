@@ -5,6 +5,8 @@ time limits are enforced. Real processes: ``migctl`` subprocesses on the simulat
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import SimEnv, wait_for
+from migctl.busy import lease_processes
 from migctl.jobs.common import db_path
 from migctl.jobs.leases import Request
 from migctl.reconcile.live import read_gpu
@@ -299,6 +302,72 @@ def test_worker_start_order(a30: SimEnv, order: str) -> None:
     assert [r["id"] for r in start_order(rows, "sjf-request", set())] == [5, 2, 3, 1, 4]
     assert [r["id"] for r in start_order(rows, "sjf-request", {5})] == [3, 2, 1, 4, 5]  # 5 keeps its place
     assert start_order(rows, "fifo", set()) == rows
+
+
+@pytest.mark.parametrize("path", ["start pass", "reshaping"])
+def test_a_later_job_does_not_overtake_when_a_device_frees_mid_pass(a30: SimEnv, monkeypatch: pytest.MonkeyPatch,
+                                                                    path: str) -> None:
+    """Job 1 holds the whole A30; jobs 2 (1 h limit) and 3 (60 s) ask for it too. Job 1 ends just after job 2
+    was tried in a pass, before job 3 is: job 3 must not start first (its shorter limit matters only against
+    a reservation, and there is none). The race made test_worker_start_order fail under load."""
+    from migctl.jobs import demand
+    from migctl.jobs.demand import WorkerPolicy
+    from migctl.jobs.queue import JobQueue, Worker
+    from migctl.jobs.reshape import Churn
+
+    q = JobQueue(a30.node())
+    whole = Request(profile="4g.24gb")
+    first = whole
+    if path == "reshaping":  # job 1 on one of two 2g.12gb: job 2 and 3 need both destroyed
+        a30.layout(0, ["2g.12gb", "2g.12gb"])
+        first = Request(profile="2g.12gb")
+    ids = [q.submit(["sleep", "60"], first), q.submit(["true"], whole, time_limit=3600),
+           q.submit(["true"], whole, time_limit=60)]
+    policy = WorkerPolicy(churn=Churn(hysteresis_s=0), reserve_after=None) if path == "reshaping" else None
+    log: list[str] = []
+    w = Worker(q, policy=policy, log=log.append)
+    w.step()
+    assert [_state(a30, j) for j in ids] == ["running", "queued", "queued"]
+
+    def end_job_1() -> None:
+        p = w.procs[ids[0]]
+        os.killpg(p.pid, signal.SIGKILL)  # the job's wrapper and command (its own process group)
+        p.wait()
+        wait_for(lambda: not lease_processes(p.pid, 0.0, p.pid, None), what="job 1's processes to be gone")
+
+    with monkeypatch.context() as m:
+        if path == "start pass":
+            start = w._start
+
+            def start_then_end(job: Any) -> bool:
+                ok = start(job)
+                if job.id == ids[1] and not ok and w.procs[ids[0]].poll() is None:
+                    end_job_1()
+                return ok
+
+            m.setattr(w, "_start", start_then_end)
+            w.start_ready()
+            assert w.procs[ids[0]].poll() is not None  # job 2 was tried, then job 1 ended
+        else:
+            reshape = demand.try_reshape
+
+            def reshape_then_end(*a: Any, **kw: Any) -> Any:
+                out = reshape(*a, **kw)
+                if kw.get("job_id") == ids[1] and w.procs[ids[0]].poll() is None:
+                    end_job_1()
+                return out
+
+            m.setattr(demand, "try_reshape", reshape_then_end)
+            w.start_ready()
+            w.demand._next = 0.0  # reshape in this pass (not only after the pause that the first pass set)
+            w.demand.after_pass(changed=True)
+            assert w.procs[ids[0]].poll() is not None  # job 2 was tried for reshaping, then job 1 ended
+    assert [_state(a30, j) for j in ids] == ["running", "queued", "queued"]  # job 1 not reaped yet
+    if w.demand is not None:
+        w.demand._next = 0.0
+    w.step()
+    j2, j3 = q.get(ids[1]), q.get(ids[2])  # job 2 first (job 3 may follow at once: job 2 is `true`)
+    assert j2.started is not None and (j3.started is None or j3.started >= j2.started), log
 
 
 def _stream(env: SimEnv) -> tuple[int, list[int]]:

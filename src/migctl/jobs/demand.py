@@ -12,8 +12,9 @@ priority-then-age order with backfill), :meth:`Demand.after_pass`:
    (:mod:`migctl.jobs.run_reserve`) and the worker leaves it alone (a run's reservation is neither re-planned nor taken by the worker).
    As soon as no busy instance is left in that placement, the idle ones in the way are destroyed and the
    reserved instance is created (no churn cap, no hysteresis), and the job starts;
-2. **reshaping** (``reshape``): for each queued job in queue order (one attempt per distinct request and
-   time limit), :func:`migctl.jobs.reshape.try_reshape` destroys the fewest idle instances on one GPU
+2. **reshaping** (``reshape``): for each queued job in queue order (one attempt per distinct request; a
+   later job with a shorter time limit only while the node has a reservation, :class:`Closed`),
+   :func:`migctl.jobs.reshape.try_reshape` destroys the fewest idle instances on one GPU
    under the churn policy; the job starts at once. When the churn cap is what stops the job whose turn it
    is, the pass ends there (later jobs do not spend the budget first).
 
@@ -70,6 +71,43 @@ def start_order(rows: list[Any], order: str, reserved: set[int]) -> list[Any]:
         fixed=lambda r: r["id"] in reserved)
 
 
+class Closed:
+    """Requests that found no room in one pass, so later jobs asking for the same thing are not tried.
+
+    A time limit matters only against reservations: a shorter one may backfill where a longer one may not.
+    So with no reservation on the node (``reservations`` False) every limit fails where one did, and with one,
+    every limit no shorter than the shortest that failed (None: no limit, the longest). The simulated
+    scheduler closes requests the same way (:meth:`migctl.planner.dynamic.Scheduler.step`). Trying the later
+    job anyway would let it overtake the earlier one whenever a device frees up between the two attempts
+    (a job's lease ends with its process, not at the next pass)."""
+
+    def __init__(self, reservations: bool) -> None:
+        self.reservations = reservations
+        self._failed: dict[Any, tuple[float, Any]] = {}  # request -> (shortest failed limit, what it found)
+
+    def get(self, what: Any, limit: float | None) -> Any:
+        """What the earlier failure found, if a job asking for ``what`` with ``limit`` fails the same way."""
+        got = self._failed.get(what)
+        if got is None or (self.reservations and _limit(limit) < got[0]):
+            return None
+        return got[1]
+
+    def close(self, what: Any, limit: float | None, found: Any) -> None:
+        got = self._failed.get(what)
+        self._failed[what] = (min(_limit(limit), got[0]) if got else _limit(limit), found)
+
+    def reopen(self, what: Any) -> None:
+        self._failed.pop(what, None)
+
+
+def _limit(limit: float | None) -> float:
+    return float("inf") if limit is None else float(limit)
+
+
+def has_reservations(conn: Any, key: str) -> bool:
+    return conn.execute("SELECT 1 FROM reservations WHERE node=? LIMIT 1", (key,)).fetchone() is not None
+
+
 def reserved_jobs(conn: Any, key: str) -> set[int]:
     return {r.job_id for r in reservations.load(conn, key)}
 
@@ -120,7 +158,7 @@ class Demand:
         if changed:
             soon = time.monotonic() + self.MIN_GAP
             self._next, self._next_res = min(self._next, soon), min(self._next_res, soon)
-        if self.conn.execute("SELECT 1 FROM reservations WHERE node=? LIMIT 1", (self.key,)).fetchone():
+        if has_reservations(self.conn, self.key):
             reservations.prune(self.conn, self.key)
         queued = self._queued()
         if not queued:
@@ -210,16 +248,17 @@ class Demand:
     # ------------------------------------------------------------------ reshaping
     def _reshape(self, queued: list[Any]) -> int:
         started = 0
-        tried: dict[tuple[Request, float | None], tuple[str, str]] = {}  # -> outcome (status, note)
+        tried = Closed(has_reservations(self.conn, self.key))  # request -> outcome (status, note)
         wake: list[float] = []
         why = self.w.reasons
         for n, row in enumerate(queued):
             req = _request(row)
             limit = None if row["time_limit"] is None else float(row["time_limit"])
-            if (req, limit) in tried:
-                why.reshaped(int(row["id"]), *tried[(req, limit)])
+            earlier = tried.get(req, limit)
+            if earlier is not None:
+                why.reshaped(int(row["id"]), *earlier)
                 continue
-            tried[(req, limit)] = ("", "")
+            tried.close(req, limit, ("", ""))
             try:
                 out = try_reshape(self.node, req, self.policy.churn, job_id=int(row["id"]), limit=limit,
                                   source="migctl worker", conn=self.conn, lock_timeout=1.0)
@@ -233,14 +272,14 @@ class Demand:
                 self.log(f"job {row['id']}: {out.note}")
                 if self._start(int(row["id"])):
                     started += 1
-                del tried[(req, limit)]  # the next job with the same request may need another reshape
+                tried.reopen(req)  # the next job with the same request may need another reshape
                 continue
             if out.status == "free":  # something freed up since the pass: start it now
                 if self._start(int(row["id"])):
                     started += 1
-                    del tried[(req, limit)]
+                    tried.reopen(req)
                 continue
-            tried[(req, limit)] = (out.status, out.note)
+            tried.close(req, limit, (out.status, out.note))
             if out.retry_at is not None:
                 wake.append(out.retry_at)
             if out.status != "none" and self._said.get(int(row["id"])) != out.status:

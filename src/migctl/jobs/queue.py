@@ -402,22 +402,23 @@ class Worker:
 
     def start_ready(self) -> int:
         """Start queued jobs in (priority desc, id) order (or the policy's ``order``) while devices fit; a job
-        that does not fit now does not block smaller ones behind it (backfill)."""
+        that does not fit now does not block smaller ones behind it (backfill), but later jobs asking for
+        the same thing are not tried in this pass (:class:`migctl.jobs.demand.Closed`)."""
         started = 0
-        blocked: dict[tuple[Any, ...], str] = {}  # request -> why it did not start
+        from migctl.jobs.demand import Closed, has_reservations, queued_rows
+
+        blocked = Closed(has_reservations(self.q.conn, self.q.key))  # request -> why it did not start
         self._checked: dict[Request, str | None] = {}
         self.lock_busy = ""
         self.reasons.begin_pass()
-        from migctl.jobs.demand import queued_rows
-
         rows = queued_rows(self.q.conn, self.q.key, self.policy.order if self.policy is not None else "fifo")
         for n, r in enumerate(rows):
             req = Request(profile=r["profile"], mem_mib=r["mem_mib"],
                           gpus=tuple(json.loads(r["gpus"])) if r["gpus"] else None)
-            # what blocks what (a shorter time limit may backfill where a longer one may not)
-            key = (req, r["isolation"], r["share"], r["threads"], r["mps_mem_mib"], r["time_limit"])
-            if key in blocked:
-                self.reasons.not_started(int(r["id"]), "resources", blocked[key])
+            key = (req, r["isolation"], r["share"], r["threads"], r["mps_mem_mib"])
+            why = blocked.get(key, r["time_limit"])
+            if why is not None:
+                self.reasons.not_started(int(r["id"]), "resources", why)
                 continue
             if started and started % 16 == 0:
                 self.reap()  # record finished jobs (and drop their simulator clients) as we go
@@ -434,8 +435,9 @@ class Worker:
                 break  # an apply holds the node lock: nothing can be leased until it ends
             else:
                 what = req.describe() if (r["isolation"] or "hard") == "hard" else f"a shared {req.describe()}"
-                blocked[key] = f"nothing free fits {what} and there is no room to create it"
-                self.reasons.not_started(int(r["id"]), "resources", blocked[key])
+                why = f"nothing free fits {what} and there is no room to create it"
+                blocked.close(key, r["time_limit"], why)
+                self.reasons.not_started(int(r["id"]), "resources", why)
         return started
 
     def _start(self, job: Job) -> bool:
