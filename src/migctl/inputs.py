@@ -200,20 +200,44 @@ def load_json(text: str, file: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ output
-def write_text_file(path: str | Path, text: str, what: str = "file", mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` atomically: an unpredictable temp file created exclusively next to it, renamed.
-
-    A missing directory, a directory as ``path`` or a permission problem is one :class:`InputError` line.
-    """
-    import tempfile
-
+def check_writable(path: str | Path, what: str = "file") -> Path:
+    """``path`` as a Path if a file can be written there, checked before any work is done (nothing is
+    created); else one :class:`InputError` line: a missing or read-only directory, a directory or something
+    other than a regular file or a symbolic link at ``path`` (whether a link is replaced or refused is the
+    writer's choice), a name too long for the file system."""
     p = Path(os.fsdecode(os.fspath(path)))
     label = printable(str(p))
     parent = p.parent
-    if not parent.is_dir():
-        raise InputError(f"cannot write {what} {label}: directory {printable(str(parent))} does not exist")
-    if p.is_dir():
+    try:
+        if not parent.is_dir():
+            raise InputError(f"cannot write {what} {label}: directory {printable(str(parent))} does not exist")
+        st = os.lstat(p) if os.path.lexists(p) else None
+        if st is None:
+            limit = os.pathconf(parent, "PC_NAME_MAX")
+            if len(os.fsencode(p.name)) > limit:
+                raise InputError(f"cannot write {what} {label}: file name longer than {limit} bytes")
+    except OSError as e:
+        raise InputError(f"cannot write {what} {label}: {e.strerror or e}") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
         raise InputError(f"cannot write {what} {label}: is a directory")
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):  # (a link: the writer's call)
+        raise InputError(f"cannot write {what} {label}: not a regular file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {what} {label}: directory {printable(str(parent))} is not writable")
+    return p
+
+
+def write_text_file(path: str | Path, text: str, what: str = "file", mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` atomically: an unpredictable temp file created exclusively next to it, renamed.
+
+    A missing directory, a directory as ``path`` or a permission problem is one :class:`InputError` line
+    (:func:`check_writable`).
+    """
+    import tempfile
+
+    p = check_writable(path, what)
+    label = printable(str(p))
+    parent = p.parent
     try:
         fd, tmp = tempfile.mkstemp(dir=str(parent), prefix=f".{p.name[:40]}.", suffix=".tmp")
     except OSError as e:

@@ -136,12 +136,34 @@ def test_recover_validates_the_journal_before_acting(cli, tmp_path: Path, change
     ("run", "--gpu", "", "--", "true"),
     ("run", "--profile", "", "--", "true"),
     ("jobs", "--state", "runing"),
+    ("bench", "--lock-timeout", "nan", "--", "true"),  # was a traceback from filelock
 ])
 def test_bad_numbers_and_values_get_one_line(cli, args: tuple[str, ...]) -> None:
     r = cli(*args)
     assert r.code == 2, (args, r)
     line = one_error_line(r)
     assert "valid" in line, line
+
+
+@pytest.mark.parametrize("kind", ["directory", "long name", "missing directory", "fifo"])
+def test_output_paths_are_refused_before_any_work(cli, tmp_path: Path, kind: str) -> None:
+    """A bad output path is one line before anything runs: ``bench`` used to measure every size, then fail to
+    write; ``checkpoint --file`` with a name over 255 bytes was a traceback (ENAMETOOLONG from a stat)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    bad = {"directory": tmp_path, "long name": tmp_path / ("x" * 300), "missing directory": tmp_path / "no" / "f",
+           "fifo": fifo}[kind]
+    why = {"directory": "is a directory", "long name": "file name longer than", "missing directory": "does not exist",
+           "fifo": "not a regular file"}[kind]
+    assert cli("mode", "enable").code == 0
+    before = cli("gpus", "--json").json()
+    for args in (("checkpoint", "--file", bad), ("bench", "--out", bad, "--", "true"),
+                 ("bench", "--json-out", bad, "--", "true"), ("bench", "--plot", bad, "--", "true")):
+        r = cli(*args)
+        assert r.code == 2, (args, r)
+        line = one_error_line(r)  # no progress line: nothing was measured
+        assert why in line and "cannot write" in line, line
+    assert cli("gpus", "--json").json() == before
 
 
 def test_worker_with_bad_poll_leaves_no_job_running(cli) -> None:

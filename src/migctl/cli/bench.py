@@ -10,7 +10,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from migctl.cli.common import fail, node
+from migctl.cli.common import fail, node, seconds
 
 CMD_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the JSON result instead of the table."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
         recover: bool = typer.Option(False, "--recover", help="Only restore a layout an interrupted bench left."),
-        lock_timeout: float = typer.Option(60.0, "--lock-timeout", help="Seconds to wait for the node lock."),
+        lock_timeout: float = typer.Option(60.0, "--lock-timeout", callback=seconds, help="Seconds to wait for the node lock."),
     ) -> None:
         """Run CMD on each MIG size (and the whole GPU) and collect throughput and latency.
 
@@ -73,9 +73,17 @@ def register(app: typer.Typer) -> None:
         s = Settings(command=list(cmd or []), batches=_ints(batch, "--batch"), procs=_ints(procs, "--procs"),
                      repeat=repeat, warmup=warmup, timeout=timeout, gpu=gpu, profiles=names, whole=not no_whole,
                      lock_timeout=lock_timeout)
-        for p in (table, json_file, plot_file):
-            if p is not None and not p.parent.is_dir():
-                fail(f"cannot write {p}: directory {p.parent} does not exist")
+        # before any run: a typo in an output path must not cost the whole measurement
+        from migctl.inputs import check_writable
+
+        for p, what in ((table, "--out"), (json_file, "--json-out"), (plot_file, "--plot")):
+            if p is not None:
+                check_writable(p, what)
+        if plot_file is not None:
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is None:
+                fail("--plot needs matplotlib (pip install matplotlib); valid without it: --out, --json-out")
 
         def progress(done: int, total: int, what: str) -> None:
             if not quiet:

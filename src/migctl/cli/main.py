@@ -268,6 +268,11 @@ def _known_error(e: Exception) -> str | None:
 
     if isinstance(e, pynvml.NVMLError):
         return f"NVML: {e}"
+    if isinstance(e, OSError):  # the file system or the OS refused (a path a check did not foresee)
+        from migctl.inputs import printable
+
+        where = f": {printable(e.filename)}" if e.filename is not None else ""
+        return f"{e.strerror or e}{where}"
     return None
 
 
