@@ -227,8 +227,9 @@ def check_writable(path: str | Path, what: str = "file") -> Path:
     return p
 
 
-def write_text_file(path: str | Path, text: str, what: str = "file", mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` atomically: an unpredictable temp file created exclusively next to it, renamed.
+def write_text_file(path: str | Path, text: str, what: str = "file", mode: int = 0o600) -> None:
+    """Write ``text`` to ``path`` atomically: an unpredictable temp file created exclusively next to it, renamed
+    (private, 0600, unless ``mode`` says otherwise; the umask still applies).
 
     A missing directory, a directory as ``path`` or a permission problem is one :class:`InputError` line
     (:func:`check_writable`).

@@ -148,7 +148,8 @@ def test_bad_numbers_and_values_get_one_line(cli, args: tuple[str, ...]) -> None
 @pytest.mark.parametrize("kind", ["directory", "long name", "missing directory", "fifo"])
 def test_output_paths_are_refused_before_any_work(cli, tmp_path: Path, kind: str) -> None:
     """A bad output path is one line before anything runs: ``bench`` used to measure every size, then fail to
-    write; ``checkpoint --file`` with a name over 255 bytes was a traceback (ENAMETOOLONG from a stat)."""
+    write, and ``plan`` to solve first; ``checkpoint --file`` with a name over 255 bytes was a traceback
+    (ENAMETOOLONG from a stat). Nothing changes (``plan --apply`` neither)."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     bad = {"directory": tmp_path, "long name": tmp_path / ("x" * 300), "missing directory": tmp_path / "no" / "f",
@@ -157,8 +158,12 @@ def test_output_paths_are_refused_before_any_work(cli, tmp_path: Path, kind: str
            "fifo": "not a regular file"}[kind]
     assert cli("mode", "enable").code == 0
     before = cli("gpus", "--json").json()
+    work = tmp_path / "w.yaml"
+    work.write_text("fleet: [{model: H100-80GB, count: 1}]\nworkloads: [{name: a, profile: 1g.10gb, count: 1}]\n")
     for args in (("checkpoint", "--file", bad), ("bench", "--out", bad, "--", "true"),
-                 ("bench", "--json-out", bad, "--", "true"), ("bench", "--plot", bad, "--", "true")):
+                 ("bench", "--json-out", bad, "--", "true"), ("bench", "--plot", bad, "--", "true"),
+                 ("plan", work, "--svg", bad, "--apply"), ("plan", work, "--config-out", bad, "--apply"),
+                 ("gpus", "--svg", bad)):
         r = cli(*args)
         assert r.code == 2, (args, r)
         line = one_error_line(r)  # no progress line: nothing was measured

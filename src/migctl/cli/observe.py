@@ -51,16 +51,22 @@ def show_picture(lines: Sequence[Any], stream: Any = None) -> None:
         stream.flush()
 
 
-def write_svg(path: Path, maps: Sequence[Any], title: str, change: bool = False) -> None:
-    """Write the SVG picture to ``path`` (a new file or one we may replace), with a one-line error otherwise."""
-    from migctl.observe.picture import to_svg
+def check_svg(path: Path) -> None:
+    """One error line now if ``path`` cannot take the SVG picture (a PNG name, a bad path)."""
+    from migctl.inputs import check_writable
 
     if path.suffix.lower() == ".png":
         fail(f"--svg {path}: PNG is not supported (no image library is a dependency); use a .svg file name")
-    try:
-        path.write_text(to_svg(maps, title=title, change=change), encoding="utf-8")
-    except OSError as e:
-        fail(f"cannot write {path}: {e.strerror}")
+    check_writable(path, "--svg")
+
+
+def write_svg(path: Path, maps: Sequence[Any], title: str, change: bool = False) -> None:
+    """Write the SVG picture to ``path`` (atomically, 0600), with a one-line error otherwise."""
+    from migctl.inputs import write_text_file
+    from migctl.observe.picture import to_svg
+
+    check_svg(path)
+    write_text_file(path, to_svg(maps, title=title, change=change), "--svg")
 
 
 def register(app: typer.Typer) -> None:

@@ -61,8 +61,16 @@ def plan_command(
 ) -> None:
     """Choose per-GPU MIG layouts for the workloads in FILE; print the plan, its lower bound and gap."""
     from migctl.cli.common import node as cli_node
+    from migctl.inputs import check_writable
     from migctl.planner import PlanError, load_request, plan, validate_plan
     from migctl.planner.output import to_json, to_mig_parted, to_mig_parted_yaml
+
+    if svg is not None:  # before the solver runs
+        from migctl.cli.observe import check_svg
+
+        check_svg(svg)
+    if config_out is not None:
+        check_writable(config_out, "--config-out")
 
     try:
         if live:
