@@ -218,7 +218,7 @@ def check_writable(path: str | Path, what: str = "file") -> Path:
                 raise InputError(f"cannot write {what} {label}: file name longer than {limit} bytes")
     except OSError as e:
         raise InputError(f"cannot write {what} {label}: {e.strerror or e}") from None
-    if st is not None and stat.S_ISDIR(st.st_mode):
+    if st is not None and (stat.S_ISDIR(st.st_mode) or (stat.S_ISLNK(st.st_mode) and os.path.isdir(p))):
         raise InputError(f"cannot write {what} {label}: is a directory")
     if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):  # (a link: the writer's call)
         raise InputError(f"cannot write {what} {label}: not a regular file")
