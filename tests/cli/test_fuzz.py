@@ -28,7 +28,8 @@ VERBS = [["gpus"], ["profiles"], ["placements"], ["catalog"], ["validate"], ["ex
 WORDS = ["-i", "--gpu", "0", "1", "7", "-1", "0,1", "0,,0", "all", "--json", "-f", "--file", "-c", "--config",
          "--model", "H100-80GB", "A30", "nope", "1g.10gb", "9g.99gb", "--state", "queued", "--all", "-o", "json",
          "yaml", "toml", "--label", "--placements", "--gi", "--ci", "nan", "inf", "1e400", "99999999999999999999999",
-         "", " ", "\x1b[2J", "\udcff", "--", "--help", "-C", "--time-limit", "0.1", "--seed", "--map"]
+         "", " ", "\x1b[2J", "\udcff", "--", "--help", "-C", "--time-limit", "0.1", "--seed", "--map",
+         "x" * 300, "/", "--svg"]  # a name too long for the file system, a directory
 
 
 @pytest.fixture(scope="module", autouse=True)
