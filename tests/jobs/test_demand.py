@@ -309,7 +309,8 @@ def test_a_later_job_does_not_overtake_when_a_device_frees_mid_pass(a30: SimEnv,
                                                                     path: str) -> None:
     """Job 1 holds the whole A30; jobs 2 (1 h limit) and 3 (60 s) ask for it too. Job 1 ends just after job 2
     was tried in a pass, before job 3 is: job 3 must not start first (its shorter limit matters only against
-    a reservation, and there is none). The race made test_worker_start_order fail under load."""
+    a reservation, and there is none). This race is the likely cause of test_worker_start_order's failures
+    under load (job 3 started before job 2 there too)."""
     from migctl.jobs import demand
     from migctl.jobs.demand import WorkerPolicy
     from migctl.jobs.queue import JobQueue, Worker
