@@ -99,7 +99,7 @@ def make_sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, mig: bo
     return sim
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition", step: float = 0.02,
+def wait_for(pred: Callable[[], Any], timeout: float = 60.0, what: str = "condition", step: float = 0.02,
              retry_errors: bool = False) -> Any:
     """Poll ``pred`` every ``step`` seconds until it returns something true (returned); AssertionError after
     ``timeout``. With ``retry_errors`` an exception from ``pred`` (a server still starting) counts as not yet."""

@@ -32,7 +32,7 @@ def h100x2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     yield make_env(tmp_path, monkeypatch, "2xH100-80GB")
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition", step: float = 0.1) -> Any:
+def wait_for(pred: Callable[[], Any], timeout: float = 60.0, what: str = "condition", step: float = 0.1) -> Any:
     return _wait_for(pred, timeout=timeout, what=what, step=step, retry_errors=True)  # a server still starting
 
 
