@@ -215,6 +215,21 @@ def test_bad_input_is_one_line_and_changes_nothing(h100, args, msg):
     assert not BenchJournal(h100.node()).path.exists()
 
 
+@pytest.mark.parametrize("cmd,code,msg", [
+    (["no-such-profiler", "--x"], 127, "command 'no-such-profiler' not found in PATH"),
+    (["/etc/passwd"], 126, "command '/etc/passwd' is not executable"),
+    (["./missing.sh"], 127, "command './missing.sh' not found"),
+])
+def test_a_command_that_cannot_run_is_refused_before_the_gpu_is_touched(h100, cmd, code, msg):
+    """As ``run`` does (exit 127/126, one line): bench used to reshape the GPU for every size and fail each
+    run with the shell's message (a layout change per size on a real GPU for a typo)."""
+    r = h100.migctl("bench", "--", *cmd)
+    assert r.returncode == code, r.stderr
+    assert r.stderr.startswith("migctl: error: ") and msg in r.stderr and len(r.stderr.splitlines()) == 1
+    assert h100.layout() == {"mig": True, "gis": []}
+    assert not BenchJournal(h100.node()).path.exists()
+
+
 def test_a_running_bench_is_not_recovered_under_its_feet(h100, tmp_path):
     marker = tmp_path / "started"
     cmd = [sys.executable, "-c", f"import time; open({str(marker)!r}, 'w').write('x'); time.sleep(300)"]

@@ -487,6 +487,13 @@ def child_env(base: dict[str, str], target: Target, device: str, batch: int, pro
 def _validate(s: Settings) -> None:
     if not s.command:
         raise BenchError("no command given; usage: migctl bench [OPTIONS] -- CMD [ARGS...]")
+    from migctl.jobs.common import JobsError
+    from migctl.jobs.runner import check_command
+
+    try:  # before the GPU is touched: a typo must not cost a layout change per size (exit 127/126, as run)
+        check_command(s.command[0])
+    except JobsError as e:
+        raise BenchError(str(e), e.exit_code) from None
     if not s.batches or any(b < 1 for b in s.batches):
         raise BenchError("--batch: give positive integers, e.g. 1,4,16")
     if not s.procs or any(p < 1 or p > 64 for p in s.procs):
