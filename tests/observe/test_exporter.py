@@ -97,6 +97,10 @@ def test_http_surface_and_bad_listen(h100x2: Env) -> None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:  # noqa: S310
             assert r.status == 200 and r.read() == b"ok\n"
+        for path in ("/healthz", "/metrics"):  # HEAD: GET's status and headers, no body (was 501)
+            head = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="HEAD")
+            with urllib.request.urlopen(head, timeout=10) as r:  # noqa: S310
+                assert r.status == 200 and int(r.headers["Content-Length"]) > 0 and r.read() == b""
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=10)  # noqa: S310
             raise AssertionError("expected 404")

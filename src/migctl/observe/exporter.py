@@ -206,6 +206,12 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "migctl-exporter"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        self._respond(body_too=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - the GET's status and headers without the body (as Go's net/http)
+        self._respond(body_too=False)
+
+    def _respond(self, body_too: bool) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST
@@ -225,7 +231,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if body_too:
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet access log
         return
