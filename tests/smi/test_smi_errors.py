@@ -149,6 +149,16 @@ def test_mig_disabled_and_bad_arguments(fresh) -> None:
     assert smi(node, "-i", "9", "-L") == (6, ["No devices were found"])
 
 
+@pytest.mark.parametrize("argv", [["-q"], ["-q", "-i", "0"], ["-x", "-q"], ["topo", "-m"], ["dmon", "-c", "1"],
+                                  ["--query-compute-apps=pid", "--format=csv"], ["-pl", "300"]])
+def test_real_nvidia_smi_options_outside_the_mig_subset_say_so(fresh, argv: list[str]) -> None:
+    """A script's `nvidia-smi -q` is valid nvidia-smi: it used to get the bad-syntax line, as if mistyped.
+    Now one line names it as not implemented here and what is (exit 3, nvidia-smi's "not available")."""
+    code, lines = smi(fresh(A30), *argv)
+    assert code == 3 and len(lines) == 1, lines
+    assert lines[0].startswith(f"migctl smi: nvidia-smi {argv[0].split('=')[0]} is not implemented here; supported:")
+
+
 def test_cci_default_and_by_name(fresh) -> None:
     node = fresh(A30)
     mig_on(node)

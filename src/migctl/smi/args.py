@@ -17,6 +17,36 @@ INVALID_COMBINATION = "Invalid combination of input arguments. Please run 'nvidi
 class SmiUsageError(ValueError):
     """Arguments nvidia-smi would reject (the message is what nvidia-smi prints)."""
 
+    exit_code = 2
+
+
+class SmiNotImplemented(SmiUsageError):
+    """A real nvidia-smi option or subcommand that ``migctl smi`` does not implement (not bad syntax)."""
+
+    exit_code = 3  # nvidia-smi(1): "The requested operation is not available on target device"
+
+
+# Real nvidia-smi options and subcommands outside migctl smi's MIG subset (nvidia-smi(1), e.g. the 550.90.12
+# man page of Ubuntu's nvidia-utils-550-server, and its -h text): they get a line that says so instead of the
+# bad-syntax message, which a script would take for a typo. Only ones known from those sources are listed;
+# newer subcommands this list does not know still get the bad-syntax message (the stricter answer).
+NOT_IMPLEMENTED = frozenset({
+    "-q", "--query", "-x", "--xml-format", "--dtd", "-d", "--display", "-l", "--loop", "-lms", "--loop-ms",
+    "-u", "--unit", "-B", "--list-excluded-gpus", "-f", "--filename", "--query-supported-clocks",
+    "--query-compute-apps", "--query-accounted-apps", "--query-retired-pages", "--query-remapped-rows",
+    "-e", "--ecc-config", "-p", "--reset-ecc-errors", "-c", "--compute-mode", "-lgc", "--lock-gpu-clocks",
+    "-rgc", "--reset-gpu-clocks", "-lmc", "--lock-memory-clocks", "-rmc", "--reset-memory-clocks", "-ac",
+    "--applications-clocks", "-rac", "--reset-applications-clocks", "-pl", "--power-limit", "-cc",
+    "--cuda-clocks", "-am", "--accounting-mode", "-caa", "--clear-accounted-apps",
+    "topo", "nvlink", "clocks", "encodersessions", "fbcsessions", "drain", "dmon", "pmon", "vgpu",
+})
+
+
+def not_implemented(word: str) -> SmiNotImplemented:
+    return SmiNotImplemented(
+        f"migctl smi: nvidia-smi {word} is not implemented here; supported: -L, -i, -mig, -pm, -r, "
+        "--query-gpu with --format=csv, the default table, and the mig subcommand (docs/smi.md)")
+
 
 @dataclass
 class SmiArgs:
@@ -143,6 +173,8 @@ def parse(argv: list[str]) -> SmiArgs:
     """Parse nvidia-smi's argv (without the program name)."""
     args = SmiArgs()
     words = _Words(argv)
+    if words.more() and argv[0] in NOT_IMPLEMENTED and not argv[0].startswith("-"):
+        raise not_implemented(argv[0])  # a subcommand: topo, dmon, ...
     if words.more() and argv[0] == "mig":
         args.mig_subcommand = True
         words.pos = 1
@@ -187,6 +219,8 @@ def parse(argv: list[str]) -> SmiArgs:
             args.gi_ids = _int_list(words.value(inline))
         elif args.mig_subcommand and name in _CI_OPTS:
             args.ci_ids = _int_list(words.value(inline))
+        elif not args.mig_subcommand and name in NOT_IMPLEMENTED and name.startswith("-"):
+            raise not_implemented(name)
         else:
             raise SmiUsageError(INVALID_COMBINATION)
     if args.help:

@@ -52,7 +52,7 @@ class Smi:
             args = parse(argv)
         except SmiUsageError as e:
             self.say(str(e))
-            return 2
+            return e.exit_code
         if args.help:
             self.say(USAGE)
             return 0
