@@ -26,10 +26,12 @@ class SmiNotImplemented(SmiUsageError):
     exit_code = 3  # nvidia-smi(1): "The requested operation is not available on target device"
 
 
-# Real nvidia-smi options and subcommands outside migctl smi's MIG subset (nvidia-smi(1), e.g. the 550.90.12
-# man page of Ubuntu's nvidia-utils-550-server, and its -h text): they get a line that says so instead of the
-# bad-syntax message, which a script would take for a typo. Only ones known from those sources are listed;
-# newer subcommands this list does not know still get the bad-syntax message (the stricter answer).
+# Real nvidia-smi options and subcommands outside migctl smi's MIG subset: they get a line that says so
+# instead of the bad-syntax message, which a script would take for a typo. Sources: nvidia-smi(1) man pages
+# (e.g. 550.90.12, Ubuntu's nvidia-utils-550-server: -L, -B, -q, -i, -f, -l) and its -h text as quoted in
+# public write-ups (the device modification options -pm, -e, -p, -c, -r, -lgc, -pl, ..., and dmon). The rest
+# are long-standing nvidia-smi options not checked here against one driver version (UNCONFIRMED one by one).
+# Newer subcommands (c2c, gpm, ...) are left out: they keep the bad-syntax answer, the stricter one.
 NOT_IMPLEMENTED = frozenset({
     "-q", "--query", "-x", "--xml-format", "--dtd", "-d", "--display", "-l", "--loop", "-lms", "--loop-ms",
     "-u", "--unit", "-B", "--list-excluded-gpus", "-f", "--filename", "--query-supported-clocks",
