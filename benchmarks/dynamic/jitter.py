@@ -18,7 +18,6 @@ import dataclasses
 import random
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import run  # noqa: E402
-from variants import BASELINES, checks_line, generated, run_and_write, worse_rows  # noqa: E402
+from variants import BASELINES, checks_line, generated, run_and_write, simulated, worse_rows  # noqa: E402
 
 METHODS = {
     "migctl reshaping": run.RESHAPING,
@@ -51,13 +50,7 @@ def _label(seed: int) -> str:
 
 
 def _one(seed: int, name: str) -> dict:
-    policy = BASELINES.get(name) or METHODS[name]
-    t = time.perf_counter()
-    r = run.simulate([run.A100] * GPUS, jittered(seed), name, policy)
-    return {"allocation": r["allocation"], "wait_p50_s": r["wait_p50_s"], "wait_p95_s": r["wait_p95_s"],
-            "wait_max_s": r["wait_max_s"], "busy_destroyed": r["busy_destroyed"],
-            "violations": r["starvation"]["violations"], "reservations": r["reservations"],
-            "time_s": round(time.perf_counter() - t, 1)}
+    return simulated([run.A100] * GPUS, jittered(seed), name, BASELINES.get(name) or METHODS[name])
 
 
 def _span(rows: list[dict], key: str, fmt: Callable[[float], str]) -> str:

@@ -64,15 +64,20 @@ DRAWS: list[tuple[str, int | None]] = [("alibaba", None), ("parvagpu", None), ("
     (fam, seed) for fam, seeds in run.ROBUST_SEEDS.items() for seed in seeds]
 
 
-def _one(fam: str, seed: int | None, name: str) -> dict:
-    models, trace, _ = run.families({fam: seed} if seed is not None else None)[fam]
-    policy = BASELINES.get(name) or VARIANTS[name]
+def simulated(models: list, trace: run.Trace, name: str, policy: Policy, extra: tuple[str, ...] = ()) -> dict:
+    """Replay ``trace`` under ``policy`` (:func:`run.simulate`): the figures the comparison tables and checks
+    read (``extra``: more of the run's top-level figures, after the waits), and how long the run took."""
     t = time.perf_counter()
     r = run.simulate(models, trace, name, policy)
     return {"allocation": r["allocation"], "wait_p50_s": r["wait_p50_s"], "wait_p95_s": r["wait_p95_s"],
-            "wait_max_s": r["wait_max_s"], "never_started": r["never_started"],
-            "busy_destroyed": r["busy_destroyed"], "violations": r["starvation"]["violations"],
-            "reservations": r["reservations"], "time_s": round(time.perf_counter() - t, 1)}
+            "wait_max_s": r["wait_max_s"], **{k: r[k] for k in extra}, "busy_destroyed": r["busy_destroyed"],
+            "violations": r["starvation"]["violations"], "reservations": r["reservations"],
+            "time_s": round(time.perf_counter() - t, 1)}
+
+
+def _one(fam: str, seed: int | None, name: str) -> dict:
+    models, trace, _ = run.families({fam: seed} if seed is not None else None)[fam]
+    return simulated(models, trace, name, BASELINES.get(name) or VARIANTS[name], extra=("never_started",))
 
 
 def _label(fam: str, seed: int | None) -> str:

@@ -128,6 +128,11 @@ def _plain(name: str) -> bool:
     return "+" not in name and not name.endswith("-me")
 
 
+def waited(wait: float | None) -> str:
+    """The clause of a wait that timed out: how long it waited, or how to wait at all (``wait`` 0)."""
+    return f"; waited {wait:g}s" if wait else "; use --wait SECONDS to wait for one"
+
+
 class LeaseManager:
     """Leases on one node (a :class:`migctl.device.Node`), stored in the jobs database."""
 
@@ -480,8 +485,7 @@ class LeaseManager:
                 raise JobsError(
                     f"no free MIG device for {req.describe()} and no room to create one "
                     f"({busy} device(s) leased on this node)"
-                    + (f"; waited {wait:g}s" if wait else "; use --wait SECONDS to wait for one")
-                    + self.what_would_help(req, reshaping),
+                    + waited(wait) + self.what_would_help(req, reshaping),
                     exit_code=75,
                 )
             if not told and on_wait is not None:

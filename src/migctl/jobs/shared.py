@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from migctl.jobs.common import JobsError, exit_status
-from migctl.jobs.leases import Lease, LeaseManager, Request
+from migctl.jobs.leases import Lease, LeaseManager, Request, waited
 from migctl.jobs.mps import MpsManager, Share, Sharing, shares_from
 from migctl.jobs.runner import FORWARDED, check_command, gated_popen, open_gate, wait_hooks
 
@@ -295,8 +295,7 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
             if retry is not None and retry(dreq):
                 continue
             if deadline is not None and time.monotonic() >= deadline:
-                raise JobsError(f"no shared device had room for {req.describe()} in time"
-                                + (f"; waited {wait:g}s" if wait else "; use --wait SECONDS to wait for one")
+                raise JobsError(f"no shared device had room for {req.describe()} in time" + waited(wait)
                                 + (leases.what_would_help(dreq, reshaping=reshape is not None)
                                    if mig else ""), exit_code=75)
             if not told:
