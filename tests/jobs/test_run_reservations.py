@@ -359,3 +359,114 @@ def test_an_existing_database_gets_the_new_columns(a30: SimEnv) -> None:
     assert _rows("waiters") == []
     reservations.prune(conn, key)  # job 7 is not queued (there is no such job): its reservation goes
     assert _rows("reservations") == []
+
+
+def _whole_a30_held(env: SimEnv, go: Path) -> subprocess.Popen[str]:
+    """A run holding the whole A30 (4g.24gb) until ``go`` exists."""
+    holder = env.popen("run", "--profile", "4g.24gb", "--", "sh", "-c", f'while [ ! -e "{go}" ]; do sleep 0.05; done')
+    wait_for(lambda: _leased(env) == ["4g.24gb"], what="the holder's lease")
+    return holder
+
+
+def _waiting(pid: int) -> bool:
+    return pid in [r[1] for r in _rows("waiters")]
+
+
+@pytest.mark.parametrize("reserve", ["300", "0"])
+def test_runs_waiting_for_the_same_thing_start_in_arrival_order(a30: SimEnv, tmp_path: Path, reserve: str) -> None:
+    """Five runs for the whole A30 begin waiting one after another behind a holder; each command writes its
+    number and ends at once. They start in the order they began waiting, below the reservation threshold
+    (each retries on its own) and past it (the handoff from one reservation to the next). Before runs took
+    turns, a younger run took the device in that handoff (2026-12-03: 1 of 5 trials in order)."""
+    go, out = tmp_path / "go", tmp_path / "order"
+    holder = _whole_a30_held(a30, go)
+    runs: list[subprocess.Popen[str]] = []
+    try:
+        for k in range(5):
+            runs.append(a30.popen("run", "--wait", "120", "--reserve-after", reserve, "--profile", "4g.24gb", "--",
+                                  "sh", "-c", f'echo {k} >> "{out}"'))
+            wait_for(lambda: _waiting(runs[-1].pid), what=f"run {k} waiting")
+        shown = json.loads(a30.migctl("jobs", "--json").stdout)["waiting_runs"]
+        assert [(w["pid"], w["place"], w["request"]) for w in shown] == [
+            (p.pid, k + 1, "profile 4g.24gb") for k, p in enumerate(runs)]
+        text = a30.migctl("jobs").stdout
+        assert f"run (pid {runs[0].pid}) waits for profile 4g.24gb since " in text and "(next)" in text, text
+        assert f"run (pid {runs[4].pid}) waits for profile 4g.24gb since " in text and "(4 ahead of it)" in text
+        go.touch()
+        assert holder.wait(60) == 0
+        for p in runs:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+        assert out.read_text().split() == ["0", "1", "2", "3", "4"]
+        assert _rows("waiters") == [] and _rows("reservations") == [] and _leased(a30) == []
+    finally:
+        for p in (holder, *runs):
+            if p.poll() is None:
+                p.kill()
+                p.wait(20)
+
+
+def test_an_earlier_waiter_holds_back_only_while_it_is_seen(a30: SimEnv, tmp_path: Path) -> None:
+    """A waiting run with the same request that began earlier comes first, for ``--no-wait`` and waiting runs
+    alike, and the timeout says so; once its row has not been refreshed for ``STALE`` seconds (a stopped
+    run) it no longer counts, and nothing is held back by a waiter for another request."""
+    from migctl.jobs.common import connect, node_key
+    from migctl.jobs.run_reserve import RunReservation, signature
+
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        start = float(__import__("psutil").Process(sleeper.pid).create_time())
+        conn = connect()
+
+        def waiter(req: Request, seen: float) -> None:
+            with conn:
+                conn.execute("INSERT OR REPLACE INTO waiters (node, pid, pid_start, since, reserve_after, request, seen) "
+                             "VALUES (?,?,?,?,?,?,?)", (node_key(a30.node()), sleeper.pid, start, time.time() - 1,
+                                                        300.0, signature(req), seen))
+
+        waiter(Request(profile="4g.24gb"), time.time() + 3600)
+        for args in (["--no-wait"], ["--wait", "1"]):
+            r = a30.migctl("run", *args, "--profile", "4g.24gb", "--", "true")
+            assert r.returncode == 75 and r.stderr.count("\n") <= 2, r.stderr
+            assert "1 earlier run(s) waiting for the same request come first" in r.stderr, r.stderr
+        assert _leased(a30) == [] and _gis(a30) == []
+        r = a30.migctl("run", "--no-wait", "--ephemeral", "--profile", "1g.6gb", "--", "true")  # not held back
+        assert r.returncode == 0, r.stderr
+        waiter(Request(profile="4g.24gb"), time.time() - RunReservation.STALE - 1)  # not seen lately
+        r = a30.migctl("run", "--no-wait", "--ephemeral", "--profile", "4g.24gb", "--", "true")
+        assert r.returncode == 0, r.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_stopped_waiter_stops_holding_back_the_runs_behind_it(a30: SimEnv, tmp_path: Path) -> None:
+    """A run stopped while waiting (SIGSTOP) no longer refreshes its row: the run behind it gets the device
+    once the row is ``STALE``; resumed, the stopped run takes its turn after that."""
+    go, out = tmp_path / "go", tmp_path / "order"
+    holder = _whole_a30_held(a30, go)
+    runs: list[subprocess.Popen[str]] = []
+    try:
+        for k in range(2):
+            runs.append(a30.popen("run", "--wait", "120", "--profile", "4g.24gb", "--", "sh", "-c",
+                                  f'echo {k} >> "{out}"'))
+            wait_for(lambda: _waiting(runs[-1].pid), what=f"run {k} waiting")
+        runs[0].send_signal(signal.SIGSTOP)
+        go.touch()
+        assert holder.wait(60) == 0
+        _, err = runs[1].communicate(timeout=60)
+        assert runs[1].returncode == 0, err
+        assert runs[0].poll() is None and out.read_text().split() == ["1"]
+        [shown] = json.loads(a30.migctl("jobs", "--json").stdout)["waiting_runs"]
+        assert (shown["pid"], shown["place"]) == (runs[0].pid, None)  # holds nobody back
+        assert "(not seen lately)" in a30.migctl("jobs").stdout
+        runs[0].send_signal(signal.SIGCONT)
+        _, err = runs[0].communicate(timeout=60)
+        assert runs[0].returncode == 0, err
+        assert out.read_text().split() == ["1", "0"] and _rows("waiters") == []
+    finally:
+        for p in (holder, *runs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait(20)

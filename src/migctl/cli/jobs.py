@@ -117,6 +117,12 @@ def _run_reservations(q: Any) -> list[dict[str, Any]]:
     return [{"pid": r.pid, **r.to_json()} for r in reservations.load(q.conn, q.key, live=True) if r.pid is not None]
 
 
+def _place(n: int | None) -> str:
+    if n is None:
+        return "not seen lately"
+    return {1: "next"}.get(n, f"{n - 1} ahead of it")
+
+
 def _fmt_time(t: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) if t else "-"
 
@@ -237,7 +243,10 @@ def register(app: typer.Typer) -> None:
         states = (state,) if state else (None if all_ else ("queued", "starting", "running"))
         jobs = q.list(states)
         if as_json:
-            emit_json({"jobs": _jobs_json(q, jobs), "run_reservations": _run_reservations(q)})
+            from migctl.jobs.run_reserve import waiting_runs
+
+            emit_json({"jobs": _jobs_json(q, jobs), "run_reservations": _run_reservations(q),
+                       "waiting_runs": waiting_runs(q.conn, q.key)})
             return
         if not jobs:
             print("no jobs" + ("" if all_ else " queued or running (--all shows finished ones)"))
@@ -259,6 +268,10 @@ def register(app: typer.Typer) -> None:
 
         for r in reservations.load(q.conn, q.key, live=True):
             print(f"{r.holder()} has a reservation: {r.describe()}")
+        from migctl.jobs.run_reserve import waiting_runs
+
+        for w in waiting_runs(q.conn, q.key):
+            print(f"run (pid {w['pid']}) waits for {w['request']} since {_fmt_time(w['since'])} ({_place(w['place'])})")
 
     @app.command("cancel")
     @_guard

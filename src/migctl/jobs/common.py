@@ -167,6 +167,9 @@ ADDED_COLUMNS = {
     # a waiting ``migctl run``'s reservation (jobs/run_reserve.py): its PID and start time (NULL for a
     # queued job's); its job_id is then -PID (the column stays the primary key)
     "reservations": (("pid", "INTEGER"), ("pid_start", "REAL")),
+    # the arrival order of runs waiting for the same thing (jobs/run_reserve.py): the request's signature,
+    # and when the run's wait loop last refreshed the row
+    "waiters": (("request", "TEXT NOT NULL DEFAULT ''"), ("seen", "REAL NOT NULL DEFAULT 0")),
 }
 
 

@@ -22,6 +22,7 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,7 @@ class LeaseManager:
     LOCK_SLICE = 1.0
     NO_WAIT_LOCK = 10.0  # with little or no --wait, how long an apply holding the lock is awaited ($MIGCTL_LOCK_WAIT)
     last_lock_busy = ""
+    last_ahead = 0
 
     def __init__(self, node: Any, path: Path | None = None) -> None:
         self.node = node
@@ -303,7 +305,8 @@ class LeaseManager:
 
     def try_acquire(self, req: Request, pid: int | None = None, pid_start: float | None = None,
                     job_id: int | None = None, owner: str = "", precheck: bool = True, check: bool = False,
-                    lock_timeout: float | None = None, limit: float | None = None) -> Lease | None:
+                    lock_timeout: float | None = None, limit: float | None = None,
+                    ahead: Callable[[], int] | None = None) -> Lease | None:
         """Lease the smallest free fitting device (creating one in free space if allowed); None if none now.
 
         Takes the node lock (waiting at most ``lock_timeout``, default :attr:`LOCK_SLICE`; None when it stays
@@ -312,9 +315,12 @@ class LeaseManager:
         create one, is the lock taken. ``check``: run :meth:`check_satisfiable` under the lock first.
         Reservations (:mod:`migctl.jobs.reservations`) of other jobs and runs are kept clear of unless the
         requester's time limit ``limit`` (seconds; None = unbounded, as for ``migctl run``) ends before the
-        reservation; a run's own reservation (held for process ``pid``) is its to use.
+        reservation; a run's own reservation (held for process ``pid``) is its to use. ``ahead``: called under
+        the lock, the number of earlier runs waiting for the same thing; nothing is leased while it is above 0
+        (:meth:`migctl.jobs.run_reserve.RunReservation.ahead`; the count is kept in :attr:`last_ahead`).
         """
         self.last_lock_busy = ""
+        self.last_ahead = 0
         pid = pid or os.getpid()
         start = pid_start if pid_start is not None else proc_start(pid)
         if start is None:
@@ -328,16 +334,20 @@ class LeaseManager:
             self.last_lock_busy = str(e)
             return None
         try:
-            return self._acquire_locked(req, pid, start, job_id, owner, check, limit)
+            if check:
+                self._settled_check(req)
+            if ahead is not None:
+                self.last_ahead = ahead()
+                if self.last_ahead:
+                    return None
+            return self._acquire_locked(req, pid, start, job_id, owner, limit)
         finally:
             lock.__exit__(None, None, None)
 
     def _acquire_locked(self, req: Request, pid: int, start: float, job_id: int | None, owner: str,
-                        check: bool, limit: float | None = None) -> Lease | None:
+                        limit: float | None = None) -> Lease | None:
         from migctl.instance_journal import recover_creates
 
-        if check:
-            self._settled_check(req)
         try:
             recover_creates(self.node)
             frozen = self._recover_apply()
@@ -450,7 +460,8 @@ class LeaseManager:
             raise
 
     def acquire(self, req: Request, wait: float | None = None, pid: int | None = None, job_id: int | None = None,
-                owner: str = "", on_wait: Any = None, on_retry: Any = None, reshaping: bool = False) -> Lease:
+                owner: str = "", on_wait: Any = None, on_retry: Any = None, reshaping: bool = False,
+                turn: Any = None) -> Lease:
         """Lease a device, waiting up to ``wait`` seconds (None = forever, 0 = not at all) for one to free up.
 
         The first attempt checks under the node lock that the request can ever be satisfied (exit 2 if not).
@@ -458,8 +469,12 @@ class LeaseManager:
         :attr:`NO_WAIT_LOCK` seconds. When the wait ends, the error says who held the lock.
         ``on_retry(req)``: called after each attempt that found nothing (having got the lock); True means it
         changed the node (``run --reshape`` reshaped it) and the next attempt follows at once. ``reshaping``:
-        the caller reshapes (the timeout's message then does not suggest it).
+        the caller reshapes (the timeout's message then does not suggest it). ``turn``: the run's place among
+        runs waiting for the same thing (a :class:`migctl.jobs.run_reserve.RunReservation`): entered before the
+        first attempt, refreshed on every pass, and asked under the lock whether earlier runs come first.
         """
+        if turn is not None:
+            turn.enter(req, waits=wait is None or wait > 0)
         start = time.monotonic()
         deadline = None if wait is None else start + max(wait, 0.0)
         lock_deadline = start + _lock_wait(self.NO_WAIT_LOCK)
@@ -469,9 +484,12 @@ class LeaseManager:
             limit = None if deadline is None else max(deadline, lock_deadline)
             slice_ = self.LOCK_SLICE if limit is None else max(0.05, min(self.LOCK_SLICE, limit - now))
             self.last_lock_busy = ""
-            lease = self.try_acquire(req, pid=pid, job_id=job_id, owner=owner, check=not checked, lock_timeout=slice_)
+            lease = self.try_acquire(req, pid=pid, job_id=job_id, owner=owner, check=not checked, lock_timeout=slice_,
+                                     ahead=None if turn is None else turn.ahead)
             if lease is not None:
                 return lease
+            if turn is not None:
+                turn.beat()
             got_lock = not self.last_lock_busy
             checked = checked or got_lock
             if got_lock and on_retry is not None and on_retry(req):
@@ -482,9 +500,11 @@ class LeaseManager:
                     raise JobsError(f"no MIG device could be leased for {req.describe()}: {self.last_lock_busy}",
                                     exit_code=75)
                 busy = len(self.leases())
+                first = (f"; {self.last_ahead} earlier run(s) waiting for the same request come first"
+                         if self.last_ahead else "")
                 raise JobsError(
                     f"no free MIG device for {req.describe()} and no room to create one "
-                    f"({busy} device(s) leased on this node)"
+                    f"({busy} device(s) leased on this node{first})"
                     + waited(wait) + self.what_would_help(req, reshaping),
                     exit_code=75,
                 )

@@ -7,7 +7,8 @@ worker (:mod:`migctl.jobs.demand`) for the oldest job that has waited longer tha
 or by a waiting ``migctl run`` for itself (:mod:`migctl.jobs.run_reserve`; its row has ``job_id`` -PID and
 the run's PID and start time), one at a time per node, and it outlives a worker restart. A run's
 reservation whose process is gone is ignored at once and swept by the next worker pass or run.
-Waiting runs (table ``waiters``) and queued jobs take turns oldest first (:func:`older_run`, :func:`older_job`).
+Waiting runs (table ``waiters``) and queued jobs take turns oldest first (:func:`older_run`, :func:`older_job`);
+runs that wait for the same thing are leased in arrival order (:func:`ahead_of`).
 
 Every lease respects it (:meth:`migctl.jobs.leases.LeaseManager.try_acquire`): another requester may use
 an existing device, or create one, that overlaps a reserved placement only when its own time limit ends
@@ -166,6 +167,18 @@ def older_run(conn: sqlite3.Connection, key: str, since: float, now: float, pid:
         if r["pid"] != pid and pid_alive(r["pid"], r["pid_start"]):
             return int(r["pid"])
     return None
+
+
+def ahead_of(conn: sqlite3.Connection, key: str, request: str, since: float, pid: int, seen_after: float) -> int:
+    """How many live waiting runs other than ``pid`` wait for the same ``request`` (a
+    :func:`migctl.jobs.run_reserve.signature`), began waiting before ``since`` and were seen after
+    ``seen_after``: the runs served before a run that began waiting at ``since``."""
+    from migctl.proc import pid_alive
+
+    rows = conn.execute("SELECT pid, pid_start FROM waiters WHERE node=? AND request=? AND pid != ? AND seen > ? "
+                        "AND (since < ? OR (since = ? AND pid < ?))",
+                        (key, request, pid, seen_after, since, since, pid)).fetchall()
+    return sum(1 for r in rows if pid_alive(r["pid"], r["pid_start"]))
 
 
 def run_first(conn: sqlite3.Connection, key: str, priority: int, created: float, now: float) -> bool:

@@ -24,6 +24,15 @@ The run makes and takes its own reservation, so it works with no worker running:
   ignored by :func:`migctl.jobs.reservations.blocking`) and the next worker pass or waiting run deletes
   both (:func:`migctl.jobs.reservations.prune`), as stale leases are (same PID and start-time check).
 
+Runs that ask for the same thing are served in arrival order, below any threshold (a FIFO per request):
+an exclusive run that may wait records itself in ``waiters`` before its first attempt (its request as
+:func:`signature` gives it), refreshes its row's ``seen`` from its wait loop (:meth:`RunReservation.beat`),
+and under the node lock leases nothing while a live waiting run with the same request that began waiting
+before it has been seen within :attr:`RunReservation.STALE` seconds (:meth:`RunReservation.ahead`;
+:func:`migctl.jobs.reservations.ahead_of`). A run that holds the node's reservation is exempt (the space it
+reserved is its own to use), and a stopped or stuck run (no refresh) stops counting after ``STALE`` seconds.
+A ``--no-wait`` run records nothing but defers the same way.
+
 Oldest waiter first, jobs and runs together (a run counts as priority 0: a queued job above it goes first,
 one below it after it): a run defers to an older waiting run past its own threshold
 (:func:`migctl.jobs.reservations.older_run`) and to the queued job that the node's live worker reserves for
@@ -36,6 +45,8 @@ run does not wait for them). The worker, in turn, leaves the reservation to a ru
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -48,14 +59,51 @@ from migctl.jobs.common import connect, immediate, node_key, proc_start
 from migctl.jobs.leases import Request
 
 
+def signature(req: Request) -> str:
+    """The request as runs that wait for the same thing share it (the key of their arrival order)."""
+    return json.dumps([req.profile, req.mem_mib, list(req.gpus) if req.gpus else None, req.create])
+
+
+def waiting_runs(conn: Any, key: str, now: float | None = None) -> list[dict[str, Any]]:
+    """The live runs waiting on the node, oldest first, as ``migctl jobs`` shows them: PID, what it asks for,
+    when it began waiting, its place among the runs waiting for the same thing (1 = next; None when it has
+    not been seen for :attr:`RunReservation.STALE` s and so holds nobody back) and when it was last seen."""
+    from migctl.proc import pid_alive
+
+    now = time.time() if now is None else now
+    rows = [r for r in conn.execute("SELECT pid, pid_start, since, request, seen FROM waiters WHERE node=? "
+                                    "ORDER BY since, pid", (key,)).fetchall() if pid_alive(r["pid"], r["pid_start"])]
+    places: dict[str, int] = {}
+    out = []
+    for r in rows:
+        fresh = float(r["seen"]) > now - RunReservation.STALE
+        place = None
+        if fresh and r["request"]:
+            place = places[r["request"]] = places.get(r["request"], 0) + 1
+        out.append({"pid": int(r["pid"]), "request": _described(r["request"]), "since": float(r["since"]),
+                    "place": place, "seen": float(r["seen"]) or None})
+    return out
+
+
+def _described(request: str) -> str:
+    if not request:
+        return "a shared device"  # (a shared run past its --reserve-after; not in an arrival order)
+    profile, mem, gpus, create = json.loads(request)
+    return Request(profile=profile, mem_mib=mem, gpus=tuple(gpus) if gpus else None, create=create).describe() + (
+        "" if create else ", existing instance")
+
+
 class RunReservation:
-    """One waiting run's place in the reservation order, and its reservation once it has waited long enough."""
+    """One waiting run's place in the arrival order and in the reservation order, and its reservation once it
+    has waited long enough (``reserve_after`` seconds; None: never)."""
 
     PAUSE = 0.25  # seconds between two attempts, at least
+    BEAT = 1.0  # seconds between two refreshes of the waiter row's ``seen``, at least
+    STALE = 5.0  # a waiter not seen for this long stops counting in the arrival order
 
-    def __init__(self, node: Any, reserve_after: float, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, node: Any, reserve_after: float | None, log: Callable[[str], None] | None = None) -> None:
         self.node = node
-        self.reserve_after = reserve_after
+        self.reserve_after = math.inf if reserve_after is None else reserve_after
         self.log = log or (lambda s: None)
         self.key = node_key(node)
         self.pid = os.getpid()
@@ -64,6 +112,8 @@ class RunReservation:
         self.enlisted = False
         self._next = 0.0
         self._said = ""
+        self._request = ""
+        self._beaten = 0.0
 
     @cached_property
     def conn(self) -> Any:
@@ -77,9 +127,39 @@ class RunReservation:
     def _enlist(self) -> None:
         assert self.since is not None
         self.enlisted = True
+        self._beaten = time.monotonic()
         with immediate(self.conn) as c:
-            c.execute("INSERT OR REPLACE INTO waiters (node, pid, pid_start, since, reserve_after) VALUES (?,?,?,?,?)",
-                      (self.key, self.pid, self.pid_start, self.since, self.reserve_after))
+            c.execute("INSERT OR REPLACE INTO waiters (node, pid, pid_start, since, reserve_after, request, seen) "
+                      "VALUES (?,?,?,?,?,?,?)", (self.key, self.pid, self.pid_start, self.since,
+                                                 self.reserve_after, self._request, time.time()))
+
+    def enter(self, req: Request, waits: bool = True) -> None:
+        """Before the first attempt: take a place in the arrival order of runs with the same request (only a
+        run that may wait: ``waits``)."""
+        self._request = signature(req)
+        if waits and not self.enlisted:
+            self.since = time.time()
+            self._enlist()
+
+    def beat(self) -> None:
+        """From the wait loop: refresh ``seen`` (at most every :attr:`BEAT` s), so a run that stops looping
+        (stopped, stuck) stops holding back the runs behind it."""
+        if self.enlisted and time.monotonic() - self._beaten >= self.BEAT:
+            self._beaten = time.monotonic()
+            with immediate(self.conn) as c:
+                c.execute("UPDATE waiters SET seen=? WHERE node=? AND pid=?", (time.time(), self.key, self.pid))
+
+    def ahead(self) -> int:
+        """How many live waiting runs with the same request began waiting before this one and were seen within
+        :attr:`STALE` s (0: its turn). Called under the node lock, before a device is chosen. A run holding the
+        node's reservation does not wait for them (its reserved space is its own to use)."""
+        if not self._request:
+            return 0
+        if self.enlisted and self.mine() is not None:
+            return 0
+        now = time.time()
+        since = self.since if self.since is not None else now
+        return reservations.ahead_of(self.conn, self.key, self._request, since, self.pid, now - self.STALE)
 
     def mine(self) -> reservations.Reservation | None:
         return next((r for r in reservations.load(self.conn, self.key) if r.job_id == self.job_id

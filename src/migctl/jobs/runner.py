@@ -130,18 +130,19 @@ def check_command(name: str) -> None:
 
 
 def wait_hooks(node: Any, req: Request, *, wait: float | None, reshape: Any, reserve_after: float | None,
-               log: Callable[[str], None]) -> tuple[Callable[[Request], bool] | None, Any]:
+               log: Callable[[str], None], fifo: bool = False) -> tuple[Callable[[Request], bool] | None, Any]:
     """What a waiting run does after each attempt that found nothing: take its reservation in turn
     (``reserve_after`` seconds, when it may wait; with ``--no-create``, of an existing instance) and reshape
     idle instances (``reshape``, a :class:`migctl.jobs.reshape.Churn`). Returns the retry hook (True: the
     node changed, try again at once; None when there is nothing to do) and the
-    :class:`migctl.jobs.run_reserve.RunReservation` to close."""
+    :class:`migctl.jobs.run_reserve.RunReservation` to close (with ``fifo``, always: the run's place among
+    runs waiting for the same thing, for :meth:`LeaseManager.acquire`'s ``turn``)."""
     hooks: list[Callable[[Request], bool]] = []
     reserver = None
-    if reserve_after is not None and wait != 0:
+    if fifo or (reserve_after is not None and wait != 0):
         from migctl.jobs.run_reserve import RunReservation
 
-        reserver = RunReservation(node, reserve_after, log=log)
+        reserver = RunReservation(node, reserve_after if wait != 0 else None, log=log)
         hooks.append(reserver.attempt)
     if reshape is not None:
         from migctl.jobs.reshape import Reshaper
@@ -175,9 +176,11 @@ def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = Non
         sys.stderr.write(f"migctl: waiting for a free MIG device ({r.describe()})...\n")
         sys.stderr.flush()
 
-    retry, reserver = wait_hooks(node, req, wait=wait, reshape=reshape, reserve_after=reserve_after, log=say)
+    retry, reserver = wait_hooks(node, req, wait=wait, reshape=reshape, reserve_after=reserve_after, log=say,
+                                 fifo=True)
     try:
-        lease = mgr.acquire(req, wait=wait, owner="run", on_wait=waiting, on_retry=retry, reshaping=reshape is not None)
+        lease = mgr.acquire(req, wait=wait, owner="run", on_wait=waiting, on_retry=retry, reshaping=reshape is not None,
+                            turn=reserver)
     finally:
         if reserver is not None:
             reserver.close()
