@@ -110,6 +110,7 @@ def _bounded_loader(file: str) -> Any:
             self._depth = 0
             self._aliases = 0
             self._sizes: dict[int, int] = {}
+            self._total = 0  # nodes composed so far, an alias counting as the nodes it repeats
 
         def _mark(self) -> str:
             mark = self.peek_event().start_mark if self.check_event() else None
@@ -120,7 +121,10 @@ def _bounded_loader(file: str) -> Any:
                 self._aliases += 1
                 if self._aliases > MAX_ALIASES:
                     raise InputError(f"{self._mark()}: more than {MAX_ALIASES} YAML aliases")
-                return super().compose_node(parent, index)
+                node = super().compose_node(parent, index)
+                self._count(self._size(node))
+                return node
+            self._count(1)  # (as each node starts: a long flat document is refused early, not once parsed)
             self._depth += 1
             try:
                 if self._depth > MAX_DEPTH:
@@ -130,15 +134,19 @@ def _bounded_loader(file: str) -> Any:
                 self._depth -= 1
             size = 1 + sum(self._size(c) for c in _children(node))
             self._sizes[id(node)] = size
-            if size > MAX_NODES:
-                raise InputError(f"{file}: YAML expands to more than {MAX_NODES} nodes (aliases); refused")
             return node
+
+        def _count(self, n: int) -> None:
+            self._total += n
+            if self._total > MAX_NODES:
+                raise InputError(f"{self._mark()}: YAML has more than {MAX_NODES} nodes (aliases expanded); refused")
 
         def _size(self, node: Any) -> int:
             return self._sizes.get(id(node), 1)
 
         def compose_document(self) -> Any:
             self._sizes = {}
+            self._total = 0
             return super().compose_document()
 
     return BoundedLoader
@@ -171,20 +179,26 @@ def load_yaml(text: str, file: str) -> Any:
         loader.dispose()
 
 
-def load_yaml_file(path: str | Path, what: str = "file") -> Any:
-    """Read ``path`` safely and parse it as YAML; any problem is one :class:`InputError` line."""
+def load_yaml_file(path: str | Path, what: str = "file", limit: int = MAX_BYTES) -> Any:
+    """Read ``path`` safely (a regular file of at most ``limit`` bytes) and parse it as YAML; any problem is
+    one :class:`InputError` line."""
+    label = printable(os.fsdecode(os.fspath(path)))
+    return load_yaml_text(read_text(path, what, limit), f"{what} {label}", label)
+
+
+def load_yaml_text(text: str, what: str, label: str = "") -> Any:
+    """:func:`load_yaml` of ``text`` (from ``what``, e.g. ``ConfigMap ns/name``; ``label`` names it in the
+    limits' messages); any problem is one :class:`InputError` line."""
     import yaml
 
-    label = printable(os.fsdecode(os.fspath(path)))
-    text = read_text(path, what)
     try:
-        return load_yaml(text, label)
+        return load_yaml(text, label or what)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else 1
-        raise InputError(f"{what} {label}:{line}: invalid YAML: {e.problem or e.context}") from None
+        raise InputError(f"{what}:{line}: invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise InputError(f"{what} {label}: invalid YAML: {' '.join(str(e).split())[:200]}") from None
+        raise InputError(f"{what}: invalid YAML: {' '.join(str(e).split())[:200]}") from None
 
 
 def load_json(text: str, file: str) -> Any:

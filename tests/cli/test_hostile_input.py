@@ -58,6 +58,8 @@ def test_config_file_inputs_are_bounded(cli, tmp_path: Path, kind: str) -> None:
         ("batch", bad),
         ("plan", bad),
         ("plan", bad, "--live"),
+        ("k8s", "plan", bad, "--dry-run"),
+        ("catalog", f"file:{bad}"),
     ]
     for args in runs:
         r = cli(*args)
@@ -66,6 +68,17 @@ def test_config_file_inputs_are_bounded(cli, tmp_path: Path, kind: str) -> None:
         if not (kind == "bomb" and args[0] == "restore"):  # restore reads JSON: the bomb is invalid JSON there
             assert EXPECT[kind] in line, (args, line)
         assert len(line) < 400, (args, line)
+
+
+def test_a_long_flat_yaml_file_is_refused_where_it_crosses_the_node_limit(cli, tmp_path: Path) -> None:
+    """A valid-looking file of a million list items (4 MB, under the size limit) is refused at the item that
+    crosses the 100,000-node limit, not after parsing all of it (which took over a minute and 860 MB for a
+    200,000-job batch file before the count ran while composing)."""
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("- x\n" * 1_000_000)
+    for args in (("validate", "-f", flat), ("batch", flat)):
+        line = one_error_line(r := cli(*args))
+        assert r.code == 2 and "flat.yaml:100000: YAML has more than 100000 nodes" in line, (args, line)
 
 
 def test_sim_state_refuses_devices_fifos_dirs_and_missing_parents(cli, tmp_path: Path) -> None:

@@ -237,21 +237,17 @@ def load_model_file(path: str) -> GpuModel:
         st = f.stat()
     except OSError as e:
         raise CatalogError(f"cannot read model file {path}: {e.strerror}") from None
-    if st.st_size > 1 << 20:
-        raise CatalogError(f"model file {path} is {st.st_size} bytes; a model file is at most 1 MiB")
     return _load_path(str(f), st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=32)
 def _load_path(path: str, mtime_ns: int, size: int) -> GpuModel:
-    from pathlib import Path
+    from migctl.inputs import InputError, load_yaml_file
 
-    import yaml
-
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CatalogError(f"cannot read model file {path}: {e.__class__.__name__}: {e}") from None
+    try:  # (a regular file of at most 1 MiB, UTF-8, bounded YAML: a FIFO or /dev/zero is refused, not read)
+        raw = load_yaml_file(path, "model file", limit=1 << 20)
+    except InputError as e:
+        raise CatalogError(str(e)) from None
     if not isinstance(raw, dict):
         raise CatalogError(f"model file {path} is not a mapping of model fields (see catalog/data/*.yaml)")
     try:

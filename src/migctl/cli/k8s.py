@@ -145,17 +145,11 @@ def plan_cmd(
 ) -> None:
     """Plan layouts for FILE's workloads onto the nodes (incrementally: busy instances stay), write one config
     per changed node into the ConfigMap and set those nodes' nvidia.com/mig.config."""
-    import yaml
-
+    from migctl.inputs import load_yaml_file
     from migctl.integrations.k8s_agent import api_from_config
     from migctl.integrations.k8s_plan import plan_fleet, write_plan
 
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except OSError as e:
-        fail(f"cannot read {file}: {e.strerror}")
-    except yaml.YAMLError as e:
-        fail(f"{file}: not YAML ({str(e).splitlines()[0]})")
+    data = load_yaml_file(file, "planning request")  # (InputError: one line, exit 2)
     if not isinstance(data, dict):
         fail(f"{file}: expected a mapping with 'workloads'")
     if time_limit is not None and time_limit <= 0:

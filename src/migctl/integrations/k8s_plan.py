@@ -164,6 +164,8 @@ def write_plan(api: Any, fp: FleetPlan, namespace: str, configmap: str, key: str
     import yaml
     from kubernetes.client.exceptions import ApiException
 
+    from migctl.inputs import load_yaml_text
+
     for attempt in range(attempts):
         try:
             cm = api.read_namespaced_config_map(configmap, namespace)
@@ -173,7 +175,7 @@ def write_plan(api: Any, fp: FleetPlan, namespace: str, configmap: str, key: str
                 raise
             cm, exists = None, False
         text = ((cm.data or {}).get(key) if cm is not None else None) or "version: v1\nmig-configs: {}\n"
-        doc = yaml.safe_load(text)
+        doc = load_yaml_text(text, f"ConfigMap {namespace}/{configmap} key {key}")
         if not isinstance(doc, dict) or not isinstance(doc.get("mig-configs"), dict):
             raise UserError(f"ConfigMap {namespace}/{configmap} key {key} is not a mig-parted v1 config")
         for c in fp.changes:
