@@ -470,3 +470,36 @@ def test_a_stopped_waiter_stops_holding_back_the_runs_behind_it(a30: SimEnv, tmp
                 p.send_signal(signal.SIGCONT)
                 p.kill()
                 p.wait(20)
+
+
+def test_shared_runs_waiting_for_the_same_thing_start_in_arrival_order(shared: SimEnv, tmp_path: Path) -> None:
+    """Time-sliced runs that allow one client per device (``--isolation none --share 1``) for the whole A30
+    begin waiting one after another behind a holder; they start in that order, and ``jobs`` names their
+    sharing. A run with another sharing is not held back by them."""
+    a30 = shared
+    go, out = tmp_path / "go", tmp_path / "order"
+    opts = ("--isolation", "none", "--share", "1", "--profile", "4g.24gb")
+    holder = a30.popen("run", *opts, "--", "sh", "-c", f'while [ ! -e "{go}" ]; do sleep 0.05; done')
+    runs: list[subprocess.Popen[str]] = []
+    try:
+        wait_for(lambda: _gis(a30) == [("4g.24gb", 0)], what="the holder's device")
+        for k in range(4):
+            runs.append(a30.popen("run", "--wait", "120", *opts, "--", "sh", "-c", f'echo {k} >> "{out}"'))
+            wait_for(lambda: _waiting(runs[-1].pid), what=f"run {k} waiting")
+        shown = json.loads(a30.migctl("jobs", "--json").stdout)["waiting_runs"]
+        assert [(w["pid"], w["place"], w["request"]) for w in shown] == [
+            (p.pid, k + 1, "profile 4g.24gb, shared ts <=1") for k, p in enumerate(runs)]
+        r = a30.migctl("run", "--no-wait", "--isolation", "none", "--share", "2", "--profile", "4g.24gb", "--", "true")
+        assert r.returncode == 75 and "earlier run" not in r.stderr, r.stderr  # no room, but not for that reason
+        go.touch()
+        assert holder.wait(60) == 0
+        for p in runs:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+        assert out.read_text().split() == ["0", "1", "2", "3"]
+        assert _rows("waiters") == []
+    finally:
+        for p in (holder, *runs):
+            if p.poll() is None:
+                p.kill()
+                p.wait(20)

@@ -96,6 +96,35 @@ def test_time_sliced_jobs_share_without_limits(shared: Any) -> None:
     assert [p.returncode for p in procs] == [0, 0], [p.stderr.read() for p in procs if p.stderr]
 
 
+def test_a_time_sliced_client_is_never_given_more_company_than_its_share(shared: Any) -> None:
+    """A client that allows at most one client per device (``--share 1``) is not joined by a client that
+    would allow two; two clients that both allow two share, and a third is turned away."""
+    a30 = shared
+    a30.layout(0, ["1g.6gb"])
+    go = a30.tmp / "go"
+    env = {"OUT": str(a30.tmp / "env0"), "GO": str(go)}
+    alone = _popen(a30, env, "run", "--isolation", "none", "--share", "1", "--no-create", "--", "bash", "-c",
+                   ENV_THEN_WAIT)
+    try:
+        _wait_file(a30.tmp / "env0")
+        r = a30.migctl("run", "--no-wait", "--no-create", "--isolation", "none", "--share", "2", "--", "true")
+        assert r.returncode == 75, r.stderr
+    finally:
+        go.touch()
+        alone.wait(timeout=60)
+    assert alone.returncode == 0, alone.stderr.read() if alone.stderr else ""
+    go.unlink()
+    _, procs = _two_clients(a30, "--isolation", "none", "--share", "2", "--no-create")
+    try:
+        r = a30.migctl("run", "--no-wait", "--no-create", "--isolation", "none", "--share", "3", "--", "true")
+        assert r.returncode == 75, r.stderr  # (it would allow three; the two there allow two)
+    finally:
+        go.touch()
+        for p in procs:
+            p.wait(timeout=60)
+    assert [p.returncode for p in procs] == [0, 0]
+
+
 def test_mps_files_are_private_under_any_umask(shared: Any) -> None:
     """With umask 0, an MPS run leaves only private directories and files in the state dir (the ``mps``
     parent, the daemon's pipe and log directories, the select and node locks)."""

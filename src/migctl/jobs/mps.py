@@ -313,12 +313,13 @@ class MpsManager:
 
     def admit_timeslice(self, uuid: str, cap: int, pid: int, pid_start: float | None,
                         pgid: int | None = None) -> dict[str, str]:
-        """Admit a time-sliced client (no limits) while the device has fewer than ``cap`` of them."""
+        """Admit a time-sliced client (no limits) while the device has fewer clients than ``cap`` and than
+        the ``cap`` of every client already there (each client's ``--share N`` is its own promise)."""
         with self._locked(uuid) as d:
             clients = self._read(d)
             _check_timeslice(uuid, clients, cap)
             clients.append({"pid": pid, "pid_start": pid_start, "pgid": pgid, "threads": 0, "mem_mib": None,
-                            "kind": "timeslice"})
+                            "kind": "timeslice", "cap": cap})
             self._write(d, clients)
         return {}
 
@@ -387,6 +388,10 @@ def _check_timeslice(uuid: str, clients: list[dict[str, Any]], cap: int) -> None
         raise JobsError(f"{uuid} is shared through MPS by other clients", exit_code=75)
     if len(clients) >= cap:
         raise JobsError(f"{uuid} already has {len(clients)} time-sliced clients (--share {cap})", exit_code=75)
+    tightest = min((int(c["cap"]) for c in clients if c.get("cap")), default=None)
+    if tightest is not None and len(clients) >= tightest:
+        raise JobsError(f"{uuid} has {len(clients)} time-sliced client(s), one of which allows at most {tightest} "
+                        f"(--share {tightest})", exit_code=75)
 
 
 def free_share(clients: list[dict[str, Any]], device_mem_mib: int) -> tuple[int, int]:

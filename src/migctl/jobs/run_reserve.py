@@ -59,9 +59,13 @@ from migctl.jobs.common import connect, immediate, node_key, proc_start
 from migctl.jobs.leases import Request
 
 
-def signature(req: Request) -> str:
-    """The request as runs that wait for the same thing share it (the key of their arrival order)."""
-    return json.dumps([req.profile, req.mem_mib, list(req.gpus) if req.gpus else None, req.create])
+def signature(req: Request, sharing: Any = None) -> str:
+    """The request as runs that wait for the same thing share it (the key of their arrival order); a shared
+    run's (``sharing``, a :class:`migctl.jobs.mps.Sharing` other than hard) names its sharing too."""
+    base = [req.profile, req.mem_mib, list(req.gpus) if req.gpus else None, req.create]
+    if sharing is None or sharing.kind == "mig":
+        return json.dumps(base)
+    return json.dumps([*base, [sharing.isolation, sharing.share, sharing.threads, sharing.mem_limit_mib]])
 
 
 def waiting_runs(conn: Any, key: str, now: float | None = None) -> list[dict[str, Any]]:
@@ -87,10 +91,15 @@ def waiting_runs(conn: Any, key: str, now: float | None = None) -> list[dict[str
 
 def _described(request: str) -> str:
     if not request:
-        return "a shared device"  # (a shared run past its --reserve-after; not in an arrival order)
-    profile, mem, gpus, create = json.loads(request)
-    return Request(profile=profile, mem_mib=mem, gpus=tuple(gpus) if gpus else None, create=create).describe() + (
-        "" if create else ", existing instance")
+        return "a shared device"  # (a row written before requests were recorded)
+    profile, mem, gpus, create, *shared = json.loads(request)
+    text = Request(profile=profile, mem_mib=mem, gpus=tuple(gpus) if gpus else None, create=create).describe()
+    if shared:
+        from migctl.jobs.mps import Sharing
+
+        isolation, share, threads, mem_limit = shared[0]
+        text += ", shared " + Sharing(isolation, share, threads, mem_limit).describe()
+    return text + ("" if create else ", existing instance")
 
 
 class RunReservation:
@@ -133,10 +142,10 @@ class RunReservation:
                       "VALUES (?,?,?,?,?,?,?)", (self.key, self.pid, self.pid_start, self.since,
                                                  self.reserve_after, self._request, time.time()))
 
-    def enter(self, req: Request, waits: bool = True) -> None:
-        """Before the first attempt: take a place in the arrival order of runs with the same request (only a
-        run that may wait: ``waits``)."""
-        self._request = signature(req)
+    def enter(self, req: Request, waits: bool = True, sharing: Any = None) -> None:
+        """Before the first attempt: take a place in the arrival order of runs with the same request and
+        ``sharing`` (only a run that may wait: ``waits``)."""
+        self._request = signature(req, sharing)
         if waits and not self.enlisted:
             self.since = time.time()
             self._enlist()

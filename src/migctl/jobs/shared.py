@@ -134,7 +134,7 @@ class Launched:
 
 def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: LeaseManager, lease_now: LeaseNow,
            name: str, pgid_of: Callable[[int], int | None] = lambda pid: pid, mps: MpsManager | None = None,
-           lock_timeout: float = 120.0) -> Launched | None:
+           lock_timeout: float = 120.0, ahead: Callable[[], int] | None = None) -> Launched | None:
     """Choose a device with room for a client with ``sharing`` and admit one started by ``spawn``.
 
     In order: a device migctl already shares the same way with room left; a free whole GPU without MIG; a
@@ -142,7 +142,9 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
     released once the client is admitted: from then on the client, and for MPS the server, keep the device
     busy). The client is admitted (shares checked, the MPS daemon started if it is the first) and registered
     on the simulator before this returns; its gate is still closed: the caller opens it, or closes it and
-    calls :func:`release_client`. None when no device has room now (nothing started).
+    calls :func:`release_client`. None when no device has room now (nothing started), or, with ``ahead`` (a
+    waiting run's :meth:`migctl.jobs.run_reserve.RunReservation.ahead`), while earlier runs waiting for the
+    same thing come first (asked under the lock, before a device is chosen).
     """
     if sharing.kind == "mig":
         raise JobsError("--isolation hard runs on a MIG device of its own: use plain migctl run")
@@ -163,6 +165,8 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
     except Timeout:
         return None
     try:
+        if ahead is not None and ahead():
+            return None
         for d in devs:  # 1. devices migctl already shares this way, with room
             clients = mps.clients(d.uuid)
             if clients and clients[0].get("kind", "mps") == sharing.kind:
@@ -284,18 +288,22 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
     dreq = device_request(req, sharing)
     mig = bool(leases.mig_gpus(dreq))  # (GPUs without MIG: no instance to reserve or make room for)
     retry, reserver = wait_hooks(node, dreq, wait=wait, reshape=reshape if mig else None,
-                                 reserve_after=reserve_after if mig else None, log=say)
+                                 reserve_after=reserve_after if mig else None, log=say, fifo=True)
     try:
+        reserver.enter(dreq, waits=wait is None or wait > 0, sharing=sharing)  # (its place among the same runs)
         while True:
             got = launch(node, req, sharing, spawn, leases=leases, lease_now=lease_now,
                          name=os.path.basename(cmd[0]), pgid_of=(lambda pid: None) if interactive else (lambda pid: pid),
-                         mps=mps)
+                         mps=mps, ahead=reserver.ahead)
             if got is not None:
                 break
+            reserver.beat()
             if retry is not None and retry(dreq):
                 continue
             if deadline is not None and time.monotonic() >= deadline:
+                first = reserver.ahead()
                 raise JobsError(f"no shared device had room for {req.describe()} in time" + waited(wait)
+                                + (f"; {first} earlier run(s) waiting for the same request come first" if first else "")
                                 + (leases.what_would_help(dreq, reshaping=reshape is not None)
                                    if mig else ""), exit_code=75)
             if not told:
