@@ -81,6 +81,49 @@ def test_a_long_flat_yaml_file_is_refused_where_it_crosses_the_node_limit(cli, t
         assert r.code == 2 and "flat.yaml:100000: YAML has more than 100000 nodes" in line, (args, line)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "pages"])
+def test_a_damaged_jobs_database_is_one_line(tmp_path: Path, damage: str) -> None:
+    """A jobs database that is not SQLite at all, or whose pages are damaged, gives one line naming the file
+    and what to do, exit 2, for the verbs that use it; apply refuses an unreadable one too (it cannot tell
+    what is leased)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    env = {**os.environ, "MIGCTL_STATE_DIR": str(state), "MIGCTL_SIM": "1xA30",
+           "MIGCTL_SIM_STATE": str(state / "sim.json")}
+
+    def migctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "migctl.cli.main", *args], env=env, text=True,
+                              capture_output=True, timeout=120)
+
+    assert migctl("mode", "enable", "-i", "0").returncode == 0
+    db = state / "jobs.sqlite"
+    if damage == "garbage":
+        db.write_bytes(os.urandom(5000))
+    else:
+        for k in range(8):
+            assert migctl("submit", "--name", f"j{k}", "--", "true").returncode == 0
+        data = bytearray(db.read_bytes())
+        for i in range(4096, len(data), 7):  # every page after the first
+            data[i] = 0xAB
+        db.write_bytes(bytes(data))
+        for extra in ("-wal", "-shm"):
+            (state / f"jobs.sqlite{extra}").unlink(missing_ok=True)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n"
+                   "      mig-devices: {2g.12gb: 2}\n")
+    before = migctl("gpus", "--json").stdout
+    verbs = [("jobs",), ("run", "--no-wait", "--", "true"), ("submit", "--", "true")]
+    if damage == "garbage":  # (with damaged job pages the lease table may still read, and apply may go on)
+        verbs.append(("apply", "-f", str(cfg), "-c", "a"))
+    for args in verbs:
+        r = migctl(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        line = [ln for ln in r.stderr.splitlines() if ln.startswith("migctl: error:")]
+        assert len(line) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert f"the jobs database {db} cannot be used" in line[0] and "Move it aside" in line[0], (args, line)
+    assert migctl("gpus", "--json").stdout == before  # nothing applied
+
+
 def test_sim_state_refuses_devices_fifos_dirs_and_missing_parents(cli, tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo.json")
     for path, what in (("/dev/zero", "regular file"), (tmp_path / "fifo.json", "regular file"),

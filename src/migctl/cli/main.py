@@ -268,6 +268,12 @@ def _known_error(e: Exception) -> str | None:
 
     if isinstance(e, pynvml.NVMLError):
         return f"NVML: {e}"
+    import sqlite3
+
+    if isinstance(e, sqlite3.DatabaseError):  # the jobs database damaged after it was opened
+        from migctl.jobs.common import db_path, unusable_db
+
+        return unusable_db(db_path(), e)
     if isinstance(e, OSError):  # the file system or the OS refused (a path a check did not foresee)
         from migctl.inputs import printable
 

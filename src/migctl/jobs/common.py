@@ -46,12 +46,26 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     private_file(p, "jobs database")  # 0600 before SQLite opens it (its -wal and -shm files copy the mode)
     conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-    with contextlib.suppress(sqlite3.OperationalError):
-        conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    _migrate(conn)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        with contextlib.suppress(sqlite3.OperationalError):
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        _migrate(conn)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+            raise JobsError(f"the jobs database {p} stayed locked by another migctl process for "
+                            f"{BUSY_TIMEOUT_S:g}s ({e}); retry, or look for a stuck migctl process", exit_code=75) from None
+        raise JobsError(unusable_db(p, e, opened=False)) from None
     return conn
+
+
+def unusable_db(path: Path, e: Exception, opened: bool = True) -> str:
+    """The one line for a jobs database SQLite cannot use (not a database, or damaged; ``opened``: found only
+    after it was opened, when the command may have done part of its work)."""
+    return (f"the jobs database {path} cannot be used ({e}){'' if opened else '; nothing was changed'}. Move it "
+            "aside to start afresh (its queue, leases and reservations are lost; running jobs keep running)")
 
 
 @contextlib.contextmanager

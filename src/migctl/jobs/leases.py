@@ -380,8 +380,29 @@ class LeaseManager:
             raise
         if d is None:
             return None
-        with immediate(self.conn) as c:
-            return self._insert(c, d, pid, start, True, job_id, owner)
+        try:
+            with immediate(self.conn) as c:
+                return self._insert(c, d, pid, start, True, job_id, owner)
+        except BaseException:  # the lease could not be recorded (a damaged or long-locked database): undo
+            self._undo_create(d)
+            raise
+
+    def _undo_create(self, d: Any) -> None:
+        """Destroy the instance this attempt just created for a lease that could not be recorded (under the
+        node lock, so nothing was leased or started on it; kept if a process appeared on it anyway). Best
+        effort: what is left is an idle instance, as ``run --keep`` leaves."""
+        try:
+            g = self.node.gpu(d.gpu.index)
+            if any(p.gi_id == d.gi_id for p in retry_nvml(g.processes)):
+                return
+            gi = g.gpu_instance(d.gi_id)
+            for ci in gi.compute_instances():
+                if ci.id == d.ci_id:
+                    ci.destroy()
+            if not gi.compute_instances():
+                gi.destroy()
+        except Exception:  # noqa: BLE001 - the error being raised is the one to report
+            pass
 
     def _lifetimes(self, devices: list[Any], live: dict[str, sqlite3.Row], view: Any, limit: float) -> Lifetimes:
         """What the lifetime-aware placement needs (:meth:`Placer.choose <migctl.planner.online.Placer.choose>`):
