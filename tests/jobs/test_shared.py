@@ -150,3 +150,25 @@ def test_sharing_options_bad_input(a30: Any) -> None:
     assert r.returncode == 2 and "hard, soft or none" in r.stderr
     r = a30.migctl("run", "--isolation", "soft", "--share", "0", "--", "true")
     assert r.returncode == 2 and "valid: 1..100" in r.stderr
+
+
+def test_a_damaged_mps_client_list_is_one_line_and_blocks_the_device(shared: Any) -> None:
+    """A client list that is not JSON, or not a list of clients, makes who shares the device unknown: a shared
+    run and apply each stop with one line naming the file (nothing changed) instead of a traceback."""
+    a30 = shared
+    r = a30.migctl("run", "--isolation", "soft", "--share", "2", "--profile", "1g.6gb", "--", "true")
+    assert r.returncode == 0, r.stderr
+    [clients] = list(Path(a30.env["MIGCTL_STATE_DIR"]).glob("mps/*/*/clients.json"))
+    cfg = a30.tmp / "c.yaml"
+    cfg.write_text("version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n"
+                   "      mig-devices: {2g.12gb: 2}\n")
+    before = [(g.profile, g.start) for g in read_gpu(a30.node().gpu(0)).gis]
+    for text in ("{garbage", '{"a": 1}', '[{"x": 1}]'):
+        clients.write_text(text)
+        for args in (("run", "--isolation", "soft", "--share", "2", "--profile", "1g.6gb", "--", "true"),
+                     ("apply", "-f", str(cfg), "-c", "a")):
+            r = a30.migctl(*args)
+            errors = [ln for ln in r.stderr.splitlines() if ln.startswith("migctl: error:")]
+            assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, (text, args, r.stderr)
+            assert f"the MPS client list {clients} is damaged" in errors[0], (text, args, errors)
+        assert [(g.profile, g.start) for g in read_gpu(a30.node().gpu(0)).gis] == before

@@ -227,7 +227,16 @@ class MpsManager:
         f = d / "clients.json"
         if not f.exists():
             return []
-        clients = json.loads(f.read_text())
+        try:
+            clients = json.loads(f.read_text())
+            if not isinstance(clients, list) or not all(isinstance(c, dict) and isinstance(c.get("pid"), int)
+                                                        for c in clients):
+                raise ValueError("not a list of clients with a pid")
+        except ValueError as e:  # (a damaged list: who shares the device is unknown, so nothing may use it)
+            from migctl.errors import UserError
+
+            raise UserError(f"the MPS client list {f} is damaged ({e}); make sure no client of that device runs "
+                            "(nvidia-smi, migctl gpus), then remove the file") from None
         groups: dict[int, list[tuple[int, float]]] | None = None
         out = []
         for c in clients:
