@@ -191,6 +191,26 @@ def test_pod_holding_a_device_that_must_go_is_named_then_evicted(server, agent, 
     assert [r for r, _ in events(server, "n1")].count("MigPodEvicted") == 1
 
 
+def test_unreadable_agent_state_is_reported_and_the_agent_goes_on(server, agent, caplog) -> None:
+    """A damaged local state file (not JSON, or not an object) is not silently taken for none: the agent
+    warns that what a previous agent paused will not be restored, then works as a fresh agent."""
+    import logging
+
+    from migctl.paths import ensure_private_dir, state_dir
+
+    ensure_private_dir(state_dir())
+    for k, text in enumerate(("{damaged", "[1, 2]")):
+        node = f"n{k}"
+        (state_dir() / f"k8s-agent-{node}.json").write_text(text)
+        add_node(server, node, "all-disabled")
+        with caplog.at_level(logging.WARNING, logger="migctl.k8s.agent"):
+            a = agent(node)
+            wait_for(lambda n=node: labels(server, n).get(STATE) == "success")
+            a.stop()
+        warned = [r.getMessage() for r in caplog.records if "is unreadable" in r.getMessage()]
+        assert any(f"k8s-agent-{node}.json" in m and "are not restored" in m for m in warned), warned
+
+
 def test_bad_label_fails_with_event_and_operands_untouched(server, agent) -> None:
     add_node(server, "n1", "all-disabled")
     a = agent("n1")

@@ -94,9 +94,20 @@ class Agent:
     def _load_state(self) -> dict[str, Any]:
         try:
             data = json.loads(self.state_path.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
+        except FileNotFoundError:
             return {}
+        except (OSError, ValueError) as e:
+            data = None
+            why = str(e)
+        else:
+            why = "not a JSON object"
+        if isinstance(data, dict):
+            return data
+        # (written atomically, so only something outside the agent damages it; what it recorded, such as
+        # operands it paused, is lost: say so, since labels it paused would otherwise stay paused unseen)
+        log.warning("agent state %s is unreadable (%s); starting without it: operand labels left at %r by a "
+                    "previous agent are not restored", self.state_path, why, L.PAUSED)
+        return {}
 
     def _save_state(self) -> None:
         from migctl.paths import atomic_write
