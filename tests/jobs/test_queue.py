@@ -105,9 +105,12 @@ def test_batch_four_programs(a30: SimEnv) -> None:
     uuids = [(out / str(i)).read_text().strip() for i in range(4)]
     assert len(set(uuids)) == 4 and all(u.startswith("MIG-") for u in uuids)
     assert len(a30.node().gpu(0).mig_devices()) == 4  # four 1g.6gb created (kept)
-    (a30.tmp / "bad.yaml").write_text("jobs:\n  - {name: x, command: 'exit 1'}\n  - {command: ['true']}\n")
+    (a30.tmp / "bad.yaml").write_text("jobs:\n  - {name: x, command: 'exit 1'}\n  - {command: ['true']}\n"
+                                      f"  - {{name: long, command: [echo, {'q' * 200_000}]}}\n")
     r = a30.migctl("batch", str(a30.tmp / "bad.yaml"))
     assert r.returncode == 1 and ": failed (exit 1)" in r.stdout
+    # a command the kernel refuses (one argument over MAX_ARG_STRLEN) fails, and the line says why
+    assert "long: failed (exit -: cannot start: [Errno 7] Argument list too long" in r.stdout, r.stdout
     (a30.tmp / "worse.yaml").write_text("jobs:\n  - {name: x, comand: 'true'}\n")
     r = a30.migctl("batch", str(a30.tmp / "worse.yaml"))
     assert r.returncode == 2 and "unknown key(s) comand" in r.stderr

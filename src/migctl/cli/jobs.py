@@ -386,7 +386,8 @@ def register(app: typer.Typer) -> None:
         def report(j: Any) -> None:
             if not as_json:
                 code = "-" if j.exit_code is None else j.exit_code
-                print(f"job {j.id} {printable(j.name or ' '.join(j.cmd), 50)}: {j.state} (exit {code}) on "
+                why = f": {printable(j.reason, 120)}" if j.reason and j.state != "done" else ""
+                print(f"job {j.id} {printable(j.name or ' '.join(j.cmd), 50)}: {j.state} (exit {code}{why}) on "
                       f"{j.mig_uuid or '-'}; log {j.log_path}", flush=True)
 
         jobs = batch.run_batch(q, specs, on_finish=report)
