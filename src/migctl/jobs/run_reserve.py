@@ -92,13 +92,18 @@ def waiting_runs(conn: Any, key: str, now: float | None = None) -> list[dict[str
 def _described(request: str) -> str:
     if not request:
         return "a shared device"  # (a row written before requests were recorded)
-    profile, mem, gpus, create, *shared = json.loads(request)
-    text = Request(profile=profile, mem_mib=mem, gpus=tuple(gpus) if gpus else None, create=create).describe()
-    if shared:
-        from migctl.jobs.mps import Sharing
+    try:
+        profile, mem, gpus, create, *shared = json.loads(request)
+        text = Request(profile=profile, mem_mib=mem, gpus=tuple(gpus) if gpus else None, create=create).describe()
+        if shared:
+            from migctl.jobs.mps import Sharing
 
-        isolation, share, threads, mem_limit = shared[0]
-        text += ", shared " + Sharing(isolation, share, threads, mem_limit).describe()
+            isolation, share, threads, mem_limit = shared[0]
+            text += ", shared " + Sharing(isolation, share, threads, mem_limit).describe()
+    except (ValueError, TypeError):  # (a row in a form this version does not know: shown as it is)
+        from migctl.inputs import printable
+
+        return printable(request, 80)
     return text + ("" if create else ", existing instance")
 
 
