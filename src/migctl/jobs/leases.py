@@ -505,15 +505,20 @@ class LeaseManager:
             limit = None if deadline is None else max(deadline, lock_deadline)
             slice_ = self.LOCK_SLICE if limit is None else max(0.05, min(self.LOCK_SLICE, limit - now))
             self.last_lock_busy = ""
-            lease = self.try_acquire(req, pid=pid, job_id=job_id, owner=owner, check=not checked, lock_timeout=slice_,
-                                     ahead=None if turn is None else turn.ahead)
-            if lease is not None:
-                return lease
+            # behind an earlier run with the same request (a look without the lock; the locked check decides):
+            # no attempt, no reshaping or reservation for itself, a short pause to notice its turn
+            behind = turn.ahead(first=True) if turn is not None and checked else 0
+            self.last_ahead = behind
+            if not behind:
+                lease = self.try_acquire(req, pid=pid, job_id=job_id, owner=owner, check=not checked,
+                                         lock_timeout=slice_, ahead=None if turn is None else turn.ahead)
+                if lease is not None:
+                    return lease
             if turn is not None:
                 turn.beat()
             got_lock = not self.last_lock_busy
             checked = checked or got_lock
-            if got_lock and on_retry is not None and on_retry(req):
+            if got_lock and not self.last_ahead and on_retry is not None and on_retry(req):
                 continue
             now = time.monotonic()
             if deadline is not None and now >= deadline and (got_lock or now >= lock_deadline):
@@ -521,8 +526,8 @@ class LeaseManager:
                     raise JobsError(f"no MIG device could be leased for {req.describe()}: {self.last_lock_busy}",
                                     exit_code=75)
                 busy = len(self.leases())
-                first = (f"; {self.last_ahead} earlier run(s) waiting for the same request come first"
-                         if self.last_ahead else "")
+                ahead = turn.ahead() if turn is not None and self.last_ahead else 0
+                first = f"; {ahead} earlier run(s) waiting for the same request come first" if ahead else ""
                 raise JobsError(
                     f"no free MIG device for {req.describe()} and no room to create one "
                     f"({busy} device(s) leased on this node{first})"
@@ -533,11 +538,13 @@ class LeaseManager:
                 on_wait(req)
                 told = True
             if got_lock:
-                sleep = delay * (0.5 + random.random())
+                # (in an arrival order, at most turn.POLL: the next run notices the device, or its turn, at once)
+                cap = 0.5 if turn is None or not turn.enlisted else turn.POLL
+                sleep = min(delay, cap) * (0.5 + random.random())
                 if deadline is not None:
                     sleep = max(0.0, min(sleep, deadline - time.monotonic()))
                 time.sleep(sleep)
-                delay = min(delay * 1.5, 0.5)
+                delay = min(delay * 1.5, cap)
 
     def what_would_help(self, req: Request, reshaping: bool) -> str:
         """For a timeout's message ("; ..." clauses, or ""): idle devices that reshaping could destroy (when

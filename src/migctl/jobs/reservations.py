@@ -169,16 +169,24 @@ def older_run(conn: sqlite3.Connection, key: str, since: float, now: float, pid:
     return None
 
 
-def ahead_of(conn: sqlite3.Connection, key: str, request: str, since: float, pid: int, seen_after: float) -> int:
+def ahead_of(conn: sqlite3.Connection, key: str, request: str, since: float, pid: int, seen_after: float,
+             first: bool = False) -> int:
     """How many live waiting runs other than ``pid`` wait for the same ``request`` (a
     :func:`migctl.jobs.run_reserve.signature`), began waiting before ``since`` and were seen after
-    ``seen_after``: the runs served before a run that began waiting at ``since``."""
+    ``seen_after``: the runs served before a run that began waiting at ``since`` (``first``: stop at the first
+    one found, so at most 1)."""
     from migctl.proc import pid_alive
 
     rows = conn.execute("SELECT pid, pid_start FROM waiters WHERE node=? AND request=? AND pid != ? AND seen > ? "
-                        "AND (since < ? OR (since = ? AND pid < ?))",
+                        "AND (since < ? OR (since = ? AND pid < ?)) ORDER BY since DESC",
                         (key, request, pid, seen_after, since, since, pid)).fetchall()
-    return sum(1 for r in rows if pid_alive(r["pid"], r["pid_start"]))
+    n = 0
+    for r in rows:  # (the latest first: the run just before this one is the likeliest to be alive)
+        if pid_alive(r["pid"], r["pid_start"]):
+            n += 1
+            if first:
+                break
+    return n
 
 
 def run_first(conn: sqlite3.Connection, key: str, priority: int, created: float, now: float) -> bool:

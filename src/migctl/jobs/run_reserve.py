@@ -114,6 +114,7 @@ class RunReservation:
     PAUSE = 0.25  # seconds between two attempts, at least
     BEAT = 1.0  # seconds between two refreshes of the waiter row's ``seen``, at least
     STALE = 5.0  # a waiter not seen for this long stops counting in the arrival order
+    POLL = 0.1  # seconds between two looks of a run in an arrival order (its turn, or a free device), at most
 
     def __init__(self, node: Any, reserve_after: float | None, log: Callable[[str], None] | None = None) -> None:
         self.node = node
@@ -163,17 +164,19 @@ class RunReservation:
             with immediate(self.conn) as c:
                 c.execute("UPDATE waiters SET seen=? WHERE node=? AND pid=?", (time.time(), self.key, self.pid))
 
-    def ahead(self) -> int:
+    def ahead(self, first: bool = False) -> int:
         """How many live waiting runs with the same request began waiting before this one and were seen within
-        :attr:`STALE` s (0: its turn). Called under the node lock, before a device is chosen. A run holding the
-        node's reservation does not wait for them (its reserved space is its own to use)."""
+        :attr:`STALE` s (0: its turn; with ``first``, at most 1: whether there is one). Called under the node
+        lock before a device is chosen (and without it, as a look, between attempts). A run holding the node's
+        reservation does not wait for them (its reserved space is its own to use)."""
         if not self._request:
             return 0
         if self.enlisted and self.mine() is not None:
             return 0
         now = time.time()
         since = self.since if self.since is not None else now
-        return reservations.ahead_of(self.conn, self.key, self._request, since, self.pid, now - self.STALE)
+        return reservations.ahead_of(self.conn, self.key, self._request, since, self.pid, now - self.STALE,
+                                     first=first)
 
     def mine(self) -> reservations.Reservation | None:
         return next((r for r in reservations.load(self.conn, self.key) if r.job_id == self.job_id

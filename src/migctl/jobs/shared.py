@@ -291,14 +291,19 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
                                  reserve_after=reserve_after if mig else None, log=say, fifo=True)
     try:
         reserver.enter(dreq, waits=wait is None or wait > 0, sharing=sharing)  # (its place among the same runs)
+        tried = False
         while True:
-            got = launch(node, req, sharing, spawn, leases=leases, lease_now=lease_now,
-                         name=os.path.basename(cmd[0]), pgid_of=(lambda pid: None) if interactive else (lambda pid: pid),
-                         mps=mps, ahead=reserver.ahead)
+            # behind an earlier run with the same request (a look; the check under the lock decides): no
+            # attempt, no reshaping or reservation for itself (the first attempt always runs: it checks the request)
+            behind = tried and reserver.ahead(first=True)
+            got = None if behind else launch(
+                node, req, sharing, spawn, leases=leases, lease_now=lease_now, name=os.path.basename(cmd[0]),
+                pgid_of=(lambda pid: None) if interactive else (lambda pid: pid), mps=mps, ahead=reserver.ahead)
+            tried = True
             if got is not None:
                 break
             reserver.beat()
-            if retry is not None and retry(dreq):
+            if not behind and retry is not None and retry(dreq):
                 continue
             if deadline is not None and time.monotonic() >= deadline:
                 first = reserver.ahead()
@@ -309,7 +314,7 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
             if not told:
                 sys.stderr.write(f"migctl: waiting for room on a shared device ({req.describe()})...\n")
                 told = True
-            time.sleep(0.2)
+            time.sleep(reserver.POLL if reserver.enlisted else 0.2)
     finally:
         if reserver is not None:
             reserver.close()
