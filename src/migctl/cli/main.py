@@ -270,7 +270,7 @@ def _known_error(e: Exception) -> str | None:
         return f"NVML: {e}"
     import sqlite3
 
-    if isinstance(e, sqlite3.DatabaseError):  # the jobs database damaged after it was opened
+    if isinstance(e, sqlite3.DatabaseError):  # the jobs database failing after it was opened (damaged, locked)
         from migctl.jobs.common import db_path, unusable_db
 
         return unusable_db(db_path(), e)

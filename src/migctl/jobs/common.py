@@ -54,18 +54,26 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
         _migrate(conn)
     except sqlite3.DatabaseError as e:
         conn.close()
-        if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
-            raise JobsError(f"the jobs database {p} stayed locked by another migctl process for "
-                            f"{BUSY_TIMEOUT_S:g}s ({e}); retry, or look for a stuck migctl process", exit_code=75) from None
-        raise JobsError(unusable_db(p, e, opened=False)) from None
+        raise JobsError(unusable_db(p, e, opened=False), exit_code=75 if _locked(e) else 2) from None
     return conn
 
 
+def _locked(e: Exception) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
+
+
 def unusable_db(path: Path, e: Exception, opened: bool = True) -> str:
-    """The one line for a jobs database SQLite cannot use (not a database, or damaged; ``opened``: found only
-    after it was opened, when the command may have done part of its work)."""
-    return (f"the jobs database {path} cannot be used ({e}){'' if opened else '; nothing was changed'}. Move it "
-            "aside to start afresh (its queue, leases and reservations are lost; running jobs keep running)")
+    """The one line for a jobs database SQLite failed on (``opened``: found only after it was opened, when the
+    command may have done part of its work): locked too long, refused by the system (read-only, I/O error:
+    said as it is), or not a database or damaged (then the way out)."""
+    unchanged = "" if opened else "; nothing was changed"
+    if _locked(e):
+        return (f"the jobs database {path} stayed locked by another migctl process for {BUSY_TIMEOUT_S:g}s ({e})"
+                f"{unchanged}; retry, or look for a stuck migctl process")
+    if isinstance(e, sqlite3.OperationalError):
+        return f"the jobs database {path}: {e}{unchanged}"
+    return (f"the jobs database {path} cannot be used ({e}){unchanged}. Move it aside to start afresh (its queue, "
+            "leases and reservations are lost; running jobs keep running)")
 
 
 @contextlib.contextmanager

@@ -526,8 +526,7 @@ class LeaseManager:
                     raise JobsError(f"no MIG device could be leased for {req.describe()}: {self.last_lock_busy}",
                                     exit_code=75)
                 busy = len(self.leases())
-                ahead = turn.ahead() if turn is not None and self.last_ahead else 0
-                first = f"; {ahead} earlier run(s) waiting for the same request come first" if ahead else ""
+                first = turn.ahead_note() if turn is not None and self.last_ahead else ""
                 raise JobsError(
                     f"no free MIG device for {req.describe()} and no room to create one "
                     f"({busy} device(s) leased on this node{first})"

@@ -178,6 +178,11 @@ class RunReservation:
         return reservations.ahead_of(self.conn, self.key, self._request, since, self.pid, now - self.STALE,
                                      first=first)
 
+    def ahead_note(self) -> str:
+        """For a timeout's message: "; N earlier run(s) ... come first", or "" when none does."""
+        n = self.ahead()
+        return f"; {n} earlier run(s) waiting for the same request come first" if n else ""
+
     def mine(self) -> reservations.Reservation | None:
         return next((r for r in reservations.load(self.conn, self.key) if r.job_id == self.job_id
                      and r.pid == self.pid and r.pid_start == self.pid_start), None)

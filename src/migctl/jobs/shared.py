@@ -306,9 +306,8 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
             if not behind and retry is not None and retry(dreq):
                 continue
             if deadline is not None and time.monotonic() >= deadline:
-                first = reserver.ahead()
                 raise JobsError(f"no shared device had room for {req.describe()} in time" + waited(wait)
-                                + (f"; {first} earlier run(s) waiting for the same request come first" if first else "")
+                                + reserver.ahead_note()
                                 + (leases.what_would_help(dreq, reshaping=reshape is not None)
                                    if mig else ""), exit_code=75)
             if not told:
