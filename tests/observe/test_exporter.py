@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.observe.conftest import Env, start_exporter, stop
+from tests.observe.conftest import Env, start_exporter, stop, wait_for
 
 CONFIG = """version: v1
 mig-configs:
@@ -90,6 +90,37 @@ def test_queue_and_lease_series(h100x2: Env) -> None:
     assert sample(out, "migctl_queue_wait_seconds_count") == 3
     assert sample(out, "migctl_queue_wait_seconds_bucket", le="+Inf") == 3
     assert sample(out, "migctl_leases") == 0
+
+
+def test_waiting_run_series(h100x2: Env) -> None:
+    """A ``migctl run`` waiting for a device is counted (it is not a queued job), with how long the one
+    waiting longest has waited; both go once it has started."""
+    import json
+
+    h100x2.layout(0, ["1g.10gb"])
+    go = h100x2.tmp / "go"
+    args = ("run", "--no-create", "-p", "1g.10gb")
+    holder = h100x2.popen(*args, "--", "sh", "-c", f'while [ ! -e "{go}" ]; do sleep 0.05; done')
+    waiter = None
+    try:
+        wait_for(lambda: sample(scrape(h100x2), "migctl_leases") == 1, what="the holder's lease")
+        out = scrape(h100x2)
+        assert sample(out, "migctl_runs_waiting") == 0 and sample(out, "migctl_runs_waiting_longest_seconds") is None
+        waiter = h100x2.popen(*args, "--wait", "60", "--", "true")
+        wait_for(lambda: json.loads(h100x2.migctl("jobs", "--json").stdout)["waiting_runs"], what="the waiting run")
+        out = scrape(h100x2)
+        assert sample(out, "migctl_runs_waiting") == 1 and sample(out, "migctl_queue_jobs", state="queued") == 0
+        longest = sample(out, "migctl_runs_waiting_longest_seconds")
+        assert longest is not None and 0 <= longest < 60
+        go.touch()
+        assert holder.wait(60) == 0 and waiter.wait(60) == 0
+        out = scrape(h100x2)
+        assert sample(out, "migctl_runs_waiting") == 0 and sample(out, "migctl_runs_waiting_longest_seconds") is None
+    finally:
+        for p in (holder, waiter):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(20)
 
 
 def test_http_surface_and_bad_listen(h100x2: Env) -> None:

@@ -169,6 +169,14 @@ class MigCollector(Collector):
         h = HistogramMetricFamily("migctl_queue_wait_seconds", "Time from submission to start of started jobs.")
         h.add_metric([], buckets, sum_value=queue.wait_sum)
         yield h
+        rw = GaugeMetricFamily("migctl_runs_waiting", "migctl runs waiting for a device (not queued jobs).")
+        rw.add_metric([], queue.runs_waiting)
+        yield rw
+        if queue.runs_waiting_since is not None:
+            ro = GaugeMetricFamily("migctl_runs_waiting_longest_seconds",
+                                   "How long the migctl run waiting longest has waited.")
+            ro.add_metric([], max(0.0, time.time() - queue.runs_waiting_since))
+            yield ro
         lg = GaugeMetricFamily("migctl_leases", "Live leases of MIG devices.")
         lg.add_metric([], leases)
         yield lg

@@ -39,6 +39,8 @@ class QueueStats:
     wait_count: int = 0
     wait_sum: float = 0.0
     running: list[dict[str, Any]] = field(default_factory=list)
+    runs_waiting: int = 0  # live ``migctl run``s waiting for a device (table ``waiters``)
+    runs_waiting_since: float | None = None  # when the one waiting longest began
 
 
 @dataclass
@@ -120,6 +122,11 @@ class StateReader:
         q.running = [dict(r) for r in self._query(
             "SELECT id, name, state, started, mig_uuid, child_pid FROM jobs WHERE node = ? AND state IN "
             "('starting', 'running') ORDER BY id", (self.key,))]
+        from migctl.proc import pid_alive
+
+        since = [float(r["since"]) for r in self._query("SELECT pid, pid_start, since FROM waiters WHERE node = ?",
+                                                        (self.key,)) if pid_alive(r["pid"], r["pid_start"])]
+        q.runs_waiting, q.runs_waiting_since = len(since), min(since, default=None)
         return q
 
     def apply_state(self) -> ApplyState:
