@@ -94,7 +94,7 @@ def test_queue_and_lease_series(h100x2: Env) -> None:
 
 def test_waiting_run_series(h100x2: Env) -> None:
     """A ``migctl run`` waiting for a device is counted (it is not a queued job), with how long the one
-    waiting longest has waited; both go once it has started."""
+    waiting longest has waited, and ``top`` shows the count; both series go once it has started."""
     import json
 
     h100x2.layout(0, ["1g.10gb"])
@@ -112,6 +112,8 @@ def test_waiting_run_series(h100x2: Env) -> None:
         assert sample(out, "migctl_runs_waiting") == 1 and sample(out, "migctl_queue_jobs", state="queued") == 0
         longest = sample(out, "migctl_runs_waiting_longest_seconds")
         assert longest is not None and 0 <= longest < 60
+        top = h100x2.migctl("top", "--once")
+        assert top.returncode == 0 and "runs waiting 1" in top.stdout, top.stdout + top.stderr
         go.touch()
         assert holder.wait(60) == 0 and waiter.wait(60) == 0
         out = scrape(h100x2)

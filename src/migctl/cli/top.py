@@ -25,6 +25,7 @@ def frame(observer: Any, reader: Any, width: int = 120) -> Any:
     depth = "  ".join(f"{k} {v}" for k, v in queue.depth.items() if v)
     pending = [str(g.index) for g in snap.gpus if g.mig_pending is not None and g.mig_pending != g.mig_current]
     status = (f"leases {len(leases)}   queue: {depth or 'empty'}"
+              + (f"   runs waiting {queue.runs_waiting}" if queue.runs_waiting else "")
               + (f"   pending MIG mode change on GPU {','.join(pending)}" if pending else "")
               + ("   APPLY JOURNAL PENDING: run `migctl recover`" if apply.journal_pending else "")
               + (f"   last apply: {apply.last_outcome}" if apply.last_outcome else ""))
