@@ -518,8 +518,12 @@ class LeaseManager:
                 turn.beat()
             got_lock = not self.last_lock_busy
             checked = checked or got_lock
-            if got_lock and not self.last_ahead and on_retry is not None and on_retry(req):
-                continue
+            if got_lock and not self.last_ahead and on_retry is not None:
+                changed = on_retry(req)
+                if turn is not None:
+                    turn.beat()  # (refreshed again if the reshape took a while: it may outlast STALE)
+                if changed:
+                    continue
             now = time.monotonic()
             if deadline is not None and now >= deadline and (got_lock or now >= lock_deadline):
                 if not got_lock:

@@ -303,8 +303,11 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
             if got is not None:
                 break
             reserver.beat()
-            if not behind and retry is not None and retry(dreq):
-                continue
+            if not behind and retry is not None:
+                changed = retry(dreq)
+                reserver.beat()  # (refreshed again if the reshape took a while: it may outlast STALE)
+                if changed:
+                    continue
             if deadline is not None and time.monotonic() >= deadline:
                 raise JobsError(f"no shared device had room for {req.describe()} in time" + waited(wait)
                                 + reserver.ahead_note()
