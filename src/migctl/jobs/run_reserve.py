@@ -2,11 +2,10 @@
 
 The run makes and takes its own reservation, so it works with no worker running:
 
-* its first lease attempt that finds nothing is when it began waiting; once it has waited its
-  ``--reserve-after`` it records itself in the ``waiters`` table (PID, start time, when it began waiting,
-  its threshold), so the worker knows an older waiting run comes first
-  (:func:`migctl.jobs.reservations.older_run`; only runs past their threshold count, so a run that waits
-  less writes nothing);
+* it records itself in the ``waiters`` table before its first attempt (:meth:`RunReservation.enter`: PID,
+  start time, when it began waiting, its threshold, its request; a run that reaches this code another way
+  does so once it has waited its ``--reserve-after``), so the worker knows an older waiting run comes
+  first (:func:`migctl.jobs.reservations.older_run`; only runs past their threshold count there);
 * once it has waited ``reserve_after`` seconds, no live reservation is held on the node and no run that
   began waiting earlier has waited its own threshold, it plans with the worker's function
   (:func:`migctl.jobs.reservations.plan_live`) and claims the node's one reservation (a row with
@@ -132,7 +131,7 @@ class RunReservation:
 
     @cached_property
     def conn(self) -> Any:
-        """The jobs database, opened when first needed (a run that waits less than its threshold never does)."""
+        """The jobs database, opened when first needed (a run that neither waits nor asks its turn never does)."""
         return connect()
 
     @property
@@ -209,7 +208,7 @@ class RunReservation:
 
         assert self.since is not None
         if now - self.since < self.reserve_after:
-            return False  # (no database access before its threshold: many runs may be waiting)
+            return False  # (nothing to reserve before its threshold)
         if not self.enlisted:
             self._enlist()
         reservations.prune(self.conn, self.key)
