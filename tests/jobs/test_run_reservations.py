@@ -503,3 +503,29 @@ def test_shared_runs_waiting_for_the_same_thing_start_in_arrival_order(shared: S
             if p.poll() is None:
                 p.kill()
                 p.wait(20)
+
+
+def test_a_killed_waiters_row_is_swept_by_the_next_waiting_run(a30: SimEnv, tmp_path: Path) -> None:
+    """A run killed outright while waiting (below its threshold) leaves its row; the next run that waits
+    removes it before recording itself."""
+    go = tmp_path / "go"
+    holder = _whole_a30_held(a30, go)
+    procs: list[subprocess.Popen[str]] = [holder]
+    try:
+        first = a30.popen("run", "--wait", "120", "--profile", "4g.24gb", "--", "true")
+        procs.append(first)
+        wait_for(lambda: _waiting(first.pid), what="the first run waiting")
+        first.send_signal(signal.SIGKILL)
+        first.wait(60)
+        assert _waiting(first.pid)  # left behind ...
+        second = a30.popen("run", "--wait", "120", "--profile", "4g.24gb", "--", "true")
+        procs.append(second)
+        wait_for(lambda: _waiting(second.pid), what="the second run waiting")
+        assert not _waiting(first.pid)  # ... and swept
+        go.touch()
+        assert holder.wait(60) == 0 and second.wait(60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(20)

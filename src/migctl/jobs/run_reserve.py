@@ -152,6 +152,7 @@ class RunReservation:
         ``sharing`` (only a run that may wait: ``waits``)."""
         self._request = signature(req, sharing)
         if waits and not self.enlisted:
+            reservations.prune(self.conn, self.key)  # (rows of runs killed while waiting go first)
             self.since = time.time()
             self._enlist()
 
