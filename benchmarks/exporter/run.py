@@ -108,7 +108,7 @@ def main() -> None:
     share = (cpu_per_scrape + idle_cpu) / (args.interval * args.cores)
     ms = [x * 1000 for x in lat]
     res = {
-        "command": "nice -n 10 python benchmarks/exporter/run.py" + ("" if args.scrapes == 60 else f" --scrapes {args.scrapes}")
+        "command": (f"nice -n {os.nice(0)} " if os.nice(0) else "") + "python benchmarks/exporter/run.py" + ("" if args.scrapes == 60 else f" --scrapes {args.scrapes}")
         + ("" if args.interval == 15.0 else f" --interval {args.interval:g}"),
         "node": SPEC, "mig_devices": devices, "busy_devices": len(clients), "setup_s": round(setup_s, 2),
         "scrapes": args.scrapes, "response_bytes": size,

@@ -58,6 +58,12 @@ CONFIG = {"version": "v1", "mig-configs": {
 REQUESTS = (("--profile", "1g.6gb"), ("--profile", "2g.12gb"), ("--mem", "5GiB"), ("--mem", "10GiB"))
 
 
+def _niced() -> str:
+    """``nice -n N `` as this process runs (the command line the results name), or "" when not niced."""
+    n = os.nice(0)
+    return f"nice -n {n} " if n else ""
+
+
 class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -350,7 +356,7 @@ class Soak:
         keys = ("double_booked_devices", "busy_instances_destroyed", "applies_not_rolled_back", "orphan_instances",
                 "runs_exit_2", "tracebacks")
         return {
-            "command": f"nice -n 10 python benchmarks/soak/soak.py --minutes {self.args.minutes:g} --spec {self.args.spec} "
+            "command": f"{_niced()}python benchmarks/soak/soak.py --minutes {self.args.minutes:g} --spec {self.args.spec} "
                        f"--runners {self.args.runners} --client-delay {self.args.client_delay:g} --seed {self.args.seed}",
             "spec": self.args.spec, "minutes": self.args.minutes, "seconds": round(seconds, 1),
             "client_delay_s": self.args.client_delay, "runners": self.args.runners, "seed": self.args.seed,
