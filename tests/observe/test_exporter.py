@@ -125,6 +125,31 @@ def test_waiting_run_series(h100x2: Env) -> None:
                 p.wait(20)
 
 
+def test_an_unreadable_jobs_database_keeps_the_gpu_series(h100x2: Env) -> None:
+    """A jobs database that is not SQLite: the scrape still answers with every GPU and MIG series (it was a
+    500 with none), says ``migctl_jobs_database_readable 0``, and ``top`` names the file; a readable one is
+    1 again."""
+    h100x2.layout(0, ["1g.10gb"])
+    assert sample(scrape(h100x2), "migctl_jobs_database_readable") == 1
+    db = h100x2.tmp / "state" / "jobs.sqlite"
+    assert h100x2.migctl("submit", "--", "true").returncode == 0 and db.exists()
+    for extra in ("-wal", "-shm"):
+        db.with_name(db.name + extra).unlink(missing_ok=True)
+    db.write_bytes(b"not a database " * 400)
+    exp, port = start_exporter(h100x2)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:  # noqa: S310
+            assert r.status == 200
+            out = r.read().decode()
+    finally:
+        stop(exp)
+    assert sample(out, "migctl_jobs_database_readable") == 0
+    assert sample(out, "migctl_gpu_memory_slices", gpu="0", state="used") == 1
+    assert sample(out, "DCGM_FI_DEV_FB_USED", gpu="0", GPU_I_PROFILE="1g.10gb") is not None
+    top = h100x2.migctl("top", "--once")
+    assert top.returncode == 0 and f"JOBS DATABASE UNREADABLE ({db}: file is not a database)" in top.stdout
+
+
 def test_http_surface_and_bad_listen(h100x2: Env) -> None:
     exp, port = start_exporter(h100x2)
     try:

@@ -15,6 +15,7 @@ def frame(observer: Any, reader: Any, width: int = 120) -> Any:
     from migctl.cli.observe import to_text
     from migctl.observe.picture import LEGEND, gpu_lines
 
+    reader.db_error = None
     snap = observer.snapshot()
     queue = reader.queue()
     leases = reader.leases()
@@ -28,6 +29,7 @@ def frame(observer: Any, reader: Any, width: int = 120) -> Any:
               + (f"   runs waiting {queue.runs_waiting}" if queue.runs_waiting else "")
               + (f"   pending MIG mode change on GPU {','.join(pending)}" if pending else "")
               + ("   APPLY JOURNAL PENDING: run `migctl recover`" if apply.journal_pending else "")
+              + (f"   JOBS DATABASE UNREADABLE ({reader.db_error})" if reader.db_error else "")
               + (f"   last apply: {apply.last_outcome}" if apply.last_outcome else ""))
     parts.append(Text(status))
     for g in snap.gpus:

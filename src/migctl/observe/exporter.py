@@ -59,6 +59,7 @@ class MigCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.lock:
             t0 = time.perf_counter()
+            self.reader.db_error = None  # (this collection's reads say whether the jobs database reads)
             try:
                 snap = self.observer.snapshot()
                 queue = self.reader.queue()
@@ -69,6 +70,11 @@ class MigCollector(Collector):
                 raise
             metrics = list(self._node_metrics(snap))
             metrics += list(self._state_metrics(queue, apply, len(leases)))
+            ok = GaugeMetricFamily("migctl_jobs_database_readable",
+                                   "0 when migctl's jobs database cannot be read (leases, queue and waiting runs then "
+                                   "read as empty).")
+            ok.add_metric([], 0 if self.reader.db_error else 1)
+            metrics.append(ok)
             self.scrapes += 1
             self.last_duration = time.perf_counter() - t0
         yield from metrics

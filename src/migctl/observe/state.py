@@ -2,7 +2,8 @@
 
 Nothing here takes the node lock or writes: a scrape or a ``top`` refresh never waits for an apply. The
 jobs database is opened with ``mode=ro`` (SQLite URI) and a short busy timeout; a database that does not
-exist yet means no leases and no jobs.
+exist yet means no leases and no jobs. One that SQLite cannot read (not a database, damaged) reads as empty
+too, and :attr:`StateReader.db_error` says why, so that the GPUs' own figures are still shown.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class StateReader:
         self.key = node_key(node)
         self.slug = node_slug(node)
         self._conn: sqlite3.Connection | None = None
+        self.db_error: str | None = None  # why the jobs database could not be read (kept until reset), if so
 
     def _db(self) -> sqlite3.Connection | None:
         if self._conn is None:
@@ -86,9 +88,13 @@ class StateReader:
         if conn is None:
             return []
         try:
-            return conn.execute(sql, args).fetchall()
+            rows = conn.execute(sql, args).fetchall()
         except sqlite3.OperationalError:  # a table not created yet, or the database busy beyond the timeout
             return []
+        except sqlite3.DatabaseError as e:  # not a database, or damaged: read as empty, and said
+            self.db_error = f"{self.dir / 'jobs.sqlite'}: {e}"
+            return []
+        return rows
 
     def leases(self) -> list[LeaseRow]:
         """Live lease rows of this node: live as :mod:`migctl.busy` counts them (the holder, or a process of the
