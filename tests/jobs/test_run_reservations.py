@@ -372,6 +372,15 @@ def _waiting(pid: int) -> bool:
     return pid in [r[1] for r in _rows("waiters")]
 
 
+def _end(procs: list[Any]) -> None:
+    """Kill what is still running of ``procs`` (None entries skipped) and reap it (a stopped one resumed)."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+            p.wait(20)
+
+
 @pytest.mark.parametrize("reserve", ["300", "0"])
 def test_runs_waiting_for_the_same_thing_start_in_arrival_order(a30: SimEnv, tmp_path: Path, reserve: str) -> None:
     """Five runs for the whole A30 begin waiting one after another behind a holder; each command writes its
@@ -400,10 +409,7 @@ def test_runs_waiting_for_the_same_thing_start_in_arrival_order(a30: SimEnv, tmp
         assert out.read_text().split() == ["0", "1", "2", "3", "4"]
         assert _rows("waiters") == [] and _rows("reservations") == [] and _leased(a30) == []
     finally:
-        for p in (holder, *runs):
-            if p.poll() is None:
-                p.kill()
-                p.wait(20)
+        _end([holder, *runs])
 
 
 def test_an_earlier_waiter_holds_back_only_while_it_is_seen(a30: SimEnv, tmp_path: Path) -> None:
@@ -465,11 +471,7 @@ def test_a_stopped_waiter_stops_holding_back_the_runs_behind_it(a30: SimEnv, tmp
         assert runs[0].returncode == 0, err
         assert out.read_text().split() == ["1", "0"] and _rows("waiters") == []
     finally:
-        for p in (holder, *runs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.kill()
-                p.wait(20)
+        _end([holder, *runs])
 
 
 def test_shared_runs_waiting_for_the_same_thing_start_in_arrival_order(shared: SimEnv, tmp_path: Path) -> None:
@@ -499,10 +501,7 @@ def test_shared_runs_waiting_for_the_same_thing_start_in_arrival_order(shared: S
         assert out.read_text().split() == ["0", "1", "2", "3"]
         assert _rows("waiters") == []
     finally:
-        for p in (holder, *runs):
-            if p.poll() is None:
-                p.kill()
-                p.wait(20)
+        _end([holder, *runs])
 
 
 def test_a_killed_waiters_row_is_swept_by_the_next_waiting_run(a30: SimEnv, tmp_path: Path) -> None:
@@ -525,7 +524,4 @@ def test_a_killed_waiters_row_is_swept_by_the_next_waiting_run(a30: SimEnv, tmp_
         go.touch()
         assert holder.wait(60) == 0 and second.wait(60) == 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(20)
+        _end(procs)
