@@ -68,7 +68,7 @@ def unusable_db(path: Path, e: Exception, opened: bool = True) -> str:
     said as it is), or not a database or damaged (then the way out)."""
     unchanged = "" if opened else "; nothing was changed"
     if _locked(e):
-        return (f"the jobs database {path} stayed locked by another migctl process for {BUSY_TIMEOUT_S:g}s ({e})"
+        return (f"the jobs database {path} stayed write-locked by another migctl process for {BUSY_TIMEOUT_S:g}s ({e})"
                 f"{unchanged}; retry, or look for a stuck migctl process")
     if isinstance(e, sqlite3.OperationalError):
         return f"the jobs database {path}: {e}{unchanged}"
@@ -82,10 +82,9 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as e:
-        if "locked" not in str(e) and "busy" not in str(e):
+        if not _locked(e):
             raise
-        raise JobsError(f"the jobs database {db_path()} stayed write-locked by another migctl process for "
-                        f"{BUSY_TIMEOUT_S:g}s ({e}); retry, or look for a stuck migctl process", exit_code=75) from None
+        raise JobsError(unusable_db(db_path(), e), exit_code=75) from None
     try:
         yield conn
     except BaseException:

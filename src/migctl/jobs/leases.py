@@ -134,6 +134,17 @@ def waited(wait: float | None) -> str:
     return f"; waited {wait:g}s" if wait else "; use --wait SECONDS to wait for one"
 
 
+def _remove(g: Any, gi_id: int, ci_id: int, keep_gi: bool = False) -> None:
+    """Destroy compute instance ``ci_id`` of GI ``gi_id`` on GPU ``g``, then the GI once it has no compute
+    instance left (unless ``keep_gi``: something else holds it). The caller holds the node lock."""
+    gi = g.gpu_instance(gi_id)
+    for ci in gi.compute_instances():
+        if ci.id == ci_id:
+            ci.destroy()
+    if not gi.compute_instances() and not keep_gi:
+        gi.destroy()
+
+
 class LeaseManager:
     """Leases on one node (a :class:`migctl.device.Node`), stored in the jobs database."""
 
@@ -395,12 +406,7 @@ class LeaseManager:
             g = self.node.gpu(d.gpu.index)
             if any(p.gi_id == d.gi_id for p in retry_nvml(g.processes)):
                 return
-            gi = g.gpu_instance(d.gi_id)
-            for ci in gi.compute_instances():
-                if ci.id == d.ci_id:
-                    ci.destroy()
-            if not gi.compute_instances():
-                gi.destroy()
+            _remove(g, d.gi_id, d.ci_id)
         except Exception:  # noqa: BLE001 - the error being raised is the one to report
             pass
 
@@ -705,12 +711,7 @@ class LeaseManager:
             holders = view.of_device(lease.gpu, lease.gi, lease.ci)
             if holders:
                 return "instance kept: " + "; ".join(h.text() for h in holders)
-            gi = g.gpu_instance(lease.gi)
-            for ci in gi.compute_instances():
-                if ci.id == lease.ci:
-                    ci.destroy()
-            if not gi.compute_instances() and not view.of_gi(lease.gpu, lease.gi):
-                gi.destroy()
+            _remove(g, lease.gi, lease.ci, keep_gi=bool(view.of_gi(lease.gpu, lease.gi)))
             return None
         except pynvml.NVMLError as e:
             return f"instance kept: {e}"
