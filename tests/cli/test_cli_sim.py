@@ -110,6 +110,57 @@ def test_corrupt_state_file_is_one_line_and_reset_state_recovers(cli):
     assert cli("mode", "--json").json()["gpus"][0]["mig_current"] is False
 
 
+# Damage a field of a real state file (a GPU instance with a CI, a client and a holder present) and check
+# that every reader says which field is wrong in one line and writes nothing. Before validate.py, each of
+# these reached the fake NVML and ended in a traceback (AttributeError, ValueError or TypeError).
+DAMAGED_FIELDS = [
+    (["driver"], None, "driver is None, expected a string"),
+    (["driver"], "x", "driver is 'x', expected a version"),
+    (["gpus", 0, "bus_id"], 7, "gpus[0].bus_id is 7, expected a string"),
+    (["gpus", 0, "bus_id"], "x", "gpus[0].bus_id is 'x', expected DDDDDDDD:BB:DD.F"),
+    (["gpus", 0, "mig_current"], None, "gpus[0].mig_current is None, expected an integer"),
+    (["gpus", 0, "mig_current"], 5, "gpus[0].mig_current is 5, expected 0 or 1"),
+    (["gpus", 0, "model"], "no-such-gpu", "gpus[0].model 'no-such-gpu' is not a known model"),
+    (["gpus", 0, "gis", 0, "profile_id"], 999, "gpus[0].gis[0].profile_id is 999, not a GI profile"),
+    (["gpus", 0, "gis", 0, "start"], 7, "gpus[0].gis[0]: placement 7:1 is not valid for 1g.10gb"),
+    (["gpus", 0, "gis", 0, "cis", 0, "size"], 9, "gpus[0].gis[0].cis[0]: placement"),
+    (["gpus", 0, "processes", 0, "pid"], -1, "gpus[0].processes[0].pid is -1, expected a process ID"),
+    (["gpus", 0, "processes", 0, "gi"], 60, "gpus[0].processes[0] names GPU instance 60"),
+    (["gpus", 0, "holders", 0], {"name": "x", "gj": 1}, "gpus[0].holders[0] has an unknown field 'gj'"),
+    (["behaviour", "caller"], "admin", "behaviour.caller is 'admin', expected one of root, user"),
+    (["client_delay"], 1e308 * 10, "client_delay is inf, expected a number"),
+    (["serial"], True, "serial is True, expected an integer"),
+    (["gpus", 1, "model"], "A30", "its GPUs or driver differ from its node"),
+]
+
+
+def test_a_damaged_field_of_the_state_file_is_one_line_naming_it(cli):
+    cli("mode", "enable", "-i", "0")
+    created = cli("gi", "create", "-i", "0", "1g.10gb", "-C", "--json")
+    assert created.code == 0, created.err
+    gi = created.json()["created"][0]["gi_id"]
+    assert cli("sim", "add-client", str(os.getpid()), "-i", "0", "--gi", str(gi), "--ci", "0").code == 0
+    assert cli("sim", "add-holder", "dcgm", "-i", "0").code == 0
+    path = Path(cli("sim", "status", "--json").json()["state_file"])
+    good = json.loads(path.read_text())
+    for where, value, expected in DAMAGED_FIELDS:
+        data = json.loads(json.dumps(good))
+        target = data
+        for key in where[:-1]:
+            target = target[key]
+        target[where[-1]] = value
+        path.write_text(json.dumps(data))
+        damaged = path.read_bytes()
+        for argv in (["gpus"], ["gi", "list", "--json"], ["gi", "create", "1g.10gb"], ["smi"]):
+            r = cli(*argv)
+            assert r.code == 2, (where, argv, r.err)
+            line = one_error_line(r)
+            assert "is damaged" in line and expected in line and "migctl sim reset-state" in line, (where, line)
+        assert path.read_bytes() == damaged  # nothing was written over it
+    path.write_text(json.dumps(good))
+    assert cli("gi", "list", "--json").code == 0
+
+
 def test_sim_state_option_selects_the_file(cli, tmp_path):
     state = tmp_path / "custom.json"
     assert cli("--sim-state", str(state), "mode", "enable", "-i", "0").code == 0

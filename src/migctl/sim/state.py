@@ -188,13 +188,16 @@ class SimState:
             raise ValueError("not a migctl simulator state file")
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"simulator state version {data.get('version')!r} is not supported (expected {STATE_VERSION})")
+        from migctl.sim import validate
+
+        validate.check_fields({k: v for k, v in data.items() if k not in ("format", "version")}, cls, "state")
         gpus = []
         for g in data["gpus"]:
-            gis = [SimGI(**{**gi, "cis": [SimCI(**ci) for ci in gi["cis"]]}) for gi in g["gis"]]
-            procs = [SimProcess(**p) for p in g["processes"]]
+            gis = [SimGI(**{**gi, "cis": [SimCI(**ci) for ci in gi.get("cis", [])]}) for gi in g.get("gis", [])]
+            procs = [SimProcess(**p) for p in g.get("processes", [])]
             holders = [SimHolder(**h) for h in g.get("holders", [])]
             gpus.append(SimGPU(**{**g, "gis": gis, "processes": procs, "holders": holders}))
-        return cls(
+        state = cls(
             spec=data["spec"],
             driver=data["driver"],
             gpus=gpus,
@@ -206,6 +209,8 @@ class SimState:
             boots=data.get("boots", 0),
             client_delay=float(data.get("client_delay", 0.0)),
         )
+        validate.check(state, BEHAVIOURS)
+        return state
 
     @classmethod
     def new(cls, models: tuple[str, ...], driver: str, spec: str, seed: str | None = None,

@@ -18,6 +18,7 @@ from migctl.paths import atomic_write
 from migctl.paths import state_dir as default_state_dir
 from migctl.sim.spec import NodeSpec
 from migctl.sim.state import SimState
+from migctl.sim.validate import StateContentError
 
 
 class StateFileError(RuntimeError):
@@ -85,6 +86,11 @@ class Store:
                 f"simulator state file {self.path} is corrupt ({e.__class__.__name__}: {e}); "
                 "remove it (migctl sim reset-state) to start from a fresh node"
             ) from None
+        except StateContentError as e:
+            raise StateFileError(
+                f"simulator state file {self.path} is damaged ({e}); "
+                "remove it (migctl sim reset-state) to start from a fresh node"
+            ) from None
         except (ValueError, KeyError, TypeError) as e:
             raise StateFileError(
                 f"{self.path} is not a migctl simulator state file ({e}); point MIGCTL_SIM_STATE elsewhere or remove it"
@@ -93,6 +99,12 @@ class Store:
             raise StateFileError(
                 f"simulator state file {self.path} holds node {state.spec}, not {self.spec}; "
                 "use the matching --sim spec or another state file"
+            )
+        models = tuple(g.model + ("" if g.mig_supported else "~nomig") for g in state.gpus)
+        if state.driver != self.spec.driver or models != self.spec.models:
+            raise StateFileError(
+                f"simulator state file {self.path} is damaged (its GPUs or driver differ from its node "
+                f"{state.spec}); remove it (migctl sim reset-state) to start from a fresh node"
             )
         self._cache = (key, state)
         return state
