@@ -54,12 +54,36 @@ def create_gi_ci(node: Any, gpu: Any, profile: Any, placement: Any, what: str = 
 
 
 def pending(node: Any) -> dict[str, Any] | None:
+    """The record left by an interrupted :func:`create_gi_ci`, None when there is none, or ``{"corrupt": why}``
+    when it cannot be acted on (not JSON, not the shape :func:`create_gi_ci` writes, or a GPU this node lacks)."""
+    from migctl.inputs import InputError, read_text
+
+    path = intent_path(node)
+    if not os.path.lexists(path):
+        return None  # the common case: no interrupted creation
     try:
-        return dict(json.loads(intent_path(node).read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {"corrupt": True}
+        rec = json.loads(read_text(path, "instance-creation record", 64 * 1024))
+    except InputError as e:
+        if not os.path.lexists(path):
+            return None
+        return {"corrupt": str(e).rpartition(": ")[2]}
+    except (ValueError, RecursionError) as e:
+        return {"corrupt": f"unreadable: {e.__class__.__name__}"}
+    problem = _problem(rec, len(node.gpus()))
+    return {"corrupt": problem} if problem else rec
+
+
+def _problem(rec: Any, gpus: int) -> str | None:
+    if not isinstance(rec, dict):
+        return "not an object"
+    for key in ("gpu", "start", "profile_id"):
+        if type(rec.get(key)) is not int or rec[key] < 0:
+            return f"'{key}' missing or not an integer >= 0"
+    if rec.get("gi") is not None and (type(rec["gi"]) is not int or rec["gi"] < 0):
+        return "'gi' not an integer >= 0"
+    if rec["gpu"] >= gpus:
+        return f"it names GPU {rec['gpu']}, which this node does not have"
+    return None
 
 
 def recover_creates(node: Any) -> str | None:
@@ -72,7 +96,8 @@ def recover_creates(node: Any) -> str | None:
     path = intent_path(node)
     if rec.get("corrupt"):
         path.unlink(missing_ok=True)
-        return f"removed an unreadable instance-creation record {path}"
+        return (f"removed an unreadable instance-creation record {path} ({rec['corrupt']}); a GPU instance it "
+                "may have left without a compute instance is listed by `migctl gpus` (orphan_gis in --json)")
     gpu = node.gpu(int(rec["gpu"]))
     gis = [g for g in retry_nvml(gpu.gpu_instances)
            if g.placement.start == rec["start"] and g.profile_id == rec["profile_id"]

@@ -213,6 +213,44 @@ def test_crash_between_gi_and_ci_is_recovered_and_visible(a30: SimEnv) -> None:
     assert n.gpu(0).gpu_instances() == []
 
 
+@pytest.mark.parametrize("content", ["5", "null", "{}", '{"gpu": "x", "start": 0, "profile_id": 14}',
+                                     '{"gpu": 0}', '{"gpu": 99, "start": 0, "profile_id": 14}', "{not json"])
+def test_a_damaged_instance_creation_record_is_removed_with_one_line(a30: SimEnv, content: str) -> None:
+    """The record a run killed between GI and CI leaves behind, damaged: `recover` and the next run remove
+    it with one line saying why and where a half-made instance shows (before: a traceback from every run,
+    apply and recover for all but unparseable JSON; a record naming a GPU the node lacks stopped every run
+    with "GPU 99 does not exist")."""
+    n = a30.node()
+    env = {**a30.env, "MIGCTL_SIM_CRASH_AT": str(n.sim.op_count() + 2)}
+    r = subprocess.run([sys.executable, "-m", "migctl.cli.main", "run", "--profile", "2g.12gb", "--", "true"],
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == -9
+    (record,) = Path(a30.env["MIGCTL_STATE_DIR"]).glob("create-*.json")
+    for verb in (("recover",), ("run", "--profile", "1g.6gb", "--no-wait", "--", "true")):
+        record.write_text(content)
+        r = a30.migctl(*verb)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (verb, r.stdout + r.stderr)
+        assert not record.exists(), verb
+    r = a30.migctl("recover")
+    assert r.returncode == 0 and "instance-creation record" not in r.stdout, r.stdout  # removed once
+    assert json.loads(a30.migctl("gpus", "--json").stdout)["gpus"][0]["orphan_gis"]  # the half-made GI shows
+
+
+def test_a_damaged_instance_creation_record_is_reported_by_recover(a30: SimEnv) -> None:
+    n = a30.node()
+    env = {**a30.env, "MIGCTL_SIM_CRASH_AT": str(n.sim.op_count() + 2)}
+    r = subprocess.run([sys.executable, "-m", "migctl.cli.main", "run", "--profile", "2g.12gb", "--", "true"],
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == -9
+    (record,) = Path(a30.env["MIGCTL_STATE_DIR"]).glob("create-*.json")
+    record.write_text('{"gpu": 99, "start": 0, "profile_id": 14}')
+    r = a30.migctl("recover")
+    assert r.returncode == 0, r.stderr
+    assert (f"removed an unreadable instance-creation record {record} (it names GPU 99, which this node does "
+            "not have); a GPU instance it may have left without a compute instance is listed by `migctl gpus`"
+            in r.stdout), r.stdout
+
+
 def test_crash_between_gi_and_ci_is_recovered_by_the_next_run(a30: SimEnv) -> None:
     a30.layout(0, ["2g.12gb"])
     n = a30.node()
