@@ -162,6 +162,41 @@ def test_sigkill_of_the_profiler_is_recovered(h100, tmp_path):
     assert json.loads(h100.migctl("bench", "--recover", "--json").stdout) == {"recovered": False, "message": None}
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("mig", 0, "bench journal {j} is damaged (layout: expected a layout object with a boolean 'mig')"),
+    ("pid", "x", "bench journal {j} is damaged ('pid' missing or not a process ID)"),
+    ("layout", None, "bench journal {j} is damaged (layout: expected a layout object"),
+    ("version", True, "bench journal {j} is damaged (version True"),
+    ("profile", "9g.99gb", "the target cannot be built, nothing was changed: GPU 0: GI profile '9g.99gb'"),
+])
+def test_a_damaged_bench_journal_changes_nothing(h100, field, value, expected):
+    """A bench journal whose fields were damaged: `bench --recover` says what is wrong in one line, keeps the
+    journal and changes nothing. Before: "mig": 0 disabled MIG on the GPU, a bad PID or layout was a traceback,
+    and an unknown profile was reported as "refusing to destroy instances in use" with none in use."""
+    _idle(h100, "1g.10gb")
+    before = h100.layout()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    j = BenchJournal(h100.node()).path
+    data = {"format": "migctl-bench-journal", "version": 1, "pid": dead.pid, "pid_start": time.time() - 60,
+            "started": time.time() - 50, "gpu_uuid": h100.node().gpu(0).uuid, "gpu_index": 0,
+            "layout": {"mig": True, "gis": [{"profile": "2g.20gb", "start": 0, "size": 2,
+                                            "cis": [{"profile": "2g.20gb", "start": 0, "size": 2}]}]}}
+    if field in ("mig",):
+        data["layout"][field] = value
+    elif field == "profile":
+        data["layout"]["gis"][0]["profile"] = value
+    else:
+        data[field] = value
+    j.parent.mkdir(parents=True, exist_ok=True)
+    j.write_text(json.dumps(data))
+    r = h100.migctl("bench", "--recover")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "note:" not in ln]
+    assert len(lines) == 1 and expected.format(j=j) in lines[0], r.stderr
+    assert h100.layout() == before and j.exists()
+
+
 def test_the_next_bench_recovers_a_killed_one_first(h100, tmp_path):
     marker = tmp_path / "started"
     cmd = [sys.executable, "-c", f"import time; open({str(marker)!r}, 'w').write('x'); time.sleep(300)"]

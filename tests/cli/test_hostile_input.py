@@ -170,6 +170,54 @@ def test_recover_validates_the_journal_before_acting(cli, tmp_path: Path, change
     assert cli("gpus", "--json").out == before
 
 
+def _set(path: tuple, value: object):
+    def change(layout: dict) -> None:
+        for key in path[:-1]:
+            layout = layout[key]
+        layout[path[-1]] = value
+    return change
+
+
+def _append(path: tuple, value: object):
+    def change(layout: dict) -> None:
+        for key in path:
+            layout = layout[key]
+        layout.append(value)
+    return change
+
+
+# Each a checkpoint of GPU 0 (one 3g.40gb GI at 4 with its full CI) changed the way a damaged or hand-edited
+# file would be. Before: the first four ended "refusing to destroy instances in use: GPU 0:  (stop them ...)"
+# although nothing was in use; the CI cases destroyed the GI, created nothing and printed "restored".
+@pytest.mark.parametrize("change, expected", [
+    (_set(("gis", 0, "profile"), "9g.99gb"), "GI profile '9g.99gb' is not a profile of H100-80GB (valid: 1g.10gb"),
+    (_set(("gis", 0, "start"), 1), "3g.40gb cannot start at memory slice 1 (valid starts: 0,4)"),
+    (_append(("gis",), {"profile": "2g.20gb", "start": 4, "cis": []}), "memory slices 4:2 overlap 3g.40gb at 4:4"),
+    (_append(("gis",), {"profile": "3g.40gb", "start": 4, "cis": []}), "overlap 3g.40gb at 4:4"),
+    (_set(("gis", 0, "cis", 0, "profile"), "1g.10gb"), "compute instance profile '1g.10gb' is not one of 3g.40gb's"),
+    (_set(("gis", 0, "cis", 0, "start"), 5), "compute instance 3g.40gb cannot start at compute slice 5 of a 3g.40gb"),
+    (_append(("gis", 0, "cis"), {"profile": "2c.3g.40gb", "start": 0}), "do not fit in one 3g.40gb"),
+    (_set(("mig",), 0), "damaged checkpoint: gpus[0].layout: expected a layout object with a boolean 'mig'"),
+    (_set(("gis",), "x"), "damaged checkpoint: gpus[0].layout.gis: expected a list"),
+], ids=["profile", "start", "overlap", "twice", "ci-profile", "ci-start", "ci-fit", "mig-0", "gis-str"])
+def test_restore_refuses_a_checkpoint_the_gpu_cannot_hold(cli, tmp_path: Path, change, expected: str) -> None:
+    assert cli("mode", "enable", "-i", "0").code == 0
+    assert cli("gi", "create", "-i", "0", "3g.40gb", "--placement", "4", "-C").code == 0
+    ck = tmp_path / "ck.json"
+    assert cli("checkpoint", "-f", ck).code == 0
+    data = json.loads(ck.read_text())
+    change(data["gpus"][0]["layout"])
+    ck.write_text(json.dumps(data))
+    before = cli("gpus", "--json").out
+    for args in (("restore", "-f", ck, "-q"), ("restore", "-f", ck, "--dry-run", "-q"),
+                 ("restore", "-f", ck, "--force", "-q")):
+        r = cli(*args)
+        assert r.code == 2, (args, r)
+        line = one_error_line(r)
+        assert expected in line and "nothing was changed" in line, (args, line)
+    assert cli("gpus", "--json").out == before
+
+
 # ------------------------------------------------------------------------------------------------ numbers
 @pytest.mark.parametrize("args", [
     ("apply", "-f", "x.yaml", "-c", "a", "--lock-timeout", "nan"),

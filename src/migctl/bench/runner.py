@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import tempfile
@@ -172,6 +173,29 @@ def _atomic_write(path: Any, text: str) -> None:
     write(path, text)
 
 
+def journal_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a bench journal's fields (None when it is what :meth:`BenchJournal.begin` writes).
+
+    ``recover`` restores the GPU to the journal's layout through the transactional apply, so a damaged layout
+    (``"mig": 0``, a start of -1) must stop it before it changes anything: it would otherwise disable MIG or
+    destroy instances to reach a layout nobody had.
+    """
+    from migctl.reconcile.journal import layout_problem
+
+    if type(data.get("version")) is not int or data["version"] != 1:
+        return f"version {data.get('version')!r}, this migctl reads version 1"
+    if type(data.get("pid")) is not int or not 0 < data["pid"] < 2**31:
+        return "'pid' missing or not a process ID"
+    for key in ("pid_start", "started"):
+        if type(data.get(key)) not in (int, float) or not math.isfinite(data[key]):
+            return f"'{key}' missing or not a time"
+    if not isinstance(data.get("gpu_uuid"), str) or not data["gpu_uuid"].startswith("GPU-"):
+        return "'gpu_uuid' missing or not a GPU UUID"
+    if type(data.get("gpu_index")) is not int or not 0 <= data["gpu_index"] < 1024:
+        return "'gpu_index' missing or not an integer >= 0"
+    return layout_problem("layout", data.get("layout"))
+
+
 class BenchJournal:
     """``<state dir>/bench-<node>.json``: the original layout of the benched GPU and the profiler's PID."""
 
@@ -179,14 +203,22 @@ class BenchJournal:
         self.path = state_dir() / f"bench-{node_slug(node)}.json"
 
     def load(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        from migctl.inputs import InputError, read_text
+
+        if not os.path.lexists(self.path):
             return None
-        except ValueError as e:
+        try:
+            data = json.loads(read_text(self.path, "bench journal", 1 << 20))
+        except InputError as e:
+            raise BenchError(f"{e}; inspect it, then remove it") from None
+        except (ValueError, RecursionError) as e:
             raise BenchError(f"bench journal {self.path} is unreadable ({e}); inspect it, then remove it") from None
         if not isinstance(data, dict) or data.get("format") != JOURNAL_FORMAT:
             raise BenchError(f"{self.path} is not a migctl bench journal; inspect it, then remove it")
+        problem = journal_problem(data)
+        if problem:
+            raise BenchError(f"bench journal {self.path} is damaged ({problem}); nothing was changed; inspect it, "
+                             "then remove it")
         return data
 
     def begin(self, gpu_uuid: str, gpu_index: int, layout: dict[str, Any]) -> None:

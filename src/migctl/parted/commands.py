@@ -245,7 +245,7 @@ def cmd_assert(p: Parsed, log: Log) -> None:
     except ConfigError as e:
         raise Fatal(f"{failure} ({e})") from None
     diffs = [f"GPU {g.index}: have {g.live.describe()}; want {g.describe()}" for g in plan.gpus
-             if g.status in ("change", "blocked")]
+             if g.status in ("change", "blocked", "invalid")]
     for d in diffs:
         log.debug(d)
     if diffs:

@@ -225,6 +225,13 @@ def recover(node: Any, progress: Progress | None = None, journal: Journal | None
 
 
 # ------------------------------------------------------------------------------------------ busy handling
+def _refuse_invalid(plan: NodePlan) -> None:
+    """A target no GPU of its model can hold is bad input, not a busy GPU: say what is wrong (exit 2)."""
+    if plan.invalid:
+        raise UserError("the target cannot be built, nothing was changed: "
+                        + "; ".join(f"GPU {g.index}: {g.reason}" for g in plan.invalid), 2)
+
+
 def _busy_message(plan: NodePlan) -> str:
     parts = [f"GPU {g.index}: {g.reason}" for g in plan.blocked]
     return ("refusing to destroy instances in use: " + "; ".join(parts) +
@@ -369,6 +376,7 @@ def apply_desired(
         _, plan = build()
         if on_plan:
             on_plan(plan)
+        _refuse_invalid(plan)
         pending = "an interrupted apply's journal is pending (apply or recover rolls it back first)" \
             if journal.exists() else None
         return ApplyResult(label, plan, dry_run=True, recovered=pending)
@@ -378,11 +386,12 @@ def apply_desired(
         deadline = time.monotonic() + max(0.0, wait)
         while True:
             live, plan = build()
-            if not plan.blocked or time.monotonic() >= deadline:
+            if not plan.blocked or plan.invalid or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
         if on_plan:
             on_plan(plan)
+        _refuse_invalid(plan)
         if plan.blocked:
             raise BusyError(_busy_message(plan), plan)
         result = ApplyResult(label, plan, recovered=recovered)
@@ -500,7 +509,7 @@ def assert_config(config: str | Path | dict[str, Any] | MigConfig, label: str, n
     _, plan = build_plan(node, cfg, label)
     out = []
     for g in plan.gpus:
-        if g.status in ("change", "blocked"):
+        if g.status in ("change", "blocked", "invalid"):
             out.append(f"GPU {g.index}: have {g.live.describe()}; want {g.describe()}")
     return out
 

@@ -117,7 +117,7 @@ class Journal:
         return {int(k): v for k, v in self.data.get("old", {}).items()}
 
 
-def _layout_problem(where: str, layout: Any) -> str | None:
+def layout_problem(where: str, layout: Any) -> str | None:
     if not isinstance(layout, dict) or not isinstance(layout.get("mig"), bool):
         return f"{where}: expected a layout object with a boolean 'mig'"
     gis = layout.get("gis", [])
@@ -156,7 +156,7 @@ def journal_problem(data: Any) -> str | None:
         for idx, layout in section.items():
             if not (isinstance(idx, str) and idx.isdigit() and len(idx) < 6):
                 return f"'{key}' has GPU index {idx!r} (expected a number)"
-            problem = _layout_problem(f"{key}.{idx}", layout)
+            problem = layout_problem(f"{key}.{idx}", layout)
             if problem:
                 return problem
     if not data["old"]:

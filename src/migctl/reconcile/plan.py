@@ -9,6 +9,9 @@ Per GPU:
   (b) leave a valid arrangement for the rest of the target (exact search with geometry.place_all). Busy
   GIs (live processes) must stay unless ``force``; when they cannot, the plan is *blocked* and says which
   instance blocks and why.
+* A target that no GPU of this model can hold (a pinned layout from a checkpoint or journal naming a profile
+  the model lacks, a start that is not one of the profile's placements, pinned instances that overlap,
+  compute instances that do not fit their GI) is *invalid*: nothing on the GPU is planned, whatever is busy.
 * New GIs get explicit placements (never "Insufficient Resources" while an arrangement exists); each new
   CI gets an explicit placement too, so the journal records the exact layout.
 """
@@ -32,7 +35,7 @@ class GpuPlan:
     index: int
     live: LiveGpu
     desired: Desired | None
-    status: str = "unchanged"  # unchanged | change | blocked | unmatched
+    status: str = "unchanged"  # unchanged | change | blocked (busy instances in the way) | invalid | unmatched
     mode_change: bool = False
     keep: list[LiveGI] = field(default_factory=list)
     destroy: list[LiveGI] = field(default_factory=list)
@@ -48,7 +51,7 @@ class GpuPlan:
 
     def target_layout(self) -> dict[str, Any]:
         """The layout this GPU has once the plan has run."""
-        if self.desired is None or self.status in ("unchanged", "unmatched", "blocked"):
+        if self.desired is None or self.status in ("unchanged", "unmatched", "blocked", "invalid"):
             return self.live.layout()
         gis = [
             {"profile": g.profile, "start": g.start, "size": g.size,
@@ -93,7 +96,13 @@ class NodePlan:
 
     @property
     def blocked(self) -> list[GpuPlan]:
-        return [g for g in self.gpus if g.status == "blocked"]
+        """GPUs whose target cannot be reached now: busy instances in the way, or a target that is invalid."""
+        return [g for g in self.gpus if g.status in ("blocked", "invalid")]
+
+    @property
+    def invalid(self) -> list[GpuPlan]:
+        """GPUs whose target no GPU of their model can hold (waiting or ``--force`` cannot help)."""
+        return [g for g in self.gpus if g.status == "invalid"]
 
     @property
     def changing(self) -> list[GpuPlan]:
@@ -123,8 +132,8 @@ class NodePlan:
             lines.append(f"  GPU {g.index} ({model}): {g.status}")
             lines.append(f"      now:    {g.live.describe()}")
             lines.append(f"      target: {g.describe()}")
-            if g.status == "blocked":
-                lines.append(f"      blocked: {g.reason}")
+            if g.status in ("blocked", "invalid"):
+                lines.append(f"      {g.status}: {g.reason}")
                 continue
             if g.keep and g.status == "change":
                 lines.append("      keep:   " + ", ".join(f"{k.label()} (GI {k.id})" for k in g.keep))
@@ -145,7 +154,7 @@ class NodePlan:
             "label": self.label,
             "gpus": [
                 {"index": g.index, "model": g.model.key if g.model else None, "status": g.status,
-                 "now": g.live.layout(), "target": g.target_layout() if g.status != "blocked" else None,
+                 "now": g.live.layout(), "target": g.target_layout() if g.status not in ("blocked", "invalid") else None,
                  "keep": [k.id for k in g.keep], "reason": g.reason or None,
                  "busy_pids": g.busy_pids, "ops": g.ops}
                 for g in self.gpus
@@ -263,6 +272,41 @@ def _why_blocked(model: GpuModel, busy: LiveGI, wants: tuple[WantGI, ...]) -> st
     return "the rest of the target has no valid arrangement next to it"
 
 
+def target_problem(model: GpuModel, desired: Desired) -> str | None:
+    """Why no GPU of ``model`` can hold ``desired``'s instances as pinned (None when it may): a profile the
+    model lacks, a start that is not a placement of the profile, pinned GIs that overlap, a CI profile the GI
+    lacks, or pinned CIs that do not fit. Configs are checked like this when they are read; a layout from a
+    checkpoint or journal reaches the planner unchecked."""
+    valid = ", ".join(p.name for p in model.gi_profiles)
+    pinned: list[PlacedGI] = []
+    for w in desired.gis:
+        gp = model.profile(w.profile)
+        if gp is None:
+            return f"GI profile {w.profile!r} is not a profile of {model.key} (valid: {valid})"
+        if w.start is not None:
+            pl = next((p for p in gp.placements if p.start == w.start), None)
+            if pl is None:
+                starts = ",".join(str(p.start) for p in gp.placements)
+                return f"{gp.name} cannot start at memory slice {w.start} (valid starts: {starts})"
+            why = conflict(model, pinned, gp, pl)
+            if why:
+                return f"{w.label()}: {why}"
+            pinned.append(PlacedGI(gp, pl))
+        names = [c.name for c in gp.ci_profiles]
+        for c in w.cis:
+            if c.profile not in names:
+                return (f"compute instance profile {c.profile!r} is not one of {gp.name}'s "
+                        f"(valid: {', '.join(names)})")
+            cp = gp.ci_profiles[names.index(c.profile)]
+            if c.start is not None and all(p.start != c.start for p in cp.placements):
+                starts = ",".join(str(p.start) for p in cp.placements)
+                return (f"compute instance {c.profile} cannot start at compute slice {c.start} of a {gp.name} "
+                        f"(valid starts: {starts})")
+        if _ci_placements(gp, w.cis) is None:
+            return f"the compute instances {w.label()} do not fit in one {gp.name}"
+    return None
+
+
 def _pids_text(g: LiveGI) -> str:
     devs = ", ".join(g.uuids()) or f"GI {g.id}"
     return f"{g.label()} (GI {g.id}, {devs}; PIDs {', '.join(str(p) for p in g.pids)})"
@@ -278,9 +322,13 @@ def plan_gpu(live: LiveGpu, desired: Desired | None, force: bool = False) -> Gpu
     model = live.model
     if not live.mig_capable or model is None:
         if desired.mig_enabled:
-            gp.status, gp.reason = "blocked", "the GPU is not MIG-capable"
+            gp.status, gp.reason = "invalid", "the GPU is not MIG-capable"
         return gp
     want = desired.mig_enabled
+    problem = target_problem(model, desired) if want else None
+    if problem:
+        gp.status, gp.reason = "invalid", problem
+        return gp
     i = live.index
     if live.mig_current != want:
         gp.mode_change = True
@@ -302,9 +350,10 @@ def plan_gpu(live: LiveGpu, desired: Desired | None, force: bool = False) -> Gpu
         if want:
             placed = _place(model, [], list(desired.gis))
             if placed is None:
-                gp.status, gp.reason = "blocked", "the target has no valid arrangement on an empty GPU"
+                gp.status, gp.reason = "invalid", "the target has no valid arrangement on an empty GPU"
                 return gp
-            _add_creates(gp, model, placed)
+            if not _add_creates(gp, model, placed):
+                return gp
         gp.status = "change"
         return gp
     if not want:
@@ -344,6 +393,9 @@ def plan_gpu(live: LiveGpu, desired: Desired | None, force: bool = False) -> Gpu
                 break
         if best is not None:
             break
+    if best is None and not mandatory:
+        gp.status, gp.reason = "invalid", "the target has no valid arrangement on this GPU"
+        return gp
     if best is None:
         gp.status = "blocked"
         culprits = [g for g in mandatory if _place(model, _placed(model, [g]), _assign((g,), wants) or []) is None]
@@ -365,8 +417,8 @@ def plan_gpu(live: LiveGpu, desired: Desired | None, force: bool = False) -> Gpu
         gp.status = "unchanged"
         return gp
     gp.ops += _destroy_ops(i, gp.destroy, "config")
-    _add_creates(gp, model, placed)
-    gp.status = "change"
+    if _add_creates(gp, model, placed):
+        gp.status = "change"
     return gp
 
 
@@ -381,15 +433,19 @@ def _destroy_ops(i: int, gis: list[LiveGI], phase: str) -> list[dict[str, Any]]:
     return ops
 
 
-def _add_creates(gp: GpuPlan, model: GpuModel, placed: list[tuple[WantGI, Placement]]) -> None:
+def _add_creates(gp: GpuPlan, model: GpuModel, placed: list[tuple[WantGI, Placement]]) -> bool:
+    """Add the creation of ``placed``; False (the plan marked invalid, its operations dropped) when the compute
+    instances of one do not fit in it. Until 2026-12-03 the caller then marked the plan "change" anyway, so a
+    checkpoint with such a GI was "restored" by destroying the GPU's instances and creating none."""
     i = gp.index
     for w, pl in sorted(placed, key=lambda x: x[1].start):
         prof = model.profile(w.profile)
         assert prof is not None
         cis = _ci_placements(prof, w.cis)
         if cis is None:
-            gp.status, gp.reason = "blocked", f"the compute instances {w.label()} do not fit in one {w.profile}"
-            return
+            gp.status, gp.reason = "invalid", f"the compute instances {w.label()} do not fit in one {w.profile}"
+            gp.ops, gp.create = [], []
+            return False
         gp.create.append((w, pl, cis))
         gp.ops.append({"op": "create_gi", "gpu": i, "profile": w.profile, "start": pl.start, "size": pl.size,
                        "phase": "config", "desc": f"GPU {i}: create GI {w.profile} at {pl}"})
@@ -397,6 +453,7 @@ def _add_creates(gp: GpuPlan, model: GpuModel, placed: list[tuple[WantGI, Placem
             gp.ops.append({"op": "create_ci", "gpu": i, "gi_start": pl.start, "profile": name, "start": cpl.start,
                            "size": cpl.size, "phase": "config",
                            "desc": f"GPU {i}: create CI {name} at {cpl} in GI {w.profile}@{pl.start}"})
+    return True
 
 
 def plan_node(live: list[LiveGpu], desired: dict[int, Desired], label: str, force: bool = False) -> NodePlan:
@@ -404,4 +461,4 @@ def plan_node(live: list[LiveGpu], desired: dict[int, Desired], label: str, forc
     return NodePlan(label, [plan_gpu(g, desired.get(g.index), force) for g in live])
 
 
-__all__ = ["GpuPlan", "NodePlan", "free_placements", "plan_gpu", "plan_node"]
+__all__ = ["GpuPlan", "NodePlan", "free_placements", "plan_gpu", "plan_node", "target_problem"]

@@ -91,7 +91,10 @@ def restore_resolver(data: dict[str, Any]) -> Any:
     """A resolver (for apply_desired) that maps checkpointed GPUs to live ones by UUID."""
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise UserError("not a migctl checkpoint file (expected format: migctl-checkpoint)")
-    by_uuid = {g["uuid"]: g for g in data.get("gpus", [])}
+    problem = checkpoint_problem(data)
+    if problem:
+        raise UserError(f"damaged checkpoint: {problem}; nothing was changed")
+    by_uuid = {g["uuid"]: g for g in data["gpus"]}
 
     def resolve(live: list[LiveGpu]) -> dict[int, Desired]:
         out: dict[int, Desired] = {}
@@ -105,6 +108,29 @@ def restore_resolver(data: dict[str, Any]) -> Any:
         return out
 
     return resolve
+
+
+def checkpoint_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a checkpoint (None when they are what :func:`checkpoint` writes; whether
+    each layout fits its GPU is the planner's check, :func:`migctl.reconcile.plan.target_problem`)."""
+    from migctl.reconcile.journal import layout_problem
+
+    if type(data.get("version")) is not int or data["version"] != 1:
+        return f"version {data.get('version')!r} (this migctl reads version 1)"
+    gpus = data.get("gpus")
+    if not isinstance(gpus, list):
+        return "'gpus' missing or not a list"
+    seen: set[str] = set()
+    for n, g in enumerate(gpus):
+        if not isinstance(g, dict) or not isinstance(g.get("uuid"), str) or not g["uuid"].startswith("GPU-"):
+            return f"gpus[{n}]: expected an object with a GPU UUID ('uuid': 'GPU-...')"
+        if g["uuid"] in seen:
+            return f"gpus[{n}]: GPU {g['uuid']} appears twice"
+        seen.add(g["uuid"])
+        problem = layout_problem(f"gpus[{n}].layout", g.get("layout"))
+        if problem:
+            return problem
+    return None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
