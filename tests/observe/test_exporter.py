@@ -151,6 +151,35 @@ def test_an_unreadable_jobs_database_keeps_the_gpu_series(h100x2: Env) -> None:
     assert top.returncode == 0 and f"JOBSDATABASEUNREADABLE({db}:fileisnotadatabase)" in text, top.stdout
 
 
+def test_damaged_apply_history_and_journal_do_not_fail_the_scrape(h100x2: Env) -> None:
+    """Apply history lines that are not objects or whose times are not numbers are skipped; a damaged last or
+    pending journal is read as far as it can be. Each of these failed every scrape with a traceback before."""
+    cfg = h100x2.tmp / "cfg.yaml"
+    cfg.write_text(CONFIG, encoding="utf-8")
+    assert h100x2.migctl("apply", "-f", str(cfg), "-c", "a", "-q").returncode == 0
+    state = h100x2.tmp / "state"
+    (history,) = state.glob("apply-*.history.jsonl")
+    good = history.read_text().strip()
+    finished = float(re.search(r'"finished": ([0-9.]+)', good).group(1))
+    history.write_text("\n".join(["5", "null", "[]", good, '{"outcome": "applied", "finished": "x"}',
+                                  '{"outcome": "applied", "finished": {}}', '{"outcome": [1]}', "{"]) + "\n")
+    out = scrape(h100x2)
+    assert sample(out, "migctl_apply_total", outcome="applied") == 3  # the good line and two with bad times
+    assert sample(out, "migctl_apply_last_success_timestamp_seconds") == finished
+    assert sample(out, "migctl_gpu_memory_slices", gpu="0", state="used") == 3
+    history.unlink()
+    (last,) = state.glob("apply-*.last.json")
+    journal = last.with_name(last.name.replace(".last.json", ".journal.json"))
+    for text in ("5", "null", '{"phase": "applied", "finished": "x", "started": []}'):
+        last.write_text(text)
+        journal.write_text(text)
+        out = scrape(h100x2)
+        assert sample(out, "migctl_apply_journal_pending") == 1, text  # there, if damaged: recover says what
+        assert sample(out, "migctl_apply_last_success_timestamp_seconds") is None, text
+    journal.unlink()
+    assert sample(scrape(h100x2), "migctl_apply_journal_pending") == 0
+
+
 def test_http_surface_and_bad_listen(h100x2: Env) -> None:
     exp, port = start_exporter(h100x2)
     try:

@@ -8,8 +8,8 @@ too, and :attr:`StateReader.db_error` says why, so that the GPUs' own figures ar
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,34 @@ class ApplyState:
     outcomes: dict[str, int] = field(default_factory=dict)  # counts from the apply history
     journal_pending: bool = False
     journal_started: float | None = None
+
+
+_MAX_STATE_FILE = 4 << 20  # the history is trimmed to about 256 KiB by its writer; a larger file is damaged
+
+
+def _text(path: Path) -> str:
+    """The file's text, or "" when it is missing, not a regular file, too large or not UTF-8."""
+    from migctl.inputs import InputError, read_text
+
+    try:
+        return read_text(path, "state file", _MAX_STATE_FILE)
+    except InputError:
+        return ""
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(_text(path) or "null")
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _time(value: Any) -> float | None:
+    """A time stamp from a state file: a finite number of seconds, else None."""
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection | None:
@@ -136,30 +164,32 @@ class StateReader:
         return q
 
     def apply_state(self) -> ApplyState:
+        """The apply journal and history, read as a scrape must: a damaged file or line is skipped, never an
+        error (until 2026-12-03 a history line that was not an object, or a time that was not a number, failed
+        every scrape)."""
         a = ApplyState()
-        journal = self.dir / f"apply-{self.slug}.journal.json"
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(journal.read_text(encoding="utf-8"))
+        journal = _json_object(self.dir / f"apply-{self.slug}.journal.json")
+        if journal is not None:
             a.journal_pending = True
-            a.journal_started = float(data.get("started") or 0) or None
-        if not journal.exists():
-            a.journal_pending = False
-        history = self.dir / f"apply-{self.slug}.history.jsonl"
-        with contextlib.suppress(OSError):
-            for line in history.read_text(encoding="utf-8").splitlines():
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                outcome = str(ev.get("outcome", ""))
-                a.outcomes[outcome] = a.outcomes.get(outcome, 0) + 1
-                a.last_outcome, a.last_finished = outcome, ev.get("finished")
-                if outcome == "applied":
-                    a.last_success = ev.get("finished")
+            a.journal_started = _time(journal.get("started"))
+        elif (self.dir / f"apply-{self.slug}.journal.json").exists():
+            a.journal_pending = True  # there, but unreadable: still pending (recover says what is wrong)
+        for line in _text(self.dir / f"apply-{self.slug}.history.jsonl").splitlines():
+            try:
+                ev = json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(ev, dict) or not isinstance(ev.get("outcome"), str):
+                continue
+            outcome = ev["outcome"]
+            a.outcomes[outcome] = a.outcomes.get(outcome, 0) + 1
+            a.last_outcome, a.last_finished = outcome, _time(ev.get("finished"))
+            if outcome == "applied" and a.last_finished is not None:
+                a.last_success = a.last_finished
         if a.last_outcome is None:  # no history yet: the last journal, if any
-            with contextlib.suppress(OSError, ValueError):
-                data = json.loads((self.dir / f"apply-{self.slug}.last.json").read_text(encoding="utf-8"))
-                a.last_outcome, a.last_finished = data.get("phase"), data.get("finished")
+            last = _json_object(self.dir / f"apply-{self.slug}.last.json")
+            if last is not None and isinstance(last.get("phase"), str):
+                a.last_outcome, a.last_finished = last["phase"], _time(last.get("finished"))
                 if a.last_outcome == "applied":
                     a.last_success = a.last_finished
         return a
