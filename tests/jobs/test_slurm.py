@@ -273,6 +273,40 @@ def test_gres_files_are_validated_then_written_atomically(tmp_path: Path, monkey
     assert not list(etc.glob("*.migctl-tmp"))
 
 
+def test_a_gres_conf_that_is_not_one_or_another_users_symlink_is_not_edited(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """--gres-conf naming a file that is not gres.conf (a typo, or a symlink to /etc/passwd) is refused before
+    anything is written; so is a symlink owned by another user. Before, both got the node's block appended
+    and were rewritten (a symlink's target replaced), with a backup."""
+    env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
+    env.layout(0, ["3g.40gb"])
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("NodeName=gpu01 CPUs=8\n")
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n")
+    link = tmp_path / "gres.conf"
+    link.symlink_to(passwd)
+    r = env.migctl("slurm", "gres", "--node", "gpu01", "--gres-conf", str(link), "--slurm-conf", str(conf))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert (f"gres.conf {link}: line 1 is not gres.conf syntax (root:x:0:0:root:/root:/bin/bash); expected "
+            "Key=Value words, comments or blank lines; refusing to edit it") in r.stderr
+    assert passwd.read_text().startswith("root:x:0:0") and "migctl" not in passwd.read_text()
+    assert conf.read_text() == "NodeName=gpu01 CPUs=8\n" and not list(tmp_path.glob("*.migctl.bak"))
+    # a real gres.conf, linked by another user (UID 1, daemon): not followed either
+    real = tmp_path / "real-gres.conf"
+    real.write_text("# site\nAutoDetect=nvml\nname=gpu File=/dev/nvidia0 \\\n  Type=a100\n")
+    link.unlink()
+    link.symlink_to(real)
+    os.lchown(link, 1, 1)
+    r = env.migctl("slurm", "gres", "--node", "gpu01", "--gres-conf", str(link), "--slurm-conf", str(conf))
+    assert r.returncode == 2 and f"gres.conf {link} is a symlink owned by UID 1; refusing to follow it" in r.stderr
+    assert "migctl" not in real.read_text()
+    os.lchown(link, 0, 0)  # root's own link is followed, and that file's syntax passes
+    r = env.migctl("slurm", "gres", "--node", "gpu01", "--gres-conf", str(link), "--slurm-conf", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and "# BEGIN migctl node=gpu01" in real.read_text()
+
+
 def test_simulated_node_never_writes_the_hosts_slurm_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
     env.env.pop("SLURM_CONF", None)

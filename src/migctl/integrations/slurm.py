@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shlex
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -301,6 +302,35 @@ def _atomic_write(path: Path, text: str, like: os.stat_result | None = None) -> 
         raise
 
 
+def _trusted_link(path: Path, what: str) -> None:
+    """A symlink is followed only when root or this user owns it: one planted by another user (in a shared or
+    world-writable directory) could point the edit at any file this (usually root) process can write."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, os.geteuid()):
+        raise SlurmError(f"{what} {path} is a symlink owned by UID {st.st_uid}; refusing to follow it (give the "
+                         "file it points to, after checking it)", 2)
+
+
+_GRES_LINE = re.compile(r"^\s*(#|$|[A-Za-z][A-Za-z0-9]*=|Include\s)")
+
+
+def _check_gres_conf(text: str, path: Path) -> None:
+    """Refuse to edit a file that is not a gres.conf (every line a comment, blank, or ``Key=Value`` words): a
+    wrong --gres-conf, or a symlink to another file, would otherwise get a block appended and be rewritten."""
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
+        if n > 1 and lines[n - 2].rstrip().endswith("\\"):
+            continue  # a continued line
+        if not _GRES_LINE.match(line):
+            from migctl.inputs import printable
+
+            raise SlurmError(f"gres.conf {path}: line {n} is not gres.conf syntax ({printable(line, 60)}); expected "
+                             "Key=Value words, comments or blank lines; refusing to edit it", 2)
+
+
 def _read_conf(path: Path, what: str) -> str:
     from migctl.inputs import InputError, read_text
 
@@ -336,9 +366,13 @@ def plan_gres_edits(node: Any, node_name: str, gres_conf: Path, slurm_conf: Path
     gtarget = _target(gres_conf)
     if not gtarget.parent.is_dir():
         raise SlurmError(f"gres.conf {gres_conf}: directory {gtarget.parent} does not exist", 2)
+    _trusted_link(gres_conf, "gres.conf")
     old = _read_conf(gres_conf, "gres.conf") if gtarget.exists() else None
+    if old is not None:
+        _check_gres_conf(old, gres_conf)
     edits.append(ConfEdit(gres_conf, old, replace_block(old or "", node_name, block)))
     if slurm_conf is not None:
+        _trusted_link(slurm_conf, "slurm.conf")
         if not _target(slurm_conf).exists():
             raise SlurmError(f"slurm.conf {slurm_conf}: no such file (give --slurm-conf or --no-slurm-conf)", 2)
         old = _read_conf(slurm_conf, "slurm.conf")
