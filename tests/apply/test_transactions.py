@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -96,6 +97,9 @@ def test_sigkill_mid_apply_then_recovery(tmp_path, mknode, client, recover_with)
         if recover_with == "recover":
             proc = _cli(["recover"], env)
             assert proc.returncode == 0 and "rolled back the interrupted apply" in proc.stdout, proc.stderr
+            # where it stopped, as interrupted (it said "stopped before recovered operation N", the journal's
+            # phase after the rollback)
+            assert re.search(r"stopped before (forward|rollback) operation \d+\)", proc.stdout), proc.stdout
             assert all(layout_matches(g, old[g.index]) for g in read_node(node))
         else:
             proc = _cli(["apply", "-f", str(cfg_path), "-c", "target"], env)

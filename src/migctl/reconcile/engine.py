@@ -211,6 +211,7 @@ def recover(node: Any, progress: Progress | None = None, journal: Journal | None
     if unknown:
         raise UserError(f"apply journal {j.path} names GPU(s) {unknown} this node does not have (GPUs: "
                         f"{sorted(gpus)}); nothing was changed; inspect it, then remove it", 2)
+    phase, step = data.get("phase"), data.get("next")  # as interrupted (the rollback moves both)
     err = _rollback(node, j, progress)
     if err is not None:
         j.data["error"] = f"recovery failed: {err}"
@@ -220,8 +221,9 @@ def recover(node: Any, progress: Progress | None = None, journal: Journal | None
             f"journal kept at {j.path}; fix the cause and run `migctl recover`", EXIT_FAILED,
         )
     j.finish("recovered")
-    return (f"rolled back the interrupted apply of {data.get('label')!r} (PID {data.get('pid')}, stopped before "
-            f"{data.get('phase')} operation {data.get('next')}) to the previous layout")
+    done = (f"rolled back the interrupted apply of {data.get('label')!r} (PID {data.get('pid')}, stopped before "
+            f"{phase} operation {step}) to the previous layout")
+    return f"{created}; {done}" if created else done
 
 
 # ------------------------------------------------------------------------------------------ busy handling
