@@ -161,6 +161,30 @@ def test_a_damaged_field_of_the_state_file_is_one_line_naming_it(cli):
     assert cli("gi", "list", "--json").code == 0
 
 
+def test_nothing_writes_a_state_file_that_readers_would_refuse(cli):
+    """`sim add-client --used-mib -5` (or a 5,000-character name) was accepted and wrote a state that every
+    later command refused as damaged; the CLI now bounds both, and the store refuses to write such a state
+    whoever asks (the transaction leaves the file as it was)."""
+    from migctl import sim as simmod
+    from migctl.device import open_node
+    from migctl.sim.state import SimProcess
+
+    cli("mode", "enable", "-i", "0")
+    for args, expected in ((("--used-mib", "-5"), "--used-mib -5 is out of range; valid: 0..81559"),
+                           (("--name", "x" * 5000), "--name is 5000 characters long; at most 256")):
+        r = cli("sim", "add-client", str(os.getpid()), *args)
+        assert r.code == 2 and expected in one_error_line(r), r.err
+    path = Path(cli("sim", "status", "--json").json()["state_file"])
+    before = path.read_bytes()
+    node = open_node("2xH100-80GB", str(path))
+    with pytest.raises(simmod.StateFileError, match=r"refusing to write simulator state .*: gpus\[0\]\.processes\[0\]"
+                       r"\.used_mib is -5, expected 0 or more; nothing was changed"):
+        with node.sim.store.transaction() as st:
+            st.gpus[0].processes.append(SimProcess(pid=os.getpid(), gi=None, ci=None, used_mib=-5))
+    assert path.read_bytes() == before
+    assert cli("gpus").code == 0
+
+
 def test_sim_state_option_selects_the_file(cli, tmp_path):
     state = tmp_path / "custom.json"
     assert cli("--sim-state", str(state), "mode", "enable", "-i", "0").code == 0

@@ -126,6 +126,10 @@ def add_client_cmd(
         g = _one_gpu(n, gpu)
         if ci is not None and gi is None:
             fail("--ci needs --gi")
+    if not 0 <= used_mib <= g.total_memory_mib():
+        fail(f"--used-mib {used_mib} is out of range; valid: 0..{g.total_memory_mib()} (GPU {g.index}'s memory)")
+    if len(name) > 256:
+        fail(f"--name is {len(name)} characters long; at most 256")
     rc = sn.add_client(g.index, pid, gi, ci, used_mib=used_mib, name=name)
     if rc == 6 and gi is None:
         fail(f"no running process with PID {pid}")

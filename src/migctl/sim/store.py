@@ -161,8 +161,17 @@ class Store:
 
     def _write(self, state: SimState) -> None:
         assert self.path is not None
+        from migctl.sim import validate
+        from migctl.sim.state import BEHAVIOURS
+
+        doc = state.to_json()
+        try:  # what the next reader would refuse is never written (the transaction leaves the file as it was)
+            validate.check_fields({k: v for k, v in doc.items() if k not in ("format", "version")}, SimState, "state")
+            validate.check(state, BEHAVIOURS)
+        except StateContentError as e:
+            raise StateFileError(f"refusing to write simulator state {self.path}: {e}; nothing was changed") from None
         # one line: json's C encoder (an indent makes it fall back to the pure-Python one, several times slower)
-        data = json.dumps(state.to_json(), sort_keys=True)
+        data = json.dumps(doc, sort_keys=True)
         # No fsync: the simulated driver's state need not outlive a crash of the operating system, and on a
         # busy disk an fsync can take seconds, which would stall every mutating simulated NVML call. The
         # rename keeps the write atomic for other processes and for a killed writer.
