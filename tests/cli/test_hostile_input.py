@@ -137,6 +137,34 @@ def test_sim_state_refuses_devices_fifos_dirs_and_missing_parents(cli, tmp_path:
     assert not (tmp_path / "no").exists()
 
 
+@pytest.mark.parametrize("column, value, expected", [
+    ("cmd", "x", "job 1 has a damaged 'cmd' (not a JSON list)"),
+    ("cmd", "[1]", "job 1 has a damaged 'cmd' (not a list of strings)"),
+    ("env", "x", "job 1 has a damaged 'env' (not a JSON object)"),
+    ("gpus", -1, "job 1 has a damaged 'gpus' (not a JSON list)"),
+    ("gpus", '["a"]', "job 1 has a damaged 'gpus' (not a list of GPU indices)"),
+    ("time_limit", "x", "job 1 has a damaged 'time_limit' ('x')"),
+])
+def test_a_damaged_job_row_is_one_line(cli, tmp_path: Path, column: str, value: object, expected: str) -> None:
+    """A readable database with a job row holding what migctl never writes (edited by hand with sqlite3):
+    `jobs` and `cancel` name the job and the field (each was a traceback: JSONDecodeError, TypeError,
+    ValueError)."""
+    import sqlite3
+
+    assert cli("mode", "enable", "-i", "0").code == 0
+    assert cli("submit", "--profile", "1g.10gb", "--time-limit", "1h", "--", "true").code == 0
+    conn = sqlite3.connect(tmp_path / "jobs.sqlite")
+    with conn:
+        conn.execute(f"UPDATE jobs SET {column}=?", (value,))  # noqa: S608 (a column name from the list above)
+    conn.close()
+    verbs = (("jobs", "--json"),) if column == "time_limit" else (("jobs",), ("jobs", "--json"), ("cancel", "1"))
+    for args in verbs:  # (the limit is read only for --json)
+        r = cli(*args)
+        assert r.code == 2, (args, r)
+        line = one_error_line(r)
+        assert expected in line and "delete that row with sqlite3, or move the database aside" in line, (args, line)
+
+
 def _journal(cli, tmp_path: Path) -> Path:
     """Make a real journal by applying a config, then return the path where a pending journal would live."""
     cfg = tmp_path / "c.yaml"

@@ -213,6 +213,16 @@ def test_crash_between_gi_and_ci_is_recovered_and_visible(a30: SimEnv) -> None:
     assert n.gpu(0).gpu_instances() == []
 
 
+def _killed_between_gi_and_ci(a30: SimEnv) -> Path:
+    """Kill a `run` between creating its GI and its CI; the instance-creation record it leaves."""
+    env = {**a30.env, "MIGCTL_SIM_CRASH_AT": str(a30.node().sim.op_count() + 2)}
+    r = subprocess.run([sys.executable, "-m", "migctl.cli.main", "run", "--profile", "2g.12gb", "--", "true"],
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == -9
+    (record,) = Path(a30.env["MIGCTL_STATE_DIR"]).glob("create-*.json")
+    return record
+
+
 @pytest.mark.parametrize("content", ["5", "null", "{}", '{"gpu": "x", "start": 0, "profile_id": 14}',
                                      '{"gpu": 0}', '{"gpu": 99, "start": 0, "profile_id": 14}', "{not json"])
 def test_a_damaged_instance_creation_record_is_removed_with_one_line(a30: SimEnv, content: str) -> None:
@@ -220,12 +230,7 @@ def test_a_damaged_instance_creation_record_is_removed_with_one_line(a30: SimEnv
     it with one line saying why and where a half-made instance shows (before: a traceback from every run,
     apply and recover for all but unparseable JSON; a record naming a GPU the node lacks stopped every run
     with "GPU 99 does not exist")."""
-    n = a30.node()
-    env = {**a30.env, "MIGCTL_SIM_CRASH_AT": str(n.sim.op_count() + 2)}
-    r = subprocess.run([sys.executable, "-m", "migctl.cli.main", "run", "--profile", "2g.12gb", "--", "true"],
-                       env=env, capture_output=True, text=True, timeout=30)
-    assert r.returncode == -9
-    (record,) = Path(a30.env["MIGCTL_STATE_DIR"]).glob("create-*.json")
+    record = _killed_between_gi_and_ci(a30)
     for verb in (("recover",), ("run", "--profile", "1g.6gb", "--no-wait", "--", "true")):
         record.write_text(content)
         r = a30.migctl(*verb)
@@ -237,12 +242,7 @@ def test_a_damaged_instance_creation_record_is_removed_with_one_line(a30: SimEnv
 
 
 def test_a_damaged_instance_creation_record_is_reported_by_recover(a30: SimEnv) -> None:
-    n = a30.node()
-    env = {**a30.env, "MIGCTL_SIM_CRASH_AT": str(n.sim.op_count() + 2)}
-    r = subprocess.run([sys.executable, "-m", "migctl.cli.main", "run", "--profile", "2g.12gb", "--", "true"],
-                       env=env, capture_output=True, text=True, timeout=30)
-    assert r.returncode == -9
-    (record,) = Path(a30.env["MIGCTL_STATE_DIR"]).glob("create-*.json")
+    record = _killed_between_gi_and_ci(a30)
     record.write_text('{"gpu": 99, "start": 0, "profile_id": 14}')
     r = a30.migctl("recover")
     assert r.returncode == 0, r.stderr

@@ -37,7 +37,12 @@ def parse_duration(text: str) -> float:
 
 def limit_of(conn: sqlite3.Connection, job_id: int) -> float | None:
     r = conn.execute("SELECT time_limit FROM jobs WHERE id=?", (job_id,)).fetchone()
-    return None if r is None or r["time_limit"] is None else float(r["time_limit"])
+    if r is None or r["time_limit"] is None:
+        return None
+    if type(r["time_limit"]) not in (int, float):  # only a hand-edited database holds anything else
+        raise JobsError(f"the jobs database: job {job_id} has a damaged 'time_limit' ({r['time_limit']!r}); delete "
+                        "that row with sqlite3, or move the database aside to start afresh")
+    return float(r["time_limit"])
 
 
 def enforce(conn: sqlite3.Connection, key: str, grace: float = DEFAULT_GRACE_S,

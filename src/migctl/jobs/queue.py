@@ -90,6 +90,27 @@ def _cwd() -> str:
         raise JobsError(f"cannot read the working directory ({e.strerror})") from None
 
 
+def _damaged(r: Any, field: str, why: str) -> JobsError:
+    from migctl.jobs.common import db_path
+
+    return JobsError(f"the jobs database {db_path()}: job {r['id']} has a damaged {field!r} ({why}); delete that "
+                     "row with sqlite3, or move the database aside to start afresh")
+
+
+def _json_field(r: Any, field: str, kind: type, empty: Any = ...) -> Any:
+    """Column ``field`` of row ``r``, JSON of type ``kind``; ``empty`` when the column is NULL or "" (if given)."""
+    text = r[field]
+    if not text and empty is not ...:
+        return json.loads(empty) if isinstance(empty, str) else empty
+    try:
+        value = json.loads(text) if isinstance(text, str | bytes) else None
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, kind):
+        raise _damaged(r, field, f"not a JSON {'list' if kind is list else 'object'}")
+    return value
+
+
 @dataclass
 class Job:
     """One row of the jobs table."""
@@ -119,12 +140,21 @@ class Job:
 
     @classmethod
     def from_row(cls, r: Any) -> Job:
-        gpus = tuple(json.loads(r["gpus"])) if r["gpus"] else None
-        return cls(id=r["id"], name=r["name"], cmd=json.loads(r["cmd"]), cwd=r["cwd"], profile=r["profile"],
+        """The job a row of the jobs table holds; a field that migctl never writes (the database edited by hand
+        or damaged) is one line naming the job and the field (it was a traceback from `jobs` and `cancel`)."""
+        cmd = _json_field(r, "cmd", list)
+        env = _json_field(r, "env", dict, "{}")
+        gpus_list = _json_field(r, "gpus", list, None)
+        if not cmd or not all(isinstance(a, str) for a in cmd):
+            raise _damaged(r, "cmd", "not a list of strings")
+        if gpus_list is not None and not all(type(g) is int and g >= 0 for g in gpus_list):
+            raise _damaged(r, "gpus", "not a list of GPU indices")
+        gpus = tuple(gpus_list) if gpus_list else None
+        return cls(id=r["id"], name=r["name"], cmd=cmd, cwd=r["cwd"], profile=r["profile"],
                    mem_mib=r["mem_mib"], gpus=gpus, priority=r["priority"], state=r["state"], created=r["created"],
                    started=r["started"], finished=r["finished"], exit_code=r["exit_code"], reason=r["reason"],
                    log_path=r["log_path"], child_pid=r["child_pid"], mig_uuid=r["mig_uuid"],
-                   ephemeral=bool(r["ephemeral"]), batch=r["batch"], env=json.loads(r["env"] or "{}"),
+                   ephemeral=bool(r["ephemeral"]), batch=r["batch"], env=env,
                    child_start=r["child_start"],
                    sharing=Sharing(r["isolation"] or "hard", r["share"], r["threads"], r["mps_mem_mib"]))
 

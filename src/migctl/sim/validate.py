@@ -49,6 +49,12 @@ def _show(value: Any) -> str:
 
 
 Check = typing.Callable[[Any, str], None]
+_SCALARS: dict[type, typing.Callable[[Any], bool]] = {
+    bool: lambda v: type(v) is bool,
+    int: lambda v: type(v) is int and -_MAX_INT <= v <= _MAX_INT,
+    float: lambda v: type(v) in (int, float) and math.isfinite(v),
+    str: lambda v: type(v) is str and len(v) <= _MAX_TEXT,
+}
 
 
 def _wrong(value: Any, tp: Any, where: str) -> StateContentError:
@@ -73,26 +79,13 @@ def _checker(tp: Any) -> Check:
                         raise _wrong(value, tp, where) from None
             return optional
         raise TypeError(f"unsupported field type {tp}")  # pragma: no cover - the state has no other unions
-    if tp is bool:
-        def boolean(value: Any, where: str) -> None:
-            if not isinstance(value, bool):
+    if tp in _SCALARS:
+        ok = _SCALARS[tp]
+
+        def scalar(value: Any, where: str) -> None:
+            if not ok(value):
                 raise _wrong(value, tp, where)
-        return boolean
-    if tp is int:
-        def integer(value: Any, where: str) -> None:
-            if type(value) is not int or not -_MAX_INT <= value <= _MAX_INT:
-                raise _wrong(value, tp, where)
-        return integer
-    if tp is float:
-        def number(value: Any, where: str) -> None:
-            if type(value) not in (int, float) or not math.isfinite(value):
-                raise _wrong(value, tp, where)
-        return number
-    if tp is str:
-        def text(value: Any, where: str) -> None:
-            if type(value) is not str or len(value) > _MAX_TEXT:
-                raise _wrong(value, tp, where)
-        return text
+        return scalar
     if origin is list:
         item = _checker(typing.get_args(tp)[0])
 
