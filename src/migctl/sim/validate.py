@@ -86,24 +86,19 @@ def _checker(tp: Any) -> Check:
             if not ok(value):
                 raise _wrong(value, tp, where)
         return scalar
-    if origin is list:
-        item = _checker(typing.get_args(tp)[0])
+    if origin in (list, dict):
+        inner = _checker(typing.get_args(tp)[-1])  # list[X] or dict[str, X]: check each X
 
-        def items(value: Any, where: str) -> None:
-            if type(value) is not list:
+        def container(value: Any, where: str) -> None:
+            if type(value) is not origin:
                 raise _wrong(value, tp, where)
-            for i, v in enumerate(value):
-                item(v, f"{where}[{i}]")
-        return items
-    if origin is dict:
-        entry = _checker(typing.get_args(tp)[1])
-
-        def entries(value: Any, where: str) -> None:
-            if type(value) is not dict:
-                raise _wrong(value, tp, where)
-            for k, v in value.items():
-                entry(v, f"{where}.{k}")
-        return entries
+            if origin is list:
+                for i, v in enumerate(value):
+                    inner(v, f"{where}[{i}]")
+            else:
+                for k, v in value.items():
+                    inner(v, f"{where}.{k}")
+        return container
     if dataclasses.is_dataclass(tp):
         def record(value: Any, where: str) -> None:
             if type(value) is not dict:
@@ -191,30 +186,22 @@ def _check_gpu(gpu: Any, i: int, uuids: set[str]) -> None:
         gw = f"{where}.gis[{j}]"
         profile = model.profile(gi.profile_id)
         if profile is None:
-            valid = ", ".join(str(p.id) for p in model.gi_profiles)
-            raise StateContentError(f"{gw}.profile_id is {gi.profile_id}, not a GI profile of {gpu.model} "
-                                    f"(valid: {valid})")
+            raise _unknown_profile(gw, gi.profile_id, "a GI profile of " + gpu.model, model.gi_profiles)
         why = conflict(model, placed, profile, Placement(gi.start, gi.size))
         if why:
             raise StateContentError(f"{gw}: {why}")
-        if gi.id in gi_ids or not 0 <= gi.id < 64:
-            raise StateContentError(f"{gw}.id is {gi.id}, expected a unique ID from 0 to 63")
-        gi_ids.add(gi.id)
+        _claim(gi_ids, gi.id, gi.id, gw)
         placed.append(PlacedGI(profile, Placement(gi.start, gi.size)))
         used: list[Placement] = []
         for k, ci in enumerate(gi.cis):
             cw = f"{gw}.cis[{k}]"
             cp = profile.ci_profile(ci.profile_id)
             if cp is None:
-                valid = ", ".join(str(c.id) for c in profile.ci_profiles)
-                raise StateContentError(f"{cw}.profile_id is {ci.profile_id}, not a CI profile of "
-                                        f"{profile.name} (valid: {valid})")
+                raise _unknown_profile(cw, ci.profile_id, "a CI profile of " + profile.name, profile.ci_profiles)
             pl = Placement(ci.start, ci.size)
             if pl not in cp.placements or any(p.overlaps(pl) for p in used):
                 raise StateContentError(f"{cw}: placement {pl} is not free and valid for CI profile {cp.id}")
-            if (gi.id, ci.id) in cis or not 0 <= ci.id < 64:
-                raise StateContentError(f"{cw}.id is {ci.id}, expected a unique ID from 0 to 63")
-            cis.add((gi.id, ci.id))
+            _claim(cis, (gi.id, ci.id), ci.id, cw)
             used.append(pl)
     for k, proc in enumerate(gpu.processes):
         if proc.pid < 1:
@@ -224,6 +211,18 @@ def _check_gpu(gpu: Any, i: int, uuids: set[str]) -> None:
             raise StateContentError(f"{where}.processes[{k}].used_mib is {proc.used_mib}, expected 0 or more")
     for k, holder in enumerate(gpu.holders):
         _check_ref(holder.gi, holder.ci, gi_ids, cis, f"{where}.holders[{k}]")
+
+
+def _unknown_profile(where: str, profile_id: int, what: str, profiles: Any) -> StateContentError:
+    valid = ", ".join(str(p.id) for p in profiles)
+    return StateContentError(f"{where}.profile_id is {profile_id}, not {what} (valid: {valid})")
+
+
+def _claim(seen: set[Any], key: Any, ident: int, where: str) -> None:
+    """Instance IDs are unique (per GPU for GIs, per GI for CIs) and below 64, as the driver hands them out."""
+    if key in seen or not 0 <= ident < 64:
+        raise StateContentError(f"{where}.id is {ident}, expected a unique ID from 0 to 63")
+    seen.add(key)
 
 
 def _check_ref(gi: int | None, ci: int | None, gi_ids: set[int], cis: set[tuple[int, int]], where: str) -> None:
