@@ -21,6 +21,10 @@ from migctl.sim.state import SimState
 from migctl.sim.validate import StateContentError
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
 class StateFileError(RuntimeError):
     """The state file is corrupt, foreign, or belongs to another spec."""
 
@@ -38,6 +42,7 @@ class Store:
 
     def __init__(self, spec: NodeSpec, path: Path | None, create_parent: bool = True) -> None:
         self.spec = spec
+        self._checked: dict[bytes, None] = {}  # digests of contents this process checked (or wrote), oldest first
         self.path = path
         self._mem: SimState | None = None
         self._cache: tuple[tuple[int, int, int], SimState] | None = None
@@ -75,12 +80,15 @@ class Store:
             from migctl.inputs import InputError, read_text
 
             try:
-                data = json.loads(read_text(self.path, "simulator state file"))
+                text = read_text(self.path, "simulator state file")
+                data = json.loads(text)
             except InputError as e:
                 raise StateFileError(str(e)) from None
             except RecursionError:
                 raise StateFileError(f"simulator state file {self.path} is corrupt (nested too deeply)") from None
-            state = SimState.from_json(data)
+            digest = _digest(text)
+            state = SimState.from_json(data, checked=digest in self._checked)
+            self._remember(digest)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise StateFileError(
                 f"simulator state file {self.path} is corrupt ({e.__class__.__name__}: {e}); "
@@ -108,6 +116,12 @@ class Store:
             )
         self._cache = (key, state)
         return state
+
+    def _remember(self, digest: bytes, keep: int = 64) -> None:
+        self._checked.pop(digest, None)
+        self._checked[digest] = None
+        while len(self._checked) > keep:
+            del self._checked[next(iter(self._checked))]
 
     def _create(self) -> None:
         """Write a fresh node on first use, so its UUIDs and serials are the same for every reader."""
@@ -172,6 +186,7 @@ class Store:
             raise StateFileError(f"refusing to write simulator state {self.path}: {e}; nothing was changed") from None
         # one line: json's C encoder (an indent makes it fall back to the pure-Python one, several times slower)
         data = json.dumps(doc, sort_keys=True)
+        self._remember(_digest(data))  # the next read of this content need not check it again
         # No fsync: the simulated driver's state need not outlive a crash of the operating system, and on a
         # busy disk an fsync can take seconds, which would stall every mutating simulated NVML call. The
         # rename keeps the write atomic for other processes and for a killed writer.

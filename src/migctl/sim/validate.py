@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any
 
-from migctl.catalog import CatalogError, parse_driver
+from migctl.catalog import CatalogError, load_model, parse_driver
 from migctl.catalog.geometry import PlacedGI, conflict
 from migctl.catalog.model import Placement
 
@@ -48,7 +48,17 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-Check = typing.Callable[[Any, str], None]
+class _Bad(Exception):  # noqa: N818 - internal signal, turned into StateContentError by check_fields
+    """A value that does not fit its field; ``path`` is filled in on the way out (no strings on the happy path:
+    the state is checked on every read and write)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+        self.path: list[str] = []
+
+
+Check = typing.Callable[[Any], None]
 _SCALARS: dict[type, typing.Callable[[Any], bool]] = {
     bool: lambda v: type(v) is bool,
     int: lambda v: type(v) is int and -_MAX_INT <= v <= _MAX_INT,
@@ -57,53 +67,52 @@ _SCALARS: dict[type, typing.Callable[[Any], bool]] = {
 }
 
 
-def _wrong(value: Any, tp: Any, where: str) -> StateContentError:
-    return StateContentError(f"{where} is {_show(value)}, expected {_type_name(tp)}")
+def _wrong(value: Any, tp: Any) -> _Bad:
+    return _Bad(f" is {_show(value)}, expected {_type_name(tp)}")
 
 
 @functools.cache
 def _checker(tp: Any) -> Check:
-    """A function that checks a value against the field type ``tp`` (built once per type: the state is read
-    on every command, and walking type hints for each value cost more than reading the file)."""
+    """A function that checks a value against the field type ``tp`` (built once per type)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if len(args) == 2 and type(None) in args:
             inner = _checker(next(a for a in args if a is not type(None)))
 
-            def optional(value: Any, where: str) -> None:
+            def optional(value: Any) -> None:
                 if value is not None:
                     try:
-                        inner(value, where)
-                    except StateContentError:
-                        raise _wrong(value, tp, where) from None
+                        inner(value)
+                    except _Bad:
+                        raise _wrong(value, tp) from None
             return optional
         raise TypeError(f"unsupported field type {tp}")  # pragma: no cover - the state has no other unions
     if tp in _SCALARS:
         ok = _SCALARS[tp]
 
-        def scalar(value: Any, where: str) -> None:
+        def scalar(value: Any) -> None:
             if not ok(value):
-                raise _wrong(value, tp, where)
+                raise _wrong(value, tp)
         return scalar
     if origin in (list, dict):
         inner = _checker(typing.get_args(tp)[-1])  # list[X] or dict[str, X]: check each X
 
-        def container(value: Any, where: str) -> None:
+        def container(value: Any) -> None:
             if type(value) is not origin:
-                raise _wrong(value, tp, where)
-            if origin is list:
-                for i, v in enumerate(value):
-                    inner(v, f"{where}[{i}]")
-            else:
-                for k, v in value.items():
-                    inner(v, f"{where}.{k}")
+                raise _wrong(value, tp)
+            for k, v in (enumerate(value) if origin is list else value.items()):
+                try:
+                    inner(v)
+                except _Bad as e:
+                    e.path.append(f"[{k}]" if origin is list else f".{k}")
+                    raise
         return container
     if dataclasses.is_dataclass(tp):
-        def record(value: Any, where: str) -> None:
+        def record(value: Any) -> None:
             if type(value) is not dict:
-                raise _wrong(value, tp, where)
-            check_fields(value, tp, where)
+                raise _wrong(value, tp)
+            _fields(value, tp)
         return record
     raise TypeError(f"unsupported field type {tp}")  # pragma: no cover - every field type of the state is above
 
@@ -118,17 +127,30 @@ def _layout(cls: type) -> tuple[dict[str, Check], frozenset[str]]:
     return {f.name: _checker(hints[f.name]) for f in fields}, required
 
 
-def check_fields(data: dict[str, Any], cls: type, where: str) -> None:
-    """Every field ``cls`` requires is present, none is unknown, and each has its annotated type."""
+def _fields(data: dict[str, Any], cls: type) -> None:
     checks, required = _layout(cls)
     for key, value in data.items():
         check = checks.get(key)
         if check is None:
-            raise StateContentError(f"{where} has an unknown field {_show(key)} (known: {', '.join(checks)})")
-        check(value, f"{where}.{key}")
+            raise _Bad(f" has an unknown field {_show(key)} (known: {', '.join(checks)})")
+        try:
+            check(value)
+        except _Bad as e:
+            e.path.append(f".{key}")
+            raise
     for name in required:
         if name not in data:
-            raise StateContentError(f"{where}.{name} is missing")
+            bad = _Bad(" is missing")
+            bad.path.append(f".{name}")
+            raise bad
+
+
+def check_fields(data: dict[str, Any], cls: type, where: str) -> None:
+    """Every field ``cls`` requires is present, none is unknown, and each has its annotated type."""
+    try:
+        _fields(data, cls)
+    except _Bad as e:
+        raise StateContentError(where + "".join(reversed(e.path)) + e.text) from None
 
 
 def _nonnegative(value: int, where: str) -> None:
@@ -179,30 +201,11 @@ def _check_gpu(gpu: Any, i: int, uuids: set[str]) -> None:
         raise StateContentError(f"{where}.model {_show(gpu.model)} is not a known model ({e})") from None
     if (gpu.gis or gpu.mig_current) and not model.gi_profiles:
         raise StateContentError(f"{where} is a {gpu.model}, which has no MIG, but its state has MIG on or instances")
-    placed: list[PlacedGI] = []
-    gi_ids: set[int] = set()
-    cis: set[tuple[int, int]] = set()
-    for j, gi in enumerate(gpu.gis):
-        gw = f"{where}.gis[{j}]"
-        profile = model.profile(gi.profile_id)
-        if profile is None:
-            raise _unknown_profile(gw, gi.profile_id, "a GI profile of " + gpu.model, model.gi_profiles)
-        why = conflict(model, placed, profile, Placement(gi.start, gi.size))
-        if why:
-            raise StateContentError(f"{gw}: {why}")
-        _claim(gi_ids, gi.id, gi.id, gw)
-        placed.append(PlacedGI(profile, Placement(gi.start, gi.size)))
-        used: list[Placement] = []
-        for k, ci in enumerate(gi.cis):
-            cw = f"{gw}.cis[{k}]"
-            cp = profile.ci_profile(ci.profile_id)
-            if cp is None:
-                raise _unknown_profile(cw, ci.profile_id, "a CI profile of " + profile.name, profile.ci_profiles)
-            pl = Placement(ci.start, ci.size)
-            if pl not in cp.placements or any(p.overlaps(pl) for p in used):
-                raise StateContentError(f"{cw}: placement {pl} is not free and valid for CI profile {cp.id}")
-            _claim(cis, (gi.id, ci.id), ci.id, cw)
-            used.append(pl)
+    layout = tuple((gi.id, gi.profile_id, gi.start, gi.size, tuple((c.id, c.profile_id, c.start, c.size) for c in gi.cis))
+                   for gi in gpu.gis)
+    problem, gi_ids, cis = _instances(gpu.model, layout)
+    if problem:
+        raise StateContentError(f"{where}.{problem}")
     for k, proc in enumerate(gpu.processes):
         if proc.pid < 1:
             raise StateContentError(f"{where}.processes[{k}].pid is {proc.pid}, expected a process ID (1 or more)")
@@ -211,6 +214,44 @@ def _check_gpu(gpu: Any, i: int, uuids: set[str]) -> None:
             raise StateContentError(f"{where}.processes[{k}].used_mib is {proc.used_mib}, expected 0 or more")
     for k, holder in enumerate(gpu.holders):
         _check_ref(holder.gi, holder.ci, gi_ids, cis, f"{where}.holders[{k}]")
+
+
+@functools.lru_cache(maxsize=4096)
+def _instances(model_key: str, layout: tuple[Any, ...]) -> tuple[str | None, frozenset[int], frozenset[tuple[int, int]]]:
+    """What is wrong with one GPU's GPU and compute instances, relative to ``gpus[i].`` (None when the driver could
+    have made them), and the GI and (GI, CI) IDs present. Cached by the layout: most reads and writes see the
+    same layouts again, and this was most of the cost of checking a state."""
+    from migctl.sim.plain_gpus import PLAIN_GPUS
+
+    model = PLAIN_GPUS.get(model_key) or load_model(model_key)
+    try:
+        placed: list[PlacedGI] = []
+        gi_ids: set[int] = set()
+        cis: set[tuple[int, int]] = set()
+        for j, (gi_id, gi_profile, gi_start, gi_size, gi_cis) in enumerate(layout):
+            gw = f"gis[{j}]"
+            profile = model.profile(gi_profile)
+            if profile is None:
+                raise _unknown_profile(gw, gi_profile, "a GI profile of " + model_key, model.gi_profiles)
+            why = conflict(model, placed, profile, Placement(gi_start, gi_size))
+            if why:
+                raise StateContentError(f"{gw}: {why}")
+            _claim(gi_ids, gi_id, gi_id, gw)
+            placed.append(PlacedGI(profile, Placement(gi_start, gi_size)))
+            used: list[Placement] = []
+            for k, (ci_id, ci_profile, ci_start, ci_size) in enumerate(gi_cis):
+                cw = f"{gw}.cis[{k}]"
+                cp = profile.ci_profile(ci_profile)
+                if cp is None:
+                    raise _unknown_profile(cw, ci_profile, "a CI profile of " + profile.name, profile.ci_profiles)
+                pl = Placement(ci_start, ci_size)
+                if pl not in cp.placements or any(p.overlaps(pl) for p in used):
+                    raise StateContentError(f"{cw}: placement {pl} is not free and valid for CI profile {cp.id}")
+                _claim(cis, (gi_id, ci_id), ci_id, cw)
+                used.append(pl)
+    except StateContentError as e:
+        return str(e), frozenset(), frozenset()
+    return None, frozenset(gi_ids), frozenset(cis)
 
 
 def _unknown_profile(where: str, profile_id: int, what: str, profiles: Any) -> StateContentError:
