@@ -17,6 +17,7 @@ Errors are :class:`InputError` (a :class:`~migctl.errors.UserError`): one line n
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 from pathlib import Path
@@ -199,6 +200,11 @@ def load_yaml_text(text: str, what: str, label: str = "") -> Any:
         raise InputError(f"{what}:{line}: invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise InputError(f"{what}: invalid YAML: {' '.join(str(e).split())[:200]}") from None
+
+
+def finite_number(value: Any) -> bool:
+    """A JSON number that is a real quantity: an int or float, not a bool, not inf or nan."""
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def load_json(text: str, file: str) -> Any:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import tempfile
@@ -180,6 +179,7 @@ def journal_problem(data: dict[str, Any]) -> str | None:
     (``"mig": 0``, a start of -1) must stop it before it changes anything: it would otherwise disable MIG or
     destroy instances to reach a layout nobody had.
     """
+    from migctl.inputs import finite_number
     from migctl.reconcile.journal import layout_problem
 
     if type(data.get("version")) is not int or data["version"] != 1:
@@ -187,7 +187,7 @@ def journal_problem(data: dict[str, Any]) -> str | None:
     if type(data.get("pid")) is not int or not 0 < data["pid"] < 2**31:
         return "'pid' missing or not a process ID"
     for key in ("pid_start", "started"):
-        if type(data.get(key)) not in (int, float) or not math.isfinite(data[key]):
+        if not finite_number(data.get(key)):
             return f"'{key}' missing or not a time"
     if not isinstance(data.get("gpu_uuid"), str) or not data["gpu_uuid"].startswith("GPU-"):
         return "'gpu_uuid' missing or not a GPU UUID"
@@ -203,16 +203,14 @@ class BenchJournal:
         self.path = state_dir() / f"bench-{node_slug(node)}.json"
 
     def load(self) -> dict[str, Any] | None:
-        from migctl.inputs import InputError, read_text
+        from migctl.inputs import InputError, load_json, read_text
 
         if not os.path.lexists(self.path):
             return None
         try:
-            data = json.loads(read_text(self.path, "bench journal", 1 << 20))
+            data = load_json(read_text(self.path, "bench journal", 1 << 20), f"bench journal {self.path}")
         except InputError as e:
             raise BenchError(f"{e}; inspect it, then remove it") from None
-        except (ValueError, RecursionError) as e:
-            raise BenchError(f"bench journal {self.path} is unreadable ({e}); inspect it, then remove it") from None
         if not isinstance(data, dict) or data.get("format") != JOURNAL_FORMAT:
             raise BenchError(f"{self.path} is not a migctl bench journal; inspect it, then remove it")
         problem = journal_problem(data)

@@ -22,6 +22,12 @@ class JobsError(RuntimeError):
         self.exit_code = exit_code
 
 
+def damaged_row(job_id: int, field: str, why: str) -> JobsError:
+    """A job row holding what migctl never writes (the database edited by hand): one line naming job and field."""
+    return JobsError(f"the jobs database {db_path()}: job {job_id} has a damaged {field!r} ({why}); delete that "
+                     "row with sqlite3, or move the database aside to start afresh")
+
+
 def db_path() -> Path:
     """The SQLite database holding leases and jobs for every node of this state dir."""
     return jobs_db_path()

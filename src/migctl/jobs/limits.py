@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from migctl.jobs.common import JobsError, immediate, signal_group
+from migctl.jobs.common import JobsError, damaged_row, immediate, signal_group
 
 MAX_LIMIT_S = 10_000_000.0  # about 115 days, the CLI-wide limit on seconds (docs/cli.md)
 DEFAULT_GRACE_S = 10.0
@@ -40,8 +40,7 @@ def limit_of(conn: sqlite3.Connection, job_id: int) -> float | None:
     if r is None or r["time_limit"] is None:
         return None
     if type(r["time_limit"]) not in (int, float):  # only a hand-edited database holds anything else
-        raise JobsError(f"the jobs database: job {job_id} has a damaged 'time_limit' ({r['time_limit']!r}); delete "
-                        "that row with sqlite3, or move the database aside to start afresh")
+        raise damaged_row(job_id, "time_limit", repr(r["time_limit"]))
     return float(r["time_limit"])
 
 

@@ -45,6 +45,7 @@ from migctl.busy import lease_processes, process_groups
 from migctl.jobs.common import (
     JobsError,
     connect,
+    damaged_row,
     exit_status,
     immediate,
     key_slug,
@@ -91,10 +92,7 @@ def _cwd() -> str:
 
 
 def _damaged(r: Any, field: str, why: str) -> JobsError:
-    from migctl.jobs.common import db_path
-
-    return JobsError(f"the jobs database {db_path()}: job {r['id']} has a damaged {field!r} ({why}); delete that "
-                     "row with sqlite3, or move the database aside to start afresh")
+    return damaged_row(r["id"], field, why)
 
 
 def _json_field(r: Any, field: str, kind: type, empty: Any = ...) -> Any:

@@ -9,7 +9,6 @@ too, and :attr:`StateReader.db_error` says why, so that the GPUs' own figures ar
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +76,9 @@ def _json_object(path: Path) -> dict[str, Any] | None:
 
 def _time(value: Any) -> float | None:
     """A time stamp from a state file: a finite number of seconds, else None."""
-    if type(value) not in (int, float) or not math.isfinite(value):
-        return None
-    return float(value)
+    from migctl.inputs import finite_number
+
+    return float(value) if finite_number(value) else None
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection | None:

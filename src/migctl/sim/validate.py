@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 import types
 import typing
@@ -19,6 +18,7 @@ from typing import Any
 from migctl.catalog import CatalogError, load_model, parse_driver
 from migctl.catalog.geometry import PlacedGI, conflict
 from migctl.catalog.model import Placement
+from migctl.inputs import finite_number
 
 _BUS_ID = re.compile(r"^[0-9A-Fa-f]{8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
 _DRIVER = re.compile(r"^\d{1,6}(\.\d{1,6}){1,2}$")
@@ -62,7 +62,7 @@ Check = typing.Callable[[Any], None]
 _SCALARS: dict[type, typing.Callable[[Any], bool]] = {
     bool: lambda v: type(v) is bool,
     int: lambda v: type(v) is int and -_MAX_INT <= v <= _MAX_INT,
-    float: lambda v: type(v) in (int, float) and math.isfinite(v),
+    float: finite_number,
     str: lambda v: type(v) is str and len(v) <= _MAX_TEXT,
 }
 
