@@ -25,6 +25,7 @@ the holders under the node lock.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from migctl.jobs.common import JobsError
 from migctl.jobs.leases import Request
 from migctl.jobs.limits import DEFAULT_GRACE_S
 from migctl.jobs.reshape import Churn, reshape_reserved, try_reshape
+from migctl.jobs.rows import problem, sound_queued
 
 DEFAULT_WORKER_HYSTERESIS_S = 5.0
 DEFAULT_RESERVE_AFTER_S = 300.0
@@ -112,14 +114,16 @@ def reserved_jobs(conn: Any, key: str) -> set[int]:
     return {r.job_id for r in reservations.load(conn, key)}
 
 
-def queued_rows(conn: Any, key: str, order: str = "fifo") -> list[Any]:
+def queued_rows(conn: Any, key: str, order: str = "fifo", log: Callable[[str], None] | None = None) -> list[Any]:
     """The node's queued jobs in the order the worker tries them: a reserved job first, then priority, then
-    arrival (or ``order``, :func:`start_order`). Both the start pass and reshaping read them this way."""
+    arrival (or ``order``, :func:`start_order`). Both the start pass and reshaping read them this way. A job
+    whose row is damaged (edited by hand) fails instead, with one line saying why (``log``)."""
     rows = conn.execute(
         "SELECT id, profile, mem_mib, gpus, created, time_limit, priority, isolation, share, threads, mps_mem_mib "
         "FROM jobs WHERE node=? AND state='queued' "
         "ORDER BY (id IN (SELECT job_id FROM reservations WHERE node=?)) DESC, priority DESC, id",
         (key, key)).fetchall()
+    rows = sound_queued(conn, rows, log)
     return start_order(rows, order, reserved_jobs(conn, key)) if order != "fifo" else rows
 
 
@@ -150,7 +154,7 @@ class Demand:
         self.w.log(text)
 
     def _queued(self) -> list[Any]:
-        return queued_rows(self.conn, self.key, self.policy.order)
+        return queued_rows(self.conn, self.key, self.policy.order, self.log)
 
     def after_pass(self, changed: bool = False) -> int:
         """Reservations, then reshaping; returns the number of jobs started. ``changed``: jobs started or
@@ -204,10 +208,9 @@ class Demand:
         return False
 
     def _start(self, job_id: int) -> bool:
-        from migctl.jobs.queue import Job
-
         row = self.conn.execute("SELECT * FROM jobs WHERE id=? AND state='queued'", (job_id,)).fetchone()
-        return row is not None and bool(self.w._start(Job.from_row(row)))
+        job = self.w.queued_job(row)
+        return job is not None and bool(self.w._start(job))
 
     # ------------------------------------------------------------------ reservations
     def _reservations(self, queued: list[Any]) -> int:
@@ -230,7 +233,8 @@ class Demand:
                 continue
             if res.at is None:  # start unknown: a better placement may have appeared
                 row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (res.job_id,)).fetchone()
-                better = self._plan(row, now, exclude=res.job_id) if row is not None else None
+                sound = row is not None and problem(row) is None
+                better = self._plan(row, now, exclude=res.job_id) if sound else None
                 res = reservations.moved(self.conn, self.key, res, better)
             out = reshape_reserved(self.node, res, conn=self.conn)
             if out.done:

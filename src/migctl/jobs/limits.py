@@ -15,9 +15,9 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from migctl.jobs.common import JobsError, damaged_row, immediate, signal_group
+from migctl.jobs.common import JobsError, immediate, signal_group
+from migctl.jobs.rows import MAX_LIMIT_S, check, problem
 
-MAX_LIMIT_S = 10_000_000.0  # about 115 days, the CLI-wide limit on seconds (docs/cli.md)
 DEFAULT_GRACE_S = 10.0
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -36,11 +36,10 @@ def parse_duration(text: str) -> float:
 
 
 def limit_of(conn: sqlite3.Connection, job_id: int) -> float | None:
-    r = conn.execute("SELECT time_limit FROM jobs WHERE id=?", (job_id,)).fetchone()
+    r = conn.execute("SELECT id, time_limit FROM jobs WHERE id=?", (job_id,)).fetchone()
     if r is None or r["time_limit"] is None:
         return None
-    if type(r["time_limit"]) not in (int, float):  # only a hand-edited database holds anything else
-        raise damaged_row(job_id, "time_limit", repr(r["time_limit"]))
+    check(r)  # only a hand-edited database holds anything else
     return float(r["time_limit"])
 
 
@@ -56,6 +55,8 @@ def enforce(conn: sqlite3.Connection, key: str, grace: float = DEFAULT_GRACE_S,
                         (key,)).fetchall()
     n = 0
     for r in rows:
+        if problem(r) is not None:  # a damaged row (edited by hand): the worker says so once (Worker.reap)
+            continue
         pid = int(r["child_pid"])
         if r["limit_term"] is None:
             if now < float(r["started"]) + float(r["time_limit"]):

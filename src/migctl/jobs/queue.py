@@ -45,7 +45,6 @@ from migctl.busy import lease_processes, process_groups
 from migctl.jobs.common import (
     JobsError,
     connect,
-    damaged_row,
     exit_status,
     immediate,
     key_slug,
@@ -57,6 +56,7 @@ from migctl.jobs.common import (
 )
 from migctl.jobs.leases import Lease, LeaseManager, Request
 from migctl.jobs.mps import Sharing
+from migctl.jobs.rows import check
 from migctl.jobs.runner import (
     GATE_OPEN,
     child_env,
@@ -91,24 +91,6 @@ def _cwd() -> str:
         raise JobsError(f"cannot read the working directory ({e.strerror})") from None
 
 
-def _damaged(r: Any, field: str, why: str) -> JobsError:
-    return damaged_row(r["id"], field, why)
-
-
-def _json_field(r: Any, field: str, kind: type, empty: Any = ...) -> Any:
-    """Column ``field`` of row ``r``, JSON of type ``kind``; ``empty`` when the column is NULL or "" (if given)."""
-    text = r[field]
-    if not text and empty is not ...:
-        return json.loads(empty) if isinstance(empty, str) else empty
-    try:
-        value = json.loads(text) if isinstance(text, str | bytes) else None
-    except (ValueError, RecursionError):
-        value = None
-    if not isinstance(value, kind):
-        raise _damaged(r, field, f"not a JSON {'list' if kind is list else 'object'}")
-    return value
-
-
 @dataclass
 class Job:
     """One row of the jobs table."""
@@ -139,15 +121,11 @@ class Job:
     @classmethod
     def from_row(cls, r: Any) -> Job:
         """The job a row of the jobs table holds; a field that migctl never writes (the database edited by hand
-        or damaged) is one line naming the job and the field (it was a traceback from `jobs` and `cancel`)."""
-        cmd = _json_field(r, "cmd", list)
-        env = _json_field(r, "env", dict, "{}")
-        gpus_list = _json_field(r, "gpus", list, None)
-        if not cmd or not all(isinstance(a, str) for a in cmd):
-            raise _damaged(r, "cmd", "not a list of strings")
-        if gpus_list is not None and not all(type(g) is int and g >= 0 for g in gpus_list):
-            raise _damaged(r, "gpus", "not a list of GPU indices")
-        gpus = tuple(gpus_list) if gpus_list else None
+        or damaged) is one line naming the job and the field (:mod:`migctl.jobs.rows`)."""
+        check(r)  # (migctl.jobs.rows: every column as migctl writes it)
+        cmd = json.loads(r["cmd"])
+        env = json.loads(r["env"]) if r["env"] else {}
+        gpus = tuple(json.loads(r["gpus"]) if r["gpus"] else ()) or None
         return cls(id=r["id"], name=r["name"], cmd=cmd, cwd=r["cwd"], profile=r["profile"],
                    mem_mib=r["mem_mib"], gpus=gpus, priority=r["priority"], state=r["state"], created=r["created"],
                    started=r["started"], finished=r["finished"], exit_code=r["exit_code"], reason=r["reason"],
@@ -277,6 +255,7 @@ class Worker:
         self.poll = poll
         self.log = log or (lambda s: None)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._damaged: set[int] = set()  # running jobs whose row is damaged (said once, not tracked)
         self._checked: dict[Request, str | None] = {}
         self.lock_busy = ""
         self.gpu_of: dict[int, int] = {}  # job id -> GPU index, for jobs this worker started
@@ -355,7 +334,7 @@ class Worker:
             "SELECT * FROM jobs WHERE node=? AND child_pid IS NOT NULL AND (state='running' OR "
             "(state='cancelled' AND exit_code IS NULL))", (self.q.key,)).fetchall()
         groups: dict[int, list[tuple[int, float]]] | None = None
-        for job in map(Job.from_row, rows):
+        for job in self._tracked(rows):
             proc = self.procs.get(job.id)
             status: int | None
             if proc is not None:
@@ -382,6 +361,19 @@ class Worker:
             self._finish(job, status)
             done += 1
         return done
+
+    def _tracked(self, rows: list[Any]) -> list[Job]:
+        """The jobs of running rows; a damaged row (edited by hand) is left alone, said once: its process keeps
+        its lease, so its device stays in use until it ends, but the worker cannot record its end."""
+        jobs = []
+        for r in rows:
+            try:
+                jobs.append(Job.from_row(r))
+            except JobsError as e:
+                if int(r["id"]) not in self._damaged:
+                    self._damaged.add(int(r["id"]))
+                    self.log(f"job {r['id']}: not tracked: {e}")
+        return jobs
 
     def _finish(self, job: Job, status: int | None) -> None:
         self._record_end(job, status)
@@ -439,7 +431,7 @@ class Worker:
         self._checked: dict[Request, str | None] = {}
         self.lock_busy = ""
         self.reasons.begin_pass()
-        rows = queued_rows(self.q.conn, self.q.key, self.policy.order if self.policy is not None else "fifo")
+        rows = queued_rows(self.q.conn, self.q.key, self.policy.order if self.policy is not None else "fifo", self.log)
         for n, r in enumerate(rows):
             req = Request(profile=r["profile"], mem_mib=r["mem_mib"],
                           gpus=tuple(json.loads(r["gpus"])) if r["gpus"] else None)
@@ -451,9 +443,10 @@ class Worker:
             if started and started % 16 == 0:
                 self.reap()  # record finished jobs (and drop their simulator clients) as we go
             row = self.q.conn.execute("SELECT * FROM jobs WHERE id=? AND state='queued'", (r["id"],)).fetchone()
-            if row is None:
+            job = self.queued_job(row)
+            if job is None:
                 continue
-            if self._start(Job.from_row(row)):
+            if self._start(job):
                 started += 1
                 if started == 1:  # a reserved job comes first: its reservation ends now, not at the next pass
                     self.q.conn.execute("DELETE FROM reservations WHERE job_id=?", (r["id"],))
@@ -467,6 +460,18 @@ class Worker:
                 blocked.close(key, r["time_limit"], why)
                 self.reasons.not_started(int(r["id"]), "resources", why)
         return started
+
+    def queued_job(self, row: Any) -> Job | None:
+        """The job of a queued row (None: gone, or damaged: then it fails with one line saying why)."""
+        if row is None:
+            return None
+        try:
+            return Job.from_row(row)
+        except JobsError as e:
+            from migctl.jobs.rows import fail_queued
+
+            fail_queued(self.q.conn, int(row["id"]), str(e), self.log)
+            return None
 
     def _start(self, job: Job) -> bool:
         c = self.q.conn
@@ -604,10 +609,20 @@ class Worker:
         if ids:
             q += f" AND id IN ({','.join('?' * len(ids))})"
             args += [int(i) for i in ids]
+        if self._damaged:  # (not tracked, so never seen to end: waiting for them would never end)
+            q += f" AND id NOT IN ({','.join('?' * len(self._damaged))})"
+            args += sorted(self._damaged)
         pending = int(self.q.conn.execute(q, args).fetchone()[0])
         if pending:
             return pending
-        return sum(1 for j in self.q.list(("cancelled",), ids) if j.child_pid and pid_alive(j.child_pid, j.child_start))
+        from migctl.jobs.rows import problem
+
+        q, args = "SELECT id, child_pid, child_start FROM jobs WHERE node=? AND state='cancelled'", [self.q.key]
+        if ids:
+            q += f" AND id IN ({','.join('?' * len(ids))})"
+            args += [int(i) for i in ids]
+        return sum(1 for r in self.q.conn.execute(q, args).fetchall()
+                   if problem(r) is None and r["child_pid"] and pid_alive(r["child_pid"], r["child_start"]))
 
     def run(self, until_idle: bool = False, ids: list[int] | None = None, stop: Any = None) -> None:
         """Serve the queue; with ``until_idle`` return once no job (of ``ids``) is queued or running."""

@@ -211,7 +211,9 @@ def older_job(conn: sqlite3.Connection, key: str, since: float, now: float) -> i
         return None
     r = conn.execute("SELECT id, created, priority FROM jobs WHERE node=? AND state='queued' AND created <= ? "
                      "ORDER BY priority DESC, id LIMIT 1", (key, now - float(w["reserve_after"]))).fetchone()
-    if r is None or int(r["priority"]) < 0:
+    from migctl.jobs.rows import problem
+
+    if r is None or problem(r) is not None or int(r["priority"]) < 0:  # (a damaged row: the worker fails it)
         return None
     return int(r["id"]) if int(r["priority"]) > 0 or float(r["created"]) < since else None
 
@@ -248,7 +250,10 @@ def job_ends(conn: sqlite3.Connection, key: str) -> dict[int, float]:
     """Running jobs with a time limit -> when the limit ends (started + limit)."""
     rows = conn.execute("SELECT id, started, time_limit FROM jobs WHERE node=? AND state='running' AND "
                         "time_limit IS NOT NULL AND started IS NOT NULL", (key,)).fetchall()
-    return {int(r["id"]): float(r["started"]) + float(r["time_limit"]) for r in rows}
+    from migctl.jobs.rows import problem
+
+    # (a damaged row, edited by hand, has no known end: it is treated as a job without a limit)
+    return {int(r["id"]): float(r["started"]) + float(r["time_limit"]) for r in rows if problem(r) is None}
 
 
 def plan(live: list[Any], eligible: dict[int, list[Any]], ends: dict[int, float], leases: list[tuple[Any, tuple[int, ...]]],

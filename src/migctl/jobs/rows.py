@@ -1,0 +1,164 @@
+"""What a row of the jobs table may hold, column by column: the one check of rows read back from the database.
+
+migctl writes every column itself, so a value outside these checks means the database was edited by hand or
+damaged. :func:`problem` names the first damaged column of a row (``None`` when sound); readers turn that into
+one line (:func:`migctl.jobs.common.damaged_row`) instead of a traceback. The worker fails a damaged queued job
+with that line as its reason and leaves a damaged running one alone (its lease keeps its device), so one
+damaged row does not stop the queue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from migctl.inputs import finite_number
+from migctl.jobs.common import JobsError, damaged_row
+
+STATES = ("queued", "starting", "running", "done", "failed", "cancelled")
+MAX_TIME = 1e10  # seconds since the epoch (the year 2286): what time.localtime and the listings can show
+MAX_LIMIT_S = 10_000_000.0  # --time-limit's bound: about 115 days, the CLI-wide limit on seconds (docs/cli.md)
+
+
+def _int(lo: int | None = None, hi: int | None = None, null: bool = True) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None if null else "empty"
+        if type(v) is not int:
+            return "not a whole number"
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            return f"{v} is out of range"
+        return None
+    return check
+
+
+def _text(null: bool = True) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None if null else "empty"
+        return None if isinstance(v, str) else "not text"
+    return check
+
+
+def _time(null: bool = True) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None if null else "empty"
+        if not finite_number(v) or not 0 <= v <= MAX_TIME:
+            return "not a time"
+        return None
+    return check
+
+
+def _one_of(values: tuple[str, ...], null: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v is None and null:
+            return None
+        return None if v in values else f"not one of {', '.join(values)}"
+    return check
+
+
+def _json(kind: type, item: Callable[[Any], bool], what: str, empty_ok: bool) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v in (None, "") and empty_ok:
+            return None
+        try:
+            value = json.loads(v) if isinstance(v, str) else None
+        except (ValueError, RecursionError):
+            value = None
+        if not isinstance(value, kind):
+            return f"not a JSON {'list' if kind is list else 'object'}"
+        items = value.items() if isinstance(value, dict) else value
+        if (kind is list and not empty_ok and not value) or not all(item(x) for x in items):
+            return f"not {what}"
+        return None
+    return check
+
+
+def _limit(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not finite_number(v) or not 0 < v <= MAX_LIMIT_S:
+        return f"{v!r} is not a time limit (more than 0 s, at most {MAX_LIMIT_S:.0f} s)"
+    return None
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "node": _text(null=False),
+    "name": _text(null=False),
+    "cmd": _json(list, lambda a: isinstance(a, str), "a list of strings", empty_ok=False),
+    "cwd": _text(null=False),
+    "env": _json(dict, lambda kv: isinstance(kv[1], str), "an object of strings", empty_ok=True),
+    "profile": _text(),
+    "mem_mib": _int(lo=1),
+    "gpus": _json(list, lambda g: type(g) is int and g >= 0, "a list of GPU indices", empty_ok=True),
+    "priority": _int(null=False),
+    "state": _one_of(STATES),
+    "created": _time(null=False),
+    "started": _time(),
+    "finished": _time(),
+    "exit_code": _int(),
+    "reason": _text(null=False),
+    "log_path": _text(null=False),
+    "worker_pid": _int(lo=1),
+    "worker_start": _time(),
+    "child_pid": _int(lo=1),
+    "child_start": _time(),
+    "mig_uuid": _text(),
+    "ephemeral": _int(lo=0, hi=1, null=False),
+    "batch": _text(),
+    "isolation": _one_of(("hard", "soft", "none"), null=True),
+    "share": _int(lo=1, hi=100),
+    "threads": _int(lo=1, hi=100),
+    "mps_mem_mib": _int(lo=1),
+    "time_limit": _limit,
+    "limit_term": _time(),
+    "wait_reason": _text(),
+    "wait_detail": _text(),
+}
+
+
+def problem(row: Any, columns: Iterable[str] | None = None) -> JobsError | None:
+    """The one-line error for the first damaged column of ``row`` among ``columns`` (default: all the row has),
+    or None when they are all as migctl writes them."""
+    names = row.keys() if columns is None else columns
+    for name in names:
+        check = CHECKS.get(name)
+        why = check(row[name]) if check is not None else None
+        if why is not None:
+            return damaged_row(row["id"], name, why)
+    return None
+
+
+def check(row: Any, columns: Iterable[str] | None = None) -> None:
+    """Raise :func:`problem`'s error, if any."""
+    err = problem(row, columns)
+    if err is not None:
+        raise err
+
+
+def fail_queued(conn: Any, job_id: int, reason: str, log: Callable[[str], None] | None = None) -> bool:
+    """A queued job that must never start (its row is damaged) ends ``failed`` with ``reason``; logged."""
+    import time
+
+    from migctl.jobs.common import immediate
+
+    with immediate(conn) as c:
+        got = c.execute("UPDATE jobs SET state='failed', reason=?, finished=? WHERE id=? AND state='queued'",
+                        (reason, time.time(), job_id)).rowcount
+    if got and log is not None:
+        log(f"job {job_id}: not started: {reason}")
+    return bool(got)
+
+
+def sound_queued(conn: Any, rows: list[Any], log: Callable[[str], None] | None = None) -> list[Any]:
+    """``rows`` (queued jobs, any columns) less the damaged ones, which :func:`fail_queued` ends."""
+    sound = []
+    for r in rows:
+        err = problem(r)
+        if err is None:
+            sound.append(r)
+        else:
+            fail_queued(conn, int(r["id"]), str(err), log)
+    return sound
