@@ -163,6 +163,9 @@ def test_a_damaged_job_row_is_one_line(cli, tmp_path: Path, column: str, value: 
         assert r.code == 2, (args, r)
         line = one_error_line(r)
         assert expected in line and "delete that row with sqlite3, or move the database aside" in line, (args, line)
+    conn = sqlite3.connect(tmp_path / "jobs.sqlite")
+    assert conn.execute("SELECT state FROM jobs").fetchall() == [("queued",)]  # `cancel` changed nothing
+    conn.close()
 
 
 def _journal(cli, tmp_path: Path) -> Path:

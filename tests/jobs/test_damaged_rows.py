@@ -80,6 +80,9 @@ def test_a_damaged_running_job_is_left_alone_and_the_queue_runs(a30: SimEnv, col
         said = [line for line in r.stderr.splitlines() if f"job {long}:" in line]
         assert len(said) == 1 and "not tracked" in said[0] and f"damaged {column!r}" in said[0], r.stderr
         assert mark.exists() and _row(good)["state"] == "done"
+        r = a30.migctl("cancel", str(long))  # one line, nothing changed (for child_pid: cancelled, then a traceback)
+        assert r.returncode == 2 and f"job {long} has a damaged {column!r}" in r.stderr and "Traceback" not in r.stderr
+        assert _row(long)["state"] == "running"
         os.kill(pid, 0)  # the damaged job still runs: nothing signalled it
         leases = json.loads(a30.migctl("leases", "--json").stdout)
         assert [x["pid"] for x in leases["leases"]] == [pid]  # and still holds its device

@@ -180,6 +180,35 @@ def test_damaged_apply_history_and_journal_do_not_fail_the_scrape(h100x2: Env) -
     assert sample(scrape(h100x2), "migctl_apply_journal_pending") == 0
 
 
+def test_damaged_job_times_do_not_fail_top_or_skew_the_wait_histogram(h100x2: Env) -> None:
+    """A running job whose start time was edited by hand: `top` shows the job without its age (a traceback
+    before), and the wait histogram leaves the row out (SQLite read the text as 0: a sum of -1.8e9 s)."""
+    import sqlite3
+
+    h100x2.layout(0, ["1g.10gb"])
+    gate = h100x2.tmp / "gate"
+    assert h100x2.migctl("submit", "--", "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done").returncode == 0
+    assert h100x2.migctl("submit", "--", "true").returncode == 0
+    w = h100x2.popen("worker", "-q")
+    db = sqlite3.connect(h100x2.tmp / "state" / "jobs.sqlite")
+    try:
+        wait_for(lambda: db.execute("SELECT COUNT(*) FROM jobs WHERE state='running'").fetchone()[0] == 1,
+                 what="job 1 running")
+        stop(w)
+        with db:
+            db.execute("UPDATE jobs SET started='x' WHERE id=1")
+            db.execute("UPDATE jobs SET started=created + 2.5, state='done' WHERE id=2")
+        out = scrape(h100x2)
+        assert sample(out, "migctl_queue_wait_seconds_count") == 1
+        assert sample(out, "migctl_queue_wait_seconds_sum") == 2.5
+        r = h100x2.migctl("top", "--once")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert re.search(r"^\s*1\s+running\s+MIG-", r.stdout, re.M), r.stdout
+    finally:
+        gate.touch()
+        db.close()
+
+
 def test_http_surface_and_bad_listen(h100x2: Env) -> None:
     exp, port = start_exporter(h100x2)
     try:

@@ -220,6 +220,7 @@ class JobQueue:
             r = c.execute("SELECT * FROM jobs WHERE id=? AND node=?", (job_id, self.key)).fetchone()
             if r is None:
                 raise JobsError(f"no job {job_id} on this node")
+            check(r)  # a damaged row (edited by hand): one line, nothing changed (it was cancelled, then a traceback)
             state = r["state"]
             if state in TERMINAL:
                 return f"job {job_id} already {state}"

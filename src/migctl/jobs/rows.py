@@ -131,6 +131,17 @@ def problem(row: Any, columns: Iterable[str] | None = None) -> JobsError | None:
     return None
 
 
+def sound_fields(row: Any) -> dict[str, Any]:
+    """``row`` as a dict, each damaged value read as None (for views that show what they can: `top`, the
+    exporter)."""
+    out = dict(row)
+    for name, value in out.items():
+        check = CHECKS.get(name)
+        if check is not None and check(value) is not None:
+            out[name] = None
+    return out
+
+
 def check(row: Any, columns: Iterable[str] | None = None) -> None:
     """Raise :func:`problem`'s error, if any."""
     err = problem(row, columns)

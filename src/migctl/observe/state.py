@@ -142,17 +142,21 @@ class StateReader:
         return out
 
     def queue(self) -> QueueStats:
+        from migctl.jobs.rows import sound_fields
+
         q = QueueStats()
         for r in self._query("SELECT state, COUNT(*) AS n FROM jobs WHERE node = ? GROUP BY state", (self.key,)):
             q.depth[str(r["state"])] = int(r["n"])
         cases = ", ".join(f"SUM(CASE WHEN started - created <= {b!r} THEN 1 ELSE 0 END)" for b in WAIT_BUCKETS)
+        # (times that are not numbers, a row edited by hand, are left out: SQLite would count text as 0)
         rows = self._query(f"SELECT COUNT(*), COALESCE(SUM(started - created), 0), {cases} FROM jobs "
-                           "WHERE node = ? AND started IS NOT NULL", (self.key,))
+                           "WHERE node = ? AND typeof(started) IN ('integer', 'real') "
+                           "AND typeof(created) IN ('integer', 'real')", (self.key,))
         if rows:
             r = tuple(rows[0])
             q.wait_count, q.wait_sum = int(r[0] or 0), float(r[1] or 0.0)
             q.wait_buckets = [int(x or 0) for x in r[2:]]
-        q.running = [dict(r) for r in self._query(
+        q.running = [sound_fields(r) for r in self._query(
             "SELECT id, name, state, started, mig_uuid, child_pid FROM jobs WHERE node = ? AND state IN "
             "('starting', 'running') ORDER BY id", (self.key,))]
         from migctl.proc import pid_alive
