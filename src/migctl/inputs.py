@@ -29,6 +29,7 @@ MAX_BYTES = 16 * 1024 * 1024  # 16 MiB: far above any real config, plan, jobs fi
 MAX_ALIASES = 1000
 MAX_NODES = 100_000  # YAML nodes after alias expansion (the largest real config has a few thousand)
 MAX_DEPTH = 64
+MAX_PRIORITY = 1_000_000  # job priorities run from -MAX_PRIORITY to MAX_PRIORITY (submit --priority, batch files)
 
 
 class InputError(UserError):

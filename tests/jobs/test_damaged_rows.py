@@ -32,7 +32,9 @@ def _row(job_id: int) -> dict:
 # with one line while the jobs behind the damaged one waited (cmd, env).
 QUEUED = [("gpus", "abc"), ("gpus", 3.5), ("gpus", "[1"), ("time_limit", "abc"), ("time_limit", -1.0),
           ("limit_term", "abc"), ("cmd", "x"), ("env", "[]"), ("created", "abc"), ("isolation", "x"),
-          ("share", 0), ("mem_mib", "x"), ("priority", "x")]
+          ("share", 0), ("mem_mib", "x"), ("priority", "x"),
+          # exec refuses these: the worker stopped with a traceback at each start and the job stayed first in line
+          ("cmd", '["echo", "a\\u0000b"]'), ("env", '{"A=B": "x"}')]
 
 
 @pytest.mark.parametrize("column, value", QUEUED)

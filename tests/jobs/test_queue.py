@@ -116,6 +116,34 @@ def test_batch_four_programs(a30: SimEnv) -> None:
     assert r.returncode == 2 and "unknown key(s) comand" in r.stderr
 
 
+@pytest.mark.parametrize("entry, expected", [
+    ('{command: ["echo", "a\\0b"]}', "job 1: 'command' contains a NUL character"),
+    ('{command: "true", env: {"A=B": x}}', "job 1: 'env' has the name 'A=B'; a name is not empty and has no '='"),
+    ('{command: "true", env: {A: true}}', "job 1: 'env: A' must be text, not true, false or null (quote it)"),
+    ('{command: "true", env: [A]}', "job 1: 'env' must be a mapping of NAME: value"),
+    ('{command: [echo, [1]]}', "job 1: 'command' must be text, not a list or mapping"),
+    ('{command: "true", gpu: abc}', "job 1: 'gpu' must be a GPU index or a list of them"),
+    ('{command: "true", gpu: [1.5]}', "job 1: 'gpu' must be a GPU index"),
+    ('{command: "true", priority: abc}', "job 1: 'priority' must be a whole number from -1000000 to 1000000"),
+    ('{command: "true", priority: 99999999999999999999}', "'priority' must be a whole number"),
+    ('{command: "true", cwd: [a]}', "job 1: 'cwd' must be text"),
+    ('{command: "true", ephemeral: yes please}', "job 1: 'ephemeral' must be true or false"),
+    ('{command: "true", mem: [1]}', "job 1: 'mem' must be a size such as 12GiB or 500MiB"),
+    ('{command: "true", profile: 5}', "job 1: 'profile' must be a profile name such as 1g.10gb"),
+])
+def test_a_bad_jobs_file_entry_is_one_line_and_queues_nothing(a30: SimEnv, entry: str, expected: str) -> None:
+    """Each was a traceback (ValueError, TypeError, AttributeError, OverflowError), a silent conversion (GPU 1.5
+    to 1, ephemeral "yes please" to true), or, for a NUL, a queued job that stopped every worker at its start."""
+    a30.layout(0, ["1g.6gb"])
+    f = a30.tmp / "bad.yaml"
+    f.write_text(f"jobs:\n  - {{command: 'true'}}\n  - {entry}\n".replace("job 1", "job 2"))
+    r = a30.migctl("batch", str(f), timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"migctl: error: {f}: ") and expected.replace("job 1", "job 2") in line, line
+    assert _states(a30) == {}
+
+
 def test_worker_sigkill_restart_loses_nothing_runs_nothing_twice(a30: SimEnv) -> None:
     """Four devices, twelve jobs: the first two end at once, the others run until a gate file appears. The
     worker is SIGKILLed when two are done, four running and six waiting (a state reached by the jobs

@@ -10,6 +10,7 @@ from typing import Any, List, Optional
 import typer
 
 from migctl.cli.common import emit_json, fail, int_range, job_ids, node, positive_seconds, seconds
+from migctl.inputs import MAX_PRIORITY
 
 CMD_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
@@ -185,7 +186,7 @@ def register(app: typer.Typer) -> None:
         profile: Optional[str] = typer.Option(None, "--profile", "-p", help="MIG profile, e.g. 1g.10gb."),
         mem: Optional[str] = typer.Option(None, "--mem", "-m", help="Minimum memory, e.g. 12GiB."),
         gpu: Optional[str] = typer.Option(None, "-i", "--gpu", "-g", help="Only these GPU indices."),
-        priority: int = typer.Option(0, "--priority", callback=int_range(-1_000_000, 1_000_000, "--priority"), help="Higher starts first; FIFO within a priority."),
+        priority: int = typer.Option(0, "--priority", callback=int_range(-MAX_PRIORITY, MAX_PRIORITY, "--priority"), help="Higher starts first; FIFO within a priority."),
         name: str = typer.Option("", "--name", help="A label for the job."),
         ephemeral: bool = typer.Option(False, "--ephemeral/--keep", help="Destroy an instance created for it afterwards."),
         isolation: str = typer.Option("hard", "--isolation", help="hard: a MIG device of its own; soft: an MPS client; none: time-sliced."),

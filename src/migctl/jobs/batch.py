@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from migctl.inputs import MAX_PRIORITY, printable
 from migctl.jobs.common import JobsError, parse_mem
 from migctl.jobs.leases import Request
 from migctl.jobs.mps import Sharing, sharing_options
@@ -34,14 +35,92 @@ KEYS = {"name", "command", "cmd", "profile", "mem", "gpu", "gpus", "priority", "
         "isolation", "share", "threads", "mps_mem"}
 
 
+class _Bad(Exception):
+    """What is wrong with one key of one job (``load`` adds the file and the job)."""
+
+
+def _text(value: Any, key: str, null_ok: bool = False) -> str:
+    """A YAML scalar as text: a string, or a number written without quotes. Not true/false/null (YAML reads
+    those as booleans and null: quote them), not a list or mapping, no NUL (no program can receive it)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _Bad(f"{key!r} contains a NUL character")
+        return value
+    if type(value) in (int, float):
+        return str(value)
+    if value is None and null_ok:
+        return ""
+    what = "true, false or null (quote it)" if value is None or isinstance(value, bool) else "a list or mapping"
+    raise _Bad(f"{key!r} must be text, not {what}")
+
+
 def _gpus(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
-    if isinstance(value, int):
-        return (value,)
-    if isinstance(value, str):
-        return tuple(int(x) for x in value.split(",") if x.strip())
-    return tuple(int(x) for x in value)
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+    out = []
+    for x in items:
+        if isinstance(x, str) and x.strip().isdigit():
+            x = int(x)
+        if type(x) is not int or x < 0:
+            raise _Bad(f"'gpu' must be a GPU index or a list of them (e.g. 0, [0, 1] or \"0,1\"), not "
+                       f"{printable(value, 40)}")
+        out.append(x)
+    return tuple(out)
+
+
+def _priority(value: Any) -> int:
+    if value is None:
+        return 0
+    if type(value) is not int or not -MAX_PRIORITY <= value <= MAX_PRIORITY:
+        raise _Bad(f"'priority' must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}, not "
+                   f"{printable(value, 40)}")
+    return value
+
+
+def _env(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Bad("'env' must be a mapping of NAME: value")
+    out = {}
+    for k, v in value.items():
+        name = _text(k, "env")
+        if not name or "=" in name:
+            raise _Bad(f"'env' has the name {printable(name, 40)!r}; a name is not empty and has no '='")
+        out[name] = _text(v, f"env: {name}")
+    return out
+
+
+def _spec(p: Path, item: dict[str, Any]) -> dict[str, Any]:
+    """One job of the file as ``submit_many`` takes it; :class:`_Bad` or :class:`JobsError` when it is wrong."""
+    cmd = item.get("command", item.get("cmd"))
+    if isinstance(cmd, str):
+        cmd = ["sh", "-c", _text(cmd, "command")]
+    elif isinstance(cmd, list) and cmd:
+        cmd = [_text(x, "command") for x in cmd]
+    else:
+        raise _Bad("'command' must be a string or a list")
+    mem = item.get("mem")
+    if item.get("profile") is not None and not isinstance(item.get("profile"), str):
+        raise _Bad(f"'profile' must be a profile name such as 1g.10gb, not {printable(item['profile'], 40)}")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, str | int | float)):
+        raise _Bad(f"'mem' must be a size such as 12GiB or 500MiB, not {printable(mem, 40)}")
+    try:
+        mem_mib = parse_mem(str(mem)) if mem is not None else None
+    except JobsError as e:
+        raise _Bad(f"'mem': {e}") from None
+    req = Request(profile=item.get("profile"), mem_mib=mem_mib, gpus=_gpus(item.get("gpu", item.get("gpus"))))
+    if item.get("ephemeral") is not None and not isinstance(item.get("ephemeral"), bool):
+        raise _Bad("'ephemeral' must be true or false")
+    # the same validation as submit's --isolation/--share/--threads/--mps-mem
+    sharing = sharing_options(item.get("isolation"), item.get("share"), item.get("threads"), item.get("mps_mem"),
+                              ephemeral=bool(item.get("ephemeral")), opt="")
+    cwd = _text(item.get("cwd"), "cwd", null_ok=True)
+    cwd = str((p.parent / cwd).resolve()) if cwd else str(p.parent.resolve())
+    return dict(cmd=cmd, req=req, name=_text(item.get("name"), "name", null_ok=True),
+                priority=_priority(item.get("priority")), cwd=cwd, env=_env(item.get("env")),
+                ephemeral=bool(item.get("ephemeral")), sharing=sharing)
 
 
 def load(path: str | Path) -> list[dict[str, Any]]:
@@ -56,6 +135,8 @@ def load(path: str | Path) -> list[dict[str, Any]]:
     defaults: dict[str, Any] = {}
     if isinstance(data, dict):
         defaults = data.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            raise JobsError(f"{p}: 'defaults' must be a mapping of keys every job takes")
         data = data.get("jobs")
     if not isinstance(data, list) or not data:
         raise JobsError(f"{p}: expected a list of jobs (or a mapping with 'jobs:')")
@@ -65,31 +146,17 @@ def load(path: str | Path) -> list[dict[str, Any]]:
             raise JobsError(f"{p}: job {i + 1} must be a mapping with at least 'command'")
         item = {**defaults, **raw}
         unknown = set(item) - KEYS
-        label = item.get("name") or f"job {i + 1}"
+        label = printable(item.get("name") or f"job {i + 1}", 60)
         if unknown:
-            raise JobsError(f"{p}: {label}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(KEYS))}")
-        cmd = item.get("command", item.get("cmd"))
-        if isinstance(cmd, str):
-            cmd = ["sh", "-c", cmd]
-        if not cmd or not isinstance(cmd, list):
-            raise JobsError(f"{p}: {label}: 'command' must be a string or a list")
-        mem = item.get("mem")
-        if item.get("profile") is not None and mem is not None:
+            raise JobsError(f"{p}: {label}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                            f"valid: {', '.join(sorted(KEYS))}")
+        if item.get("profile") is not None and item.get("mem") is not None:
             where = " (one of them from defaults:)" if ("profile" in defaults) != ("mem" in defaults) else ""
             raise JobsError(f"{p}: {label}: give 'profile' or 'mem', not both{where}")
-        req = Request(profile=item.get("profile"), mem_mib=parse_mem(str(mem)) if mem is not None else None,
-                      gpus=_gpus(item.get("gpu", item.get("gpus"))))
-        try:  # the same validation as submit's --isolation/--share/--threads/--mps-mem
-            sharing = sharing_options(item.get("isolation"), item.get("share"), item.get("threads"),
-                                      item.get("mps_mem"), ephemeral=bool(item.get("ephemeral")), opt="")
-        except JobsError as e:
+        try:
+            specs.append(_spec(p, item))
+        except (_Bad, JobsError) as e:
             raise JobsError(f"{p}: {label}: {e}") from None
-        cwd = item.get("cwd")
-        cwd = str((p.parent / cwd).resolve()) if cwd else str(p.parent.resolve())
-        env = {str(k): str(v) for k, v in (item.get("env") or {}).items()}
-        specs.append(dict(cmd=[str(x) for x in cmd], req=req, name=str(item.get("name") or ""),
-                          priority=int(item.get("priority") or 0), cwd=cwd, env=env,
-                          ephemeral=bool(item.get("ephemeral")), sharing=sharing))
     return specs
 
 

@@ -577,7 +577,7 @@ class Worker:
         c = self.q.conn
         try:
             proc, gate = self._spawn(job, child_env(lease, base={}))
-        except OSError as e:
+        except (OSError, ValueError) as e:  # (ValueError: a NUL or an '=' in a name, which exec refuses)
             self.leases.release(lease)
             self._fail_claimed(job, f"cannot start: {e}")
             return False

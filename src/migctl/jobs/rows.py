@@ -87,11 +87,13 @@ def _limit(v: Any) -> str | None:
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "node": _text(null=False),
     "name": _text(null=False),
-    "cmd": _json(list, lambda a: isinstance(a, str), "a list of strings", empty_ok=False),
+    # (no NUL, and no '=' in a variable's name: exec refuses them, so such a job could never start)
+    "cmd": _json(list, lambda a: isinstance(a, str) and "\x00" not in a, "a list of strings", empty_ok=False),
     "cwd": _text(null=False),
-    "env": _json(dict, lambda kv: isinstance(kv[1], str), "an object of strings", empty_ok=True),
+    "env": _json(dict, lambda kv: bool(kv[0]) and "=" not in kv[0] and "\x00" not in kv[0] and isinstance(kv[1], str)
+                 and "\x00" not in kv[1], "an object of variables and their text", empty_ok=True),
     "profile": _text(),
-    "mem_mib": _int(lo=1),
+    "mem_mib": _int(lo=0),  # (`--mem 0` is accepted: any device)
     "gpus": _json(list, lambda g: type(g) is int and g >= 0, "a list of GPU indices", empty_ok=True),
     "priority": _int(null=False),
     "state": _one_of(STATES),

@@ -204,7 +204,7 @@ def _admit(node: Any, mps: MpsManager, d: Device, sharing: Sharing, spawn: Spawn
     env = {**extra, "CUDA_VISIBLE_DEVICES": d.uuid, "MIGCTL_MIG_UUID": d.uuid, "MIGCTL_MIG_PROFILE": d.profile}
     try:
         proc, gate = spawn(env)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # (ValueError: a NUL or an '=' in a name, which exec refuses)
         raise JobsError(f"cannot start {name!r}: {e}") from None
     import psutil
 
