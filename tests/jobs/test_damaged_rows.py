@@ -90,3 +90,89 @@ def test_a_damaged_running_job_is_left_alone_and_the_queue_runs(a30: SimEnv, col
         assert [x["pid"] for x in leases["leases"]] == [pid]  # and still holds its device
     finally:
         gate.touch()
+
+
+def _insert(sql: str, args: tuple) -> None:
+    conn = sqlite3.connect(db_path())
+    with conn:
+        conn.execute(sql, args)
+    conn.close()
+
+
+def _count(table: str) -> int:
+    conn = sqlite3.connect(db_path())
+    n = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 (names from the list below)
+    conn.close()
+    return int(n)
+
+
+# One row of each coordination table as migctl writes it but for one value, and how to find that row. The two
+# reservations, the waiter and the worker row were tracebacks from `jobs --json` or `run` on 2026-12-03 (found by
+# damaging one column at a time with a worker and a waiting run live); the other two stayed, for reshaping to read.
+ROWS = [
+    ("reservations", "start='abc'", "INSERT INTO reservations (job_id, node, gpu, profile, start, size, at, made) "
+     "VALUES (1,?,0,'4g.24gb','abc',4,?,?)", lambda node, now, me: (node, now + 60, now)),
+    ("reservations", "pid=-1", "INSERT INTO reservations (job_id, node, gpu, profile, start, size, at, made, pid, "
+     "pid_start) VALUES (?,?,0,'4g.24gb',0,4,NULL,?,-1,?)", lambda node, now, me: (-me[0], node, now, me[1])),
+    ("waiters", "since='abc'", "INSERT INTO waiters (node, pid, pid_start, since, reserve_after, request, seen) "
+     "VALUES (?,?,?,'abc',300,'[]',?)", lambda node, now, me: (node, me[0], me[1], now)),
+    ("workers", "pid='abc'", "INSERT INTO workers (node, pid, pid_start, reserve_after) VALUES (?,'abc',?,0)",
+     lambda node, now, me: (node, me[1])),
+    ("idle_since", "since='abc'", "INSERT INTO idle_since (node, uuid, since) VALUES (?,'MIG-x','abc')",
+     lambda node, now, me: (node,)),
+    ("reshapes", "at='abc'", "INSERT INTO reshapes (node, at, gpu, what) VALUES (?,'abc',0,'')", lambda node, now, me: (node,)),
+]
+
+
+def _damaged_rows(table: str, where: str) -> int:
+    conn = sqlite3.connect(db_path())
+    n = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}").fetchone()[0]  # noqa: S608 (from ROWS)
+    conn.close()
+    return int(n)
+
+
+@pytest.mark.parametrize("table, where, sql, values", ROWS, ids=[f"{t}:{w}" for t, w, _, _ in ROWS])
+def test_a_damaged_coordination_row_is_dropped(a30: SimEnv, table: str, where: str, sql: str, values) -> None:
+    """Reservations, waiting runs, the worker's record, idle times and reshape times are derived (migctl writes
+    them again), so a damaged row is dropped by the next process that opens the database."""
+    import time
+
+    from migctl.jobs.common import proc_start
+
+    a30.layout(0, ["1g.6gb"])
+    assert a30.migctl("submit", "--profile", "4g.24gb", "--", "true").returncode == 0
+    conn = sqlite3.connect(db_path())
+    with conn:
+        conn.execute(sql, values(_row(1)["node"], time.time(), (os.getpid(), proc_start(os.getpid()))))
+    conn.close()
+    assert _damaged_rows(table, where) == 1
+    for args in (("jobs", "--json"), ("exporter", "--once"), ("run", "--no-wait", "--", "true")):
+        r = a30.migctl(*args)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
+    assert _damaged_rows(table, where) == 0
+
+
+def test_a_live_worker_drops_a_reservation_damaged_under_it_and_plans_again(a30: SimEnv) -> None:
+    """The worker looks for damaged coordination rows every 5 s: a reservation edited by hand while it runs is
+    dropped and planned again (the worker stopped with a traceback before)."""
+    a30.layout(0, ["1g.6gb"])
+    gate = a30.tmp / "gate"
+    assert a30.migctl("submit", "--profile", "1g.6gb", "--time-limit", "1h", "--", "sh", "-c",
+                      f"for _ in $(seq 1200); do [ -e {gate} ] && break; sleep 0.05; done").returncode == 0
+    assert a30.migctl("submit", "--profile", "4g.24gb", "--", "true").returncode == 0
+    w = a30.popen("worker", "--reserve-after", "0")
+    try:
+        wait_for(lambda: _damaged_rows("reservations", "job_id=2 AND start=0") == 1, timeout=60,
+                 what="the reservation for job 2")
+        conn = sqlite3.connect(db_path())
+        with conn:
+            conn.execute("UPDATE reservations SET start='abc' WHERE job_id=2")
+        conn.close()
+        wait_for(lambda: _damaged_rows("reservations", "job_id=2 AND start=0") == 1, timeout=30,
+                 what="the reservation dropped and planned again")
+        assert w.poll() is None
+    finally:
+        gate.touch()
+        w.send_signal(signal.SIGINT)
+        _, err = w.communicate(timeout=60)
+    assert "Traceback" not in err and "dropped a damaged reservations row (start not a whole number)" in err, err

@@ -58,6 +58,9 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         _migrate(conn)
+        from migctl.jobs.rows import drop_damaged
+
+        drop_damaged(conn)  # (rows of the coordination tables edited by hand: migctl writes them again)
     except sqlite3.DatabaseError as e:
         conn.close()
         raise JobsError(unusable_db(p, e, opened=False), exit_code=75 if _locked(e) else 2) from None

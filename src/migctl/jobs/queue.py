@@ -257,6 +257,7 @@ class Worker:
         self.log = log or (lambda s: None)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._damaged: set[int] = set()  # running jobs whose row is damaged (said once, not tracked)
+        self._next_sweep = 0.0  # when to look for damaged coordination rows again (monotonic)
         self._checked: dict[Request, str | None] = {}
         self.lock_busy = ""
         self.gpu_of: dict[int, int] = {}  # job id -> GPU index, for jobs this worker started
@@ -320,6 +321,11 @@ class Worker:
         for what did not fit (:mod:`migctl.jobs.demand`). Returns the number of jobs started."""
         from migctl.jobs.limits import DEFAULT_GRACE_S, enforce
 
+        if time.monotonic() >= self._next_sweep:  # rows edited by hand while the worker runs (jobs.rows)
+            from migctl.jobs.rows import drop_damaged
+
+            self._next_sweep = time.monotonic() + 5.0
+            drop_damaged(self.q.conn, self.log)
         ended = self.reap()
         enforce(self.q.conn, self.q.key, self.policy.limit_grace if self.policy else DEFAULT_GRACE_S, self.log)
         started = self.start_ready()

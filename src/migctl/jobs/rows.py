@@ -121,6 +121,59 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+def _number(lo: float = 0.0, null: bool = False) -> Callable[[Any], str | None]:
+    """A number >= ``lo``; infinity allowed (a waiting run without ``--reserve-after`` records inf)."""
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None if null else "empty"
+        if type(v) not in (int, float) or v != v or v < lo:
+            return "not a number"
+        return None
+    return check
+
+
+# The coordination tables beside ``jobs``: what migctl keeps there is derived (a reservation is planned again, a
+# waiting run and the worker record themselves again, an instance first seen idle counts as idle from then),
+# so a damaged row is dropped (:func:`drop_damaged`) rather than refused. (``leases`` is not among them: a
+# lease row marks a device in use; :mod:`migctl.jobs.leases` reads it.)
+DERIVED: dict[str, dict[str, Callable[[Any], str | None]]] = {
+    "reservations": {"job_id": _int(null=False), "node": _text(null=False), "gpu": _int(lo=0, null=False),
+                     "profile": _text(null=False), "start": _int(lo=0, null=False), "size": _int(lo=1, null=False),
+                     "at": _time(), "made": _time(null=False), "pid": _int(lo=1), "pid_start": _time()},
+    "waiters": {"node": _text(null=False), "pid": _int(lo=1, null=False), "pid_start": _time(null=False),
+                "since": _time(null=False), "reserve_after": _number(), "request": _text(null=False),
+                "seen": _time(null=False)},
+    "workers": {"node": _text(null=False), "pid": _int(lo=1, null=False), "pid_start": _time(null=False),
+                "reserve_after": _number(null=True)},
+    "idle_since": {"node": _text(null=False), "uuid": _text(null=False), "since": _time(null=False)},
+    "reshapes": {"node": _text(null=False), "at": _time(null=False), "gpu": _int(lo=0, null=False),
+                 "what": _text(null=False)},
+}
+
+
+def drop_damaged(conn: Any, log: Callable[[str], None] | None = None) -> int:
+    """Delete the rows of the :data:`DERIVED` tables that migctl would not have written (the database edited by
+    hand); returns how many. Called when a process opens the database, by the worker every few seconds and
+    by waiting runs, so the readers of these tables never meet one."""
+    from migctl.jobs.common import immediate
+
+    found: dict[str, list[int]] = {}
+    for table, checks in DERIVED.items():
+        for r in conn.execute(f"SELECT rowid AS _rowid, * FROM {table}").fetchall():  # noqa: S608 (fixed names)
+            bad = next((f"{name} {why}" for name, check in checks.items() if (why := check(r[name])) is not None),
+                       None)
+            if bad is not None:
+                found.setdefault(table, []).append(int(r["_rowid"]))
+                if log is not None:
+                    log(f"the jobs database: dropped a damaged {table} row ({bad}); migctl writes it again")
+    if not found:
+        return 0
+    with immediate(conn) as c:
+        for table, ids in found.items():
+            c.execute(f"DELETE FROM {table} WHERE rowid IN ({','.join('?' * len(ids))})", ids)  # noqa: S608
+    return sum(map(len, found.values()))
+
+
 def problem(row: Any, columns: Iterable[str] | None = None) -> JobsError | None:
     """The one-line error for the first damaged column of ``row`` among ``columns`` (default: all the row has),
     or None when they are all as migctl writes them."""
