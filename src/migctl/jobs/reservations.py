@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from migctl.jobs.common import immediate
+from migctl.jobs.rows import sound
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def _from_row(r: sqlite3.Row) -> Reservation:
 def load(conn: sqlite3.Connection, key: str, live: bool = False) -> list[Reservation]:
     """The node's reservations (with ``live``, not those of runs whose process is gone)."""
     rows = conn.execute("SELECT * FROM reservations WHERE node=? ORDER BY made, job_id", (key,)).fetchall()
-    out = [_from_row(r) for r in rows]
+    out = [_from_row(r) for r in sound("reservations", rows)]
     return [r for r in out if r.alive] if live else out
 
 
@@ -122,7 +123,8 @@ def claim(conn: sqlite3.Connection, key: str, res: Reservation) -> bool:
     """Save ``res`` unless the node already has another live reservation (one per node at a time: the check
     and the insert are one write transaction, so the worker and runs cannot both get one)."""
     with immediate(conn) as c:
-        for r in c.execute("SELECT * FROM reservations WHERE node=? AND job_id<>?", (key, res.job_id)).fetchall():
+        for r in sound("reservations", c.execute("SELECT * FROM reservations WHERE node=? AND job_id<>?",
+                                                 (key, res.job_id)).fetchall()):
             if _from_row(r).alive:
                 return False
         c.execute(_INSERT, _values(key, res))
@@ -144,11 +146,11 @@ def prune(conn: sqlite3.Connection, key: str, log: Any = None) -> None:
     drop_damaged(conn, log)  # (a row edited by hand while this process ran; said with ``log``)
     gone_jobs = "pid IS NULL AND job_id NOT IN (SELECT id FROM jobs WHERE node=? AND state IN ('queued', 'starting'))"
     jobs = conn.execute(f"SELECT 1 FROM reservations WHERE node=? AND {gone_jobs} LIMIT 1", (key, key)).fetchone()
-    runs = [(int(r["job_id"]), int(r["pid"])) for r in conn.execute(
-        "SELECT job_id, pid, pid_start FROM reservations WHERE node=? AND pid IS NOT NULL", (key,)).fetchall()
+    runs = [(int(r["job_id"]), int(r["pid"])) for r in sound("reservations", conn.execute(
+        "SELECT job_id, pid, pid_start FROM reservations WHERE node=? AND pid IS NOT NULL", (key,)).fetchall())
         if not pid_alive(r["pid"], r["pid_start"])]
-    waiters = [(int(r["pid"]), float(r["pid_start"])) for r in conn.execute(
-        "SELECT pid, pid_start FROM waiters WHERE node=?", (key,)).fetchall() if not pid_alive(r["pid"], r["pid_start"])]
+    waiters = [(int(r["pid"]), float(r["pid_start"])) for r in sound("waiters", conn.execute(
+        "SELECT pid, pid_start FROM waiters WHERE node=?", (key,)).fetchall()) if not pid_alive(r["pid"], r["pid_start"])]
     if not (jobs or runs or waiters):
         return
     with immediate(conn) as c:
@@ -165,7 +167,7 @@ def older_run(conn: sqlite3.Connection, key: str, since: float, now: float, pid:
     rows = conn.execute("SELECT pid, pid_start, since FROM waiters WHERE node=? AND (since < ? OR (since = ? AND "
                         "pid < ?)) AND ? - since >= reserve_after ORDER BY since, pid",
                         (key, since, since, pid if pid is not None else -1, now)).fetchall()
-    for r in rows:
+    for r in sound("waiters", rows):
         if r["pid"] != pid and pid_alive(r["pid"], r["pid_start"]):
             return int(r["pid"])
     return None
@@ -183,7 +185,7 @@ def ahead_of(conn: sqlite3.Connection, key: str, request: str, since: float, pid
                         "AND (since < ? OR (since = ? AND pid < ?)) ORDER BY since DESC",
                         (key, request, pid, seen_after, since, since, pid)).fetchall()
     n = 0
-    for r in rows:  # (the latest first: the run just before this one is the likeliest to be alive)
+    for r in sound("waiters", rows):  # (the latest first: the run just before this one is the likeliest to be alive)
         if pid_alive(r["pid"], r["pid_start"]):
             n += 1
             if first:
@@ -208,7 +210,8 @@ def older_job(conn: sqlite3.Connection, key: str, since: float, now: float) -> i
     (its reservation would never be used)."""
     from migctl.proc import pid_alive
 
-    w = conn.execute("SELECT pid, pid_start, reserve_after FROM workers WHERE node=?", (key,)).fetchone()
+    w = next(iter(sound("workers", conn.execute("SELECT pid, pid_start, reserve_after FROM workers WHERE node=?",
+                                                (key,)).fetchall())), None)
     if w is None or w["reserve_after"] is None or not pid_alive(w["pid"], w["pid_start"]):
         return None
     r = conn.execute("SELECT id, created, priority FROM jobs WHERE node=? AND state='queued' AND created <= ? "

@@ -96,7 +96,10 @@ def eligible_profiles(model: Any, req: Request) -> list[Any]:
 # ------------------------------------------------------------------------------------------------ records
 def _used(conn: sqlite3.Connection, key: str, now: float) -> tuple[int, float | None]:
     """Reshaping destroys in the last 60 s, and when the oldest of them leaves the window."""
-    rows = conn.execute("SELECT at FROM reshapes WHERE node=? AND at > ? ORDER BY at", (key, now - WINDOW_S)).fetchall()
+    from migctl.jobs.rows import sound
+
+    rows = sound("reshapes", conn.execute("SELECT at FROM reshapes WHERE node=? AND at > ? ORDER BY at",
+                                          (key, now - WINDOW_S)).fetchall())
     return len(rows), (float(rows[0]["at"]) + WINDOW_S if rows else None)
 
 
@@ -107,8 +110,10 @@ def _gi_uuids(g: Any, gi: Any) -> list[str]:
 def idle_records(conn: sqlite3.Connection, key: str, live: list[Any], now: float, write: bool = True) -> dict[str, float]:
     """``idle_since`` for every instance of ``live``: recorded, else now (first seen). With ``write``, busy
     instances are recorded as idle from now, first-seen ones are recorded, gone ones are dropped."""
+    from migctl.jobs.rows import sound
+
     have = {r["uuid"]: float(r["since"]) for r in
-            conn.execute("SELECT uuid, since FROM idle_since WHERE node=?", (key,)).fetchall()}
+            sound("idle_since", conn.execute("SELECT uuid, since FROM idle_since WHERE node=?", (key,)).fetchall())}
     out: dict[str, float] = {}
     busy: list[str] = []
     for g in live:

@@ -151,6 +151,13 @@ DERIVED: dict[str, dict[str, Callable[[Any], str | None]]] = {
 }
 
 
+def sound(table: str, rows: Iterable[Any]) -> list[Any]:
+    """``rows`` of a :data:`DERIVED` table (any of its columns) without the damaged ones: a row edited by hand
+    under a live process is passed over until the next :func:`drop_damaged` removes it."""
+    checks = DERIVED[table]
+    return [r for r in rows if all(checks[c](r[c]) is None for c in r.keys() if c in checks)]
+
+
 def drop_damaged(conn: Any, log: Callable[[str], None] | None = None) -> int:
     """Delete the rows of the :data:`DERIVED` tables that migctl would not have written (the database edited by
     hand); returns how many. Called when a process opens the database, by the worker every few seconds and

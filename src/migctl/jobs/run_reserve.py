@@ -74,8 +74,11 @@ def waiting_runs(conn: Any, key: str, now: float | None = None) -> list[dict[str
     from migctl.proc import pid_alive
 
     now = time.time() if now is None else now
-    rows = [r for r in conn.execute("SELECT pid, pid_start, since, request, seen FROM waiters WHERE node=? "
-                                    "ORDER BY since, pid", (key,)).fetchall() if pid_alive(r["pid"], r["pid_start"])]
+    from migctl.jobs.rows import sound
+
+    rows = [r for r in sound("waiters", conn.execute("SELECT pid, pid_start, since, request, seen FROM waiters "
+                                                     "WHERE node=? ORDER BY since, pid", (key,)).fetchall())
+            if pid_alive(r["pid"], r["pid_start"])]
     places: dict[str, int] = {}
     out = []
     for r in rows:

@@ -89,7 +89,10 @@ class Reasons:
 
 def worker_alive(conn: sqlite3.Connection, key: str) -> bool:
     """Whether a live worker serves this node's queue (its row in ``workers``, the same process)."""
-    r = conn.execute("SELECT pid, pid_start FROM workers WHERE node=?", (key,)).fetchone()
+    from migctl.jobs.rows import sound
+
+    r = next(iter(sound("workers", conn.execute("SELECT pid, pid_start FROM workers WHERE node=?", (key,)).fetchall())),
+             None)
     return r is not None and pid_alive(int(r["pid"]), float(r["pid_start"]))
 
 

@@ -142,7 +142,7 @@ class StateReader:
         return out
 
     def queue(self) -> QueueStats:
-        from migctl.jobs.rows import DERIVED, sound_fields
+        from migctl.jobs.rows import sound, sound_fields
 
         q = QueueStats()
         for r in self._query("SELECT state, COUNT(*) AS n FROM jobs WHERE node = ? GROUP BY state", (self.key,)):
@@ -161,10 +161,9 @@ class StateReader:
             "('starting', 'running') ORDER BY id", (self.key,))]
         from migctl.proc import pid_alive
 
-        ok = DERIVED["waiters"]  # (a row edited by hand is left out; the next process to open the database drops it)
-        since = [float(r["since"]) for r in self._query("SELECT pid, pid_start, since FROM waiters WHERE node = ?",
-                                                        (self.key,))
-                 if all(ok[c](r[c]) is None for c in r.keys()) and pid_alive(r["pid"], r["pid_start"])]
+        # (a row edited by hand is left out; the next process to open the database read-write drops it)
+        since = [float(r["since"]) for r in sound("waiters", self._query(
+            "SELECT pid, pid_start, since FROM waiters WHERE node = ?", (self.key,))) if pid_alive(r["pid"], r["pid_start"])]
         q.runs_waiting, q.runs_waiting_since = len(since), min(since, default=None)
         return q
 
