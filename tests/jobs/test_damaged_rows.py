@@ -176,3 +176,41 @@ def test_a_live_worker_drops_a_reservation_damaged_under_it_and_plans_again(a30:
         w.send_signal(signal.SIGINT)
         _, err = w.communicate(timeout=60)
     assert "Traceback" not in err and "dropped a damaged reservations row (start not a whole number)" in err, err
+
+
+def test_readers_pass_over_damaged_coordination_rows(tmp_path) -> None:
+    """Between two sweeps a live process may meet a row edited by hand: each reader of these tables passes over
+    it (each of these calls raised on such a row before; found with a worker and a waiting run live)."""
+    import time
+
+    from migctl.jobs import reservations, reshape, run_reserve, waiting
+    from migctl.jobs.common import SCHEMA, proc_start
+
+    conn = sqlite3.connect(tmp_path / "raw.sqlite", isolation_level=None)  # (not migctl's connect: no sweep)
+    conn.row_factory = sqlite3.Row
+    conn.executescript(SCHEMA)
+    from migctl.jobs.common import _migrate
+
+    _migrate(conn)
+    now, me, start = time.time(), os.getpid(), proc_start(os.getpid())
+    for pid in (-1, "abc", 3.5):  # a live process's row but for its PID
+        conn.execute("INSERT INTO reservations (job_id, node, gpu, profile, start, size, at, made, pid, pid_start) "
+                     "VALUES (?, 'n', 0, '1g.10gb', 0, 1, NULL, ?, ?, ?)", (hash(str(pid)) % 1000, now, pid, start))
+        conn.execute("INSERT INTO waiters (node, pid, pid_start, since, reserve_after, request, seen) "
+                     "VALUES ('n', ?, ?, 0, 0, 'r', ?)", (pid, start, now))
+    conn.execute("INSERT INTO workers (node, pid, pid_start, reserve_after) VALUES ('n', 'abc', ?, 0)", (start,))
+    conn.execute("INSERT INTO reshapes (node, at, gpu, what) VALUES ('n', 'abc', 0, '')")
+    conn.execute("INSERT INTO idle_since (node, uuid, since) VALUES ('n', 'MIG-x', 'abc')")
+    conn.execute("INSERT INTO waiters (node, pid, pid_start, since, reserve_after, request, seen) "
+                 "VALUES ('n', ?, ?, 'abc', 0, 'r', 'abc')", (me, start))
+    assert reservations.load(conn, "n", live=True) == []
+    assert reservations.older_run(conn, "n", now, now) is None
+    assert reservations.ahead_of(conn, "n", "r", now, me + 1, 0.0) == 0
+    assert reservations.older_job(conn, "n", now, now) is None
+    assert run_reserve.waiting_runs(conn, "n", now) == []
+    assert waiting.worker_alive(conn, "n") is False
+    assert reshape._used(conn, "n", now) == (0, None)
+    assert reshape.idle_records(conn, "n", [], now, write=False) == {}
+    reservations.prune(conn, "n")  # and the sweep drops them all
+    for table in ("reservations", "waiters", "workers", "reshapes", "idle_since"):
+        assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table  # noqa: S608
