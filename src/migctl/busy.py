@@ -37,6 +37,9 @@ INITIAL_PIDNS = f"pid:[{0xEFFFFFFC}]"
 T = TypeVar("T")
 
 
+DAMAGED_LEASE = "a damaged lease row"  # a lease row edited by hand: it holds its device, and no PID is known
+
+
 @dataclass(frozen=True)
 class Holder:
     """Something that keeps an instance busy."""
@@ -189,6 +192,8 @@ def _lease_rows(key: str) -> list[sqlite3.Row]:
 def live_leases(node: Any, groups: dict[int, list[tuple[int, float]]] | None = None
                 ) -> list[tuple[sqlite3.Row, tuple[int, ...]]]:
     """Lease rows of ``node`` whose holder or process group is alive, with those processes."""
+    from migctl.jobs.rows import lease_problem
+
     rows = _lease_rows(node_key(node))
     out = []
     for r in rows:
@@ -197,6 +202,9 @@ def live_leases(node: Any, groups: dict[int, list[tuple[int, float]]] | None = N
         pgid_start = r["pgid_start"] if "pgid_start" in keys else None
         if pgid and groups is None:
             groups = process_groups()
+        if lease_problem(r) is not None:  # edited by hand: its holder cannot be checked, so it holds its device
+            out.append((r, ()))
+            continue
         procs = lease_processes(r["pid"], r["pid_start"], pgid, pgid_start, groups)
         if procs:
             out.append((r, procs))
@@ -247,14 +255,18 @@ def busy_view(node: Any, exclude_lease: str | None = None, leases: bool = True, 
             for d in retry_nvml(g.mig_devices):
                 uuids[d.uuid] = (gi_idx, d.gi_id, d.ci_id)
     if leases:
+        from migctl.jobs.rows import lease_problem
+
         for r, procs in live_leases(node):
             if r["uuid"] == exclude_lease or r["uuid"] not in uuids:
                 continue  # ours, or its device is gone: holds nothing
             where = uuids[r["uuid"]]
             keys = r.keys()
             ns = (r["pidns"] if "pidns" in keys else "") or ""
-            detail = r["owner"] or ""
-            view.devices.setdefault(where, []).append(Holder("lease", int(r["pid"]), procs, detail, ns))
+            bad = lease_problem(r)  # (its PID reads as 0: never signalled, see invisible())
+            detail = f"{DAMAGED_LEASE} ({bad}): delete it once its holder has ended" if bad else r["owner"] or ""
+            pid = r["pid"] if not bad else 0
+            view.devices.setdefault(where, []).append(Holder("lease", int(pid), procs, detail, str(ns)))
     with contextlib.suppress(ImportError):  # registers migctl's own MPS daemons (loaded lazily: no cycle)
         import migctl.jobs.mps  # noqa: F401
     for provider in MPS_PROVIDERS:
@@ -317,6 +329,9 @@ def invisible(view: BusyView, pids: Iterable[int]) -> dict[int, str]:
                 by_pid.setdefault(p, []).append(h)
     for pid in sorted(set(pids)):
         for h in by_pid.get(pid, []):
+            if h.kind == "lease" and h.detail.startswith(DAMAGED_LEASE):
+                out[pid] = f"{h.detail} (no process to signal: its holder cannot be known)"
+                break
             if h.pidns and own and h.pidns != own:
                 out[pid] = f"PID {pid} ({h.kind}) belongs to PID namespace {h.pidns}, this process runs in {own}"
                 break

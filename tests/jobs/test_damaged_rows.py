@@ -214,3 +214,42 @@ def test_readers_pass_over_damaged_coordination_rows(tmp_path) -> None:
     reservations.prune(conn, "n")  # and the sweep drops them all
     for table in ("reservations", "waiters", "workers", "reshapes", "idle_since"):
         assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table  # noqa: S608
+
+
+def test_a_damaged_lease_row_keeps_its_device_in_use(a30: SimEnv) -> None:
+    """A lease row edited by hand: its holder cannot be checked, so its device stays in use (no run gets it,
+    apply refuses to destroy it, and --force has no process to signal) until someone deletes the row; every
+    verb says so in one line. Each of `leases`, `run`, the exporter and `top` was a traceback before."""
+    import time
+
+    (uuid,) = a30.layout(0, ["4g.24gb"])
+    assert a30.migctl("submit", "--", "true").returncode == 0  # (the node's key, as migctl writes it)
+    key = _row(1)["node"]
+    conn = sqlite3.connect(db_path())
+    with conn:
+        conn.execute("DELETE FROM jobs")
+        conn.execute("INSERT INTO leases (node, uuid, gpu, gi, ci, profile, memory_mib, pid, pid_start, created, "
+                     "created_instance, job_id, owner, pidns) VALUES (?,?,0,0,0,'4g.24gb',24000,'abc',?,?,0,NULL,'','')",
+                     (key, uuid, time.time(), time.time()))
+        conn.execute("INSERT INTO leases (node, uuid, gpu, gi, ci, profile, memory_mib, pid, pid_start, created, "
+                     "created_instance, job_id, owner, pidns) VALUES (?,5,0,0,0,'4g.24gb',24000,1,1,1,0,NULL,'','')",
+                     (key,))
+    conn.close()
+    r = a30.migctl("leases")
+    assert r.returncode == 0 and f"{uuid}: a damaged lease row (pid not a whole number)" in r.stdout, r
+    leases = json.loads(a30.migctl("leases", "--json").stdout)["leases"]
+    assert [(x["uuid"], x["damaged"]) for x in leases] == [(uuid, "pid not a whole number")]  # (uuid 5: dropped)
+    r = a30.migctl("run", "--no-wait", "--", "true")
+    assert r.returncode != 0 and "no free MIG device" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for args in (("exporter", "--once"), ("top", "--once"), ("jobs", "--json")):
+        r = a30.migctl(*args)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
+    cfg = a30.tmp / "c.yaml"
+    cfg.write_text("version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n"
+                   "      mig-devices: {1g.6gb: 4}\n")
+    for force in ((), ("--force",)):
+        r = a30.migctl("apply", "-f", str(cfg), "-c", "a", *force)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        assert ("a damaged lease row (pid not a whole number)" in r.stderr) == bool(force), r.stderr
+        assert [x["uuid"] for x in json.loads(a30.migctl("leases", "--json").stdout)["leases"]] == [uuid]
+    assert a30.uuids(0) == [uuid]  # nothing was destroyed

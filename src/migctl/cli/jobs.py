@@ -400,6 +400,7 @@ def register(app: typer.Typer) -> None:
     @_guard
     def leases_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
         """Show MIG devices currently leased on this node (stale leases are reclaimed first)."""
+        from migctl.inputs import printable
         from migctl.jobs import LeaseManager
 
         leases = LeaseManager(node(ctx)).leases()
@@ -409,5 +410,9 @@ def register(app: typer.Typer) -> None:
         if not leases:
             print("no leases")
         for x in leases:
+            if x.damaged:  # (a row edited by hand)
+                print(f"{printable(x.uuid)}: a damaged lease row ({x.damaged}): its device counts as in use until "
+                      "the row is deleted with sqlite3, once its holder has ended")
+                continue
             print(f"{x.cuda_visible_devices} GPU {x.gpu} GI {x.gi} CI {x.ci} {x.profile:<10} pid {x.pid} "
                   f"{x.owner}{' (created)' if x.created_instance else ''}")

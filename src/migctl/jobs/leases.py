@@ -35,6 +35,7 @@ from migctl.jobs.common import (
     node_key,
     proc_start,
 )
+from migctl.jobs.rows import lease_problem
 from migctl.paths import LockBusy, node_lock_path
 
 
@@ -91,6 +92,7 @@ class Lease:
     owner: str = ""
     pgid: int | None = None
     pgid_start: float | None = None
+    damaged: str = ""  # a row edited by hand: which column, and why (migctl.jobs.rows.LEASES); the device stays in use
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -101,13 +103,13 @@ class Lease:
         return cls(node=r["node"], uuid=r["uuid"], gpu=r["gpu"], gi=r["gi"], ci=r["ci"], profile=r["profile"],
                    memory_mib=r["memory_mib"], pid=r["pid"], pid_start=r["pid_start"], created=r["created"],
                    created_instance=bool(r["created_instance"]), job_id=r["job_id"], owner=r["owner"],
-                   pgid=r["pgid"], pgid_start=r["pgid_start"])
+                   pgid=r["pgid"], pgid_start=r["pgid_start"], damaged=lease_problem(r) or "")
 
     def to_json(self) -> dict[str, Any]:
         return {"uuid": self.uuid, "gpu": self.gpu, "gi": self.gi, "ci": self.ci, "profile": self.profile,
                 "memory_mib": self.memory_mib, "pid": self.pid, "created": self.created,
                 "created_instance": self.created_instance, "job_id": self.job_id, "owner": self.owner,
-                "pgid": self.pgid}
+                "pgid": self.pgid, **({"damaged": self.damaged} if self.damaged else {})}
 
 
 def _lock_wait(default: float) -> float:
@@ -273,6 +275,13 @@ class LeaseManager:
         live: dict[str, sqlite3.Row] = {}
         groups: dict[int, list[tuple[int, float]]] | None = None
         for r in rows:
+            bad = lease_problem(r)  # (a row edited by hand: its holder cannot be checked, so it stays in use)
+            if bad is not None:
+                if bad.startswith("uuid "):  # names no device: protects nothing
+                    conn.execute("DELETE FROM leases WHERE node=? AND uuid IS ?", (self.key, r["uuid"]))
+                else:
+                    live[r["uuid"]] = r
+                continue
             gone = existing is not None and scope is not None and r["gpu"] in scope and r["uuid"] not in existing
             alive = False
             if not gone:
@@ -467,7 +476,7 @@ class LeaseManager:
         from migctl.proc import pid_alive
 
         rows = self.conn.execute("SELECT uuid, pid, pid_start, pgid FROM leases WHERE node=?", (self.key,)).fetchall()
-        return {r["uuid"] for r in rows if r["pgid"] or pid_alive(r["pid"], r["pid_start"])}
+        return {r["uuid"] for r in rows if lease_problem(r) or r["pgid"] or pid_alive(r["pid"], r["pid_start"])}
 
     def _looks_possible(self, req: Request) -> bool:
         """Without any lock: is a fitting device unleased and idle, or is there room to create one?

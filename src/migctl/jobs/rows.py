@@ -151,6 +151,28 @@ DERIVED: dict[str, dict[str, Callable[[Any], str | None]]] = {
 }
 
 
+# A lease row marks a device in use, so a damaged one is not dropped: its holder cannot be checked, so its
+# device counts as in use until someone deletes the row (``migctl leases`` says so). Only a row whose uuid is
+# not text names no device, protects nothing, and is dropped.
+LEASES: dict[str, Callable[[Any], str | None]] = {
+    "node": _text(null=False), "uuid": _text(null=False), "gpu": _int(lo=0, null=False), "gi": _int(lo=0, null=False),
+    "ci": _int(lo=0, null=False), "profile": _text(null=False), "memory_mib": _int(lo=0, null=False),
+    "pid": _int(lo=1, null=False), "pid_start": _time(null=False), "created": _time(null=False),
+    "created_instance": _int(lo=0, hi=1, null=False), "job_id": _int(), "owner": _text(null=False),
+    "pgid": _int(lo=1), "pgid_start": _time(), "pidns": _text(null=False),
+}
+
+
+def lease_problem(row: Any) -> str | None:
+    """The first damaged column of a ``leases`` row (any of its columns) and why, e.g. "pid not a whole number"."""
+    for name in row.keys():
+        check = LEASES.get(name)
+        why = check(row[name]) if check is not None else None
+        if why is not None:
+            return f"{name} {why}"
+    return None
+
+
 def sound(table: str, rows: Iterable[Any]) -> list[Any]:
     """``rows`` of a :data:`DERIVED` table (any of its columns) without the damaged ones: a row edited by hand
     under a live process is passed over until the next :func:`drop_damaged` removes it."""
