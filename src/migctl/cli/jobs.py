@@ -236,8 +236,7 @@ def register(app: typer.Typer) -> None:
         gives the detail."""
         from migctl.inputs import printable
         from migctl.jobs.queue import JobQueue
-
-        valid = ("queued", "starting", "running", "done", "failed", "cancelled")
+        from migctl.jobs.rows import STATES as valid
         if state is not None and state not in valid:
             fail(f"unknown job state '{printable(state)}' (valid: {', '.join(valid)})")
         q = JobQueue(node(ctx))

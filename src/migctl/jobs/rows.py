@@ -1,10 +1,15 @@
-"""What a row of the jobs table may hold, column by column: the one check of rows read back from the database.
+"""What a row of the jobs database may hold, column by column: the one check of rows read back from it.
 
 migctl writes every column itself, so a value outside these checks means the database was edited by hand or
-damaged. :func:`problem` names the first damaged column of a row (``None`` when sound); readers turn that into
-one line (:func:`migctl.jobs.common.damaged_row`) instead of a traceback. The worker fails a damaged queued job
-with that line as its reason and leaves a damaged running one alone (its lease keeps its device), so one
-damaged row does not stop the queue.
+damaged. What happens to such a row depends on its table:
+
+* ``jobs`` (:data:`CHECKS`): :func:`problem` names the first damaged column (``None`` when sound); `jobs` and
+  `cancel` say it in one line and change nothing. The worker fails a damaged queued job with that line as its
+  reason and leaves a damaged running one alone (its lease keeps its device), so one row does not stop the queue.
+* the coordination tables (:data:`DERIVED`): migctl writes them again, so a damaged row is passed over by
+  readers (:func:`sound`) and dropped (:func:`drop_damaged`).
+* ``leases`` (:data:`LEASES`): a lease marks a device in use, so a damaged one keeps it in use
+  (:func:`lease_problem`) until someone deletes the row.
 """
 
 from __future__ import annotations

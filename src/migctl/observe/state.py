@@ -16,6 +16,7 @@ from typing import Any
 
 from migctl.paths import node_slug, state_dir
 
+# migctl.jobs.rows.STATES, written out: importing it would load the whole jobs package with this module
 JOB_STATES = ("queued", "starting", "running", "done", "failed", "cancelled")
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
 
