@@ -124,6 +124,9 @@ def test_batch_four_programs(a30: SimEnv) -> None:
     ('{command: [echo, [1]]}', "job 1: 'command' must be text, not a list or mapping"),
     ('{command: "true", gpu: abc}', "job 1: 'gpu' must be a GPU index or a list of them"),
     ('{command: "true", gpu: [1.5]}', "job 1: 'gpu' must be a GPU index"),
+    ('{command: "true", gpu: []}', "job 1: 'gpu' must be a GPU index or a list of them (e.g. 0, [0, 1] or \"0,1\"), "
+     "not []"),  # (it said "no MIG-enabled GPU on this node")
+    ('{command: "true", gpu: "\uff11"}', "job 1: 'gpu' must be a GPU index"),  # (a full-width 1: it meant GPU 1)
     ('{command: "true", priority: abc}', "job 1: 'priority' must be a whole number from -1000000 to 1000000"),
     ('{command: "true", priority: 99999999999999999999}', "'priority' must be a whole number"),
     ('{command: "true", cwd: [a]}', "job 1: 'cwd' must be text"),

@@ -58,15 +58,18 @@ def _gpus(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
-    out = []
+    out = set()
     for x in items:
-        if isinstance(x, str) and x.strip().isdigit():
+        if isinstance(x, str) and x.strip().isascii() and x.strip().isdigit():  # (as --gpu takes them)
             x = int(x)
         if type(x) is not int or x < 0:
-            raise _Bad(f"'gpu' must be a GPU index or a list of them (e.g. 0, [0, 1] or \"0,1\"), not "
-                       f"{printable(value, 40)}")
-        out.append(x)
-    return tuple(out)
+            items = []
+            break
+        out.add(x)
+    if not items:
+        raise _Bad(f"'gpu' must be a GPU index or a list of them (e.g. 0, [0, 1] or \"0,1\"), not "
+                   f"{printable(value, 40) or 'empty'}")
+    return tuple(sorted(out))  # (as --gpu: each index once, in order)
 
 
 def _priority(value: Any) -> int:
