@@ -203,6 +203,15 @@ def load_yaml_text(text: str, what: str, label: str = "") -> Any:
         raise InputError(f"{what}: invalid YAML: {' '.join(str(e).split())[:200]}") from None
 
 
+def gpu_indices(text: str) -> tuple[int, ...] | None:
+    """``"0,1"`` (``--gpu``, a batch file's ``gpu``) as GPU indices, each once and in order; None when a part
+    is not a GPU index (ASCII digits, at most 4)."""
+    parts = [x.strip() for x in text.split(",")]
+    if not all(x.isascii() and x.isdigit() and len(x) <= 4 for x in parts):
+        return None
+    return tuple(sorted({int(x) for x in parts}))
+
+
 def finite_number(value: Any) -> bool:
     """A JSON number that is a real quantity: an int or float, not a bool, not inf or nan."""
     return type(value) in (int, float) and math.isfinite(value)

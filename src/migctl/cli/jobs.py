@@ -16,7 +16,7 @@ CMD_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True
 
 
 def _request(profile: str | None, mem: str | None, gpu: str | None, create: bool = True) -> Any:
-    from migctl.inputs import printable
+    from migctl.inputs import gpu_indices, printable
     from migctl.jobs import Request, parse_mem
 
     if profile and mem:
@@ -27,10 +27,9 @@ def _request(profile: str | None, mem: str | None, gpu: str | None, create: bool
         fail("--mem is empty (valid: a size such as 12GiB, 20gb or 500MiB)")
     gpus = None
     if gpu is not None:
-        parts = [x.strip() for x in gpu.split(",")]
-        if not all(x.isascii() and x.isdigit() and len(x) <= 4 for x in parts):
+        gpus = gpu_indices(gpu)
+        if gpus is None:
             fail(f"--gpu '{printable(gpu)}' is not a list of GPU indices (valid: e.g. 0 or 0,1)")
-        gpus = tuple(sorted({int(x) for x in parts}))
     mem_mib = parse_mem(mem) if mem else None
     prof = profile[4:].strip() if profile and profile.upper().startswith("MIG ") else profile
     return Request(profile=prof, mem_mib=mem_mib, gpus=gpus, create=create)

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from migctl.inputs import MAX_PRIORITY, printable
+from migctl.inputs import MAX_PRIORITY, gpu_indices, printable
 from migctl.jobs.common import JobsError, parse_mem
 from migctl.jobs.leases import Request
 from migctl.jobs.mps import Sharing, sharing_options
@@ -57,19 +57,16 @@ def _text(value: Any, key: str, null_ok: bool = False) -> str:
 def _gpus(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
-    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
-    out = set()
-    for x in items:
-        if isinstance(x, str) and x.strip().isascii() and x.strip().isdigit():  # (as --gpu takes them)
-            x = int(x)
-        if type(x) is not int or x < 0:
-            items = []
-            break
-        out.add(x)
-    if not items:
+    # as --gpu takes it: "0,1", an index, or a list of indices (not true/false, floats or mappings)
+    if isinstance(value, list) and value and all(type(x) in (int, str) and "," not in str(x) for x in value):
+        value_text: str | None = ",".join(map(str, value))
+    else:
+        value_text = str(value) if type(value) in (int, str) else None
+    got = gpu_indices(value_text) if value_text is not None else None
+    if got is None:
         raise _Bad(f"'gpu' must be a GPU index or a list of them (e.g. 0, [0, 1] or \"0,1\"), not "
                    f"{printable(value, 40) or 'empty'}")
-    return tuple(sorted(out))  # (as --gpu: each index once, in order)
+    return got
 
 
 def _priority(value: Any) -> int:

@@ -163,7 +163,7 @@ class Demand:
             soon = time.monotonic() + self.MIN_GAP
             self._next, self._next_res = min(self._next, soon), min(self._next_res, soon)
         if has_reservations(self.conn, self.key):
-            reservations.prune(self.conn, self.key, self.log)
+            reservations.prune(self.conn, self.key)
         queued = self._queued()
         if not queued:
             return 0

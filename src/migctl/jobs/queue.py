@@ -612,23 +612,21 @@ class Worker:
     # ------------------------------------------------------------------ loops
     def active(self, ids: list[int] | None = None) -> int:
         """Jobs (of ``ids`` if given) not yet finished."""
-        q, args = "SELECT COUNT(*) FROM jobs WHERE node=? AND state IN ('queued', 'starting', 'running')", [self.q.key]
-        if ids:
-            q += f" AND id IN ({','.join('?' * len(ids))})"
-            args += [int(i) for i in ids]
-        if self._damaged:  # (not tracked, so never seen to end: waiting for them would never end)
-            q += f" AND id NOT IN ({','.join('?' * len(self._damaged))})"
-            args += sorted(self._damaged)
-        pending = int(self.q.conn.execute(q, args).fetchone()[0])
-        if pending:
-            return pending
         from migctl.jobs.rows import problem
 
-        q, args = "SELECT id, child_pid, child_start FROM jobs WHERE node=? AND state='cancelled'", [self.q.key]
-        if ids:
-            q += f" AND id IN ({','.join('?' * len(ids))})"
-            args += [int(i) for i in ids]
-        return sum(1 for r in self.q.conn.execute(q, args).fetchall()
+        def rows(what: str, where: str, skip: set[int]) -> list[Any]:
+            q, args = f"SELECT {what} FROM jobs WHERE node=? AND {where}", [self.q.key]
+            for op, values in (("IN", ids or []), ("NOT IN", skip)):
+                if values:
+                    q += f" AND id {op} ({','.join('?' * len(values))})"
+                    args += sorted(int(i) for i in values)
+            return self.q.conn.execute(q, args).fetchall()
+
+        # (a damaged running job is not tracked, so never seen to end: waiting for it would never end)
+        pending = int(rows("COUNT(*)", "state IN ('queued', 'starting', 'running')", self._damaged)[0][0])
+        if pending:
+            return pending
+        return sum(1 for r in rows("id, child_pid, child_start", "state='cancelled'", set())
                    if problem(r) is None and r["child_pid"] and pid_alive(r["child_pid"], r["child_start"]))
 
     def run(self, until_idle: bool = False, ids: list[int] | None = None, stop: Any = None) -> None:

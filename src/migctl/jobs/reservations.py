@@ -136,14 +136,12 @@ def drop(conn: sqlite3.Connection, job_id: int) -> None:
         c.execute("DELETE FROM reservations WHERE job_id=?", (job_id,))
 
 
-def prune(conn: sqlite3.Connection, key: str, log: Any = None) -> None:
+def prune(conn: sqlite3.Connection, key: str) -> None:
     """Drop reservations of jobs that are no longer queued (started, cancelled, failed), and the reservations
     and waiter rows of runs whose process is gone (killed while waiting). Reads first: the write transaction
     is opened only when there is something to drop."""
-    from migctl.jobs.rows import drop_damaged
     from migctl.proc import pid_alive
 
-    drop_damaged(conn, log)  # (a row edited by hand while this process ran; said with ``log``)
     gone_jobs = "pid IS NULL AND job_id NOT IN (SELECT id FROM jobs WHERE node=? AND state IN ('queued', 'starting'))"
     jobs = conn.execute(f"SELECT 1 FROM reservations WHERE node=? AND {gone_jobs} LIMIT 1", (key, key)).fetchone()
     runs = [(int(r["job_id"]), int(r["pid"])) for r in sound("reservations", conn.execute(

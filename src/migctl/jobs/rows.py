@@ -168,38 +168,42 @@ LEASES: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def lease_problem(row: Any) -> str | None:
-    """The first damaged column of a ``leases`` row (any of its columns) and why, e.g. "pid not a whole number"."""
+def _first_damaged(row: Any, checks: dict[str, Callable[[Any], str | None]]) -> tuple[str, str] | None:
+    """The first column of ``row`` (any of its columns) that ``checks`` refuses, and why."""
     for name in row.keys():
-        check = LEASES.get(name)
+        check = checks.get(name)
         why = check(row[name]) if check is not None else None
         if why is not None:
-            return f"{name} {why}"
+            return name, why
     return None
+
+
+def lease_problem(row: Any) -> str | None:
+    """The first damaged column of a ``leases`` row and why, e.g. "pid not a whole number"."""
+    bad = _first_damaged(row, LEASES)
+    return None if bad is None else " ".join(bad)
 
 
 def sound(table: str, rows: Iterable[Any]) -> list[Any]:
     """``rows`` of a :data:`DERIVED` table (any of its columns) without the damaged ones: a row edited by hand
     under a live process is passed over until the next :func:`drop_damaged` removes it."""
-    checks = DERIVED[table]
-    return [r for r in rows if all(checks[c](r[c]) is None for c in r.keys() if c in checks)]
+    return [r for r in rows if _first_damaged(r, DERIVED[table]) is None]
 
 
 def drop_damaged(conn: Any, log: Callable[[str], None] | None = None) -> int:
     """Delete the rows of the :data:`DERIVED` tables that migctl would not have written (the database edited by
-    hand); returns how many. Called when a process opens the database, by the worker every few seconds and
-    by waiting runs, so the readers of these tables never meet one."""
+    hand); returns how many. Called when a process opens the database and by the worker every few seconds;
+    readers pass over such a row meanwhile (:func:`sound`)."""
     from migctl.jobs.common import immediate
 
     found: dict[str, list[int]] = {}
     for table, checks in DERIVED.items():
         for r in conn.execute(f"SELECT rowid AS _rowid, * FROM {table}").fetchall():  # noqa: S608 (fixed names)
-            bad = next((f"{name} {why}" for name, check in checks.items() if (why := check(r[name])) is not None),
-                       None)
+            bad = _first_damaged(r, checks)
             if bad is not None:
                 found.setdefault(table, []).append(int(r["_rowid"]))
                 if log is not None:
-                    log(f"the jobs database: dropped a damaged {table} row ({bad}); migctl writes it again")
+                    log(f"the jobs database: dropped a damaged {table} row ({' '.join(bad)}); migctl writes it again")
     if not found:
         return 0
     with immediate(conn) as c:
@@ -208,32 +212,24 @@ def drop_damaged(conn: Any, log: Callable[[str], None] | None = None) -> int:
     return sum(map(len, found.values()))
 
 
-def problem(row: Any, columns: Iterable[str] | None = None) -> JobsError | None:
-    """The one-line error for the first damaged column of ``row`` among ``columns`` (default: all the row has),
-    or None when they are all as migctl writes them."""
-    names = row.keys() if columns is None else columns
-    for name in names:
-        check = CHECKS.get(name)
-        why = check(row[name]) if check is not None else None
-        if why is not None:
-            return damaged_row(row["id"], name, why)
-    return None
+def problem(row: Any) -> JobsError | None:
+    """The one-line error for the first damaged column of a ``jobs`` row (any of its columns), or None when
+    they are all as migctl writes them."""
+    bad = _first_damaged(row, CHECKS)
+    return None if bad is None else damaged_row(row["id"], *bad)
 
 
-def sound_fields(row: Any) -> dict[str, Any]:
-    """``row`` as a dict, each damaged value read as None (for views that show what they can: `top`, the
-    exporter)."""
-    out = dict(row)
-    for name, value in out.items():
-        check = CHECKS.get(name)
-        if check is not None and check(value) is not None:
-            out[name] = None
-    return out
+def sound_fields(row: Any, checks: dict[str, Callable[[Any], str | None]] | None = None) -> dict[str, Any]:
+    """``row`` as a dict, each value that ``checks`` (default: the ``jobs`` table's) refuses read as None (for
+    views that show what they can: `top`, the exporter)."""
+    checks = CHECKS if checks is None else checks
+    return {name: None if name in checks and checks[name](value) is not None else value
+            for name, value in dict(row).items()}
 
 
-def check(row: Any, columns: Iterable[str] | None = None) -> None:
+def check(row: Any) -> None:
     """Raise :func:`problem`'s error, if any."""
-    err = problem(row, columns)
+    err = problem(row)
     if err is not None:
         raise err
 

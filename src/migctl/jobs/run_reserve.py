@@ -155,7 +155,7 @@ class RunReservation:
         ``sharing`` (only a run that may wait: ``waits``)."""
         self._request = signature(req, sharing)
         if waits and not self.enlisted:
-            reservations.prune(self.conn, self.key, self.log)  # (rows of runs killed while waiting go first)
+            reservations.prune(self.conn, self.key)  # (rows of runs killed while waiting go first)
             self.since = time.time()
             self._enlist()
 
@@ -215,7 +215,7 @@ class RunReservation:
             return False  # (nothing to reserve before its threshold)
         if not self.enlisted:
             self._enlist()
-        reservations.prune(self.conn, self.key, self.log)
+        reservations.prune(self.conn, self.key)
         res = self.mine()
         if res is None:
             if reservations.load(self.conn, self.key, live=True):

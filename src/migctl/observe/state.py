@@ -132,13 +132,13 @@ class StateReader:
         rows = self._query("SELECT * FROM leases WHERE node = ?", (self.key,))
         groups = process_groups() if rows else {}
         out: list[LeaseRow] = []
-        from migctl.jobs.rows import LEASES, lease_problem
+        from migctl.jobs.rows import LEASES, lease_problem, sound_fields
 
         for r in rows:
             keys = r.keys()
             if lease_problem(r) is not None:  # edited by hand: in use (its holder cannot be checked), shown as known
-                v = {k: (None if k in LEASES and LEASES[k](r[k]) else r[k]) for k in keys}
-                if isinstance(v["uuid"], str):
+                v = sound_fields(r, LEASES)
+                if v["uuid"] is not None:
                     out.append(LeaseRow(uuid=v["uuid"], gpu=v["gpu"], gi=v["gi"], ci=v["ci"], profile=v["profile"],
                                         pid=v["pid"], job_id=v["job_id"], created=v["created"]))
                 continue
