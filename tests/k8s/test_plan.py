@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from tests.k8s.cluster import CM, CONFIG, NS, add_node, labels
 
@@ -107,3 +108,44 @@ def test_k8s_plan_errors_are_one_line(server, tmp_path) -> None:
     _annotate(server, tmp_path, A)
     assert main(["k8s", "plan", str(bad), "--kubeconfig", str(kc)]) == 2  # unknown profile
     assert main(["k8s", "plan", str(tmp_path / "missing.yaml"), "--kubeconfig", str(kc)]) == 2
+
+
+_GPU = {"index": 0, "model": "H100-80GB", "mig": True, "instances": []}
+_ONE = {"profile": "1g.10gb", "start": 0, "busy": False}
+
+
+@pytest.mark.parametrize("raw, why", [
+    (json.dumps({"gpus": [_GPU, {"index": 1, "model": "H100-80GB"}]}), "gpus[1]: not an object with exactly"),
+    ('{"gpus":[{"index":1e400,"model":"H100-80GB","mig":true,"instances":[]}]}', "index inf is not a GPU index"),
+    ("[" * 100000 + "]" * 100000, "JSON nested too deeply"),
+    (json.dumps({"gpus": [dict(_GPU, index="0")]}), "index '0' is not a GPU index"),
+    (json.dumps({"gpus": [_GPU, _GPU]}), "GPU index 0 appears twice"),
+    (json.dumps({"gpus": [dict(_GPU, model="RTX 9090")]}), "unknown GPU model 'RTX 9090'"),
+    (json.dumps({"gpus": [dict(_GPU, instances=[dict(_ONE, start=1.7)])]}), "start must be a non-negative integer"),
+    (json.dumps({"gpus": [dict(_GPU, instances=[dict(_ONE, busy="false")])]}), "busy true or false"),
+    (json.dumps({"gpus": [dict(_GPU, instances=[dict(_ONE, profile="9g.1tb")])]}), "profile '9g.1tb' is not"),
+    (json.dumps({"gpus": [dict(_GPU, instances=[dict(_ONE, profile="7g.80gb"), _ONE])]}), "the layout is invalid"),
+    (json.dumps({"gpus": [dict(_GPU, mig="no")]}), "mig must be true or false"),
+], ids=["partial", "inf", "deep", "text-index", "twice", "model", "float-start", "text-busy", "profile", "overlap",
+        "mig-text"])
+def test_a_node_with_a_damaged_layout_annotation_is_skipped_whole(server, tmp_path, raw, why) -> None:
+    """A hand-edited annotation names the node and what is wrong and leaves that node out, whole: it was a
+    traceback (an index of 1e400, JSON nested 100,000 deep), failed the whole fleet's plan with "live GPU 2: ..."
+    (an unknown model or profile, an invalid layout), or was converted and planned (a start of 1.7 planned
+    as 1 and the node relabelled; busy "false" taken as busy), or planned the node's good GPUs while saying
+    it was skipped."""
+    from migctl.integrations.k8s_plan import LAYOUT_ANNOTATION
+
+    for n in (A, B):
+        add_node(server, n, "all-disabled")
+    _annotate(server, tmp_path, A)
+    o = server.get("nodes", B)
+    o["metadata"]["annotations"] = {LAYOUT_ANNOTATION: raw}
+    server.put("nodes", o)
+    code, out = _run(server, tmp_path, "--json")
+    assert code == 0, out
+    res = json.loads(out)
+    assert why in res["skipped"][B], res["skipped"]
+    assert [c["node"] for c in res["changed"]] == [A]
+    assert labels(server, B)[CONFIG] == "all-disabled"
+    assert "plan-node-b" not in yaml.safe_load(server.get("configmaps", CM, NS)["data"]["config.yaml"])["mig-configs"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,68 @@ class FleetPlan:
         return "\n".join(lines)
 
 
+MAX_GPU_INDEX = 9999  # as --gpu takes it (migctl.inputs.gpu_indices: at most 4 digits)
+
+
+def _integer(v: Any) -> bool:
+    return type(v) is int
+
+
+def read_layout(raw: str) -> list[dict[str, Any]]:
+    """The GPUs of one node's layout annotation, each ``{"index", "model", "mig", "instances": [{"profile",
+    "start", "busy"}]}`` as :func:`layout_annotation` writes them; anything else (a field of another type, an
+    index twice, an unknown model or profile, instances that overlap or start where the profile cannot) is a
+    ``ValueError`` naming the first problem. Nothing is converted: a node whose annotation was hand-edited is
+    skipped rather than planned from a layout it may not have."""
+    from migctl.catalog import CatalogError, load_model
+    from migctl.inputs import InputError, load_json
+    from migctl.planner.validate import check_gpu
+
+    try:
+        data = load_json(raw, "annotation")
+    except InputError as e:
+        raise ValueError(re.sub(r"^annotation:?(\d*): ", lambda m: f"line {m[1]}: " if m[1] else "", str(e))) from None
+    if not isinstance(data, dict) or not isinstance(data.get("gpus"), list):
+        raise ValueError('not a JSON object with a list "gpus"')
+    seen: set[int] = set()
+    out = []
+    for n, g in enumerate(data["gpus"]):
+        where = f"gpus[{n}]"
+        if not isinstance(g, dict) or set(g) != {"index", "model", "mig", "instances"}:
+            raise ValueError(f"{where}: not an object with exactly index, model, mig and instances")
+        index, model, mig, instances = g["index"], g["model"], g["mig"], g["instances"]
+        if not _integer(index) or not 0 <= index <= MAX_GPU_INDEX:
+            raise ValueError(f"{where}: index {index!r} is not a GPU index (an integer 0 to {MAX_GPU_INDEX})")
+        if index in seen:
+            raise ValueError(f"{where}: GPU index {index} appears twice")
+        seen.add(index)
+        if not isinstance(model, str):
+            raise ValueError(f"{where}: model {model!r} is not text")
+        try:
+            m = load_model(model)
+        except CatalogError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if type(mig) is not bool or not isinstance(instances, list):
+            raise ValueError(f"{where}: mig must be true or false and instances a list")
+        placed = []
+        for k, i in enumerate(instances):
+            at = f"{where}.instances[{k}]"
+            if not isinstance(i, dict) or set(i) != {"profile", "start", "busy"}:
+                raise ValueError(f"{at}: not an object with exactly profile, start and busy")
+            if not isinstance(i["profile"], str) or m.profile(i["profile"]) is None:
+                valid = ", ".join(q.name for q in m.gi_profiles)
+                raise ValueError(f"{at}: profile {i['profile']!r} is not a GPU instance profile of {m.key} "
+                                 f"(valid: {valid})")
+            if not _integer(i["start"]) or i["start"] < 0 or type(i["busy"]) is not bool:
+                raise ValueError(f"{at}: start must be a non-negative integer and busy true or false")
+            placed.append((m.profile(i["profile"]).id, i["start"]))
+        problems = check_gpu(m, placed)
+        if problems:
+            raise ValueError(f"{where}: the layout is invalid: {problems[0]}")
+        out.append(g)
+    return out
+
+
 def _nodes_live(nodes: list[Any]) -> tuple[list[dict[str, Any]], dict[int, tuple[str, int]], dict[str, str],
                                             dict[str, list[dict[str, Any]]]]:
     live: list[dict[str, Any]] = []
@@ -89,16 +152,17 @@ def _nodes_live(nodes: list[Any]) -> tuple[list[dict[str, Any]], dict[int, tuple
             skipped[name] = f"no {LAYOUT_ANNOTATION} annotation: is migctl's agent running there?"
             continue
         try:
-            gpus = json.loads(raw)["gpus"]
-            per_node[name] = gpus
-            for g in gpus:
-                k = len(live)
-                where[k] = (name, int(g["index"]))
-                live.append({"index": k, "model": g["model"], "instances": [
-                    {"profile": i["profile"], "start": int(i["start"]), "busy": bool(i["busy"])}
-                    for i in (g.get("instances") or []) if g.get("mig")]})
-        except (ValueError, KeyError, TypeError) as e:
-            skipped[name] = f"unreadable {LAYOUT_ANNOTATION} annotation ({e.__class__.__name__}: {e})"
+            gpus = read_layout(raw)
+        except ValueError as e:  # the whole node is left out, none of its GPUs planned
+            skipped[name] = f"unreadable {LAYOUT_ANNOTATION} annotation: {e}"
+            continue
+        per_node[name] = gpus
+        for g in gpus:
+            k = len(live)
+            where[k] = (name, g["index"])
+            live.append({"index": k, "model": g["model"], "instances": [
+                {"profile": i["profile"], "start": i["start"], "busy": i["busy"]}
+                for i in g["instances"] if g["mig"]]})
     return live, where, skipped, per_node
 
 
@@ -136,7 +200,7 @@ def plan_fleet(api: Any, request_data: dict[str, Any], base_dir: Any = None, sel
         if not any(g.changed for _, g in gpus):
             unchanged.append(node)
             continue
-        current = {int(x["index"]): x for x in per_node[node]}
+        current = {x["index"]: x for x in per_node[node]}
         entries, diff = [], []
         for local, g in sorted(gpus, key=lambda x: x[0]):
             was = current[local]
