@@ -211,6 +211,34 @@ def test_unreadable_agent_state_is_reported_and_the_agent_goes_on(server, agent,
         assert any(f"k8s-agent-{node}.json" in m and "are not restored" in m for m in warned), warned
 
 
+def test_damaged_fields_of_the_agent_state_are_dropped_and_said(server, agent, caplog) -> None:
+    """A state file that is a JSON object but holds what the agent never writes: a ``paused`` record that is not
+    a mapping stopped every agent started on it with an AttributeError, the node left ``pending``. Now each
+    damaged field is dropped and named; what is sound (an operand this agent paused) is still restored."""
+    import json
+    import logging
+
+    from migctl.paths import ensure_private_dir, state_dir
+
+    gfd = "nvidia.com/gpu.deploy.gpu-feature-discovery"
+    ensure_private_dir(state_dir())
+    states = {"n0": {"paused": [1]},
+              "n1": {"paused": {DP: "true", gfd: 5}, "gave_up": 5, "rebooting_for": ["x"], "applied": {}}}
+    for node, st in states.items():
+        (state_dir() / f"k8s-agent-{node}.json").write_text(json.dumps(st))
+        add_node(server, node, "all-balanced", **({DP: "paused-for-mig-change"} if node == "n1" else {}))
+        with caplog.at_level(logging.WARNING, logger="migctl.k8s.agent"):
+            a = agent(node)
+            wait_for(lambda n=node: labels(server, n).get(STATE) == "success", what=f"{node} success")
+            a.stop()
+        assert labels(server, node)[DP] == "true"  # n1: restored from the sound part of the record
+    warned = {node: [r.getMessage() for r in caplog.records if f"k8s-agent-{node}.json: dropped" in r.getMessage()]
+              for node in states}
+    assert len(warned["n0"]) == len(warned["n1"]) == 1, warned
+    assert "(paused); operand labels left at" in warned["n0"][0]
+    assert f"(gave_up; rebooting_for; applied; paused {gfd!r}); operand labels" in warned["n1"][0]
+
+
 def test_bad_label_fails_with_event_and_operands_untouched(server, agent) -> None:
     add_node(server, "n1", "all-disabled")
     a = agent("n1")

@@ -102,7 +102,7 @@ class Agent:
         else:
             why = "not a JSON object"
         if isinstance(data, dict):
-            return data
+            return _sound_state(self.state_path, data)
         # (written atomically, so only something outside the agent damages it; what it recorded, such as
         # operands it paused, is lost: say so, since labels it paused would otherwise stay paused unseen)
         log.warning("agent state %s is unreadable (%s); starting without it: operand labels left at %r by a "
@@ -603,6 +603,37 @@ def _state_dir() -> Path:
     from migctl.paths import state_dir
 
     return state_dir()
+
+
+_STATE_TEXT = ("recovered", "gave_up", "rebooting_for", "failed", "applied")  # what the agent records as text
+
+
+def _sound_state(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The agent's state without what is damaged (only something outside the agent damages it: it is written
+    atomically): a field that is not what the agent writes is dropped, and said, naming the operand labels
+    whose pause record is lost. The agent then works from the labels alone (it was an AttributeError that
+    stopped every agent started on that state, the node left ``pending``)."""
+    out = dict(data)
+    dropped = []
+    for k in _STATE_TEXT:
+        if k in out and not isinstance(out[k], str):
+            dropped.append(k)
+            del out[k]
+    paused = out.get("paused")
+    if paused is not None:
+        if not isinstance(paused, dict):
+            dropped.append("paused")
+            del out["paused"]
+        else:
+            bad = sorted(repr(k) for k, v in paused.items() if v is not None and not isinstance(v, str))
+            if bad:
+                dropped.append("paused " + ", ".join(bad))
+                out["paused"] = {k: v for k, v in paused.items() if v is None or isinstance(v, str)}
+    if dropped:
+        lost = (f"; operand labels left at {L.PAUSED!r} by a previous agent and recorded there are not restored"
+                if any(d.startswith("paused") for d in dropped) else "")
+        log.warning("agent state %s: dropped what is not as the agent writes it (%s)%s", path, "; ".join(dropped), lost)
+    return out
 
 
 def _safe(name: str) -> str:
