@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
 import pytest
 
+from migctl.config.hooks import HookError
 from migctl.reconcile import ApplyFailed, BusyError, LockBusy, apply_config, assert_config, node_lock
 
 from .helpers import COMPAT, layouts, uuids
@@ -127,6 +130,33 @@ def test_hooks_order_env_and_failing_hook_aborts(tmp_path, mknode) -> None:
     with pytest.raises(ApplyFailed, match="exited 7"):
         apply_config(DEFAULT, "all-3g.40gb", node=node, hooks=hooks)
     assert layouts(node) == before and "apply-exit" in log.read_text()
+
+
+def test_hook_output_is_not_held_in_memory_nor_waited_for_in_the_background(mknode, tmp_path) -> None:
+    """A hook's output went to pipes: a hook that left a process in the background held the apply until that
+    process exited (past the hook's timeout too), and every byte a hook printed was kept in memory (300 MB
+    printed: 1.8 GB resident). Now the output goes to a private unnamed file and only its last line is read,
+    for the error; a hook past its timeout is killed and named."""
+    from migctl.config import load_hooks
+
+    node, _ = mknode("1xH100-80GB")
+    pid = tmp_path / "pid"
+    bg = {"version": "v1", "hooks": {"apply-start": [
+        {"command": "/bin/sh", "args": ["-c", f"sleep 120 & echo $! > {pid}; exit 0"]}]}}
+    apply_config(DEFAULT, "all-balanced", node=node, hooks=bg)
+    try:
+        os.kill(int(pid.read_text()), 0)  # the apply is done while the hook's background process still runs
+    finally:
+        os.kill(int(pid.read_text()), signal.SIGKILL)
+    loud = {"version": "v1", "hooks": {"apply-start": [{"command": "/bin/sh", "args": [
+        "-c", "head -c 20000000 /dev/zero | tr '\\0' x; printf '\\nlast \\033[31mline\\n\\n'; exit 3"]}]}}
+    before = layouts(node)
+    with pytest.raises(ApplyFailed, match=r"exited 3: last \\x1b\[31mline; nothing was changed"):
+        apply_config(DEFAULT, "all-1g.10gb", node=node, hooks=loud)
+    assert layouts(node) == before
+    slow = load_hooks({"version": "v1", "hooks": {"apply-start": [{"command": "/bin/sleep", "args": ["30"]}]}})
+    with pytest.raises(HookError, match=r"hook apply-start\[0\] \(/bin/sleep\) did not finish within 0.5 s; killed"):
+        slow.run("apply-start", {}, timeout=0.5)
 
 
 def test_mode_phase_hook_failure_rolls_back_mode(mknode) -> None:

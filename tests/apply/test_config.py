@@ -181,6 +181,26 @@ def test_hooks_errors(tmp_path) -> None:
         load_hooks(p)
 
 
+@pytest.mark.parametrize("hook, why", [
+    ('command: /bin/sh\n      args: ["-c", "echo a\\0b"]', r"h.yaml:5: hooks.apply-start.0.args must not contain a NUL"),
+    ('command: "/bin/\\0sh"', r"h.yaml:4: hooks.apply-start.0.command must not contain a NUL"),
+    ('command: ""', r"h.yaml:4: hooks.apply-start.0.command must not be empty"),
+    ('command: /bin/true\n      envs: {"A=B": x}', r"h.yaml:5: hooks.apply-start.0.envs 'A=B': a variable's name must"),
+    ('command: /bin/true\n      envs: {"": x}', r"h.yaml:5: hooks.apply-start.0.envs '': a variable's name must"),
+    ('command: /bin/true\n      envs: {A: "\\0"}', r"h.yaml:5: hooks.apply-start.0.envs 'A': .* its value without NUL"),
+    ('command: /bin/true\n      workdir: "/\\0"', r"h.yaml:5: hooks.apply-start.0.workdir must not contain a NUL"),
+], ids=["nul-arg", "nul-command", "empty-command", "eq-in-name", "empty-name", "nul-value", "nul-workdir"])
+def test_a_hook_exec_cannot_run_is_refused_when_the_file_is_read(tmp_path, hook, why) -> None:
+    """These were a ValueError traceback from subprocess at the hook's turn (``migctl apply -k``), or a fatal
+    "ValueError: embedded null byte" from the drop-in."""
+    p = tmp_path / "h.yaml"
+    p.write_text(f"version: v1\nhooks:\n  apply-start:\n    - {hook}\n")
+    with pytest.raises(ConfigError, match=why):
+        load_hooks(p)
+    p.write_text('version: v1\nhooks:\n  apply-start:\n    - command: /bin/true\n      workdir: ""\n')
+    assert load_hooks(p) is not None  # an empty workdir is the current directory, as in mig-parted
+
+
 def test_device_filter_subsystem_suffix_is_compared_with_the_gpu():
     """``device-filter: 0xDDDD10DE:0xSSSSVVVV`` matches only GPUs with that subsystem id."""
     from types import SimpleNamespace

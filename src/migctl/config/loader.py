@@ -204,5 +204,7 @@ def pydantic_message(doc: YamlDoc, err: dict[str, Any], context: str) -> str:
         "dict_type": "must be a mapping",
         "literal_error": "is not one of the allowed values",
     }.get(etype, err.get("msg", "is invalid"))
+    if etype == "value_error":  # our validators' own words, without pydantic's "Value error, "
+        what = str((err.get("ctx") or {}).get("error") or what)
     dotted = ".".join(str(p) for p in path) or "document"
     return f"{doc.where(path)}: {dotted} {what}, got {_describe(value)}"

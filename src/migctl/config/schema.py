@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 
 ENTRY_FIELDS = ("devices", "device-filter", "mig-enabled", "mig-devices", "placements")
 TOP_FIELDS = ("version", "mig-configs")
@@ -46,6 +55,33 @@ class Hook(BaseModel):
     args: list[StrictStr] = Field(default_factory=list)
     envs: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     workdir: Union[StrictStr, None] = None  # noqa: UP007
+
+    # What exec cannot take is refused when the file is read, before the apply starts (it was a ValueError
+    # from subprocess at the hook's turn): a NUL anywhere, an empty command, an environment variable's name
+    # that is empty or holds '='. An empty workdir is the current directory, as in mig-parted.
+    @field_validator("command", "workdir")
+    @classmethod
+    def _one_word(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and "\0" in v:
+            raise ValueError("must not contain a NUL character")
+        if v == "" and info.field_name == "command":
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        if any("\0" in a for a in v):
+            raise ValueError("must not contain a NUL character")
+        return v
+
+    @field_validator("envs")
+    @classmethod
+    def _envs(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, x in v.items():
+            if not k or "=" in k or "\0" in k or "\0" in x:
+                raise ValueError(f"{k!r}: a variable's name must be non-empty without '=' or NUL, its value without NUL")
+        return v
 
 
 class HooksFile(BaseModel):
