@@ -313,3 +313,25 @@ def test_simulated_node_never_writes_the_hosts_slurm_files(tmp_path: Path, monke
     r = env.migctl("slurm", "gres", "--node", "gpu01")
     assert r.returncode == 2 and "simulated node" in r.stderr
     assert env.migctl("slurm", "gres", "--node", "gpu01", "--print").returncode == 0
+
+
+def test_a_restart_command_that_leaves_a_daemon_running_is_not_waited_for(tmp_path: Path) -> None:
+    """`--slurmd-restart 'slurmd -D &'` (no systemd) left slurmd holding the output pipe: the reconfiguration
+    waited for --timeout, said "timed out" and rolled back a restart that had worked. Its output now goes to a
+    file; the command's own failure still ends with the last line it printed."""
+    import os
+    import signal
+
+    from migctl.integrations.slurm import SlurmError, _run_shell
+
+    pid = tmp_path / "pid"
+    _run_shell(f"sleep 120 & echo $! > {pid}", "restarting slurmd", 60)
+    try:
+        os.kill(int(pid.read_text()), 0)  # returned while the daemon it started still runs
+    finally:
+        os.kill(int(pid.read_text()), signal.SIGKILL)
+    with pytest.raises(SlurmError, match=r"restarting slurmd \(echo starting; echo no such unit >&2; exit 5\) "
+                                         r"exited 5: no such unit$"):
+        _run_shell("echo starting; echo no such unit >&2; exit 5", "restarting slurmd", 60)
+    with pytest.raises(SlurmError, match=r"timed out after 0.5s"):
+        _run_shell("sleep 30", "restarting slurmd", 0.5)

@@ -8,7 +8,6 @@ runs (its own failure is reported but cannot undo a finished apply).
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,39 +29,22 @@ class Hooks:
     def run(self, name: str, env: dict[str, str], timeout: float | None = 600) -> None:
         """Run every command of hook ``name`` in order; raise HookError on the first failure.
 
-        A hook's output goes to an unnamed private temporary file, and only its last line is read back (for
-        the error). With pipes, a hook that left a process in the background (``cmd &``, a daemon it
-        started) held the apply until that process exited, even past ``timeout``, and a chatty hook's output
-        was all kept in memory."""
-        import tempfile
+        A hook's output goes to an unnamed private temporary file and only its last line is read back, for
+        the error (:func:`migctl.proc.run_to_file`). With pipes, a hook that left a process in the background
+        held the apply until that process exited, and a chatty hook's output was all kept in memory."""
+        from migctl.proc import run_to_file
 
         for i, h in enumerate(self.hooks.get(name, [])):
             full_env = {**os.environ, **env, **h.envs}
             what = f"hook {name}[{i}] ({h.command})"
-            with tempfile.TemporaryFile() as out:
-                try:
-                    proc = subprocess.Popen([h.command, *h.args], cwd=h.workdir or None, env=full_env,
-                                            stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-                except (OSError, ValueError) as e:
-                    raise HookError(f"{what} could not run: {e}") from None
-                try:
-                    rc = proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                    raise HookError(f"{what} did not finish within {timeout:g} s; killed") from None
-                if rc != 0:
-                    raise HookError(f"{what} exited {rc}: {_last_line(out)}")
-
-
-def _last_line(f: Any, tail: int = 4096) -> str:
-    """The last non-empty line among the last ``tail`` bytes of ``f``, printable."""
-    from migctl.inputs import printable
-
-    size = f.seek(0, os.SEEK_END)
-    f.seek(max(0, size - tail))
-    lines = [x.strip() for x in f.read().decode("utf-8", "replace").splitlines() if x.strip()]
-    return printable(lines[-1]) if lines else ""
+            try:
+                rc, last = run_to_file([h.command, *h.args], timeout, cwd=h.workdir or None, env=full_env)
+            except (OSError, ValueError) as e:
+                raise HookError(f"{what} could not run: {e}") from None
+            if rc is None:
+                raise HookError(f"{what} did not finish within {timeout:g} s; killed")
+            if rc != 0:
+                raise HookError(f"{what} exited {rc}: {last}")
 
 
 def load_hooks(source: str | Path | dict[str, Any] | Hooks | None) -> Hooks | None:

@@ -489,12 +489,18 @@ def is_idle(info: dict[str, str]) -> bool:
 
 
 def _run_shell(cmd: str, what: str, timeout: float) -> None:
+    """A restart command; a daemon it leaves running (``slurmd -D &``) is not waited for (was: a timeout, and
+    the reconfiguration rolled back, after a restart that had worked)."""
+    from migctl.proc import run_to_file
+
     try:
-        p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise SlurmError(f"{what} ({cmd}) timed out after {timeout:g}s") from None
-    if p.returncode != 0:
-        raise SlurmError(f"{what} ({cmd}) exited {p.returncode}: {(p.stderr or p.stdout).strip()[-300:]}")
+        rc, last = run_to_file(cmd, timeout, shell=True)
+    except (OSError, ValueError) as e:
+        raise SlurmError(f"{what} ({cmd}) could not run: {e}") from None
+    if rc is None:
+        raise SlurmError(f"{what} ({cmd}) timed out after {timeout:g}s")
+    if rc != 0:
+        raise SlurmError(f"{what} ({cmd}) exited {rc}: {last}")
 
 
 @dataclass

@@ -282,10 +282,15 @@ class MpsManager:
 
     def _start(self, uuid: str) -> None:
         # umask 077: the daemon's (and its servers') pipes and logs are private to this user, whatever ours is
-        p = subprocess.run(control_command(self.node) + ["-d"], env=self.env(uuid), capture_output=True, text=True,
-                           timeout=30, umask=0o077)
-        if p.returncode != 0:
-            raise JobsError(f"cannot start the MPS control daemon for {uuid}: {p.stderr.strip()}", exit_code=1)
+        # (output to a file, not pipes: a daemon that kept the stdio it was started with would hold a pipe
+        # open for its whole life, and this call would wait for it; whether the real one closes them is not
+        # documented)
+        from migctl.proc import run_to_file
+
+        rc, last = run_to_file(control_command(self.node) + ["-d"], 30, env=self.env(uuid), umask=0o077)
+        if rc != 0:
+            why = "did not return within 30 s" if rc is None else f"exit {rc}: {last}"
+            raise JobsError(f"cannot start the MPS control daemon for {uuid}: {why}", exit_code=1)
         self.control(uuid, "set_default_active_thread_percentage 100", f"start_server -uid {os.getuid()}")
 
     def _stop(self, uuid: str) -> None:
