@@ -86,3 +86,30 @@ def test_manifests_json_is_one_list_object() -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert doc["kind"] == "List" and [o["kind"] for o in doc["items"]][-1] == "DaemonSet"
+
+
+@pytest.mark.parametrize("args, wrong", [
+    (["manifests", "-n", "Bad_NS"], "--namespace 'Bad_NS': not a valid namespace (valid: an RFC 1123 label"),
+    (["manifests", "--configmap", "UPPER/x"], "--configmap 'UPPER/x': not a valid name (valid: an RFC 1123 subdomain"),
+    (["manifests", "--image", "img\nx: 1"], "--image 'img\\\\nx: 1': not an image reference"),
+    (["manifests", "--image", ""], "--image '': not an image reference"),
+    (["export", "--node", "n1; rm -rf ~"], "--node 'n1; rm -rf ~': not a valid name"),
+    (["export", "--name", "Bad Name"], "--name 'Bad Name': not a valid name"),
+    (["export", "-c", "evil label"], "-c 'evil label': not a valid label value (valid: at most 63 letters"),
+    (["export", "-n", "a" * 64], "longer than 63 characters"),
+    (["agent", "--node", "bad/node"], "--node 'bad/node': not a valid name"),
+    (["agent", "--node", "n1", "--key", "..data"], "--key '..data': not a valid key"),
+    (["plan", "req.yaml", "-n", "A"], "--namespace 'A': not a valid namespace"),
+], ids=["ns", "configmap", "image-newline", "image-empty", "node-shell", "cm-name", "label", "ns-long", "agent-node",
+        "key", "plan-ns"])
+def test_kubernetes_names_are_checked_before_anything_is_printed_or_sent(args, wrong, simnode, capsys) -> None:
+    """These were printed into manifests the API server refuses (a namespace 'Bad_NS', an image with a newline
+    that became a second YAML key), or into a `kubectl label node n1; rm -rf ~ ...` command to copy into a
+    shell. Now one line naming the option and the rule, exit 2, nothing printed on stdout."""
+    from migctl.cli.main import main
+
+    simnode("1xA30")
+    assert main(["k8s", *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("migctl: error: "), err
+    assert wrong in err, err

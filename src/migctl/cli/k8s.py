@@ -18,13 +18,21 @@ def export_cmd(
     ctx: typer.Context,
     file: Path | None = typer.Option(None, "-f", "--file", help="Config to publish (default: the live layout)."),
     label: str | None = typer.Option(None, "-c", "--config", help="Label to select (default: 'current' for the live layout)."),
-    node_name: str = typer.Option("NODE", "--node", help="Kubernetes node name for the label command."),
+    node_name: str | None = typer.Option(None, "--node", help="Kubernetes node name for the label command (default: NODE, to replace)."),
     name: str = typer.Option("custom-mig-parted-config", "--name", help="ConfigMap name."),
     namespace: str = typer.Option("gpu-operator", "--namespace", "-n"),
     output: str = typer.Option("yaml", "-o", "--output", help="yaml (manifest with comments) or json."),
 ) -> None:
     """Write the ConfigMap (key config.yaml), the nvidia.com/mig.config label and the advertised resources."""
     from migctl.integrations import k8s
+    from migctl.integrations.k8s_names import check
+
+    check(namespace, "namespace", "--namespace")
+    check(name, "name", "--name")
+    if node_name is not None:
+        check(node_name, "name", "--node")
+    if label is not None:
+        check(label, "label value", "-c")
     from migctl.reconcile.live import read_node
     from migctl.reconcile.roundtrip import export_config, to_yaml
 
@@ -50,14 +58,14 @@ def export_cmd(
     if output == "json":
         emit_json({
             "configmap": {"name": name, "namespace": namespace, "data": {"config.yaml": text}},
-            "label": {"key": k8s.CONFIG_LABEL_KEY, "value": label, "command": k8s.label_command(node_name, label),
+            "label": {"key": k8s.CONFIG_LABEL_KEY, "value": label, "command": k8s.label_command(node_name or "NODE", label),
                       "patch": k8s.label_patch(label)},
             "mixed_resources": k8s.mixed_resources(layouts),
         })
         return
     if output != "yaml":
         fail(f"unknown output format {output!r} (valid: yaml, json)")
-    sys.stdout.write(k8s.render(text, label, node_name, layouts, name, namespace))
+    sys.stdout.write(k8s.render(text, label, node_name or "NODE", layouts, name, namespace))
 
 
 @k8s_app.command("agent")
@@ -81,7 +89,12 @@ def agent_cmd(
     import signal
 
     from migctl.integrations.k8s_agent import Agent, AgentOptions, api_from_config
+    from migctl.integrations.k8s_names import check
 
+    check(node_name, "name", "--node")
+    check(namespace, "namespace", "--namespace")
+    check(configmap, "name", "--configmap")
+    check(key, "key", "--key")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
     if operand_timeout < 0 or resync <= 0:
         fail("--operand-timeout must be >= 0 and --resync > 0")
@@ -117,7 +130,11 @@ def manifests_cmd(
 ) -> None:
     """Print the agent's ServiceAccount, least-privilege RBAC, ConfigMap and DaemonSet (kubectl apply -f -)."""
     from migctl.integrations.k8s_manifests import manifests, render
+    from migctl.integrations.k8s_names import check, check_image
 
+    check(namespace, "namespace", "--namespace")
+    check(configmap, "name", "--configmap")
+    check_image(image)
     text = None
     if file is not None:
         from migctl.config import load_config, parse_yaml
@@ -147,7 +164,11 @@ def plan_cmd(
     per changed node into the ConfigMap and set those nodes' nvidia.com/mig.config."""
     from migctl.inputs import load_yaml_file
     from migctl.integrations.k8s_agent import api_from_config
+    from migctl.integrations.k8s_names import check
     from migctl.integrations.k8s_plan import plan_fleet, write_plan
+
+    check(namespace, "namespace", "--namespace")
+    check(configmap, "name", "--configmap")
 
     data = load_yaml_file(file, "planning request")  # (InputError: one line, exit 2)
     if not isinstance(data, dict):
