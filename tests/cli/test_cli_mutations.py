@@ -247,3 +247,20 @@ def test_a30_flow(cli):
     assert [d["profile"] for d in devs] == ["2g.12gb", "1g.6gb", "1g.6gb"]
     full = cli("gi", "create", "1g.6gb", sim=spec)
     assert full.code == 1 and "free placements for 1g.6gb: none" in one_error_line(full)
+
+
+@pytest.mark.parametrize("args, wrong", [
+    (("gi", "create", "1g.10gb", "-i", "\uff10"), "no GPU matches"),          # full-width 0: was GPU 0
+    (("gi", "create", "\u0661", "-i", "0"), "unknown GPU instance profile"),  # Arabic-Indic 1 (refused before too)
+    (("gi", "destroy", "-i", "0", "-gi", "\u0661"), "--gi must be comma-separated non-negative integers"),
+    (("ci", "create", "-i", "0", "-gi", "2", "\u0660"), "unknown compute instance profile"),  # was CI profile 0
+    (("mode", "disable", "-i", "\u0661"), "no GPU matches"),
+], ids=["gpu", "gi-profile", "gi-id", "ci-profile", "mode"])
+def test_digits_are_ascii_digits(enabled, args, wrong):
+    """str.isdigit() also takes other scripts' digits and int() reads them: `gi create 1g.10gb -i ０` created
+    an instance on GPU 0, `gi destroy -gi ١` meant GI 1, `ci create ٠` CI profile 0. Now they are what they
+    look like, unknown names, and nothing changes."""
+    before = snapshot(enabled)
+    line = one_error_line(enabled(*args))
+    assert wrong in line, line
+    assert snapshot(enabled) == before

@@ -250,7 +250,7 @@ class GpuModel:
     def profile(self, ref: int | str, driver: tuple[int, ...] | None = None) -> GIProfile | None:
         """Look a GI profile up by ID (int or digits), short name (``3g.40gb``) or full name (``MIG 3g.40gb``)."""
         profiles = self.profiles_on(driver)
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isascii() and ref.strip().isdigit()):
             pid = int(ref)
             return next((p for p in profiles if p.id == pid), None)
         text = ref.strip()

@@ -706,7 +706,7 @@ def gi_list(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) ->
 def _ci_profile(gi: Any, token: str) -> Any:
     text = token.strip()
     profs = gi.ci_profiles()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         found = next((p for p in profs if p.id == int(text)), None)
     else:
         if text.upper().startswith("MIG "):

@@ -114,7 +114,7 @@ def parse_ids(text: str, what: str) -> list[int]:
     out_ids: list[int] = []
     for tok in text.split(","):
         t = tok.strip()
-        if not t.isdigit():
+        if not (t.isascii() and t.isdigit()):
             fail(f"{what} must be comma-separated non-negative integers, got {text!r}")
         if int(t) not in out_ids:
             out_ids.append(int(t))

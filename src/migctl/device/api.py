@@ -469,7 +469,7 @@ class Gpu:
     def profile(self, ref: int | str) -> GIProfileInfo | None:
         """A profile by ID, short name (``3g.40gb``) or full name (``MIG 3g.40gb``)."""
         text = str(ref).strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return next((p for p in self.profiles() if p.id == int(text)), None)
         if text.upper().startswith("MIG "):
             text = text[4:].strip()
@@ -601,7 +601,7 @@ class Node:
         for tok in str(spec).split(","):
             t = tok.strip()
             match: Gpu | None = None
-            if t.isdigit():
+            if t.isascii() and t.isdigit():
                 match = gpus[int(t)] if int(t) < len(gpus) else None
             else:
                 for g in gpus:

@@ -70,7 +70,7 @@ def _schemas() -> dict[str, Any]:
             if v is None or (isinstance(v, str) and v.strip().lower() in ("auto", "as-needed", "")):
                 return None
             if isinstance(v, str):
-                if not v.strip().isdigit():
+                if not (v.strip().isascii() and v.strip().isdigit()):
                     raise ValueError(f"count must be a number or 'auto', not {v!r}")
                 v = int(v)
             if v < 0:

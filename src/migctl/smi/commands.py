@@ -482,7 +482,7 @@ def _persistence(g: Any) -> int | None:
 
 def _find_ci_profile(profiles: list[Any], token: str) -> Any:
     text = token.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return next((p for p in profiles if p.id == int(text)), None)
     if text.upper().startswith("MIG "):
         text = text[4:].strip()
