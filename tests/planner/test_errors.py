@@ -98,3 +98,50 @@ def test_csv_workloads(tmp_path):
     r = load_request(f)
     assert [w.count for w in r.workloads] == [4, 2]
     assert r.workloads[1].eligible["H100-80GB"][0] == 9  # 30 GiB -> 3g.40gb
+
+
+@pytest.mark.parametrize("data, why", [
+    ({"fleet": {"H100-80GB": 2}, "workloads": [{"name": "x", "memory_gib": float("inf")}]},
+     r"workloads.0.memory_gib: Input should be less than or equal to 1000000"),
+    ({"fleet": {"H100-80GB": 2}, "workloads": [{"name": "x", "memory_gib": 1e308}]},
+     r"workloads.0.memory_gib: Input should be less than or equal to 1000000"),
+    ({"fleet": {"H100-80GB": 2}, "workloads": [{"name": "x", "profile": "1g.10gb", "priority": 10**30}]},
+     r"workloads.0.priority: Input should be less than or equal to 1000000"),
+    ({"fleet": {"H100-80GB": -1}, "workloads": [{"name": "x", "profile": "1g.10gb"}]},
+     r"fleet.H100-80GB: count must be 0 to 1000000 GPUs$"),
+    ({"fleet": {"H100-80GB": 10**21}, "workloads": [{"name": "x", "profile": "1g.10gb"}]},
+     r"fleet.H100-80GB: count must be 0 to 1000000 GPUs$"),
+    ({"fleet": [{"model": "H100-80GB", "count": 2, "cost": 10**23}], "workloads": [{"name": "x", "profile": "1g.10gb"}]},
+     r"cost: Input should be less than or equal to 1000000"),
+    ({"fleet": {"H100-80GB": 2}, "workloads": [{"name": "x", "profile": "1g.10gb"}], "options": {"seed": 10**20}},
+     r"options.seed: Input should be less than or equal to 2147483647"),
+], ids=["inf-memory", "huge-memory", "huge-priority", "negative-count-mapping", "huge-count-mapping", "huge-cost",
+        "huge-seed"])
+def test_numbers_past_what_the_solver_takes_are_one_line(data, why):
+    """Each was a traceback from `migctl plan`: OverflowError (memory_gib .inf or 1e308), TypeError from CP-SAT
+    (priority 10^30, cost 10^23: float coefficients), its argument errors (count 10^21, seed 10^20), or a
+    pydantic ValidationError (any count the mapping form of `fleet` refused, -1 included)."""
+    with pytest.raises(PlanError, match=why):
+        parse_request(data)
+
+
+def test_an_objective_past_64_bits_is_one_line():
+    """Each bound alone is within range, but they multiply: every GPU's cost times the count, times each
+    workload's priority, must stay within CP-SAT's 64-bit objective."""
+    from migctl.planner import plan
+
+    req = parse_request({"fleet": [{"model": "H100-80GB", "count": 1_000_000, "cost": 1_000_000}],
+                         "workloads": [{"name": "x", "profile": "1g.10gb", "priority": 1_000_000, "count": 7}]})
+    with pytest.raises(PlanError, match=r"multiply past what the solver takes .* valid: smaller costs, counts or"):
+        plan(req)
+
+
+@pytest.mark.parametrize("cell", ["count=1_0", "count=\u0661", "compute_slices=\u0661", "memory_gib=1_0.5",
+                                  "memory_gib=\u0661"])
+def test_csv_numbers_are_ascii(tmp_path, cell):
+    """int() and float() read '1_0' as 10 and Arabic-Indic digits as theirs; a CSV cell is what it looks like."""
+    key, value = cell.split("=")
+    (tmp_path / "w.csv").write_text(f"name,{key}\nx,{value}\n", encoding="utf-8")
+    (tmp_path / "r.yaml").write_text("fleet: {H100-80GB: 2}\nworkloads_csv: w.csv\n")
+    with pytest.raises(PlanError, match=rf"w.csv:2: {key} must be an? (integer|number), not"):
+        load_request(tmp_path / "r.yaml")

@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from migctl.catalog.model import GIProfile, GpuModel
+from migctl.inputs import MAX_PRIORITY
 from migctl.planner.core import FleetEntry, LiveGpu, LiveInstance, Options, PlanError, Request, Workload
+
+MAX_FLEET_GPUS = 1_000_000  # GPUs of one fleet entry (measured: two entries of 10^6 H100/A100 plan in 43 s)
+MAX_COST = 1_000_000  # a GPU's cost in a fleet entry
+MAX_MEMORY_GIB = 1e6  # a workload's memory_gib (finite: more than any GPU; infinity was an OverflowError)
 
 
 def _load_model(key: str) -> GpuModel:
@@ -44,11 +49,11 @@ def _schemas() -> dict[str, Any]:
     class WorkloadIn(_Base):
         name: str
         profile: str | int | None = None
-        memory_gib: float | None = Field(default=None, gt=0)
+        memory_gib: float | None = Field(default=None, gt=0, le=MAX_MEMORY_GIB)
         compute_slices: int | None = Field(default=None, ge=1)
         count: int = Field(default=1, ge=0)
         models: list[str] | None = None
-        priority: int = Field(default=0, ge=0)
+        priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
         allow_upsize: bool | None = None
 
         @model_validator(mode="after")
@@ -62,7 +67,7 @@ def _schemas() -> dict[str, Any]:
     class FleetIn(_Base):
         model: str
         count: int | str | None = None
-        cost: int = Field(default=1, ge=1)
+        cost: int = Field(default=1, ge=1, le=MAX_COST)
 
         @field_validator("count")
         @classmethod
@@ -73,13 +78,13 @@ def _schemas() -> dict[str, Any]:
                 if not (v.strip().isascii() and v.strip().isdigit()):
                     raise ValueError(f"count must be a number or 'auto', not {v!r}")
                 v = int(v)
-            if v < 0:
-                raise ValueError("count must be >= 0")
+            if not 0 <= v <= MAX_FLEET_GPUS:
+                raise ValueError(f"count must be 0 to {MAX_FLEET_GPUS} GPUs")
             return v
 
     class OptionsIn(_Base):
         time_limit_s: float = Field(default=10.0, gt=0, le=1e6)
-        seed: int = 0
+        seed: int = Field(default=0, ge=0, le=2**31 - 1)  # CP-SAT's random_seed is an int32
         workers: int = Field(default=2, ge=1, le=64)
         allow_upsize: bool = False
         work_limit: float | None = Field(default=None, gt=0, le=1e6)
@@ -111,7 +116,8 @@ def _first_error(exc: Exception) -> str:
     if callable(errors):
         e = errors()[0]
         loc = ".".join(str(x) for x in e.get("loc", ()))
-        return f"{loc}: {e.get('msg', '')}" if loc else str(e.get("msg", ""))
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")  # our validators' own words
+        return f"{loc}: {msg}" if loc else msg
     return str(exc).splitlines()[0]
 
 
@@ -160,12 +166,14 @@ def read_workloads_csv(path: Path) -> list[dict[str, Any]]:
             if k == "models":
                 item[k] = [m.strip() for m in v.replace(";", "|").split("|") if m.strip()]
             elif k in ("count", "priority", "compute_slices"):
-                try:
-                    item[k] = int(v)
-                except ValueError:
-                    raise PlanError(f"{path}:{i}: {k} must be an integer, not {v!r}") from None
+                # (ASCII digits: int() also reads '١' and '1_0')
+                if not (v.removeprefix("-").isascii() and v.removeprefix("-").isdigit()):
+                    raise PlanError(f"{path}:{i}: {k} must be an integer, not {v!r}")
+                item[k] = int(v)
             elif k == "memory_gib":
                 try:
+                    if not v.isascii() or "_" in v:
+                        raise ValueError(v)
                     item[k] = float(v)
                 except ValueError:
                     raise PlanError(f"{path}:{i}: memory_gib must be a number, not {v!r}") from None
@@ -201,7 +209,12 @@ def parse_request(data: dict[str, Any], base_dir: Path | None = None) -> Request
 
     fleet: list[FleetEntry] = []
     if isinstance(req.fleet, dict):
-        items = [schemas["FleetIn"].model_validate({"model": k, "count": v}) for k, v in req.fleet.items()]
+        items = []
+        for k, v in req.fleet.items():
+            try:
+                items.append(schemas["FleetIn"].model_validate({"model": k, "count": v}))
+            except ValidationError as e:  # (was a traceback: a count of -1 or 10^21 in the mapping form)
+                raise PlanError(f"invalid request: fleet.{k}: {_first_error(e).removeprefix('count: ')}") from None
     else:
         items = list(req.fleet or [])
     seen: set[str] = set()

@@ -83,41 +83,72 @@ class ServingSpec:
         return max(rows, key=lambda r: (r.instance_throughput, -r.procs, -r.batch))
 
 
-def _size(text: str) -> int:
-    t = text.strip()
+# Bounds of the numbers a serving request holds: far above any measured table (ParvaGPU's rates are tens to
+# thousands of req/s), and low enough that the solver's scaled integers (x 10^6) stay within 64 bits.
+MAX_RATE = 1e9  # req/s, a model's rate; also a row's per-process throughput
+MAX_SLO_MS = 1e9
+MAX_LATENCY_S = 1e6
+MAX_BATCH = 1_000_000
+MAX_PROCS = 1000
+
+
+def _number(v: Any, what: str, high: float, *, integer: bool = False, zero: bool = False, text: bool = False) -> Any:
+    """``v`` (a YAML number, or with ``text`` the text of a CSV cell) as a finite number in (0, high]
+    ([0, high] with ``zero``), an int with ``integer``; else a ValueError naming ``what`` and the range. Text
+    is ASCII digits as written: float() and int() also read '1_0', other scripts' digits, 'inf' and 'nan'."""
+    x: Any = v
+    if isinstance(v, str) and text:
+        t = v.strip()
+        plain = t.isascii() and "_" not in t and any(c.isdigit() for c in t) and not t.isalpha()
+        try:
+            x = (int(t) if integer else float(t)) if plain else None
+        except ValueError:
+            x = None
+    ok = type(x) is int or (not integer and type(x) is float)
+    if not ok or not math.isfinite(x) or not (0 <= x if zero else 0 < x) or x > high:
+        valid = (f"an integer from {0 if zero else 1} to {int(high)}" if integer
+                 else f"a number {'>= 0' if zero else '> 0'} and at most {high:g}")
+        raise ValueError(f"{what} must be {valid}, not {v!r}")
+    return x
+
+
+def _size(text: str | None) -> int:
+    t = (text or "").strip()
     if t.lower() == "whole":
         return WHOLE
-    v = int(t)
-    if v < 1:
+    if not (t.isascii() and t.isdigit()) or int(t) < 1:
         raise ValueError(f"Mig instance must be a number of compute slices >= 1 or 'whole', not {t!r}")
-    return v
+    return int(t)
 
 
 def read_profile_csv(path: Path) -> tuple[ProfileRow, ...]:
     """Rows of a ParvaGPU ``prof_data`` CSV (Mig instance, Batch size, Workload Number, Throughput, Latency).
 
     ``Mig instance`` is the instance size in compute slices, or ``whole`` (migctl's extension: the whole
-    GPU with MIG disabled).
+    GPU with MIG disabled). Every number is checked (:func:`_number`): a row is one line naming the cell.
     """
     import io
 
     from migctl.inputs import InputError, read_text
 
+    rows = []
     try:
         with io.StringIO(read_text(path, "profile table"), newline="") as f:
             reader = csv.DictReader(f)
-            rows = [
-                ProfileRow(
-                    size=_size(r["Mig instance"]), batch=int(r["Batch size"]), procs=int(r["Workload Number"]),
-                    throughput=float(r["Throughput"]), latency_s=float(r["Latency"]),
-                )
-                for r in reader
-            ]
+            for r in reader:
+                rows.append(ProfileRow(
+                    size=_size(r["Mig instance"]),
+                    batch=_number(r["Batch size"], "Batch size", MAX_BATCH, integer=True, text=True),
+                    procs=_number(r["Workload Number"], "Workload Number", MAX_PROCS, integer=True, text=True),
+                    throughput=_number(r["Throughput"], "Throughput", MAX_RATE, zero=True, text=True),
+                    latency_s=_number(r["Latency"], "Latency", MAX_LATENCY_S, zero=True, text=True)))  # 0 occurs
     except InputError as e:
         raise PlanError(str(e)) from None
-    except (KeyError, ValueError, csv.Error) as e:
-        raise PlanError(f"{path}: not a profile table (need Mig instance, Batch size, Workload Number, "
-                        f"Throughput, Latency): {e}") from None
+    except KeyError as e:
+        raise PlanError(f"{path}: not a profile table: no column {e} (need Mig instance, Batch size, "
+                        "Workload Number, Throughput, Latency)") from None
+    except (ValueError, csv.Error) as e:
+        raise PlanError(f"{path}:{reader.line_num}: {e}") from None
     return tuple(rows)
 
 
@@ -151,8 +182,11 @@ def parvagpu_models(root: Path, slo_set: int) -> tuple[ServedModel, ...]:
     for name, rate, slo in zip(names, rates, slos, strict=True):
         if rate.strip().upper() == "N/A" or slo.strip().upper() == "N/A":
             continue
-        out.append(ServedModel(name=name, rows=read_profile_csv(prof / f"{name}.csv"), rate=float(rate),
-                               slo_ms=float(slo)))
+        try:
+            r, o = _number(rate, "rate", MAX_RATE, text=True), _number(slo, "SLO (ms)", MAX_SLO_MS, text=True)
+        except ValueError as e:
+            raise PlanError(f"{root / 'SLO'}: set {slo_set}, model {name}: {e}") from None
+        out.append(ServedModel(name=name, rows=read_profile_csv(prof / f"{name}.csv"), rate=r, slo_ms=o))
     return tuple(out)
 
 
@@ -174,18 +208,41 @@ def parse_serving(data: dict[str, Any], base_dir: Path | None) -> ServingSpec:
     reading = str(data.get("slo_reading", "exact"))
     if reading not in ("exact", "integer"):
         raise PlanError(f"serving.slo_reading: {reading!r} (valid: exact, or integer = ParvaGPU's atoi reading)")
-    model = _load_model(str(data.get("gpu_model", "A100-80GB")))
-    factor = float(data.get("latency_factor", 0.45))
+    gpu_model = data.get("gpu_model", "A100-80GB")
+    if not isinstance(gpu_model, str):
+        raise PlanError(f"serving.gpu_model must be a GPU model's name, not {gpu_model!r}")
+    model = _load_model(gpu_model)
+    try:
+        factor = _number(data.get("latency_factor", 0.45), "serving.latency_factor", 1.0)
+    except ValueError as e:
+        raise PlanError(f"{e} (a row is admissible when its latency < latency_factor x SLO)") from None
     models: list[ServedModel] = []
     if "parvagpu" in data:
-        pg = data["parvagpu"] or {}
-        models.extend(parvagpu_models(path(str(pg.get("dir", "."))), int(pg.get("slo_set", 1))))
-    for m in data.get("models") or []:
+        pg = data["parvagpu"]
+        if not isinstance(pg, dict) or set(pg) - {"dir", "slo_set"} or not isinstance(pg.get("dir", "."), str):
+            raise PlanError(f"serving.parvagpu must be a mapping with dir (a directory) and slo_set, not {pg!r}")
         try:
-            models.append(ServedModel(name=str(m["name"]), rows=read_profile_csv(path(str(m["profile_csv"]))),
-                                      rate=float(m["rate"]), slo_ms=float(m["slo_ms"])))
-        except KeyError as e:
-            raise PlanError(f"serving.models: each model needs name, profile_csv, rate, slo_ms (missing {e})") from None
+            slo_set = _number(pg.get("slo_set", 1), "serving.parvagpu.slo_set", 1000, integer=True)
+        except ValueError as e:
+            raise PlanError(str(e)) from None
+        models.extend(parvagpu_models(path(pg.get("dir", ".")), slo_set))
+    listed = data.get("models") or []
+    if not isinstance(listed, list):
+        raise PlanError(f"serving.models must be a list of {{name, profile_csv, rate, slo_ms}}, not {listed!r}")
+    for i, m in enumerate(listed):
+        where = f"serving.models[{i}]"
+        if not isinstance(m, dict) or set(m) != {"name", "profile_csv", "rate", "slo_ms"}:
+            raise PlanError(f"{where}: each model is a mapping with exactly name, profile_csv, rate and slo_ms, "
+                            f"not {m!r}")
+        if not isinstance(m["name"], str) or not isinstance(m["profile_csv"], str):
+            raise PlanError(f"{where}: name and profile_csv must be text")
+        try:
+            rate = _number(m["rate"], f"{where}.rate", MAX_RATE)
+            slo = _number(m["slo_ms"], f"{where}.slo_ms", MAX_SLO_MS)
+        except ValueError as e:
+            raise PlanError(str(e)) from None
+        models.append(ServedModel(name=m["name"], rows=read_profile_csv(path(m["profile_csv"])), rate=rate,
+                                  slo_ms=slo))
     if not models:
         raise PlanError("serving: no models (give 'parvagpu: {dir, slo_set}' or 'models')")
     if reading == "integer":  # ParvaGPU's data loader parses SLOs with atoi: 71.5 ms is read as 71 ms
@@ -264,6 +321,11 @@ def plan_serving(request: Request) -> Plan:
     slices_used = sum(slices_of[k[1]] * v for k, v in n.items())
     gpus_expr = sum(y) + w
     lp_gpus = _lp_gpus(prof, lays, thr, need, whole_ok)
+    from migctl.planner.request import MAX_AUTO_GPUS
+
+    if lp_gpus > MAX_AUTO_GPUS:  # (a rate of 10^9 req/s ran for minutes before this bound)
+        raise PlanError(f"serving: the rates need at least {math.ceil(lp_gpus - 1e-6)} GPUs; a serving plan has at "
+                        f"most {MAX_AUTO_GPUS} (valid: lower rates)")
     if lp_gpus > 0:
         mdl.Add(gpus_expr >= math.ceil(lp_gpus - 1e-6))  # valid cut: lets CP-SAT stop at the LP bound
     # phase 1: fewest GPUs; phase 2: with that many GPUs, fewest slices (hinted with phase 1)

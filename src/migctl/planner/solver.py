@@ -76,6 +76,21 @@ def _unserved_weight(problem: Problem) -> list[int]:
     return [big * (1 + c.priority) for c in problem.classes]
 
 
+OBJECTIVE_LIMIT = 2**62  # CP-SAT's coefficients and objective are 64-bit integers
+
+
+def check_objective_fits(problem: Problem) -> None:
+    """A PlanError when the largest objective (every GPU bought, every unit unserved) could pass
+    :data:`OBJECTIVE_LIMIT`: large costs, GPU counts and priorities multiply (was a TypeError from CP-SAT)."""
+    total_units = sum(c.count for c in problem.classes)
+    top = sum(sp.cost * (sp.count if sp.count is not None else total_units) for sp in problem.spaces)
+    top += sum(w * c.count for w, c in zip(_unserved_weight(problem), problem.classes, strict=True))
+    if top >= OBJECTIVE_LIMIT:
+        raise PlanError(f"the fleet's costs and GPU counts and the workloads' priorities multiply past what the "
+                        f"solver takes (its objective could reach {top:.3g}; at most 2^62); valid: smaller costs, "
+                        "counts or priorities")
+
+
 def heuristic_cost(problem: Problem, gpus: Sequence[HGpu], unserved: Sequence[int]) -> int:
     cost = {sp.model.key: sp.cost for sp in problem.spaces}
     w = _unserved_weight(problem)
@@ -295,6 +310,7 @@ def plan_static(request: Request) -> Plan:
     """Plan a fleet from scratch: the configuration IP, warm-started by first-fit decreasing."""
     t0 = time.perf_counter()
     problem = build_problem(request.workloads, request)
+    check_objective_fits(problem)
     for d, c in enumerate(problem.classes):
         if not any(problem.maximal.get(k) and any(pid in {i for lay in problem.maximal[k] for i in lay} for pid in ids)
                    for k, ids in c.eligible):
