@@ -115,8 +115,10 @@ def test_csv_workloads(tmp_path):
      r"cost: Input should be less than or equal to 1000000"),
     ({"fleet": {"H100-80GB": 2}, "workloads": [{"name": "x", "profile": "1g.10gb"}], "options": {"seed": 10**20}},
      r"options.seed: Input should be less than or equal to 2147483647"),
+    ({"live": [{"index": 10**21, "model": "H100-80GB"}], "workloads": [{"name": "x", "profile": "1g.10gb"}]},
+     r"live.0.index: Input should be less than or equal to 9999"),
 ], ids=["inf-memory", "huge-memory", "huge-priority", "negative-count-mapping", "huge-count-mapping", "huge-cost",
-        "huge-seed"])
+        "huge-seed", "huge-live-index"])
 def test_numbers_past_what_the_solver_takes_are_one_line(data, why):
     """Each was a traceback from `migctl plan`: OverflowError (memory_gib .inf or 1e308), TypeError from CP-SAT
     (priority 10^30, cost 10^23: float coefficients), its argument errors (count 10^21, seed 10^20), or a

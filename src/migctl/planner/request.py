@@ -96,7 +96,7 @@ def _schemas() -> dict[str, Any]:
         workload: str | None = None
 
     class LiveGpuIn(_Base):
-        index: int = Field(ge=0)
+        index: int = Field(ge=0, le=9999)  # a GPU index as --gpu takes it (at most 4 digits)
         model: str
         instances: list[LiveInstanceIn] = []
 
