@@ -122,7 +122,8 @@ def test_csv_workloads(tmp_path):
 def test_numbers_past_what_the_solver_takes_are_one_line(data, why):
     """Each was a traceback from `migctl plan`: OverflowError (memory_gib .inf or 1e308), TypeError from CP-SAT
     (priority 10^30, cost 10^23: float coefficients), its argument errors (count 10^21, seed 10^20), or a
-    pydantic ValidationError (any count the mapping form of `fleet` refused, -1 included)."""
+    pydantic ValidationError (any count the mapping form of `fleet` refused, -1 included); a live GPU index
+    of 10^21 was planned and printed."""
     with pytest.raises(PlanError, match=why):
         parse_request(data)
 
