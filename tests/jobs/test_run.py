@@ -26,6 +26,20 @@ def test_parse_mem() -> None:
     assert parse_mem("3") == 3 * 1024
     with pytest.raises(JobsError):
         parse_mem("lots")
+    # a 400-digit size was an OverflowError traceback; other scripts' digits were read as theirs
+    for bad in ("9" * 400, "\u0661\u0660GB", "1_0GB"):
+        with pytest.raises(JobsError, match="cannot parse memory size"):
+            parse_mem(bad)
+
+
+def test_durations_are_ascii_digits() -> None:
+    """`submit --time-limit ١h` queued a job with a one-hour limit."""
+    from migctl.jobs.limits import parse_duration
+
+    assert parse_duration("1h30m") == 5400
+    for bad in ("\u0661h", "1h\u0663\u0660m", "\uff11\uff10"):
+        with pytest.raises(JobsError, match="cannot parse duration"):
+            parse_duration(bad)
 
 
 def test_run_exactly_one_uuid_and_exit_code(a30: SimEnv) -> None:

@@ -241,6 +241,11 @@ def test_bad_spec_is_a_clear_error():
         sim.parse_spec("2xB9000")
     with pytest.raises(sim.SpecError, match="one driver per node"):
         sim.parse_spec("1xA30@545.23.08,1xH100-80GB@580.65.06")
+    # other scripts' digits are not a count (was 1 GPU), a driver part has at most 6 digits (was refused
+    # only when the state file was written)
+    for bad in ("\u0661xA30", "1xA30@1234567.1"):
+        with pytest.raises(sim.SpecError, match="cannot parse simulator spec group"):
+            sim.parse_spec(bad)
 
 
 # ------------------------------------------------------------------------------------------ persistence

@@ -18,7 +18,7 @@ from migctl.errors import UserError
 Path_ = tuple[Any, ...]
 
 FILTER_RE = re.compile(r"^0x([0-9a-fA-F]{4})([0-9a-fA-F]{4})?(?::0x([0-9a-fA-F]{8}))?$")
-PROFILE_RE = re.compile(r"^(?:(\d+)c\.)?(\d+)g\.(\d+)gb(\+me\.all|\+me|\+gfx|-me)?$")
+PROFILE_RE = re.compile(r"^(?:(\d+)c\.)?(\d+)g\.(\d+)gb(\+me\.all|\+me|\+gfx|-me)?$", re.ASCII)
 
 
 class ConfigError(UserError):

@@ -228,9 +228,10 @@ _UNITS = {"": 1024, "g": 1024, "gb": 1024, "gib": 1024, "m": 1, "mb": 1, "mib": 
 
 def parse_mem(text: str) -> int:
     """``12GiB``/``12G``/``12gb`` -> MiB (GB means GiB, as in MIG profile names); ``500MiB`` -> 500; bare number = GiB."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text or "")
+    m = re.fullmatch(r"\s*([0-9]{1,9}(?:\.[0-9]{1,9})?)\s*([A-Za-z]*)\s*", text or "", re.ASCII)
     if not m or m.group(2).lower() not in _UNITS:
-        raise JobsError(f"cannot parse memory size {text!r}; use e.g. 12GiB, 12G, 20gb or 500MiB")
+        raise JobsError(f"cannot parse memory size {text!r}; use e.g. 12GiB, 12G, 20gb or 500MiB "
+                        "(ASCII digits, at most 9 before the point)")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 

@@ -25,8 +25,8 @@ _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``5m``, ``1h30m``, ``2d``, ``1.5h`` -> seconds (> 0, at most 10,000,000)."""
     t = (text or "").strip().lower()
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd]?)", t)
-    if not t or not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd]?)", "", t).strip() or (
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", t, re.ASCII)
+    if not t or not parts or re.sub(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", "", t, flags=re.ASCII).strip() or (
             len(parts) > 1 and any(u == "" for _, u in parts)):
         raise JobsError(f"cannot parse duration {text!r}; use e.g. 90, 90s, 5m, 1h30m or 2d")
     total = sum(float(n) * _UNIT[u] for n, u in parts)

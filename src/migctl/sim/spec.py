@@ -22,7 +22,8 @@ DEFAULT_DRIVER = "580.65.06"
 DEFAULT_SPEC = "8xH100-80GB"
 
 _GROUP = re.compile(
-    r"^\s*(?:(\d+)\s*[xX*]\s*)?(file:[^~@,;]+?|[A-Za-z0-9._+-]+?)(~nomig)?\s*(?:@\s*([0-9]+(?:\.[0-9]+){1,2}))?\s*$"
+    r"^\s*(?:([0-9]+)\s*[xX*]\s*)?(file:[^~@,;]+?|[A-Za-z0-9._+-]+?)(~nomig)?\s*(?:@\s*([0-9]{1,6}(?:\.[0-9]{1,6}){1,2}))?\s*$",
+    re.ASCII,  # (other scripts' digits are not a GPU count)
 )
 
 

@@ -21,7 +21,7 @@ from migctl.catalog.model import Placement
 from migctl.inputs import finite_number
 
 _BUS_ID = re.compile(r"^[0-9A-Fa-f]{8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
-_DRIVER = re.compile(r"^\d{1,6}(\.\d{1,6}){1,2}$")
+_DRIVER = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){1,2}$", re.ASCII)
 _MAX_INT = 2**63 - 1  # what an NVML unsigned long long field and SQLite can hold; the state never needs more
 _MAX_TEXT = 4096
 
