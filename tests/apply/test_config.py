@@ -88,7 +88,7 @@ BASE = "version: v1\nmig-configs:\n  x:\n    - devices: all\n"
     [
         ("      mig-enabled: true\n      mig-devices:\n        \"1x.11gb\": 7\n", 7, "'1x.11gb' is not a MIG profile name"),
         ("      mig-enabled: true\n      mig-devices:\n        \"\u0661g.10gb\": 1\n", 7,
-         "'\u0661g.10gb' is not a MIG profile name"),  # (other scripts' digits: was read as 1g.10gb)
+         "'\u0661g.10gb' is not a MIG profile name"),  # (was: "does not exist on H100-80GB")
         ("      device-filter: \"0x233010DE\"\n      mig-enabled: true\n      mig-devices:\n        \"1g.5gb\": 1\n",
          8, "does not exist on H100-80GB (valid: 1g.10gb"),
         ("      mig-enabled: true\n      color: red\n", 6, "unknown field 'color' (valid: devices, device-filter"),
