@@ -234,6 +234,11 @@ def test_ctrl_c_keeps_what_was_measured_and_restores(h100, tmp_path):
 @pytest.mark.parametrize("args,msg", [
     ([], "no command given"),
     (["--batch", "x", "--", "true"], "--batch takes integers"),
+    # other scripts' digits and '1_0' were read by int(); a batch of 10^23 was measured and written into a
+    # table the serving planner then refuses
+    (["--batch", "\u0661", "--", "true"], "--batch takes integers separated by commas (ASCII digits"),
+    (["--procs", "1_0", "--", "true"], "--procs takes integers separated by commas (ASCII digits"),
+    (["--batch", "1000001", "--", "true"], "--batch: give integers from 1 to 1000000"),
     (["--procs", "0", "--", "true"], "--procs: give integers from 1 to 64"),
     (["--repeat", "0", "--", "true"], "--repeat must be between 1 and 1000"),
     (["--timeout", "0", "--", "true"], "--timeout must be > 0"),

@@ -524,8 +524,8 @@ def _validate(s: Settings) -> None:
         check_command(s.command[0])
     except JobsError as e:
         raise BenchError(str(e), e.exit_code) from None
-    if not s.batches or any(b < 1 for b in s.batches):
-        raise BenchError("--batch: give positive integers, e.g. 1,4,16")
+    if not s.batches or any(not 1 <= b <= MAX_BATCH for b in s.batches):
+        raise BenchError(f"--batch: give integers from 1 to {MAX_BATCH}, e.g. 1,4,16")
     if not s.procs or any(p < 1 or p > 64 for p in s.procs):
         raise BenchError("--procs: give integers from 1 to 64, e.g. 1,2")
     if not 1 <= s.repeat <= 1000:
@@ -534,6 +534,9 @@ def _validate(s: Settings) -> None:
         raise BenchError("--warmup must be between 0 and 100")
     if not 0 < s.timeout <= 86400:
         raise BenchError("--timeout must be > 0 and at most 86400 seconds")
+
+
+MAX_BATCH = 1_000_000  # the serving planner's bound on a table's Batch size (planner.serving.MAX_BATCH)
 
 
 def run_bench(node: Any, s: Settings, progress: Progress | None = None,

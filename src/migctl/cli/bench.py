@@ -16,13 +16,11 @@ CMD_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True
 
 
 def _ints(text: str, option: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        fail(f"{option} takes integers separated by commas, e.g. 1,4,16, not {text!r}")
-    if not out:
-        fail(f"{option} takes integers separated by commas, e.g. 1,4,16")
-    return out
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    # ASCII digits as written (int() also reads '1_0' and other scripts' digits), at most 9 of them
+    if not parts or not all(x.isascii() and x.isdigit() and len(x) <= 9 for x in parts):
+        fail(f"{option} takes integers separated by commas (ASCII digits, at most 9 each), e.g. 1,4,16, not {text!r}")
+    return [int(x) for x in parts]
 
 
 def register(app: typer.Typer) -> None:
