@@ -335,3 +335,30 @@ def test_a_restart_command_that_leaves_a_daemon_running_is_not_waited_for(tmp_pa
         _run_shell("echo starting; echo no such unit >&2; exit 5", "restarting slurmd", 60)
     with pytest.raises(SlurmError, match=r"timed out after 0.5s"):
         _run_shell("sleep 30", "restarting slurmd", 0.5)
+
+
+@pytest.mark.parametrize("args, wrong", [
+    (["--dev-prefix", "/dev\nName=x"], "--dev-prefix '/dev\\nName=x': not a device directory"),
+    (["--dev-prefix", "a b"], "--dev-prefix 'a b': not a device directory"),
+    (["--autodetect", "yes"], "--autodetect 'yes': valid: nvml (real MIG nodes) or off"),
+    (["--node", "n#1"], "--node 'n#1': not a Slurm node name"),
+    (["--node", "a b"], "--node 'a b': not a Slurm node name"),
+], ids=["dev-prefix-newline", "dev-prefix-space", "autodetect", "node-comment", "node-space"])
+def test_what_goes_into_slurm_lines_is_checked_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                                     wrong: str) -> None:
+    """`--dev-prefix` with a newline wrote lines of its own into gres.conf (`Name=x/nvidia0,...`), a space split
+    `MultipleFiles=`, `--autodetect yes` wrote `AutoDetect=yes`, and `--print` printed `NodeName=n#1` (a comment
+    from '#'). Now one line, exit 2, files untouched."""
+    env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
+    env.layout(0, ["1g.10gb"])
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\nNodeName=gpu01 CPUs=8 State=UNKNOWN\n")
+    gres = tmp_path / "gres.conf"
+    gres.write_text("# site\n")
+    before = (conf.read_text(), gres.read_text())
+    for extra in ([], ["--print"]):
+        a = ["--node", "gpu01", *args] if "--node" not in args else args
+        r = env.migctl("slurm", "gres", *a, "--gres-conf", str(gres), "--slurm-conf", str(conf), *extra)
+        assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+        assert r.stderr.count("\n") == 1 and wrong in r.stderr, r.stderr
+    assert (conf.read_text(), gres.read_text()) == before

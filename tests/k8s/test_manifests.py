@@ -91,7 +91,7 @@ def test_manifests_json_is_one_list_object() -> None:
 @pytest.mark.parametrize("args, wrong", [
     (["manifests", "-n", "Bad_NS"], "--namespace 'Bad_NS': not a valid namespace (valid: an RFC 1123 label"),
     (["manifests", "--configmap", "UPPER/x"], "--configmap 'UPPER/x': not a valid name (valid: an RFC 1123 subdomain"),
-    (["manifests", "--image", "img\nx: 1"], "--image 'img\\\\nx: 1': not an image reference"),
+    (["manifests", "--image", "img\nx: 1"], "--image 'img\\nx: 1': not an image reference"),
     (["manifests", "--image", ""], "--image '': not an image reference"),
     (["export", "--node", "n1; rm -rf ~"], "--node 'n1; rm -rf ~': not a valid name"),
     (["export", "--name", "Bad Name"], "--name 'Bad Name': not a valid name"),

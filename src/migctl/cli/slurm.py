@@ -30,6 +30,25 @@ def _style(style: str) -> str:
     return style
 
 
+def _checked(node_name: str, autodetect: str, dev_prefix: str, option: str = "--node") -> None:
+    """What goes into gres.conf and slurm.conf lines, checked before anything is read or written: a value
+    with a space, '#', '=' or a newline would split a line or start a comment there (``--dev-prefix`` with a
+    newline wrote lines of its own into gres.conf; ``--autodetect yes`` wrote ``AutoDetect=yes``)."""
+    import re
+
+    from migctl.errors import UserError
+    from migctl.inputs import printable
+
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,253}", node_name, re.ASCII):
+        raise UserError(f"{option} '{printable(node_name)}': not a Slurm node name (valid: one node's name, letters, "
+                        "digits, '.', '_' and '-')")
+    if autodetect not in ("nvml", "off"):
+        raise UserError(f"--autodetect '{printable(autodetect)}': valid: nvml (real MIG nodes) or off")
+    if not re.fullmatch(r"/[A-Za-z0-9._/+-]*", dev_prefix, re.ASCII):
+        raise UserError(f"--dev-prefix '{printable(dev_prefix)}': not a device directory (valid: an absolute path of "
+                        "letters, digits, '.', '_', '+', '-' and '/', e.g. /dev)")
+
+
 def _not_real_files_on_sim(n: object, gres_conf: str | None, slurm_conf: str | None, no_slurm_conf: bool) -> None:
     """A simulated node never writes the host's real Slurm files by default."""
     from migctl.errors import UserError
@@ -63,6 +82,7 @@ def register(app: typer.Typer) -> None:
         from migctl.integrations import slurm as S
 
         name = node_name or socket.gethostname().split(".")[0]
+        _checked(name, autodetect, dev_prefix)
         n = node(ctx)
         entries = S.gres_entries(n, style=_style(style), dev_prefix=dev_prefix)
         block, value = S.gres_block(name, entries, autodetect), S.gres_value(entries)
@@ -114,6 +134,7 @@ def register(app: typer.Typer) -> None:
         from migctl.errors import UserError
         from migctl.integrations import slurm as S
 
+        _checked(node_name, autodetect, dev_prefix, "NODE")
         _not_real_files_on_sim(node(ctx), gres_conf, slurm_conf, no_slurm_conf)
         sc = slurm_conf or _slurm_conf_default()
         opts = S.ReconfigureOptions(

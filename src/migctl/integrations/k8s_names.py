@@ -48,7 +48,7 @@ def check(value: str, kind: str, option: str) -> str:
     if why is not None:
         from migctl.inputs import printable
 
-        raise UserError(f"{option} {printable(value)!r}: {why} (valid: {RULES[kind][2]})")
+        raise UserError(f"{option} '{printable(value)}': {why} (valid: {RULES[kind][2]})")
     return value
 
 
@@ -58,6 +58,6 @@ def check_image(value: str, option: str = "--image") -> str:
     if not value or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         from migctl.inputs import printable
 
-        raise UserError(f"{option} {printable(value)!r}: not an image reference (valid: e.g. "
+        raise UserError(f"{option} '{printable(value)}': not an image reference (valid: e.g. "
                         "registry.example.com/migctl:0.1, without spaces or control characters)")
     return value
