@@ -212,3 +212,20 @@ def test_console_script_readme_flow(tmp_path):
     bad = run("gi", "create", "nope")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("migctl: error: unknown GPU instance profile 'nope'") and bad.stderr.count("\n") == 1
+
+
+def test_names_with_control_characters_are_shown_escaped(cli):
+    """A client's or holder's name is shown with control characters made visible: `sim clients`, `sim status`
+    and add-holder's line printed an escape sequence as it was (a terminal would obey it)."""
+    evil = "ev\x1b[31mil\x1b]0;title\x07"
+    assert cli("sim", "add-client", str(os.getpid()), "-i", "0", "--name", evil).code == 0
+    r = cli("sim", "add-holder", "h\x1b[2J", "-i", "0")
+    assert r.code == 0 and "\x1b" not in r.out and "h\\x1b[2J now holds GPU 0" in r.out, r.out
+    for argv in (["sim", "clients"], ["sim", "status"]):
+        r = cli(*argv)
+        assert r.code == 0 and "\x1b" not in r.out and "\x07" not in r.out, (argv, r.out)
+    assert "ev\\x1b[31mil\\x1b]0;title\\x07" in cli("sim", "clients").out
+    assert "h\\x1b[2J" in cli("sim", "status").out
+    assert cli("sim", "clients", "--json").json()["clients"][0]["name"] == evil  # JSON keeps the name as it is
+    r = cli("sim", "remove-holder", "h\x1b[2J", "-i", "0")
+    assert r.code == 0 and "\x1b" not in r.out

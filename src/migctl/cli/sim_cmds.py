@@ -12,6 +12,7 @@ import typer
 
 from migctl.cli.common import emit_json, fail, node, state
 from migctl.cli.render import id_list, mode_name, note, out, table
+from migctl.inputs import printable
 
 sim_app = typer.Typer(help="The simulated node: status, reset-state, add-client, remove-client, clients, set, reboot, "
                            "add-holder, remove-holder.",
@@ -60,7 +61,7 @@ def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     out("Driver behaviour: " + ", ".join(f"{k}={v}" for k, v in data["behaviour"].items()))
     if data["holders"]:
         out("Holders: " + "; ".join(f"GPU {h['gpu']}" + ("" if h["gi_id"] is None else f" GI {h['gi_id']}")
-                                    + ("" if h["ci_id"] is None else f" CI {h['ci_id']}") + f" {h['name']}"
+                                    + ("" if h["ci_id"] is None else f" CI {h['ci_id']}") + f" {printable(h['name'])}"
                                     for h in data["holders"]))
     t = table("GPU", "Model", "Bus ID", "MIG", "GIs", "MIG devices", "Clients", right=("GPU", "GIs", "MIG devices", "Clients"))
     for r in gpus:
@@ -211,7 +212,7 @@ def clients_cmd(
     t = table("GPU", "PID", "GI", "CI", "Used MiB", "Name", right=("GPU", "PID", "GI", "CI", "Used MiB"))
     for r in rows:
         t.add_row(str(r["gpu"]), str(r["pid"]), "-" if r["gi_id"] is None else str(r["gi_id"]),
-                  "-" if r["ci_id"] is None else str(r["ci_id"]), str(r["used_mib"]), r["name"])
+                  "-" if r["ci_id"] is None else str(r["ci_id"]), str(r["used_mib"]), printable(r["name"]))
     out(t)
 
 
@@ -287,7 +288,7 @@ def add_holder_cmd(
         emit_json({"gpu": g.index, "name": name, "gi_id": gi, "ci_id": ci})
         return
     where = f"GPU {g.index}" + ("" if gi is None else f" GI {gi}") + ("" if ci is None else f" CI {ci}")
-    out(f"{name} now holds {where} open (`migctl sim remove-holder {name} -i {g.index}` releases it)")
+    out(f"{printable(name)} now holds {where} open (`migctl sim remove-holder {printable(name)} -i {g.index}` releases it)")
 
 
 @sim_app.command("remove-holder")
@@ -306,7 +307,7 @@ def remove_holder_cmd(
     if as_json:
         emit_json({"gpu": g.index, "name": name, "released": True})
         return
-    out(f"{name} released GPU {g.index}")
+    out(f"{printable(name)} released GPU {g.index}")
 
 
 def register(app: typer.Typer) -> None:
