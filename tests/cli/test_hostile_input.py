@@ -344,3 +344,14 @@ def test_job_names_with_escape_sequences_are_printed_escaped(cli) -> None:
     r = cli("jobs")
     assert "\x1b" not in r.out and "\x07" not in r.out and "\r" not in r.out
     assert "\\x1b]0;pwned" in r.out
+
+
+def test_error_lines_escape_what_they_quote(cli, tmp_path: Path) -> None:
+    """An error quoting a config's labels printed them as they were: a label holding an escape sequence (or a
+    newline) reached the terminal, and a newline made the error two lines. Every `migctl: error:` line now
+    has its control characters escaped."""
+    f = tmp_path / "c.yaml"
+    f.write_text('version: v1\nmig-configs:\n  "a\\e[2J\\nb":\n    - devices: all\n      mig-enabled: false\n')
+    r = cli("apply", "-f", str(f), "-c", "zz")
+    assert r.code == 2 and "\x1b" not in r.err and r.err.count("\n") == 1, r.err
+    assert r.err.startswith("migctl: error: ") and "(valid: a\\x1b[2J\\nb)" in r.err

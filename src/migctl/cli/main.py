@@ -151,7 +151,11 @@ def main(argv: list[str] | None = None, one_command: bool = False) -> int:
         _flush_sim_notes()
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except UserError as e:
-        sys.stderr.write(f"migctl: error: {e}{_sim_suffix()}\n")
+        from migctl.inputs import printable
+
+        # (control characters escaped, whatever the message quotes: a config label or a file's content could
+        # carry an escape sequence to the terminal, and a newline would make it two lines)
+        sys.stderr.write(f"migctl: error: {printable(e, 20_000)}{_sim_suffix()}\n")
         return e.exit_code
     except click.exceptions.UsageError as e:
         if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # a bare group: its help (exit 2)
@@ -172,7 +176,9 @@ def main(argv: list[str] | None = None, one_command: bool = False) -> int:
         msg = _known_error(e)
         if msg is None:
             raise
-        sys.stderr.write(f"migctl: error: {msg}{_sim_suffix()}\n")
+        from migctl.inputs import printable
+
+        sys.stderr.write(f"migctl: error: {printable(msg, 20_000)}{_sim_suffix()}\n")
         return 2
 
 
