@@ -32,6 +32,12 @@ def state_dir() -> Path:
     env = os.environ.get("MIGCTL_STATE_DIR")
     if env:
         p = Path(env)
+        if not p.is_absolute():  # (a relative one was a different directory in each working directory:
+            # a job started with --cwd, or a worker started elsewhere, saw another queue and other leases)
+            from migctl.inputs import printable
+
+            raise UserError(f"MIGCTL_STATE_DIR '{printable(env)}' is not an absolute path (valid: an absolute "
+                            "directory, e.g. /var/lib/migctl, or unset for the user's state directory)")
     else:
         import platformdirs
 

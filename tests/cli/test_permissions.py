@@ -105,3 +105,21 @@ def test_queued_job_gets_the_submitters_environment_not_the_workers(cli, tmp_pat
     monkeypatch.setenv("WORKER_SECRET", "worker-credential")
     assert cli("worker", "--until-idle", "-q").code == 0
     assert out.read_text().strip() == "from-submitter/unset"
+
+
+def test_a_relative_state_dir_is_refused(cli, tmp_path: Path, monkeypatch) -> None:
+    """A relative MIGCTL_STATE_DIR was created under the working directory: a job started with --cwd, or a
+    worker started elsewhere, saw another queue and other leases. Now one line, for migctl and the drop-in,
+    and nothing is created."""
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MIGCTL_STATE_DIR", "rel/state")
+    r = cli("gpus")
+    assert r.code == 2 and "MIGCTL_STATE_DIR 'rel/state' is not an absolute path" in one_error_line(r)
+    p = subprocess.run([sys.executable, "-m", "migctl.parted", "export"], capture_output=True, text=True,
+                       env={**os.environ, "MIGCTL_SIM": "1xA30"}, timeout=60)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1
+    assert "level=fatal msg=\"MIGCTL_STATE_DIR 'rel/state' is not an absolute path" in p.stderr, p.stderr
+    assert not (tmp_path / "rel").exists()

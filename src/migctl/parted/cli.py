@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from migctl.errors import UserError
 from migctl.parted.args import ArgError, parse, usage
 
 
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         sys.stderr.write(Log.line("fatal", "Interrupted") + "\n")
+        return 1
+    except UserError as e:  # migctl's own one-line errors (a bad MIGCTL_STATE_DIR, a state file): as they are
+        sys.stderr.write(Log.line("fatal", capitalize(str(e))) + "\n")
         return 1
     except Exception as e:  # never a traceback: one line naming the error, exit 1 like mig-parted
         msg = str(e) or e.__class__.__name__
