@@ -108,8 +108,8 @@ def test_queued_job_gets_the_submitters_environment_not_the_workers(cli, tmp_pat
 
 
 def test_a_relative_state_dir_is_refused(cli, tmp_path: Path, monkeypatch) -> None:
-    """A relative MIGCTL_STATE_DIR was created under the working directory: a job started with --cwd, or a
-    worker started elsewhere, saw another queue and other leases. Now one line, for migctl and the drop-in,
+    """A relative MIGCTL_STATE_DIR was created under the working directory: a worker started elsewhere, or
+    migctl called from a batch job with a cwd of its own, saw another queue and other leases. Now one line, for migctl and the drop-in,
     and nothing is created."""
     import subprocess
     import sys
