@@ -134,8 +134,8 @@ def test_hooks_order_env_and_failing_hook_aborts(tmp_path, mknode) -> None:
 
 def test_hook_output_is_not_held_in_memory_nor_waited_for_in_the_background(mknode, tmp_path) -> None:
     """A hook's output went to pipes: a hook that left a process in the background held the apply until that
-    process exited (past the hook's timeout too), and every byte a hook printed was kept in memory (300 MB
-    printed: 1.8 GB resident). Now the output goes to a private unnamed file and only its last line is read,
+    process exited or, at the hook's timeout (600 s), failed it as "timed out" although the hook had exited
+    0; and every byte a hook printed was kept in memory (300 MB printed: 1.8 GB resident). Now the output goes to a private unnamed file and only its last line is read,
     for the error; a hook past its timeout is killed and named."""
     from migctl.config import load_hooks
 

@@ -31,7 +31,8 @@ class Hooks:
 
         A hook's output goes to an unnamed private temporary file and only its last line is read back, for
         the error (:func:`migctl.proc.run_to_file`). With pipes, a hook that left a process in the background
-        held the apply until that process exited, and a chatty hook's output was all kept in memory."""
+        held the apply until that process exited, or failed it at the time limit although the hook had exited
+        0, and a chatty hook's output was all kept in memory."""
         from migctl.proc import run_to_file
 
         for i, h in enumerate(self.hooks.get(name, [])):
