@@ -317,8 +317,8 @@ def test_simulated_node_never_writes_the_hosts_slurm_files(tmp_path: Path, monke
 
 def test_a_restart_command_that_leaves_a_daemon_running_is_not_waited_for(tmp_path: Path) -> None:
     """`--slurmd-restart 'slurmd -D &'` (no systemd) left slurmd holding the output pipe: the reconfiguration
-    waited for --timeout, said "timed out" and rolled back a restart that had worked. Its output now goes to a
-    file; the command's own failure still ends with the last line it printed."""
+    waited for --timeout, said "timed out" after a restart that had worked, and left the node drained. Its
+    output now goes to a file; the command's own failure still ends with the last line it printed."""
     import os
     import signal
 

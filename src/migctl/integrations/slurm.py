@@ -489,8 +489,8 @@ def is_idle(info: dict[str, str]) -> bool:
 
 
 def _run_shell(cmd: str, what: str, timeout: float) -> None:
-    """A restart command; a daemon it leaves running (``slurmd -D &``) is not waited for (was: a timeout, and
-    the reconfiguration rolled back, after a restart that had worked)."""
+    """A restart command; a daemon it leaves running (``slurmd -D &``) is not waited for (was: a timeout after
+    a restart that had worked, the reconfiguration failed and the node left drained)."""
     from migctl.proc import run_to_file
 
     try:
