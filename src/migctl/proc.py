@@ -3,6 +3,7 @@ output only matters for its error line."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -42,6 +43,20 @@ def run_to_file(cmd: str | list[str], timeout: float | None, **popen: Any) -> tu
             proc.wait()
             rc = None
         return rc, _last_line(out)
+
+
+def run_or_raise(cmd: str | list[str], timeout: float | None, what: str, error: Callable[[str], Exception],
+                 **popen: Any) -> None:
+    """:func:`run_to_file`; a command that cannot start, runs past ``timeout`` or exits non-zero raises
+    ``error(message)``, the message naming ``what`` and ending with the last line it printed."""
+    try:
+        rc, last = run_to_file(cmd, timeout, **popen)
+    except (OSError, ValueError) as e:
+        raise error(f"{what} could not run: {e}") from None
+    if rc is None:  # (only with a timeout)
+        raise error(f"{what} did not finish within {timeout or 0:g} s; killed")
+    if rc != 0:
+        raise error(f"{what} exited {rc}: {last}")
 
 
 def _last_line(f: Any, tail: int = 4096) -> str:

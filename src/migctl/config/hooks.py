@@ -33,19 +33,11 @@ class Hooks:
         the error (:func:`migctl.proc.run_to_file`). With pipes, a hook that left a process in the background
         held the apply until that process exited, or failed it at the time limit although the hook had exited
         0, and a chatty hook's output was all kept in memory."""
-        from migctl.proc import run_to_file
+        from migctl.proc import run_or_raise
 
         for i, h in enumerate(self.hooks.get(name, [])):
-            full_env = {**os.environ, **env, **h.envs}
-            what = f"hook {name}[{i}] ({h.command})"
-            try:
-                rc, last = run_to_file([h.command, *h.args], timeout, cwd=h.workdir or None, env=full_env)
-            except (OSError, ValueError) as e:
-                raise HookError(f"{what} could not run: {e}") from None
-            if rc is None:
-                raise HookError(f"{what} did not finish within {timeout:g} s; killed")
-            if rc != 0:
-                raise HookError(f"{what} exited {rc}: {last}")
+            run_or_raise([h.command, *h.args], timeout, f"hook {name}[{i}] ({h.command})", HookError,
+                         cwd=h.workdir or None, env={**os.environ, **env, **h.envs})
 
 
 def load_hooks(source: str | Path | dict[str, Any] | Hooks | None) -> Hooks | None:

@@ -491,16 +491,9 @@ def is_idle(info: dict[str, str]) -> bool:
 def _run_shell(cmd: str, what: str, timeout: float) -> None:
     """A restart command; a daemon it leaves running (``slurmd -D &``) is not waited for (was: a timeout after
     a restart that had worked, the reconfiguration failed and the node left drained)."""
-    from migctl.proc import run_to_file
+    from migctl.proc import run_or_raise
 
-    try:
-        rc, last = run_to_file(cmd, timeout, shell=True)
-    except (OSError, ValueError) as e:
-        raise SlurmError(f"{what} ({cmd}) could not run: {e}") from None
-    if rc is None:
-        raise SlurmError(f"{what} ({cmd}) timed out after {timeout:g}s")
-    if rc != 0:
-        raise SlurmError(f"{what} ({cmd}) exited {rc}: {last}")
+    run_or_raise(cmd, timeout, f"{what} ({cmd})", SlurmError, shell=True)
 
 
 @dataclass
