@@ -42,6 +42,10 @@ def run_to_file(cmd: str | list[str], timeout: float | None, **popen: Any) -> tu
             proc.kill()
             proc.wait()
             rc = None
+        except BaseException:  # Ctrl-C or a signal's exception: the command does not outlive us (as with run())
+            proc.kill()
+            proc.wait()
+            raise
         return rc, _last_line(out)
 
 
