@@ -294,3 +294,33 @@ def test_smi_gpus_and_exporter_show_the_same_used_memory(h100x2: Env) -> None:
         hog.wait()
     out = scrape(h100x2)
     assert sample(out, "DCGM_FI_DEV_FB_USED", gpu="0", GPU_I_ID=str(gi)) == 25  # the client is gone
+
+
+def test_an_idle_connection_is_closed_and_scrapes_go_on() -> None:
+    """Each connection holds a thread of the server: one that connected and sent nothing held it for ever.
+    It is now closed after the idle timeout (60 s; 0.5 s here), while a scrape beside it is answered."""
+    import socket
+    import threading
+
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from migctl.observe.exporter import serve
+
+    reg = CollectorRegistry()
+    Gauge("migctl_test_value", "A value.", registry=reg).set(1)
+    server = serve(reg, "127.0.0.1", 0, idle_timeout=0.5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        idle = socket.create_connection(("127.0.0.1", port), timeout=30)
+        partial = socket.create_connection(("127.0.0.1", port), timeout=30)
+        partial.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:  # noqa: S310
+            assert b"migctl_test_value 1.0" in r.read()
+        assert idle.recv(1) == b""  # closed by the server (a recv that timed out would raise instead)
+        assert partial.recv(1) == b""
+        idle.close()
+        partial.close()
+    finally:
+        server.shutdown()
+        server.server_close()

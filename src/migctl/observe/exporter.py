@@ -252,9 +252,14 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-def serve(registry: CollectorRegistry, host: str, port: int) -> ThreadingHTTPServer:
-    """An HTTP server on (host, port) serving /metrics and /healthz (call ``serve_forever``)."""
-    handler = type("Handler", (_Handler,), {"registry": registry})
+IDLE_TIMEOUT_S = 60.0
+
+
+def serve(registry: CollectorRegistry, host: str, port: int, idle_timeout: float = IDLE_TIMEOUT_S) -> ThreadingHTTPServer:
+    """An HTTP server on (host, port) serving /metrics and /healthz (call ``serve_forever``). A connection
+    that sends no complete request for ``idle_timeout`` seconds is closed (each holds a thread: without it, a
+    client that connected and sent nothing held one for ever)."""
+    handler = type("Handler", (_Handler,), {"registry": registry, "timeout": idle_timeout})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
