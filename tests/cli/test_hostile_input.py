@@ -355,3 +355,22 @@ def test_error_lines_escape_what_they_quote(cli, tmp_path: Path) -> None:
     r = cli("apply", "-f", str(f), "-c", "zz")
     assert r.code == 2 and "\x1b" not in r.err and r.err.count("\n") == 1, r.err
     assert r.err.startswith("migctl: error: ") and "(valid: a\\x1b[2J\\nb)" in r.err
+
+
+@pytest.mark.parametrize("argv, wrong", [
+    (("submit", "--tme-limit", "5m", "--", "true"), "no such option: --tme-limit (see 'migctl submit --help'; the "
+                                                    "command goes after --)"),
+    (("run", "--tme-limit", "5m", "--", "true"), "no such option: --tme-limit (see 'migctl run --help'"),
+    (("bench", "--bogus", "--", "true"), "no such option: --bogus (see 'migctl bench --help'"),
+    (("submit", "--", ""), "the command is empty"),
+], ids=["submit", "run", "bench", "empty"])
+def test_a_mistyped_option_is_not_taken_for_the_command(cli, argv: tuple[str, ...], wrong: str) -> None:
+    """CMD keeps its own options, so an option of ours that does not exist became CMD: `submit --tme-limit 5m --
+    true` queued the command `--tme-limit 5m -- true` (it failed when a worker started it), `run` said
+    "command '--tme-limit' not found" with exit 127. `submit -- ''` queued an empty command."""
+    assert cli("mode", "enable").code == 0
+    r = cli(*argv)
+    assert r.code == 2 and wrong in one_error_line(r)
+    assert cli("jobs", "--all", "--json").json()["jobs"] == []
+    r = cli("submit", "--", "true", "-x", "--y")  # after the command, options are the command's
+    assert r.code == 0 and cli("jobs", "--json").json()["jobs"][0]["cmd"] == ["true", "-x", "--y"]

@@ -10,7 +10,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from migctl.cli.common import fail, node, seconds
+from migctl.cli.common import command_words, fail, node, seconds
 
 CMD_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
         from migctl.bench.runner import Settings, run_bench
         from migctl.bench.runner import recover as do_recover
 
+        cmd = command_words(cmd, "bench")
         n = node(ctx)
         if recover:
             if cmd:

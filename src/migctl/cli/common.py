@@ -101,3 +101,18 @@ def int_range(lo: int, hi: int, what: str) -> Any:
         return value
 
     return check
+
+
+def command_words(cmd: list[str] | None, verb: str) -> list[str]:
+    """The CMD of ``run``, ``submit`` and ``bench`` (parsed with unknown options kept as arguments, so that
+    CMD's own options pass through): a first word that is an option is one of ours mistyped, not a program
+    (``submit --tme-limit 5m -- job`` queued the command ``--tme-limit 5m -- job``), and an empty word is no
+    program either."""
+    words = list(cmd or [])
+    if words and words[0].startswith("-") and words[0] != "-":
+        from migctl.inputs import printable
+
+        fail(f"no such option: {printable(words[0])} (see 'migctl {verb} --help'; the command goes after --)")
+    if words and not words[0].strip():
+        fail(f"the command is empty; usage: migctl {verb} [OPTIONS] -- CMD [ARGS...]")
+    return words

@@ -9,7 +9,16 @@ from typing import Any, List, Optional
 
 import typer
 
-from migctl.cli.common import emit_json, fail, int_range, job_ids, node, positive_seconds, seconds
+from migctl.cli.common import (
+    command_words,
+    emit_json,
+    fail,
+    int_range,
+    job_ids,
+    node,
+    positive_seconds,
+    seconds,
+)
 from migctl.inputs import MAX_PRIORITY
 
 CMD_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
@@ -157,6 +166,7 @@ def register(app: typer.Typer) -> None:
         """
         from migctl.jobs import runner
 
+        cmd = command_words(cmd, "run")
         req = _request(profile, mem, gpu, create=not no_create)
         log = (lambda s: sys.stderr.write(f"migctl: {s}\n")) if verbose else None
         from migctl.jobs.mps import sharing_options
@@ -201,6 +211,7 @@ def register(app: typer.Typer) -> None:
         from migctl.jobs.queue import JobQueue
         from migctl.jobs.shared import check_request
 
+        cmd = command_words(cmd, "submit")
         req = _request(profile, mem, gpu)
         sharing = sharing_options(isolation, share, threads, mps_mem, ephemeral=ephemeral)
         if not cmd:
