@@ -273,15 +273,21 @@ def test_gres_files_are_validated_then_written_atomically(tmp_path: Path, monkey
     assert not list(etc.glob("*.migctl-tmp"))
 
 
+def _gres_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profiles: list[str], slurm_conf: str) -> tuple:
+    """A simulated 1xH100-80GB holding ``profiles`` on GPU 0, and a slurm.conf with ``slurm_conf``."""
+    env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
+    env.layout(0, profiles)
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(slurm_conf)
+    return env, conf
+
+
 def test_a_gres_conf_that_is_not_one_or_another_users_symlink_is_not_edited(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """--gres-conf naming a file that is not gres.conf (a typo, or a symlink to /etc/passwd) is refused before
     anything is written; so is a symlink owned by another user. Before, both got the node's block appended
     and were rewritten (a symlink's target replaced), with a backup."""
-    env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
-    env.layout(0, ["3g.40gb"])
-    conf = tmp_path / "slurm.conf"
-    conf.write_text("NodeName=gpu01 CPUs=8\n")
+    env, conf = _gres_node(tmp_path, monkeypatch, ["3g.40gb"], "NodeName=gpu01 CPUs=8\n")
     passwd = tmp_path / "passwd"
     passwd.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n")
     link = tmp_path / "gres.conf"
@@ -349,10 +355,7 @@ def test_what_goes_into_slurm_lines_is_checked_first(tmp_path: Path, monkeypatch
     """`--dev-prefix` with a newline wrote lines of its own into gres.conf (`Name=x/nvidia0,...`), a space split
     `MultipleFiles=`, `--autodetect yes` wrote `AutoDetect=yes`, and `--print` printed `NodeName=n#1` (a comment
     from '#'). Now one line, exit 2, files untouched."""
-    env = make_env(tmp_path, monkeypatch, "1xH100-80GB")
-    env.layout(0, ["1g.10gb"])
-    conf = tmp_path / "slurm.conf"
-    conf.write_text("ClusterName=x\nNodeName=gpu01 CPUs=8 State=UNKNOWN\n")
+    env, conf = _gres_node(tmp_path, monkeypatch, ["1g.10gb"], "ClusterName=x\nNodeName=gpu01 CPUs=8 State=UNKNOWN\n")
     gres = tmp_path / "gres.conf"
     gres.write_text("# site\n")
     before = (conf.read_text(), gres.read_text())
