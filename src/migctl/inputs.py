@@ -203,11 +203,25 @@ def load_yaml_text(text: str, what: str, label: str = "") -> Any:
         raise InputError(f"{what}: invalid YAML: {' '.join(str(e).split())[:200]}") from None
 
 
+def is_digits(text: str) -> bool:
+    """Only ASCII decimal digits, at least one: ``str.isdigit`` (and regex ``\\d``) also take other scripts'
+    digits (``'١'``, ``'０'``), and ``int()`` reads them."""
+    return text.isascii() and text.isdigit()
+
+
+def decimal_text(text: str) -> bool:
+    """A number in plain ASCII decimal notation (``12``, ``-0.5``, ``1e3``): ``float()`` also reads ``1_0``,
+    ``inf``, ``nan`` and other scripts' digits."""
+    import re
+
+    return re.fullmatch(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?", text) is not None
+
+
 def gpu_indices(text: str) -> tuple[int, ...] | None:
     """``"0,1"`` (``--gpu``, a batch file's ``gpu``) as GPU indices, each once and in order; None when a part
     is not a GPU index (ASCII digits, at most 4)."""
     parts = [x.strip() for x in text.split(",")]
-    if not all(x.isascii() and x.isdigit() and len(x) <= 4 for x in parts):
+    if not all(is_digits(x) and len(x) <= 4 for x in parts):
         return None
     return tuple(sorted({int(x) for x in parts}))
 

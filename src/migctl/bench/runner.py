@@ -524,6 +524,8 @@ def _validate(s: Settings) -> None:
         check_command(s.command[0])
     except JobsError as e:
         raise BenchError(str(e), e.exit_code) from None
+    from migctl.planner.serving import MAX_BATCH  # the bound the serving planner reads the table with
+
     if not s.batches or any(not 1 <= b <= MAX_BATCH for b in s.batches):
         raise BenchError(f"--batch: give integers from 1 to {MAX_BATCH}, e.g. 1,4,16")
     if not s.procs or any(p < 1 or p > 64 for p in s.procs):
@@ -534,9 +536,6 @@ def _validate(s: Settings) -> None:
         raise BenchError("--warmup must be between 0 and 100")
     if not 0 < s.timeout <= 86400:
         raise BenchError("--timeout must be > 0 and at most 86400 seconds")
-
-
-MAX_BATCH = 1_000_000  # the serving planner's bound on a table's Batch size (planner.serving.MAX_BATCH)
 
 
 def run_bench(node: Any, s: Settings, progress: Progress | None = None,

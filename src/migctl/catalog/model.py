@@ -9,6 +9,8 @@ import functools
 import math
 from dataclasses import dataclass, field
 
+from migctl.inputs import is_digits
+
 # NVML GPU-instance profile *index* constants (nvml.h / pynvml NVML_GPU_INSTANCE_PROFILE_*).
 GI_INDEX_NAMES: dict[str, int] = {
     "1_SLICE": 0x0,
@@ -250,7 +252,7 @@ class GpuModel:
     def profile(self, ref: int | str, driver: tuple[int, ...] | None = None) -> GIProfile | None:
         """Look a GI profile up by ID (int or digits), short name (``3g.40gb``) or full name (``MIG 3g.40gb``)."""
         profiles = self.profiles_on(driver)
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isascii() and ref.strip().isdigit()):
+        if isinstance(ref, int) or (isinstance(ref, str) and is_digits(ref.strip())):
             pid = int(ref)
             return next((p for p in profiles if p.id == pid), None)
         text = ref.strip()

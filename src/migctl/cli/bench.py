@@ -11,6 +11,7 @@ from typing import Any, List, Optional
 import typer
 
 from migctl.cli.common import command_words, fail, node, seconds
+from migctl.inputs import is_digits
 
 CMD_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
@@ -18,7 +19,7 @@ CMD_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True
 def _ints(text: str, option: str) -> list[int]:
     parts = [x.strip() for x in text.split(",") if x.strip()]
     # ASCII digits as written (int() also reads '1_0' and other scripts' digits), at most 9 of them
-    if not parts or not all(x.isascii() and x.isdigit() and len(x) <= 9 for x in parts):
+    if not parts or not all(is_digits(x) and len(x) <= 9 for x in parts):
         fail(f"{option} takes integers separated by commas (ASCII digits, at most 9 each), e.g. 1,4,16, not {text!r}")
     return [int(x) for x in parts]
 

@@ -29,6 +29,7 @@ from migctl.cli.render import (
     placements_text,
     table,
 )
+from migctl.inputs import is_digits
 
 # exit codes
 EXIT_DEVICE = 1  # the device refused or failed the operation (e.g. Insufficient Resources, an NVML error)
@@ -706,7 +707,7 @@ def gi_list(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) ->
 def _ci_profile(gi: Any, token: str) -> Any:
     text = token.strip()
     profs = gi.ci_profiles()
-    if text.isascii() and text.isdigit():
+    if is_digits(text):
         found = next((p for p in profs if p.id == int(text)), None)
     else:
         if text.upper().startswith("MIG "):

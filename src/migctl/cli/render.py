@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from migctl.inputs import is_digits
+
 if TYPE_CHECKING:  # rich is imported lazily: `migctl --help` must not load it
     from rich.console import Console
     from rich.table import Table
@@ -114,7 +116,7 @@ def parse_ids(text: str, what: str) -> list[int]:
     out_ids: list[int] = []
     for tok in text.split(","):
         t = tok.strip()
-        if not (t.isascii() and t.isdigit()):
+        if not is_digits(t):
             fail(f"{what} must be comma-separated non-negative integers, got {text!r}")
         if int(t) not in out_ids:
             out_ids.append(int(t))

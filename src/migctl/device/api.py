@@ -17,6 +17,7 @@ from typing import Any
 import pynvml as N
 
 from migctl.catalog import GpuModel, Placement, model_by_pci_id
+from migctl.inputs import is_digits
 
 
 class DeviceError(RuntimeError):
@@ -469,7 +470,7 @@ class Gpu:
     def profile(self, ref: int | str) -> GIProfileInfo | None:
         """A profile by ID, short name (``3g.40gb``) or full name (``MIG 3g.40gb``)."""
         text = str(ref).strip()
-        if text.isascii() and text.isdigit():
+        if is_digits(text):
             return next((p for p in self.profiles() if p.id == int(text)), None)
         if text.upper().startswith("MIG "):
             text = text[4:].strip()
@@ -601,7 +602,7 @@ class Node:
         for tok in str(spec).split(","):
             t = tok.strip()
             match: Gpu | None = None
-            if t.isascii() and t.isdigit():
+            if is_digits(t):
                 match = gpus[int(t)] if int(t) < len(gpus) else None
             else:
                 for g in gpus:

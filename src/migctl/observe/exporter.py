@@ -32,6 +32,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from migctl.inputs import is_digits
 from migctl.observe.snapshot import NodeSnapshot, Observer
 from migctl.observe.state import WAIT_BUCKETS, StateReader
 
@@ -269,7 +270,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     """``127.0.0.1:9400``, ``:9400``, ``[::1]:9400`` -> (host, port)."""
     t = text.strip()
     host, sep, port = t.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+    if not sep or not is_digits(port) or not 0 <= int(port) <= 65535:
         raise ValueError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9400 or :9400 (port 0-65535)")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from migctl.catalog.model import GIProfile, GpuModel
+from migctl.inputs import decimal_text, is_digits
 from migctl.planner.core import Plan, PlanError, PlannedGpu, PlannedInstance, Request
 from migctl.planner.layouts import enumerate_layouts, maximal_layouts, placements_for
 
@@ -99,11 +100,7 @@ def _number(v: Any, what: str, high: float, *, integer: bool = False, zero: bool
     x: Any = v
     if isinstance(v, str) and text:
         t = v.strip()
-        plain = t.isascii() and "_" not in t and any(c.isdigit() for c in t) and not t.isalpha()
-        try:
-            x = (int(t) if integer else float(t)) if plain else None
-        except ValueError:
-            x = None
+        x = None if not decimal_text(t) else float(t) if not integer else int(t) if is_digits(t) else None
     ok = type(x) is int or (not integer and type(x) is float)
     if not ok or not math.isfinite(x) or not (0 <= x if zero else 0 < x) or x > high:
         valid = (f"an integer from {0 if zero else 1} to {int(high)}" if integer
@@ -116,7 +113,7 @@ def _size(text: str | None) -> int:
     t = (text or "").strip()
     if t.lower() == "whole":
         return WHOLE
-    if not (t.isascii() and t.isdigit()) or int(t) < 1:
+    if not is_digits(t) or int(t) < 1:
         raise ValueError(f"Mig instance must be a number of compute slices >= 1 or 'whole', not {t!r}")
     return int(t)
 

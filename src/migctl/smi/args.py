@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from migctl.inputs import is_digits
+
 # nvidia-smi's own message for options it does not understand.
 INVALID_COMBINATION = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."
 
@@ -119,7 +121,7 @@ def split_list(text: str) -> list[str]:
 def _int_list(text: str) -> list[int]:
     out: list[int] = []
     for tok in split_list(text):
-        if not (tok.isascii() and tok.isdigit()):
+        if not is_digits(tok):
             raise SmiUsageError(INVALID_COMBINATION)
         out.append(int(tok))
     if not out:
@@ -186,7 +188,7 @@ def parse(argv: list[str]) -> SmiArgs:
             args.help = True
         elif name in _ID_OPTS:
             args.gpu = words.value(inline)
-        elif name.startswith("-i") and len(name) > 2 and name[2:].isascii() and name[2:].isdigit():
+        elif name.startswith("-i") and len(name) > 2 and is_digits(name[2:]):
             args.gpu = name[2:]  # ``-i0``
         elif not args.mig_subcommand and name in _TOP_LEVEL:
             action, takes_value = _TOP_LEVEL[name]

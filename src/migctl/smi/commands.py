@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import pynvml as N
 
+from migctl.inputs import is_digits
 from migctl.smi import render as R
 from migctl.smi.args import INVALID_COMBINATION, SmiArgs, SmiUsageError, parse
 
@@ -482,7 +483,7 @@ def _persistence(g: Any) -> int | None:
 
 def _find_ci_profile(profiles: list[Any], token: str) -> Any:
     text = token.strip()
-    if text.isascii() and text.isdigit():
+    if is_digits(text):
         return next((p for p in profiles if p.id == int(text)), None)
     if text.upper().startswith("MIG "):
         text = text[4:].strip()
