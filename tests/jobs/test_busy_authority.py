@@ -161,3 +161,64 @@ def test_sim_delayed_registration(a30: SimEnv, sleeper: subprocess.Popen[bytes])
         n.gpu(0).gpu_instance(d.gi_id).compute_instances()[0].destroy()
     r = a30.migctl("sim", "client-delay", "--", "-5")
     assert r.returncode != 0 and r.stderr.startswith("migctl: error: client delay") and "Traceback" not in r.stderr
+
+
+def test_the_destroying_verbs_ask_the_authority(a30: SimEnv, sleeper: subprocess.Popen[bytes]) -> None:
+    """`gi destroy`, `ci destroy` and `reset` refuse an instance leased to a process that NVML does not list
+    yet (a CUDA process shows there only after its first CUDA call), naming the lease; nothing changes. Before,
+    they checked NVML's processes alone and destroyed the leased device under its running command."""
+    n = a30.node()
+    a30.layout(0, ["2g.12gb", "1g.6gb"])
+    mgr = LeaseManager(n)
+    lease = mgr.try_acquire(Request(profile="2g.12gb", create=False), pid=sleeper.pid, owner="migctl run")
+    assert lease is not None and n.gpu(0).processes() == []
+    d = n.find_mig_device(lease.uuid)
+    before = [(x.id, [c.id for c in x.compute_instances()]) for x in n.gpu(0).gpu_instances()]
+    for argv in (["gi", "destroy", "--all"], ["gi", "destroy", "--gi", str(d.gi_id)],
+                 ["ci", "destroy", "--gi", str(d.gi_id), "--all"], ["reset", "-i", "0"]):
+        r = a30.migctl(*argv)
+        assert r.returncode == 3, (argv, r.stdout, r.stderr)
+        line, = r.stderr.strip().splitlines()
+        assert f"leased to PID {sleeper.pid} (migctl run)" in line and "Traceback" not in line, argv
+        assert [(x.id, [c.id for c in x.compute_instances()]) for x in n.gpu(0).gpu_instances()] == before
+    other = next(x.id for x in n.gpu(0).gpu_instances() if x.id != d.gi_id)
+    r = a30.migctl("gi", "destroy", "--gi", str(other))  # what nothing holds still goes
+    assert r.returncode == 0, r.stderr
+    mgr.release(lease)
+    r = a30.migctl("gi", "destroy", "--all")
+    assert r.returncode == 0, r.stderr
+    assert n.gpu(0).gpu_instances() == []
+
+
+def test_the_instance_verbs_wait_for_the_node_lock(a30: SimEnv) -> None:
+    """gi/ci create and destroy and reset take the node lock that apply, run and the worker hold while they
+    change instances: a holder past --lock-timeout is one line naming it, exit 4, nothing changed."""
+    from migctl.paths import node_lock
+
+    n = a30.node()
+    a30.layout(0, ["1g.6gb"])
+    gi = str(n.gpu(0).gpu_instances()[0].id)
+    with node_lock(n, 0, what="migctl apply 'test'"):
+        for argv in (["gi", "create", "1g.6gb"], ["ci", "create", "--gi", gi], ["gi", "destroy", "--all"],
+                     ["ci", "destroy", "--gi", gi, "--all"], ["reset"]):
+            r = a30.migctl(*argv, "--lock-timeout", "0.2")
+            assert r.returncode == 4, (argv, r.stderr)
+            line, = r.stderr.strip().splitlines()
+            assert "migctl apply 'test'" in line, argv
+    assert [x.profile().name for x in n.gpu(0).gpu_instances()] == ["1g.6gb"]
+
+
+def test_sim_a_client_without_a_context_does_not_hold_its_instance(a30: SimEnv,
+                                                                    sleeper: subprocess.Popen[bytes]) -> None:
+    """Before its first CUDA call a process is unknown to the driver: its instance can be destroyed (the
+    simulator used to refuse to write the state that destroy left, naming the client's gone instance)."""
+    n = a30.node()
+    (uuid,) = a30.layout(0, ["4g.24gb"])
+    d = n.find_mig_device(uuid)
+    n.sim.set_client_delay(60)
+    assert n.sim.add_client(0, sleeper.pid, d.gi_id, d.ci_id) == 0
+    r = a30.migctl("gi", "destroy", "--all")
+    assert r.returncode == 0, r.stderr
+    assert n.gpu(0).gpu_instances() == [] and n.sim.store.load().gpus[0].processes == []
+    r = a30.migctl("sim", "status")
+    assert r.returncode == 0, r.stderr

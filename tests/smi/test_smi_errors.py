@@ -173,3 +173,32 @@ def test_cci_default_and_by_name(fresh) -> None:
     assert code == 255
     assert lines[-1] == "Failed to create compute instances: Insufficient Resources"
     assert smi(node, "mig", "-cci", "-gi", "7") == (6, ["Unable to find GPU instance ID  7 on GPU  0: Not Found"])
+
+
+def test_a_leased_instance_is_in_use_before_its_first_cuda_call(fresh, tmp_path, monkeypatch) -> None:
+    """`-dgi`, `-dci` and `--gpu-reset` answer a device leased by `migctl run` or the worker as the driver
+    answers one with a CUDA context, though NVML does not list the leased command yet."""
+    from migctl.jobs import LeaseManager, Request
+
+    monkeypatch.setenv("MIGCTL_STATE_DIR", str(tmp_path))
+    node = fresh(A30)
+    mig_on(node)
+    assert smi(node, "mig", "-i", "0", "-cgi", "5,14", "-C")[0] == 0
+    lease = LeaseManager(node).try_acquire(Request(profile="2g.12gb", create=False), pid=os.getpid())
+    assert lease is not None and node.gpu(0).processes() == []
+    gi = node.find_mig_device(lease.uuid).gi_id
+    assert smi(node, "mig", "-i", "0", "-dci", "-gi", str(gi)) == (255, [
+        f"Unable to destroy compute instance ID  0 from GPU  0 GPU instance ID {gi:2d}: In use by another client",
+        "Failed to destroy compute instances: In use by another client",
+    ])
+    other = next(x.id for x in node.gpu(0).gpu_instances() if x.id != gi)
+    assert smi(node, "mig", "-i", "0", "-dci", "-gi", str(other))[0] == 0
+    code, lines = smi(node, "mig", "-i", "0", "-dgi")  # -lgi order: 1g.6gb (profile 14) first
+    assert code == 255 and lines == [f"Successfully destroyed GPU instance ID {other:2d} from GPU  0",
+                                     f"Unable to destroy GPU instance ID {gi:2d} from GPU  0: In use by another client",
+                                     "Failed to destroy GPU instances: In use by another client"]
+    assert [x.id for x in node.gpu(0).gpu_instances()] == [gi]
+    code, lines = smi(node, "--gpu-reset", "-i", "0")
+    assert code == 255 and lines[:2] == ["The following GPUs could not be reset:", f"  GPU {BUS0}: In use by another client"]
+    LeaseManager(node).release(lease)
+    assert smi(node, "--gpu-reset", "-i", "0") == (0, [f"GPU {BUS0} was successfully reset.", "All done."])

@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from migctl.cli.common import emit_json, fail, node
+from migctl.cli.common import emit_json, fail, node, seconds
+from migctl.cli.guard import LOCK_WAIT_S, busy_cis, busy_gis, busy_gpus, node_locked
 from migctl.cli.render import (
     gib,
     id_list,
@@ -41,6 +42,9 @@ GpuSel = Annotated[
     typer.Option("-i", "--gpu", "--id", help="GPUs: comma-separated indices, UUIDs or PCI bus ids (default: all)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (keys documented in docs/cli.md).")]
+LockOpt = Annotated[float, typer.Option(
+    "--lock-timeout", callback=seconds,
+    help="Seconds to wait for the node lock that apply, run and the worker hold while they change instances (0: fail at once).")]
 
 gi_app = typer.Typer(help="GPU instances: create, destroy, list (nvidia-smi mig -cgi/-dgi/-lgi).", no_args_is_help=True)
 ci_app = typer.Typer(
@@ -449,28 +453,29 @@ def mode_cmd(
 
 
 # --------------------------------------------------------------------------------------------- reset
-def reset_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) -> None:
+def reset_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False, lock_timeout: LockOpt = LOCK_WAIT_S
+              ) -> None:
     """Reset GPUs (nvidia-smi --gpu-reset): applies a pending MIG mode, removes all GPU instances.
 
-    Refused, for every selected GPU, while any of them is in use.
+    Refused, for every selected GPU, while anything holds any of them (a process, or a lease, MPS server or
+    time-sliced client on one of its instances, as `gi destroy`).
     """
     N = _nvml()
     gpus = _select(ctx, gpu)
-    busy = [(g, [p.pid for p in _procs(g)]) for g in gpus]
-    busy = [(g, pids) for g, pids in busy if pids]
-    if busy:
-        what = "; ".join(f"GPU {g.index} is in use by {pids_text(pids)}" for g, pids in busy)
-        fail(f"cannot reset: {what}; stop those processes first (nothing was reset)", EXIT_BUSY)
-    # one reset for every selected GPU, by bus id, with NVML shut down meanwhile (Node.reset_gpus, as mig-parted)
-    n_gis = {g.index: len(_gi_list(g)) if _mig_state(g)[0] == 1 else 0 for g in gpus}
-    indices = [g.index for g in gpus]
-    try:
-        node(ctx).reset_gpus(gpus)
-    except N.NVMLError as e:
-        if as_json:
-            emit_json({"gpus": [], "error": str(e)})
-        label = ", ".join(_gpu_label(g) for g in gpus)
-        fail(getattr(e, "detail", None) or _device_error(f"cannot reset {label}", e), EXIT_DEVICE)
+    with node_locked(node(ctx), "migctl reset", lock_timeout):
+        busy = busy_gpus(node(ctx), gpus)
+        if busy:
+            fail(f"cannot reset: {'; '.join(busy)}; stop them first (nothing was reset)", EXIT_BUSY)
+        # one reset for every selected GPU, by bus id, with NVML shut down meanwhile (Node.reset_gpus, as mig-parted)
+        n_gis = {g.index: len(_gi_list(g)) if _mig_state(g)[0] == 1 else 0 for g in gpus}
+        indices = [g.index for g in gpus]
+        try:
+            node(ctx).reset_gpus(gpus)
+        except N.NVMLError as e:
+            if as_json:
+                emit_json({"gpus": [], "error": str(e)})
+            label = ", ".join(_gpu_label(g) for g in gpus)
+            fail(getattr(e, "detail", None) or _device_error(f"cannot reset {label}", e), EXIT_DEVICE)
     rows = []
     for i in indices:
         g = node(ctx).gpu(i)  # handles were dropped by the reset: re-read
@@ -534,42 +539,9 @@ def _no_room_message(gpu: Any, prof: Any, token: str, e: BaseException) -> str:
             f"occupied: {occupied}; free placements for {prof.name}: {where}")
 
 
-@gi_app.command("create")
-def gi_create(
-    ctx: typer.Context,
-    profiles: Annotated[list[str], typer.Argument(help="PROFILE[,PROFILE...]: ID, short name (3g.40gb) or 'MIG 3g.40gb'.",
-                                                  metavar="PROFILES")],
-    gpu: GpuSel = None,
-    placement: Annotated[int | None, typer.Option("--placement", help="Start memory slice (single profile only).")] = None,
-    default_ci: Annotated[bool, typer.Option("--default-ci", "-C", help="Also create the default CI in each new GI.")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create GPU instances (nvidia-smi mig -cgi PROFILES [-C]), in order, stopping at the first failure."""
+def _create_gis(N: Any, plan: list[tuple[Any, list[tuple[str, Any]]]], placement: int | None, default_ci: bool,
+                as_json: bool) -> tuple[list[dict[str, Any]], str | None]:
     from migctl.catalog import Placement
-
-    N = _nvml()
-    tokens = _gi_tokens(profiles)
-    gpus = _select(ctx, gpu)
-    _require_mig_enabled(gpus)
-    if placement is not None and len(tokens) != 1:
-        fail(f"--placement applies to one profile, but {len(tokens)} were given ({', '.join(tokens)})", EXIT_INPUT)
-    plan: list[tuple[Any, list[tuple[str, Any]]]] = []
-    for g in gpus:
-        resolved = []
-        for tok in tokens:
-            p = g.profile(tok)
-            if p is None:
-                fail(f"unknown GPU instance profile {tok!r} for GPU {g.index} ({g.name}); valid: {_profiles_text(g)}",
-                     EXIT_INPUT)
-            if placement is not None and placement not in [pl.start for pl in p.placements]:
-                fail(f"placement {placement} is not valid for {p.name} (profile {p.id}); valid starts: "
-                     f"{', '.join(str(pl.start) for pl in p.placements)} (size {p.placements[0].size})", EXIT_INPUT)
-            resolved.append((tok, p))
-        whole_gpu = [pr.pid for pr in _procs(g) if pr.gi_id is None]
-        if whole_gpu:
-            fail(f"GPU {g.index} is in use by {pids_text(whole_gpu)} (a client of the whole GPU); GPU instances "
-                 "cannot be created until it exits (nothing was created)", EXIT_DEVICE)
-        plan.append((g, resolved))
 
     created: list[dict[str, Any]] = []
     error: str | None = None
@@ -611,6 +583,48 @@ def gi_create(
                         f"(CI profile {ci.profile_id}){', ' + dev.uuid if dev else ''}")
         if error:
             break
+    return created, error
+
+
+@gi_app.command("create")
+def gi_create(
+    ctx: typer.Context,
+    profiles: Annotated[list[str], typer.Argument(help="PROFILE[,PROFILE...]: ID, short name (3g.40gb) or 'MIG 3g.40gb'.",
+                                                  metavar="PROFILES")],
+    gpu: GpuSel = None,
+    placement: Annotated[int | None, typer.Option("--placement", help="Start memory slice (single profile only).")] = None,
+    default_ci: Annotated[bool, typer.Option("--default-ci", "-C", help="Also create the default CI in each new GI.")] = False,
+    as_json: JsonOpt = False,
+    lock_timeout: LockOpt = LOCK_WAIT_S,
+) -> None:
+    """Create GPU instances (nvidia-smi mig -cgi PROFILES [-C]), in order, stopping at the first failure."""
+
+    N = _nvml()
+    tokens = _gi_tokens(profiles)
+    gpus = _select(ctx, gpu)
+    _require_mig_enabled(gpus)
+    if placement is not None and len(tokens) != 1:
+        fail(f"--placement applies to one profile, but {len(tokens)} were given ({', '.join(tokens)})", EXIT_INPUT)
+    plan: list[tuple[Any, list[tuple[str, Any]]]] = []
+    for g in gpus:
+        resolved = []
+        for tok in tokens:
+            p = g.profile(tok)
+            if p is None:
+                fail(f"unknown GPU instance profile {tok!r} for GPU {g.index} ({g.name}); valid: {_profiles_text(g)}",
+                     EXIT_INPUT)
+            if placement is not None and placement not in [pl.start for pl in p.placements]:
+                fail(f"placement {placement} is not valid for {p.name} (profile {p.id}); valid starts: "
+                     f"{', '.join(str(pl.start) for pl in p.placements)} (size {p.placements[0].size})", EXIT_INPUT)
+            resolved.append((tok, p))
+        whole_gpu = [pr.pid for pr in _procs(g) if pr.gi_id is None]
+        if whole_gpu:
+            fail(f"GPU {g.index} is in use by {pids_text(whole_gpu)} (a client of the whole GPU); GPU instances "
+                 "cannot be created until it exits (nothing was created)", EXIT_DEVICE)
+        plan.append((g, resolved))
+
+    with node_locked(node(ctx), "migctl gi create", lock_timeout):
+        created, error = _create_gis(N, plan, placement, default_ci, as_json)
     if as_json:
         emit_json({"created": created, "error": error})
     if error:
@@ -626,10 +640,12 @@ def gi_destroy(
     gi: Annotated[str | None, typer.Option("--gi", "-gi", help="GPU instance IDs, comma-separated.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Destroy every GPU instance on the selected GPUs.")] = False,
     as_json: JsonOpt = False,
+    lock_timeout: LockOpt = LOCK_WAIT_S,
 ) -> None:
     """Destroy GPU instances (nvidia-smi mig -dci; -dgi), their compute instances first.
 
-    Refused (nothing destroyed) while a process uses any of them.
+    Refused (nothing destroyed) while anything holds one of them: a process, a lease of `migctl run`, the queue
+    or Slurm (before its first CUDA call too), an MPS server or time-sliced client migctl started.
     """
     N = _nvml()
     if gi is None and not all_:
@@ -639,16 +655,21 @@ def gi_destroy(
     ids = parse_ids(gi, "--gi") if gi is not None else None
     gpus = _select(ctx, gpu)
     _require_mig_enabled(gpus)
-    targets = [(g, _find_gis(g, ids)) for g in gpus]
-    busy = []
-    for g, gis in targets:
-        ids_here = {x.id for x in gis}
-        pids = [p.pid for p in _procs(g) if p.gi_id in ids_here]
-        if pids:
-            busy.append(f"GPU {g.index} GPU instance(s) {id_list(sorted({p.gi_id for p in _procs(g) if p.gi_id in ids_here}))} "
-                        f"in use by {pids_text(pids)}")
-    if busy:
-        fail(f"cannot destroy: {'; '.join(busy)} (nothing was destroyed)", EXIT_BUSY)
+    with node_locked(node(ctx), "migctl gi destroy", lock_timeout):
+        targets = [(g, _find_gis(g, ids)) for g in gpus]  # read under the lock: what is checked is what goes
+        busy = busy_gis(node(ctx), targets)
+        if busy:
+            fail(f"cannot destroy: {'; '.join(busy)} (nothing was destroyed)", EXIT_BUSY)
+        destroyed, error = _destroy_gis(N, targets, as_json)
+    if as_json:
+        emit_json({"destroyed": destroyed, "error": error})
+    elif not destroyed and not error:
+        out("No GPU instances to destroy.")
+    if error:
+        fail(error, EXIT_DEVICE)
+
+
+def _destroy_gis(N: Any, targets: list[tuple[Any, list[Any]]], as_json: bool) -> tuple[list[dict[str, Any]], str | None]:
     destroyed: list[dict[str, Any]] = []
     error = None
     for g, gis in targets:
@@ -668,12 +689,7 @@ def gi_destroy(
                 out(f"Destroyed GPU instance {x.id} from GPU {g.index}")
         if error:
             break
-    if as_json:
-        emit_json({"destroyed": destroyed, "error": error})
-    elif not destroyed and not error:
-        out("No GPU instances to destroy.")
-    if error:
-        fail(error, EXIT_DEVICE)
+    return destroyed, error
 
 
 @gi_app.command("list")
@@ -762,30 +778,8 @@ def ci_profiles(ctx: typer.Context, gpu: GpuSel = None, gi: GiOpt = None, as_jso
     out(t)
 
 
-@ci_app.command("create")
-def ci_create(
-    ctx: typer.Context,
-    profiles: Annotated[list[str] | None, typer.Argument(
-        help="CI profiles (ID or name, e.g. 1c.3g.40gb), comma-separated; the default CI profile when omitted.",
-        metavar="PROFILES")] = None,
-    gpu: GpuSel = None,
-    gi: Annotated[str | None, typer.Option("--gi", "-gi", help="GPU instance IDs (default: every GI with no CI yet).")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create compute instances (nvidia-smi mig -cci [PROFILES] -gi ID), in order, stopping at the first failure."""
-    N = _nvml()
-    tokens = [t.strip() for arg in profiles or [] for t in arg.split(",") if t.strip()]
-    targets = _select_gis(ctx, gpu, gi)
-    if gi is None:
-        targets = [(g, [x for x in gis if not x.compute_instances()]) for g, gis in targets]
-    if not any(gis for _, gis in targets):
-        fail("no GPU instance to create compute instances in" + (" (every GPU instance already has one)" if gi is None
-             else "") + "; name one with --gi ID (see `migctl gi list`)", EXIT_INPUT)
-    plan = []
-    for g, gis in targets:
-        for x in gis:
-            profs = [_ci_profile(x, t) for t in tokens] if tokens else [next(p for p in x.ci_profiles() if p.is_default)]
-            plan.append((g, x, profs))
+def _create_cis(N: Any, plan: list[tuple[Any, Any, list[Any]]], as_json: bool
+                ) -> tuple[list[dict[str, Any]], str | None]:
     created: list[dict[str, Any]] = []
     error = None
     for g, x, profs in plan:
@@ -806,6 +800,36 @@ def ci_create(
                     f"(CI profile {p.id}){', ' + dev.uuid if dev else ''}")
         if error:
             break
+    return created, error
+
+
+@ci_app.command("create")
+def ci_create(
+    ctx: typer.Context,
+    profiles: Annotated[list[str] | None, typer.Argument(
+        help="CI profiles (ID or name, e.g. 1c.3g.40gb), comma-separated; the default CI profile when omitted.",
+        metavar="PROFILES")] = None,
+    gpu: GpuSel = None,
+    gi: Annotated[str | None, typer.Option("--gi", "-gi", help="GPU instance IDs (default: every GI with no CI yet).")] = None,
+    as_json: JsonOpt = False,
+    lock_timeout: LockOpt = LOCK_WAIT_S,
+) -> None:
+    """Create compute instances (nvidia-smi mig -cci [PROFILES] -gi ID), in order, stopping at the first failure."""
+    N = _nvml()
+    tokens = [t.strip() for arg in profiles or [] for t in arg.split(",") if t.strip()]
+    targets = _select_gis(ctx, gpu, gi)
+    if gi is None:
+        targets = [(g, [x for x in gis if not x.compute_instances()]) for g, gis in targets]
+    if not any(gis for _, gis in targets):
+        fail("no GPU instance to create compute instances in" + (" (every GPU instance already has one)" if gi is None
+             else "") + "; name one with --gi ID (see `migctl gi list`)", EXIT_INPUT)
+    plan = []
+    for g, gis in targets:
+        for x in gis:
+            profs = [_ci_profile(x, t) for t in tokens] if tokens else [next(p for p in x.ci_profiles() if p.is_default)]
+            plan.append((g, x, profs))
+    with node_locked(node(ctx), "migctl ci create", lock_timeout):
+        created, error = _create_cis(N, plan, as_json)
     if as_json:
         emit_json({"created": created, "error": error})
     if error:
@@ -820,8 +844,10 @@ def ci_destroy(
     ci: Annotated[str | None, typer.Option("--ci", "-ci", help="Compute instance IDs, comma-separated (needs --gi).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Destroy every CI of the selected GPU instances.")] = False,
     as_json: JsonOpt = False,
+    lock_timeout: LockOpt = LOCK_WAIT_S,
 ) -> None:
-    """Destroy compute instances (nvidia-smi mig -dci [-ci IDS] -gi IDS); refused while one is in use."""
+    """Destroy compute instances (nvidia-smi mig -dci [-ci IDS] -gi IDS); refused while anything holds one
+    (as `gi destroy`)."""
     N = _nvml()
     if ci is None and not all_:
         fail("name the compute instances with --gi ID --ci IDS, or use --all (see `migctl ci list`)", EXIT_INPUT)
@@ -830,9 +856,24 @@ def ci_destroy(
     if ci is not None and gi is None:
         fail("--ci needs --gi (compute instance IDs are per GPU instance)", EXIT_INPUT)
     ci_ids = parse_ids(ci, "--ci") if ci is not None else None
+    with node_locked(node(ctx), "migctl ci destroy", lock_timeout):
+        plan = _ci_targets(ctx, gpu, gi, ci_ids)
+        busy = busy_cis(node(ctx), plan)
+        if busy:
+            fail(f"cannot destroy: {'; '.join(busy)} (nothing was destroyed)", EXIT_BUSY)
+        destroyed, error = _destroy_cis(N, plan, as_json)
+    if as_json:
+        emit_json({"destroyed": destroyed, "error": error})
+    elif not destroyed and not error:
+        out("No compute instances to destroy.")
+    if error:
+        fail(error, EXIT_DEVICE)
+
+
+def _ci_targets(ctx: typer.Context, gpu: str | None, gi: str | None, ci_ids: list[int] | None
+                ) -> list[tuple[Any, Any, list[Any]]]:
     plan = []
     for g, gis in _select_gis(ctx, gpu, gi):
-        procs = _procs(g)
         for x in gis:
             cis = x.compute_instances()
             if ci_ids is not None:
@@ -842,12 +883,12 @@ def ci_destroy(
                     fail(f"GPU instance {x.id} on GPU {g.index} has no compute instance {id_list(missing)}; existing: "
                          f"{id_list(sorted(have))}", EXIT_INPUT)
                 cis = [have[i] for i in ci_ids]
-            for c in cis:
-                pids = [p.pid for p in procs if p.gi_id == x.id and p.ci_id == c.id]
-                if pids:
-                    fail(f"cannot destroy compute instance {c.id} of GPU instance {x.id} on GPU {g.index}: in use by "
-                         f"{pids_text(pids)} (nothing was destroyed)", EXIT_BUSY)
             plan.append((g, x, cis))
+    return plan
+
+
+def _destroy_cis(N: Any, plan: list[tuple[Any, Any, list[Any]]], as_json: bool
+                 ) -> tuple[list[dict[str, Any]], str | None]:
     destroyed = []
     error = None
     for g, x, cis in plan:
@@ -862,12 +903,7 @@ def ci_destroy(
                 out(f"Destroyed compute instance {c.id} from GPU {g.index} GPU instance {x.id}")
         if error:
             break
-    if as_json:
-        emit_json({"destroyed": destroyed, "error": error})
-    elif not destroyed and not error:
-        out("No compute instances to destroy.")
-    if error:
-        fail(error, EXIT_DEVICE)
+    return destroyed, error
 
 
 @ci_app.command("list")

@@ -394,6 +394,7 @@ class Driver:
         gpu.mig_current = gpu.mig_pending
         gpu.gis = []  # GIs and CIs do not survive a reset (MIG User Guide)
         gpu.holders = [h for h in gpu.holders if h.gi is None]
+        self._drop_clients_of_gone_instances(gpu)
         self.dirty = True
 
     def reset_blockers(self, gpu: SimGPU, own_sessions: int = 0) -> list[str]:
@@ -489,7 +490,20 @@ class Driver:
             return fault
         gpu.gis.remove(gi)
         gpu.holders = [h for h in gpu.holders if h.gi != gi.id]
+        self._drop_clients_of_gone_instances(gpu)
         return SUCCESS
+
+    def _drop_clients_of_gone_instances(self, gpu: SimGPU) -> None:
+        """A client added for an instance that is gone now. Only one not visible yet can be left (``busy``
+        refused the destroy for the others): a process before its first CUDA call has no context, so the driver
+        does not know it and nothing stops the destroy. It is dropped: it can never get a context on that
+        instance. UNCONFIRMED: what that process's first CUDA call then returns on a real driver (no source)."""
+        gis = {g.id: {c.id for c in g.cis} for g in gpu.gis}
+        keep = [p for p in gpu.processes
+                if p.gi is None or (p.gi in gis and (p.ci is None or p.ci in gis[p.gi]))]
+        if len(keep) != len(gpu.processes):
+            gpu.processes = keep
+            self.dirty = True
 
     # ---------------------------------------------------------------- compute instances
     def gi_profile(self, gpu: SimGPU, gi: SimGI) -> GIProfile:
@@ -572,6 +586,7 @@ class Driver:
             return fault
         gi.cis.remove(ci)
         gpu.holders = [h for h in gpu.holders if not (h.gi == gi.id and h.ci == ci.id)]
+        self._drop_clients_of_gone_instances(gpu)
         return SUCCESS
 
     # ---------------------------------------------------------------- MIG devices

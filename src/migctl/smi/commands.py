@@ -21,6 +21,7 @@ from migctl.smi.args import INVALID_COMBINATION, SmiArgs, SmiUsageError, parse
 # nvidia-smi(1) "RETURN VALUE": these NVML return codes are passed through; anything else is 255.
 _PASSTHROUGH_CODES = {2, 3, 4, 6, 8, 9, 10, 12, 13, 14, 15}
 NOT_FOUND = 6
+LOCK_WAIT_S = 60.0  # the node lock (apply, run, the worker), waited for as `migctl gi destroy` does
 
 
 def exit_code(err: BaseException | int) -> int:
@@ -178,14 +179,24 @@ class Smi:
 
     # ---------------------------------------------------------------- --gpu-reset
     def reset(self, args: SmiArgs, gpus: list[Any]) -> int:
+        """As nvidia-smi, and a GPU with a lease, MPS server or time-sliced client on one of its instances
+        (:mod:`migctl.busy`) is refused as one with a process is: In use."""
+        from migctl.busy import busy_view
+        from migctl.paths import node_lock
+
         failed: list[tuple[Any, BaseException]] = []
-        for g in gpus:
-            try:
-                g.reset()
-            except Exception as e:  # NVMLError or DeviceError (real nvidia-smi's own words)
-                failed.append((g, e))
-                continue
-            self.say(f"GPU {g.bus_id} was successfully reset.")
+        with node_lock(self.node, LOCK_WAIT_S, what="migctl smi --gpu-reset"):
+            view = busy_view(self.node, gpus=gpus)
+            held = {g.index for g in gpus if view.of_gpu(g.index)}
+            for g in gpus:
+                try:
+                    if g.index in held:
+                        raise N.NVMLError(N.NVML_ERROR_IN_USE)
+                    g.reset()
+                except Exception as e:  # NVMLError or DeviceError (real nvidia-smi's own words)
+                    failed.append((g, e))
+                    continue
+                self.say(f"GPU {g.bus_id} was successfully reset.")
         if failed:
             self.say("The following GPUs could not be reset:")
             for g, e in failed:
@@ -400,19 +411,33 @@ class Smi:
 
     # ---------------------------------------------------------------- mig -dci / -dgi
     def _destroy(self, targets: list[tuple[Any, str, str]], what: str) -> int:
-        """Destroy each (instance, failure prefix, success line); nvidia-smi's messages and exit codes."""
+        """Destroy each (instance, failure prefix, success line); nvidia-smi's messages and exit codes.
+
+        An instance that migctl's authority (:mod:`migctl.busy`) says is held, by a lease before its command's
+        first CUDA call, an MPS server or a time-sliced client, is answered as the driver answers one with a
+        CUDA context: ``In use by another client``. Checked and destroyed under the node lock."""
+        from migctl.busy import busy_view
+        from migctl.paths import node_lock
+
         if not targets:
             self.say(f"No {what} found: Not Found")
             return NOT_FOUND
         first_err: N.NVMLError | None = None
-        for obj, unable, done in targets:
-            try:
-                obj.destroy()
-            except N.NVMLError as e:
-                self.say(f"{unable}: {nvml_text(e)}")
-                first_err = first_err or e
-                continue
-            self.say(done)
+        with node_lock(self.node, LOCK_WAIT_S, what=f"migctl smi mig (destroy {what})"):
+            view = busy_view(self.node)
+            for obj, unable, done in targets:
+                gi = getattr(obj, "gi", None)
+                held = (view.of_device(gi.gpu.index, gi.id, obj.id) if gi is not None
+                        else view.of_gi(obj.gpu.index, obj.id))
+                try:
+                    if held:
+                        raise N.NVMLError(N.NVML_ERROR_IN_USE)
+                    obj.destroy()
+                except N.NVMLError as e:
+                    self.say(f"{unable}: {nvml_text(e)}")
+                    first_err = first_err or e
+                    continue
+                self.say(done)
         if first_err is not None:
             self.say(f"Failed to destroy {what}: {nvml_text(first_err)}")
             return exit_code(first_err)
