@@ -44,17 +44,26 @@ def test_a_damaged_queued_job_fails_and_the_rest_of_the_queue_runs(a30: SimEnv, 
     bad = int(a30.migctl("submit", "--time-limit", "1h", "--", "touch", str(a30.tmp / "never")).stdout)
     good = int(a30.migctl("submit", "--", "touch", str(mark)).stdout)
     _damage(bad, column, value)
-    r = a30.migctl("worker", "--until-idle", timeout=60)
+    r = a30.migctl("worker", "--until-idle", "--json", timeout=60)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     said = [line for line in r.stderr.splitlines() if f"job {bad}:" in line]
     assert len(said) == 1 and f"has a damaged {column!r}" in said[0] and "not started" in said[0], r.stderr
+    ended = json.loads(r.stdout)  # (it was one error line after the queue had run, and no JSON)
+    assert [j["id"] for j in ended["jobs"]] == [good] and [d["id"] for d in ended["damaged"]] == [bad]
     row = _row(bad)
     assert row["state"] == "failed" and f"damaged {column!r}" in row["reason"]
     assert not (a30.tmp / "never").exists()
     assert mark.exists() and _row(good)["state"] == "done"
-    # `jobs` names the row, one line (it listed nothing, or was a traceback for 'created')
+    # `jobs` lists the other jobs and names the damaged row in one warning line (it listed nothing and exited
+    # 2 while the row stayed, or was a traceback for 'created')
     r = a30.migctl("jobs", "--all")
-    assert r.returncode == 2 and f"job {bad} has a damaged {column!r}" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    warned, = r.stderr.strip().splitlines()
+    assert warned.startswith("migctl: warning:") and f"job {bad} has a damaged {column!r}" in warned
+    assert warned.endswith("(not listed)")
+    assert [line.split()[0] for line in r.stdout.splitlines()[1:]] == [str(good)]
+    listed = json.loads(a30.migctl("jobs", "--all", "--json").stdout)
+    assert [j["id"] for j in listed["jobs"]] == [good] and [d["id"] for d in listed["damaged"]] == [bad]
 
 
 @pytest.mark.parametrize("column, value", [("time_limit", "abc"), ("limit_term", "x"), ("started", "x"),

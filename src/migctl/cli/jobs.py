@@ -251,12 +251,15 @@ def register(app: typer.Typer) -> None:
             fail(f"unknown job state '{printable(state)}' (valid: {', '.join(valid)})")
         q = JobQueue(node(ctx))
         states = (state,) if state else (None if all_ else ("queued", "starting", "running"))
-        jobs = q.list(states)
+        jobs, damaged = q.list_sound(states)
+        for _, msg in damaged:  # a row edited by hand hides only itself
+            sys.stderr.write(f"migctl: warning: {printable(msg, 400)} (not listed)\n")
         if as_json:
             from migctl.jobs.run_reserve import waiting_runs
 
             emit_json({"jobs": _jobs_json(q, jobs), "run_reservations": _run_reservations(q),
-                       "waiting_runs": waiting_runs(q.conn, q.key)})
+                       "waiting_runs": waiting_runs(q.conn, q.key),
+                       "damaged": [{"id": i, "problem": msg} for i, msg in damaged]})
             return
         if not jobs:
             print("no jobs" + ("" if all_ else " queued or running (--all shows finished ones)"))
@@ -372,8 +375,10 @@ def register(app: typer.Typer) -> None:
         finally:
             w.release()
         if as_json:
-            ended = [j for j in w.q.list(("done", "failed", "cancelled")) if (j.finished or 0) >= started]
-            emit_json({"until_idle": until_idle, "jobs": _jobs_json(w.q, ended)})
+            done, damaged = w.q.list_sound(("done", "failed", "cancelled"))  # (a damaged row: said by the worker)
+            ended = [j for j in done if (j.finished or 0) >= started]
+            emit_json({"until_idle": until_idle, "jobs": _jobs_json(w.q, ended),
+                       "damaged": [{"id": i, "problem": msg} for i, msg in damaged]})
 
     @app.command("batch")
     @_guard

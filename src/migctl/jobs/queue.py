@@ -214,6 +214,25 @@ class JobQueue:
             args += [int(i) for i in ids]
         return [Job.from_row(r) for r in self.conn.execute(q + " ORDER BY id", args).fetchall()]
 
+    def list_sound(self, states: tuple[str, ...] | None = None) -> tuple[list[Job], list[tuple[int, str]]]:
+        """As :meth:`list`, for listings: the jobs of the sound rows, and (job ID, one line) for each damaged
+        row (edited by hand), so that one damaged row hides only itself."""
+        from migctl.jobs.rows import problem
+
+        q, args = "SELECT * FROM jobs WHERE node=?", [self.key]
+        if states:
+            q += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        jobs: list[Job] = []
+        damaged: list[tuple[int, str]] = []
+        for r in self.conn.execute(q + " ORDER BY id", args).fetchall():
+            err = problem(r)
+            if err is None:
+                jobs.append(Job.from_row(r))
+            else:
+                damaged.append((int(r["id"]), str(err)))
+        return jobs, damaged
+
     def cancel(self, job_id: int) -> str:
         """Cancel a queued job, or stop a running one (SIGTERM to its process group, SIGKILL after 10 s)."""
         with immediate(self.conn) as c:
