@@ -11,7 +11,7 @@ An instance (GPU instance, or one compute instance of it) is **busy** when any o
   starts MPS control daemons or time-sliced clients reports them).
 
 Every path that destroys instances (apply and its rollback, ``run --ephemeral``, the queue worker,
-reshaping, ``gi destroy``, ``ci destroy`` and ``reset``) asks :func:`busy_view`/:func:`annotate` **while holding the node lock** (:func:`migctl.paths.node_lock`),
+reshaping, ``gi destroy``, ``ci destroy``, ``reset``, ``mode`` and their ``smi`` forms) asks :func:`busy_view`/:func:`annotate` **while holding the node lock** (:func:`migctl.paths.node_lock`),
 and every lease is taken under that same lock, so no lease can appear between the check and the destroy.
 
 This module imports nothing from :mod:`migctl.jobs` or :mod:`migctl.reconcile` (both import it).

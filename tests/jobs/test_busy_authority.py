@@ -222,3 +222,23 @@ def test_sim_a_client_without_a_context_does_not_hold_its_instance(a30: SimEnv,
     assert n.gpu(0).gpu_instances() == [] and n.sim.store.load().gpus[0].processes == []
     r = a30.migctl("sim", "status")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_mode_change_is_refused_while_migctl_holds_an_instance(a30: SimEnv,
+                                                                 sleeper: subprocess.Popen[bytes]) -> None:
+    """Disabling MIG destroys every instance: a lease the driver cannot see refuses it (exit 3, nothing changed);
+    a GPU already in the asked mode is not refused."""
+    n = a30.node()
+    a30.layout(0, ["4g.24gb"])
+    lease = LeaseManager(n).try_acquire(Request(create=False), pid=sleeper.pid, owner="migctl run")
+    assert lease is not None
+    r = a30.migctl("mode", "disable")
+    assert r.returncode == 3, r.stderr
+    line, = r.stderr.strip().splitlines()
+    assert f"GPU 0: leased to PID {sleeper.pid} (migctl run)" in line and "nothing was changed" in line
+    assert n.gpu(0).mig_mode() == (1, 1) and len(n.gpu(0).gpu_instances()) == 1
+    assert a30.migctl("mode", "enable").returncode == 0  # already enabled: nothing to refuse
+    LeaseManager(n).release(lease)
+    r = a30.migctl("mode", "disable")
+    assert r.returncode == 0, r.stderr
+    assert n.gpu(0).mig_mode()[1] == 0

@@ -176,8 +176,8 @@ def test_cci_default_and_by_name(fresh) -> None:
 
 
 def test_a_leased_instance_is_in_use_before_its_first_cuda_call(fresh, tmp_path, monkeypatch) -> None:
-    """`-dgi`, `-dci` and `--gpu-reset` answer a device leased by `migctl run` or the worker as the driver
-    answers one with a CUDA context, though NVML does not list the leased command yet."""
+    """`-dgi`, `-dci`, `-mig 0` and `--gpu-reset` answer a device leased by `migctl run` or the worker as the
+    driver answers one with a CUDA context, though NVML does not list the leased command yet."""
     from migctl.jobs import LeaseManager, Request
 
     monkeypatch.setenv("MIGCTL_STATE_DIR", str(tmp_path))
@@ -198,6 +198,10 @@ def test_a_leased_instance_is_in_use_before_its_first_cuda_call(fresh, tmp_path,
                                      f"Unable to destroy GPU instance ID {gi:2d} from GPU  0: In use by another client",
                                      "Failed to destroy GPU instances: In use by another client"]
     assert [x.id for x in node.gpu(0).gpu_instances()] == [gi]
+    assert smi(node, "-i", "0", "-mig", "0") == (0, [
+        f"Unable to disable MIG Mode for GPU {BUS0}: In use by another client", "Treating as warning and moving on.",
+        "All done."])
+    assert node.gpu(0).mig_mode() == (1, 1) and [x.id for x in node.gpu(0).gpu_instances()] == [gi]
     code, lines = smi(node, "--gpu-reset", "-i", "0")
     assert code == 255 and lines[:2] == ["The following GPUs could not be reset:", f"  GPU {BUS0}: In use by another client"]
     LeaseManager(node).release(lease)

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from migctl.cli.common import emit_json, fail, node, seconds
-from migctl.cli.guard import LOCK_WAIT_S, busy_cis, busy_gis, busy_gpus, node_locked
+from migctl.cli.guard import LOCK_WAIT_S, busy_cis, busy_gis, busy_gpus, held_by_migctl, node_locked
 from migctl.cli.render import (
     gib,
     id_list,
@@ -375,40 +375,8 @@ def placements_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = Fa
 
 
 # --------------------------------------------------------------------------------------------- mode
-def mode_cmd(
-    ctx: typer.Context,
-    action: Annotated[str | None, typer.Argument(help="enable or disable; omit it to show the current and pending mode.",
-                                                 metavar="ACTION")] = None,
-    gpu: GpuSel = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Enable or disable MIG mode (nvidia-smi -i N -mig 1|0), or show it."""
-    N = _nvml()
-    if action is not None and action.lower() not in ("enable", "disable", "1", "0", "on", "off"):
-        fail(f"unknown mode action {action!r}; valid: enable, disable (or omit it to show the mode)", EXIT_INPUT)
-    gpus = _select(ctx, gpu)
-    states = {g.index: _mig_state(g) for g in gpus}
-    if action is None:
-        rows = [{"index": g.index, "bus_id": g.bus_id, "mig_capable": states[g.index][0] is not None,
-                 "mig_current": None if states[g.index][0] is None else states[g.index][0] == 1,
-                 "mig_pending": None if states[g.index][1] is None else states[g.index][1] == 1} for g in gpus]
-        if as_json:
-            emit_json({"gpus": rows})
-            return
-        t = table("GPU", "Bus ID", "MIG current", "MIG pending", right=("GPU",))
-        for g in gpus:
-            cur, pending = states[g.index]
-            t.add_row(str(g.index), g.bus_id, mode_name(cur), mode_name(pending))
-        out(t)
-        return
-
-    want = 1 if action.lower() in ("enable", "1", "on") else 0
-    verb = "enable" if want else "disable"
-    unsupported = [g for g in gpus if states[g.index][0] is None]
-    if unsupported and (gpu is not None or len(unsupported) == len(gpus)):
-        capable = [str(g.index) for g in gpus[0].node.gpus() if _mig_state(g)[0] is not None]
-        fail(f"{', '.join(f'GPU {g.index} ({g.name})' for g in unsupported)} does not support MIG; "
-             f"MIG-capable GPUs: {','.join(capable) or 'none'}", EXIT_INPUT)
+def _set_modes(N: Any, gpus: list[Any], states: dict[int, tuple[int | None, int | None]], want: int, verb: str,
+               as_json: bool) -> tuple[list[dict[str, Any]], str | None]:
     rows = []
     failed = None
     for g in gpus:
@@ -446,6 +414,55 @@ def mode_cmd(
                      "pids": pids, "reason": reason})
         if not as_json:
             out(msg)
+    return rows, failed
+
+
+def mode_cmd(
+    ctx: typer.Context,
+    action: Annotated[str | None, typer.Argument(help="enable or disable; omit it to show the current and pending mode.",
+                                                 metavar="ACTION")] = None,
+    gpu: GpuSel = None,
+    as_json: JsonOpt = False,
+    lock_timeout: LockOpt = LOCK_WAIT_S,
+) -> None:
+    """Enable or disable MIG mode (nvidia-smi -i N -mig 1|0), or show it.
+
+    Refused while migctl holds an instance of the GPU or the GPU itself (a lease, an MPS server or a time-sliced
+    client), which the driver cannot see and the change would take away; processes leave it pending, as nvidia-smi.
+    """
+    N = _nvml()
+    if action is not None and action.lower() not in ("enable", "disable", "1", "0", "on", "off"):
+        fail(f"unknown mode action {action!r}; valid: enable, disable (or omit it to show the mode)", EXIT_INPUT)
+    gpus = _select(ctx, gpu)
+    states = {g.index: _mig_state(g) for g in gpus}
+    if action is None:
+        rows = [{"index": g.index, "bus_id": g.bus_id, "mig_capable": states[g.index][0] is not None,
+                 "mig_current": None if states[g.index][0] is None else states[g.index][0] == 1,
+                 "mig_pending": None if states[g.index][1] is None else states[g.index][1] == 1} for g in gpus]
+        if as_json:
+            emit_json({"gpus": rows})
+            return
+        t = table("GPU", "Bus ID", "MIG current", "MIG pending", right=("GPU",))
+        for g in gpus:
+            cur, pending = states[g.index]
+            t.add_row(str(g.index), g.bus_id, mode_name(cur), mode_name(pending))
+        out(t)
+        return
+
+    want = 1 if action.lower() in ("enable", "1", "on") else 0
+    verb = "enable" if want else "disable"
+    unsupported = [g for g in gpus if states[g.index][0] is None]
+    if unsupported and (gpu is not None or len(unsupported) == len(gpus)):
+        capable = [str(g.index) for g in gpus[0].node.gpus() if _mig_state(g)[0] is not None]
+        fail(f"{', '.join(f'GPU {g.index} ({g.name})' for g in unsupported)} does not support MIG; "
+             f"MIG-capable GPUs: {','.join(capable) or 'none'}", EXIT_INPUT)
+    with node_locked(node(ctx), f"migctl mode {verb}", lock_timeout):
+        held = held_by_migctl(node(ctx), [g for g in gpus if states[g.index][0] is not None
+                                          and states[g.index] != (want, want)])
+        if held:
+            fail(f"cannot {verb} MIG mode: {'; '.join(held)}; a mode change resets the GPU and destroys every "
+                 "instance (nothing was changed)", EXIT_BUSY)
+        rows, failed = _set_modes(N, gpus, states, want, verb, as_json)
     if as_json:
         emit_json({"gpus": rows, "error": failed})
     if failed:

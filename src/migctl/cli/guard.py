@@ -62,3 +62,18 @@ def busy_gpus(n: Any, gpus: list[Any]) -> list[str]:
 
     view = busy_view(n, gpus=gpus)
     return [f"GPU {g.index}: {holders_text(hs)}" for g in gpus if (hs := view.of_gpu(g.index))]
+
+
+def held_by_migctl(n: Any, gpus: list[Any]) -> list[str]:
+    """``GPU g: <holders>`` for every GPU where migctl holds something the driver does not see (a lease, an MPS
+    server or a time-sliced client): a MIG mode change takes it away. NVML processes are left to the driver,
+    which keeps the change pending while they run."""
+    from migctl.busy import busy_view
+
+    view = busy_view(n, gpus=gpus)
+    out = []
+    for g in gpus:
+        hs = [h for h in view.of_gpu(g.index) if h.kind != "process"]
+        if hs:
+            out.append(f"GPU {g.index}: {holders_text(hs)}")
+    return out

@@ -131,10 +131,22 @@ class Smi:
 
     # ---------------------------------------------------------------- -mig 0|1
     def mig_mode(self, args: SmiArgs, gpus: list[Any]) -> int:
+        """As nvidia-smi; a GPU where migctl holds something the driver cannot see (a lease, an MPS server, a
+        time-sliced client: :mod:`migctl.busy`) is answered as an NVML In Use error, since the change would reset
+        the GPU and destroy its instances."""
+        from migctl.busy import busy_view
+        from migctl.paths import node_lock
+
         enable = args.mig_mode == 1
         verb, state = ("enable", "Enabled") if enable else ("disable", "Disabled")
+        with node_lock(self.node, LOCK_WAIT_S, what=f"migctl smi -mig {int(enable)}"):
+            return self._set_mig_mode(gpus, enable, verb, state, busy_view(self.node, gpus=gpus))
+
+    def _set_mig_mode(self, gpus: list[Any], enable: bool, verb: str, state: str, view: Any) -> int:
         for g in gpus:
             try:
+                if any(h.kind != "process" for h in view.of_gpu(g.index)) and g.mig_mode() != (int(enable),) * 2:
+                    raise N.NVMLError(N.NVML_ERROR_IN_USE)
                 status = g.set_mig_mode(enable)
             except N.NVMLError as e:
                 self.say(f"Unable to {verb} MIG Mode for GPU {g.bus_id}: {nvml_text(e)}")
