@@ -205,6 +205,9 @@ def test_the_instance_verbs_wait_for_the_node_lock(a30: SimEnv) -> None:
             assert r.returncode == 4, (argv, r.stderr)
             line, = r.stderr.strip().splitlines()
             assert "migctl apply 'test'" in line, argv
+        for argv in (["gi", "destroy", "--gi", "9"], ["ci", "destroy", "--gi", "9", "--all"]):
+            r = a30.migctl(*argv, "--lock-timeout", "30")  # bad input is said at once, lock or not
+            assert r.returncode == 2 and "no GPU instance 9" in r.stderr, (argv, r.stderr)
     assert [x.profile().name for x in n.gpu(0).gpu_instances()] == ["1g.6gb"]
 
 

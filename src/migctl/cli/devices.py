@@ -672,8 +672,10 @@ def gi_destroy(
     ids = parse_ids(gi, "--gi") if gi is not None else None
     gpus = _select(ctx, gpu)
     _require_mig_enabled(gpus)
+    for g in gpus:
+        _find_gis(g, ids)  # bad IDs are refused at once, not after waiting for the lock
     with node_locked(node(ctx), "migctl gi destroy", lock_timeout):
-        targets = [(g, _find_gis(g, ids)) for g in gpus]  # read under the lock: what is checked is what goes
+        targets = [(g, _find_gis(g, ids)) for g in gpus]  # read again under the lock: what is checked is what goes
         busy = busy_gis(node(ctx), targets)
         if busy:
             fail(f"cannot destroy: {'; '.join(busy)} (nothing was destroyed)", EXIT_BUSY)
@@ -873,8 +875,9 @@ def ci_destroy(
     if ci is not None and gi is None:
         fail("--ci needs --gi (compute instance IDs are per GPU instance)", EXIT_INPUT)
     ci_ids = parse_ids(ci, "--ci") if ci is not None else None
+    _ci_targets(ctx, gpu, gi, ci_ids)  # bad IDs are refused at once, not after waiting for the lock
     with node_locked(node(ctx), "migctl ci destroy", lock_timeout):
-        plan = _ci_targets(ctx, gpu, gi, ci_ids)
+        plan = _ci_targets(ctx, gpu, gi, ci_ids)  # read again under the lock
         busy = busy_cis(node(ctx), plan)
         if busy:
             fail(f"cannot destroy: {'; '.join(busy)} (nothing was destroyed)", EXIT_BUSY)
