@@ -119,6 +119,12 @@ def atomic_write(path: Path, text: str, prefix: str, fsync_dir: bool = False, fs
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.filename is None:  # a failed write or fsync (ENOSPC, EIO) names no file: name the one replaced
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

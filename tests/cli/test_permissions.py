@@ -123,3 +123,31 @@ def test_a_relative_state_dir_is_refused(cli, tmp_path: Path, monkeypatch) -> No
     assert p.returncode == 1 and p.stderr.count("\n") == 1
     assert "level=fatal msg=\"MIGCTL_STATE_DIR 'rel/state' is not an absolute path" in p.stderr, p.stderr
     assert not (tmp_path / "rel").exists()
+
+
+def test_a_full_disk_names_the_file_and_changes_nothing(cli, tmp_path: Path, monkeypatch) -> None:
+    """A write that the disk refuses (ENOSPC from write or fsync names no file) says which file, one line;
+    apply changes nothing when its journal cannot be written. (It said only 'No space left on device'.)"""
+    import errno
+
+    import migctl.paths
+
+    assert cli("mode", "enable", "-i", "0").code == 0
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n"
+                   "      mig-devices: {1g.10gb: 7}\n")
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):  # the temp files of atomic writes
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(migctl.paths.os, "fsync", full)
+    before = cli("gi", "list", "--json").out
+    r = cli("apply", "-f", cfg, "-c", "a", "-q")
+    assert r.code != 0
+    line = one_error_line(r)
+    assert "No space left on device: " in line and ".journal.json" in line, line
+    assert cli("gi", "list", "--json").out == before
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # no temp file left behind
