@@ -217,3 +217,38 @@ def test_bad_request_in_library(a30: SimEnv) -> None:
     q = JobQueue(a30.node())
     with pytest.raises(JobsError):
         q.submit([], Request())
+
+
+def test_a_write_locked_database_does_not_end_the_worker(a30: SimEnv) -> None:
+    """Another process holds the jobs database's write lock past the worker's busy timeout (a real SQLite
+    "database is locked"; a full disk, SQLITE_FULL, takes the same path): the worker says so and tries again
+    instead of ending, the jobs it started keep their exit statuses (it holds them), and once the lock is
+    gone the rest of the queue runs. Before, the worker ended with one error line and the jobs it had
+    started were left to the next worker (their exit files, or 'lost' when there was none)."""
+    a30.layout(0, ["1g.6gb"] * 4)
+    q = JobQueue(a30.node())
+    ids = [q.submit(["sh", "-c", f"sleep 0.3; exit {i}"], Request()) for i in range(1, 7)]
+    q.conn.execute("PRAGMA busy_timeout=50")
+    other = sqlite3.connect(db_path(), isolation_level=None)
+    said: list[str] = []
+
+    def log(line: str) -> None:
+        said.append(line)
+        if len(said) == 2:
+            other.execute("BEGIN IMMEDIATE")  # another process takes the write lock after two jobs started
+        if sum("trying again in" in x for x in said) == 3 and other.in_transaction:
+            other.execute("ROLLBACK")
+
+    w = Worker(q, log=log)
+    w.RETRY_MIN_S = 0.05
+    assert w.acquire()
+    try:
+        w.run(until_idle=True)
+    finally:
+        w.release()
+        other.close()
+    retries = [x for x in said if "trying again in" in x]
+    assert len(retries) == 3 and all("write-locked" in x and "the jobs it started go on" in x for x in retries), said
+    assert "the jobs database takes writes again; serving the queue" in said
+    assert [(q.get(i).state, q.get(i).exit_code) for i in ids] == [("failed", i) for i in range(1, 7)]
+    assert q.conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0

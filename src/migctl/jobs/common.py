@@ -85,6 +85,23 @@ def unusable_db(path: Path, e: Exception, opened: bool = True) -> str:
             "leases and reservations are lost; running jobs keep running)")
 
 
+def transient_storage(e: BaseException) -> str | None:
+    """One line when ``e`` is a storage failure that may pass (a full disk or quota, an I/O error, the database
+    write-locked past the busy timeout), None otherwise (a damaged database, a bug: those are not retried)."""
+    import errno
+
+    if isinstance(e, sqlite3.OperationalError):
+        text = str(e).lower()
+        if any(w in text for w in ("disk is full", "disk i/o error", "database is locked", "unable to open")):
+            return f"the jobs database {db_path()}: {e}"
+        return None
+    if isinstance(e, JobsError) and e.exit_code == 75:  # (immediate(): write-locked past the busy timeout)
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        return f"{e.strerror}" + (f": {e.filename}" if e.filename is not None else "")
+    return None
+
+
 @contextlib.contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (ROLLBACK on error): one writer at a time, node-wide."""
@@ -96,10 +113,13 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise JobsError(unusable_db(db_path(), e), exit_code=75) from None
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR end the transaction): a ROLLBACK then
+        # fails with "no transaction is active" and would hide the error that matters.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 SCHEMA = """

@@ -35,6 +35,7 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from migctl.jobs.common import (
     proc_start,
     signal_group,
     state_dir,
+    transient_storage,
 )
 from migctl.jobs.leases import Lease, LeaseManager, Request
 from migctl.jobs.mps import Sharing
@@ -648,11 +650,38 @@ class Worker:
         return sum(1 for r in rows("id, child_pid, child_start", "state='cancelled'", set())
                    if problem(r) is None and r["child_pid"] and pid_alive(r["child_pid"], r["child_start"]))
 
+    RETRY_MIN_S = 1.0  # the first wait, doubled each try while storage fails ...
+    RETRY_MAX_S = 30.0  # ... up to this
+
     def run(self, until_idle: bool = False, ids: list[int] | None = None, stop: Any = None) -> None:
-        """Serve the queue; with ``until_idle`` return once no job (of ``ids``) is queued or running."""
+        """Serve the queue; with ``until_idle`` return once no job (of ``ids``) is queued or running.
+
+        A storage failure that may pass (:func:`migctl.jobs.common.transient_storage`: a full disk, an I/O error,
+        the database locked too long) does not end the worker: it says so, keeps the jobs it started (their
+        exit statuses stay with it, which a full disk keeps out of their exit files), and tries again every 1, 2,
+        4 ... up to 30 s; each try first puts back what the failed pass had claimed (:meth:`recover`)."""
+        delay = 0.0
         while stop is None or not stop.is_set():
-            started = self.step()
-            if until_idle and self.active(ids) == 0:
+            try:
+                if delay:
+                    self.recover()
+                started = self.step()
+                done = until_idle and self.active(ids) == 0
+            except (OSError, sqlite3.OperationalError, JobsError) as e:
+                why = transient_storage(e)
+                if why is None:
+                    raise
+                delay = min(self.RETRY_MAX_S, max(self.RETRY_MIN_S, delay * 2))
+                self.log(f"{why}; the jobs it started go on; trying again in {delay:g} s")
+                if stop is not None:
+                    stop.wait(delay)
+                else:
+                    time.sleep(delay)
+                continue
+            if delay:
+                self.log("the jobs database takes writes again; serving the queue")
+                delay = 0.0
+            if done:
                 return
             if not started:
                 time.sleep(self.poll)
