@@ -249,6 +249,40 @@ def test_a_write_locked_database_does_not_end_the_worker(a30: SimEnv) -> None:
         other.close()
     retries = [x for x in said if "trying again in" in x]
     assert len(retries) == 3 and all("write-locked" in x and "the jobs it started go on" in x for x in retries), said
-    assert "the jobs database takes writes again; serving the queue" in said
+    assert "the last try went through; serving the queue again" in said
     assert [(q.get(i).state, q.get(i).exit_code) for i in ids] == [("failed", i) for i in range(1, 7)]
     assert q.conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
+
+
+def test_a_lock_held_while_a_job_takes_its_device_requeues_it(a30: SimEnv) -> None:
+    """The write lock held past the busy timeout just when a claimed job takes its lease: the job goes back to
+    the queue and runs once the lock is gone. Before, the job was failed for good with the lock's message."""
+    a30.layout(0, ["1g.6gb"])
+    q = JobQueue(a30.node())
+    jid = q.submit(["sh", "-c", "exit 3"], Request())
+    other = sqlite3.connect(db_path(), isolation_level=None)
+    said: list[str] = []
+
+    w = Worker(q, log=said.append)
+    w.RETRY_MIN_S = 0.05
+    w.leases.conn.execute("PRAGMA busy_timeout=50")
+    real = w.leases.try_acquire
+
+    def locked_first(*args, **kw):  # another process holds the write lock between the claim and the lease
+        if said:
+            return real(*args, **kw)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            return real(*args, **kw)
+        finally:
+            other.execute("ROLLBACK")  # and lets go right after
+
+    w.leases.try_acquire = locked_first  # type: ignore[method-assign]
+    assert w.acquire()
+    try:
+        w.run(until_idle=True)
+    finally:
+        w.release()
+        other.close()
+    assert (q.get(jid).state, q.get(jid).exit_code) == ("failed", 3), (q.get(jid).reason, said)
+    assert any("write-locked" in x and "trying again in" in x for x in said), said

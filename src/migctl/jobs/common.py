@@ -86,8 +86,9 @@ def unusable_db(path: Path, e: Exception, opened: bool = True) -> str:
 
 
 def transient_storage(e: BaseException) -> str | None:
-    """One line when ``e`` is a storage failure that may pass (a full disk or quota, an I/O error, the database
-    write-locked past the busy timeout), None otherwise (a damaged database, a bug: those are not retried)."""
+    """One line when ``e`` is a failure that may pass: storage (a full disk or quota, an I/O error, the database
+    write-locked past the busy timeout) or a :class:`JobsError` that says "try again" (exit code 75: NVML kept
+    failing, a lock); None otherwise (a damaged database, a bug: those are not retried)."""
     import errno
 
     if isinstance(e, sqlite3.OperationalError):

@@ -521,6 +521,8 @@ class Worker:
                 if not self.leases.last_lock_busy:
                     self._checked[job.request] = None  # checked under the node lock: satisfiable
             except JobsError as e:
+                if e.exit_code == 75:  # "try again" (the database write-locked): requeued, never failed for it
+                    raise
                 self._fail_claimed(job, str(e))
                 return False
             if lease is None:
@@ -577,6 +579,8 @@ class Worker:
             got = launch(self.node, job.request, job.sharing, lambda extra: self._spawn(job, extra),
                          leases=self.leases, lease_now=lease_now, name=os.path.basename(job.cmd[0]), lock_timeout=1.0)
         except JobsError as e:
+            if e.exit_code == 75:  # "try again": requeued (by _start), never failed for it
+                raise
             self._fail_claimed(job, str(e))
             return False
         if got is None:  # no shared device has room now: stays queued
@@ -679,7 +683,7 @@ class Worker:
                     time.sleep(delay)
                 continue
             if delay:
-                self.log("the jobs database takes writes again; serving the queue")
+                self.log("the last try went through; serving the queue again")
                 delay = 0.0
             if done:
                 return
