@@ -73,6 +73,61 @@ def test_fault_at_every_operation_rolls_back_every_gpu(mknode, client) -> None:
     assert outcomes.count("rolled-back") == n_ops and outcomes[-1] == "applied"
 
 
+def test_a_full_disk_at_any_journal_write_leaves_the_node_whole(mknode, client, monkeypatch) -> None:
+    """The disk fills up at every journal write in turn (ENOSPC from fsync, which names no file): the apply
+    either never starts (no operation, no journal left) or rolls back whole, though the rollback's own records
+    cannot be written any more; no journal is left behind. Before, the failed write of the rollback's first
+    record raised out of the apply, leaving the node half changed and the journal pending (exit 2, as if
+    nothing had changed), and a directory fsync failing after the first write's rename left a journal for an
+    apply that never ran."""
+    import errno
+
+    import migctl.paths
+
+    real = os.fsync
+    node, s = mknode(SPEC)
+    _setup(node, s, client)
+    count = [0]
+
+    def counting(fd: int) -> None:
+        count[0] += 1
+        real(fd)
+
+    monkeypatch.setattr(migctl.paths.os, "fsync", counting)
+    apply_config(TARGET, "target", node=node)
+    new = {g.index: g.layout() for g in read_node(node)}
+    writes = count[0]
+    outcomes = []
+    for k in sorted({0, 1, 2, 3, *range(4, writes, 5), writes}):  # the first writes, then every fifth
+        node, s = mknode(SPEC)
+        old_k, busy_uuid = _setup(node, s, client)
+        def full(fd: int, left: list[int] = [k]) -> None:  # noqa: B006 (the count of writes the disk still takes)
+            if left[0] <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            left[0] -= 1
+            real(fd)
+
+        monkeypatch.setattr(migctl.paths.os, "fsync", full)
+        try:
+            apply_config(TARGET, "target", node=node)
+            outcomes.append("applied")
+            whole = _check_whole(node, old_k, new, busy_uuid)
+        except ApplyFailed as e:
+            outcomes.append("rolled-back")
+            assert e.result.rolled_back and "No space left on device" in str(e), str(e)
+            whole = _check_whole(node, old_k, new, busy_uuid)
+            assert whole == ["old"] * 3
+        except OSError as e:
+            outcomes.append("refused")
+            assert e.errno == errno.ENOSPC and str(e.filename).endswith(".journal.json"), e
+            whole = _check_whole(node, old_k, new, busy_uuid)
+            assert whole == ["old"] * 3
+        finally:
+            monkeypatch.setattr(migctl.paths.os, "fsync", real)
+        assert not Journal(node).exists(), (k, outcomes[-1])
+    assert outcomes[0] == "refused" and outcomes[-1] == "applied" and "rolled-back" in outcomes, outcomes
+
+
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "migctl.cli.main", *args], env=env, capture_output=True, text=True,
                           timeout=120)

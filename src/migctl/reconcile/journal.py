@@ -44,6 +44,7 @@ class Journal:
         self.path = d / f"apply-{key}.journal.json"
         self.last_path = d / f"apply-{key}.last.json"
         self.data: dict[str, Any] = {}
+        self.unwritten: str | None = None  # the last write of a best-effort record that failed
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -73,7 +74,12 @@ class Journal:
             "old": {str(k): v for k, v in old.items()}, "target": {str(k): v for k, v in target.items()},
             "ops": ops, "rollback_ops": [],
         }
-        self.write()
+        try:
+            self.write()
+        except OSError:  # (e.g. the directory's fsync failed after the rename): no operation ran, no record stays
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            raise
 
     def step(self, index: int, phase: str = "forward", ops: list[dict[str, Any]] | None = None) -> None:
         """Record that operation ``index`` of ``phase`` is about to run (fsynced before it runs)."""
@@ -81,21 +87,37 @@ class Journal:
         self.data["next"] = index
         if ops is not None:
             self.data["rollback_ops" if phase == "rollback" else "ops"] = ops
-        self.write()
+        if phase == "rollback":
+            self._best_effort()
+        else:
+            self.write()  # write-ahead: a forward operation never runs unrecorded
 
     def fail(self, error: str) -> None:
         self.data["error"] = error
         self.data["phase"] = "rollback"
-        self.write()
+        self._best_effort()
 
     def write(self) -> None:
         _atomic_write(self.path, json.dumps(self.data, indent=1, default=str))
 
+    def _best_effort(self) -> None:
+        """The rollback's own records. A write that fails (a full disk: often why the apply failed) does not
+        stop the rollback, which works from this journal in memory; the record on disk keeps the old layouts,
+        written before the first operation ran, and that is all :func:`migctl.reconcile.recover` needs, since
+        it plans from the live layout. The error is kept in ``unwritten``."""
+        try:
+            self.write()
+        except OSError as e:
+            self.unwritten = str(e)
+
     def finish(self, outcome: str) -> None:
-        """Close the journal: it is kept as ``*.last.json`` for inspection."""
+        """Close the journal: it is kept as ``*.last.json`` for inspection (when the disk takes it)."""
         self.data["phase"] = outcome
         self.data["finished"] = time.time()
-        _atomic_write(self.last_path, json.dumps(self.data, indent=1, default=str))
+        try:
+            _atomic_write(self.last_path, json.dumps(self.data, indent=1, default=str))
+        except OSError as e:  # the apply or rollback is done: the pending record goes all the same
+            self.unwritten = str(e)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._append_history(outcome)
