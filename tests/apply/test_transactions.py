@@ -165,3 +165,66 @@ def test_sigkill_mid_apply_then_recovery(tmp_path, mknode, client, recover_with)
             old = {g.index: g.layout() for g in read_node(node)}
         assert not Journal(node).exists()
         assert busy_uuid in {c.uuid for g in read_node(node) for gi in g.gis for c in gi.cis}
+
+
+@pytest.mark.parametrize("at", [2, 5, 9])
+def test_ctrl_c_mid_apply_rolls_back_whole(mknode, client, at) -> None:
+    """Ctrl-C between two operations (raised by the progress callback, where a SIGINT lands when the terminal
+    sends it) rolls the node back whole, and a second Ctrl-C during the rollback is held, not obeyed. Before,
+    the apply stopped with the node half changed and the journal left for `migctl recover`."""
+    import signal
+
+    from migctl.reconcile import ApplyInterrupted
+
+    node, s = mknode(SPEC)
+    old, busy_uuid = _setup(node, s, client)
+    seen: list[str] = []
+
+    def progress(k: int, total: int, desc: str) -> None:
+        seen.append(desc)
+        if len(seen) == at:
+            raise KeyboardInterrupt
+        if len(seen) == at + 1:  # the rollback's first operation: Ctrl-C again, held
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(ApplyInterrupted) as e:
+        apply_config(TARGET, "target", node=node, progress=progress)
+    assert e.value.result.rolled_back
+    assert str(e.value).startswith(f"before operation {at}/") and "rolled back" in str(e.value)
+    assert len(seen) > at + 1  # the rollback ran on past the second Ctrl-C
+    assert _check_whole(node, old, old, busy_uuid) == ["old"] * 3
+    assert not Journal(node).exists()
+
+
+def test_sigterm_mid_apply_rolls_back_whole(tmp_path) -> None:
+    """`migctl apply` stopped with SIGTERM (systemctl stop, kill) while a hook runs between two operations
+    (MIG mode enabled, no instance created yet): the node is rolled back whole (MIG disabled again) and the
+    exit is 130. Before, SIGTERM ended Python at once: MIG left enabled, journal pending."""
+    import signal
+    import time
+
+    env = {**os.environ, "MIGCTL_STATE_DIR": str(tmp_path / "state"), "MIGCTL_SIM": "1xA100-80GB",
+           "MIGCTL_SIM_STATE": str(tmp_path / "sim.json")}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: false\n"
+                   "  b:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {3g.40gb: 2}\n")
+    gate = tmp_path / "in-hook"
+    hooks = tmp_path / "hooks.yaml"
+    hooks.write_text(f"version: v1\nhooks:\n  pre-apply-config:\n  - command: sh\n    args: [-c, 'touch {gate}; "
+                     "sleep 30']\n")
+    assert _cli(["apply", "-f", str(cfg), "-c", "a", "-q"], env).returncode == 0
+    before = _cli(["mode", "--json"], env).stdout
+    assert '"mig_current": false' in before
+    p = subprocess.Popen([sys.executable, "-m", "migctl.cli.main", "apply", "-f", str(cfg), "-c", "b", "-k", str(hooks),
+                          "-q"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gate.exists()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    line, = err.strip().splitlines()
+    assert line.startswith("migctl: interrupted: before operation 2/") and "rolled back" in line, line
+    assert _cli(["mode", "--json"], env).stdout == before
+    assert not list((tmp_path / "state").glob("*.journal.json"))

@@ -139,12 +139,22 @@ def main(argv: list[str] | None = None, one_command: bool = False) -> int:
     from migctl.errors import UserError
 
     SIM_NOTES.clear()
+    engine = sys.modules.get("migctl.reconcile.engine")
+    if engine is not None:
+        engine.INTERRUPTED.clear()  # (an earlier in-process call's)
     try:
         head, rest = split_global_options(sys.argv[1:] if argv is None else list(argv))
         args = head + rest
         verb = rest[0] if rest and not rest[0].startswith("-") else None  # None: root help, --version
         cmd = (_verb_command(verb) if one_command and verb else None) or _command()
         rv = cmd(args=args, standalone_mode=False, prog_name="migctl")
+        if rv == 130:  # Ctrl-C inside a command (typer returns 130); an apply it stopped says what it did
+            said = getattr(sys.modules.get("migctl.reconcile.engine"), "INTERRUPTED", None)
+            if said:
+                from migctl.inputs import printable
+
+                sys.stderr.write(f"migctl: interrupted: {printable(said.pop(), 2000)}{_sim_suffix()}\n")
+                said.clear()
         _flush_sim_notes()
         return rv if isinstance(rv, int) else 0
     except SystemExit as e:

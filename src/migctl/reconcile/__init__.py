@@ -7,6 +7,7 @@ calls), :func:`assert_config`, :func:`recover`, plus checkpoint/restore/export h
 
 from migctl.reconcile.engine import (
     ApplyFailed,
+    ApplyInterrupted,
     ApplyResult,
     BusyError,
     apply_config,
@@ -21,6 +22,7 @@ from migctl.reconcile.plan import GpuPlan, NodePlan, plan_gpu, plan_node
 
 __all__ = [
     "ApplyFailed",
+    "ApplyInterrupted",
     "ApplyResult",
     "BusyError",
     "GpuPlan",

@@ -31,6 +31,7 @@ from migctl.reconcile.journal import Journal, node_lock
 from migctl.reconcile.live import LiveGpu, desired_from_layout, layout_matches
 from migctl.reconcile.live import read_node as _read_node
 from migctl.reconcile.plan import NodePlan, plan_node
+from migctl.reconcile.signals import held, term_interrupts
 
 EXIT_BUSY = 3
 EXIT_FAILED = 5
@@ -52,6 +53,21 @@ class ApplyFailed(UserError):
     def __init__(self, message: str, result: ApplyResult) -> None:
         super().__init__(message, EXIT_FAILED)
         self.result = result
+
+
+class ApplyInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, :mod:`migctl.reconcile.signals`) stopped the apply; it was rolled back as on a
+    failure (``result.rolled_back``), or a journal was left for recover. A KeyboardInterrupt, so that no caller
+    that handles failed applies (a reshape that retries, bench skipping a size) swallows the user's stop:
+    the CLI says ``migctl: interrupted: <message>``, exit 130."""
+
+    def __init__(self, message: str, result: ApplyResult) -> None:
+        super().__init__(message)
+        self.result = result
+        INTERRUPTED.append(message)  # (typer turns a KeyboardInterrupt into a bare exit 130: the CLI reads it here)
+
+
+INTERRUPTED: list[str] = []  # the messages of the ApplyInterrupted raised in this process
 
 
 @dataclass
@@ -424,23 +440,28 @@ def apply_desired(
             if ops:
                 journal.begin(label, source, old, target, ops)
                 try:
-                    result.ops_done = _execute(node, ops, journal, "forward", progress, hooks_at=hook)
+                    with term_interrupts():
+                        result.ops_done = _execute(node, ops, journal, "forward", progress, hooks_at=hook)
                     bad = [g.index for g in read_node(node) if g.index in target
                            and not layout_matches(g, target[g.index])
                            and not (skip_reset and _pending_as_planned(g, target[g.index]))]
                     if bad:
                         raise UserError(f"after the apply GPUs {bad} do not show the planned layout")
-                except (pynvml.NVMLError, UserError, HookError, OSError, RuntimeError) as e:
-                    result.error = _fail_text(e, ops, journal)
-                    journal.fail(result.error)
-                    err = _rollback(node, journal, progress)
+                except (pynvml.NVMLError, UserError, HookError, OSError, RuntimeError, KeyboardInterrupt) as e:
+                    stopped = isinstance(e, KeyboardInterrupt)
+                    result.error = (f"before operation {journal.data.get('next', 0) + 1}/{len(ops)} (Ctrl-C or "
+                                    "SIGTERM)" if stopped else _fail_text(e, ops, journal))
+                    with held():  # a second Ctrl-C must not cut the rollback in two
+                        journal.fail(result.error)
+                        err = _rollback(node, journal, progress)
+                        if err is None:
+                            journal.finish("rolled-back")
+                    cls = ApplyInterrupted if stopped else ApplyFailed
                     if err is None:
-                        journal.finish("rolled-back")
                         result.rolled_back = True
-                        raise ApplyFailed(f"{result.error}; rolled back: every GPU has its previous layout",
-                                          result) from None
-                    raise ApplyFailed(f"{result.error}; rollback failed ({err}); journal kept at {journal.path}, "
-                                      "run `migctl recover`", result) from None
+                        raise cls(f"{result.error}; rolled back: every GPU has its previous layout", result) from None
+                    raise cls(f"{result.error}; rollback failed ({err}); journal kept at {journal.path}, "
+                              "run `migctl recover`", result) from None
                 journal.finish("applied")
             result.applied = True
             return result
