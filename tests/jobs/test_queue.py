@@ -219,6 +219,16 @@ def test_bad_request_in_library(a30: SimEnv) -> None:
         q.submit([], Request())
 
 
+def _serve_until_idle(w: Worker, other: sqlite3.Connection) -> None:
+    """Run ``w`` until the queue is idle, then close ``other`` (the connection that played another process)."""
+    assert w.acquire()
+    try:
+        w.run(until_idle=True)
+    finally:
+        w.release()
+        other.close()
+
+
 def test_a_write_locked_database_does_not_end_the_worker(a30: SimEnv) -> None:
     """Another process holds the jobs database's write lock past the worker's busy timeout (a real SQLite
     "database is locked"; a full disk, SQLITE_FULL, takes the same path): the worker says so and tries again
@@ -241,12 +251,7 @@ def test_a_write_locked_database_does_not_end_the_worker(a30: SimEnv) -> None:
 
     w = Worker(q, log=log)
     w.RETRY_MIN_S = 0.05
-    assert w.acquire()
-    try:
-        w.run(until_idle=True)
-    finally:
-        w.release()
-        other.close()
+    _serve_until_idle(w, other)
     retries = [x for x in said if "trying again in" in x]
     assert len(retries) == 3 and all("write-locked" in x and "the jobs it started go on" in x for x in retries), said
     assert "the last try went through; serving the queue again" in said
@@ -278,11 +283,6 @@ def test_a_lock_held_while_a_job_takes_its_device_requeues_it(a30: SimEnv) -> No
             other.execute("ROLLBACK")  # and lets go right after
 
     w.leases.try_acquire = locked_first  # type: ignore[method-assign]
-    assert w.acquire()
-    try:
-        w.run(until_idle=True)
-    finally:
-        w.release()
-        other.close()
+    _serve_until_idle(w, other)
     assert (q.get(jid).state, q.get(jid).exit_code) == ("failed", 3), (q.get(jid).reason, said)
     assert any("write-locked" in x and "trying again in" in x for x in said), said

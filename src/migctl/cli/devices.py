@@ -11,6 +11,7 @@ the simulator. Conventions shared by all of them:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -672,18 +673,26 @@ def gi_destroy(
     ids = parse_ids(gi, "--gi") if gi is not None else None
     gpus = _select(ctx, gpu)
     _require_mig_enabled(gpus)
-    for g in gpus:
-        _find_gis(g, ids)  # bad IDs are refused at once, not after waiting for the lock
-    with node_locked(node(ctx), "migctl gi destroy", lock_timeout):
-        targets = [(g, _find_gis(g, ids)) for g in gpus]  # read again under the lock: what is checked is what goes
-        busy = busy_gis(node(ctx), targets)
-        if busy:
-            fail(f"cannot destroy: {'; '.join(busy)} (nothing was destroyed)", EXIT_BUSY)
-        destroyed, error = _destroy_gis(N, targets, as_json)
+    _guarded_destroy(ctx, "gi destroy", lock_timeout, lambda: [(g, _find_gis(g, ids)) for g in gpus], busy_gis,
+                     lambda targets: _destroy_gis(N, targets, as_json), as_json, "No GPU instances to destroy.")
+
+
+def _guarded_destroy(ctx: typer.Context, verb: str, lock_timeout: float, read: Callable[[], Any],
+                     busy: Callable[[Any, Any], list[str]], destroy: Callable[[Any], tuple[list[Any], str | None]],
+                     as_json: bool, nothing: str) -> None:
+    """Destroy what ``read`` names unless ``busy`` (:mod:`migctl.cli.guard`) says something holds it, under the
+    node lock; print what went, or ``nothing``."""
+    read()  # bad IDs are refused at once, not after waiting for the lock
+    with node_locked(node(ctx), f"migctl {verb}", lock_timeout):
+        targets = read()  # read again under the lock: what is checked is what goes
+        held = busy(node(ctx), targets)
+        if held:
+            fail(f"cannot destroy: {'; '.join(held)} (nothing was destroyed)", EXIT_BUSY)
+        destroyed, error = destroy(targets)
     if as_json:
         emit_json({"destroyed": destroyed, "error": error})
     elif not destroyed and not error:
-        out("No GPU instances to destroy.")
+        out(nothing)
     if error:
         fail(error, EXIT_DEVICE)
 
@@ -875,19 +884,8 @@ def ci_destroy(
     if ci is not None and gi is None:
         fail("--ci needs --gi (compute instance IDs are per GPU instance)", EXIT_INPUT)
     ci_ids = parse_ids(ci, "--ci") if ci is not None else None
-    _ci_targets(ctx, gpu, gi, ci_ids)  # bad IDs are refused at once, not after waiting for the lock
-    with node_locked(node(ctx), "migctl ci destroy", lock_timeout):
-        plan = _ci_targets(ctx, gpu, gi, ci_ids)  # read again under the lock
-        busy = busy_cis(node(ctx), plan)
-        if busy:
-            fail(f"cannot destroy: {'; '.join(busy)} (nothing was destroyed)", EXIT_BUSY)
-        destroyed, error = _destroy_cis(N, plan, as_json)
-    if as_json:
-        emit_json({"destroyed": destroyed, "error": error})
-    elif not destroyed and not error:
-        out("No compute instances to destroy.")
-    if error:
-        fail(error, EXIT_DEVICE)
+    _guarded_destroy(ctx, "ci destroy", lock_timeout, lambda: _ci_targets(ctx, gpu, gi, ci_ids), busy_cis,
+                     lambda plan: _destroy_cis(N, plan, as_json), as_json, "No compute instances to destroy.")
 
 
 def _ci_targets(ctx: typer.Context, gpu: str | None, gi: str | None, ci_ids: list[int] | None
