@@ -228,3 +228,31 @@ def test_sigterm_mid_apply_rolls_back_whole(tmp_path) -> None:
     assert line.startswith("migctl: interrupted: before operation 2/") and "rolled back" in line, line
     assert _cli(["mode", "--json"], env).stdout == before
     assert not list((tmp_path / "state").glob("*.journal.json"))
+
+
+def test_a_stop_signal_during_a_rollback_reaches_the_process_handler_after_it(mknode, client) -> None:
+    """A process with its own SIGTERM handler (the Kubernetes agent sets a stop flag) gets a SIGTERM that came
+    during a rollback once the rollback is done, not never, and not half way through it."""
+    import signal
+
+    node, s = mknode(SPEC)
+    old, busy_uuid = _setup(node, s, client)
+    got: list[int] = []
+    seen: list[str] = []
+
+    def progress(k: int, total: int, desc: str) -> None:
+        seen.append(desc)
+        if k == 1 and len(seen) > 1:  # the rollback's first operation (it counts from 1 again)
+            signal.raise_signal(signal.SIGTERM)
+            assert got == []  # held while the rollback runs
+
+    s.inject_fault(5)
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with pytest.raises(ApplyFailed) as e:
+            apply_config(TARGET, "target", node=node, progress=progress)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        s.inject_fault(None)
+    assert e.value.result.rolled_back and got == [signal.SIGTERM] and seen.count(seen[0]) == 1
+    assert _check_whole(node, old, old, busy_uuid) == ["old"] * 3

@@ -451,11 +451,12 @@ def apply_desired(
                     stopped = isinstance(e, KeyboardInterrupt)
                     result.error = (f"before operation {journal.data.get('next', 0) + 1}/{len(ops)} (Ctrl-C or "
                                     "SIGTERM)" if stopped else _fail_text(e, ops, journal))
-                    with held():  # a second Ctrl-C must not cut the rollback in two
+                    with held() as came:  # a second Ctrl-C must not cut the rollback in two
                         journal.fail(result.error)
                         err = _rollback(node, journal, progress)
                         if err is None:
                             journal.finish("rolled-back")
+                    stopped = stopped or bool(came)  # (a Ctrl-C during the rollback: no handler of the process's took it)
                     cls = ApplyInterrupted if stopped else ApplyFailed
                     if err is None:
                         result.rolled_back = True

@@ -5,7 +5,8 @@
   else handles SIGTERM (its handler is the default): a process that handles it itself (the Kubernetes
   agent sets a stop flag and lets the apply finish) keeps its own way.
 * While the rollback runs, SIGINT and SIGTERM are held: a second Ctrl-C must not stop the rollback
-  half way. They are noted, and the caller reports the interruption once the rollback is done.
+  half way. They are noted: a process's own handler (the Kubernetes agent's stop flag) gets them once the
+  rollback is done, and otherwise the caller reports the interruption.
 
 Signal handlers can only be set in the main thread; elsewhere both are no-ops.
 """
@@ -42,7 +43,9 @@ def term_interrupts() -> Iterator[None]:
 
 @contextlib.contextmanager
 def held() -> Iterator[list[int]]:
-    """SIGINT and SIGTERM are noted, not acted on, inside the block; yields the list of those that came."""
+    """SIGINT and SIGTERM are noted, not acted on, inside the block; yields the list of those that came. After
+    it, a noted signal is delivered again to a handler of the process's own (not Python's default ones) and
+    taken off the list: what stays on it is for the caller to act on."""
     came: list[int] = []
     if not _main_thread():
         yield came
@@ -55,3 +58,8 @@ def held() -> Iterator[list[int]]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for s in list(dict.fromkeys(came)):
+            h = old[s]
+            if callable(h) and h is not signal.default_int_handler and h is not _raise_interrupt:
+                came[:] = [x for x in came if x != s]
+                signal.raise_signal(s)
