@@ -206,3 +206,24 @@ def test_a_leased_instance_is_in_use_before_its_first_cuda_call(fresh, tmp_path,
     assert code == 255 and lines[:2] == ["The following GPUs could not be reset:", f"  GPU {BUS0}: In use by another client"]
     LeaseManager(node).release(lease)
     assert smi(node, "--gpu-reset", "-i", "0") == (0, [f"GPU {BUS0} was successfully reset.", "All done."])
+
+
+def test_changing_commands_wait_for_the_node_lock(fresh, tmp_path, monkeypatch) -> None:
+    """-cgi, -cci, -dci, -dgi, -mig and --gpu-reset take the node lock that apply, run and the worker hold
+    while they change instances; -lgi does not. (-cgi and -cci took no lock, so they could land in the
+    middle of an apply or a reshape.)"""
+    import migctl.smi.commands as C
+    from migctl.paths import LockBusy, node_lock
+
+    monkeypatch.setenv("MIGCTL_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(C, "LOCK_WAIT_S", 0.1)
+    node = fresh(A30)
+    mig_on(node)
+    assert smi(node, "mig", "-i", "0", "-cgi", "14", "-C")[0] == 0
+    with node_lock(node, 0, what="migctl apply 'x'"):
+        for words in (["mig", "-i", "0", "-cgi", "14"], ["mig", "-i", "0", "-cci", "-gi", "1"], ["mig", "-dci"],
+                      ["mig", "-dgi"], ["-i", "0", "-mig", "0"], ["-i", "0", "--gpu-reset"]):
+            with pytest.raises(LockBusy, match="migctl apply 'x'"):
+                smi(node, *words)
+        assert smi(node, "mig", "-lgi")[0] == 0
+    assert len(node.gpu(0).gpu_instances()) == 1

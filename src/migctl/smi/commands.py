@@ -22,6 +22,7 @@ from migctl.smi.args import INVALID_COMBINATION, SmiArgs, SmiUsageError, parse
 _PASSTHROUGH_CODES = {2, 3, 4, 6, 8, 9, 10, 12, 13, 14, 15}
 NOT_FOUND = 6
 LOCK_WAIT_S = 60.0  # the node lock (apply, run, the worker), waited for as `migctl gi destroy` does
+CHANGING = ("mig-mode", "reset", "cgi", "cci", "dci", "dgi")  # the actions run under the node lock
 
 
 def exit_code(err: BaseException | int) -> int:
@@ -81,6 +82,12 @@ class Smi:
             "dci": self.dci,
             "dgi": self.dgi,
         }[args.action]
+        if args.action in CHANGING:
+            from migctl.paths import node_lock
+
+            # (the lock apply, run and the worker hold while they change instances: never interleaved with them)
+            with node_lock(self.node, LOCK_WAIT_S, what=f"migctl smi ({args.action})"):
+                return handler(args, gpus)
         return handler(args, gpus)
 
     def _select(self, spec: str | None) -> list[Any]:
@@ -135,12 +142,10 @@ class Smi:
         time-sliced client: :mod:`migctl.busy`) is answered as an NVML In Use error, since the change would reset
         the GPU and destroy its instances."""
         from migctl.busy import busy_view
-        from migctl.paths import node_lock
 
         enable = args.mig_mode == 1
         verb, state = ("enable", "Enabled") if enable else ("disable", "Disabled")
-        with node_lock(self.node, LOCK_WAIT_S, what=f"migctl smi -mig {int(enable)}"):
-            return self._set_mig_mode(gpus, enable, verb, state, busy_view(self.node, gpus=gpus))
+        return self._set_mig_mode(gpus, enable, verb, state, busy_view(self.node, gpus=gpus))  # (run() holds the lock)
 
     def _set_mig_mode(self, gpus: list[Any], enable: bool, verb: str, state: str, view: Any) -> int:
         for g in gpus:
@@ -194,21 +199,19 @@ class Smi:
         """As nvidia-smi, and a GPU with a lease, MPS server or time-sliced client on one of its instances
         (:mod:`migctl.busy`) is refused as one with a process is: In use."""
         from migctl.busy import busy_view
-        from migctl.paths import node_lock
 
         failed: list[tuple[Any, BaseException]] = []
-        with node_lock(self.node, LOCK_WAIT_S, what="migctl smi --gpu-reset"):
-            view = busy_view(self.node, gpus=gpus)
-            held = {g.index for g in gpus if view.of_gpu(g.index)}
-            for g in gpus:
-                try:
-                    if g.index in held:
-                        raise N.NVMLError(N.NVML_ERROR_IN_USE)
-                    g.reset()
-                except Exception as e:  # NVMLError or DeviceError (real nvidia-smi's own words)
-                    failed.append((g, e))
-                    continue
-                self.say(f"GPU {g.bus_id} was successfully reset.")
+        view = busy_view(self.node, gpus=gpus)  # (under the node lock: run() holds it)
+        held = {g.index for g in gpus if view.of_gpu(g.index)}
+        for g in gpus:
+            try:
+                if g.index in held:
+                    raise N.NVMLError(N.NVML_ERROR_IN_USE)
+                g.reset()
+            except Exception as e:  # NVMLError or DeviceError (real nvidia-smi's own words)
+                failed.append((g, e))
+                continue
+            self.say(f"GPU {g.bus_id} was successfully reset.")
         if failed:
             self.say("The following GPUs could not be reset:")
             for g, e in failed:
@@ -429,27 +432,24 @@ class Smi:
         first CUDA call, an MPS server or a time-sliced client, is answered as the driver answers one with a
         CUDA context: ``In use by another client``. Checked and destroyed under the node lock."""
         from migctl.busy import busy_view
-        from migctl.paths import node_lock
 
         if not targets:
             self.say(f"No {what} found: Not Found")
             return NOT_FOUND
         first_err: N.NVMLError | None = None
-        with node_lock(self.node, LOCK_WAIT_S, what=f"migctl smi mig (destroy {what})"):
-            view = busy_view(self.node)
-            for obj, unable, done in targets:
-                gi = getattr(obj, "gi", None)
-                held = (view.of_device(gi.gpu.index, gi.id, obj.id) if gi is not None
-                        else view.of_gi(obj.gpu.index, obj.id))
-                try:
-                    if held:
-                        raise N.NVMLError(N.NVML_ERROR_IN_USE)
-                    obj.destroy()
-                except N.NVMLError as e:
-                    self.say(f"{unable}: {nvml_text(e)}")
-                    first_err = first_err or e
-                    continue
-                self.say(done)
+        view = busy_view(self.node)  # (under the node lock: run() holds it)
+        for obj, unable, done in targets:
+            gi = getattr(obj, "gi", None)
+            held = view.of_device(gi.gpu.index, gi.id, obj.id) if gi is not None else view.of_gi(obj.gpu.index, obj.id)
+            try:
+                if held:
+                    raise N.NVMLError(N.NVML_ERROR_IN_USE)
+                obj.destroy()
+            except N.NVMLError as e:
+                self.say(f"{unable}: {nvml_text(e)}")
+                first_err = first_err or e
+                continue
+            self.say(done)
         if first_err is not None:
             self.say(f"Failed to destroy {what}: {nvml_text(first_err)}")
             return exit_code(first_err)
