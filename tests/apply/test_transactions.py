@@ -196,7 +196,8 @@ def test_ctrl_c_mid_apply_rolls_back_whole(mknode, client, at) -> None:
     assert not Journal(node).exists()
 
 
-def test_sigterm_mid_apply_rolls_back_whole(tmp_path) -> None:
+@pytest.mark.parametrize("cli", ["migctl", "nvidia-mig-parted"])
+def test_sigterm_mid_apply_rolls_back_whole(tmp_path, cli) -> None:
     """`migctl apply` stopped with SIGTERM (systemctl stop, kill) while a hook runs between two operations
     (MIG mode enabled, no instance created yet): the node is rolled back whole (MIG disabled again) and the
     exit is 130. Before, SIGTERM ended Python at once: MIG left enabled, journal pending."""
@@ -215,17 +216,22 @@ def test_sigterm_mid_apply_rolls_back_whole(tmp_path) -> None:
     assert _cli(["apply", "-f", str(cfg), "-c", "a", "-q"], env).returncode == 0
     before = _cli(["mode", "--json"], env).stdout
     assert '"mig_current": false' in before
-    p = subprocess.Popen([sys.executable, "-m", "migctl.cli.main", "apply", "-f", str(cfg), "-c", "b", "-k", str(hooks),
-                          "-q"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    module, extra = ("migctl.cli.main", ["-q"]) if cli == "migctl" else ("migctl.parted.cli", [])
+    p = subprocess.Popen([sys.executable, "-m", module, "apply", "-f", str(cfg), "-c", "b", "-k", str(hooks), *extra],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not gate.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gate.exists()
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
-    line, = err.strip().splitlines()
-    assert line.startswith("migctl: interrupted: before operation 2/") and "rolled back" in line, line
+    line = err.strip().splitlines()[-1]
+    if cli == "migctl":
+        assert p.returncode == 130 and len(err.strip().splitlines()) == 1, err
+        assert line.startswith("migctl: interrupted: before operation 2/") and "rolled back" in line, line
+    else:  # mig-parted's way: one fatal line, exit 1
+        assert p.returncode == 1 and "level=fatal" in line, err
+        assert "Interrupted: before operation 2/" in line and "rolled back" in line, line
     assert _cli(["mode", "--json"], env).stdout == before
     assert not list((tmp_path / "state").glob("*.journal.json"))
 

@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     except Fatal as e:
         sys.stderr.write(Log.line("fatal", capitalize(str(e))) + "\n")
         return 1
-    except KeyboardInterrupt:
-        sys.stderr.write(Log.line("fatal", "Interrupted") + "\n")
+    except KeyboardInterrupt as e:  # (an apply stopped by Ctrl-C or SIGTERM says whether it rolled back)
+        sys.stderr.write(Log.line("fatal", "Interrupted" + (f": {e}" if str(e) else "")) + "\n")
         return 1
     except UserError as e:  # migctl's own one-line errors (a bad MIGCTL_STATE_DIR, a state file): as they are
         sys.stderr.write(Log.line("fatal", capitalize(str(e))) + "\n")
@@ -47,3 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
