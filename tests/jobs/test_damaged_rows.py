@@ -271,3 +271,18 @@ def test_a_damaged_lease_row_keeps_its_device_in_use(a30: SimEnv) -> None:
         assert ("a damaged lease row (pid not a whole number)" in r.stderr) == bool(force), r.stderr
         assert [x["uuid"] for x in json.loads(a30.migctl("leases", "--json").stdout)["leases"]] == [uuid]
     assert a30.uuids(0) == [uuid]  # nothing was destroyed
+
+
+@pytest.mark.parametrize("column, value, damaged", [
+    ("env", '{"": "x"}', True), ("env", '{"A=B": "x"}', True), ("env", '{"A\\u0000": "x"}', True),
+    ("env", '{"A": 1}', True), ("env", '{"A": "x\\u0000"}', True), ("env", '{"A": "x=y", "B": ""}', False),
+    ("env", "{}", False), ("env", "", False), ("env", "[]", True),
+    ("cmd", '["a", 1]', True), ("cmd", '["a\\u0000"]', True), ("cmd", "[]", True), ("cmd", '["sh", "-c", "x"]', False),
+    ("gpus", "[-1]", True), ("gpus", '["a"]', True), ("gpus", "[1.0]", True), ("gpus", "[0, 3]", False),
+    ("gpus", "[true]", True),
+])
+def test_the_json_columns_are_checked_item_by_item(column: str, value: str, damaged: bool) -> None:
+    """What a listing checks in every row, at C speed since 2026-12-03: the same refusals as before."""
+    from migctl.jobs.rows import CHECKS
+
+    assert (CHECKS[column](value) is not None) == damaged

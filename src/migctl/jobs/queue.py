@@ -121,12 +121,15 @@ class Job:
     sharing: Sharing = Sharing()
 
     @classmethod
-    def from_row(cls, r: Any) -> Job:
+    def from_row(cls, r: Any, checked: bool = False, with_env: bool = True) -> Job:
         """The job a row of the jobs table holds; a field that migctl never writes (the database edited by hand
-        or damaged) is one line naming the job and the field (:mod:`migctl.jobs.rows`)."""
-        check(r)  # (migctl.jobs.rows: every column as migctl writes it)
+        or damaged) is one line naming the job and the field (:mod:`migctl.jobs.rows`). ``checked``: the caller
+        has checked the row already; ``with_env=False``: ``env`` is left empty (listings, which never start
+        the job, need not hold every job's environment)."""
+        if not checked:
+            check(r)  # (migctl.jobs.rows: every column as migctl writes it)
         cmd = json.loads(r["cmd"])
-        env = json.loads(r["env"]) if r["env"] else {}
+        env = json.loads(r["env"]) if r["env"] and with_env else {}
         gpus = tuple(json.loads(r["gpus"]) if r["gpus"] else ()) or None
         return cls(id=r["id"], name=r["name"], cmd=cmd, cwd=r["cwd"], profile=r["profile"],
                    mem_mib=r["mem_mib"], gpus=gpus, priority=r["priority"], state=r["state"], created=r["created"],
@@ -218,7 +221,7 @@ class JobQueue:
 
     def list_sound(self, states: tuple[str, ...] | None = None) -> tuple[list[Job], list[tuple[int, str]]]:
         """As :meth:`list`, for listings: the jobs of the sound rows, and (job ID, one line) for each damaged
-        row (edited by hand), so that one damaged row hides only itself."""
+        row (edited by hand), so that one damaged row hides only itself. The jobs' ``env`` is not loaded."""
         from migctl.jobs.rows import problem
 
         q, args = "SELECT * FROM jobs WHERE node=?", [self.key]
@@ -230,7 +233,7 @@ class JobQueue:
         for r in self.conn.execute(q + " ORDER BY id", args).fetchall():
             err = problem(r)
             if err is None:
-                jobs.append(Job.from_row(r))
+                jobs.append(Job.from_row(r, checked=True, with_env=False))
             else:
                 damaged.append((int(r["id"]), str(err)))
         return jobs, damaged
