@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
@@ -286,3 +288,24 @@ def test_a_lock_held_while_a_job_takes_its_device_requeues_it(a30: SimEnv) -> No
     _serve_until_idle(w, other)
     assert (q.get(jid).state, q.get(jid).exit_code) == ("failed", 3), (q.get(jid).reason, said)
     assert any("write-locked" in x and "trying again in" in x for x in said), said
+
+
+def test_logs_of_a_large_log_in_bounded_memory(a30: SimEnv) -> None:
+    """`migctl logs` copies a 200 MB log in 1 MiB pieces: its peak memory stays far below the log's size (it
+    read the whole file at once: about 230 MB for this log on 2026-12-03)."""
+    q = JobQueue(a30.node())
+    jid = q.submit(["true"], Request())
+    log = q.log_file(jid)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as f:
+        for _ in range(200):
+            f.write(b"x" * 1023 + b"\n" * 1 + b"y" * (1 << 20) + b"\n")
+    size = log.stat().st_size
+    peak = subprocess.run(
+        [sys.executable, "-c", "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], stdout=subprocess."
+         "PIPE, check=True); print(len(p.stdout), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+         sys.executable, "-m", "migctl.cli.main", "logs", str(jid)], env=a30.env, capture_output=True, text=True,
+        timeout=120)
+    assert peak.returncode == 0, peak.stderr
+    copied, rss_kib = map(int, peak.stdout.split())
+    assert copied == size and rss_kib < 120 * 1024, (copied, size, rss_kib)

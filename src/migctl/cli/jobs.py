@@ -320,9 +320,9 @@ def register(app: typer.Typer) -> None:
             try:
                 with open(path, "rb") as f:
                     f.seek(pos)
-                    chunk = f.read()
-                    pos += len(chunk)
-                    sys.stdout.buffer.write(chunk)
+                    while chunk := f.read(1 << 20):  # bounded memory, whatever the log's size
+                        pos += len(chunk)
+                        sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
             except FileNotFoundError:
                 if not follow:
