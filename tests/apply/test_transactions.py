@@ -216,7 +216,7 @@ def test_sigterm_mid_apply_rolls_back_whole(tmp_path, cli) -> None:
     assert _cli(["apply", "-f", str(cfg), "-c", "a", "-q"], env).returncode == 0
     before = _cli(["mode", "--json"], env).stdout
     assert '"mig_current": false' in before
-    module, extra = ("migctl.cli.main", ["-q"]) if cli == "migctl" else ("migctl.parted.cli", [])
+    module, extra = ("migctl.cli.main", ["-q"]) if cli == "migctl" else ("migctl.parted", [])
     p = subprocess.Popen([sys.executable, "-m", module, "apply", "-f", str(cfg), "-c", "b", "-k", str(hooks), *extra],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

@@ -100,8 +100,18 @@ def load_config(path: str) -> Any:
     from migctl.config import load_config as load
 
     try:
-        if path == "-":
-            return load(sys.stdin.read(), file="<stdin>")
+        if path == "-":  # bounded as a file is (migctl.inputs.MAX_BYTES): read one byte past it, never further
+            from migctl.inputs import MAX_BYTES
+
+            data = sys.stdin.buffer.read(MAX_BYTES + 1)
+            if len(data) > MAX_BYTES:
+                raise Fatal(f"the config on stdin is larger than {MAX_BYTES // (1024 * 1024)} MiB; nothing was read "
+                            "further and nothing was changed")
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise Fatal(f"the config on stdin is not UTF-8 text (byte {e.start}); nothing was changed") from None
+            return load(text, file="<stdin>")
         st = os.stat(path)
         key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
         if key not in _CACHE:
