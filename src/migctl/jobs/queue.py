@@ -696,6 +696,7 @@ class Worker:
 
 def _read_exit(path: Path) -> int | None:
     try:
-        return int(path.read_text().strip())
+        with open(path, "rb") as f:
+            return int(f.read(64).strip())  # (a status is a few digits: a job that wrote more there is not believed)
     except (OSError, ValueError):
         return None
