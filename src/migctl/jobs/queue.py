@@ -298,6 +298,8 @@ class Worker:
             from migctl.jobs.demand import Demand
 
             self.demand = Demand(self, policy)
+        self._seen_version: int | None = None  # the jobs database's data_version at the last full pass
+        self._next_full = 0.0  # when the next full pass is due whatever the database says (monotonic)
 
     # ------------------------------------------------------------------ lifecycle
     def acquire(self, block: bool = False) -> bool:
@@ -340,9 +342,18 @@ class Worker:
             self.log(f"stopped the MPS daemon of {uuid}: its clients had all ended")
 
     # ------------------------------------------------------------------ one pass
+    FULL_PASS_S = 1.0  # with nothing new in the jobs database, a full pass still this often (see step)
+
     def step(self) -> int:
         """Reap finished jobs, enforce time limits, start what fits, then (with a policy) reserve and reshape
-        for what did not fit (:mod:`migctl.jobs.demand`). Returns the number of jobs started."""
+        for what did not fit (:mod:`migctl.jobs.demand`). Returns the number of jobs started.
+
+        The start pass reads and checks every queued job (0.3 s for 10,000 of them), so it runs only when
+        something may have changed: another process wrote to the jobs database (SQLite's ``data_version``: a
+        submit, a cancel, a lease released by ``run``), a job of this worker ended, or :attr:`FULL_PASS_S`
+        has gone by (devices also free up outside the database: a CUDA process migctl did not start ends;
+        reservations, the churn window and hysteresis run on the clock). Before, it ran every ``poll``
+        (50 ms): a worker in front of 10,000 blocked jobs used 85% of a core."""
         from migctl.jobs.limits import DEFAULT_GRACE_S, enforce
 
         if time.monotonic() >= self._next_sweep:  # rows edited by hand while the worker runs (jobs.rows)
@@ -352,6 +363,11 @@ class Worker:
             drop_damaged(self.q.conn, self.log)
         ended = self.reap()
         enforce(self.q.conn, self.q.key, self.policy.limit_grace if self.policy else DEFAULT_GRACE_S, self.log)
+        version = self.q.conn.execute("PRAGMA data_version").fetchone()[0]
+        if not ended and version == self._seen_version and time.monotonic() < self._next_full:
+            return 0
+        self._seen_version = version  # (read before the pass: what this pass writes through the lease
+        self._next_full = time.monotonic() + self.FULL_PASS_S  # manager's own connection shows as a change)
         started = self.start_ready()
         if self.demand is not None:
             started += self.demand.after_pass(changed=bool(ended or started))
