@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pynvml
@@ -267,19 +266,30 @@ def test_unsatisfiable_requests_fail_at_once(a30: SimEnv) -> None:
 
 
 def test_wait_then_run_when_device_frees(a30: SimEnv) -> None:
+    """A run waits while the device is held and runs once it frees; a wait that runs out is exit 75. The holder
+    lets go when the test says (a gate file), not after a sleep: under load a waiter could start after a
+    `sleep 3` holder had already ended, and never wait (seen once on 2026-12-03, with four test processes on
+    two cores)."""
     a30.layout(0, ["4g.24gb"])
-    holder = a30.popen("run", "--", "sh", "-c", "echo up; sleep 3")
+    gate = a30.tmp / "release"
+    hold = ["run", "--", "sh", "-c", f"echo up; while [ ! -e {gate} ]; do sleep 0.05; done"]
+    holder = a30.popen(*hold)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "up"  # it holds its lease
+    waiter = a30.popen("run", "--wait", "60", "--", "true")
+    assert waiter.stderr is not None
+    said = waiter.stderr.readline()  # the waiter says it waits before the holder lets go
+    assert "waiting for a free MIG device" in said, said
+    gate.touch()
+    _, err = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0, err
+    holder.wait(timeout=60)
+    gate.unlink()
+    holder = a30.popen(*hold)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
-    t = time.monotonic()
-    r = a30.migctl("run", "--wait", "20", "--", "true")
-    assert r.returncode == 0 and "waiting for a free MIG device" in r.stderr
-    assert time.monotonic() - t > 0.3
-    holder.wait()
-    r2 = a30.popen("run", "--", "sleep", "5")
-    time.sleep(0.5)
     r = a30.migctl("run", "--wait", "0.5", "--", "true")
     assert r.returncode == 75 and "waited 0.5s" in r.stderr
-    r2.kill()
+    gate.touch()
+    holder.wait(timeout=60)
 
 
 def _alive(pid: int) -> bool:
