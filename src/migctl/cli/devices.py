@@ -658,8 +658,8 @@ def gi_destroy(
 ) -> None:
     """Destroy GPU instances (nvidia-smi mig -dci; -dgi), their compute instances first.
 
-    Refused (nothing destroyed) while anything holds one of them: a process, a lease of `migctl run`, the queue
-    or Slurm (before its first CUDA call too), an MPS server or time-sliced client migctl started.
+    Refused (nothing destroyed) while anything holds one of them: a process, a lease of `migctl run` or the
+    queue (before its first CUDA call too), an MPS server or time-sliced client migctl started.
     """
     N = _nvml()
     if gi is None and not all_:

@@ -1,7 +1,7 @@
 """The verbs that change instances by hand (gi/ci create and destroy, reset) and the one authority on "busy".
 
 nvidia-smi refuses to destroy only what the driver refuses: an instance with a CUDA context. migctl knows
-more holders (:mod:`migctl.busy`): a lease taken by ``migctl run``, the queue worker or Slurm holds its
+more holders (:mod:`migctl.busy`): a lease taken by ``migctl run`` or the queue worker holds its
 device from the moment it is taken, though NVML lists the process only after its first CUDA call; an MPS
 server or a time-sliced client migctl started holds its device too. So ``gi destroy``, ``ci destroy`` and
 ``reset`` ask :func:`migctl.busy.busy_view`, and they do it under the node lock, the lock under which
