@@ -2,7 +2,7 @@
 
 An instance (GPU instance, or one compute instance of it) is **busy** when any of these holds it:
 
-* a **live lease** in the jobs database (``migctl run``, a queued job, Slurm): the holder PID is alive with
+* a **live lease** in the jobs database (``migctl run``, a queued job, ``migctl bench``): the holder PID is alive with
   its recorded start time, **or** a process of the lease's process group still runs (so killing a wrapper
   with SIGKILL cannot free a device whose command still runs);
 * an **NVML process** (a CUDA context on it: on a real GPU that appears only after the first CUDA call,
