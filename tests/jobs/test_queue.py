@@ -349,3 +349,37 @@ def test_the_start_pass_runs_when_something_changed(a30: SimEnv) -> None:
     finally:
         w.release()
         LeaseManager(a30.node()).release(holder)
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EAGAIN"])
+def test_a_job_that_cannot_be_started_for_a_moment_is_not_failed(a30: SimEnv, errno_name: str) -> None:
+    """Its log cannot be created (a full disk) or its process cannot be forked (the system out of processes
+    for a moment): the job goes back to the queue and starts on the next try, and its device is free
+    meanwhile. Before, it was failed for good ('cannot start: [Errno 28] No space left on device')."""
+    import errno
+
+    a30.layout(0, ["1g.6gb"])
+    q = JobQueue(a30.node())
+    jid = q.submit(["sh", "-c", "exit 4"], Request())
+    said: list[str] = []
+    w = Worker(q, log=said.append)
+    w.RETRY_MIN_S = 0.05
+    real = w._spawn
+    refused = [False]
+
+    def spawn(job, extra):  # the system refuses the first start
+        if not refused[0]:
+            refused[0] = True
+            code = getattr(errno, errno_name)
+            raise OSError(code, os.strerror(code))
+        return real(job, extra)
+
+    w._spawn = spawn  # type: ignore[method-assign]
+    assert w.acquire()
+    try:
+        w.run(until_idle=True)
+    finally:
+        w.release()
+    job = q.get(jid)
+    assert (job.state, job.exit_code) == ("failed", 4), (job.reason, said)  # it ran: its own status
+    assert any(os.strerror(getattr(errno, errno_name)) in x and "trying again" in x for x in said), said

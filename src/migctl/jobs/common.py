@@ -85,10 +85,11 @@ def unusable_db(path: Path, e: Exception, opened: bool = True) -> str:
             "leases and reservations are lost; running jobs keep running)")
 
 
-def transient_storage(e: BaseException) -> str | None:
+def transient_failure(e: BaseException) -> str | None:
     """One line when ``e`` is a failure that may pass: storage (a full disk or quota, an I/O error, the database
-    write-locked past the busy timeout) or a :class:`JobsError` that says "try again" (exit code 75: NVML kept
-    failing, a lock); None otherwise (a damaged database, a bug: those are not retried)."""
+    write-locked past the busy timeout), the system out of processes or memory for a moment (a fork that
+    failed: EAGAIN, ENOMEM), or a :class:`JobsError` that says "try again" (exit code 75: NVML kept failing,
+    a lock); None otherwise (a damaged database, a bug: those are not retried)."""
     import errno
 
     if isinstance(e, sqlite3.OperationalError):
@@ -98,7 +99,7 @@ def transient_storage(e: BaseException) -> str | None:
         return None
     if isinstance(e, JobsError) and e.exit_code == 75:  # (immediate(): write-locked past the busy timeout)
         return str(e)
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.ENOMEM):
         return f"{e.strerror}" + (f": {e.filename}" if e.filename is not None else "")
     return None
 

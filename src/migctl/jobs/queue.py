@@ -54,7 +54,7 @@ from migctl.jobs.common import (
     proc_start,
     signal_group,
     state_dir,
-    transient_storage,
+    transient_failure,
 )
 from migctl.jobs.leases import Lease, LeaseManager, Request
 from migctl.jobs.mps import Sharing
@@ -629,6 +629,8 @@ class Worker:
             proc, gate = self._spawn(job, child_env(lease, base={}))
         except (OSError, ValueError) as e:  # (ValueError: a NUL or an '=' in a name, which exec refuses)
             self.leases.release(lease)
+            if isinstance(e, OSError) and transient_failure(e):  # a full disk for its log, a fork refused for
+                raise  # a moment: the job goes back to the queue (run() says so and tries again), never failed
             self._fail_claimed(job, f"cannot start: {e}")
             return False
         start = proc_start(proc.pid) or 0.0
@@ -679,8 +681,8 @@ class Worker:
     def run(self, until_idle: bool = False, ids: list[int] | None = None, stop: Any = None) -> None:
         """Serve the queue; with ``until_idle`` return once no job (of ``ids``) is queued or running.
 
-        A storage failure that may pass (:func:`migctl.jobs.common.transient_storage`: a full disk, an I/O error,
-        the database locked too long) does not end the worker: it says so, keeps the jobs it started (their
+        A failure that may pass (:func:`migctl.jobs.common.transient_failure`: a full disk, an I/O error, the
+        database locked too long, a fork refused for a moment) does not end the worker: it says so, keeps the jobs it started (their
         exit statuses stay with it, which a full disk keeps out of their exit files), and tries again every 1, 2,
         4 ... up to 30 s; each try first puts back what the failed pass had claimed (:meth:`recover`)."""
         delay = 0.0
@@ -691,7 +693,7 @@ class Worker:
                 started = self.step()
                 done = until_idle and self.active(ids) == 0
             except (OSError, sqlite3.OperationalError, JobsError) as e:
-                why = transient_storage(e)
+                why = transient_failure(e)
                 if why is None:
                     raise
                 delay = min(self.RETRY_MAX_S, max(self.RETRY_MIN_S, delay * 2))

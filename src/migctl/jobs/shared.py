@@ -205,6 +205,10 @@ def _admit(node: Any, mps: MpsManager, d: Device, sharing: Sharing, spawn: Spawn
     try:
         proc, gate = spawn(env)
     except (OSError, ValueError) as e:  # (ValueError: a NUL or an '=' in a name, which exec refuses)
+        from migctl.jobs.common import transient_failure
+
+        if isinstance(e, OSError) and transient_failure(e):
+            raise  # (a full disk, a fork refused for a moment: the caller tries again, a queued job is not failed)
         raise JobsError(f"cannot start {name!r}: {e}") from None
     import psutil
 
