@@ -119,15 +119,11 @@ def atomic_write(path: Path, text: str, prefix: str, fsync_dir: bool = False, fs
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-    except OSError as e:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if e.filename is None:  # a failed write or fsync (ENOSPC, EIO) names no file: name the one replaced
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write or fsync (ENOSPC, EIO) names no
+            raise OSError(e.errno, e.strerror, str(path)) from e  # file: name the one replaced
         raise
 
 
@@ -174,6 +170,7 @@ def node_lock_path(node: Any, directory: Path | None = None) -> Path:
 
 # ------------------------------------------------------------------------------------------------ node lock
 EXIT_LOCKED = 4
+NODE_LOCK_WAIT_S = 60.0  # how long a verb waits for the node lock by default (`--lock-timeout`, as apply's)
 
 
 class LockBusy(UserError):

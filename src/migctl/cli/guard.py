@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-LOCK_WAIT_S = 60.0  # as `migctl apply --lock-timeout`'s default
+from migctl.paths import NODE_LOCK_WAIT_S as LOCK_WAIT_S
 
 
 @contextlib.contextmanager

@@ -209,7 +209,7 @@ class JobQueue:
             raise JobsError(f"no job {job_id} on this node (migctl jobs --all lists them)")
         return Job.from_row(r)
 
-    def list(self, states: tuple[str, ...] | None = None, ids: list[int] | None = None) -> list[Job]:
+    def _rows(self, states: tuple[str, ...] | None, ids: list[int] | None = None) -> list[Any]:
         q, args = "SELECT * FROM jobs WHERE node=?", [self.key]
         if states:
             q += f" AND state IN ({','.join('?' * len(states))})"
@@ -217,20 +217,19 @@ class JobQueue:
         if ids:
             q += f" AND id IN ({','.join('?' * len(ids))})"
             args += [int(i) for i in ids]
-        return [Job.from_row(r) for r in self.conn.execute(q + " ORDER BY id", args).fetchall()]
+        return self.conn.execute(q + " ORDER BY id", args).fetchall()
+
+    def list(self, states: tuple[str, ...] | None = None, ids: list[int] | None = None) -> list[Job]:
+        return [Job.from_row(r) for r in self._rows(states, ids)]
 
     def list_sound(self, states: tuple[str, ...] | None = None) -> tuple[list[Job], list[tuple[int, str]]]:
         """As :meth:`list`, for listings: the jobs of the sound rows, and (job ID, one line) for each damaged
         row (edited by hand), so that one damaged row hides only itself. The jobs' ``env`` is not loaded."""
         from migctl.jobs.rows import problem
 
-        q, args = "SELECT * FROM jobs WHERE node=?", [self.key]
-        if states:
-            q += f" AND state IN ({','.join('?' * len(states))})"
-            args += list(states)
         jobs: list[Job] = []
         damaged: list[tuple[int, str]] = []
-        for r in self.conn.execute(q + " ORDER BY id", args).fetchall():
+        for r in self._rows(states):
             err = problem(r)
             if err is None:
                 jobs.append(Job.from_row(r, checked=True, with_env=False))

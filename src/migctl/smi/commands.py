@@ -15,13 +15,13 @@ from typing import Any, TextIO
 import pynvml as N
 
 from migctl.inputs import is_digits
+from migctl.paths import NODE_LOCK_WAIT_S as LOCK_WAIT_S
 from migctl.smi import render as R
 from migctl.smi.args import INVALID_COMBINATION, SmiArgs, SmiUsageError, parse
 
 # nvidia-smi(1) "RETURN VALUE": these NVML return codes are passed through; anything else is 255.
 _PASSTHROUGH_CODES = {2, 3, 4, 6, 8, 9, 10, 12, 13, 14, 15}
 NOT_FOUND = 6
-LOCK_WAIT_S = 60.0  # the node lock (apply, run, the worker), waited for as `migctl gi destroy` does
 CHANGING = ("mig-mode", "reset", "cgi", "cci", "dci", "dgi")  # the actions run under the node lock
 
 
