@@ -102,6 +102,15 @@ def register_mps_provider(fn: MpsProvider) -> MpsProvider:
     return fn
 
 
+def sharing_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]:
+    """The MPS servers and time-sliced clients every registered provider reports on ``node``:
+    ``(gpu, gi or None, ci or None, pid, detail)``. Busy holders for :func:`busy_view`, and what the exporter,
+    ``top`` and the pictures count as busy besides processes and leases."""
+    with contextlib.suppress(ImportError):  # registers migctl's own MPS daemons (loaded lazily: no cycle)
+        import migctl.jobs.mps  # noqa: F401
+    return [h for provider in MPS_PROVIDERS for h in provider(node)]
+
+
 # ------------------------------------------------------------------------------------------------ processes
 def own_pidns() -> str:
     """This process's PID namespace, ``pid:[inode]`` ('' where /proc does not say)."""
@@ -267,17 +276,14 @@ def busy_view(node: Any, exclude_lease: str | None = None, leases: bool = True, 
             detail = f"{DAMAGED_LEASE} ({bad}): delete it once its holder has ended" if bad else r["owner"] or ""
             pid = r["pid"] if not bad else 0
             view.devices.setdefault(where, []).append(Holder("lease", int(pid), procs, detail, str(ns)))
-    with contextlib.suppress(ImportError):  # registers migctl's own MPS daemons (loaded lazily: no cycle)
-        import migctl.jobs.mps  # noqa: F401
-    for provider in MPS_PROVIDERS:
-        for gpu, gi, ci, pid, detail in provider(node):
-            h = Holder("mps", pid, (pid,), detail)
-            if gi is None:
-                view.gpus.setdefault(gpu, []).append(h)
-            elif ci is None:
-                view.gis.setdefault((gpu, gi), []).append(h)
-            else:
-                view.devices.setdefault((gpu, gi, ci), []).append(h)
+    for gpu, gi, ci, pid, detail in sharing_holders(node):
+        h = Holder("mps", pid, (pid,), detail)
+        if gi is None:
+            view.gpus.setdefault(gpu, []).append(h)
+        elif ci is None:
+            view.gis.setdefault((gpu, gi), []).append(h)
+        else:
+            view.devices.setdefault((gpu, gi, ci), []).append(h)
     return view
 
 

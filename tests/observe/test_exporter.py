@@ -4,12 +4,15 @@ waits for the node lock."""
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+import pytest
 from tests.observe.conftest import Env, start_exporter, stop, wait_for
 
 CONFIG = """version: v1
@@ -324,3 +327,43 @@ def test_an_idle_connection_is_closed_and_scrapes_go_on() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_shared_devices_are_busy_before_any_cuda_context(h100x2: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device with an MPS server or a time-sliced client migctl started is busy in the exporter, ``top`` and
+    the slice map from the start, as ``migctl.busy`` (which every destroy asks) counts it: a real driver lists
+    such a process only after its first CUDA call (``sim client-delay``), and there is no lease."""
+    short = tempfile.mkdtemp(prefix="mig")  # the MPS control socket's path must stay short
+    h100x2.env["MIGCTL_STATE_DIR"] = short
+    monkeypatch.setenv("MIGCTL_STATE_DIR", short)
+    uuids = [u for _, u in h100x2.layout(0, ["1g.10gb", "1g.10gb"])]
+    assert h100x2.migctl("sim", "client-delay", "600").returncode == 0
+    go = h100x2.tmp / "go"
+    hold = ("--", "sh", "-c", f'while [ ! -e "{go}" ]; do sleep 0.05; done')
+    runs = [h100x2.popen("run", "--no-create", "-p", "1g.10gb", "--isolation", iso, "--share", "2", *hold)
+            for iso in ("none", "soft")]
+    try:
+        def both_busy() -> bool:
+            out = scrape(h100x2)
+            return all(sample(out, "migctl_mig_device_busy", mig_uuid=u) == 1 for u in uuids)
+
+        wait_for(both_busy, what="both shared devices busy")
+        out = scrape(h100x2)
+        assert all(sample(out, "migctl_mig_device_processes", mig_uuid=u) == 0 for u in uuids)  # none in NVML
+        assert sample(out, "migctl_leases") == 0
+        top = h100x2.migctl("top", "--once")
+        assert top.returncode == 0, top.stderr
+        assert "MPS server" in top.stdout and "time-sliced client" in top.stdout, top.stdout
+        gmap = h100x2.migctl("gpus", "--map", "-i", "0")
+        assert gmap.returncode == 0 and "=" not in gmap.stdout.split("# busy")[0], gmap.stdout
+        go.touch()
+        assert all(p.wait(60) == 0 for p in runs)
+        out = scrape(h100x2)
+        assert all(sample(out, "migctl_mig_device_busy", mig_uuid=u) == 0 for u in uuids)
+    finally:
+        go.touch()
+        for p in runs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(20)
+        shutil.rmtree(short, ignore_errors=True)

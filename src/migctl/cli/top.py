@@ -44,7 +44,7 @@ def frame(observer: Any, reader: Any, width: int = 120) -> Any:
             act = "n/a" if gi.activity is None else f"{100 * gi.activity:.0f}%"
             for ci in gi.cis:
                 t.add_row(str(g.index), str(gi.gi_id), str(ci.ci_id), ci.profile or gi.profile, mem, act,
-                          ",".join(map(str, ci.pids)) or "-", str(ci.leased_by or "-"), str(ci.job_id or "-"))
+                          ", ".join([*map(str, ci.pids), *ci.shared]) or "-", str(ci.leased_by or "-"), str(ci.job_id or "-"))
     if t.row_count:
         parts.append(t)
     if queue.running:

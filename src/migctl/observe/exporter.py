@@ -99,7 +99,8 @@ class MigCollector(Collector):
         own = ["gpu", "UUID"]
         info = InfoMetricFamily("migctl_mig_device", "One series per MIG device: profile, placement, GI/CI, lease.",
                                 labels=[*own, "GPU_I_ID", "GPU_I_PROFILE"])
-        busy = GaugeMetricFamily("migctl_mig_device_busy", "1 when the MIG device has processes or a live lease.",
+        busy = GaugeMetricFamily("migctl_mig_device_busy", "1 when the MIG device has processes, a live lease, or an MPS server or time-sliced "
+                                 "client migctl started.",
                                  labels=[*own, "GPU_I_ID", "ci_id", "mig_uuid"])
         nproc = GaugeMetricFamily("migctl_mig_device_processes", "Compute processes on the MIG device.",
                                   labels=[*own, "GPU_I_ID", "ci_id", "mig_uuid"])

@@ -31,10 +31,13 @@ class CiView:
     pids: tuple[int, ...] = ()
     leased_by: int | None = None  # holder PID of a migctl lease
     job_id: int | None = None
+    # MPS servers and time-sliced clients migctl started on it, e.g. "MPS server 812" (migctl.busy counts them
+    # from the start, before any client has a CUDA context that NVML would list)
+    shared: tuple[str, ...] = ()
 
     @property
     def busy(self) -> bool:
-        return bool(self.pids) or self.leased_by is not None
+        return bool(self.pids) or self.leased_by is not None or bool(self.shared)
 
 
 @dataclass(frozen=True)

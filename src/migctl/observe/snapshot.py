@@ -103,13 +103,30 @@ class GpmSampler:
 class Observer:
     """Reads the node; reuse one Observer between reads (one NVML session, GPM samples kept)."""
 
-    def __init__(self, node: Any, leases: Any = None) -> None:
+    def __init__(self, node: Any, leases: Any = None, sharing: Any = None) -> None:
         import socket
+
+        from migctl.busy import sharing_holders
 
         self.node = node
         self.gpm = GpmSampler()
         self.leases = leases  # a callable returning list[LeaseRow], or None
+        # a callable node -> [(gpu, gi, ci, pid, detail)]: MPS servers and time-sliced clients (migctl.busy's)
+        self.sharing = sharing_holders if sharing is None else sharing
         self.hostname = socket.gethostname()
+
+    def _sharing(self) -> dict[tuple[int, int, int], list[tuple[int, str]]]:
+        """MPS servers and time-sliced clients by MIG device, as :mod:`migctl.busy` counts them."""
+        out: dict[tuple[int, int, int], list[tuple[int, str]]] = {}
+        try:
+            found = self.sharing(self.node)
+        except Exception:  # noqa: BLE001 - a scrape still serves the rest (busy_view, which destroys ask, raises)
+            found = []
+        for gpu, gi, ci, pid, detail in found:
+            if gi is not None and ci is not None:
+                kind = "time-sliced client" if detail.startswith("time-sliced") else "MPS server"
+                out.setdefault((gpu, gi, ci), []).append((pid, f"{kind} {pid}"))
+        return out
 
     def snapshot(self) -> NodeSnapshot:
         from migctl.catalog import parse_driver
@@ -117,6 +134,7 @@ class Observer:
         driver = parse_driver(self.node.driver_version)
         lease_rows: list[LeaseRow] = list(self.leases()) if self.leases else []
         by_uuid = {r.uuid: r for r in lease_rows}
+        sharing = self._sharing()
         maps: list[GpuMap] = []
         procs: list[ProcessView] = []
         seen: set[tuple[str, int]] = set()
@@ -144,11 +162,13 @@ class Observer:
                     cis = []
                     for d in sorted(by_gi.get(gi.id, []), key=lambda d: d.ci_id):
                         lease = by_uuid.get(d.uuid)
+                        pids = tuple(p.pid for p in gprocs if p.gi_id == gi.id and p.ci_id == d.ci_id)
                         cis.append(CiView(
                             ci_id=d.ci_id, slices=d.ci_slices, uuid=d.uuid, profile=d.profile_name,
-                            device_index=d.index,
-                            pids=tuple(p.pid for p in gprocs if p.gi_id == gi.id and p.ci_id == d.ci_id),
-                            leased_by=lease.pid if lease else None, job_id=lease.job_id if lease else None))
+                            device_index=d.index, pids=pids,
+                            leased_by=lease.pid if lease else None, job_id=lease.job_id if lease else None,
+                            shared=tuple(t for pid, t in sharing.get((g.index, gi.id, d.ci_id), [])
+                                         if pid not in pids)))
                     gmem = _try(by_gi[gi.id][0].memory) if by_gi.get(gi.id) else None
                     seen.add((g.uuid, gi.id))
                     gm.gis.append(GiView(
