@@ -265,6 +265,20 @@ def test_unsatisfiable_requests_fail_at_once(a30: SimEnv) -> None:
     assert r.returncode == 2 and "no command" in r.stderr
 
 
+@pytest.mark.parametrize("at", [1, 2])
+def test_a_device_failure_is_exit_1_not_impossible(a30: SimEnv, at: int) -> None:
+    """NVML failing the run's instance creation (its GI, or the CI after the GI) is one line and exit 1 (the
+    device failed), not 2 (the request can never be satisfied; a wrapper would stop retrying), and the GI a
+    failed CI leaves is rolled back; the same run then succeeds."""
+    a30.node().sim.inject_fault(at)
+    r = a30.migctl("run", "--profile", "1g.6gb", "--", "true")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("migctl: error: NVML: Unknown Error"), r.stderr
+    assert a30.node().gpu(0).gpu_instances() == []
+    a30.node().sim.inject_fault(None)
+    assert a30.migctl("run", "--profile", "1g.6gb", "--", "true").returncode == 0
+
+
 def test_wait_then_run_when_device_frees(a30: SimEnv) -> None:
     """A run waits while the device is held and runs once it frees; a wait that runs out is exit 75. The holder
     lets go when the test says (a gate file), not after a sleep: under load a waiter could start after a

@@ -189,7 +189,11 @@ def main(argv: list[str] | None = None, one_command: bool = False) -> int:
         from migctl.inputs import printable
 
         sys.stderr.write(f"migctl: error: {printable(msg, 20_000)}{_sim_suffix()}\n")
-        return 2
+        import pynvml
+
+        # an NVML error no verb handled: the device failed the operation (1), not bad input (2); `run` and
+        # scripts around it tell "can never be satisfied" (2) from "the device failed" by this code
+        return 1 if isinstance(e, pynvml.NVMLError) else 2
 
 
 def _flush_sim_notes() -> None:
