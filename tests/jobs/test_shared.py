@@ -172,3 +172,44 @@ def test_a_damaged_mps_client_list_is_one_line_and_blocks_the_device(shared: Any
             assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, (text, args, r.stderr)
             assert f"the MPS client list {clients} is damaged" in errors[0], (text, args, errors)
         assert [(g.profile, g.start) for g in read_gpu(a30.node().gpu(0)).gis] == before
+
+
+def test_leases_lists_shared_clients(shared: Any) -> None:
+    """``migctl leases`` shows who shares a device (MPS clients with their limits, time-sliced clients with
+    their share), which are not leases; a damaged client list is one warning and the rest is still listed."""
+    import json
+
+    a30 = shared
+    uuids = a30.layout(0, ["2g.12gb", "1g.6gb"])
+    go, procs = _two_clients(a30, "--isolation", "soft", "--share", "2", "--profile", "2g.12gb")
+    go2 = a30.tmp / "go2"
+    ts = _popen(a30, {"OUT": str(a30.tmp / "env_ts"), "GO": str(go2)}, "run", "--isolation", "none", "--share", "3",
+                "--profile", "1g.6gb", "--", "bash", "-c", ENV_THEN_WAIT)
+    try:
+        _wait_file(a30.tmp / "env_ts")
+        r = a30.migctl("leases", "--json")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["leases"] == [] and out["damaged"] == []
+        got = sorted((c["uuid"], c["kind"], c["threads"], c["mem_mib"], c["share"]) for c in out["shared"])
+        assert got == sorted([(uuids[0], "mps", 50, 5984, None)] * 2 + [(uuids[1], "timeslice", None, None, 3)])
+        assert len({c["pid"] for c in out["shared"]}) == 3  # (each client's command, which the run started)
+        text = a30.migctl("leases").stdout.splitlines()
+        assert sum("shared: MPS client pid" in ln and "50% of threads, 5984 MiB" in ln for ln in text) == 2, text
+        assert sum("shared: time-sliced client pid" in ln and "(--share 3)" in ln for ln in text) == 1, text
+        [mps_list] = [f for f in Path(a30.env["MIGCTL_STATE_DIR"]).glob("mps/*/*/clients.json")
+                      if "timeslice" not in f.read_text()]
+        good = mps_list.read_text()
+        mps_list.write_text("{garbage")
+        r = a30.migctl("leases")
+        assert r.returncode == 0 and "time-sliced client" in r.stdout, r.stdout + r.stderr
+        assert r.stderr.count("migctl: warning:") == 1 and "is damaged" in r.stderr, r.stderr
+        assert len(json.loads(a30.migctl("leases", "--json").stdout)["damaged"]) == 1
+        mps_list.write_text(good)
+    finally:
+        go.touch()
+        go2.touch()
+        for p in [*procs, ts]:
+            p.wait(timeout=60)
+    assert [p.returncode for p in [*procs, ts]] == [0, 0, 0]
+    assert a30.migctl("leases").stdout.strip() == "no leases"

@@ -413,15 +413,22 @@ def register(app: typer.Typer) -> None:
     @app.command("leases")
     @_guard
     def leases_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
-        """Show MIG devices currently leased on this node (stale leases are reclaimed first)."""
+        """Show MIG devices currently leased on this node (stale leases are reclaimed first), and the devices
+        shared through MPS or time-slicing with their clients."""
         from migctl.inputs import printable
         from migctl.jobs import LeaseManager
+        from migctl.jobs.mps import shared_clients
 
-        leases = LeaseManager(node(ctx)).leases()
+        n = node(ctx)
+        leases = LeaseManager(n).leases()
+        damaged: list[str] = []
+        shared = shared_clients(n, damaged)
         if as_json:
-            emit_json({"leases": [x.to_json() for x in leases]})
+            emit_json({"leases": [x.to_json() for x in leases], "shared": shared, "damaged": damaged})
             return
-        if not leases:
+        for text in damaged:
+            sys.stderr.write(f"migctl: warning: {printable(text, 600)}\n")
+        if not leases and not shared:
             print("no leases")
         for x in leases:
             if x.damaged:  # (a row edited by hand)
@@ -430,3 +437,9 @@ def register(app: typer.Typer) -> None:
                 continue
             print(f"{x.cuda_visible_devices} GPU {x.gpu} GI {x.gi} CI {x.ci} {x.profile:<10} pid {x.pid} "
                   f"{x.owner}{' (created)' if x.created_instance else ''}")
+        for c in shared:
+            where = f"GPU {c['gpu']}" + ("" if c["gi"] is None else f" GI {c['gi']} CI {c['ci']}")
+            what = (f"MPS client pid {c['pid']} ({c['threads']}% of threads"
+                    + (f", {c['mem_mib']} MiB" if c["mem_mib"] else "") + ")" if c["kind"] == "mps"
+                    else f"time-sliced client pid {c['pid']} (--share {c['share']})")
+            print(f"{c['uuid']} {where} shared: {what}")

@@ -427,14 +427,8 @@ def shares_from(threads: int | None, mem_mib: int | None, share: int | None, dev
                  math.floor(device_mem_mib * t / 100))
 
 
-def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]:
-    """The MPS servers migctl's daemons run on ``node``, and migctl's live time-sliced clients, for
-    :mod:`migctl.busy` (they make their device busy even before a client has a CUDA context on it):
-    ``(gpu, gi, ci, pid, detail)``."""
-    mgr = MpsManager(node)
-    if not mgr.root.is_dir():
-        return []
-    out: list[tuple[int, int | None, int | None, int, str]] = []
+def _devices(node: Any) -> Iterator[tuple[int, int | None, int | None, str]]:
+    """Every device a client may share: ``(gpu, gi, ci, uuid)`` of each MIG device, or of a GPU without MIG."""
     for g in node.gpus():
         targets: list[tuple[str, int | None, int | None]] = [(g.uuid, None, None)]
         try:
@@ -443,15 +437,58 @@ def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]
         except Exception:  # noqa: BLE001 - a GPU without MIG: its own UUID is the device
             pass
         for uuid, gi, ci in targets:
-            d = mgr.device_dir(uuid)
-            if (d / "clients.json").exists():  # time-sliced clients hold their device before their first CUDA call
-                for c in mgr._read(d):
-                    if c.get("kind") == "timeslice":
-                        out.append((g.index, gi, ci, int(c["pid"]), f"time-sliced client of {uuid}"))
-            if not (d / "pipe" / "control").exists():
-                continue  # no daemon was started for this device: skip the control round trip
-            for pid in mgr.servers(uuid):
-                out.append((g.index, gi, ci, pid, f"MPS server of {uuid}"))
+            yield g.index, gi, ci, uuid
+
+
+def shared_clients(node: Any, damaged: list[str] | None = None) -> list[dict[str, Any]]:
+    """migctl's live MPS and time-sliced clients on ``node``, device by device (``migctl leases``):
+    ``{"uuid", "gpu", "gi", "ci", "kind": "mps"|"timeslice", "pid", "threads", "mem_mib", "share"}``
+    (``threads``/``mem_mib``: an MPS client's limits; ``share``: a time-sliced client's ``--share N``).
+    ``damaged``: where a damaged client list's message goes (else it raises), the other devices listed."""
+    from migctl.errors import UserError
+
+    mgr = MpsManager(node)
+    if not mgr.root.is_dir():
+        return []
+    out: list[dict[str, Any]] = []
+    for gpu, gi, ci, uuid in _devices(node):
+        d = mgr.device_dir(uuid)
+        if not (d / "clients.json").exists():
+            continue
+        try:
+            clients = mgr._read(d)
+        except UserError as e:
+            if damaged is None:
+                raise
+            damaged.append(f"{uuid}: {e}")
+            continue
+        for c in clients:
+            kind = "timeslice" if c.get("kind") == "timeslice" else "mps"
+            out.append({"uuid": uuid, "gpu": gpu, "gi": gi, "ci": ci, "kind": kind, "pid": int(c["pid"]),
+                        "threads": c.get("threads") if kind == "mps" else None,
+                        "mem_mib": c.get("mem_mib") if kind == "mps" else None,
+                        "share": c.get("cap") if kind == "timeslice" else None})
+    return out
+
+
+def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]:
+    """The MPS servers migctl's daemons run on ``node``, and migctl's live time-sliced clients, for
+    :mod:`migctl.busy` (they make their device busy even before a client has a CUDA context on it):
+    ``(gpu, gi, ci, pid, detail)``."""
+    mgr = MpsManager(node)
+    if not mgr.root.is_dir():
+        return []
+    out: list[tuple[int, int | None, int | None, int, str]] = []
+    for gpu, gi, ci, uuid in _devices(node):
+        d = mgr.device_dir(uuid)
+        if (d / "clients.json").exists():  # time-sliced clients hold their device before their first CUDA call
+            for c in mgr._read(d):
+                if c.get("kind") == "timeslice":
+                    out.append((gpu, gi, ci, int(c["pid"]), f"time-sliced client of {uuid}"))
+        if not (d / "pipe" / "control").exists():
+            continue  # no daemon was started for this device: skip the control round trip
+        for pid in mgr.servers(uuid):
+            out.append((gpu, gi, ci, pid, f"MPS server of {uuid}"))
     return out
 
 
