@@ -3,6 +3,7 @@ stand-in MPS control daemon), through the real CLI."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -213,3 +214,50 @@ def test_leases_lists_shared_clients(shared: Any) -> None:
             p.wait(timeout=60)
     assert [p.returncode for p in [*procs, ts]] == [0, 0, 0]
     assert a30.migctl("leases").stdout.strip() == "no leases"
+
+
+def _daemons(pipe: Path) -> list[Any]:
+    """The stand-in MPS control daemons serving ``pipe`` (CUDA_MPS_PIPE_DIRECTORY): ``-d`` forks the daemon,
+    which keeps that command line, and returns once it serves."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "migctl.sim.mps_control" in " ".join(p.info["cmdline"] or []) and \
+                    p.environ().get("CUDA_MPS_PIPE_DIRECTORY") == str(pipe) and "-d" in p.info["cmdline"]:
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def test_a_dead_mps_daemon_is_restarted_and_does_not_fail_its_clients(shared: Any) -> None:
+    """The device's MPS control daemon killed under a running client (an admin, the OOM killer): the next client
+    gets a new daemon (its limits need one), and the clients' runs end with their commands' own exit status,
+    the last one stopping the new daemon; none is left running."""
+    a30 = shared
+    a30.layout(0, ["2g.12gb"])
+    args = ("run", "--no-create", "--isolation", "soft", "--share", "2", "--profile", "2g.12gb")
+    go = a30.tmp / "go"
+    first = _popen(a30, {"OUT": str(a30.tmp / "env0"), "GO": str(go)}, *args, "--", "bash", "-c", ENV_THEN_WAIT)
+    try:
+        _wait_file(a30.tmp / "env0")
+        [pipe] = [Path(ln.split("=", 1)[1]) for ln in (a30.tmp / "env0").read_text().splitlines()
+                  if ln.startswith("CUDA_MPS_PIPE_DIRECTORY=")]
+        [daemon] = _daemons(pipe)
+        daemon.kill()
+        daemon.wait(10)
+        r = a30.migctl(*args, "--", "true")
+        assert r.returncode == 0, r.stderr
+        assert len(_daemons(pipe)) == 1  # a new daemon for the new client (it stays: the first client remains)
+    finally:
+        go.touch()
+        first.wait(timeout=60)
+    err = first.stderr.read() if first.stderr else ""
+    assert first.returncode == 0 and "error" not in err, err
+    deadline = time.monotonic() + 10
+    while _daemons(pipe) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _daemons(pipe) == []
+    assert json.loads(a30.migctl("leases", "--json").stdout)["shared"] == []

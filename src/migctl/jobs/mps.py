@@ -294,8 +294,15 @@ class MpsManager:
         self.control(uuid, "set_default_active_thread_percentage 100", f"start_server -uid {os.getuid()}")
 
     def _stop(self, uuid: str) -> None:
-        if (self.device_dir(uuid) / "pipe" / "control").exists():
+        if not (self.device_dir(uuid) / "pipe" / "control").exists():
+            return
+        try:
             self.control(uuid, "quit")
+        except (JobsError, subprocess.TimeoutExpired):
+            if self._responds(uuid):
+                raise
+            # the daemon is gone already (killed, crashed): nothing is left to stop; its endpoint stays until
+            # the next start replaces it
 
     # ------------------------------------------------------------------------------------ clients
 
@@ -309,8 +316,8 @@ class MpsManager:
         with self._locked(uuid) as d:
             clients = self._read(d)
             _check_mps(uuid, clients, share, device_mem_mib)
-            if not clients and not self.running(uuid):
-                self._start(uuid)
+            if not self.running(uuid):  # (also when its daemon died under earlier clients: they have no server
+                self._start(uuid)       # left either, and this client gets its limits from a new one)
             clients.append({"pid": pid, "pid_start": pid_start, "pgid": pgid, "threads": share.threads,
                             "mem_mib": share.mem_mib, "kind": "mps"})
             self._write(d, clients)

@@ -428,9 +428,12 @@ class Worker:
             if job.mig_uuid and job.child_pid:
                 from migctl.jobs.shared import release_client
 
-                if release_client(self.node, job.mig_uuid, job.child_pid):
-                    self.log(f"job {job.id} was the last client of {job.mig_uuid}: "
-                             + ("MPS daemon stopped" if job.sharing.kind == "mps" else "device free"))
+                try:
+                    if release_client(self.node, job.mig_uuid, job.child_pid):
+                        self.log(f"job {job.id} was the last client of {job.mig_uuid}: "
+                                 + ("MPS daemon stopped" if job.sharing.kind == "mps" else "device free"))
+                except JobsError as e:  # (the job's status is recorded; the next admission or sweep retries)
+                    self.log(f"job {job.id}: releasing {job.mig_uuid}: {e}")
             return
         if job.mig_uuid and job.child_pid:
             lease = self._lease_of(job)

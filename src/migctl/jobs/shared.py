@@ -346,6 +346,9 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if release_client(node, got.device.uuid, proc.pid, mps, device=got.device):
-            say(f"last client left {got.device.uuid}: "
-                f"{'MPS daemon stopped' if got.kind == 'mps' else 'device free'}")
+        try:
+            if release_client(node, got.device.uuid, proc.pid, mps, device=got.device):
+                say(f"last client left {got.device.uuid}: "
+                    f"{'MPS daemon stopped' if got.kind == 'mps' else 'device free'}")
+        except JobsError as e:  # (the command's own exit status stands; the next admission or sweep retries)
+            sys.stderr.write(f"migctl: warning: releasing {got.device.uuid}: {e}\n")
