@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -356,6 +357,17 @@ def test_shared_devices_are_busy_before_any_cuda_context(h100x2: Env, monkeypatc
         assert "MPS server" in top.stdout and "time-sliced client" in top.stdout, top.stdout
         gmap = h100x2.migctl("gpus", "--map", "-i", "0")
         assert gmap.returncode == 0 and "=" not in gmap.stdout.split("# busy")[0], gmap.stdout
+        assert sample(out, "migctl_shared_clients_readable") == 1
+        # a damaged client list: said (the series, top), not a failed scrape
+        lists = sorted(Path(short).glob("mps/*/*/clients.json"))
+        saved = [f.read_text() for f in lists]
+        lists[0].write_text("{garbage")
+        out = scrape(h100x2)
+        assert sample(out, "migctl_shared_clients_readable") == 0 and sample(out, "DCGM_FI_DEV_FB_USED") is not None
+        top = h100x2.migctl("top", "--once")
+        assert top.returncode == 0 and "SHARED CLIENTS UNREADABLE" in top.stdout, top.stdout + top.stderr
+        for f, text in zip(lists, saved, strict=True):
+            f.write_text(text)
         go.touch()
         assert all(p.wait(60) == 0 for p in runs)
         out = scrape(h100x2)

@@ -30,6 +30,7 @@ def frame(observer: Any, reader: Any, width: int = 120) -> Any:
               + (f"   pending MIG mode change on GPU {','.join(pending)}" if pending else "")
               + ("   APPLY JOURNAL PENDING: run `migctl recover`" if apply.journal_pending else "")
               + (f"   JOBS DATABASE UNREADABLE ({reader.db_error})" if reader.db_error else "")
+              + (f"   SHARED CLIENTS UNREADABLE ({observer.sharing_error})" if observer.sharing_error else "")
               + (f"   last apply: {apply.last_outcome}" if apply.last_outcome else ""))
     parts.append(Text(status))
     for g in snap.gpus:

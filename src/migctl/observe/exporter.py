@@ -76,6 +76,11 @@ class MigCollector(Collector):
                                    "read as empty).")
             ok.add_metric([], 0 if self.reader.db_error else 1)
             metrics.append(ok)
+            sh = GaugeMetricFamily("migctl_shared_clients_readable",
+                                   "0 when migctl's MPS and time-sliced client lists cannot be read (devices shared "
+                                   "through them then read as busy only with processes or leases).")
+            sh.add_metric([], 0 if self.observer.sharing_error else 1)
+            metrics.append(sh)
             self.scrapes += 1
             self.last_duration = time.perf_counter() - t0
         yield from metrics

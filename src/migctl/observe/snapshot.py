@@ -113,15 +113,17 @@ class Observer:
         self.leases = leases  # a callable returning list[LeaseRow], or None
         # a callable node -> [(gpu, gi, ci, pid, detail)]: MPS servers and time-sliced clients (migctl.busy's)
         self.sharing = sharing_holders if sharing is None else sharing
+        self.sharing_error: str | None = None  # why the last read could not tell who shares devices
         self.hostname = socket.gethostname()
 
     def _sharing(self) -> dict[tuple[int, int, int], list[tuple[int, str]]]:
         """MPS servers and time-sliced clients by MIG device, as :mod:`migctl.busy` counts them."""
         out: dict[tuple[int, int, int], list[tuple[int, str]]] = {}
+        self.sharing_error = None
         try:
             found = self.sharing(self.node)
-        except Exception:  # noqa: BLE001 - a scrape still serves the rest (busy_view, which destroys ask, raises)
-            found = []
+        except Exception as e:  # noqa: BLE001 - a scrape still serves the rest and says so (destroys refuse)
+            self.sharing_error, found = str(e) or e.__class__.__name__, []
         for gpu, gi, ci, pid, detail in found:
             if gi is not None and ci is not None:
                 kind = "time-sliced client" if detail.startswith("time-sliced") else "MPS server"
