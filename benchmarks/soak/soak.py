@@ -10,22 +10,33 @@ Everything is a real `migctl` process sharing one state dir and one simulator st
 * runners: loops of `migctl run --profile P | --mem M --wait 20 -- sh -c '...'`; the command logs its start
   (MIG UUID, time, how long it will hold the device) and its end; some runners are SIGKILLed at a random
   moment (the command's background `sleep` survives in its process group and must keep the device);
-* a submitter queues jobs of the same shape; one `migctl worker` serves them and is SIGKILLed and restarted
-  from time to time; running jobs' wrapper shells are SIGKILLed too;
+* a submitter queues jobs of the same shape (a quarter of them shared: MPS or time-sliced clients); one
+  `migctl worker` serves them (reshaping, its default) and is SIGKILLed and restarted from time to time;
+  running jobs' wrapper shells are SIGKILLed too;
 * an applier alternates between three layouts with `--wait 2`; some applies get an injected NVML failure
   (must roll back) or SIGKILL themselves at a random operation (the next apply must recover);
-* some runners SIGKILL themselves at a random NVML operation (possibly between creating a GI and its CI).
+* some runners SIGKILL themselves at a random NVML operation (possibly between creating a GI and its CI);
+  some exclusive runs pass ``--reshape`` (destroying idle instances of other sizes to make room);
+* shared runners: loops of ``migctl run --isolation soft|none --share 2`` (MPS clients or time-sliced
+  clients, two at most on one device);
+* an operator destroys GPU instances by hand (``gi destroy`` of a random GI, ``reset`` of a GPU): only idle
+  ones may go, busy ones are refused (exit 3);
+* a scraper scrapes one long-lived ``migctl exporter``: every device a command holds throughout a scrape must
+  read ``migctl_mig_device_busy 1``.
 
 A monitor samples the simulator state every 0.1 s. Reported (all must be 0):
 
-* double-booked devices: two commands' hold intervals on one MIG UUID overlap;
+* double-booked devices: an exclusive command's hold interval overlaps another command's on one MIG UUID,
+  MPS and time-sliced clients share one device, or more than two shared clients hold it at once;
 * busy instances destroyed: a command that still holds its device (it has not ended, and its `sleep` may
   still run) and its MIG UUID is gone;
 * applies that could not roll back: an apply (or the recovery of a killed one, or the final `recover`)
   reporting a failed rollback;
 * orphan instances: GPU instances without a compute instance after the final `migctl recover`, plus leases
   or journals left behind once everything ended;
-* runs that exited 2 ("can never be satisfied") although every request fits the node.
+* runs that exited 2 ("can never be satisfied") although every request fits the node;
+* held devices the exporter called idle, and hand-driven commands that exited other than 0 (done), 3 (busy)
+  or 4 (node lock).
 
 Results: benchmarks/soak/results.json and results.md (written by this script).
 """
@@ -149,7 +160,8 @@ class Soak:
             if self.rng.random() < 0.08:  # die at a random NVML operation (maybe between GI and CI)
                 env = {**self.env, "MIGCTL_SIM_CRASH_AT": str(self.op_count() + self.rng.randint(1, 3))}
                 self.count("runs_crash_injected")
-            p = self.popen("run", *req, "--wait", "20", "--", *self.body(f"r{k}.{n}"), env=env)
+            reshape = ["--reshape"] if self.rng.random() < 0.3 else []
+            p = self.popen("run", *req, *reshape, "--wait", "20", "--", *self.body(f"r{k}.{n}"), env=env)
             kill_at = time.monotonic() + self.rng.uniform(0.2, 3.0) if self.rng.random() < 0.15 else None
             while p.poll() is None:
                 if kill_at is not None and time.monotonic() >= kill_at:
@@ -165,12 +177,117 @@ class Soak:
             if "Traceback" in err:
                 self.problem("tracebacks", err.strip()[-300:])
 
+    def shared_runner(self, k: int) -> None:
+        """MPS (tag m...) or time-sliced (tag t...) clients, two per device at most."""
+        n = 0
+        while time.monotonic() < self.deadline:
+            n += 1
+            iso = self.rng.choice(("soft", "none"))
+            tag = f"{'m' if iso == 'soft' else 't'}{k}.{n}"
+            p = self.popen("run", "--profile", "1g.6gb", "--isolation", iso, "--share", "2", "--wait", "20", "--",
+                           *self.body(tag))
+            kill_at = time.monotonic() + self.rng.uniform(0.2, 3.0) if self.rng.random() < 0.1 else None
+            while p.poll() is None:
+                if kill_at is not None and time.monotonic() >= kill_at:
+                    p.kill()
+                    self.count("shared_runs_sigkilled")
+                    kill_at = None
+                time.sleep(0.05)
+            err = self.stderr_of(p)
+            self.count(f"shared_run_exit_{p.returncode}")
+            if p.returncode == 2:
+                self.problem("runs_exit_2", err.strip()[-300:])
+            if "Traceback" in err:
+                self.problem("tracebacks", err.strip()[-300:])
+
+    def operator(self) -> None:
+        """Destroys by hand: a random GI (gi destroy) or a whole GPU's instances (reset)."""
+        while time.monotonic() < self.deadline:
+            time.sleep(self.rng.uniform(0.5, 2.0))
+            try:
+                st = self.sim_state()
+            except RuntimeError:
+                continue
+            gis = [(g["index"], gi["id"]) for g in st["gpus"] for gi in g["gis"]]
+            if self.rng.random() < 0.7 and gis:
+                gpu, gi = self.rng.choice(gis)
+                args = ["gi", "destroy", "-i", str(gpu), "-gi", str(gi)]
+            else:
+                args = ["reset", "-i", str(self.rng.randrange(len(st["gpus"])))]
+            r = self.migctl(*args, "--lock-timeout", "10")
+            self.count(f"{args[0]}_exit_{r.returncode}")
+            gone = r.returncode == 2 and "has no GPU instance" in r.stderr  # destroyed since the state was read
+            if "Traceback" in r.stderr or not (r.returncode in (0, 3, 4) or gone):
+                self.problem("hand_commands_failed", f"{' '.join(args)}: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+
+    def scraper(self) -> None:
+        """One long-lived ``migctl exporter``, scraped every 0.2 to 1 s: every device a command holds from
+        before a scrape to after it must read busy in that scrape."""
+        import re
+        import urllib.request
+
+        err = tempfile.TemporaryFile(mode="w+", dir=self.tmp)
+        p = subprocess.Popen([sys.executable, "-m", "migctl.cli.main", "exporter", "--listen", "127.0.0.1:0"],
+                             env=self.env, text=True, stdout=subprocess.DEVNULL, stderr=err)
+        port = None
+        while port is None and p.poll() is None and time.monotonic() < self.deadline:
+            time.sleep(0.1)
+            err.seek(0)
+            m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", err.read())
+            port = int(m.group(1)) if m else None
+        try:
+            while port is not None and time.monotonic() < self.deadline:
+                time.sleep(self.rng.uniform(0.2, 1.0))
+                t0 = time.time()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+                        text = r.read().decode()
+                except OSError as e:
+                    self.problem("tracebacks", f"exporter scrape failed: {e}")
+                    continue
+                t1 = time.time()
+                self.count("scrapes")
+                self.check_scrape(text, t0, t1)
+        finally:
+            p.terminate()
+            p.wait(20)
+            err.seek(0)
+            out = err.read()
+            if "Traceback" in out or port is None:
+                self.problem("tracebacks", f"exporter: {out.strip()[-300:]}")
+
+    def check_scrape(self, text: str, t0: float, t1: float) -> None:
+        import re
+
+        busy = {m.group(1): m.group(2) == "1.0" for m in
+                re.finditer(r'^migctl_mig_device_busy\{[^}]*mig_uuid="([^"]+)"[^}]*\} (\S+)$', text, re.M)}
+        starts: dict[str, tuple[str, float, float]] = {}
+        ended: set[str] = set()
+        for line in self.log.read_text().splitlines():
+            kind, uuid, t, hold, tag = line.split()
+            if kind == "S":
+                starts[tag] = (uuid, float(t), float(hold))
+            else:
+                ended.add(tag)
+        for tag, (uuid, start, hold) in starts.items():
+            if tag in ended or start >= t0 or start + hold <= t1 + 0.2:
+                continue  # not held for the whole scrape
+            if not busy.get(uuid, False):
+                self.problem("held_devices_shown_idle", f"{tag} on {uuid}: busy={busy.get(uuid)} "
+                             f"(held {start:.2f}..{start + hold:.2f}, scrape {t0:.2f}..{t1:.2f})")
+            self.count("held_devices_checked_in_scrapes")
+
     def submitter(self) -> None:
         n = 0
         while time.monotonic() < self.deadline - 3:
             n += 1
-            req = self.rng.choice(REQUESTS)
-            r = self.migctl("submit", *req, "--priority", str(self.rng.randint(0, 2)), "--", *self.body(f"j{n}"))
+            req: tuple[str, ...] = self.rng.choice(REQUESTS)
+            tag = f"j{n}"
+            if self.rng.random() < 0.25:  # a shared job: an MPS (tag mj...) or time-sliced (tj...) client
+                iso = self.rng.choice(("soft", "none"))
+                req = ("--profile", "1g.6gb", "--isolation", iso, "--share", "2")
+                tag = f"{'m' if iso == 'soft' else 't'}{tag}"
+            r = self.migctl("submit", *req, "--priority", str(self.rng.randint(0, 2)), "--", *self.body(tag))
             self.count(f"submit_exit_{r.returncode}")
             if "Traceback" in r.stderr:
                 self.problem("tracebacks", r.stderr.strip()[-300:])
@@ -297,7 +414,9 @@ class Soak:
         assert r.returncode == 0, r.stderr
         self.deadline = time.monotonic() + self.args.minutes * 60
         threads = [threading.Thread(target=self.runner, args=(k,)) for k in range(self.args.runners)]
-        threads += [threading.Thread(target=self.submitter), threading.Thread(target=self.applier)]
+        threads += [threading.Thread(target=self.shared_runner, args=(k,)) for k in range(self.args.shared_runners)]
+        threads += [threading.Thread(target=self.submitter), threading.Thread(target=self.applier),
+                    threading.Thread(target=self.operator), threading.Thread(target=self.scraper)]
         aux = [threading.Thread(target=self.worker), threading.Thread(target=self.monitor)]
         for t in threads + aux:
             t.start()
@@ -341,25 +460,35 @@ class Soak:
         for tag, (uuid, s, hold) in starts.items():
             by_uuid[uuid].append((s, ends.get(tag, s + hold), tag))
         for uuid, ivs in by_uuid.items():
-            ivs.sort()
-            s1, e1, t1 = ivs[0]
-            for s2, e2, t2 in ivs[1:]:
-                if s2 < e1:
-                    self.problem("double_booked_devices", f"{uuid}: {t1} [{s1:.3f}, {e1:.3f}] and {t2} [{s2:.3f}, {e2:.3f}]")
-                if e2 > e1:
-                    s1, e1, t1 = s2, e2, t2
+            self.check_holds(uuid, ivs)
         self.count("commands_started", len(starts))
         self.count("commands_without_end_line", len(set(starts) - set(ends)))
         self.count("mig_uuids_used", len(by_uuid))
 
+    def check_holds(self, uuid: str, ivs: list[tuple[float, float, str]]) -> None:
+        """At every instant one device has one exclusive holder (tags r, j), or at most two MPS clients (m),
+        or at most two time-sliced clients (t)."""
+        ivs = sorted(ivs)
+        for i, (s1, e1, t1) in enumerate(ivs):
+            with_ = [(s2, e2, t2) for s2, e2, t2 in ivs[i + 1:] if s2 < e1]
+            for s2, e2, t2 in with_:
+                if t1[0] in "rj" or t2[0] in "rj" or t1[0] != t2[0]:
+                    self.problem("double_booked_devices",
+                                 f"{uuid}: {t1} [{s1:.3f}, {e1:.3f}] and {t2} [{s2:.3f}, {e2:.3f}]")
+            for s2, e2, t2 in with_:  # a third shared client while two others still hold it
+                third = [t3 for s3, e3, t3 in with_ if s3 > s2 and s3 < min(e1, e2)]
+                if third:
+                    self.problem("double_booked_devices", f"{uuid}: {t1}, {t2} and {third[0]} at once")
+
     def report(self, seconds: float) -> dict[str, Any]:
         keys = ("double_booked_devices", "busy_instances_destroyed", "applies_not_rolled_back", "orphan_instances",
-                "runs_exit_2", "tracebacks")
+                "runs_exit_2", "tracebacks", "held_devices_shown_idle", "hand_commands_failed")
         return {
             "command": f"{_niced()}python benchmarks/soak/soak.py --minutes {self.args.minutes:g} --spec {self.args.spec} "
-                       f"--runners {self.args.runners} --client-delay {self.args.client_delay:g} --seed {self.args.seed}",
+                       f"--runners {self.args.runners} --shared-runners {self.args.shared_runners} --client-delay {self.args.client_delay:g} --seed {self.args.seed}",
             "spec": self.args.spec, "minutes": self.args.minutes, "seconds": round(seconds, 1),
-            "client_delay_s": self.args.client_delay, "runners": self.args.runners, "seed": self.args.seed,
+            "client_delay_s": self.args.client_delay, "runners": self.args.runners,
+            "shared_runners": self.args.shared_runners, "seed": self.args.seed,
             "results": {k: len(self.problems.get(k, [])) for k in keys},
             "examples": {k: v[:5] for k, v in self.problems.items()},
             "activity": dict(sorted(self.counts.items())),
@@ -370,7 +499,7 @@ def write_results(res: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     r, a = res["results"], res["activity"]
     lines = [
-        "# Soak: runs, queued jobs, worker and applies with SIGKILLs (issue 9)",
+        "# Soak: runs, shared runs, queued jobs, worker, applies and hand-driven destroys with SIGKILLs (issues 9, 12)",
         "",
         f"Command: `{res['command']}` ({res['seconds']} s wall, simulated {res['spec']}, clients appear in NVML "
         f"{res['client_delay_s']:g} s after they start).",
@@ -385,7 +514,9 @@ def write_results(res: dict[str, Any], out: Path) -> None:
         "",
         "Exit codes: run 0 = command succeeded, 75 = no device within `--wait 20` (or the node lock stayed held),",
         "137/-9 = SIGKILLed by the soak or by the crash hook; apply 0 = applied, 3 = busy after `--wait 2`,",
-        "5 = injected failure rolled back, -9 = killed at an operation (recovered by the next apply).",
+        "5 = injected failure rolled back, -9 = killed at an operation (recovered by the next apply); gi destroy",
+        "and reset 0 = destroyed (idle), 3 = refused (busy), 4 = node lock held past `--lock-timeout 10`, gi destroy",
+        "2 = the GI named was destroyed by someone else since the soak read the state.",
     ]
     if res["examples"]:
         lines += ["", "Examples of problems:", ""] + [f"* {k}: {v}" for k, vs in res["examples"].items() for v in vs]
@@ -397,6 +528,7 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--spec", default="2xA30")
     ap.add_argument("--runners", type=int, default=4)
+    ap.add_argument("--shared-runners", type=int, default=2)
     ap.add_argument("--client-delay", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=9)
     ap.add_argument("--out", type=Path, default=HERE)
