@@ -279,6 +279,44 @@ def test_a_device_failure_is_exit_1_not_impossible(a30: SimEnv, at: int) -> None
     assert a30.migctl("run", "--profile", "1g.6gb", "--", "true").returncode == 0
 
 
+def test_a_release_that_fails_keeps_the_commands_exit_status(shared: SimEnv, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The jobs database or the disk fails as the run lets its device go (a full disk: ``database or disk is
+    full``; an MPS client list that cannot be written): the run still returns its command's own exit status,
+    with one warning line, and what it left is reclaimed once the command has ended. Before, a command that
+    exited 7 made ``migctl run`` exit 2 with ``migctl: error: ... database or disk is full``."""
+    import errno
+
+    from migctl.jobs import mps, runner
+    from migctl.jobs import shared as shared_mod
+    from migctl.jobs.mps import Sharing
+
+    a30 = shared
+    a30.layout(0, ["1g.6gb", "1g.6gb"])
+
+    def full(*_a: object, **_k: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(LeaseManager, "release", full)
+    assert runner.run(a30.node(), ["sh", "-c", "exit 7"], Request(profile="1g.6gb")) == 7
+    err = capsys.readouterr().err
+    assert err.count("migctl: warning: releasing MIG-") == 1 and "database or disk is full" in err, err
+    monkeypatch.undo()
+    assert LeaseManager(a30.node()).leases() == []  # its holder has ended: the row went as stale
+
+    def no_space(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(mps.MpsManager, "leave", no_space)
+    sharing = Sharing(isolation="soft", share=2)
+    assert shared_mod.run_shared(a30.node(), ["sh", "-c", "exit 5"], Request(profile="1g.6gb"), sharing=sharing) == 5
+    err = capsys.readouterr().err
+    assert err.count("migctl: warning: releasing MIG-") == 1 and "No space left on device" in err, err
+    monkeypatch.undo()
+    assert mps.shared_clients(a30.node()) == []  # the client has ended: it no longer counts
+    assert len(shared_mod.sweep(a30.node())) == 1  # and the daemon it could not stop goes with the next sweep
+
+
 def test_wait_then_run_when_device_frees(a30: SimEnv) -> None:
     """A run waits while the device is held and runs once it frees; a wait that runs out is exit 75. The holder
     lets go when the test says (a gate file), not after a sleep: under load a waiter could start after a

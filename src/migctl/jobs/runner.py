@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -236,11 +237,19 @@ def run(node: Any, cmd: Sequence[str], req: Request, *, wait: float | None = Non
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        if proc is not None:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            unregister_client(node, lease, proc.pid)
-        note = mgr.release(lease, destroy=ephemeral and lease.created_instance)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        note = None
+        try:
+            if proc is not None:
+                unregister_client(node, lease, proc.pid)
+            note = mgr.release(lease, destroy=ephemeral and lease.created_instance)
+        except (JobsError, OSError, sqlite3.Error) as e:  # (a full disk, a database locked past its timeout)
+            # the command's own exit status stands; a lease left behind is reclaimed as stale once the command's
+            # processes have ended (migctl.busy), so nothing stays held
+            where = "the jobs database: " if isinstance(e, sqlite3.Error) else ""
+            sys.stderr.write(f"migctl: warning: releasing {lease.uuid}: {where}{e}; its lease goes once the "
+                             "command's processes have ended\n")
         if note:
             say(note)

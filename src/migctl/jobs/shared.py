@@ -350,5 +350,6 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
             if release_client(node, got.device.uuid, proc.pid, mps, device=got.device):
                 say(f"last client left {got.device.uuid}: "
                     f"{'MPS daemon stopped' if got.kind == 'mps' else 'device free'}")
-        except JobsError as e:  # (the command's own exit status stands; the next admission or sweep retries)
+        except (JobsError, OSError) as e:  # (the command's own exit status stands; a client that has ended no
+            # longer counts, and the next admission or sweep stops a daemon left without clients)
             sys.stderr.write(f"migctl: warning: releasing {got.device.uuid}: {e}\n")
