@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from migctl.jobs.leases import Request
 from migctl.reconcile.live import read_gpu
 
 
@@ -261,3 +264,49 @@ def test_a_dead_mps_daemon_is_restarted_and_does_not_fail_its_clients(shared: An
         time.sleep(0.05)
     assert _daemons(pipe) == []
     assert json.loads(a30.migctl("leases", "--json").stdout)["shared"] == []
+
+
+def test_joining_a_shared_device_never_races_an_exclusive_lease(shared: Any, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """A run joins a device migctl already shares (time-sliced client A there) just as A ends and an exclusive
+    run R asks for a device: A's leave leaves the device without clients, no lease and (before a CUDA call) no
+    NVML process, so it reads free. Joining must happen under the node lock R's lease takes, so R either
+    leases before the join (and the joiner sees it) or sees the joined client; never both on the device.
+    Found by the soak: a time-sliced client and an exclusive job on one MIG device at once."""
+    from migctl.jobs import shared as shared_mod
+    from migctl.jobs.mps import MpsManager, Sharing
+
+    a30 = shared
+    a30.layout(0, ["1g.6gb"])  # the only device; nothing is created (--no-create)
+    assert a30.migctl("sim", "client-delay", "600").returncode == 0
+    log = a30.tmp / "log"
+    go_a = a30.tmp / "go_a"
+    a = _popen(a30, {"OUT": str(a30.tmp / "env_a"), "GO": str(go_a)}, "run", "--no-create", "--isolation", "none",
+               "--share", "2", "--profile", "1g.6gb", "--", "bash", "-c", ENV_THEN_WAIT)
+    _wait_file(a30.tmp / "env_a")
+    real = MpsManager.clients
+    r_proc: list[subprocess.Popen[str]] = []
+
+    def clients(self: MpsManager, uuid: str) -> list[dict[str, Any]]:
+        out = real(self, uuid)
+        if out and not r_proc:  # the joiner has just seen A: now A ends and R asks for a device
+            go_a.touch()
+            a.wait(timeout=60)
+            r_proc.append(_popen(a30, {}, "run", "--no-create", "--no-wait", "--profile", "1g.6gb", "--", "sh", "-c",
+                                 f'echo "R $(date +%s.%N)" >> {log}; sleep 2; echo "R $(date +%s.%N)" >> {log}'))
+            time.sleep(2.0)  # R leases the device now unless the joiner holds the node lock
+        return out
+
+    monkeypatch.setattr(MpsManager, "clients", clients)
+    rc = shared_mod.run_shared(a30.node(), ["sh", "-c", f'echo "B $(date +%s.%N)" >> {log}; sleep 1; '
+                                                          f'echo "B $(date +%s.%N)" >> {log}'],
+                               Request(profile="1g.6gb", create=False), sharing=Sharing(isolation="none", share=2))
+    monkeypatch.undo()
+    assert rc == 0 and r_proc, rc
+    r = r_proc[0]
+    r.wait(timeout=60)
+    lines = log.read_text().split("\n")[:-1]
+    spans = {w: [float(ln.split()[1]) for ln in lines if ln.startswith(w + " ")] for w in ("B", "R")}
+    overlap = len(spans["R"]) == 2 and spans["R"][0] < spans["B"][1] and spans["B"][0] < spans["R"][1]
+    assert not overlap, (lines, r.returncode)
+    assert a.returncode == 0 and r.returncode == 75 and spans["R"] == [], (r.returncode, lines)

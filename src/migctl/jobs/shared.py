@@ -167,17 +167,26 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
     try:
         if ahead is not None and ahead():
             return None
-        for d in devs:  # 1. devices migctl already shares this way, with room
-            clients = mps.clients(d.uuid)
-            if clients and clients[0].get("kind", "mps") == sharing.kind:
-                got = _admit(node, mps, d, sharing, spawn, name, pgid_of, None)
-                if got is not None:
-                    return got
-        for d in devs:  # 2. a free whole GPU without MIG
-            if d.gi is None and not node.gpu(d.gpu).processes() and not mps.clients(d.uuid):
-                got = _admit(node, mps, d, sharing, spawn, name, pgid_of, None)
-                if got is not None:
-                    return got
+        from migctl.paths import LockBusy
+
+        # joining without a lease happens under the node lock that every exclusive lease, reshape and apply
+        # takes: a shared device whose last client is just leaving reads free to them (no client, no lease,
+        # no NVML process before a CUDA call), so a join outside it could land beside an exclusive lease
+        try:
+            with leases.node_lock(lock_timeout, what="migctl run/worker (joining a shared device)"):
+                for d in devs:  # 1. devices migctl already shares this way, with room
+                    clients = mps.clients(d.uuid)
+                    if clients and clients[0].get("kind", "mps") == sharing.kind:
+                        got = _admit(node, mps, d, sharing, spawn, name, pgid_of, None)
+                        if got is not None:
+                            return got
+                for d in devs:  # 2. a free whole GPU without MIG
+                    if d.gi is None and not node.gpu(d.gpu).processes() and not mps.clients(d.uuid):
+                        got = _admit(node, mps, d, sharing, spawn, name, pgid_of, None)
+                        if got is not None:
+                            return got
+        except LockBusy:
+            return None  # (an apply or a reshape holds the node: try again later)
         if not leases.mig_gpus(req):
             return None  # no MIG-enabled GPU here: nothing to lease
         lease = lease_now(req)  # 3. a free (or new) MIG device, leased while the client is admitted
