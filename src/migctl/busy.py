@@ -7,7 +7,7 @@ An instance (GPU instance, or one compute instance of it) is **busy** when any o
   with SIGKILL cannot free a device whose command still runs);
 * an **NVML process** (a CUDA context on it: on a real GPU that appears only after the first CUDA call,
   which is why leases count too);
-* an **MPS server** on it, or a time-sliced client migctl started (:func:`register_mps_provider`: whoever
+* an **MPS server** on it, or an MPS or time-sliced client migctl admitted (:func:`register_mps_provider`: whoever
   starts MPS control daemons or time-sliced clients reports them).
 
 Every path that destroys instances (apply and its rollback, ``run --ephemeral``, the queue worker,
@@ -55,7 +55,7 @@ class Holder:
             return f"leased to PID {self.pid}" + (f" ({self.detail})" if self.detail else "") + (
                 f", processes {', '.join(map(str, self.pids))}" if self.pids and self.pids != (self.pid,) else "")
         if self.kind == "mps":
-            return f"{'time-sliced client' if self.detail.startswith('time-sliced') else 'MPS server'} PID {self.pid}"
+            return f"{sharing_kind(self.detail)} PID {self.pid}"
         return f"process PID {self.pid}"
 
 
@@ -100,6 +100,11 @@ def register_mps_provider(fn: MpsProvider) -> MpsProvider:
     if fn not in MPS_PROVIDERS:
         MPS_PROVIDERS.append(fn)
     return fn
+
+
+def sharing_kind(detail: str) -> str:
+    """``MPS server``, ``MPS client`` or ``time-sliced client``: what a sharing holder's detail names."""
+    return next((k for k in ("time-sliced client", "MPS client") if detail.startswith(k)), "MPS server")
 
 
 def sharing_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]:

@@ -310,3 +310,54 @@ def test_joining_a_shared_device_never_races_an_exclusive_lease(shared: Any, mon
     overlap = len(spans["R"]) == 2 and spans["R"][0] < spans["B"][1] and spans["B"][0] < spans["R"][1]
     assert not overlap, (lines, r.returncode)
     assert a.returncode == 0 and r.returncode == 75 and spans["R"] == [], (r.returncode, lines)
+
+
+def test_shared_clients_hold_their_device_whatever_nvml_and_the_daemon_answer(shared: Any) -> None:
+    """The busy authority counts migctl's admitted MPS and time-sliced clients from their list, so their device
+    is busy before any CUDA context (``sim client-delay``) even when NVML fails the MIG device enumeration for
+    a moment (concurrent changes: retried, never taken for a GPU without MIG) or the MPS daemon does not answer
+    ``get_server_list``. Found by the soak: an exclusive run leased a device an MPS job was running on."""
+    import pynvml
+
+    from migctl.busy import busy_view
+    from migctl.jobs import mps as mps_mod
+
+    a30 = shared
+    (gi_a, uuid_a), (gi_b, uuid_b) = [(a30.node().find_mig_device(u).gi_id, u)
+                                       for u in a30.layout(0, ["1g.6gb", "2g.12gb"])]
+    assert a30.migctl("sim", "client-delay", "600").returncode == 0
+    go = a30.tmp / "go"
+    procs = [_popen(a30, {"OUT": str(a30.tmp / f"env{i}"), "GO": str(go)}, "run", "--no-create", "--profile", prof,
+                    "--isolation", iso, "--share", "2", "--", "bash", "-c", ENV_THEN_WAIT)
+             for i, (prof, iso) in enumerate([("1g.6gb", "none"), ("2g.12gb", "soft")])]
+    try:
+        for i in range(2):
+            _wait_file(a30.tmp / f"env{i}")
+        node = a30.node()
+        gpu_cls = type(node.gpu(0))
+        real = gpu_cls.mig_devices
+        failed: list[int] = []
+
+        def flaky(self: Any) -> Any:  # NVML in flux once, as a concurrent create or destroy makes it
+            if not failed:
+                failed.append(1)
+                raise pynvml.NVMLError_NotFound()
+            return real(self)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(gpu_cls, "mig_devices", flaky)
+            holders = mps_mod.mps_holders(node)
+        assert failed and {(h[1], h[4].split(" of ")[0]) for h in holders} >= {
+            (gi_a, "time-sliced client"), (gi_b, "MPS client"), (gi_b, "MPS server")}, holders
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(mps_mod.MpsManager, "servers", lambda self, uuid: [])  # the daemon does not answer
+            view = busy_view(node)
+        assert [h.text().split(" PID")[0] for h in view.of_device(0, gi_b, 0)] == ["MPS client"]
+        assert [h.text().split(" PID")[0] for h in view.of_device(0, gi_a, 0)] == ["time-sliced client"]
+        r = a30.migctl("gi", "destroy", "--all")
+        assert r.returncode == 3 and "MPS client PID" in r.stderr, r.stderr
+    finally:
+        go.touch()
+        for p in procs:
+            p.wait(timeout=60)
+    assert [p.returncode for p in procs] == [0, 0]

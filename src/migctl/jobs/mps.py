@@ -435,14 +435,17 @@ def shares_from(threads: int | None, mem_mib: int | None, share: int | None, dev
 
 
 def _devices(node: Any) -> Iterator[tuple[int, int | None, int | None, str]]:
-    """Every device a client may share: ``(gpu, gi, ci, uuid)`` of each MIG device, or of a GPU without MIG."""
-    for g in node.gpus():
+    """Every device a client may share: ``(gpu, gi, ci, uuid)`` of each MIG device, or of a GPU without MIG.
+
+    NVML errors that concurrent changes cause are retried (:func:`migctl.busy.retry_nvml`) and otherwise
+    raised: taking a MIG GPU for one without MIG would skip its MIG devices' clients, and the busy authority
+    would call their devices free."""
+    from migctl.busy import retry_nvml
+
+    for g in retry_nvml(node.gpus):
         targets: list[tuple[str, int | None, int | None]] = [(g.uuid, None, None)]
-        try:
-            if g.mig_capable() and g.mig_mode()[0] == 1:
-                targets = [(d.uuid, d.gi_id, d.ci_id) for d in g.mig_devices()]
-        except Exception:  # noqa: BLE001 - a GPU without MIG: its own UUID is the device
-            pass
+        if retry_nvml(g.mig_capable) and retry_nvml(g.mig_mode)[0] == 1:
+            targets = [(d.uuid, d.gi_id, d.ci_id) for d in retry_nvml(g.mig_devices)]
         for uuid, gi, ci in targets:
             yield g.index, gi, ci, uuid
 
@@ -479,19 +482,19 @@ def shared_clients(node: Any, damaged: list[str] | None = None) -> list[dict[str
 
 
 def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]:
-    """The MPS servers migctl's daemons run on ``node``, and migctl's live time-sliced clients, for
-    :mod:`migctl.busy` (they make their device busy even before a client has a CUDA context on it):
-    ``(gpu, gi, ci, pid, detail)``."""
+    """The MPS servers migctl's daemons run on ``node``, and migctl's live MPS and time-sliced clients, for
+    :mod:`migctl.busy` (they make their device busy even before a client has a CUDA context on it, and
+    whatever the daemon answers): ``(gpu, gi, ci, pid, detail)``."""
     mgr = MpsManager(node)
     if not mgr.root.is_dir():
         return []
     out: list[tuple[int, int | None, int | None, int, str]] = []
     for gpu, gi, ci, uuid in _devices(node):
         d = mgr.device_dir(uuid)
-        if (d / "clients.json").exists():  # time-sliced clients hold their device before their first CUDA call
+        if (d / "clients.json").exists():  # admitted clients hold their device before their first CUDA call
             for c in mgr._read(d):
-                if c.get("kind") == "timeslice":
-                    out.append((gpu, gi, ci, int(c["pid"]), f"time-sliced client of {uuid}"))
+                kind = "time-sliced client" if c.get("kind") == "timeslice" else "MPS client"
+                out.append((gpu, gi, ci, int(c["pid"]), f"{kind} of {uuid}"))
         if not (d / "pipe" / "control").exists():
             continue  # no daemon was started for this device: skip the control round trip
         for pid in mgr.servers(uuid):

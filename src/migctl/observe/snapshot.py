@@ -117,7 +117,9 @@ class Observer:
         self.hostname = socket.gethostname()
 
     def _sharing(self) -> dict[tuple[int, int, int], list[tuple[int, str]]]:
-        """MPS servers and time-sliced clients by MIG device, as :mod:`migctl.busy` counts them."""
+        """MPS servers and clients and time-sliced clients by MIG device, as :mod:`migctl.busy` counts them."""
+        from migctl.busy import sharing_kind
+
         out: dict[tuple[int, int, int], list[tuple[int, str]]] = {}
         self.sharing_error = None
         try:
@@ -126,8 +128,7 @@ class Observer:
             self.sharing_error, found = str(e) or e.__class__.__name__, []
         for gpu, gi, ci, pid, detail in found:
             if gi is not None and ci is not None:
-                kind = "time-sliced client" if detail.startswith("time-sliced") else "MPS server"
-                out.setdefault((gpu, gi, ci), []).append((pid, f"{kind} {pid}"))
+                out.setdefault((gpu, gi, ci), []).append((pid, f"{sharing_kind(detail)} {pid}"))
         return out
 
     def snapshot(self) -> NodeSnapshot:
