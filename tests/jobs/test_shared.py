@@ -361,3 +361,66 @@ def test_shared_clients_hold_their_device_whatever_nvml_and_the_daemon_answer(sh
         for p in procs:
             p.wait(timeout=60)
     assert [p.returncode for p in procs] == [0, 0]
+
+
+def test_an_exclusive_lease_never_sees_a_shared_device_between_its_lease_and_its_client(shared: Any) -> None:
+    """A shared run takes a free device through a lease, admits its client, then drops the lease. An exclusive
+    lease decision reads the clients (busy_view) and then the lease table: if the hand-over from lease to
+    client fell between those two reads, it saw neither. The hand-over now takes the node lock the decision
+    holds. Found by the soak: a time-sliced client and an exclusive job on one device."""
+    import threading
+
+    from migctl.jobs import leases as leases_mod
+    from migctl.jobs import mps as mps_mod
+    from migctl.jobs import shared as shared_mod
+    from migctl.jobs.mps import Sharing
+
+    a30 = shared
+    a30.layout(0, ["1g.6gb"])  # the only device; nothing is created
+    assert a30.migctl("sim", "client-delay", "600").returncode == 0
+    node = a30.node()
+    snapshot, released, admitting = threading.Event(), threading.Event(), threading.Event()
+    real_view, real_admit = leases_mod.busy_view, mps_mod.MpsManager.admit_timeslice
+    got: dict[str, Any] = {}
+
+    def view_then_pause(*a: Any, **k: Any) -> Any:  # the exclusive decision: its busy check, then a pause
+        v = real_view(*a, **k)
+        if threading.current_thread() is threading.main_thread():
+            return v  # (the shared run's own lease decision)
+        snapshot.set()
+        released.wait(3)  # (with the hand-over under the node lock, it cannot happen now: 3 s, then go on)
+        return v
+
+    def admit_after_snapshot(self: Any, *a: Any, **k: Any) -> Any:
+        admitting.set()
+        snapshot.wait(30)
+        return real_admit(self, *a, **k)
+
+    def shared_run() -> None:
+        got["shared"] = shared_mod.run_shared(node, ["sleep", "2"], Request(profile="1g.6gb", create=False),
+                                              sharing=Sharing(isolation="none", share=2))
+
+    def exclusive() -> None:
+        admitting.wait(30)  # the shared run holds its lease and is admitting its client
+        got["lease"] = leases_mod.LeaseManager(node).try_acquire(Request(profile="1g.6gb", create=False), precheck=False,
+                                                      lock_timeout=30)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(leases_mod, "busy_view", view_then_pause)
+        mp.setattr(mps_mod.MpsManager, "admit_timeslice", admit_after_snapshot)
+        real_release = leases_mod.LeaseManager.release
+
+        def release_and_say(self: Any, *a: Any, **k: Any) -> Any:
+            out = real_release(self, *a, **k)
+            released.set()
+            return out
+
+        mp.setattr(leases_mod.LeaseManager, "release", release_and_say)
+        t = threading.Thread(target=exclusive)  # (the run installs signal handlers: it runs in this thread)
+        t.start()
+        try:
+            shared_run()
+        finally:
+            t.join(60)
+    assert got.get("shared") == 0 and "lease" in got, got
+    assert got["lease"] is None, "an exclusive lease on the device the shared client runs on"

@@ -196,7 +196,16 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
         try:
             return _admit(node, mps, dev, sharing, spawn, name, pgid_of, lease)
         finally:
-            leases.release(lease)
+            # the device's holder turns from this lease into the admitted client: under the node lock, so no
+            # exclusive lease decision sees neither (its busy check before the client, its lease read after
+            # the release); a lock held past the wait leaves the lease until released without it
+            from migctl.paths import LockBusy
+
+            try:
+                with leases.node_lock(max(lock_timeout, 60.0), what="migctl run/worker (shared device admitted)"):
+                    leases.release(lease)
+            except LockBusy:
+                leases.release(lease)
     finally:
         if lock.is_locked:
             lock.release(force=True)
