@@ -19,8 +19,9 @@ Everything is a real `migctl` process sharing one state dir and one simulator st
   some exclusive runs pass ``--reshape`` (destroying idle instances of other sizes to make room);
 * shared runners: loops of ``migctl run --isolation soft|none --share 2`` (MPS clients or time-sliced
   clients, two at most on one device);
-* an operator destroys GPU instances by hand (``gi destroy`` of a random GI, ``reset`` of a GPU): only idle
-  ones may go, busy ones are refused (exit 3);
+* an operator destroys GPU instances by hand (``gi destroy`` of a random GI, or ``smi mig -dci`` then
+  ``-dgi`` as with nvidia-smi; ``reset`` of a GPU): only idle ones may go, busy ones are refused (exit 3;
+  ``smi``: nvidia-smi's 255, "In use by another client");
 * a scraper scrapes one long-lived ``migctl exporter``: every device a command holds throughout a scrape must
   read ``migctl_mig_device_busy 1``.
 
@@ -94,6 +95,7 @@ class Soak:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.deadline = 0.0
+        self.last_hand = ""  # the output of the operator's last command
 
     # ------------------------------------------------------------------ helpers
     def migctl(self, *a: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -201,7 +203,8 @@ class Soak:
                 self.problem("tracebacks", err.strip()[-300:])
 
     def operator(self) -> None:
-        """Destroys by hand: a random GI (gi destroy) or a whole GPU's instances (reset)."""
+        """Destroys by hand: a random GI (``gi destroy``, or nvidia-smi's way: ``smi mig -dci`` then ``-dgi``)
+        or a whole GPU's instances (``reset``)."""
         while time.monotonic() < self.deadline:
             time.sleep(self.rng.uniform(0.5, 2.0))
             try:
@@ -209,16 +212,37 @@ class Soak:
             except RuntimeError:
                 continue
             gis = [(g["index"], gi["id"]) for g in st["gpus"] for gi in g["gis"]]
-            if self.rng.random() < 0.7 and gis:
+            pick = self.rng.random()
+            if pick < 0.5 and gis:
                 gpu, gi = self.rng.choice(gis)
-                args = ["gi", "destroy", "-i", str(gpu), "-gi", str(gi)]
+                self.hand("gi", "destroy", "-i", str(gpu), "-gi", str(gi), "--lock-timeout", "10")
+            elif pick < 0.7 and gis:
+                gpu, gi = self.rng.choice(gis)
+                if self.hand("smi", "mig", "-dci", "-i", str(gpu), "-gi", str(gi)) == 0:
+                    for _ in range(3):  # (an injected fault may hit it: an operator would try again)
+                        self.hand("smi", "mig", "-dgi", "-i", str(gpu), "-gi", str(gi))
+                        if "Unknown Error" not in self.last_hand:
+                            break
             else:
-                args = ["reset", "-i", str(self.rng.randrange(len(st["gpus"])))]
-            r = self.migctl(*args, "--lock-timeout", "10")
-            self.count(f"{args[0]}_exit_{r.returncode}")
-            gone = r.returncode == 2 and "has no GPU instance" in r.stderr  # destroyed since the state was read
-            if "Traceback" in r.stderr or not (r.returncode in (0, 3, 4) or gone):
-                self.problem("hand_commands_failed", f"{' '.join(args)}: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+                self.hand("reset", "-i", str(self.rng.randrange(len(st["gpus"]))), "--lock-timeout", "10")
+
+    def hand(self, *args: str) -> int:
+        """One hand-driven command; its exit must be done, busy or a lost race, never anything else."""
+        r = self.migctl(*args)
+        verb = "smi " + args[2] if args[0] == "smi" else args[0]
+        self.count(f"{verb}_exit_{r.returncode}")
+        if args[0] == "smi":  # nvidia-smi's codes: 255 "In use by another client", 6 Not Found (a lost race)
+            ok = r.returncode == 0 or (r.returncode == 255 and "In use by another client" in r.stdout + r.stderr) \
+                or r.returncode == 6
+        else:  # gone: destroyed by someone else since the state was read
+            ok = r.returncode in (0, 3, 4) or (r.returncode == 2 and "has no GPU instance" in r.stderr)
+        text = self.last_hand = r.stdout + r.stderr
+        if not ok and r.returncode in (1, 255) and "Unknown Error" in text:  # a fault injected for an apply hit
+            ok = True  # this command's NVML change instead (the same simulated driver)
+            self.count("hand_commands_hit_by_injected_faults")
+        if "Traceback" in r.stderr or not ok:
+            self.problem("hand_commands_failed", f"{' '.join(args)}: exit {r.returncode}: {text.strip()[-300:]}")
+        return r.returncode
 
     def scraper(self) -> None:
         """One long-lived ``migctl exporter``, scraped every 0.2 to 1 s: every device a command holds from
@@ -516,7 +540,8 @@ def write_results(res: dict[str, Any], out: Path) -> None:
         "137/-9 = SIGKILLed by the soak or by the crash hook; apply 0 = applied, 3 = busy after `--wait 2`,",
         "5 = injected failure rolled back, -9 = killed at an operation (recovered by the next apply); gi destroy",
         "and reset 0 = destroyed (idle), 3 = refused (busy), 4 = node lock held past `--lock-timeout 10`, gi destroy",
-        "2 = the GI named was destroyed by someone else since the soak read the state.",
+        "2 = the GI named was destroyed by someone else since the soak read the state; smi -dci/-dgi 0 = destroyed,",
+        "255 = In use by another client (busy), 6 = Not Found (destroyed by someone else since).",
     ]
     if res["examples"]:
         lines += ["", "Examples of problems:", ""] + [f"* {k}: {v}" for k, vs in res["examples"].items() for v in vs]
