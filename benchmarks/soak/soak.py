@@ -164,20 +164,23 @@ class Soak:
                 self.count("runs_crash_injected")
             reshape = ["--reshape"] if self.rng.random() < 0.3 else []
             p = self.popen("run", *req, *reshape, "--wait", "20", "--", *self.body(f"r{k}.{n}"), env=env)
-            kill_at = time.monotonic() + self.rng.uniform(0.2, 3.0) if self.rng.random() < 0.15 else None
-            while p.poll() is None:
-                if kill_at is not None and time.monotonic() >= kill_at:
-                    p.kill()
-                    self.count("runs_sigkilled")
-                    kill_at = None
-                time.sleep(0.05)
-            err = self.stderr_of(p)
-            rc = p.returncode
-            self.count(f"run_exit_{rc}")
-            if rc == 2:
-                self.problem("runs_exit_2", err.strip()[-300:])
-            if "Traceback" in err:
-                self.problem("tracebacks", err.strip()[-300:])
+            self.supervise(p, 0.15, "run")
+
+    def supervise(self, p: subprocess.Popen[str], kill_share: float, what: str) -> None:
+        """Wait for a run, SIGKILLed at a random moment with probability ``kill_share``; count its exit."""
+        kill_at = time.monotonic() + self.rng.uniform(0.2, 3.0) if self.rng.random() < kill_share else None
+        while p.poll() is None:
+            if kill_at is not None and time.monotonic() >= kill_at:
+                p.kill()
+                self.count(f"{what}s_sigkilled")
+                kill_at = None
+            time.sleep(0.05)
+        err = self.stderr_of(p)
+        self.count(f"{what}_exit_{p.returncode}")
+        if p.returncode == 2:
+            self.problem("runs_exit_2", err.strip()[-300:])
+        if "Traceback" in err:
+            self.problem("tracebacks", err.strip()[-300:])
 
     def shared_runner(self, k: int) -> None:
         """MPS (tag m...) or time-sliced (tag t...) clients, two per device at most."""
@@ -188,19 +191,7 @@ class Soak:
             tag = f"{'m' if iso == 'soft' else 't'}{k}.{n}"
             p = self.popen("run", "--profile", "1g.6gb", "--isolation", iso, "--share", "2", "--wait", "20", "--",
                            *self.body(tag))
-            kill_at = time.monotonic() + self.rng.uniform(0.2, 3.0) if self.rng.random() < 0.1 else None
-            while p.poll() is None:
-                if kill_at is not None and time.monotonic() >= kill_at:
-                    p.kill()
-                    self.count("shared_runs_sigkilled")
-                    kill_at = None
-                time.sleep(0.05)
-            err = self.stderr_of(p)
-            self.count(f"shared_run_exit_{p.returncode}")
-            if p.returncode == 2:
-                self.problem("runs_exit_2", err.strip()[-300:])
-            if "Traceback" in err:
-                self.problem("tracebacks", err.strip()[-300:])
+            self.supervise(p, 0.1, "shared_run")
 
     def operator(self) -> None:
         """Destroys by hand: a random GI (``gi destroy``, or nvidia-smi's way: ``smi mig -dci`` then ``-dgi``)
