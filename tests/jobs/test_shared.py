@@ -424,3 +424,36 @@ def test_an_exclusive_lease_never_sees_a_shared_device_between_its_lease_and_its
             t.join(60)
     assert got.get("shared") == 0 and "lease" in got, got
     assert got["lease"] is None, "an exclusive lease on the device the shared client runs on"
+
+
+def test_a_worker_whose_shared_release_fails_keeps_the_jobs_status(shared: Any) -> None:
+    """The client list cannot be written as a shared job ends (a full disk): the worker records the job's own
+    exit status, says why in one line and goes on; the client, ended, no longer counts."""
+    import errno
+    import os
+
+    from migctl.jobs import mps as mps_mod
+    from migctl.jobs.mps import Sharing
+    from migctl.jobs.queue import JobQueue, Worker
+
+    a30 = shared
+    a30.layout(0, ["1g.6gb"])
+    q = JobQueue(a30.node())
+    jid = q.submit(["sh", "-c", "exit 4"], Request(profile="1g.6gb"), sharing=Sharing(isolation="none", share=2))
+    said: list[str] = []
+    w = Worker(q, log=said.append)
+
+    def no_space(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    assert w.acquire()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(mps_mod.MpsManager, "leave", no_space)
+            w.run(until_idle=True)
+    finally:
+        w.release()
+    job = q.get(jid)
+    assert (job.state, job.exit_code) == ("failed", 4), (job.reason, said)
+    assert any(f"job {jid}: releasing" in x and "No space left on device" in x for x in said), said
+    assert mps_mod.shared_clients(a30.node()) == []

@@ -198,7 +198,7 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
         finally:
             # the device's holder turns from this lease into the admitted client: under the node lock, so no
             # exclusive lease decision sees neither (its busy check before the client, its lease read after
-            # the release); a lock held past the wait leaves the lease until released without it
+            # the release); a lock still held after 60 s (a long apply): released without it, as before
             from migctl.paths import LockBusy
 
             try:
