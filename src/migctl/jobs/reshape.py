@@ -2,7 +2,7 @@
 requested profile fits, and create it, through the transactional apply (journal, rollback, busy check).
 
 Idle = not busy by :mod:`migctl.busy` (no live lease or lease process group, no NVML process, no MPS
-server); busy and leased instances are fixed. The choice is :meth:`migctl.planner.online.Placer.make_room`
+server, no MPS or time-sliced client migctl admitted); busy and leased instances are fixed. The choice is :meth:`migctl.planner.online.Placer.make_room`
 (fewest instances destroyed, then fewest slices, then migctl's placement rule) over the live layouts.
 
 Churn policy (:class:`Churn`), shared by every process of the node through the jobs database:
