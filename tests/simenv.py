@@ -117,3 +117,11 @@ def wait_for(pred: Callable[[], Any], timeout: float = 60.0, what: str = "condit
             return last
         time.sleep(step)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def kill_left(procs: list[subprocess.Popen[str]], timeout: float = 20.0) -> None:
+    """SIGKILL and reap whichever of ``procs`` still run (a test's cleanup after a failure)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout)

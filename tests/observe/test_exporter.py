@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from tests.observe.conftest import Env, start_exporter, stop, wait_for
 
+from simenv import kill_left
+
 CONFIG = """version: v1
 mig-configs:
   a:
@@ -374,8 +376,5 @@ def test_shared_devices_are_busy_before_any_cuda_context(h100x2: Env, monkeypatc
         assert all(sample(out, "migctl_mig_device_busy", mig_uuid=u) == 0 for u in uuids)
     finally:
         go.touch()
-        for p in runs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(20)
+        kill_left(runs)
         shutil.rmtree(short, ignore_errors=True)
