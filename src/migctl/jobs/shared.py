@@ -156,6 +156,8 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
                         "one, or a GPU without MIG")
     from filelock import FileLock, Timeout
 
+    from migctl.paths import LockBusy
+
     # choosing a device and admitting to it is one step per node (two starters must not both decide to
     # open a new device); the lock is released as soon as the client is admitted and registered
     mps.ensure_root()
@@ -167,8 +169,6 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
     try:
         if ahead is not None and ahead():
             return None
-        from migctl.paths import LockBusy
-
         # joining without a lease happens under the node lock that every exclusive lease, reshape and apply
         # takes: a shared device whose last client is just leaving reads free to them (no client, no lease,
         # no NVML process before a CUDA call), so a join outside it could land beside an exclusive lease
@@ -199,8 +199,6 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
             # the device's holder turns from this lease into the admitted client: under the node lock, so no
             # exclusive lease decision sees neither (its busy check before the client, its lease read after
             # the release); a lock still held after 60 s (a long apply): released without it, as before
-            from migctl.paths import LockBusy
-
             try:
                 with leases.node_lock(max(lock_timeout, 60.0), what="migctl run/worker (shared device admitted)"):
                     leases.release(lease)
