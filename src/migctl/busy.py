@@ -8,7 +8,9 @@ An instance (GPU instance, or one compute instance of it) is **busy** when any o
 * an **NVML process** (a CUDA context on it: on a real GPU that appears only after the first CUDA call,
   which is why leases count too);
 * an **MPS server** on it, or an MPS or time-sliced client migctl admitted (:func:`register_mps_provider`: whoever
-  starts MPS control daemons or time-sliced clients reports them).
+  starts MPS control daemons or time-sliced clients reports them). A daemon whose admitted clients have all
+  ended (their ``migctl run`` killed, so nobody stopped it) is stopped first (:func:`register_mps_reclaimer`):
+  its server alone does not keep the device.
 
 Every path that destroys instances (apply and its rollback, ``run --ephemeral``, the queue worker,
 reshaping, ``gi destroy``, ``ci destroy``, ``reset``, ``mode`` and their ``smi`` forms) asks :func:`busy_view`/:func:`annotate` **while holding the node lock** (:func:`migctl.paths.node_lock`),
@@ -102,6 +104,25 @@ def register_mps_provider(fn: MpsProvider) -> MpsProvider:
     return fn
 
 
+# Each reclaimer stops what nothing holds any more before a decision reads the holders (an MPS daemon whose
+# clients all ended while nobody watched: its server would hold the device for good).
+MpsReclaimer = Callable[[Any], Iterable[str]]
+MPS_RECLAIMERS: list[MpsReclaimer] = []
+
+
+def register_mps_reclaimer(fn: MpsReclaimer) -> MpsReclaimer:
+    """Call ``fn(node)`` at the start of every :func:`busy_view` (under the node lock), before any holder is read;
+    it returns the devices it freed."""
+    if fn not in MPS_RECLAIMERS:
+        MPS_RECLAIMERS.append(fn)
+    return fn
+
+
+def _load_providers() -> None:
+    with contextlib.suppress(ImportError):  # registers migctl's own MPS daemons (loaded lazily: no cycle)
+        import migctl.jobs.mps  # noqa: F401
+
+
 def sharing_kind(detail: str) -> str:
     """``MPS server``, ``MPS client`` or ``time-sliced client``: what a sharing holder's detail names."""
     return next((k for k in ("time-sliced client", "MPS client") if detail.startswith(k)), "MPS server")
@@ -111,8 +132,7 @@ def sharing_holders(node: Any) -> list[tuple[int, int | None, int | None, int, s
     """The MPS servers and time-sliced clients every registered provider reports on ``node``:
     ``(gpu, gi or None, ci or None, pid, detail)``. Busy holders for :func:`busy_view`, and what the exporter,
     ``top`` and the pictures count as busy besides processes and leases."""
-    with contextlib.suppress(ImportError):  # registers migctl's own MPS daemons (loaded lazily: no cycle)
-        import migctl.jobs.mps  # noqa: F401
+    _load_providers()
     return [h for provider in MPS_PROVIDERS for h in provider(node)]
 
 
@@ -242,8 +262,12 @@ def busy_view(node: Any, exclude_lease: str | None = None, leases: bool = True, 
 
     ``exclude_lease``: a MIG UUID whose lease the caller itself holds (releasing it); ``leases=False``: the
     caller reads the lease table itself (inside its transaction); ``gpus``: only these (device-layer) GPUs.
-    Call under the node lock.
+    Call under the node lock: it first stops MPS daemons whose clients have all ended
+    (:func:`register_mps_reclaimer`), so that their servers do not hold a device nobody uses.
     """
+    _load_providers()
+    for reclaim in MPS_RECLAIMERS:
+        reclaim(node)
     view = BusyView()
     real = getattr(node, "sim", None) is None
     sim_ns = _sim_pidns(node)

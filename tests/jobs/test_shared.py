@@ -3,7 +3,9 @@ stand-in MPS control daemon), through the real CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -457,3 +459,39 @@ def test_a_worker_whose_shared_release_fails_keeps_the_jobs_status(shared: Any) 
     assert (job.state, job.exit_code) == ("failed", 4), (job.reason, said)
     assert any(f"job {jid}: releasing" in x and "No space left on device" in x for x in said), said
     assert mps_mod.shared_clients(a30.node()) == []
+
+
+def test_a_daemon_left_by_a_killed_run_is_stopped_once_its_command_ends(shared: Any) -> None:
+    """`migctl run --isolation soft` killed with SIGKILL: the command's processes left in its process group keep
+    the device while they run (the command itself dies with its wrapper); once they have ended, nothing holds
+    the device but the MPS daemon's server nobody stopped. The next decision under the node lock (an exclusive
+    lease, a destroy) stops that daemon and gets the device, rather than calling the device busy until a queue
+    worker happens to start."""
+    a30 = shared
+    [(gi, _)] = a30.create(0, ["1g.6gb"])
+    go, out = a30.tmp / "go", a30.tmp / "env0"
+    wrapper = _popen(a30, {"OUT": str(out), "GO": str(go)}, "run", "--no-create", "--isolation", "soft", "--share",
+                     "2", "--profile", "1g.6gb", "--", "bash", "-c", f"({ENV_THEN_WAIT}) & wait")
+    try:
+        _wait_file(out)
+        [pipe] = [Path(ln.split("=", 1)[1]) for ln in out.read_text().splitlines()
+                  if ln.startswith("CUDA_MPS_PIPE_DIRECTORY=")]
+        [client] = json.loads(a30.migctl("leases", "--json").stdout)["shared"]
+        wrapper.kill()
+        wrapper.wait(10)
+        # the command's group still runs: its device stays held, by its client and its daemon's server
+        r = a30.migctl("gi", "destroy", "--gpu", "0", "--gi", str(gi))
+        assert r.returncode != 0 and "MPS client" in r.stderr and "MPS server" in r.stderr, r.stderr
+        assert len(_daemons(pipe)) == 1
+    finally:
+        go.touch()
+    deadline = time.monotonic() + 30
+    with contextlib.suppress(ProcessLookupError):
+        while time.monotonic() < deadline:
+            os.killpg(client["pid"], 0)  # (the command led its own process group)
+            time.sleep(0.05)
+    r = a30.migctl("run", "--no-create", "--profile", "1g.6gb", "--wait", "0", "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert _daemons(pipe) == []
+    r = a30.migctl("gi", "destroy", "--gpu", "0", "--gi", str(gi))
+    assert r.returncode == 0, r.stderr

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migctl.busy import register_mps_provider
+from migctl.busy import register_mps_provider, register_mps_reclaimer
 from migctl.jobs.common import JobsError, node_key
 from migctl.paths import ensure_private_dir, state_dir
 from migctl.proc import pid_alive
@@ -379,18 +379,26 @@ class MpsManager:
         """Stop the daemons of these devices that have no live client any more (their last client died while
         nobody was there to see it leave, e.g. a worker killed between admitting a job and starting it).
         Returns the devices whose daemon was stopped."""
+        from filelock import Timeout
+
+        from migctl.errors import UserError
+
         stopped = []
         for uuid in uuids:
             if not (self.device_dir(uuid) / "pipe" / "control").exists():
                 continue
-            with self._locked(uuid) as d:
-                clients = self._read(d)
-                if not clients and (d / "pipe" / "control").exists():
-                    try:
-                        self._stop(uuid)
-                    except (JobsError, subprocess.TimeoutExpired):
-                        continue  # a dead daemon's leftover endpoint: nothing runs there
-                    stopped.append(uuid)
+            try:
+                with self._locked(uuid) as d:
+                    clients = self._read(d)
+                    if not clients and (d / "pipe" / "control").exists():
+                        try:
+                            self._stop(uuid)
+                        except (JobsError, subprocess.TimeoutExpired):
+                            continue  # a daemon that answers but will not quit: it stays, and so does its device
+                        stopped.append(uuid)
+            except (Timeout, UserError, JobsError):
+                continue  # (its list held for a minute, damaged, or its directory not ours: the device stays
+                # held, as busy reports it)
         return stopped
 
 
@@ -502,4 +510,15 @@ def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]
     return out
 
 
+def reclaim_orphans(node: Any) -> list[str]:
+    """Stop the MPS daemons of ``node`` whose admitted clients have all ended (a ``migctl run`` killed before it
+    could stop its device's daemon; a worker killed between admitting a job and starting it); the devices freed.
+    Only the devices with a daemon's endpoint are looked at, so a node without one costs a directory listing."""
+    mgr = MpsManager(node)
+    if not mgr.root.is_dir() or not any((d / "pipe" / "control").exists() for d in mgr.root.iterdir()):
+        return []
+    return mgr.sweep([uuid for _, _, _, uuid in _devices(node)])
+
+
 register_mps_provider(mps_holders)
+register_mps_reclaimer(reclaim_orphans)

@@ -433,7 +433,7 @@ class Worker:
                         self.log(f"job {job.id} was the last client of {job.mig_uuid}: "
                                  + ("MPS daemon stopped" if job.sharing.kind == "mps" else "device free"))
                 except (JobsError, OSError) as e:  # (the job's status is recorded; a client that has ended
-                    # no longer counts, and the next admission or sweep stops a daemon left without clients)
+                    # no longer counts, and the next busy decision stops a daemon left without clients)
                     self.log(f"job {job.id}: releasing {job.mig_uuid}: {e}")
             return
         if job.mig_uuid and job.child_pid:

@@ -266,12 +266,9 @@ def sweep(node: Any, mps: MpsManager | None = None) -> list[str]:
     mps = mps or MpsManager(node)
     if not mps.root.is_dir():
         return []
-    uuids = []
-    for g in node.gpus():
-        uuids.append(g.uuid)
-        if g.mig_capable() and g.mig_mode()[0] == 1:
-            uuids.extend(d.uuid for d in g.mig_devices())
-    return mps.sweep(uuids)
+    from migctl.jobs.mps import _devices
+
+    return mps.sweep([uuid for _, _, _, uuid in _devices(node)])
 
 
 def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing, wait: float | None = None,
@@ -367,5 +364,5 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
                 say(f"last client left {got.device.uuid}: "
                     f"{'MPS daemon stopped' if got.kind == 'mps' else 'device free'}")
         except (JobsError, OSError) as e:  # (the command's own exit status stands; a client that has ended no
-            # longer counts, and the next admission or sweep stops a daemon left without clients)
+            # longer counts, and the next busy decision stops a daemon left without clients)
             sys.stderr.write(f"migctl: warning: releasing {got.device.uuid}: {e}\n")
