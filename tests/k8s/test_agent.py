@@ -239,6 +239,39 @@ def test_damaged_fields_of_the_agent_state_are_dropped_and_said(server, agent, c
     assert f"(gave_up; rebooting_for; applied; paused {gfd!r}); operand labels" in warned["n1"][0]
 
 
+def test_an_unwritable_agent_state_fails_the_change_without_pausing_and_the_agent_goes_on(server, agent) -> None:
+    """The agent's state file cannot be written (here: a directory stands where it goes; on a node, a full or
+    read-only disk). Pausing operands needs that record first (what to restore after a crash), so the agent pauses
+    nothing and applies nothing: ``failed`` with one Event naming the file and why, and it keeps running (it was an
+    OSError out of the reconcile loop: the agent exited, a CrashLoopBackOff). Once the file can be written, the
+    next pass applies the change."""
+    import shutil
+
+    from migctl.paths import ensure_private_dir, state_dir
+
+    ensure_private_dir(state_dir())
+    blocker = state_dir() / "k8s-agent-n1.json"
+    add_node(server, "n1", "all-disabled")
+    a = agent("n1")
+    wait_for(lambda: labels(server, "n1").get(STATE) == "success" and blocker.is_file(), what="first success")
+    blocker.unlink()
+    blocker.mkdir()
+    server.patch_labels("n1", {CONFIG: "all-balanced"})
+    wait_for(lambda: labels(server, "n1").get(STATE) == "failed", what="failed")
+    time.sleep(1.0)  # (a few passes: busy_poll is 0.2 s)
+    assert a.thread.is_alive()
+    said = [m for r, m in events(server, "n1") if r == "MigAgentStateUnwritable"]
+    assert len(said) == 1 and str(blocker) in said[0] and "nothing was paused" in said[0], said
+    for o in OPERANDS:
+        assert server.label_sequence("n1", f"nvidia.com/gpu.deploy.{o}") == ["true"]
+    assert all(not g.mig_current for g in _live())
+    shutil.rmtree(blocker)
+    wait_for(lambda: labels(server, "n1").get(STATE) == "success"
+             and "nvidia.com/mig-1g.10gb.count" in labels(server, "n1"), what="success once writable")
+    a.stop()
+    assert labels(server, "n1")[DP] == "true"
+
+
 def test_bad_label_fails_with_event_and_operands_untouched(server, agent) -> None:
     add_node(server, "n1", "all-disabled")
     a = agent("n1")
@@ -327,6 +360,32 @@ def test_configmap_change_is_reapplied_and_cdi_spec_written(server, agent, tmp_p
     names = {d["name"] for d in spec["devices"]}
     live_uuids = {c.uuid for g in _live() for x in g.gis for c in x.cis}
     assert live_uuids <= names and {"0:0", "0:1", "1:0", "1:1"} <= names and len(names) == 8
+
+
+def test_a_cdi_spec_that_cannot_be_written_fails_the_config_and_is_written_later(server, agent, tmp_path) -> None:
+    """``--cdi-dir`` names something that is not a directory: the config is applied, the operands restored, then
+    ``failed`` with one Event naming the spec and why, and the agent keeps running (the OSError ended it). Once
+    the directory can be made, a later pass writes the spec (nothing left to apply) and reports success."""
+    import yaml
+
+    cdi = tmp_path / "cdi"
+    cdi.write_text("not a directory\n")
+    add_node(server, "n1", "all-disabled")
+    a = agent("n1", cdi_dir=str(cdi))
+    wait_for(lambda: labels(server, "n1").get(STATE) == "failed", what="failed: no CDI directory")
+    server.patch_labels("n1", {CONFIG: "all-balanced"})
+    wait_for(lambda: labels(server, "n1").get("nvidia.com/mig-1g.10gb.count") == "4"
+             and labels(server, "n1").get(STATE) == "failed", what="applied, then failed")
+    time.sleep(1.5)  # (a resync: resync is 1 s here)
+    assert a.thread.is_alive()
+    assert labels(server, "n1")[DP] == "true"
+    said = [m for r, m in events(server, "n1") if r == "MigConfigFailed" and "CDI spec" in m]
+    assert len(said) == 2 and str(cdi) in said[1] and "all-balanced" in said[1], said  # (one per config)
+    cdi.unlink()
+    wait_for(lambda: labels(server, "n1").get(STATE) == "success", what="success once writable")
+    a.stop()
+    names = {d["name"] for d in yaml.safe_load((cdi / "nvidia.com-gpu-migctl.yaml").read_text())["devices"]}
+    assert {c.uuid for g in _live() for x in g.gis for c in x.cis} <= names
 
 
 def test_mode_change_blocked_by_a_host_process_reboots_then_succeeds_or_fails(server, agent, client, tmp_path,

@@ -20,6 +20,7 @@ retries with exponential backoff on 409/429/5xx and connection errors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -54,6 +55,10 @@ class AgentOptions:
     lock_timeout: float = 60.0
     event_namespace: str = "default"
     reboot_command: list[str] | None = None  # e.g. ["chroot", "/host", "reboot"] (the MIG manager's WITH_REBOOT)
+
+
+class StateUnwritable(Exception):
+    """The agent's state file cannot be written, and the step about to be taken needs it."""
 
 
 @dataclass
@@ -109,11 +114,27 @@ class Agent:
                     "previous agent are not restored", self.state_path, why, L.PAUSED)
         return {}
 
-    def _save_state(self) -> None:
+    def _save_state(self, needed: bool = False) -> None:
+        """Write what the agent must remember across a crash. ``needed``: the next step depends on the record
+        (pausing operands: what to restore; rebooting: not to reboot again), so a file that cannot be written
+        raises :class:`StateUnwritable` and the step is not taken. Otherwise it is bookkeeping (what was applied
+        or failed, operands already restored): a warning, once per distinct error, and the agent goes on."""
         from migctl.paths import atomic_write
 
-        self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(self.state_path, json.dumps(self.saved), ".agent-")
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write(self.state_path, json.dumps(self.saved), ".agent-")
+        except OSError as e:
+            why = f"cannot write the agent's state file {self.state_path}: {e.strerror or e}"
+            if needed:
+                raise StateUnwritable(why) from None
+            if why != self._unwritable:
+                log.warning("%s; going on without it", why)
+                self._unwritable = why
+            return
+        self._unwritable = ""
+
+    _unwritable = ""  # the last state-file error said (said once)
 
     # ------------------------------------------------------------------ Kubernetes calls
     def _call(self, fn: Callable[..., Any], *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
@@ -327,6 +348,14 @@ class Agent:
         except ApiException as e:
             log.warning("API error during reconcile: %s %s", e.status, e.reason)
             return True
+        except StateUnwritable as e:
+            # (a full or read-only disk: nothing paused, nothing applied; failed, and tried again each pass)
+            message = f"{e}; nothing was paused or applied, trying again every {self.opts.busy_poll:g}s"
+            if self.snap.labels.get(L.STATE_LABEL) != "failed" or self.saved.get("failed") != message:
+                self.set_state("failed")
+                self.event("MigAgentStateUnwritable", message, warning=True)
+                self.saved["failed"] = message
+            return True
         finally:
             if not self._pausing:
                 self._restore_operands()
@@ -371,6 +400,8 @@ class Agent:
             return self._fail(f"config {label!r} cannot be applied on this node: {e}")
         if not plan.ops and not plan.blocked:
             self._publish(live)
+            if self.opts.cdi_dir and not self._write_cdi(label):
+                return False  # (e.g. an apply whose spec could not be written: written once the directory can be)
             if self.snap.labels.get(L.STATE_LABEL) != "success":
                 self.set_state("success")
                 self.event("MigConfigApplied", f"config {label!r} is applied (nothing to change)")
@@ -378,6 +409,9 @@ class Agent:
             self.saved.pop("rebooting_for", None)
             self._save_state()
             return False
+        # a change may pause operands or reboot, which need the state file first: one that cannot be written
+        # fails the change here, before `pending` (StateUnwritable: failed, tried again each pass)
+        self._save_state(needed=True)
         if self.snap.labels.get(L.STATE_LABEL) != "pending":
             self.set_state("pending")
             c = plan.counts()
@@ -456,7 +490,11 @@ class Agent:
             self.saved["gave_up"] = self._digest
             return self._fail(f"MIG mode change for config {label!r} did not take effect after rebooting: {why}")
         self.saved["rebooting_for"] = label
-        self._save_state()
+        try:
+            self._save_state(needed=True)  # (after the reboot it must know it rebooted once already)
+        except StateUnwritable:
+            del self.saved["rebooting_for"]
+            raise
         self.set_state("rebooting")
         self.event("MigNodeRebooting", f"config {label!r} needs a MIG mode change that processes outside pods "
                    f"block ({why}); rebooting with {' '.join(self.opts.reboot_command or [])}", warning=True)
@@ -480,8 +518,13 @@ class Agent:
             patch[k] = L.pause_value(cur)
         if not patch:
             return
+        before = self.saved.get("paused")
         self.saved["paused"] = paused
-        self._save_state()  # first: a crash after the patch still knows what to restore
+        try:
+            self._save_state(needed=True)  # first: a crash after the patch still knows what to restore
+        except StateUnwritable:
+            self.saved["paused"] = before
+            raise
         self.patch_labels(patch)
         self.event("MigOperandsPaused", "paused " + ", ".join(sorted(patch)) + " for the MIG change")
 
@@ -543,8 +586,8 @@ class Agent:
                 return self._fail(f"applying config {label!r} failed: {e.__class__.__name__}: {e}")
             live = read_node(self.node())
             self._publish(live)
-            if self.opts.cdi_dir:
-                self._write_cdi()
+            if self.opts.cdi_dir and not self._write_cdi(label):
+                return False
         except TimeoutError as e:
             self._restore_and_clear()
             return self._fail(str(e))
@@ -581,21 +624,41 @@ class Agent:
         self._annotation = ann
         self._set_labels(obj.metadata.labels or {}, obj.metadata.resource_version)
 
-    def _write_cdi(self) -> None:
+    def _write_cdi(self, label: str) -> bool:
+        """Write the CDI spec of the node's MIG devices (``--cdi-dir``) unless the file already says the same.
+        False when it cannot be written (a full disk, a path that is not a directory): the config is then
+        ``failed``, after the operands are restored, and the next pass tries again (before, the OSError ended
+        the agent)."""
         import tempfile
 
         import yaml
 
         assert self.opts.cdi_dir is not None
         d = Path(self.opts.cdi_dir)
-        d.mkdir(parents=True, exist_ok=True)
+        target = d / "nvidia.com-gpu-migctl.yaml"
         spec = L.cdi_spec(self.node())
-        fd, tmp = tempfile.mkstemp(dir=str(d), prefix=".migctl-cdi-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(spec, f, sort_keys=False)
-        os.replace(tmp, d / "nvidia.com-gpu-migctl.yaml")
+        text = yaml.safe_dump(spec, sort_keys=False)
+        tmp = None
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if target.read_text(encoding="utf-8") == text:
+                    return True
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=str(d), prefix=".migctl-cdi-", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, target)
+        except (OSError, UnicodeDecodeError) as e:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            self._restore_and_clear()
+            self._fail(f"config {label!r} is applied, but the CDI spec {target} cannot be written: "
+                       f"{getattr(e, 'strerror', None) or e}; trying again every {self.opts.resync:g}s")
+            return False
         self.event("MigCdiSpecWritten", f"CDI spec with {len(spec['devices']) // 2} MIG device(s) written to "
-                   f"{d / 'nvidia.com-gpu-migctl.yaml'}")
+                   f"{target}")
+        return True
 
 
 # ------------------------------------------------------------------------------------------ helpers
