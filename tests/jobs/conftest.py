@@ -46,4 +46,19 @@ def shared(a30: SimEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimEnv]:
     a30.env["MIGCTL_STATE_DIR"] = short
     monkeypatch.setenv("MIGCTL_STATE_DIR", short)
     yield a30
+    stop_daemons_under(short)
     shutil.rmtree(short, ignore_errors=True)
+
+
+def stop_daemons_under(root: str) -> None:
+    """SIGKILL the stand-in MPS control daemons whose pipe directory is under ``root`` (left by a test that failed
+    before its clients ended: a passing test leaves none, and several tests check that)."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "migctl.sim.mps_control" in " ".join(p.info["cmdline"] or []) and \
+                    p.environ().get("CUDA_MPS_PIPE_DIRECTORY", "").startswith(root + "/"):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SimEnv, wait_for
+from conftest import SimEnv, stop_daemons_under, wait_for
 from migctl.busy import busy_view
 from migctl.jobs import batch
 from migctl.jobs.common import JobsError
@@ -41,6 +41,7 @@ def _short(se: SimEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimEnv]:
     se.env["D"] = str(se.tmp)
     monkeypatch.setenv("MIGCTL_STATE_DIR", short)
     yield se
+    stop_daemons_under(short)
     shutil.rmtree(short, ignore_errors=True)
 
 
