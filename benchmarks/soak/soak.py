@@ -511,6 +511,7 @@ class Soak:
 
 
 def write_results(res: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     r, a = res["results"], res["activity"]
     lines = [

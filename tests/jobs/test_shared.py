@@ -368,8 +368,10 @@ def test_shared_clients_hold_their_device_whatever_nvml_and_the_daemon_answer(sh
 def test_an_exclusive_lease_never_sees_a_shared_device_between_its_lease_and_its_client(shared: Any) -> None:
     """A shared run takes a free device through a lease, admits its client, then drops the lease. An exclusive
     lease decision reads the clients (busy_view) and then the lease table: if the hand-over from lease to
-    client fell between those two reads, it saw neither. The hand-over now takes the node lock the decision
-    holds. Found by the soak: a time-sliced client and an exclusive job on one device."""
+    client fell between those two reads, it saw neither. Found by the soak: a time-sliced client and an
+    exclusive job on one device. The decision now also reads the lease table before the clients and counts a
+    lease whose live holder dropped it in between as held (first fixed by taking the node lock for the
+    hand-over, which made a shared command wait for an apply: see the next test)."""
     import threading
 
     from migctl.jobs import leases as leases_mod
@@ -390,7 +392,7 @@ def test_an_exclusive_lease_never_sees_a_shared_device_between_its_lease_and_its
         if threading.current_thread() is threading.main_thread():
             return v  # (the shared run's own lease decision)
         snapshot.set()
-        released.wait(3)  # (with the hand-over under the node lock, it cannot happen now: 3 s, then go on)
+        released.wait(3)  # (the hand-over lands here: after the holders read, before the lease table's)
         return v
 
     def admit_after_snapshot(self: Any, *a: Any, **k: Any) -> Any:
@@ -426,6 +428,47 @@ def test_an_exclusive_lease_never_sees_a_shared_device_between_its_lease_and_its
             t.join(60)
     assert got.get("shared") == 0 and "lease" in got, got
     assert got["lease"] is None, "an exclusive lease on the device the shared client runs on"
+
+
+def test_a_shared_command_does_not_wait_for_an_apply_that_took_the_node_lock_after_its_lease(shared: Any) -> None:
+    """An apply takes the node lock just after a shared run leased its device and admitted its client. Dropping
+    the lease no longer needs that lock, so the command starts while the apply holds it (it waited for the
+    lock, up to two minutes, behind the closed gate; then dropped the lease without it)."""
+    import threading
+
+    from migctl.jobs import leases as leases_mod
+    from migctl.jobs import mps as mps_mod
+    from migctl.jobs import shared as shared_mod
+    from migctl.jobs.mps import Sharing
+
+    a30 = shared
+    a30.layout(0, ["1g.6gb"])
+    node = a30.node()
+    started = a30.tmp / "started"
+    holding, seen = threading.Event(), threading.Event()
+    real_admit = mps_mod.MpsManager.admit_timeslice
+
+    def apply_holds_the_lock() -> None:
+        with leases_mod.LeaseManager(node).node_lock(30, what="an apply (test)"):
+            holding.set()
+            deadline = time.monotonic() + 20
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if started.exists():
+                seen.set()
+
+    def admit_then_apply(self: Any, *a: Any, **k: Any) -> Any:
+        out = real_admit(self, *a, **k)
+        threading.Thread(target=apply_holds_the_lock, daemon=True).start()
+        assert holding.wait(30)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mps_mod.MpsManager, "admit_timeslice", admit_then_apply)
+        rc = shared_mod.run_shared(node, ["touch", str(started)], Request(profile="1g.6gb", create=False),
+                                   sharing=Sharing(isolation="none", share=2))
+    assert rc == 0
+    assert seen.wait(30), "the command started only after the apply released the node lock"
 
 
 def test_a_worker_whose_shared_release_fails_keeps_the_jobs_status(shared: Any) -> None:

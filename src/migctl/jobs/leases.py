@@ -373,6 +373,10 @@ class LeaseManager:
             frozen = self._recover_apply()
             gpus = [g for g in self.mig_gpus(req) if g.index not in frozen]
             devices = self._devices(gpus)
+            # the lease table before the holders: a lease released between this read and the decision's own
+            # (below) may have passed its device to a client the holders read missed (launch in jobs.shared
+            # admits a shared client, then drops the lease that took its device)
+            before = self.conn.execute("SELECT uuid, pid, pid_start FROM leases WHERE node=?", (self.key,)).fetchall()
             view = busy_view(self.node, leases=False, gpus=gpus)
         except Exception as e:  # noqa: BLE001
             if transient(e):
@@ -383,8 +387,13 @@ class LeaseManager:
         avoid = blocking(self.conn, self.key, job_id, limit, pid=pid)  # (a waiting run's own reservation: not)
         with immediate(self.conn) as c:
             live = self._live(c, {d.uuid for d in devices}, {g.index for g in gpus})
+            from migctl.proc import pid_alive
+
+            # released since that read by a holder that still runs: held by what it passed the device to, or
+            # about to be free; either way not this attempt's (a stale lease, whose holder is gone, is free)
+            passed = {r["uuid"] for r in before if r["uuid"] not in live and pid_alive(r["pid"], r["pid_start"])}
             for d in self._fitting(req, devices):
-                if d.uuid in live or view.of_device(d.gpu.index, d.gi_id, d.ci_id):
+                if d.uuid in live or d.uuid in passed or view.of_device(d.gpu.index, d.gi_id, d.ci_id):
                     continue
                 if d.gpu.index in avoid and self._in_reserved(d, avoid[d.gpu.index]):
                     continue

@@ -196,14 +196,11 @@ def launch(node: Any, req: Request, sharing: Sharing, spawn: Spawn, *, leases: L
         try:
             return _admit(node, mps, dev, sharing, spawn, name, pgid_of, lease)
         finally:
-            # the device's holder turns from this lease into the admitted client: under the node lock, so no
-            # exclusive lease decision sees neither (its busy check before the client, its lease read after
-            # the release); a lock still held after 60 s (a long apply): released without it, as before
-            try:
-                with leases.node_lock(max(lock_timeout, 60.0), what="migctl run/worker (shared device admitted)"):
-                    leases.release(lease)
-            except LockBusy:
-                leases.release(lease)
+            # the device's holder turns from this lease into the admitted client (admitted first): an exclusive
+            # lease decision reads the lease table before the holders and counts a lease its live holder
+            # dropped in between as held (LeaseManager._acquire_locked), so none sees neither; busy_view reads
+            # leases before shared clients
+            leases.release(lease)
     finally:
         if lock.is_locked:
             lock.release(force=True)
