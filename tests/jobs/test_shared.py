@@ -538,3 +538,35 @@ def test_a_daemon_left_by_a_killed_run_is_stopped_once_its_command_ends(shared: 
     assert _daemons(pipe) == []
     r = a30.migctl("gi", "destroy", "--gpu", "0", "--gi", str(gi))
     assert r.returncode == 0, r.stderr
+
+
+def test_a_timeout_names_the_fitting_devices_held_without_a_lease(shared: Any) -> None:
+    """`run --wait 0` finds both 1g.6gb devices held, neither by a lease: one by a CUDA process, one by an MPS
+    run (its client, before any CUDA call, and its daemon's server). The timeout said only "0 device(s) leased
+    on this node"; it now names each fitting device and what holds it (the server once, not also as a process)."""
+    a30 = shared
+    [(_, by_process), (_, by_mps)] = a30.create(0, ["1g.6gb", "1g.6gb"])
+    sleeper = subprocess.Popen(["sleep", "120"])
+    go, out = a30.tmp / "go", a30.tmp / "env0"
+    run = None
+    try:
+        r = a30.migctl("sim", "add-client", str(sleeper.pid), "--device", by_process)
+        assert r.returncode == 0, r.stderr
+        run = _popen(a30, {"OUT": str(out), "GO": str(go)}, "run", "--no-create", "--isolation", "soft", "--share",
+                     "2", "--profile", "1g.6gb", "--", "bash", "-c", ENV_THEN_WAIT)
+        _wait_file(out)
+        [client] = json.loads(a30.migctl("leases", "--json").stdout)["shared"]
+        r = a30.migctl("run", "--no-create", "--profile", "1g.6gb", "--wait", "0", "--", "true")
+        assert r.returncode == 75, r.stderr
+        line = r.stderr.strip().splitlines()[-1]
+        assert "(0 device(s) leased on this node)" in line and "2 fitting device(s) held without a lease: " in line, line
+        assert f"{by_process} (GPU 0, 1g.6gb) by process PID {sleeper.pid}" in line, line
+        held = line.split(f"{by_mps} (GPU 0, 1g.6gb) by ", 1)[1].split(";")[0]
+        kinds = sorted(w.rsplit(" PID ", 1)[0] for w in held.split(", "))
+        assert kinds == ["MPS client", "MPS server"] and f"MPS client PID {client['pid']}" in held, line
+    finally:
+        go.touch()
+        sleeper.kill()
+        sleeper.wait()
+        if run is not None:
+            run.wait(60)

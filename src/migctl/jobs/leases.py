@@ -581,6 +581,10 @@ class LeaseManager:
         try:
             capable = [g for g in self.allowed_gpus(req) if retry_nvml(g.mig_capable)]
             on = [g for g in capable if retry_nvml(g.mig_mode)[0] == 1]
+            held_by = self._held_without_lease(req, on)
+            if held_by:
+                hints.append(f"{len(held_by)} fitting device(s) held without a lease: " + "; ".join(held_by[:3])
+                             + ("; ..." if len(held_by) > 3 else ""))
             if not reshaping and req.create:
                 held = self._held_uuids()
                 idle = [d for d in self._devices(on)
@@ -595,6 +599,26 @@ class LeaseManager:
         except Exception:  # noqa: BLE001 - a hint only: the timeout is the error
             pass
         return "".join(f"; {h}" for h in hints)
+
+    def _held_without_lease(self, req: Request, gpus: list[Any]) -> list[str]:
+        """The devices that fit ``req`` and that something other than a lease holds (NVML processes, MPS servers,
+        shared clients), each with what holds it: what the timeout's "N device(s) leased" does not explain."""
+        from migctl.busy import sharing_holders, sharing_kind
+
+        leased = self._held_uuids()
+        shared: dict[tuple[int, int | None, int | None], dict[int, str]] = {}
+        for gpu, gi, ci, pid, detail in sharing_holders(self.node):
+            shared.setdefault((gpu, gi, ci), {})[pid] = sharing_kind(detail)
+        out = []
+        for d in self._fitting(req, self._devices(gpus)):
+            if d.uuid in leased:
+                continue
+            what = {p.pid: "process" for p in retry_nvml(d.processes)}
+            what.update(shared.get((d.gpu.index, d.gi_id, d.ci_id), {}))  # (an MPS server is an NVML process too)
+            if what:
+                out.append(f"{d.uuid} (GPU {d.gpu.index}, {d.profile_name}) by "
+                           + ", ".join(f"{kind} PID {pid}" for pid, kind in sorted(what.items())))
+        return out
 
     def set_holder(self, lease: Lease, pid: int, pid_start: float, pgid: int | None = None) -> Lease:
         """Hand a lease to another process (the queue worker hands it to the job's process and its group)."""
