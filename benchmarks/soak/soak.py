@@ -92,6 +92,7 @@ class Soak:
             self.env.pop(k, None)
         self.counts: collections.Counter[str] = collections.Counter()
         self.problems: dict[str, list[str]] = collections.defaultdict(list)
+        self.samples: dict[str, list[str]] = collections.defaultdict(list)  # other exits' last stderr lines
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.deadline = 0.0
@@ -177,6 +178,8 @@ class Soak:
             time.sleep(0.05)
         err = self.stderr_of(p)
         self.count(f"{what}_exit_{p.returncode}")
+        if p.returncode not in (0, 75, -9, 137) and len(self.samples[f"{what} exit {p.returncode}"]) < 3:
+            self.samples[f"{what} exit {p.returncode}"].append((err.strip().splitlines() or [""])[-1][-300:])
         if p.returncode == 2:
             self.problem("runs_exit_2", err.strip()[-300:])
         if "Traceback" in err:
@@ -506,6 +509,7 @@ class Soak:
             "shared_runners": self.args.shared_runners, "seed": self.args.seed,
             "results": {k: len(self.problems.get(k, [])) for k in keys},
             "examples": {k: v[:5] for k, v in self.problems.items()},
+            "other_exits": dict(sorted(self.samples.items())),
             "activity": dict(sorted(self.counts.items())),
         }
 
@@ -535,6 +539,9 @@ def write_results(res: dict[str, Any], out: Path) -> None:
         "2 = the GI named was destroyed by someone else since the soak read the state; smi -dci/-dgi 0 = destroyed,",
         "255 = In use by another client (busy), 6 = Not Found (destroyed by someone else since).",
     ]
+    if res.get("other_exits"):
+        lines += ["", "Other exits of runs (the last line each printed, at most 3 per exit code):", ""] + [
+            f"* {k}: `{v}`" for k, vs in res["other_exits"].items() for v in vs]
     if res["examples"]:
         lines += ["", "Examples of problems:", ""] + [f"* {k}: {v}" for k, vs in res["examples"].items() for v in vs]
     (out / "results.md").write_text("\n".join(lines) + "\n")
