@@ -125,3 +125,17 @@ def kill_left(procs: list[subprocess.Popen[str]], timeout: float = 20.0) -> None
         if p.poll() is None:
             p.kill()
             p.wait(timeout)
+
+
+def stop_daemons_under(root: str) -> None:
+    """SIGKILL the stand-in MPS control daemons whose pipe directory is under ``root`` (left by a test that failed
+    before its clients ended: a passing test leaves none, and several tests check that)."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "migctl.sim.mps_control" in " ".join(p.info["cmdline"] or []) and \
+                    p.environ().get("CUDA_MPS_PIPE_DIRECTORY", "").startswith(root + "/"):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from simenv import SimNode, make_sim, wait_for
+from simenv import SimNode, make_sim, stop_daemons_under, wait_for
 
-__all__ = ["SimEnv", "make_env", "wait_for"]
+__all__ = ["SimEnv", "make_env", "stop_daemons_under", "wait_for"]
 
 
 class SimEnv(SimNode):
@@ -49,16 +49,3 @@ def shared(a30: SimEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimEnv]:
     stop_daemons_under(short)
     shutil.rmtree(short, ignore_errors=True)
 
-
-def stop_daemons_under(root: str) -> None:
-    """SIGKILL the stand-in MPS control daemons whose pipe directory is under ``root`` (left by a test that failed
-    before its clients ended: a passing test leaves none, and several tests check that)."""
-    import psutil
-
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if "migctl.sim.mps_control" in " ".join(p.info["cmdline"] or []) and \
-                    p.environ().get("CUDA_MPS_PIPE_DIRECTORY", "").startswith(root + "/"):
-                p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue

@@ -3,6 +3,7 @@ waits for the node lock."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -14,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.observe.conftest import Env, start_exporter, stop, wait_for
+from tests.observe.conftest import Env, make_env, start_exporter, stop, wait_for
 
-from simenv import kill_left
+from simenv import kill_left, stop_daemons_under
 
 CONFIG = """version: v1
 mig-configs:
@@ -377,4 +378,39 @@ def test_shared_devices_are_busy_before_any_cuda_context(h100x2: Env, monkeypatc
     finally:
         go.touch()
         kill_left(runs)
+        stop_daemons_under(short)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_a_gpu_used_whole_shows_who_uses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An L4 (no MIG) shared by an MPS run, before any CUDA call: the exporter's ``migctl_gpu_busy`` is 1, ``top``
+    has a ``whole GPU`` row naming the MPS client and server, and ``gpus --map`` says it is in use. They showed
+    only "MIG not supported" (and no series said busy); ``leases`` and every lease decision saw the clients."""
+    l4 = make_env(tmp_path, monkeypatch, "1xL4", mig=False)
+    short = tempfile.mkdtemp(prefix="mig")  # the MPS control socket's path must stay short
+    l4.env["MIGCTL_STATE_DIR"] = short
+    monkeypatch.setenv("MIGCTL_STATE_DIR", short)
+    assert l4.migctl("sim", "client-delay", "600").returncode == 0
+    go = l4.tmp / "go"
+    run = l4.popen("run", "--isolation", "soft", "--share", "2", "--", "sh", "-c",
+                   f'while [ ! -e "{go}" ]; do sleep 0.05; done')
+    try:
+        wait_for(lambda: sample(scrape(l4), "migctl_gpu_busy", gpu="0") == 1, what="the L4 busy")
+        [client] = json.loads(l4.migctl("leases", "--json").stdout)["shared"]
+        top = l4.migctl("top", "--once")
+        assert top.returncode == 0, top.stderr
+        [row] = [ln for ln in top.stdout.splitlines() if "whole GPU" in ln]
+        assert f"MPS client {client['pid']}" in row and "MPS server" in row, top.stdout
+        gmap = l4.migctl("gpus", "--map")
+        assert gmap.returncode == 0 and f"in use: MPS client {client['pid']}" in gmap.stdout, gmap.stdout
+        go.touch()
+        assert run.wait(60) == 0
+        assert sample(scrape(l4), "migctl_gpu_busy", gpu="0") == 0
+        top = l4.migctl("top", "--once")
+        [row] = [ln for ln in top.stdout.splitlines() if "whole GPU" in ln]
+        assert "MPS" not in row and "in use" not in l4.migctl("gpus", "--map").stdout, top.stdout
+    finally:
+        go.touch()
+        kill_left([run])
+        stop_daemons_under(short)
         shutil.rmtree(short, ignore_errors=True)

@@ -40,6 +40,10 @@ def frame(observer: Any, reader: Any, width: int = 120) -> Any:
     for col in ("GPU", "GI", "CI", "profile", "memory", "activity", "processes", "lease", "job"):
         t.add_column(col)
     for g in snap.gpus:
+        if not g.mig_current:  # a GPU used whole (no MIG, or MIG disabled): one row for it
+            mem = "" if g.mem_used_mib is None else f"{g.mem_used_mib}/{g.mem_total_mib} MiB"
+            t.add_row(str(g.index), "-", "-", "whole GPU", mem, "n/a",
+                      ", ".join([*map(str, g.pids), *g.shared]) or "-", "-", "-")
         for gi in g.gis:
             mem = "" if gi.mem_used_mib is None else f"{gi.mem_used_mib}/{gi.mem_total_mib} MiB"
             act = "n/a" if gi.activity is None else f"{100 * gi.activity:.0f}%"

@@ -121,6 +121,9 @@ class MigCollector(Collector):
         largest_info = InfoMetricFamily("migctl_gpu_largest_creatable", "The largest profile that can still be created.",
                                         labels=[*own, "profile"])
         gis = GaugeMetricFamily("migctl_gpu_instances", "GPU instances on the GPU.", labels=own)
+        whole = GaugeMetricFamily("migctl_gpu_busy", "GPUs not in MIG mode: 1 when the GPU has compute processes, or "
+                                  "an MPS server or a shared client migctl started (MIG mode: migctl_mig_device_busy).",
+                                  labels=own)
         for g in snap.gpus:
             model = g.model.name if g.model else g.name
             base = [str(g.index), g.uuid, g.bus_id, f"nvidia{g.index}", model, snap.hostname]
@@ -135,6 +138,8 @@ class MigCollector(Collector):
             if g.mig_current is not None:
                 mode.add_metric([*o, "current"], 1 if g.mig_current else 0)
                 mode.add_metric([*o, "pending"], 1 if g.mig_pending else 0)
+            if not g.mig_current:
+                whole.add_metric(o, 1 if g.whole_busy else 0)
             if not g.mig_current or g.model is None:
                 continue
             gis.add_metric(o, len(g.gis))
@@ -169,7 +174,7 @@ class MigCollector(Collector):
                     busy.add_metric(ids, 1 if ci.busy else 0)
                     nproc.add_metric(ids, len(ci.pids))
         yield from (fb_used, fb_free, temp, power, gr, info, busy, nproc, mode, mem_sl, cmp_sl, largest,
-                    largest_info, gis)
+                    largest_info, gis, whole)
 
     # ------------------------------------------------------------------ migctl state
     def _state_metrics(self, queue: Any, apply: Any, leases: int) -> Iterator[Metric]:

@@ -92,11 +92,15 @@ def header(g: GpuMap) -> Line:
     model = g.model.key if g.model else g.name
     title = f"{g.title}: " if g.title else ""
     line: Line = [(f"{title}GPU {g.index}  {model}", "header")]
-    if g.mig_current is None:
-        return [*line, ("  MIG not supported", "dim")]
-    if not g.mig_current:
-        pend = "  (pending enable: reset the GPU)" if g.mig_pending else ""
-        return [*line, ("  MIG disabled" + pend, "dim")]
+    if not g.mig_current:  # used whole: its memory and whoever uses it
+        what = "  MIG not supported" if g.mig_current is None else "  MIG disabled" + (
+            "  (pending enable: reset the GPU)" if g.mig_pending else "")
+        line.append((what, "dim"))
+        if g.mem_used_mib is not None and g.mem_total_mib is not None:
+            line.append((f"  used {_fmt_mib(g.mem_used_mib)}/{_fmt_mib(g.mem_total_mib)}", "dim"))
+        if g.whole_busy:
+            line.append(("  in use: " + ", ".join([*(f"process {p}" for p in g.pids), *g.shared]), ""))
+        return line
     pend = "  (pending disable: reset the GPU)" if g.mig_pending is False else ""
     lp = g.largest_creatable()
     stranded_mem, stranded_cmp = len(g.stranded_memory_slots()), g.stranded_compute_slices()

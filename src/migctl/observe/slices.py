@@ -84,6 +84,15 @@ class GpuMap:
     temperature_c: int | None = None
     power_w: float | None = None
     title: str = ""  # e.g. "before" / "after"
+    # a GPU not in MIG mode, used whole: its compute processes, and the MPS server and shared clients migctl
+    # started on it (busy before their first CUDA call, as :mod:`migctl.busy` counts them)
+    pids: tuple[int, ...] = ()
+    shared: tuple[str, ...] = ()
+
+    @property
+    def whole_busy(self) -> bool:
+        """A GPU not in MIG mode that something uses (processes, MPS server, shared clients)."""
+        return bool(self.pids or self.shared)
 
     @property
     def memory_slices(self) -> int:

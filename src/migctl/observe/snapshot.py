@@ -116,11 +116,13 @@ class Observer:
         self.sharing_error: str | None = None  # why the last read could not tell who shares devices
         self.hostname = socket.gethostname()
 
-    def _sharing(self) -> dict[tuple[int, int, int], list[tuple[int, str]]]:
-        """MPS servers and clients and time-sliced clients by MIG device, as :mod:`migctl.busy` counts them."""
+    def _sharing(self) -> tuple[dict[tuple[int, int, int], list[tuple[int, str]]], dict[int, list[tuple[int, str]]]]:
+        """MPS servers and clients and time-sliced clients, as :mod:`migctl.busy` counts them: by MIG device,
+        and by GPU for those on a whole GPU (without MIG)."""
         from migctl.busy import sharing_kind
 
         out: dict[tuple[int, int, int], list[tuple[int, str]]] = {}
+        whole: dict[int, list[tuple[int, str]]] = {}
         self.sharing_error = None
         try:
             found = self.sharing(self.node)
@@ -129,7 +131,9 @@ class Observer:
         for gpu, gi, ci, pid, detail in found:
             if gi is not None and ci is not None:
                 out.setdefault((gpu, gi, ci), []).append((pid, f"{sharing_kind(detail)} {pid}"))
-        return out
+            elif gi is None:
+                whole.setdefault(gpu, []).append((pid, f"{sharing_kind(detail)} {pid}"))
+        return out, whole
 
     def snapshot(self) -> NodeSnapshot:
         from migctl.catalog import parse_driver
@@ -137,7 +141,7 @@ class Observer:
         driver = parse_driver(self.node.driver_version)
         lease_rows: list[LeaseRow] = list(self.leases()) if self.leases else []
         by_uuid = {r.uuid: r for r in lease_rows}
-        sharing = self._sharing()
+        sharing, sharing_whole = self._sharing()
         maps: list[GpuMap] = []
         procs: list[ProcessView] = []
         seen: set[tuple[str, int]] = set()
@@ -155,7 +159,10 @@ class Observer:
             gprocs = _try(g.processes) or []
             for p in gprocs:
                 procs.append(ProcessView(pid=p.pid, gpu=g.index, gi=p.gi_id, ci=p.ci_id, used_mib=p.used_mib))
-            if gm.mig_current:
+            if not gm.mig_current:  # (used whole: every process is the GPU's)
+                gm.pids = tuple(p.pid for p in gprocs)
+                gm.shared = tuple(t for pid, t in sharing_whole.get(g.index, []) if pid not in gm.pids)
+            else:
                 devs = _try(g.mig_devices) or []
                 by_gi: dict[int, list[Any]] = {}
                 for d in devs:
