@@ -196,11 +196,11 @@ class MpsManager:
         return d
 
     @contextmanager
-    def _locked(self, uuid: str) -> Iterator[Path]:
+    def _locked(self, uuid: str, timeout: float = 60) -> Iterator[Path]:
         from filelock import FileLock
 
         d = self._mkdirs(uuid)
-        with FileLock(str(d / "clients.lock"), timeout=60, mode=0o600):
+        with FileLock(str(d / "clients.lock"), timeout=timeout, mode=0o600):
             yield d
 
     def env(self, uuid: str) -> dict[str, str]:
@@ -375,10 +375,11 @@ class MpsManager:
         with self._locked(uuid) as d:
             return self._read(d)
 
-    def sweep(self, uuids: list[str]) -> list[str]:
+    def sweep(self, uuids: list[str], wait: float = 60) -> list[str]:
         """Stop the daemons of these devices that have no live client any more (their last client died while
         nobody was there to see it leave, e.g. a worker killed between admitting a job and starting it).
-        Returns the devices whose daemon was stopped."""
+        ``wait``: how long to wait for a device's client list that someone holds (0: skip that device, its
+        clients are changing). Returns the devices whose daemon was stopped."""
         from filelock import Timeout
 
         from migctl.errors import UserError
@@ -388,7 +389,7 @@ class MpsManager:
             if not (self.device_dir(uuid) / "pipe" / "control").exists():
                 continue
             try:
-                with self._locked(uuid) as d:
+                with self._locked(uuid, timeout=wait) as d:
                     clients = self._read(d)
                     if not clients and (d / "pipe" / "control").exists():
                         try:
@@ -513,11 +514,12 @@ def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]
 def reclaim_orphans(node: Any) -> list[str]:
     """Stop the MPS daemons of ``node`` whose admitted clients have all ended (a ``migctl run`` killed before it
     could stop its device's daemon; a worker killed between admitting a job and starting it); the devices freed.
-    Only the devices with a daemon's endpoint are looked at, so a node without one costs a directory listing."""
+    Only the devices with a daemon's endpoint are looked at, so a node without one costs a directory listing; a
+    device whose client list someone holds (a client being admitted or leaving) is skipped, never waited for."""
     mgr = MpsManager(node)
     if not mgr.root.is_dir() or not any((d / "pipe" / "control").exists() for d in mgr.root.iterdir()):
         return []
-    return mgr.sweep([uuid for _, _, _, uuid in _devices(node)])
+    return mgr.sweep([uuid for _, _, _, uuid in _devices(node)], wait=0)
 
 
 register_mps_provider(mps_holders)
