@@ -18,12 +18,13 @@ Everything is a real `migctl` process sharing one state dir and one simulator st
 * some runners SIGKILL themselves at a random NVML operation (possibly between creating a GI and its CI);
   some exclusive runs pass ``--reshape`` (destroying idle instances of other sizes to make room);
 * shared runners: loops of ``migctl run --isolation soft|none --share 2`` (MPS clients or time-sliced
-  clients, two at most on one device);
+  clients, two at most on one device); with GPUs without MIG in ``--spec`` (``2xA30,1xL4``), 40% of them ask
+  for ``--mem 8GiB`` only, which a 2g.12gb device or a whole GPU serves (the layouts then name the MIG GPUs);
 * an operator destroys GPU instances by hand (``gi destroy`` of a random GI, or ``smi mig -dci`` then
   ``-dgi`` as with nvidia-smi; ``reset`` of a GPU): only idle ones may go, busy ones are refused (exit 3;
   ``smi``: nvidia-smi's 255, "In use by another client");
 * a scraper scrapes one long-lived ``migctl exporter``: every device a command holds throughout a scrape must
-  read ``migctl_mig_device_busy 1``.
+  read ``migctl_mig_device_busy 1`` (a GPU used whole: ``migctl_gpu_busy 1``).
 
 A monitor samples the simulator state every 0.1 s. Reported (all must be 0):
 
@@ -97,6 +98,7 @@ class Soak:
         self.lock = threading.Lock()
         self.deadline = 0.0
         self.last_hand = ""  # the output of the operator's last command
+        self.whole: list[int] = []  # GPUs without MIG in --spec (e.g. 2xA30,1xL4): shared runs may use them whole
 
     # ------------------------------------------------------------------ helpers
     def migctl(self, *a: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -192,8 +194,9 @@ class Soak:
             n += 1
             iso = self.rng.choice(("soft", "none"))
             tag = f"{'m' if iso == 'soft' else 't'}{k}.{n}"
-            p = self.popen("run", "--profile", "1g.6gb", "--isolation", iso, "--share", "2", "--wait", "20", "--",
-                           *self.body(tag))
+            # with GPUs without MIG: some ask for memory only (a 2g.12gb device, or a whole GPU)
+            req = ("--mem", "8GiB") if self.whole and self.rng.random() < 0.4 else ("--profile", "1g.6gb")
+            p = self.popen("run", *req, "--isolation", iso, "--share", "2", "--wait", "20", "--", *self.body(tag))
             self.supervise(p, 0.1, "shared_run")
 
     def operator(self) -> None:
@@ -279,6 +282,8 @@ class Soak:
 
         busy = {m.group(1): m.group(2) == "1.0" for m in
                 re.finditer(r'^migctl_mig_device_busy\{[^}]*mig_uuid="([^"]+)"[^}]*\} (\S+)$', text, re.M)}
+        busy.update({m.group(1): m.group(2) == "1.0" for m in  # (GPUs used whole)
+                     re.finditer(r'^migctl_gpu_busy\{[^}]*UUID="([^"]+)"[^}]*\} (\S+)$', text, re.M)})
         starts: dict[str, tuple[str, float, float]] = {}
         ended: set[str] = set()
         for line in self.log.read_text().splitlines():
@@ -426,6 +431,15 @@ class Soak:
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
         t0 = time.time()
+        r = self.migctl("gpus", "--json")
+        assert r.returncode == 0, r.stderr
+        gpus = json.loads(r.stdout)["gpus"]
+        self.whole = [g["index"] for g in gpus if not g["mig_capable"]]
+        if self.whole:  # the layouts name the MIG GPUs (a MIG layout on a GPU without MIG is refused)
+            mig = [g["index"] for g in gpus if g["mig_capable"]]
+            cfg = {**CONFIG, "mig-configs": {k: [{**e, "devices": mig} for e in v]
+                                             for k, v in CONFIG["mig-configs"].items()}}
+            self.cfg.write_text(json.dumps(cfg))
         r = self.migctl("apply", "-f", str(self.cfg), "-c", "mixed", "-q")
         assert r.returncode == 0, r.stderr
         r = self.migctl("sim", "client-delay", str(self.args.client_delay))
