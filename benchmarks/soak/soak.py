@@ -394,7 +394,8 @@ class Soak:
             self.problem("applies_not_rolled_back", text.strip()[-300:])
 
     def monitor(self) -> None:
-        """Every 0.1 s: each command still within its hold must find its MIG UUID on the node."""
+        """Every 0.1 s: each command still within its hold must find its MIG UUID on the node (a command on a
+        GPU used whole: that GPU, still not in MIG mode)."""
         pos = 0
         open_: dict[str, tuple[str, float, float]] = {}  # tag -> (uuid, start, hold)
         while not self.stop.is_set():
@@ -414,6 +415,7 @@ class Soak:
             except RuntimeError:
                 continue
             existing = {ci["uuid"] for g in st["gpus"] for gi in g["gis"] for ci in gi["cis"]}
+            existing |= {g["uuid"] for g in st["gpus"] if not g.get("mig_current")}  # (GPUs used whole)
             now = time.time()
             for tag, (uuid, start, hold) in list(open_.items()):
                 if now > start + hold - 0.05:
