@@ -286,3 +286,21 @@ def test_the_json_columns_are_checked_item_by_item(column: str, value: str, dama
     from migctl.jobs.rows import CHECKS
 
     assert (CHECKS[column](value) is not None) == damaged
+
+
+def test_a_lease_row_deleted_by_hand_during_a_decision_does_not_fail_it() -> None:
+    """A lease decision reads the lease table twice (LeaseManager._acquire_locked); a row seen the first time
+    and gone the second, whose holder still runs, keeps its device this time. A damaged row (a PID that is not a
+    number) deleted by hand in between, as the damaged-row message tells the operator to do, must read as not
+    running: pid_alive itself raises on such a PID."""
+    import os
+
+    from migctl.jobs.common import proc_start
+    from migctl.jobs.leases import _still_runs
+    from migctl.proc import pid_alive
+
+    with pytest.raises(TypeError):
+        pid_alive("abc", 1.0)  # type: ignore[arg-type]
+    assert not any(_still_runs(pid, start) for pid, start in
+                   (("abc", 1.0), (1, "y"), (True, 1.0), (None, None), (-1, 1.0), (1.5, 1.0)))
+    assert _still_runs(os.getpid(), proc_start(os.getpid()))

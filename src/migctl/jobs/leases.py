@@ -147,6 +147,16 @@ def _remove(g: Any, gi_id: int, ci_id: int, keep_gi: bool = False) -> None:
         gi.destroy()
 
 
+def _still_runs(pid: Any, start: Any) -> bool:
+    """Whether the holder of a lease row runs (False for a row whose PID or start time is not a number: a row
+    edited by hand, which :meth:`LeaseManager._live` judges)."""
+    from migctl.proc import pid_alive
+
+    if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(start, (int, float)) or pid <= 0:
+        return False
+    return pid_alive(pid, float(start))
+
+
 class LeaseManager:
     """Leases on one node (a :class:`migctl.device.Node`), stored in the jobs database."""
 
@@ -387,11 +397,9 @@ class LeaseManager:
         avoid = blocking(self.conn, self.key, job_id, limit, pid=pid)  # (a waiting run's own reservation: not)
         with immediate(self.conn) as c:
             live = self._live(c, {d.uuid for d in devices}, {g.index for g in gpus})
-            from migctl.proc import pid_alive
-
             # released since that read by a holder that still runs: held by what it passed the device to, or
             # about to be free; either way not this attempt's (a stale lease, whose holder is gone, is free)
-            passed = {r["uuid"] for r in before if r["uuid"] not in live and pid_alive(r["pid"], r["pid_start"])}
+            passed = {r["uuid"] for r in before if r["uuid"] not in live and _still_runs(r["pid"], r["pid_start"])}
             for d in self._fitting(req, devices):
                 if d.uuid in live or d.uuid in passed or view.of_device(d.gpu.index, d.gi_id, d.ci_id):
                     continue
