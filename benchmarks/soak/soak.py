@@ -38,7 +38,9 @@ A monitor samples the simulator state every 0.1 s. Reported (all must be 0):
   or journals left behind once everything ended;
 * runs that exited 2 ("can never be satisfied") although every request fits the node;
 * held devices the exporter called idle, and hand-driven commands that exited other than 0 (done), 3 (busy)
-  or 4 (node lock).
+  or 4 (node lock);
+* MPS control daemons still running once every command has ended and one more lease attempt has run
+  (which stops a daemon left without clients).
 
 Results: benchmarks/soak/results.json and results.md (written by this script).
 """
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -143,6 +146,22 @@ class Soak:
         from migctl import sim
 
         return sim.install(self.args.spec, state_path=self.state)
+
+    def daemons(self) -> list[int]:
+        """PIDs of the stand-in MPS control daemons serving this soak's state dir."""
+        out = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                env = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            pipe = f"CUDA_MPS_PIPE_DIRECTORY={self.tmp}/".encode()
+            if b"migctl.sim.mps_control" in cmd and b"-d" in cmd and any(e.startswith(pipe) for e in env):
+                out.append(int(proc.name))
+        return out
 
     def op_count(self) -> int:
         return int(self.sim_state().get("op_count", 0))
@@ -480,6 +499,12 @@ class Soak:
         journals = list((self.tmp / "state").glob("apply-*.journal.json")) + list((self.tmp / "state").glob("create-*.json"))
         for j in journals:
             self.problem("orphan_instances", f"journal left: {j.name}")
+        # MPS daemons: none may outlive its clients past the next decision (a lease attempt reclaims them)
+        self.migctl("run", "--no-create", "--profile", "1g.6gb", "--wait", "0", "--", "true")
+        for pid in self.daemons():
+            self.problem("mps_daemons_left", f"MPS control daemon PID {pid} runs with no client left")
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         # double booking: hold intervals per MIG UUID ([start, end], or [start, start+hold] when no end line:
         # the sleep started after the start line, so the real hold lasted at least that long)
         starts: dict[str, tuple[str, float, float]] = {}
@@ -516,7 +541,7 @@ class Soak:
 
     def report(self, seconds: float) -> dict[str, Any]:
         keys = ("double_booked_devices", "busy_instances_destroyed", "applies_not_rolled_back", "orphan_instances",
-                "runs_exit_2", "tracebacks", "held_devices_shown_idle", "hand_commands_failed")
+                "runs_exit_2", "tracebacks", "held_devices_shown_idle", "hand_commands_failed", "mps_daemons_left")
         return {
             "command": f"{_niced()}python benchmarks/soak/soak.py --minutes {self.args.minutes:g} --spec {self.args.spec} "
                        f"--runners {self.args.runners} --shared-runners {self.args.shared_runners} --client-delay {self.args.client_delay:g} --seed {self.args.seed}",
