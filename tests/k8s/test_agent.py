@@ -51,9 +51,10 @@ def agent(server: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setenv("MIGCTL_SIM", spec)
         if fresh:
             sim.install(spec, state_path=None)
+        factory = opts.pop("node_factory", None) or (lambda: open_node(spec))
         o = AgentOptions(node=node, namespace=NS, configmap=CM, busy_poll=0.2, resync=1.0, watch_timeout=5,
                          operand_timeout=10, **opts)  # type: ignore[arg-type]
-        a = Agent(api_from_config(str(kc)), o, node_factory=lambda: open_node(spec))
+        a = Agent(api_from_config(str(kc)), o, node_factory=factory)  # type: ignore[arg-type]
         t = threading.Thread(target=a.run, daemon=True)
         t.start()
         r = Running(a, t)
@@ -429,3 +430,43 @@ def test_mode_change_blocked_by_a_host_process_reboots_then_succeeds_or_fails(se
     assert server.label_sequence("n1", STATE) == [None, "pending", "rebooting", "pending", "failed", "success",
                                                   "pending", "rebooting", "pending", "success"]
     assert server.label_sequence("n1", DP)[-1] == "true"
+
+
+def test_the_agent_waits_for_the_driver_instead_of_exiting(server, agent, monkeypatch, caplog) -> None:
+    """The NVIDIA driver is not ready when the agent starts (its library does not load yet, as while the GPU
+    Operator's driver container installs): the agent says so once and tries again, then reconciles once NVML
+    answers. It exited (a CrashLoopBackOff, whose back-off delays the node by up to five minutes)."""
+    import logging
+
+    from migctl.device import DriverNotReady, open_node
+    from migctl.integrations import k8s_agent
+
+    monkeypatch.setattr(k8s_agent.Agent, "DRIVER_WAIT_MAX_S", 0.2, raising=False)
+    tries = []
+
+    def driver_late(spec: str = "2xH100-80GB") -> object:
+        tries.append(time.monotonic())
+        if len(tries) < 3:
+            raise DriverNotReady("the NVIDIA driver is installed (/dev/nvidiactl) but libnvidia-ml.so.1 cannot be "
+                                 "loaded: libnvidia-ml.so.1: cannot open shared object file")
+        return open_node(spec)
+
+    add_node(server, "n1", "all-balanced")
+    with caplog.at_level(logging.WARNING, logger="migctl.k8s.agent"):
+        a = agent("n1", node_factory=driver_late)
+        wait_for(lambda: labels(server, "n1").get(STATE) == "success", what="success once the driver is ready")
+        a.stop()
+    assert len(tries) == 3
+    said = [r.getMessage() for r in caplog.records if "waiting for the NVIDIA driver" in r.getMessage()]
+    assert len(said) == 1 and "libnvidia-ml.so.1" in said[0], said
+    # any other failure to open the node (bad input such as MIGCTL_BACKEND) still ends the agent: no waiting
+    from migctl.device import DeviceError
+
+    def misconfigured() -> object:
+        raise DeviceError("MIGCTL_BACKEND='x' is not valid; valid: auto, nvml, sim")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(threading, "excepthook", lambda args: None)  # (the error ends the thread: that is the point)
+        b = agent("n2", node_factory=misconfigured)
+        b.thread.join(10)
+    assert not b.thread.is_alive()

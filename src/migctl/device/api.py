@@ -24,6 +24,12 @@ class DeviceError(RuntimeError):
     """A device-layer failure with a user-facing message (the NVML error, if any, is ``__cause__``)."""
 
 
+class DriverNotReady(DeviceError):
+    """The NVIDIA driver is expected (``MIGCTL_BACKEND=nvml`` or a driver marker) but NVML cannot be used yet:
+    its library does not load, or it does not initialise. A daemon may wait for it (a driver container still
+    installing); a command reports it."""
+
+
 def nvml_error_text(e: BaseException) -> str:
     """NVML's error string, as nvidia-smi prints it (e.g. "Insufficient Resources")."""
     return str(e)
@@ -763,7 +769,7 @@ def _load_real_nvml() -> None:
     try:
         lib = ctypes.CDLL(NVML_LIBRARY)
     except OSError as e:
-        raise DeviceError(
+        raise DriverNotReady(
             f"the NVIDIA driver is installed ({driver_present() or 'MIGCTL_BACKEND=nvml'}) but {NVML_LIBRARY} "
             f"cannot be loaded: {e}; install the driver's user-space libraries (or, in a container, run it with the "
             "NVIDIA container toolkit), or pass --sim SPEC to use a simulated node on purpose"
@@ -820,7 +826,7 @@ def _real_node() -> Node:
     try:
         return Node()
     except N.NVMLError as e:
-        raise DeviceError(f"{NVML_LIBRARY} loaded but NVML did not initialise: {e} (a driver/library version "
+        raise DriverNotReady(f"{NVML_LIBRARY} loaded but NVML did not initialise: {e} (a driver/library version "
                           "mismatch or an unloaded kernel module; `nvidia-smi` shows the same)") from None
 
 

@@ -295,8 +295,34 @@ class Agent:
                 self._node = open_node()
         return self._node
 
+    DRIVER_WAIT_MAX_S = 30.0  # while the NVIDIA driver is not ready: tried again after 1, 2, 4 ... up to this
+
+    def _wait_for_driver(self) -> bool:
+        """Open the node, waiting while the NVIDIA driver is not ready (:class:`migctl.device.DriverNotReady`:
+        a driver container still installing, a kernel module not loaded yet), as the GPU Operator's operands wait
+        for its driver; said once per distinct error. False when stopped first. Other errors are raised."""
+        from migctl.device import DriverNotReady
+
+        delay, said = 1.0, ""
+        while not self.stop.is_set():
+            try:
+                self.node()
+                if said:
+                    log.warning("the NVIDIA driver is ready")
+                return True
+            except DriverNotReady as e:
+                if str(e) != said:
+                    log.warning("waiting for the NVIDIA driver (tried again every %g s at most): %s",
+                                self.DRIVER_WAIT_MAX_S, e)
+                    said = str(e)
+            self.stop.wait(delay)
+            delay = min(delay * 2, self.DRIVER_WAIT_MAX_S)
+        return False
+
     def run(self) -> None:
-        """Reconcile until ``stop`` is set."""
+        """Reconcile until ``stop`` is set (first waiting for the NVIDIA driver, if it is not ready yet)."""
+        if not self._wait_for_driver():
+            return
         self._startup()
         threads = [threading.Thread(target=self._watch, args=(w,), daemon=True, name=f"watch-{w}")
                    for w in ("node", "config")]
