@@ -570,3 +570,47 @@ def test_a_timeout_names_the_fitting_devices_held_without_a_lease(shared: Any) -
         sleeper.wait()
         if run is not None:
             run.wait(60)
+
+
+def test_a_dead_daemons_endpoint_costs_no_control_call_per_decision(shared: Any) -> None:
+    """An MPS daemon killed (SIGKILL) under its only client leaves its control endpoint; the client's leave finds
+    it dead. Every later decision (busy_view) used to ask that endpoint again: one `get_server_list` for its
+    servers, and, since the reclaim, a `quit` and another `get_server_list`, about 0.4 s per lease attempt on
+    the simulator. Now a daemon found dead is remembered with its endpoint (until a new daemon is started
+    there), so a decision asks nothing; the next client starts a new daemon as before."""
+    from migctl.busy import busy_view
+    from migctl.jobs import mps as mps_mod
+
+    a30 = shared
+    a30.layout(0, ["1g.6gb"])
+    args = ("run", "--no-create", "--isolation", "soft", "--share", "2", "--profile", "1g.6gb")
+    go, out = a30.tmp / "go", a30.tmp / "env0"
+    first = _popen(a30, {"OUT": str(out), "GO": str(go)}, *args, "--", "bash", "-c", ENV_THEN_WAIT)
+    try:
+        _wait_file(out)
+        [pipe] = [Path(ln.split("=", 1)[1]) for ln in out.read_text().splitlines()
+                  if ln.startswith("CUDA_MPS_PIPE_DIRECTORY=")]
+        [daemon] = _daemons(pipe)
+        daemon.kill()
+        daemon.wait(10)
+    finally:
+        go.touch()
+        first.wait(60)
+    assert first.returncode == 0, first.stderr.read() if first.stderr else ""
+    assert (pipe / "control").exists()  # (a dead daemon's endpoint stays: the next start replaces it)
+    calls: list[tuple[str, ...]] = []
+    real = mps_mod.MpsManager.control
+
+    def counted(self: Any, uuid: str, *commands: str, **kw: Any) -> str:
+        calls.append(commands)
+        return real(self, uuid, *commands, **kw)
+
+    node = a30.node()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mps_mod.MpsManager, "control", counted)
+        for _ in range(3):
+            busy_view(node)
+    assert calls == [], calls
+    r = a30.migctl(*args, "--", "true")  # a new client: a new daemon, stopped when it leaves
+    assert r.returncode == 0, r.stderr
+    assert _daemons(pipe) == []

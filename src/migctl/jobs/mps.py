@@ -22,6 +22,7 @@ percentages add up to at most 100, memory limits to at most the device's memory)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -261,7 +262,37 @@ class MpsManager:
     # ------------------------------------------------------------------------------------ daemons
 
     def running(self, uuid: str) -> bool:
-        return (self.device_dir(uuid) / "pipe" / "control").exists() and self._responds(uuid)
+        return (self.device_dir(uuid) / "pipe" / "control").exists() and not self._known_dead(uuid) \
+            and self._responds(uuid)
+
+    # A daemon found dead (killed, crashed) leaves its control endpoint until the next start replaces it. It is
+    # remembered with that endpoint (inode and mtime in ``dead-endpoint``) so that decisions do not ask it
+    # again; _start forgets it. Only a refused call marks it (a reply that times out may be a slow daemon).
+    def _endpoint_id(self, uuid: str) -> str | None:
+        try:
+            st = (self.device_dir(uuid) / "pipe" / "control").lstat()
+        except OSError:
+            return None
+        return f"{st.st_ino} {st.st_mtime_ns}"
+
+    def _known_dead(self, uuid: str) -> bool:
+        ident = self._endpoint_id(uuid)
+        if ident is None:
+            return False
+        try:
+            return (self.device_dir(uuid) / "dead-endpoint").read_text() == ident
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    def _mark_dead(self, uuid: str) -> None:
+        ident = self._endpoint_id(uuid)
+        if ident is None:
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(self.device_dir(uuid) / "dead-endpoint", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(ident)
 
     def _responds(self, uuid: str) -> bool:
         try:
@@ -272,7 +303,7 @@ class MpsManager:
 
     def servers(self, uuid: str) -> list[int]:
         """PIDs of the MPS servers of the device's daemon (``get_server_list``)."""
-        if not (self.device_dir(uuid) / "pipe" / "control").exists():
+        if not (self.device_dir(uuid) / "pipe" / "control").exists() or self._known_dead(uuid):
             return []
         try:
             out = self.control(uuid, "get_server_list", timeout=10)
@@ -287,6 +318,7 @@ class MpsManager:
         # documented)
         from migctl.proc import run_to_file
 
+        (self.device_dir(uuid) / "dead-endpoint").unlink(missing_ok=True)
         rc, last = run_to_file(control_command(self.node) + ["-d"], 30, env=self.env(uuid), umask=0o077)
         if rc != 0:
             why = "did not return within 30 s" if rc is None else f"exit {rc}: {last}"
@@ -294,15 +326,19 @@ class MpsManager:
         self.control(uuid, "set_default_active_thread_percentage 100", f"start_server -uid {os.getuid()}")
 
     def _stop(self, uuid: str) -> None:
-        if not (self.device_dir(uuid) / "pipe" / "control").exists():
+        if not (self.device_dir(uuid) / "pipe" / "control").exists() or self._known_dead(uuid):
             return
         try:
             self.control(uuid, "quit")
         except (JobsError, subprocess.TimeoutExpired):
-            if self._responds(uuid):
-                raise
-            # the daemon is gone already (killed, crashed): nothing is left to stop; its endpoint stays until
-            # the next start replaces it
+            try:
+                self.control(uuid, "get_server_list", timeout=10)
+            except JobsError:  # refused: the daemon is gone already (killed, crashed), nothing is left to stop;
+                self._mark_dead(uuid)  # its endpoint stays until the next start replaces it
+                return
+            except subprocess.TimeoutExpired:
+                return  # (no answer either: taken as stopped, as before, but not remembered as dead)
+            raise
 
     # ------------------------------------------------------------------------------------ clients
 
@@ -386,8 +422,8 @@ class MpsManager:
 
         stopped = []
         for uuid in uuids:
-            if not (self.device_dir(uuid) / "pipe" / "control").exists():
-                continue
+            if not (self.device_dir(uuid) / "pipe" / "control").exists() or self._known_dead(uuid):
+                continue  # (no daemon, or one already found dead: nothing to stop, no control call)
             try:
                 with self._locked(uuid, timeout=wait) as d:
                     clients = self._read(d)
