@@ -614,3 +614,24 @@ def test_a_dead_daemons_endpoint_costs_no_control_call_per_decision(shared: Any)
     r = a30.migctl(*args, "--", "true")  # a new client: a new daemon, stopped when it leaves
     assert r.returncode == 0, r.stderr
     assert _daemons(pipe) == []
+
+
+def test_a_device_its_last_shared_client_left_is_idle_from_then(shared: Any) -> None:
+    """Reshaping's hysteresis (``--hysteresis``) spares an instance idle for less than that. A shared run's device
+    was recorded idle when the lease that took it was dropped (its first client admitted), and nothing recorded
+    it when its last client left: it read idle for as long as the client had run, so it could be destroyed at
+    once. Now the last client's leave records it idle from then, as a released lease does."""
+    import sqlite3
+
+    from migctl.jobs.common import db_path
+
+    a30 = shared
+    [uuid] = a30.layout(0, ["1g.6gb"])
+    r = a30.migctl("run", "--no-create", "--isolation", "none", "--share", "2", "--profile", "1g.6gb", "--",
+                   "sleep", "2")
+    ended = time.time()
+    assert r.returncode == 0, r.stderr
+    conn = sqlite3.connect(db_path())
+    [(since,)] = conn.execute("SELECT since FROM idle_since WHERE uuid=?", (uuid,)).fetchall()
+    conn.close()
+    assert ended - 1.0 <= since <= ended, (since, ended)

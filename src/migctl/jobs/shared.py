@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from migctl.jobs.common import JobsError, exit_status
+from migctl.jobs.common import JobsError, exit_status, node_key
 from migctl.jobs.leases import Lease, LeaseManager, Request, waited
 from migctl.jobs.mps import MpsManager, Share, Sharing, shares_from
 from migctl.jobs.runner import FORWARDED, check_command, gated_popen, open_gate, wait_hooks
@@ -255,7 +255,30 @@ def release_client(node: Any, uuid: str, pid: int, mps: MpsManager | None = None
     d = device or find_device(node, uuid)
     if d is not None:
         _unregister(node, d, pid)
-    return mps.leave(uuid, pid)
+    emptied = mps.leave(uuid, pid)
+    if emptied and d is not None and d.gi is not None:
+        _idle_from_now(node, uuid)
+    return emptied
+
+
+def _idle_from_now(node: Any, uuid: str) -> None:
+    """A MIG device's last shared client left: idle from now, for reshaping's hysteresis, as when a lease is
+    released (the lease that took the device was dropped when its first client came). Bookkeeping: a database
+    that cannot be written leaves the older record."""
+    import sqlite3
+
+    from migctl.errors import UserError
+    from migctl.jobs.common import connect
+    from migctl.jobs.reshape import record_idle
+
+    try:
+        conn = connect()
+        try:
+            record_idle(conn, node_key(node), uuid)
+        finally:
+            conn.close()
+    except (sqlite3.Error, OSError, JobsError, UserError):
+        pass
 
 
 def sweep(node: Any, mps: MpsManager | None = None) -> list[str]:
