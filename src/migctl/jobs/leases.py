@@ -610,22 +610,20 @@ class LeaseManager:
 
     def _held_without_lease(self, req: Request, gpus: list[Any]) -> list[str]:
         """The devices that fit ``req`` and that something other than a lease holds (NVML processes, MPS servers,
-        shared clients), each with what holds it: what the timeout's "N device(s) leased" does not explain."""
-        from migctl.busy import sharing_holders, sharing_kind
-
+        shared clients: :func:`migctl.busy.busy_view`), each with what holds it: what the timeout's "N device(s)
+        leased" does not explain."""
         leased = self._held_uuids()
-        shared: dict[tuple[int, int | None, int | None], dict[int, str]] = {}
-        for gpu, gi, ci, pid, detail in sharing_holders(self.node):
-            shared.setdefault((gpu, gi, ci), {})[pid] = sharing_kind(detail)
+        view = busy_view(self.node, leases=False, gpus=gpus)
         out = []
         for d in self._fitting(req, self._devices(gpus)):
             if d.uuid in leased:
                 continue
-            what = {p.pid: "process" for p in retry_nvml(d.processes)}
-            what.update(shared.get((d.gpu.index, d.gi_id, d.ci_id), {}))  # (an MPS server is an NVML process too)
+            what: dict[int, str] = {}
+            for h in view.of_device(d.gpu.index, d.gi_id, d.ci_id):  # (processes first: an MPS server is an
+                what[h.pid] = h.text()                               # NVML process too, named once, as a server)
             if what:
                 out.append(f"{d.uuid} (GPU {d.gpu.index}, {d.profile_name}) by "
-                           + ", ".join(f"{kind} PID {pid}" for pid, kind in sorted(what.items())))
+                           + ", ".join(text for _, text in sorted(what.items())))
         return out
 
     def set_holder(self, lease: Lease, pid: int, pid_start: float, pgid: int | None = None) -> Lease:

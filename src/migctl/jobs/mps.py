@@ -547,15 +547,21 @@ def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]
     return out
 
 
-def reclaim_orphans(node: Any) -> list[str]:
+def sweep_node(node: Any, mgr: MpsManager | None = None, wait: float = 60) -> list[str]:
     """Stop the MPS daemons of ``node`` whose admitted clients have all ended (a ``migctl run`` killed before it
     could stop its device's daemon; a worker killed between admitting a job and starting it); the devices freed.
-    Only the devices with a daemon's endpoint are looked at, so a node without one costs a directory listing; a
-    device whose client list someone holds (a client being admitted or leaving) is skipped, never waited for."""
-    mgr = MpsManager(node)
+    Only the devices with a daemon's endpoint are looked at, so a node without one costs a directory listing.
+    ``wait``: see :meth:`MpsManager.sweep`."""
+    mgr = mgr or MpsManager(node)
     if not mgr.root.is_dir() or not any((d / "pipe" / "control").exists() for d in mgr.root.iterdir()):
         return []
-    return mgr.sweep([uuid for _, _, _, uuid in _devices(node)], wait=0)
+    return mgr.sweep([uuid for _, _, _, uuid in _devices(node)], wait=wait)
+
+
+def reclaim_orphans(node: Any) -> list[str]:
+    """:func:`sweep_node` before every busy decision: a device whose client list someone holds (a client being
+    admitted or leaving) is skipped, never waited for."""
+    return sweep_node(node, wait=0)
 
 
 register_mps_provider(mps_holders)

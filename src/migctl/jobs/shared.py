@@ -282,13 +282,10 @@ def _idle_from_now(node: Any, uuid: str) -> None:
 
 
 def sweep(node: Any, mps: MpsManager | None = None) -> list[str]:
-    """Stop MPS daemons whose clients all died unseen (see :meth:`MpsManager.sweep`)."""
-    mps = mps or MpsManager(node)
-    if not mps.root.is_dir():
-        return []
-    from migctl.jobs.mps import _devices
+    """Stop MPS daemons whose clients all died unseen (:func:`migctl.jobs.mps.sweep_node`)."""
+    from migctl.jobs.mps import sweep_node
 
-    return mps.sweep([uuid for _, _, _, uuid in _devices(node)])
+    return sweep_node(node, mps)
 
 
 def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing, wait: float | None = None,
