@@ -124,8 +124,10 @@ def _load_providers() -> None:
 
 
 def sharing_kind(detail: str) -> str:
-    """``MPS server``, ``MPS client`` or ``time-sliced client``: what a sharing holder's detail names."""
-    return next((k for k in ("time-sliced client", "MPS client") if detail.startswith(k)), "MPS server")
+    """``MPS server``, ``idle MPS server`` (its clients have all ended: the next decision stops it), ``MPS client``
+    or ``time-sliced client``: what a sharing holder's detail names."""
+    return next((k for k in ("time-sliced client", "MPS client", "idle MPS server") if detail.startswith(k)),
+                "MPS server")
 
 
 def sharing_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]:

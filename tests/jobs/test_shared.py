@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from migctl.jobs import mps as mps_mod
 from migctl.jobs.leases import Request
 from migctl.reconcile.live import read_gpu
 
@@ -538,6 +539,56 @@ def test_a_daemon_left_by_a_killed_run_is_stopped_once_its_command_ends(shared: 
     assert _daemons(pipe) == []
     r = a30.migctl("gi", "destroy", "--gpu", "0", "--gi", str(gi))
     assert r.returncode == 0, r.stderr
+
+
+def test_reads_show_a_daemon_left_by_a_killed_run_as_an_idle_server_not_as_busy(shared: Any) -> None:
+    """Between its last client's end and the next decision, a daemon left by a killed `run --isolation soft`
+    serves nobody: `top`, the exporter and `gpus --map` called its device busy (its server is an NVML process)
+    until then, on an idle node for good. They show the server as idle and the device as free; decisions are
+    unchanged (the next one stops the daemon)."""
+    a30 = shared
+    [(gi, uuid)] = a30.create(0, ["1g.6gb"])
+    out = a30.tmp / "env0"
+    wrapper = _popen(a30, {"OUT": str(out), "GO": str(a30.tmp / "go")}, "run", "--no-create", "--isolation", "soft",
+                     "--share", "2", "--profile", "1g.6gb", "--", "bash", "-c", ENV_THEN_WAIT)
+    try:
+        _wait_file(out)
+        [pipe] = [Path(ln.split("=", 1)[1]) for ln in out.read_text().splitlines()
+                  if ln.startswith("CUDA_MPS_PIPE_DIRECTORY=")]
+        [server] = _daemons_servers(a30)
+        assert _busy_series(a30, uuid) == [" 1.0"]  # its client runs
+        top = a30.migctl("top", "--once").stdout
+        assert f"{server} (idle MPS server)" not in top and str(server) in top, top
+        wrapper.kill()  # the client's run, killed before it could stop the daemon
+        wrapper.wait(10)
+    finally:
+        (a30.tmp / "go").touch()
+    deadline = time.monotonic() + 30
+    while mps_mod.shared_clients(a30.node()):  # (the command ends: the gate exists)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert len(_daemons(pipe)) == 1  # the orphan: nobody stopped it
+    assert _busy_series(a30, uuid) == [" 0.0"]
+    top = a30.migctl("top", "--once").stdout
+    assert f"{server} (idle MPS server)" in top, top
+    picture = a30.migctl("gpus", "--map").stdout
+    assert "#" not in picture.split("GI", 1)[1].splitlines()[0], picture  # its compute slice drawn idle
+    assert len(_daemons(pipe)) == 1  # reads stop nothing
+    r = a30.migctl("gi", "destroy", "--gpu", "0", "--gi", str(gi))  # a decision: stops the daemon, then destroys
+    assert r.returncode == 0, r.stderr
+    assert _daemons(pipe) == []
+
+
+def _busy_series(se: Any, uuid: str) -> list[str]:
+    """The values of the exporter's migctl_mig_device_busy series of device ``uuid`` (" 1.0" busy)."""
+    metrics = se.migctl("exporter", "--once").stdout
+    return [ln[ln.rindex(" "):] for ln in metrics.splitlines()
+            if ln.startswith("migctl_mig_device_busy{") and f'mig_uuid="{uuid}"' in ln]
+
+
+def _daemons_servers(se: Any) -> list[int]:
+    """PIDs of the MPS servers migctl's daemons run on the node (as the busy authority reads them)."""
+    return [pid for *_, pid, detail in mps_mod.mps_holders(se.node()) if "MPS server" in detail]
 
 
 def test_a_timeout_names_the_fitting_devices_held_without_a_lease(shared: Any) -> None:

@@ -81,3 +81,20 @@ def test_gpus_map_cli_plain_when_piped_and_svg(h100x2: Env) -> None:
     ET.parse(h100x2.tmp / "map.svg")
     r = h100x2.migctl("gpus", "--map", "--svg", str(h100x2.tmp / "x.png"))
     assert r.returncode == 2 and r.stderr.startswith("migctl: error: ") and "PNG" in r.stderr
+
+
+def test_an_idle_mps_server_alone_does_not_make_a_device_busy() -> None:
+    """A device whose only process is migctl's MPS server with no client left (``idle_servers``) is free for
+    the pictures, top and the exporter; with any other process, lease or sharing holder it is busy."""
+    from migctl.observe.slices import CiView, users_text
+
+    idle = CiView(ci_id=0, slices=1, pids=(812,), idle_servers=(812,))
+    assert not idle.busy
+    assert CiView(ci_id=0, slices=1, pids=(812, 900), idle_servers=(812,)).busy
+    assert CiView(ci_id=0, slices=1, pids=(812,), idle_servers=(812,), leased_by=5).busy
+    assert CiView(ci_id=0, slices=1, pids=(812,), idle_servers=(812,), shared=("MPS client 7",)).busy
+    assert users_text((812, 900), ("MPS client 7",), (812,), "process ") == [
+        "812 (idle MPS server)", "process 900", "MPS client 7"]
+    assert users_text((), (), (812,)) == ["idle MPS server 812"]  # (NVML does not list it yet)
+    g = GpuMap(index=0, name="NVIDIA L4", model=None, pids=(812,), idle_servers=(812,))
+    assert not g.whole_busy and GpuMap(index=0, name="NVIDIA L4", model=None, pids=(812, 9), idle_servers=(812,)).whole_busy

@@ -14,6 +14,7 @@ def frame(observer: Any, reader: Any, width: int = 120) -> Any:
 
     from migctl.cli.observe import to_text
     from migctl.observe.picture import LEGEND, gpu_lines
+    from migctl.observe.slices import users_text
 
     reader.db_error = None
     snap = observer.snapshot()
@@ -43,13 +44,14 @@ def frame(observer: Any, reader: Any, width: int = 120) -> Any:
         if not g.mig_current:  # a GPU used whole (no MIG, or MIG disabled): one row for it
             mem = "" if g.mem_used_mib is None else f"{g.mem_used_mib}/{g.mem_total_mib} MiB"
             t.add_row(str(g.index), "-", "-", "whole GPU", mem, "n/a",
-                      ", ".join([*map(str, g.pids), *g.shared]) or "-", "-", "-")
+                      ", ".join(users_text(g.pids, g.shared, g.idle_servers)) or "-", "-", "-")
         for gi in g.gis:
             mem = "" if gi.mem_used_mib is None else f"{gi.mem_used_mib}/{gi.mem_total_mib} MiB"
             act = "n/a" if gi.activity is None else f"{100 * gi.activity:.0f}%"
             for ci in gi.cis:
                 t.add_row(str(g.index), str(gi.gi_id), str(ci.ci_id), ci.profile or gi.profile, mem, act,
-                          ", ".join([*map(str, ci.pids), *ci.shared]) or "-", str(ci.leased_by or "-"), str(ci.job_id or "-"))
+                          ", ".join(users_text(ci.pids, ci.shared, ci.idle_servers)) or "-", str(ci.leased_by or "-"),
+                          str(ci.job_id or "-"))
     if t.row_count:
         parts.append(t)
     if queue.running:

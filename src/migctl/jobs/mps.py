@@ -407,6 +407,21 @@ class MpsManager:
             self._stop(uuid)
             return listed
 
+    def unattended(self, uuid: str) -> bool:
+        """Whether the device's daemon serves nobody now: its client list is free (no client is being admitted
+        or leaving) and no client in it is alive. Such a daemon is an orphan (its last client was killed before
+        it could stop it); the next decision stops it (:func:`sweep_node`). A look, never a wait: a list that
+        someone holds, or a damaged one, counts as attended."""
+        from filelock import Timeout
+
+        from migctl.errors import UserError
+
+        try:
+            with self._locked(uuid, timeout=0) as d:
+                return not self._read(d)
+        except (Timeout, UserError, JobsError):
+            return False
+
     def clients(self, uuid: str) -> list[dict[str, Any]]:
         with self._locked(uuid) as d:
             return self._read(d)
@@ -536,14 +551,16 @@ def mps_holders(node: Any) -> list[tuple[int, int | None, int | None, int, str]]
     out: list[tuple[int, int | None, int | None, int, str]] = []
     for gpu, gi, ci, uuid in _devices(node):
         d = mgr.device_dir(uuid)
-        if (d / "clients.json").exists():  # admitted clients hold their device before their first CUDA call
-            for c in mgr._read(d):
-                kind = "time-sliced client" if c.get("kind") == "timeslice" else "MPS client"
-                out.append((gpu, gi, ci, int(c["pid"]), f"{kind} of {uuid}"))
+        clients = mgr._read(d) if (d / "clients.json").exists() else []
+        for c in clients:  # admitted clients hold their device before their first CUDA call
+            kind = "time-sliced client" if c.get("kind") == "timeslice" else "MPS client"
+            out.append((gpu, gi, ci, int(c["pid"]), f"{kind} of {uuid}"))
         if not (d / "pipe" / "control").exists():
             continue  # no daemon was started for this device: skip the control round trip
-        for pid in mgr.servers(uuid):
-            out.append((gpu, gi, ci, pid, f"MPS server of {uuid}"))
+        servers = mgr.servers(uuid)
+        idle = "idle " if servers and not clients and mgr.unattended(uuid) else ""
+        for pid in servers:
+            out.append((gpu, gi, ci, pid, f"{idle}MPS server of {uuid}"))
     return out
 
 

@@ -105,7 +105,8 @@ class MigCollector(Collector):
         info = InfoMetricFamily("migctl_mig_device", "One series per MIG device: profile, placement, GI/CI, lease.",
                                 labels=[*own, "GPU_I_ID", "GPU_I_PROFILE"])
         busy = GaugeMetricFamily("migctl_mig_device_busy", "1 when the MIG device has processes, a live lease, or an MPS server or time-sliced "
-                                 "client migctl started.",
+                                 "client migctl started (an MPS server whose clients have all ended does not count: "
+                                 "the next run, worker pass or apply stops it).",
                                  labels=[*own, "GPU_I_ID", "ci_id", "mig_uuid"])
         nproc = GaugeMetricFamily("migctl_mig_device_processes", "Compute processes on the MIG device.",
                                   labels=[*own, "GPU_I_ID", "ci_id", "mig_uuid"])
@@ -122,7 +123,8 @@ class MigCollector(Collector):
                                         labels=[*own, "profile"])
         gis = GaugeMetricFamily("migctl_gpu_instances", "GPU instances on the GPU.", labels=own)
         whole = GaugeMetricFamily("migctl_gpu_busy", "GPUs not in MIG mode: 1 when the GPU has compute processes, or "
-                                  "an MPS server or a shared client migctl started (MIG mode: migctl_mig_device_busy).",
+                                  "an MPS server or a shared client migctl started (MIG mode: migctl_mig_device_busy; "
+                                  "an MPS server whose clients have all ended does not count).",
                                   labels=own)
         for g in snap.gpus:
             model = g.model.name if g.model else g.name

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
 
-from migctl.observe.slices import GiView, GpuMap
+from migctl.observe.slices import GiView, GpuMap, users_text
 
 Seg = tuple[str, str]
 Line = list[Seg]
@@ -99,7 +99,9 @@ def header(g: GpuMap) -> Line:
         if g.mem_used_mib is not None and g.mem_total_mib is not None:
             line.append((f"  used {_fmt_mib(g.mem_used_mib)}/{_fmt_mib(g.mem_total_mib)}", "dim"))
         if g.whole_busy:
-            line.append(("  in use: " + ", ".join([*(f"process {p}" for p in g.pids), *g.shared]), ""))
+            line.append(("  in use: " + ", ".join(users_text(g.pids, g.shared, g.idle_servers, "process ")), ""))
+        elif g.idle_servers:  # (nothing else on it: the next run, worker pass or apply stops the server)
+            line.append((f"  idle MPS server {', '.join(map(str, g.idle_servers))} (no client left)", "dim"))
         return line
     pend = "  (pending disable: reset the GPU)" if g.mig_pending is False else ""
     lp = g.largest_creatable()

@@ -19,6 +19,14 @@ from migctl.catalog import GIProfile, GpuModel, Placement
 from migctl.catalog.geometry import PlacedGI, conflict
 
 
+def users_text(pids: tuple[int, ...], shared: tuple[str, ...], idle_servers: tuple[int, ...],
+               process: str = "") -> list[str]:
+    """Who is on a device, for a display: its processes (``process`` before each PID, e.g. "process "), an idle
+    MPS server marked as such, then the sharing holders NVML does not list yet."""
+    return [f"{p} (idle MPS server)" if p in idle_servers else f"{process}{p}" for p in pids] + [
+        f"idle MPS server {p}" for p in idle_servers if p not in pids] + list(shared)
+
+
 @dataclass(frozen=True)
 class CiView:
     """A compute instance (one MIG device) of a GI."""
@@ -34,10 +42,13 @@ class CiView:
     # MPS servers and time-sliced clients migctl started on it, e.g. "MPS server 812" (migctl.busy counts them
     # from the start, before any client has a CUDA context that NVML would list)
     shared: tuple[str, ...] = ()
+    # PIDs of migctl's MPS servers on it whose clients have all ended (killed before they could stop it): NVML
+    # lists the server as a process, but nothing uses the device, and the next run, worker pass or apply stops it
+    idle_servers: tuple[int, ...] = ()
 
     @property
     def busy(self) -> bool:
-        return bool(self.pids) or self.leased_by is not None or bool(self.shared)
+        return bool(set(self.pids) - set(self.idle_servers)) or self.leased_by is not None or bool(self.shared)
 
 
 @dataclass(frozen=True)
@@ -88,11 +99,13 @@ class GpuMap:
     # started on it (busy before their first CUDA call, as :mod:`migctl.busy` counts them)
     pids: tuple[int, ...] = ()
     shared: tuple[str, ...] = ()
+    idle_servers: tuple[int, ...] = ()  # as :attr:`CiView.idle_servers`
 
     @property
     def whole_busy(self) -> bool:
-        """A GPU not in MIG mode that something uses (processes, MPS server, shared clients)."""
-        return bool(self.pids or self.shared)
+        """A GPU not in MIG mode that something uses (processes, MPS server, shared clients; not an idle MPS
+        server alone)."""
+        return bool(set(self.pids) - set(self.idle_servers)) or bool(self.shared)
 
     @property
     def memory_slices(self) -> int:

@@ -100,6 +100,12 @@ class GpmSampler:
                 N.nvmlGpmSampleFree(self._prev.pop(k))
 
 
+def _split(found: list[tuple[int, str]], pids: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """A device's sharing holders as (texts of those NVML does not list yet, PIDs of idle MPS servers)."""
+    idle = tuple(pid for pid, t in found if t.startswith("idle "))
+    return tuple(t for pid, t in found if pid not in pids and pid not in idle), idle
+
+
 class Observer:
     """Reads the node; reuse one Observer between reads (one NVML session, GPM samples kept)."""
 
@@ -118,7 +124,7 @@ class Observer:
 
     def _sharing(self) -> tuple[dict[tuple[int, int, int], list[tuple[int, str]]], dict[int, list[tuple[int, str]]]]:
         """MPS servers and clients and time-sliced clients, as :mod:`migctl.busy` counts them: by MIG device,
-        and by GPU for those on a whole GPU (without MIG)."""
+        and by GPU for those on a whole GPU (without MIG). An idle MPS server's text starts with ``idle``."""
         from migctl.busy import sharing_kind
 
         out: dict[tuple[int, int, int], list[tuple[int, str]]] = {}
@@ -161,7 +167,7 @@ class Observer:
                 procs.append(ProcessView(pid=p.pid, gpu=g.index, gi=p.gi_id, ci=p.ci_id, used_mib=p.used_mib))
             if not gm.mig_current:  # (used whole: every process is the GPU's)
                 gm.pids = tuple(p.pid for p in gprocs)
-                gm.shared = tuple(t for pid, t in sharing_whole.get(g.index, []) if pid not in gm.pids)
+                gm.shared, gm.idle_servers = _split(sharing_whole.get(g.index, []), gm.pids)
             else:
                 devs = _try(g.mig_devices) or []
                 by_gi: dict[int, list[Any]] = {}
@@ -173,12 +179,12 @@ class Observer:
                     for d in sorted(by_gi.get(gi.id, []), key=lambda d: d.ci_id):
                         lease = by_uuid.get(d.uuid)
                         pids = tuple(p.pid for p in gprocs if p.gi_id == gi.id and p.ci_id == d.ci_id)
+                        shared, idle = _split(sharing.get((g.index, gi.id, d.ci_id), []), pids)
                         cis.append(CiView(
                             ci_id=d.ci_id, slices=d.ci_slices, uuid=d.uuid, profile=d.profile_name,
                             device_index=d.index, pids=pids,
                             leased_by=lease.pid if lease else None, job_id=lease.job_id if lease else None,
-                            shared=tuple(t for pid, t in sharing.get((g.index, gi.id, d.ci_id), [])
-                                         if pid not in pids)))
+                            shared=shared, idle_servers=idle))
                     gmem = _try(by_gi[gi.id][0].memory) if by_gi.get(gi.id) else None
                     seen.add((g.uuid, gi.id))
                     gm.gis.append(GiView(
