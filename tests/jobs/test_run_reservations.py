@@ -525,3 +525,129 @@ def test_a_killed_waiters_row_is_swept_by_the_next_waiting_run(a30: SimEnv, tmp_
         assert holder.wait(60) == 0 and second.wait(60) == 0
     finally:
         _end(procs)
+
+
+def _stepping(w: Any, until: Any, timeout: float = 60.0) -> None:
+    """Step the in-process worker every 20 ms until ``until()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "timed out stepping the worker"
+        w.step()
+        time.sleep(0.02)
+
+
+def test_a_run_waits_behind_an_older_queued_job_with_the_same_request(a30: SimEnv, tmp_path: Path) -> None:
+    """Job J (the whole A30) is queued behind a holder, then run R begins waiting for the same request. When
+    the holder ends, J goes first, then R: one arrival order per request for runs and queued jobs. `jobs` puts
+    R second, and a `--no-wait` run for the same request says a queued job comes first. Before, runs were
+    ordered only among themselves and R took the device within 0.1 s, before the worker's next pass. The
+    worker runs in-process, stepped by the test (not for the first second after the holder ends)."""
+    from migctl.jobs.queue import JobQueue, Worker
+
+    go, out = tmp_path / "go", tmp_path / "order"
+    holder = _whole_a30_held(a30, go)
+    q = JobQueue(a30.node())
+    w = Worker(q)
+    assert w.acquire()
+    run = None
+    try:
+        job = q.submit(["sh", "-c", f'echo job >> "{out}"'], Request(profile="4g.24gb"))
+        w.step()
+        assert q.get(job).state == "queued"
+        run = a30.popen("run", "--wait", "60", "--profile", "4g.24gb", "--", "sh", "-c", f'echo run >> "{out}"')
+        wait_for(lambda: _waiting(run.pid), what="the run waiting")
+        w.step()
+        [shown] = json.loads(a30.migctl("jobs", "--json").stdout)["waiting_runs"]
+        assert (shown["pid"], shown["place"]) == (run.pid, 2)  # the queued job is first
+        r = a30.migctl("run", "--no-wait", "--profile", "4g.24gb", "--", "true")
+        assert r.returncode == 75 and "1 earlier run(s) and 1 queued job(s) waiting for the same request come " \
+            "first" in r.stderr, r.stderr
+        go.touch()
+        assert holder.wait(60) == 0
+        time.sleep(1.0)  # the device is free, the worker not stepped: the run leaves it to the job
+        assert run.poll() is None and not out.exists()
+        _stepping(w, lambda: run.poll() is not None)
+        assert run.returncode == 0 and out.read_text().split() == ["job", "run"]
+        assert q.get(job).state == "done"
+    finally:
+        w.release()
+        _end([holder, run])
+
+
+def test_a_queued_job_waits_behind_an_older_run_with_the_same_request(a30: SimEnv, tmp_path: Path) -> None:
+    """Run R begins waiting for the whole A30 behind a holder, then job J is queued for the same request: the
+    worker leaves J queued with reason (runs-first) naming R, and when the holder ends R goes first, although
+    the worker is stepped at once and every 20 ms. A job of priority above 0 is not held back (it comes before
+    any run)."""
+    from migctl.jobs.queue import JobQueue, Worker
+
+    go, out = tmp_path / "go", tmp_path / "order"
+    holder = _whole_a30_held(a30, go)
+    q = JobQueue(a30.node())
+    w = Worker(q)
+    assert w.acquire()
+    run = None
+    try:
+        run = a30.popen("run", "--wait", "60", "--profile", "4g.24gb", "--", "sh", "-c", f'echo run >> "{out}"')
+        wait_for(lambda: _waiting(run.pid), what="the run waiting")
+        time.sleep(0.05)  # (J queued strictly after R began waiting)
+        job = q.submit(["sh", "-c", f'echo job >> "{out}"'], Request(profile="4g.24gb"))
+        w.step()
+        jobs = {j["id"]: j for j in json.loads(a30.migctl("jobs", "--json").stdout)["jobs"]}
+        assert jobs[job]["wait"]["reason"] == "runs-first", jobs[job]
+        assert f"migctl run PID {run.pid} waits for the same request" in jobs[job]["wait"]["detail"]
+        assert "(runs-first)" in a30.migctl("jobs").stdout
+        urgent = q.submit(["true"], Request(profile="4g.24gb"), priority=5)
+        time.sleep(Worker.FULL_PASS_S)  # (submitted through the worker's own connection: its next full pass)
+        w.step()  # tried (it comes before any run): nothing free fits it
+        jobs = {j["id"]: j for j in json.loads(a30.migctl("jobs", "--json").stdout)["jobs"]}
+        assert jobs[urgent]["wait"]["reason"] == "resources", jobs[urgent]
+        assert a30.migctl("cancel", str(urgent)).returncode == 0
+        go.touch()
+        assert holder.wait(60) == 0
+        _stepping(w, lambda: q.get(job).state == "done")
+        assert run.wait(60) == 0 and out.read_text().split() == ["run", "job"]
+    finally:
+        w.release()
+        _end([holder, run])
+
+
+def test_queued_jobs_hold_back_runs_only_while_a_worker_is_seen(a30: SimEnv) -> None:
+    """A queued job for the whole A30 holds back a `--no-wait` run for the same request (the A30 free) only
+    while the node's worker lives and has refreshed its row within STALE seconds (a stopped or stuck worker
+    would never start it), and at priority 0 (a job queued before the run) or above (any job); a run for another
+    request is never held back."""
+    from migctl.jobs.common import connect
+    from migctl.jobs.queue import JobQueue, Worker
+    from migctl.jobs.reservations import worker_beat
+    from migctl.jobs.run_reserve import RunReservation
+
+    q = JobQueue(a30.node())
+    w = Worker(q)
+    assert w.acquire()
+    try:
+        job = q.submit(["true"], Request(profile="4g.24gb"))
+        r = a30.migctl("run", "--no-wait", "--profile", "4g.24gb", "--", "true")
+        assert r.returncode == 75 and "1 queued job(s) waiting for the same request come first" in r.stderr, r.stderr
+        r = a30.migctl("run", "--no-wait", "--ephemeral", "--profile", "2g.12gb", "--", "true")
+        assert r.returncode == 0, r.stderr
+        conn = connect()
+        with conn:  # the worker not seen lately (stopped, or stuck in a long pass)
+            conn.execute("UPDATE workers SET seen=?", (time.time() - RunReservation.STALE - 1,))
+        r = a30.migctl("run", "--no-wait", "--ephemeral", "--profile", "4g.24gb", "--", "true")
+        assert r.returncode == 0, r.stderr
+        worker_beat(conn, q.key, w.pid)  # seen again (as its next pass would, had the job not been free to start)
+        r = a30.migctl("run", "--no-wait", "--profile", "4g.24gb", "--", "true")
+        assert r.returncode == 75, r.stderr
+        with conn:
+            conn.execute("UPDATE jobs SET priority=-1 WHERE id=?", (job,))
+        r = a30.migctl("run", "--no-wait", "--ephemeral", "--profile", "4g.24gb", "--", "true")
+        assert r.returncode == 0, r.stderr
+        with conn:
+            conn.execute("UPDATE jobs SET priority=5, created=? WHERE id=?", (time.time() + 60, job))
+        r = a30.migctl("run", "--no-wait", "--profile", "4g.24gb", "--", "true")  # (queued "later", but above 0)
+        assert r.returncode == 75 and "1 queued job(s)" in r.stderr, r.stderr
+    finally:
+        w.release()
+    r = a30.migctl("run", "--no-wait", "--ephemeral", "--profile", "4g.24gb", "--", "true")  # no worker
+    assert r.returncode == 0, r.stderr

@@ -242,7 +242,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """List jobs (queued and running; --all for finished ones too). A queued job's DEVICE column says why it
-        waits: (resources), (reserved), (churn), (hysteresis), (node-locked), (raced) or (no-worker); --json
+        waits: (resources), (reserved), (churn), (hysteresis), (node-locked), (raced), (runs-first) or (no-worker); --json
         gives the detail."""
         from migctl.inputs import printable
         from migctl.jobs.queue import JobQueue

@@ -222,6 +222,9 @@ ADDED_COLUMNS = {
     # the arrival order of runs waiting for the same thing (jobs/run_reserve.py): the request's signature,
     # and when the run's wait loop last refreshed the row
     "waiters": (("request", "TEXT NOT NULL DEFAULT ''"), ("seen", "REAL NOT NULL DEFAULT 0")),
+    # when the node's worker last refreshed its row (each pass): its queued jobs count in the runs' arrival
+    # order only while it is seen (jobs/reservations.py, jobs_ahead)
+    "workers": (("seen", "REAL NOT NULL DEFAULT 0"),),
 }
 
 

@@ -262,6 +262,9 @@ class Demand:
             if earlier is not None:
                 why.reshaped(int(row["id"]), *earlier)
                 continue
+            if self.w.run_first(row) is not None:
+                why.not_reshaped(int(row["id"]))  # (the start pass said why: a run goes first)
+                continue  # not its turn: the earlier run with the same request reshapes for itself
             tried.close(req, limit, ("", ""))
             try:
                 out = try_reshape(self.node, req, self.policy.churn, job_id=int(row["id"]), limit=limit,

@@ -32,6 +32,7 @@ it was down, and stops daemons left without a live client (admitted, never start
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import signal
@@ -297,6 +298,9 @@ class Worker:
             from migctl.jobs.demand import Demand
 
             self.demand = Demand(self, policy)
+        self._waiters: dict[str, list[tuple[float, int, float]]] = {}  # waiting runs by request (this pass)
+        self._reserved: set[int] = set()
+        self._beaten = 0.0  # when this worker last refreshed its row's ``seen`` (monotonic)
         self._seen_version: int | None = None  # the jobs database's data_version at the last full pass
         self._next_full = 0.0  # when the next full pass is due whatever the database says (monotonic)
 
@@ -360,6 +364,11 @@ class Worker:
 
             self._next_sweep = time.monotonic() + 5.0
             drop_damaged(self.q.conn, self.log)
+        if time.monotonic() - self._beaten >= 1.0:  # (runs wait behind its queued jobs only while it is seen)
+            from migctl.jobs.reservations import worker_beat
+
+            self._beaten = time.monotonic()
+            worker_beat(self.q.conn, self.q.key, self.pid)
         ended = self.reap()
         enforce(self.q.conn, self.q.key, self.policy.limit_grace if self.policy else DEFAULT_GRACE_S, self.log)
         version = self.q.conn.execute("PRAGMA data_version").fetchone()[0]
@@ -477,18 +486,25 @@ class Worker:
         started = 0
         from migctl.jobs.demand import Closed, has_reservations, queued_rows
 
-        blocked = Closed(has_reservations(self.q.conn, self.q.key))  # request -> why it did not start
+        blocked = Closed(has_reservations(self.q.conn, self.q.key))  # request -> (reason, why) it did not start
         self._checked: dict[Request, str | None] = {}
         self.lock_busy = ""
         self.reasons.begin_pass()
+        self._order_runs()
         rows = queued_rows(self.q.conn, self.q.key, self.policy.order if self.policy is not None else "fifo", self.log)
         for n, r in enumerate(rows):
             req = Request(profile=r["profile"], mem_mib=r["mem_mib"],
                           gpus=tuple(json.loads(r["gpus"])) if r["gpus"] else None)
             key = (req, r["isolation"], r["share"], r["threads"], r["mps_mem_mib"])
-            why = blocked.get(key, r["time_limit"])
-            if why is not None:
-                self.reasons.not_started(int(r["id"]), "resources", why)
+            got = blocked.get(key, r["time_limit"])
+            if got is not None:
+                self.reasons.not_started(int(r["id"]), *got)
+                continue
+            pid = self.run_first(r)
+            if pid is not None:  # (later jobs with the same request come after it, so after the run too)
+                why = f"migctl run PID {pid} waits for the same request since before this job was queued: it goes first"
+                blocked.close(key, math.inf, ("runs-first", why))
+                self.reasons.not_started(int(r["id"]), "runs-first", why)
                 continue
             if started and started % 16 == 0:
                 self.reap()  # record finished jobs (and drop their simulator clients) as we go
@@ -507,9 +523,31 @@ class Worker:
             else:
                 what = req.describe() if (r["isolation"] or "hard") == "hard" else f"a shared {req.describe()}"
                 why = f"nothing free fits {what} and there is no room to create it"
-                blocked.close(key, r["time_limit"], why)
+                blocked.close(key, r["time_limit"], ("resources", why))
                 self.reasons.not_started(int(r["id"]), "resources", why)
         return started
+
+    def _order_runs(self) -> None:
+        """Read, for this pass, the waiting runs that queued jobs with the same request wait behind."""
+        from migctl.jobs.demand import reserved_jobs
+        from migctl.jobs.reservations import fresh_waiters
+        from migctl.jobs.run_reserve import RunReservation
+
+        self._waiters = fresh_waiters(self.q.conn, self.q.key, time.time() - RunReservation.STALE)
+        self._reserved = reserved_jobs(self.q.conn, self.q.key) if self._waiters else set()
+
+    def run_first(self, row: Any) -> int | None:
+        """The PID of a waiting ``migctl run`` with the same request that comes before this queued job (see
+        :func:`migctl.jobs.reservations.jobs_ahead`: one arrival order per request for runs and jobs, a run
+        counting as priority 0), as read at the start of this pass; None when the job's turn has come. A job
+        holding the node's reservation goes first (its reserved space is its own)."""
+        if not self._waiters or int(row["id"]) in self._reserved:
+            return None
+        from migctl.jobs.reservations import run_before
+        from migctl.jobs.run_reserve import job_signature
+
+        waiters = self._waiters.get(job_signature(row))
+        return run_before(waiters, float(row["created"]), int(row["priority"])) if waiters else None
 
     def queued_job(self, row: Any) -> Job | None:
         """The job of a queued row (None: gone, or damaged: then it fails with one line saying why)."""

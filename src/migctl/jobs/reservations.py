@@ -19,6 +19,7 @@ reservation that blocks it.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import time
@@ -224,8 +225,77 @@ def older_job(conn: sqlite3.Connection, key: str, since: float, now: float) -> i
 def worker_serves(conn: sqlite3.Connection, key: str, pid: int, pid_start: float, reserve_after: float | None) -> None:
     """Record the node's worker and its ``--reserve-after`` (None: off) for :func:`older_job`."""
     with immediate(conn) as c:
-        c.execute("INSERT OR REPLACE INTO workers (node, pid, pid_start, reserve_after) VALUES (?,?,?,?)",
-                  (key, pid, pid_start, reserve_after))
+        c.execute("INSERT OR REPLACE INTO workers (node, pid, pid_start, reserve_after, seen) VALUES (?,?,?,?,?)",
+                  (key, pid, pid_start, reserve_after, time.time()))
+
+
+def worker_beat(conn: sqlite3.Connection, key: str, pid: int) -> None:
+    """The worker's refresh of its row (each pass, at most every second): see :func:`jobs_ahead`."""
+    with immediate(conn) as c:
+        c.execute("UPDATE workers SET seen=? WHERE node=? AND pid=?", (time.time(), key, pid))
+
+
+def _serving(conn: sqlite3.Connection, key: str, seen_after: float) -> bool:
+    """Whether a live worker serves the node and refreshed its row after ``seen_after``."""
+    from migctl.proc import pid_alive
+
+    w = next(iter(sound("workers", conn.execute("SELECT pid, pid_start, seen FROM workers WHERE node=?",
+                                                (key,)).fetchall())), None)
+    return w is not None and float(w["seen"] or 0) > seen_after and pid_alive(w["pid"], w["pid_start"])
+
+
+def jobs_ahead(conn: sqlite3.Connection, key: str, request: str, since: float, seen_after: float,
+               first: bool = False) -> int:
+    """How many queued jobs asking for the same ``request`` (a :func:`migctl.jobs.run_reserve.signature`) come
+    before a run that began waiting at ``since``: queued earlier at priority 0, or with a priority above 0
+    (a run counts as priority 0), jobs being started included. Only while a live worker serves the node and
+    was seen after ``seen_after`` (none, or a stopped one, would never start them). ``first``: at most 1."""
+    if not _serving(conn, key, seen_after):
+        return 0
+    from migctl.jobs.run_reserve import job_signature
+
+    try:
+        profile, mem_mib = json.loads(request)[:2]
+    except (ValueError, TypeError):
+        return 0
+    rows = conn.execute("SELECT id, profile, mem_mib, gpus, isolation, share, threads, mps_mem_mib FROM jobs "
+                        "WHERE node=? AND state IN ('queued', 'starting') AND profile IS ? AND mem_mib IS ? AND "
+                        "(priority > 0 OR (priority = 0 AND created < ?)) ORDER BY priority DESC, id",
+                        (key, profile, mem_mib, since))
+    n = 0
+    for r in rows:
+        if job_signature(r) == request:
+            n += 1
+            if first:
+                break
+    return n
+
+
+def fresh_waiters(conn: sqlite3.Connection, key: str, seen_after: float) -> dict[str, list[tuple[float, int, float]]]:
+    """The node's waiting runs seen after ``seen_after``, by request signature: ``[(since, pid, pid_start)]``
+    oldest first (read once per worker pass, for :func:`run_before`)."""
+    out: dict[str, list[tuple[float, int, float]]] = {}
+    rows = conn.execute("SELECT pid, pid_start, since, request FROM waiters WHERE node=? AND seen > ? AND request != '' "
+                        "ORDER BY since, pid", (key, seen_after)).fetchall()
+    for r in sound("waiters", rows):
+        out.setdefault(r["request"], []).append((float(r["since"]), int(r["pid"]), float(r["pid_start"])))
+    return out
+
+
+def run_before(waiters: list[tuple[float, int, float]], created: float, priority: int) -> int | None:
+    """The PID of a live run among ``waiters`` (one request's, from :func:`fresh_waiters`) that comes before a
+    queued job with the same request, of ``priority``, queued at ``created``: the order of :func:`jobs_ahead`
+    seen from the worker (a run counts as priority 0). None when there is none."""
+    if priority > 0:
+        return None
+    from migctl.proc import pid_alive
+
+    for since, pid, pid_start in waiters:
+        if priority == 0 and since >= created:
+            break
+        if pid_alive(pid, pid_start):
+            return pid
+    return None
 
 
 def worker_leaves(conn: sqlite3.Connection, key: str, pid: int) -> None:

@@ -30,7 +30,10 @@ and under the node lock leases nothing while a live waiting run with the same re
 before it has been seen within :attr:`RunReservation.STALE` seconds (:meth:`RunReservation.ahead`;
 :func:`migctl.jobs.reservations.ahead_of`). A run that holds the node's reservation is exempt (the space it
 reserved is its own to use), and a stopped or stuck run (no refresh) stops counting after ``STALE`` seconds.
-A ``--no-wait`` run records nothing but defers the same way.
+A ``--no-wait`` run records nothing but defers the same way. Queued jobs with the same request are in that
+order too (a run counts as priority 0): a run also defers to such a job queued before it began waiting, or
+with a priority above 0, while the node's worker is alive and seen (:func:`migctl.jobs.reservations.jobs_ahead`),
+and the worker leaves a job behind such a run (:meth:`migctl.jobs.queue.Worker.run_first`).
 
 Oldest waiter first, jobs and runs together (a run counts as priority 0: a queued job above it goes first,
 one below it after it): a run defers to an older waiting run past its own threshold
@@ -67,10 +70,24 @@ def signature(req: Request, sharing: Any = None) -> str:
     return json.dumps([*base, [sharing.isolation, sharing.share, sharing.threads, sharing.mem_limit_mib]])
 
 
+def job_signature(row: Any) -> str:
+    """:func:`signature` of a queued job's row (``profile``, ``mem_mib``, ``gpus`` and its sharing columns): a
+    run and a job with the same one wait for the same thing. "" for a row migctl would not write."""
+    from migctl.jobs.mps import Sharing
+
+    try:
+        gpus = tuple(json.loads(row["gpus"])) if row["gpus"] else None
+        req = Request(profile=row["profile"], mem_mib=row["mem_mib"], gpus=gpus)
+        return signature(req, Sharing(row["isolation"] or "hard", row["share"], row["threads"], row["mps_mem_mib"]))
+    except (ValueError, TypeError):
+        return ""
+
+
 def waiting_runs(conn: Any, key: str, now: float | None = None) -> list[dict[str, Any]]:
     """The live runs waiting on the node, oldest first, as ``migctl jobs`` shows them: PID, what it asks for,
-    when it began waiting, its place among the runs waiting for the same thing (1 = next; None when it has
-    not been seen for :attr:`RunReservation.STALE` s and so holds nobody back) and when it was last seen."""
+    when it began waiting, its place among the runs and queued jobs waiting for the same thing (1 = next;
+    None when it has not been seen for :attr:`RunReservation.STALE` s and so holds nobody back) and when it
+    was last seen."""
     from migctl.proc import pid_alive
 
     now = time.time() if now is None else now
@@ -86,6 +103,7 @@ def waiting_runs(conn: Any, key: str, now: float | None = None) -> list[dict[str
         place = None
         if fresh and r["request"]:
             place = places[r["request"]] = places.get(r["request"], 0) + 1
+            place += reservations.jobs_ahead(conn, key, r["request"], float(r["since"]), now - RunReservation.STALE)
         out.append({"pid": int(r["pid"]), "request": _described(r["request"]), "since": float(r["since"]),
                     "place": place, "seen": float(r["seen"]) or None})
     return out
@@ -169,22 +187,33 @@ class RunReservation:
 
     def ahead(self, first: bool = False) -> int:
         """How many live waiting runs with the same request began waiting before this one and were seen within
-        :attr:`STALE` s (0: its turn; with ``first``, at most 1: whether there is one). Called under the node
-        lock before a device is chosen (and without it, as a look, between attempts). A run holding the node's
-        reservation does not wait for them (its reserved space is its own to use)."""
+        :attr:`STALE` s, and how many queued jobs with the same request come before it while the node's worker
+        was seen within :attr:`STALE` s (:func:`migctl.jobs.reservations.jobs_ahead`) (0: its turn; with
+        ``first``, at most 1: whether there is one). Called under the node lock before a device is chosen (and
+        without it, as a look, between attempts). A run holding the node's reservation does not wait for them
+        (its reserved space is its own to use)."""
+        runs, jobs = self._ahead(first)
+        return min(1, runs + jobs) if first else runs + jobs
+
+    def _ahead(self, first: bool = False) -> tuple[int, int]:
         if not self._request:
-            return 0
+            return 0, 0
         if self.enlisted and self.mine() is not None:
-            return 0
+            return 0, 0
         now = time.time()
         since = self.since if self.since is not None else now
-        return reservations.ahead_of(self.conn, self.key, self._request, since, self.pid, now - self.STALE,
+        runs = reservations.ahead_of(self.conn, self.key, self._request, since, self.pid, now - self.STALE,
                                      first=first)
+        if first and runs:
+            return runs, 0
+        return runs, reservations.jobs_ahead(self.conn, self.key, self._request, since, now - self.STALE, first=first)
 
     def ahead_note(self) -> str:
         """For a timeout's message: "; N earlier run(s) ... come first", or "" when none does."""
-        n = self.ahead()
-        return f"; {n} earlier run(s) waiting for the same request come first" if n else ""
+        runs, jobs = self._ahead()
+        what = " and ".join(x for x in (f"{runs} earlier run(s)" if runs else "",
+                                        f"{jobs} queued job(s)" if jobs else "") if x)
+        return f"; {what} waiting for the same request come first" if what else ""
 
     def mine(self) -> reservations.Reservation | None:
         return next((r for r in reservations.load(self.conn, self.key) if r.job_id == self.job_id

@@ -11,7 +11,9 @@ it to the job's row (``wait_reason``, ``wait_detail``) only when it changed. In 
 * ``hysteresis``: reshaping would make room once idle instances have been idle for ``--hysteresis``;
 * ``raced``: a reshape for it was overtaken by another change of the node; it is tried again;
 * ``resources``: nothing free fits, there is no room to create an instance and (with reshaping) no set
-  of idle instances makes room.
+  of idle instances makes room;
+* ``runs-first``: a ``migctl run`` waiting for the same request since before the job was queued (or any
+  such run, for a job of priority below 0) comes first (:meth:`migctl.jobs.queue.Worker.run_first`).
 
 ``no-worker`` is not stored: ``migctl jobs`` shows it for every queued job while no live worker serves
 the node (:func:`worker_alive`), whatever the last worker wrote.
@@ -24,7 +26,7 @@ from typing import Any
 
 from migctl.jobs.common import immediate, pid_alive
 
-CODES = ("reserved", "node-locked", "churn", "hysteresis", "raced", "resources", "no-worker")
+CODES = ("reserved", "node-locked", "churn", "hysteresis", "raced", "resources", "runs-first", "no-worker")
 # migctl.jobs.reshape.Outcome.status -> reason
 _OF_OUTCOME = {"budget": "churn", "young": "hysteresis", "raced": "raced", "none": "resources"}
 
@@ -53,6 +55,10 @@ class Reasons:
             self.reshape[job_id] = (_OF_OUTCOME[status], note)
         else:  # reshaped or free: the start attempt says what happened
             self.reshape.pop(job_id, None)
+
+    def not_reshaped(self, job_id: int) -> None:
+        """No reshaping was evaluated for the job (not its turn): what an earlier evaluation said no longer holds."""
+        self.reshape.pop(job_id, None)
 
     def nothing_to_reshape(self) -> None:
         """No instance is idle: no reshaping can help any job now."""
