@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 from tests.observe.conftest import Env, make_env, start_exporter, stop, wait_for
 
+from migctl.jobs.leases import Request
+from migctl.reconcile.live import read_gpu
 from simenv import kill_left, stop_daemons_under
 
 CONFIG = """version: v1
@@ -89,6 +92,8 @@ def test_queue_and_lease_series(h100x2: Env) -> None:
     out = scrape(h100x2)
     assert sample(out, "migctl_queue_jobs", state="queued") == 3
     assert sample(out, "migctl_queue_wait_seconds_count") == 0
+    assert sample(out, "migctl_queue_jobs_waiting", reason="no-worker") == 3  # no worker serves the node
+    assert sample(out, "migctl_queue_jobs_waiting", reason="resources") == 0
     r = h100x2.migctl("worker", "--until-idle", "-q", timeout=120)
     assert r.returncode == 0, r.stderr
     out = scrape(h100x2)
@@ -97,6 +102,46 @@ def test_queue_and_lease_series(h100x2: Env) -> None:
     assert sample(out, "migctl_queue_wait_seconds_count") == 3
     assert sample(out, "migctl_queue_wait_seconds_bucket", le="+Inf") == 3
     assert sample(out, "migctl_leases") == 0
+
+
+def test_waiting_jobs_by_reason(h100x2: Env) -> None:
+    """Queued jobs by why they wait, as `migctl jobs` says: with a live worker, the reason it wrote ("none"
+    before it has looked at a job); with none, every waiting job is "no-worker". `top` shows the counts."""
+    from migctl.jobs.common import connect, node_key
+    from migctl.jobs.queue import JobQueue, Worker
+
+    h100x2.layout(0, ["7g.80gb"])
+    holder = subprocess.Popen(["sleep", "120"])
+    try:
+        [gi] = read_gpu(h100x2.node().gpu(0)).gis
+        assert h100x2.node().sim.add_client(0, holder.pid, gi.id, 0) == 0  # the only instance, busy
+        q = JobQueue(h100x2.node())
+        ids = [q.submit(["true"], Request(profile="7g.80gb", gpus=(0,))) for _ in range(2)]
+        w = Worker(q)
+        assert w.acquire()
+        try:
+            out = scrape(h100x2)
+            assert sample(out, "migctl_queue_jobs_waiting", reason="none") == 2  # not looked at yet
+            assert sample(out, "migctl_queue_jobs_waiting", reason="no-worker") == 0
+            w.step()
+            out = scrape(h100x2)
+            assert sample(out, "migctl_queue_jobs_waiting", reason="resources") == 2, out
+            conn = connect()
+            with conn:  # a value migctl never writes (edited by hand) is counted apart, never as a reason
+                conn.execute("UPDATE jobs SET wait_reason='bogus' WHERE id=? AND node=?", (ids[1], node_key(h100x2.node())))
+            out = scrape(h100x2)
+            assert (sample(out, "migctl_queue_jobs_waiting", reason="resources"),
+                    sample(out, "migctl_queue_jobs_waiting", reason="other")) == (1, 1)
+            top = h100x2.migctl("top", "--once")
+            assert "(waiting: 1 resources, 1 other)" in top.stdout, top.stdout
+        finally:
+            w.release()
+        out = scrape(h100x2)
+        assert sample(out, "migctl_queue_jobs_waiting", reason="no-worker") == 2
+        assert sample(out, "migctl_queue_jobs_waiting", reason="resources") == 0
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_waiting_run_series(h100x2: Env) -> None:

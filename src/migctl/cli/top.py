@@ -25,6 +25,8 @@ def frame(observer: Any, reader: Any, width: int = 120) -> Any:
                 f"{time.strftime('%H:%M:%S')}", style="bold")
     parts: list[Any] = [head]
     depth = "  ".join(f"{k} {v}" for k, v in queue.depth.items() if v)
+    why = ", ".join(f"{n} {reason}" for reason, n in queue.waiting_reasons.items() if n)
+    depth += f" (waiting: {why})" if why else ""
     pending = [str(g.index) for g in snap.gpus if g.mig_pending is not None and g.mig_pending != g.mig_current]
     status = (f"leases {len(leases)}   queue: {depth or 'empty'}"
               + (f"   runs waiting {queue.runs_waiting}" if queue.runs_waiting else "")

@@ -184,6 +184,13 @@ class MigCollector(Collector):
         for state, n in queue.depth.items():
             jobs.add_metric([state], n)
         yield jobs
+        why = GaugeMetricFamily("migctl_queue_jobs_waiting", "Waiting jobs of the local queue by why they wait (the "
+                                "reason `migctl jobs` shows: resources, reserved, churn, hysteresis, node-locked, "
+                                "raced, runs-first, no-worker; none before the worker has looked at a job).",
+                                labels=["reason"])
+        for reason, n in queue.waiting_reasons.items():
+            why.add_metric([reason], n)
+        yield why
         buckets = [(repr(b), c) for b, c in zip(WAIT_BUCKETS, queue.wait_buckets, strict=True)]
         buckets.append(("+Inf", queue.wait_count))
         h = HistogramMetricFamily("migctl_queue_wait_seconds", "Time from submission to start of started jobs.")

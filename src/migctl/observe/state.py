@@ -42,6 +42,9 @@ class QueueStats:
     running: list[dict[str, Any]] = field(default_factory=list)
     runs_waiting: int = 0  # live ``migctl run``s waiting for a device (table ``waiters``)
     runs_waiting_since: float | None = None  # when the one waiting longest began
+    # waiting jobs (queued or starting) by why they wait (migctl.jobs.waiting: its codes, "none" before the
+    # worker has looked at a job, "other" for a value migctl never writes; all "no-worker" without a live worker)
+    waiting_reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -174,7 +177,26 @@ class StateReader:
         since = [float(r["since"]) for r in sound("waiters", self._query(
             "SELECT pid, pid_start, since FROM waiters WHERE node = ?", (self.key,))) if pid_alive(r["pid"], r["pid_start"])]
         q.runs_waiting, q.runs_waiting_since = len(since), min(since, default=None)
+        q.waiting_reasons = self._waiting_reasons(q.depth["queued"] + q.depth["starting"])
         return q
+
+    def _waiting_reasons(self, waiting: int) -> dict[str, int]:
+        """Waiting jobs by reason, as ``migctl jobs`` shows them (:func:`migctl.jobs.waiting.of_queued`)."""
+        from migctl.jobs.rows import sound
+        from migctl.jobs.waiting import CODES
+        from migctl.proc import pid_alive
+
+        out = dict.fromkeys((*CODES, "none", "other"), 0)
+        workers = sound("workers", self._query("SELECT pid, pid_start FROM workers WHERE node = ?", (self.key,)))
+        if not any(pid_alive(int(r["pid"]), float(r["pid_start"])) for r in workers):
+            out["no-worker"] = waiting
+            return out
+        for r in self._query("SELECT wait_reason, COUNT(*) AS n FROM jobs WHERE node = ? AND state IN ('queued', "
+                             "'starting') GROUP BY wait_reason", (self.key,)):
+            reason = r["wait_reason"]
+            code = "none" if reason is None else reason if reason in CODES and reason != "no-worker" else "other"
+            out[code] += int(r["n"])
+        return out
 
     def apply_state(self) -> ApplyState:
         """The apply journal and history, read as a scrape must: a damaged file or line is skipped, never an
