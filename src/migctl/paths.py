@@ -27,6 +27,16 @@ STALE_TMP_S = 60.0  # a temp file older than this belongs to a writer that died 
 _ready: set[str] = set()
 
 
+def state_dir_path() -> Path | None:
+    """Where :func:`state_dir` is, without creating or checking it (None: ``MIGCTL_STATE_DIR`` is not absolute)."""
+    env = os.environ.get("MIGCTL_STATE_DIR")
+    if env:
+        return Path(env) if Path(env).is_absolute() else None
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("migctl"))
+
+
 def state_dir() -> Path:
     """``$MIGCTL_STATE_DIR`` or platformdirs' user state dir for migctl; created private and checked."""
     env = os.environ.get("MIGCTL_STATE_DIR")
@@ -130,7 +140,7 @@ def atomic_write(path: Path, text: str, prefix: str, fsync_dir: bool = False, fs
 def _clean_stale_temps(directory: Path) -> None:
     """Remove temp files of atomic writes whose writer was killed (older than :data:`STALE_TMP_S`)."""
     now = time.time()
-    for pattern, sub in ((".journal-*.tmp", "."), (".state-*.tmp", "sim")):
+    for pattern, sub in ((".journal-*.tmp", "."), (".state-*.tmp", "sim"), (".node-*.tmp", ".")):
         for p in (directory / sub).glob(pattern):
             try:
                 if now - p.lstat().st_mtime > STALE_TMP_S:

@@ -824,10 +824,14 @@ def open_node(sim: str | None = None, sim_state: str | None = None) -> Node:
 def _real_node() -> Node:
     _load_real_nvml()
     try:
-        return Node()
+        node = Node()
     except N.NVMLError as e:
         raise DriverNotReady(f"{NVML_LIBRARY} loaded but NVML did not initialise: {e} (a driver/library version "
                           "mismatch or an unloaded kernel module; `nvidia-smi` shows the same)") from None
+    from migctl.node_guard import check  # (a state dir that another node's state is in: one line, exit 2)
+
+    check(node)
+    return node
 
 
 def _abspath(p: str) -> Any:
