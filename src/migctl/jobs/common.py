@@ -168,6 +168,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     batch TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (node, state, priority DESC, id);
+-- the queued jobs with one request, which a waiting run looks for every 0.1 s (jobs/reservations.py, jobs_ahead)
+CREATE INDEX IF NOT EXISTS jobs_request ON jobs (node, profile, mem_mib, state);
 CREATE TABLE IF NOT EXISTS reshapes (
     node TEXT NOT NULL,
     at REAL NOT NULL,

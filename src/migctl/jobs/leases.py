@@ -346,8 +346,8 @@ class LeaseManager:
         Reservations (:mod:`migctl.jobs.reservations`) of other jobs and runs are kept clear of unless the
         requester's time limit ``limit`` (seconds; None = unbounded, as for ``migctl run``) ends before the
         reservation; a run's own reservation (held for process ``pid``) is its to use. ``ahead``: called under
-        the lock, the number of earlier runs waiting for the same thing; nothing is leased while it is above 0
-        (:meth:`migctl.jobs.run_reserve.RunReservation.ahead`; the count is kept in :attr:`last_ahead`).
+        the lock, above 0 while earlier runs or queued jobs wait for the same thing; nothing is leased then
+        (:meth:`migctl.jobs.run_reserve.RunReservation.first`; the answer is kept in :attr:`last_ahead`).
         """
         self.last_lock_busy = ""
         self.last_ahead = 0
@@ -543,7 +543,7 @@ class LeaseManager:
             self.last_ahead = behind
             if not behind:
                 lease = self.try_acquire(req, pid=pid, job_id=job_id, owner=owner, check=not checked,
-                                         lock_timeout=slice_, ahead=None if turn is None else turn.ahead)
+                                         lock_timeout=slice_, ahead=None if turn is None else turn.first)
                 if lease is not None:
                     return lease
             if turn is not None:

@@ -260,7 +260,7 @@ def jobs_ahead(conn: sqlite3.Connection, key: str, request: str, since: float, s
         return 0
     rows = conn.execute("SELECT id, profile, mem_mib, gpus, isolation, share, threads, mps_mem_mib FROM jobs "
                         "WHERE node=? AND state IN ('queued', 'starting') AND profile IS ? AND mem_mib IS ? AND "
-                        "(priority > 0 OR (priority = 0 AND created < ?)) ORDER BY priority DESC, id",
+                        "(priority > 0 OR (priority = 0 AND created < ?))",  # (no order: any one answers first=True)
                         (key, profile, mem_mib, since))
     n = 0
     for r in rows:

@@ -195,6 +195,11 @@ class RunReservation:
         runs, jobs = self._ahead(first)
         return min(1, runs + jobs) if first else runs + jobs
 
+    def first(self) -> int:
+        """:meth:`ahead` with ``first``: 1 while anyone comes first (the check under the node lock, which needs
+        no count: a long queue is not scanned there)."""
+        return self.ahead(first=True)
+
     def _ahead(self, first: bool = False) -> tuple[int, int]:
         if not self._request:
             return 0, 0

@@ -332,7 +332,7 @@ def run_shared(node: Any, cmd: Sequence[str], req: Request, *, sharing: Sharing,
             behind = tried and reserver.ahead(first=True)
             got = None if behind else launch(
                 node, req, sharing, spawn, leases=leases, lease_now=lease_now, name=os.path.basename(cmd[0]),
-                pgid_of=(lambda pid: None) if interactive else (lambda pid: pid), mps=mps, ahead=reserver.ahead)
+                pgid_of=(lambda pid: None) if interactive else (lambda pid: pid), mps=mps, ahead=reserver.first)
             tried = True
             if got is not None:
                 break
