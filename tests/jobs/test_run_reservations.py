@@ -536,19 +536,26 @@ def _stepping(w: Any, until: Any, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+def _held_with_a_worker(env: SimEnv, tmp_path: Path) -> tuple[Path, Path, subprocess.Popen[str], Any, Any]:
+    """The whole A30 held until the gate (returned first) exists, the file the commands write their order
+    to, the holder, the node's queue and its in-process worker (acquired, not stepped yet)."""
+    from migctl.jobs.queue import JobQueue, Worker
+
+    go, out = tmp_path / "go", tmp_path / "order"
+    holder = _whole_a30_held(env, go)
+    q = JobQueue(env.node())
+    w = Worker(q)
+    assert w.acquire()
+    return go, out, holder, q, w
+
+
 def test_a_run_waits_behind_an_older_queued_job_with_the_same_request(a30: SimEnv, tmp_path: Path) -> None:
     """Job J (the whole A30) is queued behind a holder, then run R begins waiting for the same request. When
     the holder ends, J goes first, then R: one arrival order per request for runs and queued jobs. `jobs` puts
     R second, and a `--no-wait` run for the same request says a queued job comes first. Before, runs were
     ordered only among themselves and R took the device within 0.1 s, before the worker's next pass. The
     worker runs in-process, stepped by the test (not for the first second after the holder ends)."""
-    from migctl.jobs.queue import JobQueue, Worker
-
-    go, out = tmp_path / "go", tmp_path / "order"
-    holder = _whole_a30_held(a30, go)
-    q = JobQueue(a30.node())
-    w = Worker(q)
-    assert w.acquire()
+    go, out, holder, q, w = _held_with_a_worker(a30, tmp_path)
     run = None
     try:
         job = q.submit(["sh", "-c", f'echo job >> "{out}"'], Request(profile="4g.24gb"))
@@ -579,13 +586,7 @@ def test_a_queued_job_waits_behind_an_older_run_with_the_same_request(a30: SimEn
     worker leaves J queued with reason (runs-first) naming R, and when the holder ends R goes first, although
     the worker is stepped at once and every 20 ms. A job of priority above 0 is not held back (it comes before
     any run)."""
-    from migctl.jobs.queue import JobQueue, Worker
-
-    go, out = tmp_path / "go", tmp_path / "order"
-    holder = _whole_a30_held(a30, go)
-    q = JobQueue(a30.node())
-    w = Worker(q)
-    assert w.acquire()
+    go, out, holder, q, w = _held_with_a_worker(a30, tmp_path)
     run = None
     try:
         run = a30.popen("run", "--wait", "60", "--profile", "4g.24gb", "--", "sh", "-c", f'echo run >> "{out}"')
@@ -598,7 +599,7 @@ def test_a_queued_job_waits_behind_an_older_run_with_the_same_request(a30: SimEn
         assert f"migctl run PID {run.pid} waits for the same request" in jobs[job]["wait"]["detail"]
         assert "(runs-first)" in a30.migctl("jobs").stdout
         urgent = q.submit(["true"], Request(profile="4g.24gb"), priority=5)
-        time.sleep(Worker.FULL_PASS_S)  # (submitted through the worker's own connection: its next full pass)
+        time.sleep(w.FULL_PASS_S)  # (submitted through the worker's own connection: its next full pass)
         w.step()  # tried (it comes before any run): nothing free fits it
         jobs = {j["id"]: j for j in json.loads(a30.migctl("jobs", "--json").stdout)["jobs"]}
         assert jobs[urgent]["wait"]["reason"] == "resources", jobs[urgent]
