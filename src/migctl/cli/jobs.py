@@ -161,7 +161,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Lease a free MIG device that fits and run CMD on it with CUDA_VISIBLE_DEVICES=MIG-<uuid>.
 
-        With --isolation soft or none the device is shared (MPS or time-slicing; docs/dynamic.md).
+        With --isolation soft or none the device is shared (MPS or time-slicing; docs/dynamic.md). Runs and
+        queued jobs that ask for the same thing start in arrival order (docs/jobs.md).
         Exits with CMD's exit status (128+N if killed by signal N); 75 if no device was free in time.
         """
         from migctl.jobs import runner
