@@ -637,7 +637,7 @@ def test_queued_jobs_hold_back_runs_only_while_a_worker_is_seen(a30: SimEnv) -> 
             conn.execute("UPDATE workers SET seen=?", (time.time() - RunReservation.STALE - 1,))
         r = a30.migctl("run", "--no-wait", "--ephemeral", "--profile", "4g.24gb", "--", "true")
         assert r.returncode == 0, r.stderr
-        worker_beat(conn, q.key, w.pid)  # seen again (as its next pass would, had the job not been free to start)
+        worker_beat(conn, q.key, w.pid, w.pid_start, None)  # seen again (as its next pass would)
         r = a30.migctl("run", "--no-wait", "--profile", "4g.24gb", "--", "true")
         assert r.returncode == 75, r.stderr
         with conn:
@@ -648,6 +648,12 @@ def test_queued_jobs_hold_back_runs_only_while_a_worker_is_seen(a30: SimEnv) -> 
             conn.execute("UPDATE jobs SET priority=5, created=? WHERE id=?", (time.time() + 60, job))
         r = a30.migctl("run", "--no-wait", "--profile", "4g.24gb", "--", "true")  # (queued "later", but above 0)
         assert r.returncode == 75 and "1 queued job(s)" in r.stderr, r.stderr
+        with conn:  # the worker's row edited by hand: not known to be seen (dropped, then written again)
+            conn.execute("UPDATE workers SET seen='soon'")
+        r = a30.migctl("run", "--no-wait", "--ephemeral", "--profile", "4g.24gb", "--", "true")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        worker_beat(conn, q.key, w.pid, w.pid_start, None)
+        assert [x[1] for x in _rows("workers")] == [w.pid]
     finally:
         w.release()
     r = a30.migctl("run", "--no-wait", "--ephemeral", "--profile", "4g.24gb", "--", "true")  # no worker

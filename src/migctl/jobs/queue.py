@@ -368,7 +368,7 @@ class Worker:
             from migctl.jobs.reservations import worker_beat
 
             self._beaten = time.monotonic()
-            worker_beat(self.q.conn, self.q.key, self.pid)
+            worker_beat(self.q.conn, self.q.key, self.pid, self.pid_start, self.policy and self.policy.reserve_after)
         ended = self.reap()
         enforce(self.q.conn, self.q.key, self.policy.limit_grace if self.policy else DEFAULT_GRACE_S, self.log)
         version = self.q.conn.execute("PRAGMA data_version").fetchone()[0]

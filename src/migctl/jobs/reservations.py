@@ -229,10 +229,13 @@ def worker_serves(conn: sqlite3.Connection, key: str, pid: int, pid_start: float
                   (key, pid, pid_start, reserve_after, time.time()))
 
 
-def worker_beat(conn: sqlite3.Connection, key: str, pid: int) -> None:
-    """The worker's refresh of its row (each pass, at most every second): see :func:`jobs_ahead`."""
+def worker_beat(conn: sqlite3.Connection, key: str, pid: int, pid_start: float, reserve_after: float | None) -> None:
+    """The worker's refresh of its row (each pass, at most every second): see :func:`jobs_ahead`. A row that is
+    gone (dropped as damaged, :func:`migctl.jobs.rows.drop_damaged`) is written again."""
     with immediate(conn) as c:
-        c.execute("UPDATE workers SET seen=? WHERE node=? AND pid=?", (time.time(), key, pid))
+        if not c.execute("UPDATE workers SET seen=? WHERE node=? AND pid=?", (time.time(), key, pid)).rowcount:
+            c.execute("INSERT OR REPLACE INTO workers (node, pid, pid_start, reserve_after, seen) VALUES (?,?,?,?,?)",
+                      (key, pid, pid_start, reserve_after, time.time()))
 
 
 def _serving(conn: sqlite3.Connection, key: str, seen_after: float) -> bool:
@@ -241,7 +244,13 @@ def _serving(conn: sqlite3.Connection, key: str, seen_after: float) -> bool:
 
     w = next(iter(sound("workers", conn.execute("SELECT pid, pid_start, seen FROM workers WHERE node=?",
                                                 (key,)).fetchall())), None)
-    return w is not None and float(w["seen"] or 0) > seen_after and pid_alive(w["pid"], w["pid_start"])
+    if w is None:
+        return False
+    try:
+        seen = float(w["seen"] or 0)
+    except (TypeError, ValueError):  # (edited by hand: such a worker is not known to be seen)
+        return False
+    return seen > seen_after and pid_alive(w["pid"], w["pid_start"])
 
 
 def jobs_ahead(conn: sqlite3.Connection, key: str, request: str, since: float, seen_after: float,

@@ -160,7 +160,7 @@ DERIVED: dict[str, dict[str, Callable[[Any], str | None]]] = {
                 "since": _time(null=False), "reserve_after": _number(), "request": _text(null=False),
                 "seen": _time(null=False)},
     "workers": {"node": _text(null=False), "pid": _int(lo=1, null=False), "pid_start": _time(null=False),
-                "reserve_after": _number(null=True)},
+                "reserve_after": _number(null=True), "seen": _time(null=False)},
     "idle_since": {"node": _text(null=False), "uuid": _text(null=False), "since": _time(null=False)},
     "reshapes": {"node": _text(null=False), "at": _time(null=False), "gpu": _int(lo=0, null=False),
                  "what": _text(null=False)},
