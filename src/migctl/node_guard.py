@@ -16,11 +16,11 @@ record that cannot be read (damaged, not a plain file of ours) is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +89,10 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
-    """Write the record atomically (a private temp file renamed over it: a symlink there is replaced, never
-    followed). A failure is ignored: the record is a guard, and the verb's own writes report a full disk."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".node-", suffix=".tmp", dir=path.parent)
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+    """Write the record atomically (:func:`migctl.paths.atomic_write`: a private temp file renamed over it, so a
+    symlink there is replaced, never followed). A failure is ignored: the record is a guard, and the verb's own
+    writes report a full disk."""
+    from migctl.paths import atomic_write
+
+    with contextlib.suppress(OSError):
+        atomic_write(path, json.dumps(record), prefix=".node-", fsync=False)

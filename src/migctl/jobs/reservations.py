@@ -207,11 +207,8 @@ def older_job(conn: sqlite3.Connection, key: str, since: float, now: float) -> i
     earlier at priority 0, or at any time with a priority above 0 (a run counts as priority 0; see
     :func:`run_first`). None when there is none, or no live worker with reservations on serves the node
     (its reservation would never be used)."""
-    from migctl.proc import pid_alive
-
-    w = next(iter(sound("workers", conn.execute("SELECT pid, pid_start, reserve_after FROM workers WHERE node=?",
-                                                (key,)).fetchall())), None)
-    if w is None or w["reserve_after"] is None or not pid_alive(w["pid"], w["pid_start"]):
+    w = live_worker(conn, key)
+    if w is None or w["reserve_after"] is None:
         return None
     r = conn.execute("SELECT id, created, priority FROM jobs WHERE node=? AND state='queued' AND created <= ? "
                      "ORDER BY priority DESC, id LIMIT 1", (key, now - float(w["reserve_after"]))).fetchone()
@@ -238,19 +235,19 @@ def worker_beat(conn: sqlite3.Connection, key: str, pid: int, pid_start: float, 
                       (key, pid, pid_start, reserve_after, time.time()))
 
 
-def _serving(conn: sqlite3.Connection, key: str, seen_after: float) -> bool:
-    """Whether a live worker serves the node and refreshed its row after ``seen_after``."""
+def live_worker(conn: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+    """The row of the live worker that serves the node (``workers``: pid, pid_start, reserve_after, seen; the
+    same process still runs), or None. A row edited by hand is passed over (:func:`migctl.jobs.rows.sound`)."""
     from migctl.proc import pid_alive
 
-    w = next(iter(sound("workers", conn.execute("SELECT pid, pid_start, seen FROM workers WHERE node=?",
-                                                (key,)).fetchall())), None)
-    if w is None:
-        return False
-    try:
-        seen = float(w["seen"] or 0)
-    except (TypeError, ValueError):  # (edited by hand: such a worker is not known to be seen)
-        return False
-    return seen > seen_after and pid_alive(w["pid"], w["pid_start"])
+    w = next(iter(sound("workers", conn.execute("SELECT * FROM workers WHERE node=?", (key,)).fetchall())), None)
+    return w if w is not None and pid_alive(int(w["pid"]), float(w["pid_start"])) else None
+
+
+def _serving(conn: sqlite3.Connection, key: str, seen_after: float) -> bool:
+    """Whether a live worker serves the node and refreshed its row after ``seen_after``."""
+    w = live_worker(conn, key)
+    return w is not None and float(w["seen"]) > seen_after
 
 
 def jobs_ahead(conn: sqlite3.Connection, key: str, request: str, since: float, seen_after: float,

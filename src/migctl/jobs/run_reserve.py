@@ -192,8 +192,7 @@ class RunReservation:
         ``first``, at most 1: whether there is one). Called under the node lock before a device is chosen (and
         without it, as a look, between attempts). A run holding the node's reservation does not wait for them
         (its reserved space is its own to use)."""
-        runs, jobs = self._ahead(first)
-        return min(1, runs + jobs) if first else runs + jobs
+        return sum(self._ahead(first))  # (with first: at most 1 in all)
 
     def first(self) -> int:
         """:meth:`ahead` with ``first``: 1 while anyone comes first (the check under the node lock, which needs

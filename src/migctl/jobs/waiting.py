@@ -24,7 +24,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from migctl.jobs.common import immediate, pid_alive
+from migctl.jobs.common import immediate
 
 CODES = ("reserved", "node-locked", "churn", "hysteresis", "raced", "resources", "runs-first", "no-worker")
 # migctl.jobs.reshape.Outcome.status -> reason
@@ -95,11 +95,9 @@ class Reasons:
 
 def worker_alive(conn: sqlite3.Connection, key: str) -> bool:
     """Whether a live worker serves this node's queue (its row in ``workers``, the same process)."""
-    from migctl.jobs.rows import sound
+    from migctl.jobs.reservations import live_worker
 
-    r = next(iter(sound("workers", conn.execute("SELECT pid, pid_start FROM workers WHERE node=?", (key,)).fetchall())),
-             None)
-    return r is not None and pid_alive(int(r["pid"]), float(r["pid_start"]))
+    return live_worker(conn, key) is not None
 
 
 WAITING = ("queued", "starting")  # a job the worker is trying right now is "starting" for that moment

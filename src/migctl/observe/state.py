@@ -182,13 +182,15 @@ class StateReader:
 
     def _waiting_reasons(self, waiting: int) -> dict[str, int]:
         """Waiting jobs by reason, as ``migctl jobs`` shows them (:func:`migctl.jobs.waiting.of_queued`)."""
-        from migctl.jobs.rows import sound
-        from migctl.jobs.waiting import CODES
-        from migctl.proc import pid_alive
+        from migctl.jobs.waiting import CODES, worker_alive
 
         out = dict.fromkeys((*CODES, "none", "other"), 0)
-        workers = sound("workers", self._query("SELECT pid, pid_start FROM workers WHERE node = ?", (self.key,)))
-        if not any(pid_alive(int(r["pid"]), float(r["pid_start"])) for r in workers):
+        conn = self._db()
+        try:
+            alive = conn is not None and worker_alive(conn, self.key)
+        except sqlite3.DatabaseError:  # (no workers table yet, busy, damaged: the queries below say the rest)
+            alive = False
+        if not alive:
             out["no-worker"] = waiting
             return out
         for r in self._query("SELECT wait_reason, COUNT(*) AS n FROM jobs WHERE node = ? AND state IN ('queued', "
