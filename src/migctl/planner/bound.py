@@ -159,17 +159,17 @@ class PackingBound:
         from ortools.sat.python import cp_model
 
         mdl = cp_model.CpModel()
-        obj = self._packing(vec, mdl.NewIntVar, mdl.Add, sum)
-        mdl.Add(sum(obj) >= low)
+        obj = self._packing(vec, mdl.new_int_var, mdl.add, sum)
+        mdl.add(sum(obj) >= low)
         if high is not None:
-            mdl.Add(sum(obj) <= high)
-        mdl.Maximize(sum(obj))
+            mdl.add(sum(obj) <= high)
+        mdl.maximize(sum(obj))
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = 1
         solver.parameters.max_time_in_seconds = 5.0
-        st = solver.Solve(mdl)
+        st = solver.solve(mdl)
         if st == cp_model.OPTIMAL:
-            return int(round(solver.ObjectiveValue()))
+            return int(round(solver.objective_value))
         # not proven in time: the solver's best bound is still an upper bound (never a guess)
         self.unproven += 1
-        return int(min(high if high is not None else self.capacity, solver.BestObjectiveBound() + 1e-6))
+        return int(min(high if high is not None else self.capacity, solver.best_objective_bound + 1e-6))

@@ -105,12 +105,14 @@ def plan_incremental(request: Request) -> Plan:
         if lp:
             s = pywraplp.Solver.CreateSolver("GLOP")
             var = lambda ub, name: s.NumVar(0, ub, name)  # noqa: E731
+            add, minimize = s.Add, s.Minimize
         else:
             s = cp_model.CpModel()
-            var = lambda ub, name: s.NewIntVar(0, ub, name)  # noqa: E731
+            var = lambda ub, name: s.new_int_var(0, ub, name)  # noqa: E731
+            add, minimize = s.add, s.minimize
         z = {(ti, oi): var(len(types[t]), f"z{ti}_{oi}") for ti, t in enumerate(tkeys) for oi in range(len(opts[t]))}
         for ti, t in enumerate(tkeys):
-            s.Add(sum(z[ti, oi] for oi in range(len(opts[t]))) == len(types[t]))
+            add(sum(z[ti, oi] for oi in range(len(opts[t]))) == len(types[t]))
         xo: dict[tuple, object] = {}
         xn: dict[tuple, object] = {}
         u = []
@@ -122,22 +124,22 @@ def plan_incremental(request: Request) -> Plan:
                     xn[d, k, pid] = var(c.count, f"xn{d}_{k}_{pid}")
                     terms += [xo[d, k, pid], xn[d, k, pid]]
             u.append(var(c.count, f"u{d}"))
-            s.Add(sum(terms) + u[-1] == c.count)
+            add(sum(terms) + u[-1] == c.count)
         keys = {(k, pid) for (_d, k, pid) in xo}
         for k, pid in keys:
             old_sup = [o.old.count(pid) * z[ti, oi] for ti, t in enumerate(tkeys) if t[0] == k
                        for oi, o in enumerate(opts[t]) if o.old.count(pid)]
             new_sup = [o.add.count(pid) * z[ti, oi] for ti, t in enumerate(tkeys) if t[0] == k
                        for oi, o in enumerate(opts[t]) if o.add.count(pid)]
-            s.Add(sum(v for (d, k2, p2), v in xo.items() if k2 == k and p2 == pid) <= sum(old_sup))
-            s.Add(sum(v for (d, k2, p2), v in xn.items() if k2 == k and p2 == pid) <= sum(new_sup))
+            add(sum(v for (d, k2, p2), v in xo.items() if k2 == k and p2 == pid) <= sum(old_sup))
+            add(sum(v for (d, k2, p2), v in xn.items() if k2 == k and p2 == pid) <= sum(new_sup))
         obj = (
             sum(w_unserved * (1 + classes[d].priority) * u[d] for d in range(len(classes)))
             + sum((w_destroy * o.destroyed + w_touch * int(o.touches)) * z[ti, oi]
                   for ti, t in enumerate(tkeys) for oi, o in enumerate(opts[t]) if o.destroyed or o.touches)
             + sum(w_created * v for v in xn.values())
         )
-        s.Minimize(obj)
+        minimize(obj)
         return s, z, xo, xn, u
 
     lp, *_ = build(True)
@@ -157,7 +159,7 @@ def plan_incremental(request: Request) -> Plan:
                   "work" if solver.deterministic_time >= work * 0.999 else "clock")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise PlanError(f"incremental: no plan found within {request.options.time_limit_s:g} s")
-    val = solver.Value
+    val = solver.value
 
     # expand: options per GPU, then units onto kept idle instances and new instances
     chosen: dict[int, _Option] = {}
@@ -232,7 +234,7 @@ def plan_incremental(request: Request) -> Plan:
     obj = (sum(w_unserved * (1 + classes[d].priority) * 0 for d in range(len(classes)))
            + w_destroy * len(destroyed_list) + w_touch * touched + w_created * n_created)
     obj += sum(w_unserved * (1 + classes[d].priority) * val(u[d]) for d in range(len(classes)))
-    bound = max(math.ceil(lp_val - 1e-6), math.ceil(solver.BestObjectiveBound() - 1e-6))
+    bound = max(math.ceil(lp_val - 1e-6), math.ceil(solver.best_objective_bound - 1e-6))
     bound = min(bound, obj)
     return Plan(
         gpus=planned,
@@ -241,7 +243,7 @@ def plan_incremental(request: Request) -> Plan:
         status="optimal" if bound >= obj else "feasible",
         objective_name=f"{w_destroy} x destroyed + {w_touch} x GPUs touched + created (+ {w_unserved} x unserved)",
         unserved=unserved,
-        bounds={"lp": round(lp_val, 6), "cp_sat": float(math.ceil(solver.BestObjectiveBound() - 1e-6))},
+        bounds={"lp": round(lp_val, 6), "cp_sat": float(math.ceil(solver.best_objective_bound - 1e-6))},
         destroyed=destroyed_list,
         stats={"instances_destroyed": len(destroyed_list), "gpus_touched": touched, "instances_created": n_created,
                "gpu_states": len(tkeys), "options": sum(len(v) for v in opts.values()),

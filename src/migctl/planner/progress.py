@@ -46,9 +46,9 @@ class SolveProgress:
 
 
 def solve(solver: Any, model: Any, progress: SolveProgress | None, phase: str = "CP-SAT") -> Any:
-    """``solver.Solve(model)``, reporting improving solutions and bounds to ``progress`` when given."""
+    """``solver.solve(model)``, reporting improving solutions and bounds to ``progress`` when given."""
     if progress is None:
-        return solver.Solve(model)
+        return solver.solve(model)
     from ortools.sat.python import cp_model
 
     progress.phase = phase
@@ -56,11 +56,11 @@ def solve(solver: Any, model: Any, progress: SolveProgress | None, phase: str = 
     class _Cb(cp_model.CpSolverSolutionCallback):
         def on_solution_callback(self) -> None:
             progress.solutions += 1
-            progress.improve(self.ObjectiveValue(), self.BestObjectiveBound())
+            progress.improve(self.objective_value, self.best_objective_bound)
 
     with contextlib.suppress(AttributeError, TypeError):  # older OR-Tools have no bound callback
         solver.best_bound_callback = lambda b: progress.improve(bound=b)
-    status = solver.Solve(model, _Cb())
+    status = solver.solve(model, _Cb())
     with contextlib.suppress(Exception):
-        progress.improve(solver.ObjectiveValue(), solver.BestObjectiveBound())
+        progress.improve(solver.objective_value, solver.best_objective_bound)
     return status

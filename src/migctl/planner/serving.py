@@ -302,19 +302,19 @@ def plan_serving(request: Request) -> Plan:
     ub_gpus = sum(min((v for (j2, _s), v in ub_inst.items() if j2 == j and v > 0), default=0) for j in need)
 
     mdl = cp_model.CpModel()
-    n = {k: mdl.NewIntVar(0, ub_inst[k], f"n_{k[0]}_{k[1]}") for k in thr if thr[k] > 0}
-    y = [mdl.NewIntVar(0, ub_gpus, f"y_{c}") for c in range(len(lays))]
-    w = mdl.NewIntVar(0, ub_gpus if whole_ok else 0, "w")
+    n = {k: mdl.new_int_var(0, ub_inst[k], f"n_{k[0]}_{k[1]}") for k in thr if thr[k] > 0}
+    y = [mdl.new_int_var(0, ub_gpus, f"y_{c}") for c in range(len(lays))]
+    w = mdl.new_int_var(0, ub_gpus if whole_ok else 0, "w")
     for j in need:
-        mdl.Add(sum(thr[k] * v for k, v in n.items() if k[0] == j) >= need[j])
+        mdl.add(sum(thr[k] * v for k, v in n.items() if k[0] == j) >= need[j])
     for s, p in prof.items():
         sup = [lay.count(p.id) * y[c] for c, lay in enumerate(lays) if p.id in lay]
         dem = [v for k, v in n.items() if k[1] == s]
         if dem:
-            mdl.Add(sum(dem) <= sum(sup))
+            mdl.add(sum(dem) <= sum(sup))
     dem_w = [v for k, v in n.items() if k[1] == WHOLE]
     if dem_w:
-        mdl.Add(sum(dem_w) <= w)
+        mdl.add(sum(dem_w) <= w)
     slices_used = sum(slices_of[k[1]] * v for k, v in n.items())
     gpus_expr = sum(y) + w
     lp_gpus = _lp_gpus(prof, lays, thr, need, whole_ok)
@@ -324,9 +324,9 @@ def plan_serving(request: Request) -> Plan:
         raise PlanError(f"serving: the rates need at least {math.ceil(lp_gpus - 1e-6)} GPUs; a serving plan has at "
                         f"most {MAX_AUTO_GPUS} (valid: lower rates)")
     if lp_gpus > 0:
-        mdl.Add(gpus_expr >= math.ceil(lp_gpus - 1e-6))  # valid cut: lets CP-SAT stop at the LP bound
+        mdl.add(gpus_expr >= math.ceil(lp_gpus - 1e-6))  # valid cut: lets CP-SAT stop at the LP bound
     # phase 1: fewest GPUs; phase 2: with that many GPUs, fewest slices (hinted with phase 1)
-    mdl.Minimize(gpus_expr)
+    mdl.minimize(gpus_expr)
     t_end = t0 + float(request.options.time_limit_s)
 
     def run() -> tuple[object, int]:
@@ -342,25 +342,25 @@ def plan_serving(request: Request) -> Plan:
     solver, status = run()
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise PlanError(f"serving: no plan found within {request.options.time_limit_s:g} s")
-    gpus_obj = int(solver.Value(gpus_expr))
-    cp_bound = gpus_obj if status == cp_model.OPTIMAL else math.ceil(solver.BestObjectiveBound() - 1e-6)
+    gpus_obj = int(solver.value(gpus_expr))
+    cp_bound = gpus_obj if status == cp_model.OPTIMAL else math.ceil(solver.best_objective_bound - 1e-6)
     if not exact:  # the rounded model's bound is not a bound of the real problem: use the relaxed one
         thr_up = {k: _scaled(r.throughput, scale, "up") * r.procs for k, r in best.items() if r is not None}
         need_down = {j: _scaled(m.rate, scale, "down") for j, m in enumerate(spec.models)}
         cp_bound = min(cp_bound, math.ceil(_lp_gpus(prof, lays, thr_up, need_down, whole_ok) - 1e-6))
-    ys = [int(solver.Value(v)) for v in y]
-    ns = {k: int(solver.Value(v)) for k, v in n.items()}
-    mdl.Add(gpus_expr <= gpus_obj)
+    ys = [int(solver.value(v)) for v in y]
+    ns = {k: int(solver.value(v)) for k, v in n.items()}
+    mdl.add(gpus_expr <= gpus_obj)
     for v, val in zip(y, ys, strict=True):
-        mdl.AddHint(v, val)
-    mdl.AddHint(w, int(solver.Value(w)))
+        mdl.add_hint(v, val)
+    mdl.add_hint(w, int(solver.value(w)))
     for k, v in n.items():
-        mdl.AddHint(v, ns[k])
-    mdl.Minimize(slices_used)
+        mdl.add_hint(v, ns[k])
+    mdl.minimize(slices_used)
     solver2, status2 = run()
     if status2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        ys = [int(solver2.Value(v)) for v in y]
-        ns = {k: int(solver2.Value(v)) for k, v in n.items()}
+        ys = [int(solver2.value(v)) for v in y]
+        ns = {k: int(solver2.value(v)) for k, v in n.items()}
     t1 = time.perf_counter()
 
     lp_val = lp_gpus if exact else float(cp_bound)

@@ -21,11 +21,14 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migctl.planner.core import Plan, PlanError, PlannedGpu, PlannedInstance, Request, Workload
 from migctl.planner.heuristics import DemandClass, HGpu, ModelSpace, first_fit, lower_bound_slices
 from migctl.planner.layouts import Layout, enumerate_layouts, maximal_layouts, placements_for
+
+if TYPE_CHECKING:  # imported where it is used: ortools is heavy
+    from ortools.sat.python import cp_model
 
 
 @dataclass
@@ -171,9 +174,9 @@ def solve_ip(
         if hint_cost is not None and hint is not None and not any(hint[1]):
             ub = min(ub, hint_cost // sp.cost)
         for ci in range(len(problem.maximal[k])):
-            y[k, ci] = m.NewIntVar(0, ub, f"y_{k}_{ci}")
+            y[k, ci] = m.new_int_var(0, ub, f"y_{k}_{ci}")
         if sp.count is not None and problem.maximal[k]:
-            m.Add(sum(y[k, ci] for ci in range(len(problem.maximal[k]))) <= sp.count)
+            m.add(sum(y[k, ci] for ci in range(len(problem.maximal[k]))) <= sp.count)
     x: dict[tuple[int, str, int], cp_model.IntVar] = {}
     u: list[cp_model.IntVar | int] = []
     bounded = any(sp.count is not None for sp in problem.spaces)
@@ -181,15 +184,15 @@ def solve_ip(
         terms = []
         for k, ids in c.eligible:
             for pid in ids:
-                x[d, k, pid] = m.NewIntVar(0, c.count, f"x_{d}_{k}_{pid}")
+                x[d, k, pid] = m.new_int_var(0, c.count, f"x_{d}_{k}_{pid}")
                 terms.append(x[d, k, pid])
         if bounded:
-            ud = m.NewIntVar(0, c.count, f"u_{d}")
+            ud = m.new_int_var(0, c.count, f"u_{d}")
             u.append(ud)
             terms.append(ud)
         else:
             u.append(0)
-        m.Add(sum(terms) == c.count)
+        m.add(sum(terms) == c.count)
     for sp in problem.spaces:
         k = sp.model.key
         ids = sorted({i for c in problem.classes for i in c.eligible_on(k)})
@@ -197,14 +200,14 @@ def solve_ip(
             supply = [lay.count(pid) * y[k, ci] for ci, lay in enumerate(problem.maximal[k]) if lay.count(pid)]
             demand = [x[d, k, pid] for d in range(len(problem.classes)) if (d, k, pid) in x]
             if demand:
-                m.Add(sum(demand) <= sum(supply))
+                m.add(sum(demand) <= sum(supply))
     objective = (
         sum(sp.cost * y[sp.model.key, ci] for sp in problem.spaces for ci in range(len(problem.maximal[sp.model.key])))
         + sum(w * ud for w, ud in zip(weights, u, strict=True) if not isinstance(ud, int))
     )
     if bound > 0:
-        m.Add(objective >= bound)  # the rounded LP bound is a valid cut; it lets CP-SAT stop at once
-    m.Minimize(objective)
+        m.add(objective >= bound)  # the rounded LP bound is a valid cut; it lets CP-SAT stop at once
+    m.minimize(objective)
     if hint is not None:
         _add_hint(m, problem, hint, y, x, u)
     solver = cp_model.CpSolver()
@@ -217,14 +220,14 @@ def solve_ip(
     status = solve(solver, m, progress, "CP-SAT configuration IP")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
-    ys = {key: int(solver.Value(v)) for key, v in y.items()}
-    xs = {key: int(solver.Value(v)) for key, v in x.items()}
-    us = [int(solver.Value(v)) if not isinstance(v, int) else 0 for v in u]
+    ys = {key: int(solver.value(v)) for key, v in y.items()}
+    xs = {key: int(solver.value(v)) for key, v in x.items()}
+    us = [int(solver.value(v)) if not isinstance(v, int) else 0 for v in u]
     name = "optimal" if status == cp_model.OPTIMAL else "feasible"
-    return ys, xs, us, name, float(solver.ObjectiveValue()), float(solver.BestObjectiveBound())
+    return ys, xs, us, name, float(solver.objective_value), float(solver.best_objective_bound)
 
 
-def _add_hint(m: object, problem: Problem, hint: tuple[list[HGpu], list[int]], y: dict, x: dict, u: list) -> None:
+def _add_hint(m: cp_model.CpModel, problem: Problem, hint: tuple[list[HGpu], list[int]], y: dict, x: dict, u: list) -> None:
     """Map a heuristic packing onto the IP's variables (each GPU to a maximal layout containing it)."""
     gpus, unserved = hint
     ycount: dict[tuple[str, int], int] = {}
@@ -245,12 +248,12 @@ def _add_hint(m: object, problem: Problem, hint: tuple[list[HGpu], list[int]], y
         for d, pid in g.units:
             xcount[d, g.model, pid] = xcount.get((d, g.model, pid), 0) + 1
     for key, v in y.items():
-        m.AddHint(v, ycount.get(key, 0))  # type: ignore[attr-defined]
+        m.add_hint(v, ycount.get(key, 0))
     for key, v in x.items():
-        m.AddHint(v, xcount.get(key, 0))  # type: ignore[attr-defined]
+        m.add_hint(v, xcount.get(key, 0))
     for d, v in enumerate(u):
         if not isinstance(v, int):
-            m.AddHint(v, unserved[d])  # type: ignore[attr-defined]
+            m.add_hint(v, unserved[d])
 
 
 def solution_to_gpus(problem: Problem, ys: dict[tuple[str, int], int], xs: dict[tuple[int, str, int], int]) -> list[HGpu]:
