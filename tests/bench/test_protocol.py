@@ -50,6 +50,15 @@ def test_output_last_report_wins_and_errors_name_the_line():
         parse_output('ok\n{"throughput": 3}\n{"throughput": 1, "latency_ms": 1}\n')
 
 
+def test_a_deeply_nested_line_is_a_protocol_error_not_a_crash():
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        parse_line('{"throughput": ' + deep + ', "latency_ms": 1}')
+    assert parse_line('{"step": ' + deep + "}") is None  # not a report: other output, as any line
+    with pytest.raises(ProtocolError, match="a number too long"):
+        parse_line('{"throughput": 1' + "0" * 5000 + ', "latency_ms": 1}')
+
+
 def _outcome(*per):
     return ("ok", 1.0, list(per))
 
