@@ -19,7 +19,8 @@ Everything is a real `migctl` process sharing one state dir and one simulator st
   some exclusive runs pass ``--reshape`` (destroying idle instances of other sizes to make room);
 * shared runners: loops of ``migctl run --isolation soft|none --share 2`` (MPS clients or time-sliced
   clients, two at most on one device); with GPUs without MIG in ``--spec`` (``2xA30,1xL4``), 40% of them ask
-  for ``--mem 8GiB`` only, which a 2g.12gb device or a whole GPU serves (the layouts then name the MIG GPUs);
+  for memory only (8GiB on an A30), which a 2-slice device or a whole GPU serves (the layouts then name the
+  MIG GPUs); the profiles and sizes come from the MIG model of ``--spec`` (one model; A30: 1g.6gb, 2g.12gb);
 * an operator destroys GPU instances by hand (``gi destroy`` of a random GI, or ``smi mig -dci`` then
   ``-dgi`` as with nvidia-smi; ``reset`` of a GPU): only idle ones may go, busy ones are refused (exit 3;
   ``smi``: nvidia-smi's 255, "In use by another client");
@@ -66,12 +67,21 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
 
-CONFIG = {"version": "v1", "mig-configs": {
-    "quarters": [{"devices": "all", "mig-enabled": True, "mig-devices": {"1g.6gb": 4}}],
-    "halves": [{"devices": "all", "mig-enabled": True, "mig-devices": {"2g.12gb": 2}}],
-    "mixed": [{"devices": "all", "mig-enabled": True, "mig-devices": {"1g.6gb": 2, "2g.12gb": 1}}],
-}}
-REQUESTS = (("--profile", "1g.6gb"), ("--profile", "2g.12gb"), ("--mem", "5GiB"), ("--mem", "10GiB"))
+def shapes(small: str, large: str, small_mib: int, large_mib: int) -> tuple[dict[str, Any], tuple, str]:
+    """The layouts, the requests and the memory-only shared request, from the MIG model's plain 1-slice
+    (``small``) and 2-slice (``large``) profiles and their memory. On an A30: 1g.6gb/2g.12gb, --mem 5GiB
+    and 10GiB (each fits only its own size or larger), 8GiB for a shared run (a 2g or a whole GPU)."""
+    config = {"version": "v1", "mig-configs": {
+        "quarters": [{"devices": "all", "mig-enabled": True, "mig-devices": {small: 4}}],
+        "halves": [{"devices": "all", "mig-enabled": True, "mig-devices": {large: 2}}],
+        "mixed": [{"devices": "all", "mig-enabled": True, "mig-devices": {small: 2, large: 1}}],
+    }}
+    requests = (("--profile", small), ("--profile", large), ("--mem", f"{small_mib // 1024}GiB"),
+                ("--mem", f"{large_mib // 1024 - 1}GiB"))
+    return config, requests, f"{(small_mib + large_mib) // 2048}GiB"
+
+
+CONFIG, REQUESTS, SHARED_MEM = shapes("1g.6gb", "2g.12gb", 5952, 11968)  # the A30's; run() sets the spec's
 
 
 def _niced() -> str:
@@ -89,7 +99,8 @@ class Soak:
         self.log = self.tmp / "events.log"
         self.log.touch()
         self.cfg = self.tmp / "mig.json"
-        self.cfg.write_text(json.dumps(CONFIG))
+        self.config, self.requests, self.shared_mem = CONFIG, REQUESTS, SHARED_MEM
+        self.small = "1g.6gb"
         self.env = {**os.environ, "MIGCTL_STATE_DIR": str(self.tmp / "state"), "MIGCTL_SIM": args.spec,
                     "MIGCTL_SIM_STATE": str(self.state), "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         for k in ("MIGCTL_SIM_CRASH_AT", "MIGCTL_BACKEND"):
@@ -179,7 +190,7 @@ class Soak:
         n = 0
         while time.monotonic() < self.deadline:
             n += 1
-            req = self.rng.choice(REQUESTS)
+            req = self.rng.choice(self.requests)
             env = self.env
             if self.rng.random() < 0.08:  # die at a random NVML operation (maybe between GI and CI)
                 env = {**self.env, "MIGCTL_SIM_CRASH_AT": str(self.op_count() + self.rng.randint(1, 3))}
@@ -213,8 +224,8 @@ class Soak:
             n += 1
             iso = self.rng.choice(("soft", "none"))
             tag = f"{'m' if iso == 'soft' else 't'}{k}.{n}"
-            # with GPUs without MIG: some ask for memory only (a 2g.12gb device, or a whole GPU)
-            req = ("--mem", "8GiB") if self.whole and self.rng.random() < 0.4 else ("--profile", "1g.6gb")
+            # with GPUs without MIG: some ask for memory only (a 2-slice device, or a whole GPU)
+            req = ("--mem", self.shared_mem) if self.whole and self.rng.random() < 0.4 else ("--profile", self.small)
             p = self.popen("run", *req, "--isolation", iso, "--share", "2", "--wait", "20", "--", *self.body(tag))
             self.supervise(p, 0.1, "shared_run")
 
@@ -323,11 +334,11 @@ class Soak:
         n = 0
         while time.monotonic() < self.deadline - 3:
             n += 1
-            req: tuple[str, ...] = self.rng.choice(REQUESTS)
+            req: tuple[str, ...] = self.rng.choice(self.requests)
             tag = f"j{n}"
             if self.rng.random() < 0.25:  # a shared job: an MPS (tag mj...) or time-sliced (tj...) client
                 iso = self.rng.choice(("soft", "none"))
-                req = ("--profile", "1g.6gb", "--isolation", iso, "--share", "2")
+                req = ("--profile", self.small, "--isolation", iso, "--share", "2")
                 tag = f"{'m' if iso == 'soft' else 't'}{tag}"
             r = self.migctl("submit", *req, "--priority", str(self.rng.randint(0, 2)), "--", *self.body(tag))
             self.count(f"submit_exit_{r.returncode}")
@@ -382,7 +393,7 @@ class Soak:
             w.wait()
 
     def applier(self) -> None:
-        labels = list(CONFIG["mig-configs"])
+        labels = list(self.config["mig-configs"])
         while time.monotonic() < self.deadline:
             label = self.rng.choice(labels)
             env = self.env
@@ -456,11 +467,23 @@ class Soak:
         assert r.returncode == 0, r.stderr
         gpus = json.loads(r.stdout)["gpus"]
         self.whole = [g["index"] for g in gpus if not g["mig_capable"]]
+        models = {g["model"] for g in gpus if g["mig_capable"]}
+        if len(models) != 1:
+            raise SystemExit(f"--spec needs MIG GPUs of exactly one model (has {sorted(models) or 'none'})")
+        r = self.migctl("catalog", models.pop(), "--json")
+        assert r.returncode == 0, r.stderr
+        plain = {p["slices"]: p for p in json.loads(r.stdout)["gi_profiles"] if "+" not in p["name"]
+                 and "-" not in p["name"] and p["slices"] in (1, 2)}
+        small, large = plain[1], plain[2]
+        self.config, self.requests, self.shared_mem = shapes(small["name"], large["name"], small["memory_mib"],
+                                                             large["memory_mib"])
+        self.small = small["name"]
+        cfg = self.config
         if self.whole:  # the layouts name the MIG GPUs (a MIG layout on a GPU without MIG is refused)
             mig = [g["index"] for g in gpus if g["mig_capable"]]
-            cfg = {**CONFIG, "mig-configs": {k: [{**e, "devices": mig} for e in v]
-                                             for k, v in CONFIG["mig-configs"].items()}}
-            self.cfg.write_text(json.dumps(cfg))
+            cfg = {**cfg, "mig-configs": {k: [{**e, "devices": mig} for e in v]
+                                          for k, v in cfg["mig-configs"].items()}}
+        self.cfg.write_text(json.dumps(cfg))
         r = self.migctl("apply", "-f", str(self.cfg), "-c", "mixed", "-q")
         assert r.returncode == 0, r.stderr
         r = self.migctl("sim", "client-delay", str(self.args.client_delay))
@@ -500,7 +523,7 @@ class Soak:
         for j in journals:
             self.problem("orphan_instances", f"journal left: {j.name}")
         # MPS daemons: none may outlive its clients past the next decision (a lease attempt reclaims them)
-        self.migctl("run", "--no-create", "--profile", "1g.6gb", "--wait", "0", "--", "true")
+        self.migctl("run", "--no-create", "--profile", self.small, "--wait", "0", "--", "true")
         for pid in self.daemons():
             self.problem("mps_daemons_left", f"MPS control daemon PID {pid} runs with no client left")
             with contextlib.suppress(OSError):
