@@ -42,6 +42,7 @@ VERB_MODULES = [
     "migctl.cli.k8s",
     "migctl.cli.observe",
     "migctl.cli.bench",
+    "migctl.cli.doctor",
 ]
 
 
