@@ -24,7 +24,7 @@ SETTINGS = settings(max_examples=40, deadline=20_000, derandomize=True,
 # verbs that never wait for anything (no worker loop, no run/--wait, no follow)
 VERBS = [["gpus"], ["profiles"], ["placements"], ["catalog"], ["validate"], ["export"], ["generate-config"],
          ["jobs"], ["leases"], ["gi", "list"], ["ci", "list"], ["sim", "status"], ["checkpoint"], ["k8s", "export"],
-         ["mode"], ["plan"], ["cancel"], ["logs"], ["assert"], ["gi", "create"], ["gi", "destroy"], ["ci", "profiles"]]
+         ["mode"], ["plan"], ["cancel"], ["doctor"], ["logs"], ["assert"], ["gi", "create"], ["gi", "destroy"], ["ci", "profiles"]]
 WORDS = ["-i", "--gpu", "0", "1", "7", "-1", "0,1", "0,,0", "all", "--json", "-f", "--file", "-c", "--config",
          "--model", "H100-80GB", "A30", "nope", "1g.10gb", "9g.99gb", "--state", "queued", "--all", "-o", "json",
          "yaml", "toml", "--label", "--placements", "--gi", "--ci", "nan", "inf", "1e400", "99999999999999999999999",
