@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 
 import pynvml
@@ -99,7 +101,7 @@ def test_a_created_3g_leaves_room_for_a_4g(tmp_path: Path, monkeypatch: pytest.M
     """On an empty A100 a 3g.40gb at start 0 would leave four free memory slices where no 4g.40gb can go
     (its only placement is 0): `run --profile 4g.40gb` beside it must fit."""
     env = make_env(tmp_path, monkeypatch, "1xA100-80GB")
-    inner = "migctl run --profile 4g.40gb --wait 5 -- true"
+    inner = f"{shlex.quote(sys.executable)} -m migctl.cli.main run --profile 4g.40gb --wait 5 -- true"  # (PATH-free)
     r = env.migctl("run", "--profile", "3g.40gb", "--", "sh", "-c", inner)
     assert r.returncode == 0, r.stderr
     gis = {gi.profile().name: gi.placement.start for gi in env.node().gpu(0).gpu_instances()}
