@@ -112,3 +112,32 @@ def test_a_state_dir_on_nfs_fails(tmp_path, monkeypatch):
     assert by["state-dir-fs"].status == "fail" and "on nfs" in by["state-dir-fs"].detail
     assert "MIGCTL_STATE_DIR=/var/lib/migctl" in by["state-dir-fs"].detail
     assert "state-dir-fs" not in {c.name for c in run(node, tmp_path, "/dev/sda1 / ext4 rw 0 0\n")}
+
+
+def test_device_file_holders_are_read_from_proc(tmp_path):
+    """The real node's holders (what a refused reset names, and doctor lists): processes with an NVIDIA device
+    file open, from /proc/PID/fd, in PID order; other processes and unreadable entries are skipped."""
+    from migctl.device.api import _holders_of_nvidia_devices
+
+    proc = tmp_path / "proc"
+    for pid, comm, targets in ((1203, "nvidia-persistenced", ["/dev/nvidia0", "/dev/nvidiactl"]),
+                               (7, "bash", ["/dev/null", "/dev/pts/0"]), (40, "nv-hostengine", ["/dev/nvidia-caps/x"]),
+                               (99, "python3", ["/dev/nvidia-uvm"])):
+        (proc / str(pid) / "fd").mkdir(parents=True)
+        (proc / str(pid) / "comm").write_text(comm + "\n")
+        for fd, target in enumerate(targets):
+            (proc / str(pid) / "fd" / str(fd)).symlink_to(target)
+    (proc / "5" / "fd").mkdir(parents=True)  # gone before its comm could be read
+    (proc / "5" / "fd" / "0").symlink_to("/dev/nvidia1")
+    (proc / "self").mkdir()
+    assert _holders_of_nvidia_devices(str(proc)) == [
+        "nv-hostengine (PID 40)", "python3 (PID 99)", "nvidia-persistenced (PID 1203)"]
+    assert _holders_of_nvidia_devices(str(tmp_path / "nothing")) == []
+
+
+def test_a_process_name_cannot_style_or_escape_the_table(cli, monkeypatch):
+    import migctl.doctor as doctor
+
+    monkeypatch.setattr(doctor, "_device_holders", lambda node: {0: ["[red]x[/red]\x1b[2J"]})
+    r = cli("doctor", sim="1xA30")
+    assert r.code == 0 and "\x1b" not in r.out and "[red]x[/red]" in r.out

@@ -28,10 +28,13 @@ def doctor_cmd(
         from rich.text import Text
 
         from migctl.cli.render import out, table
+        from migctl.inputs import printable
 
         t = table("status", "check", "GPU", "detail", right=("GPU",))
         for c in checks:
-            t.add_row(Text(c.status, style=STYLE[c.status]), c.name, "" if c.gpu is None else str(c.gpu), c.detail)
+            # (a detail quotes process names and paths: plain text, control characters escaped, never markup)
+            t.add_row(Text(c.status, style=STYLE[c.status]), c.name, "" if c.gpu is None else str(c.gpu),
+                      Text(printable(c.detail, 4000)))
         out(t)
         counts = {s: sum(c.status == s for c in checks) for s in doctor.STATUSES}
         out(", ".join(f"{n} {s}" for s, n in counts.items() if n) + (": migctl cannot work safely until the "

@@ -715,12 +715,12 @@ def _reset_failure_text(failures: dict[int, tuple[str, list[str]]], persistence:
     return text
 
 
-def _holders_of_nvidia_devices() -> list[str]:
-    """Processes with an NVIDIA device file open (/proc/PID/fd -> /dev/nvidia*), as names with PIDs."""
+def _holders_of_nvidia_devices(proc: str = "/proc") -> list[str]:
+    """Processes with an NVIDIA device file open (/proc/PID/fd -> /dev/nvidia*), as names with PIDs (at most 20;
+    processes whose fds this user may not read are not seen)."""
     out = []
-    proc = "/proc"
     try:
-        pids = [p for p in os.listdir(proc) if p.isdigit()]
+        pids = sorted((p for p in os.listdir(proc) if p.isdigit()), key=int)
     except OSError:
         return []
     for pid in pids:
