@@ -105,6 +105,11 @@ def node_checks(node: Any) -> list[Check]:
                                             "no real GPU is read or changed"))
     else:
         out.append(Check("backend", "ok", f"NVIDIA driver {node.driver_version} through NVML"))
+    root = node.sim.store.load().b("caller") == "root" if node.sim is not None else os.geteuid() == 0
+    if not root:
+        out.append(Check("privileges", "info", "not root: MIG mode changes, creating or destroying instances and "
+                                               "GPU resets need root (NVML answers No Permission); listings, runs "
+                                               "on existing instances and the queue work"))
     driver = parse_driver(node.driver_version)
     for g in node.gpus():
         m = g.catalog_model

@@ -55,6 +55,10 @@ def test_what_gets_in_the_way_of_a_change_is_named_with_what_to_do(cli):
     assert orphan["status"] == "warn" and "migctl recover" in orphan["detail"]
     queue = c[("queue", None)]
     assert queue["status"] == "warn" and "1 job(s) waiting" in queue["detail"] and "migctl worker" in queue["detail"]
+    assert ("privileges", None) not in c
+    assert cli("sim", "set", "caller=user", sim=A100X2).code == 0
+    c = checks(cli)[1]
+    assert c[("privileges", None)]["status"] == "info" and "need root" in c[("privileges", None)]["detail"]
 
 
 def test_an_interrupted_apply_fails_until_recovered(cli, tmp_path):
