@@ -114,7 +114,7 @@ def node_checks(node: Any) -> list[Check]:
     for g in node.gpus():
         m = g.catalog_model
         if m is not None and m.min_driver is not None and driver < m.min_driver:
-            need = ".".join(map(str, m.min_driver))
+            need = ".".join(f"{x:02d}" if k else str(x) for k, x in enumerate(m.min_driver))  # as NVIDIA writes it
             out.append(Check("driver", "fail", f"driver {node.driver_version} is older than the first with MIG on "
                                                f"{m.key} ({need}): upgrade the driver", g.index))
     if node.sim is None:

@@ -145,3 +145,21 @@ def test_a_process_name_cannot_style_or_escape_the_table(cli, monkeypatch):
     monkeypatch.setattr(doctor, "_device_holders", lambda node: {0: ["[red]x[/red]\x1b[2J"]})
     r = cli("doctor", sim="1xA30")
     assert r.code == 0 and "\x1b" not in r.out and "[red]x[/red]" in r.out
+
+
+def test_a_driver_older_than_the_first_with_mig_on_a_model_fails():
+    """The simulator refuses such a spec, so the check is driven with the one thing it reads of a real node."""
+    from types import SimpleNamespace
+
+    from migctl.catalog import load_model
+    from migctl.doctor import node_checks
+
+    def real(driver: str) -> SimpleNamespace:
+        gpu = SimpleNamespace(index=0, catalog_model=load_model("B300"))
+        return SimpleNamespace(sim=None, driver_version=driver, gpus=lambda: [gpu])
+
+    old = {c.name: c for c in node_checks(real("570.86.15"))}
+    assert old["driver"].status == "fail" and "older than the first with MIG on B300 (580.82.07)" in old["driver"].detail
+    assert "driver" not in {c.name for c in node_checks(real("580.82.07"))}
+    assert old["backend"].detail == "NVIDIA driver 570.86.15 through NVML"
+    assert {old["nvidia-smi"].status, old["mps-control"].status} <= {"ok", "warn"}
