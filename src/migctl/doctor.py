@@ -37,6 +37,9 @@ KNOWN_HOLDERS = {"nvidia-persistenced": "the persistence daemon (systemctl stop 
 
 @dataclass(frozen=True)
 class Check:
+    """One finding: ``name`` (what was checked), ``status`` (one of STATUSES), ``detail`` (what was found and what
+    to do), ``gpu`` (its index, None for the node)."""
+
     name: str
     status: str
     detail: str
