@@ -1,0 +1,66 @@
+"""The real-driver path (``MIGCTL_BACKEND=nvml``: ``open_node`` -> ``_real_node``, a Node with no simulator
+attached) driven through NVML, with the simulator's library standing in for libnvidia-ml.so.1. What runs is the
+code a real node runs: the node guard's call from ``open_node`` and ``doctor``'s real branch (PATH tools, the
+/proc scan of device-file holders). Only the library underneath is simulated."""
+
+from __future__ import annotations
+
+import json
+
+import pynvml
+import pytest
+
+import migctl.sim as sim
+from migctl.cli.main import main
+from migctl.device import api, open_node
+from migctl.errors import UserError
+
+
+@pytest.fixture
+def real_path(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    monkeypatch.setenv("MIGCTL_STATE_DIR", str(state))
+    monkeypatch.setenv("MIGCTL_BACKEND", "nvml")
+    for var in ("MIGCTL_SIM", "MIGCTL_SIM_STATE"):
+        monkeypatch.delenv(var, raising=False)
+    node = sim.install("2xA30", state_path=tmp_path / "sim.json")
+
+    def load() -> None:  # what _load_real_nvml does with the real library, with the simulator's instead
+        with pynvml.libLoadLock:
+            pynvml.nvmlLib = node.lib
+            pynvml._nvmlGetFunctionPointer_cache.clear()
+
+    monkeypatch.setattr(api, "_load_real_nvml", load)
+    monkeypatch.setattr(api, "_holders_of_nvidia_devices", lambda proc="/proc": [])  # this machine's /proc
+    yield state, node
+    sim.uninstall()
+
+
+def test_the_guard_records_the_real_nodes_gpus_and_refuses_another_nodes_state(real_path):
+    state, simnode = real_path
+    n = open_node()
+    assert n.sim is None and n.backend == "nvml"
+    record = json.loads((state / "node-nvml.json").read_text())
+    assert sorted(record["gpus"]) == sorted(g.uuid for g in n.gpus()) and len(record["gpus"]) == 2
+    assert (state / "node-nvml.json").stat().st_mode & 0o777 == 0o600
+    record.update(host="gpu01", gpus=["GPU-00000000-0000-0000-0000-000000000000"])
+    (state / "node-nvml.json").write_text(json.dumps(record))
+    with pytest.raises(UserError) as e:
+        open_node()
+    assert e.value.exit_code == 2 and "holds another node's leases, queue and apply journal (host gpu01" in str(e.value)
+
+
+def test_doctor_on_the_real_path(real_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi, no nvidia-cuda-mps-control
+    monkeypatch.setattr(api, "_holders_of_nvidia_devices", lambda proc="/proc": ["nvidia-persistenced (PID 77)"])
+    assert main(["doctor", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    by = {(c["check"], c["gpu"]): c for c in data["checks"]}
+    assert by[("backend", None)] == {"check": "backend", "gpu": None, "status": "ok",
+                                     "detail": "NVIDIA driver 580.65.06 through NVML"}
+    assert by[("nvidia-smi", None)]["status"] == "warn" and "NVML has no reset call" in by[("nvidia-smi", None)]["detail"]
+    assert by[("mps-control", None)]["status"] == "warn"
+    holders = by[("device-holders", None)]["detail"]
+    assert "nvidia-persistenced (PID 77)" in holders and "systemctl stop nvidia-persistenced" in holders
+    assert by[("mig-mode", 0)]["status"] == "ok"
