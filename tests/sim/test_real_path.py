@@ -64,3 +64,24 @@ def test_doctor_on_the_real_path(real_path, capsys, monkeypatch):
     holders = by[("device-holders", None)]["detail"]
     assert "nvidia-persistenced (PID 77)" in holders and "systemctl stop nvidia-persistenced" in holders
     assert by[("mig-mode", 0)]["status"] == "ok"
+
+
+def test_apply_run_and_queue_on_the_real_path(real_path, tmp_path, capfd):
+    """The real node's identities (node key ``nvml``, ``apply-nvml.*`` files) through apply, run and the queue."""
+    state, _ = real_path
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("version: v1\nmig-configs:\n  halves:\n    - devices: all\n      mig-enabled: true\n"
+                   "      mig-devices: {2g.12gb: 2}\n")
+    assert main(["apply", "-f", str(cfg), "-c", "halves", "-q"]) == 0
+    assert (state / "apply-nvml.last.json").exists() and not (state / "apply-nvml.journal.json").exists()
+    assert main(["assert", "-f", str(cfg), "-c", "halves"]) == 0
+    capfd.readouterr()
+    assert main(["run", "--profile", "2g.12gb", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"]) == 0
+    uuid = capfd.readouterr().out.strip()
+    assert uuid.startswith("MIG-") and uuid in {d.uuid for g in open_node().gpus() for d in g.mig_devices()}
+    assert main(["submit", "--profile", "2g.12gb", "--", "true"]) == 0
+    assert main(["worker", "--until-idle"]) == 0
+    capfd.readouterr()
+    assert main(["jobs", "--all", "--json"]) == 0
+    jobs = json.loads(capfd.readouterr().out)["jobs"]
+    assert [j["state"] for j in jobs] == ["done"]
