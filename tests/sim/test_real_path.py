@@ -85,3 +85,43 @@ def test_apply_run_and_queue_on_the_real_path(real_path, tmp_path, capfd):
     assert main(["jobs", "--all", "--json"]) == 0
     jobs = json.loads(capfd.readouterr().out)["jobs"]
     assert [j["state"] for j in jobs] == ["done"]
+
+
+@pytest.fixture
+def fake_smi(real_path, tmp_path, monkeypatch):
+    """``nvidia-smi`` in PATH: tests/sim/fake_nvidia_smi.py over the simulated node's state file."""
+    import os
+    import sys
+    from pathlib import Path
+
+    state, simnode = real_path
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = Path(__file__).with_name("fake_nvidia_smi.py")
+    (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("FAKE_SMI_SPEC", str(simnode.spec))
+    monkeypatch.setenv("FAKE_SMI_STATE", str(simnode.store.path))
+    simnode.set_behaviour("ampere-activation", "reset")  # an A30's mode change waits for a reset
+    return simnode
+
+
+def test_reset_through_nvidia_smi_applies_a_pending_mode(fake_smi, capfd):
+    assert main(["mode", "enable", "-i", "0"]) == 0
+    assert open_node().gpu(0).mig_mode() == (0, 1)
+    assert main(["reset", "-i", "0", "--json"]) == 0
+    assert open_node().gpu(0).mig_mode() == (1, 1)  # re-read after the reset: applied
+
+
+def test_a_reset_nvidia_smi_refuses_is_a_device_failure_naming_the_holders(fake_smi, capfd, monkeypatch):
+    monkeypatch.setattr(api, "_holders_of_nvidia_devices", lambda proc="/proc": ["nvidia-persistenced (PID 77)"])
+    assert main(["mode", "enable", "-i", "1"]) == 0
+    assert fake_smi.add_holder(1, "nvidia-persistenced") == 0  # what NVML does not list
+    capfd.readouterr()
+    assert main(["reset", "-i", "1"]) == 1  # the device refused (1), not bad input (2)
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("migctl: error: GPU reset refused: GPU 1: ")
+    assert "In use by another client" in err and "held by nvidia-persistenced (PID 77)" in err
+    assert "stop nvidia-persistenced" in err
+    assert open_node().gpu(1).mig_mode() == (0, 1)  # still pending

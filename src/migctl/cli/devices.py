@@ -483,6 +483,8 @@ def reset_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False, 
         # one reset for every selected GPU, by bus id, with NVML shut down meanwhile (Node.reset_gpus, as mig-parted)
         n_gis = {g.index: len(_gi_list(g)) if _mig_state(g)[0] == 1 else 0 for g in gpus}
         indices = [g.index for g in gpus]
+        from migctl.device import DeviceError
+
         try:
             node(ctx).reset_gpus(gpus)
         except N.NVMLError as e:
@@ -490,6 +492,10 @@ def reset_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False, 
                 emit_json({"gpus": [], "error": str(e)})
             label = ", ".join(_gpu_label(g) for g in gpus)
             fail(getattr(e, "detail", None) or _device_error(f"cannot reset {label}", e), EXIT_DEVICE)
+        except DeviceError as e:  # the real path: nvidia-smi refused, failed, timed out, or is missing
+            if as_json:
+                emit_json({"gpus": [], "error": str(e)})
+            fail(str(e), EXIT_DEVICE)
     rows = []
     for i in indices:
         g = node(ctx).gpu(i)  # handles were dropped by the reset: re-read
