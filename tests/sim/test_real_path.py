@@ -6,6 +6,11 @@ code a real node runs: the node guard's call from ``open_node`` and ``doctor``'s
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 import pynvml
 import pytest
@@ -90,9 +95,6 @@ def test_apply_run_and_queue_on_the_real_path(real_path, tmp_path, capfd):
 @pytest.fixture
 def fake_smi(real_path, tmp_path, monkeypatch):
     """``nvidia-smi`` in PATH: tests/sim/fake_nvidia_smi.py over the simulated node's state file."""
-    import os
-    import sys
-    from pathlib import Path
 
     state, simnode = real_path
     bin_dir = tmp_path / "bin"
@@ -125,3 +127,26 @@ def test_a_reset_nvidia_smi_refuses_is_a_device_failure_naming_the_holders(fake_
     assert "In use by another client" in err and "held by nvidia-persistenced (PID 77)" in err
     assert "stop nvidia-persistenced" in err
     assert open_node().gpu(1).mig_mode() == (0, 1)  # still pending
+
+
+def test_a_shared_run_uses_the_mps_control_tool_in_path(fake_smi, tmp_path, capfd, monkeypatch):
+    """On the real path, ``run --isolation soft`` starts ``nvidia-cuda-mps-control -d`` found in PATH (here the
+    simulator's stand-in, which speaks the real control commands, behind that name) and stops it afterwards."""
+
+    tool = tmp_path / "bin" / "nvidia-cuda-mps-control"
+    tool.write_text(f"#!/bin/sh\nMIGCTL_SIM=\"$FAKE_SMI_SPEC\" MIGCTL_SIM_STATE=\"$FAKE_SMI_STATE\" "
+                    f"MIGCTL_BACKEND=sim exec {sys.executable} -m migctl.sim.mps_control \"$@\"\n")
+    tool.chmod(0o755)
+    short = tempfile.mkdtemp(prefix="mr")  # (the MPS control socket's path must fit in about 100 bytes)
+    monkeypatch.setenv("MIGCTL_STATE_DIR", short)
+    assert main(["mode", "enable"]) == 0 and main(["reset"]) == 0
+    assert main(["gi", "create", "2g.12gb", "-i", "0", "-C"]) == 0
+    capfd.readouterr()
+    assert main(["run", "--profile", "2g.12gb", "--isolation", "soft", "--share", "2", "--", "sh", "-c",
+                 "echo $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE $CUDA_MPS_PIPE_DIRECTORY; "
+                 "test -S $CUDA_MPS_PIPE_DIRECTORY/control && echo serving"]) == 0
+    threads, pipe, serving = capfd.readouterr().out.split()
+    assert threads == "50" and pipe.startswith(short) and serving == "serving"  # this device's daemon
+    assert not (Path(pipe) / "control").exists()  # stopped when its last client left
+    shutil.rmtree(short, ignore_errors=True)
+
