@@ -150,3 +150,17 @@ def test_a_shared_run_uses_the_mps_control_tool_in_path(fake_smi, tmp_path, capf
     assert not (Path(pipe) / "control").exists()  # stopped when its last client left
     shutil.rmtree(short, ignore_errors=True)
 
+
+
+@pytest.mark.parametrize("argv", [
+    ["gpus", "--map"], ["exporter", "--once"], ["top", "--once"], ["smi"], ["smi", "mig", "-lgip"], ["profiles"],
+    ["placements"], ["export"], ["checkpoint"], ["slurm", "gres", "--print", "-n", "node1"], ["k8s", "export"],
+    ["leases"], ["jobs"], ["catalog", "--from-node", "-i", "1"], ["doctor"],
+])
+def test_every_reading_verb_answers_on_the_real_path(real_path, argv, capfd):
+    assert main(["mode", "enable", "-i", "0"]) == 0
+    assert main(["gi", "create", "2g.12gb", "-i", "0", "-C"]) == 0
+    capfd.readouterr()
+    assert main(argv) == 0, capfd.readouterr().err
+    out, err = capfd.readouterr()
+    assert out and "Traceback" not in err and "simulated" not in out + err
