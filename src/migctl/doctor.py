@@ -19,6 +19,7 @@ other verbs report one at a time, in one place, for an operator about to change 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ def mount_fs_type(path: Path, mounts: str) -> str | None:
         parts = line.split()
         if len(parts) < 3:
             continue
-        point = parts[1].encode().decode("unicode_escape") if "\\" in parts[1] else parts[1]
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])  # the kernel's \ooo escapes
         inside = target == point or target.startswith(point.rstrip("/") + "/") or point == "/"
         if inside and len(point) > best:
             best, fs = len(point), parts[2]

@@ -104,6 +104,8 @@ def test_the_state_dirs_file_system_comes_from_the_longest_mount_point():
     assert mount_fs_type(Path("/homework"), MOUNTS) == "ext4"  # /home is not a prefix of /homework
     assert mount_fs_type(Path("/var/lib/migctl"), MOUNTS) == "ext4"
     assert mount_fs_type(Path("/x"), "") is None
+    assert mount_fs_type(Path("/mnt/données x/a"), "/dev/sda1 / ext4 rw 0 0\nsrv:/d /mnt/données\\040x nfs rw 0 0\n") == "nfs"
+    assert mount_fs_type(Path("/mnt/a\\xq"), "/dev/sda1 / ext4 rw 0 0\nsrv:/d /mnt/a\\134xq nfs rw 0 0\n") == "nfs"
 
 
 def test_a_state_dir_on_nfs_fails(tmp_path, monkeypatch):
