@@ -164,3 +164,21 @@ def test_every_reading_verb_answers_on_the_real_path(real_path, argv, capfd):
     assert main(argv) == 0, capfd.readouterr().err
     out, err = capfd.readouterr()
     assert out and "Traceback" not in err and "simulated" not in out + err
+
+
+def test_apply_resets_through_nvidia_smi_and_rolls_back_when_refused(fake_smi, tmp_path, capfd):
+    """A mode change the driver applies only at a reset (A30 here): on the real path apply runs one
+    ``nvidia-smi -r -i BUS,...``; refused, the apply rolls back (exit 5) and leaves the GPU as it was."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("version: v1\nmig-configs:\n  halves:\n    - devices: [1]\n      mig-enabled: true\n"
+                   "      mig-devices: {2g.12gb: 2}\n")
+    assert fake_smi.add_holder(1, "nvidia-persistenced") == 0
+    capfd.readouterr()
+    assert main(["apply", "-f", str(cfg), "-c", "halves", "-q"]) == 5
+    err = capfd.readouterr().err
+    assert "In use by another client" in err and "rolled back" in err, err
+    assert open_node().gpu(1).mig_mode() == (0, 0) and not (tmp_path / "state" / "apply-nvml.journal.json").exists()
+    assert fake_smi.remove_holder(1, "nvidia-persistenced") == 0
+    assert main(["apply", "-f", str(cfg), "-c", "halves", "-q"]) == 0
+    g = open_node().gpu(1)
+    assert g.mig_mode() == (1, 1) and sorted(d.profile_name for d in g.mig_devices()) == ["2g.12gb", "2g.12gb"]
