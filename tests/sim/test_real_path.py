@@ -182,3 +182,25 @@ def test_apply_resets_through_nvidia_smi_and_rolls_back_when_refused(fake_smi, t
     assert main(["apply", "-f", str(cfg), "-c", "halves", "-q"]) == 0
     g = open_node().gpu(1)
     assert g.mig_mode() == (1, 1) and sorted(d.profile_name for d in g.mig_devices()) == ["2g.12gb", "2g.12gb"]
+
+
+def test_the_mig_parted_drop_in_guards_the_state_dir_too(real_path, capsys):
+    """The drop-in opens the real node itself (never a simulated one by accident); it records the node's GPUs and
+    refuses another node's state dir as migctl does, in mig-parted's one-line fatal format, exit 1."""
+    from migctl.parted import main as parted
+
+    state, _ = real_path
+    keep = sim.uninstall
+    sim.uninstall = lambda: None  # (the drop-in detaches a simulator first; here its library is the "driver")
+    try:
+        assert parted(["export"]) == 0
+        assert json.loads((state / "node-nvml.json").read_text())["host"]
+        record = json.loads((state / "node-nvml.json").read_text())
+        record.update(host="gpu01", gpus=["GPU-00000000-0000-0000-0000-000000000000"])
+        (state / "node-nvml.json").write_text(json.dumps(record))
+        capsys.readouterr()
+        assert parted(["export"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "level=fatal" in err and "holds another node's leases" in err
+    finally:
+        sim.uninstall = keep

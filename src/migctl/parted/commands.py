@@ -81,9 +81,12 @@ def _node() -> Any:
     if not os.environ.get("MIGCTL_SIM") and os.environ.get("MIGCTL_BACKEND", "").lower() != "sim":
         import migctl.sim as simmod
         from migctl.device import Node
+        from migctl.node_guard import check
 
         simmod.uninstall()
-        return Node()
+        node = Node()
+        check(node)  # a state dir that another node's state is in: refused, as migctl does
+        return node
     return open_node()
 
 
