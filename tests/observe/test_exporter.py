@@ -398,28 +398,29 @@ def test_shared_devices_are_busy_before_any_cuda_context(h100x2: Env, monkeypatc
 
         wait_for(both_busy, what="both shared devices busy")
         out = scrape(h100x2)
-        assert all(sample(out, "migctl_mig_device_processes", mig_uuid=u) == 0 for u in uuids)  # none in NVML
-        assert sample(out, "migctl_leases") == 0
+        assert all(sample(out, "migctl_mig_device_processes", mig_uuid=u) == 0 for u in uuids), out  # none in NVML
+        assert sample(out, "migctl_leases") == 0, out
         top = h100x2.migctl("top", "--once")
         assert top.returncode == 0, top.stderr
         assert "MPS server" in top.stdout and "time-sliced client" in top.stdout, top.stdout
         gmap = h100x2.migctl("gpus", "--map", "-i", "0")
         assert gmap.returncode == 0 and "=" not in gmap.stdout.split("# busy")[0], gmap.stdout
-        assert sample(out, "migctl_shared_clients_readable") == 1
+        assert sample(out, "migctl_shared_clients_readable") == 1, out
         # a damaged client list: said (the series, top), not a failed scrape
         lists = sorted(Path(short).glob("mps/*/*/clients.json"))
         saved = [f.read_text() for f in lists]
         lists[0].write_text("{garbage")
         out = scrape(h100x2)
-        assert sample(out, "migctl_shared_clients_readable") == 0 and sample(out, "DCGM_FI_DEV_FB_USED") is not None
+        assert sample(out, "migctl_shared_clients_readable") == 0 and sample(out, "DCGM_FI_DEV_FB_USED") is not None, out
         top = h100x2.migctl("top", "--once")
         assert top.returncode == 0 and "SHARED CLIENTS UNREADABLE" in top.stdout, top.stdout + top.stderr
         for f, text in zip(lists, saved, strict=True):
             f.write_text(text)
         go.touch()
-        assert all(p.wait(60) == 0 for p in runs)
+        codes = [p.wait(60) for p in runs]
+        assert codes == [0, 0], [(c, p.args, p.stderr.read() if p.stderr else "") for c, p in zip(codes, runs, strict=True)]
         out = scrape(h100x2)
-        assert all(sample(out, "migctl_mig_device_busy", mig_uuid=u) == 0 for u in uuids)
+        assert all(sample(out, "migctl_mig_device_busy", mig_uuid=u) == 0 for u in uuids), out
     finally:
         go.touch()
         kill_left(runs)
