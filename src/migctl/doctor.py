@@ -74,15 +74,6 @@ def _existing(path: Path) -> Path:
     return p
 
 
-def _mig_mode(gpu: Any) -> tuple[int | None, int | None]:
-    import pynvml
-
-    try:
-        return gpu.mig_mode()
-    except pynvml.NVMLError_NotSupported:
-        return None, None
-
-
 def _device_holders(node: Any) -> dict[int | None, list[str]]:
     """What keeps GPUs open without being an NVML process, by GPU index: on the simulator its modelled holders
     per GPU; on a real node the processes with an NVIDIA device file open (this one left out), under ``None``
@@ -100,7 +91,7 @@ def _device_holders(node: Any) -> dict[int | None, list[str]]:
     return {None: found} if found else {}
 
 
-def node_checks(node: Any) -> list[Check]:
+def node_checks(node: Any, by_gpu: dict[int | None, list[str]]) -> list[Check]:
     from migctl.catalog import parse_driver
 
     out: list[Check] = []
@@ -130,7 +121,6 @@ def node_checks(node: Any) -> list[Check]:
         out.append(Check("mps-control", "ok", mps) if mps else Check(
             "mps-control", "warn", "nvidia-cuda-mps-control is not in PATH: shared runs (--isolation soft) cannot "
                                    "start an MPS daemon; it comes with the driver"))
-    by_gpu = _device_holders(node)
     names = sorted({n for v in by_gpu.values() for n in v})
     if names:
         known = sorted({why for h in names for name, why in KNOWN_HOLDERS.items() if h.split(" (")[0] == name})
@@ -142,15 +132,14 @@ def node_checks(node: Any) -> list[Check]:
     return out
 
 
-def gpu_checks(node: Any, leased: dict[int, int]) -> list[Check]:
+def gpu_checks(node: Any, leased: dict[int, int], holders: dict[int | None, list[str]]) -> list[Check]:
     """Per GPU: model and catalog, MIG mode and a pending change, processes and leases, orphan instances."""
     from migctl.instance_journal import orphan_gis
 
     out: list[Check] = []
-    holders = _device_holders(node)
     for g in node.gpus():
         i = g.index
-        cur, pending = _mig_mode(g)
+        cur, pending = g.mig_state()
         if g.catalog_model is None:
             if cur is not None:
                 out.append(Check("model", "warn", f"{g.name}: not in migctl's catalog; everything works from NVML's "
@@ -250,7 +239,8 @@ def state_checks(node: Any, directory: Path | None, mounts: str | None) -> tuple
 def run(node: Any, directory: Path | None, mounts: str | None) -> list[Check]:
     """Every check, node first, then the state dir, then per GPU."""
     state, leased = state_checks(node, directory, mounts)
-    return node_checks(node) + state + gpu_checks(node, leased)
+    holders = _device_holders(node)  # (on a real node a scan of /proc: once)
+    return node_checks(node, holders) + state + gpu_checks(node, leased, holders)
 
 
 def read_mounts() -> str | None:

@@ -160,8 +160,8 @@ def test_a_driver_older_than_the_first_with_mig_on_a_model_fails():
         gpu = SimpleNamespace(index=0, catalog_model=load_model("B300"))
         return SimpleNamespace(sim=None, driver_version=driver, gpus=lambda: [gpu])
 
-    old = {c.name: c for c in node_checks(real("570.86.15"))}
+    old = {c.name: c for c in node_checks(real("570.86.15"), {})}
     assert old["driver"].status == "fail" and "older than the first with MIG on B300 (580.82.07)" in old["driver"].detail
-    assert "driver" not in {c.name for c in node_checks(real("580.82.07"))}
+    assert "driver" not in {c.name for c in node_checks(real("580.82.07"), {})}
     assert old["backend"].detail == "NVIDIA driver 570.86.15 through NVML"
     assert {old["nvidia-smi"].status, old["mps-control"].status} <= {"ok", "warn"}

@@ -62,11 +62,7 @@ def _select(ctx: typer.Context, spec: str | None) -> list[Any]:
 
 def _mig_state(gpu: Any) -> tuple[int | None, int | None]:
     """(current, pending) MIG mode, (None, None) when the GPU is not MIG capable."""
-    N = _nvml()
-    try:
-        return gpu.mig_mode()
-    except N.NVMLError_NotSupported:
-        return None, None
+    return gpu.mig_state()
 
 
 def _gpu_label(gpu: Any) -> str:

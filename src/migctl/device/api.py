@@ -361,6 +361,13 @@ class Gpu:
         cur, pending = N.nvmlDeviceGetMigMode(self.handle)
         return int(cur), int(pending)
 
+    def mig_state(self) -> tuple[int | None, int | None]:
+        """:meth:`mig_mode`, or (None, None) on a GPU without MIG (NVML answers Not Supported)."""
+        try:
+            return self.mig_mode()
+        except N.NVMLError_NotSupported:
+            return None, None
+
     def set_mig_mode(self, enabled: bool) -> int:
         """``nvidia-smi -i N -mig 1|0``. Returns the activation status (NVML_SUCCESS, or why the change is pending:
         IN_USE when the GPU is busy or held, RESET_REQUIRED in a pass-through VM)."""
