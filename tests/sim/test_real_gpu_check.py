@@ -33,7 +33,7 @@ def test_dry_run_reads_every_verb_and_changes_nothing(tmp_path, monkeypatch):
     rows = {line.split()[0]: line.split()[1] for line in (out / "summary.txt").read_text().splitlines()
             if " rc=" in line}
     migctl_rows = {k: v for k, v in rows.items() if k.startswith("migctl-")}
-    assert len(migctl_rows) == 19 and set(migctl_rows.values()) == {"rc=0"}, migctl_rows
+    assert len(migctl_rows) == 21 and set(migctl_rows.values()) == {"rc=0"}, migctl_rows
     assert "3g.71gb" in (out / "migctl-export.out").read_text()
     assert "NVIDIA H200" in (out / "migctl-smi-query.out").read_text()
     assert (out / "from-node.yaml").stat().st_mode & 0o777 == 0o600

@@ -204,3 +204,29 @@ def test_the_mig_parted_drop_in_guards_the_state_dir_too(real_path, capsys):
         assert err.count("\n") == 1 and "level=fatal" in err and "holds another node's leases" in err
     finally:
         sim.uninstall = keep
+
+
+def test_gpu_probe_on_the_real_path_compares_with_the_simulator(real_path, tmp_path, monkeypatch, capsys):
+    """scripts/gpu-probe with MIGCTL_BACKEND=nvml, as scripts/real-gpu-check runs it: its simulated half must not
+    be refused by that setting (the first real run failed so), and a simulated library agrees with the simulator."""
+    import importlib.machinery
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gpu-probe"
+    loader = importlib.machinery.SourceFileLoader("gpu_probe_script", str(path))
+    spec = importlib.util.spec_from_loader("gpu_probe_script", loader)
+    probe = importlib.util.module_from_spec(spec)
+    loader.exec_module(probe)
+    monkeypatch.setattr(probe, "_unprivileged_real", lambda: ([], "not asked in this test"))
+    out = tmp_path / "probe.json"
+    monkeypatch.setattr(sys, "argv", ["gpu-probe", "--json", "--out", str(out)])
+    rc = probe.main()
+    report = json.loads(out.read_text())
+    differ = [r for r in report["comparison"] if not r["same"]]
+    assert rc == 0 and not differ, differ
+    assert report["backend"] == "nvml" and os.environ["MIGCTL_BACKEND"] == "nvml"
+    g = report["gpus"][0]
+    assert g["memory"]["v1"]["total"] == g["memory"]["v2"]["total"] > 0
+    assert len(g["remaining_capacity"]) == 5 and all(row[1] for row in g["remaining_capacity"])  # A30: 5 profiles
+    assert g["mig_device_handle_0"] == "ERROR_NOT_FOUND" and g["max_mig_device_count"] == 0  # MIG off
+    capsys.readouterr()

@@ -61,6 +61,7 @@ def probe_gpu(gpu: Any) -> dict[str, Any]:
     h = gpu.handle
     out: dict[str, Any] = {"index": gpu.index, "name": gpu.name, "pci_device_id": f"{gpu.pci_device_id:#010x}",
                            "catalog_model": gpu.catalog_model.key if gpu.catalog_model else None}
+    out["memory"] = _memory(h)
     try:
         cur, pending = gpu.mig_mode()
         out["mig_mode"] = {"current": cur, "pending": pending}
@@ -103,12 +104,32 @@ def probe_gpu(gpu: Any) -> dict[str, Any]:
         out["placement_profile_id"] = many.id
         out["placement_count_query"] = _code(pl_fn, h, many.id, None, ctypes.byref(count))
         out["placement_count"] = count.value
-        small = (N.c_nvmlGpuInstancePlacement_t * 1)()
+        # "count = 1" over a buffer with room for 64, each entry a sentinel: how many the driver writes shows
+        # whether it honours the count (driver 580.159.04 did not: SUCCESS, count 7, and a later run that passed
+        # a real one-entry buffer crashed)
+        room = (N.c_nvmlGpuInstancePlacement_t * 64)()
+        for e in room:
+            e.start = e.size = 0xFFFFFFFF
         count = ctypes.c_uint(1)
-        out["small_placement_buffer"] = _code(pl_fn, h, many.id, small, ctypes.byref(count))
+        out["small_placement_buffer"] = _code(pl_fn, h, many.id, room, ctypes.byref(count))
         out["small_placement_buffer_count"] = count.value
+        out["small_placement_buffer_written"] = sum(1 for e in room if (e.start, e.size) != (0xFFFFFFFF, 0xFFFFFFFF))
     else:
         out["small_placement_buffer"] = "not testable (no profile with several placements listed)"
+    # what is left to create, per profile, and the MIG device handles (also while MIG is off)
+    rem_fn = _fn("nvmlDeviceGetGpuInstanceRemainingCapacity")
+    out["remaining_capacity"] = []
+    for p in known:
+        n = ctypes.c_uint(0)
+        rc = _code(rem_fn, h, p.id, ctypes.byref(n)) if rem_fn is not None else "no function"
+        out["remaining_capacity"].append([p.id, rc, n.value if rc == "SUCCESS" else None])
+    n = ctypes.c_uint(0)
+    max_fn = _fn("nvmlDeviceGetMaxMigDeviceCount")
+    rc = _code(max_fn, h, ctypes.byref(n)) if max_fn is not None else "no function"
+    out["max_mig_device_count"] = n.value if rc == "SUCCESS" else rc
+    mig = N.c_nvmlDevice_t()
+    by_index = _fn("nvmlDeviceGetMigDeviceHandleByIndex")
+    out["mig_device_handle_0"] = _code(by_index, h, 0, ctypes.byref(mig)) if by_index is not None else "no function"
     # the process list (v3 where exported)
     procs = _fn("nvmlDeviceGetComputeRunningProcesses_v3") or _fn("nvmlDeviceGetComputeRunningProcesses_v2")
     count = ctypes.c_uint(0)
@@ -117,6 +138,23 @@ def probe_gpu(gpu: Any) -> dict[str, Any]:
     out["profiles"] = [{"index": p.index, "id": p.id, "name": p.name, "placements": [str(x) for x in p.placements]}
                        for p in profiles]
     out["catalog_differences"] = gpu.catalog_differences()
+    return out
+
+
+def _memory(h: Any) -> dict[str, Any]:
+    """nvmlDeviceGetMemoryInfo (v1) and its v2 (with ``reserved``), in bytes: which one nvidia-smi's
+    Memory-Usage column shows is what the simulator must copy."""
+    out: dict[str, Any] = {}
+    try:
+        m = N.nvmlDeviceGetMemoryInfo(h)
+        out["v1"] = {"total": m.total, "used": m.used, "free": m.free}
+    except N.NVMLError as e:
+        out["v1"] = code_name(e.value)
+    try:
+        m2 = N.nvmlDeviceGetMemoryInfo(h, version=N.nvmlMemory_v2)
+        out["v2"] = {"total": m2.total, "reserved": m2.reserved, "used": m2.used, "free": m2.free}
+    except N.NVMLError as e:
+        out["v2"] = code_name(e.value)
     return out
 
 
@@ -147,7 +185,8 @@ def probe_unprivileged(node: Any) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------ comparison
 _COMPARED = ("mig_mode", "profile_enumeration_ends_at", "profile_info_mig_off", "profile_info_mig_on",
              "bad_struct_version", "placement_count_query", "placement_count", "small_placement_buffer",
-             "small_placement_buffer_count", "process_list", "profiles")
+             "small_placement_buffer_count", "small_placement_buffer_written", "process_list", "profiles", "remaining_capacity",
+             "max_mig_device_count", "mig_device_handle_0")
 
 
 def compare(real: dict[str, Any], simulated: dict[str, Any], real_np: list[dict[str, Any]] | None = None,

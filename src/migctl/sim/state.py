@@ -435,12 +435,15 @@ class Driver:
 
     # ---------------------------------------------------------------- GPU instances
     def gi_remaining(self, gpu: SimGPU, profile_id: int) -> tuple[int, int]:
-        if gpu.mig_current != 1:
+        """With MIG disabled, drivers that answer profile info then also answer this, as for an empty GPU (driver
+        580.159.04 on an H200: SUCCESS and 7 for 1g.18gb; scripts/gpu-probe, docs/real-gpu.md); on older drivers
+        Not Supported, like profile info (UNCONFIRMED: the stricter choice)."""
+        if gpu.mig_current != 1 and not (self.mig_supported(gpu) and self.profile_info_with_mig_off()):
             return ERROR_NOT_SUPPORTED, 0
         p = self.profile_by_id(gpu, profile_id)
         if p is None:
             return ERROR_INVALID_ARGUMENT, 0
-        return SUCCESS, remaining_capacity(gpu.catalog, self.placed(gpu), p)
+        return SUCCESS, remaining_capacity(gpu.catalog, self.placed(gpu) if gpu.mig_current == 1 else [], p)
 
     def create_gi(self, gpu: SimGPU, profile_id: int, placement: Placement | None) -> tuple[int, SimGI | None]:
         if not self.mig_supported(gpu):
