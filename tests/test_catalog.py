@@ -117,14 +117,15 @@ H100_96 = [  # §3.7 (GH200, S20); placements not recorded
     (5, "4g.48gb", 1, "46.50", 64, 4, 0, 4, 4, 0, None),
     (0, "7g.96gb", 1, "93.00", 132, 7, 0, 8, 7, 1, None),
 ]
-H200 = [  # §3.8 (S12)
-    (19, "1g.18gb", 7, "16.00", 16, 1, 0, 1, 1, 0, None),
-    (20, "1g.18gb+me", 1, "16.00", 16, 1, 0, 1, 1, 1, None),
-    (15, "1g.35gb", 4, "32.25", 26, 1, 0, 1, 1, 0, None),
-    (14, "2g.35gb", 3, "32.25", 32, 2, 0, 2, 2, 0, None),
-    (9, "3g.71gb", 2, "69.50", 60, 3, 0, 3, 3, 0, None),
-    (5, "4g.71gb", 1, "69.50", 64, 4, 0, 4, 4, 0, None),
-    (0, "7g.141gb", 1, "139.75", 132, 7, 0, 8, 7, 1, None),
+H200 = [  # the project's own H200 capture, driver 580.159.04 (catalog source H200-dev); §3.8 (S12, an older
+    # driver) shows 32.25 / 69.50 / 139.75 GiB for the 35gb, 71gb and 141gb rows
+    (19, "1g.18gb", 7, "16.00", 16, 1, 0, 1, 1, 0, "{0,1,2,3,4,5,6}:1"),
+    (20, "1g.18gb+me", 1, "16.00", 16, 1, 0, 1, 1, 1, "{0,1,2,3,4,5,6}:1"),
+    (15, "1g.35gb", 4, "32.50", 26, 1, 0, 1, 1, 0, "{0,2,4,6}:2"),
+    (14, "2g.35gb", 3, "32.50", 32, 2, 0, 2, 2, 0, "{0,2,4}:2"),
+    (9, "3g.71gb", 2, "69.75", 60, 3, 0, 3, 3, 0, "{0,4}:4"),
+    (5, "4g.71gb", 1, "69.75", 64, 4, 0, 4, 4, 0, "{0}:4"),
+    (0, "7g.141gb", 1, "140.00", 132, 7, 0, 8, 7, 1, "{0}:8"),
 ]
 GH200_144_FIRST4 = [  # §3.9 (S13), first four rows only
     (19, "1g.18gb", 7, "17.50", 16, 1, 0, 1, 1, 0, None),
@@ -377,7 +378,8 @@ def test_filled_values_are_marked_unconfirmed():
             assert {"memory_mib", "sms"} <= m.profile(pid).unconfirmed, key
         for pid in (19, 20, 15, 14):
             assert "memory_mib" not in m.profile(pid).unconfirmed
-    for key in ("H200", "H100-96GB", "H100-PCIE", "B200", "GB200", "GH200-144GB"):
+    assert not any("placements" in p.unconfirmed for p in load_model("H200").gi_profiles)  # H200-dev -lgipp
+    for key in ("H100-96GB", "H100-PCIE", "B200", "GB200", "GH200-144GB"):
         assert all("placements" in p.unconfirmed for p in load_model(key).gi_profiles), key
     for key in ("H100-96GB", "GH200-144GB", "B200", "GB200"):
         assert "memory_mib" in load_model(key).unconfirmed, key
