@@ -112,6 +112,14 @@ def test_layout_thresholds_by_branch(driver: str, old: bool, mig_header_new: boo
     assert (layout.summary_old, layout.mig_header_new, layout.proc_pid_wide) == (old, mig_header_new, pid_wide)
 
 
+@pytest.mark.parametrize(("driver", "plus"), [("570.169", False), ("575.64.05", False), ("580.65.05", True),
+                                              ("580.159.04", True)])
+def test_banner_rule_turns_to_plus_from_580(driver: str, plus: bool) -> None:
+    """Public tables of nvidia-smi 575.64.05 and 580.65.05 (docs/smi.md), and our own 580.159.04 capture."""
+    assert R.layout_for(driver).banner_plus is plus
+    assert R.summary_header(driver, "13.0", True, plus=plus)[2][0] == ("+" if plus else "|")
+
+
 def test_default_table_on_current_driver_is_wide() -> None:
     """``migctl smi`` on a simulated H100 with the default (current) driver: 91-column tables, widths consistent."""
     sim.install("1xH100-80GB", state_path=None)
@@ -123,7 +131,8 @@ def test_default_table_on_current_driver_is_wide() -> None:
             assert run_smi(node, words, out, clock=lambda: "Thu Jan  1 00:00:00 2026") == 0
         lines = out.getvalue().splitlines()
         assert lines[0] == "Thu Jan  1 00:00:00 2026       "
-        assert lines[1:8] == R.summary_header(node.driver_version, "13.0", True)
+        assert lines[1:8] == R.summary_header(node.driver_version, "13.0", True, plus=True)  # 580+
+        assert lines[3].startswith("+----") and lines[3].endswith("-+")
         assert {len(x) for x in lines[1:] if x} == {91}
         assert "| MIG devices:" + " " * 76 + "|" in lines
     finally:

@@ -140,8 +140,15 @@ def test_not_supported(fresh) -> None:
 
 
 def test_mig_disabled_and_bad_arguments(fresh) -> None:
-    node = fresh(A30)
-    assert smi(node, "mig", "-lgip") == (6, ["No MIG-enabled devices found."])
+    node = fresh("1xA30@580.159.04")
+    # MIG disabled: nvidia-smi 580.159.04 still lists the profiles (NVML answers profile info and remaining
+    # capacity with MIG off) and exits 0 from the instance listings (our H200 capture, docs/real-gpu.md)
+    code, lines = smi(node, "mig", "-lgip")
+    assert code == 0 and any("MIG 4g.24gb" in x and " 1/1 " in x for x in lines), lines
+    assert smi(node, "mig", "-lgi") == (0, ["No MIG-enabled devices found."])
+    assert smi(node, "mig", "-lci") == (0, ["No MIG-enabled devices found."])
+    node = fresh(A30)  # 545.23.08: refuses profile info with MIG off (the simulator's bound)
+    assert smi(node, "mig", "-lgip") == (0, ["No MIG-enabled devices found."])
     invalid = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."
     assert smi(node, "mig", "-bogus") == (2, [invalid])
     assert smi(node, "-mig", "2") == (2, [invalid])

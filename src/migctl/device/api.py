@@ -296,15 +296,30 @@ class MigDevice:
         return self.device_name.rsplit(" MIG ", 1)[-1]
 
     def memory(self) -> tuple[int, int]:
-        """(used MiB, total MiB)."""
-        m = N.nvmlDeviceGetMemoryInfo(self.handle)
-        return int(m.used) >> 20, int(m.total) >> 20
+        """(used MiB, total MiB), used as nvidia-smi shows it (:func:`memory_mib`)."""
+        total, _, used, _ = memory_mib(self.handle)
+        return used, total
 
     def processes(self) -> list[ProcessInfo]:
         return _procs(self.handle)
 
     def __repr__(self) -> str:
         return f"MigDevice(gpu={self.gpu.index}, index={self.index}, gi={self.gi_id}, ci={self.ci_id}, {self.uuid})"
+
+
+def memory_mib(handle: Any) -> tuple[int, int, int, int]:
+    """(total, reserved, used, free) MiB as nvidia-smi shows them: NVML's v2 memory info (R515+), whose ``used``
+    leaves out what the driver reserves, else v1 (``used`` includes it; reserved 0). Rounded up: on a real H200
+    (driver 580.159.04) NVML gave 0 / 644939776 / 150109880320 bytes used / reserved / free and nvidia-smi
+    printed 0, 616 and 143156 MiB (docs/real-gpu.md)."""
+    try:
+        m = N.nvmlDeviceGetMemoryInfo(handle, version=N.nvmlMemory_v2)
+        raw = (int(m.total), int(m.reserved), int(m.used), int(m.free))
+    except (N.NVMLError_FunctionNotFound, N.NVMLError_ArgumentVersionMismatch, N.NVMLError_NotSupported):
+        m = N.nvmlDeviceGetMemoryInfo(handle)
+        raw = (int(m.total), 0, int(m.used), int(m.free))
+    mib = 1 << 20
+    return raw[0] // mib, *(-(-v // mib) for v in raw[1:])  # type: ignore[return-value]
 
 
 def _procs(handle: Any) -> list[ProcessInfo]:
@@ -551,8 +566,13 @@ class Gpu:
             return [p for d in self.mig_devices() for p in d.processes()]
 
     def memory(self) -> tuple[int, int]:
-        m = N.nvmlDeviceGetMemoryInfo(self.handle)
-        return int(m.used) >> 20, int(m.total) >> 20
+        """(used MiB, total MiB), used as nvidia-smi shows it (without the driver's reserve: :func:`memory_mib`)."""
+        total, _, used, _ = memory_mib(self.handle)
+        return used, total
+
+    def memory_mib(self) -> tuple[int, int, int, int]:
+        """(total, reserved, used, free) MiB (:func:`memory_mib`)."""
+        return memory_mib(self.handle)
 
     def persistence_mode(self) -> bool | None:
         try:

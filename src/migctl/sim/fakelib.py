@@ -45,6 +45,14 @@ def _val(x: Any) -> Any:
     return x.value if hasattr(x, "value") else x
 
 
+# An idle GPU with MIG off: (NVML v2 ``reserved``, v2 ``used``) bytes, by catalog model. H200: a real H200 SXM on
+# driver 580.159.04 (scripts/gpu-probe, 2026-12-04; nvidia-smi showed 0 MiB used, memory.reserved 616 MiB).
+# Others: 4 MiB used and nothing reserved, as nvidia-smi 545.23.08 showed an idle A30 (seed 003; UNCONFIRMED for
+# other models and drivers).
+IDLE_MEMORY = {"H200": (644939776, 0)}
+IDLE_MEMORY_DEFAULT = (0, 4 << 20)
+
+
 def _obj(ref: Any) -> Any:
     """The ctypes object behind byref()/pointer(), or the object itself."""
     if ref is None:
@@ -318,26 +326,42 @@ class FakeNvmlLib(GpmMixin):
     _nvmlDeviceGetPciInfo_v2 = _nvmlDeviceGetPciInfo_v3
 
     def _nvmlDeviceGetMemoryInfo(self, handle: Any, ref: Any) -> int:
+        return self._memory_info(handle, ref, v2=False)
+
+    def _nvmlDeviceGetMemoryInfo_v2(self, handle: Any, ref: Any) -> int:
+        return self._memory_info(handle, ref, v2=True)
+
+    def _memory_info(self, handle: Any, ref: Any, v2: bool) -> int:
+        """v1 counts the driver's reserve as used; v2 reports it as ``reserved`` and leaves it out of ``used``
+        (a real H200, driver 580.159.04, MIG off, idle: v1 used 644939776 B, v2 used 0 and reserved 644939776 B,
+        free the same in both; docs/real-gpu.md). Idle figures by model: :data:`IDLE_MEMORY`. With MIG on, and for
+        MIG devices, v2 answers as v1 with reserved 0 (UNCONFIRMED)."""
         st = self.store.load()
         gpu, gi, ci, rc = self._any_device(st, handle)
         if rc:
             return rc
+        reserved = 0
         if gi is not None:
             gp = gpu.catalog.profile(gi.profile_id)
-            total = gp.memory_on(self._driver(st).driver_version)
-            used = 25 + sum(used_mib(p) for p in self._driver(st).busy(gpu, gi.id))  # real RSS (sim/usage.py)
+            total = gp.memory_on(self._driver(st).driver_version) << 20
+            used = (25 + sum(used_mib(p) for p in self._driver(st).busy(gpu, gi.id))) << 20  # real RSS (sim/usage.py)
         else:
-            total = gpu.catalog.memory_mib
-            used = (0 if gpu.mig_current else 4) + sum(used_mib(p) for p in self._driver(st).live_processes(gpu))
+            total = gpu.catalog.memory_mib << 20
+            used = sum(used_mib(p) for p in self._driver(st).live_processes(gpu)) << 20
             if gpu.mig_current:
-                used += sum(25 for g in gpu.gis if g.cis)
+                used += sum(25 for g in gpu.gis if g.cis) << 20
+            else:
+                reserved, idle = IDLE_MEMORY.get(gpu.catalog.key, IDLE_MEMORY_DEFAULT)
+                used += idle
+        used = min(used, total - reserved)
         m = _obj(ref)
-        m.total = total << 20
-        m.used = min(used, total) << 20
-        m.free = (total - min(used, total)) << 20
+        m.total = total
+        if v2:
+            m.reserved, m.used = reserved, used
+        else:
+            m.used = reserved + used
+        m.free = total - reserved - used
         return S.SUCCESS
-
-    _nvmlDeviceGetMemoryInfo_v2 = _nvmlDeviceGetMemoryInfo
 
     def _nvmlDeviceGetBAR1MemoryInfo(self, handle: Any, ref: Any) -> int:
         st = self.store.load()

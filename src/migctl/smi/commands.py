@@ -106,14 +106,30 @@ class Smi:
         except N.NVMLError:
             return False
 
-    def _mig_gpus(self, gpus: list[Any]) -> list[Any] | int:
-        """MIG-enabled GPUs among ``gpus``; prints nvidia-smi's message and returns an exit code if none."""
+    def _mig_gpus(self, gpus: list[Any], listing: bool = False) -> list[Any] | int:
+        """MIG-enabled GPUs among ``gpus``; prints nvidia-smi's message and returns an exit code if none: 0 for a
+        listing (nvidia-smi 580.159.04 exited 0 from ``mig -lgi``, ``-lci`` and ``-lcip`` with MIG disabled, our
+        H200 capture), NOT_FOUND for a change (UNCONFIRMED)."""
         enabled = [g for g in gpus if self._mig_enabled(g)]
         if enabled:
             return enabled
         capable = [g for g in gpus if g.mig_capable()]
         self.say("No MIG-enabled devices found." if capable else "No MIG-supported devices found.")
-        return NOT_FOUND
+        return 0 if listing and capable else NOT_FOUND
+
+    def _profile_gpus(self, gpus: list[Any]) -> list[Any] | int:
+        """GPUs whose GI profiles can be listed: MIG enabled, or MIG capable with a driver that answers profile
+        info while MIG is off (nvidia-smi 580.159.04 listed an H200's profiles and placements with MIG disabled)."""
+        def listable(g: Any) -> bool:
+            if self._mig_enabled(g):
+                return True
+            try:
+                return g.mig_capable() and bool(g.profiles())
+            except N.NVMLError:
+                return False
+
+        found = [g for g in gpus if listable(g)]
+        return found if found else self._mig_gpus(gpus, listing=True)
 
     @staticmethod
     def _gis_in_order(gpu: Any) -> list[Any]:
@@ -247,7 +263,7 @@ class Smi:
 
     # ---------------------------------------------------------------- mig -lgip / -lgipp
     def lgip(self, args: SmiArgs, gpus: list[Any]) -> int:
-        mig = self._mig_gpus(gpus)
+        mig = self._profile_gpus(gpus)
         if isinstance(mig, int):
             return mig
         rows = []
@@ -268,7 +284,7 @@ class Smi:
         return 0
 
     def lgipp(self, args: SmiArgs, gpus: list[Any]) -> int:
-        mig = self._mig_gpus(gpus)
+        mig = self._profile_gpus(gpus)
         if isinstance(mig, int):
             return mig
         for g in mig:
@@ -278,7 +294,7 @@ class Smi:
 
     # ---------------------------------------------------------------- mig -lgi
     def lgi(self, args: SmiArgs, gpus: list[Any]) -> int:
-        mig = self._mig_gpus(gpus)
+        mig = self._mig_gpus(gpus, listing=True)
         if isinstance(mig, int):
             return mig
         rows = []
@@ -293,7 +309,7 @@ class Smi:
 
     # ---------------------------------------------------------------- mig -lcip / -lcipp
     def lcip(self, args: SmiArgs, gpus: list[Any]) -> int:
-        mig = self._mig_gpus(gpus)
+        mig = self._mig_gpus(gpus, listing=True)
         if isinstance(mig, int):
             return mig
         rows = []
@@ -318,7 +334,7 @@ class Smi:
         return 0
 
     def lcipp(self, args: SmiArgs, gpus: list[Any]) -> int:
-        mig = self._mig_gpus(gpus)
+        mig = self._mig_gpus(gpus, listing=True)
         if isinstance(mig, int):
             return mig
         found = False
@@ -339,7 +355,7 @@ class Smi:
         return cis if wanted is None else [c for c in cis if c.id in wanted]
 
     def lci(self, args: SmiArgs, gpus: list[Any]) -> int:
-        mig = self._mig_gpus(gpus)
+        mig = self._mig_gpus(gpus, listing=True)
         if isinstance(mig, int):
             return mig
         rows = []
@@ -487,7 +503,7 @@ class Smi:
         lay = self.layout
         wide, old = lay.summary_wide, lay.summary_old
         lines = [self.clock() + "       "]
-        lines += R.summary_header(self.node.driver_version, cuda_version(), wide, old)
+        lines += R.summary_header(self.node.driver_version, cuda_version(), wide, old, lay.banner_plus)
         for g in gpus:
             lines += R.summary_gpu(gpu_summary(g), wide, old)
         if any(self._mig_enabled(g) for g in gpus):
@@ -541,9 +557,13 @@ def _mig_mode_field(which: int) -> Callable[[Any, Any, bool], str]:
 
 
 def _mem_field(attr: str) -> Callable[[Any, Any, bool], str]:
+    from migctl.device.api import memory_mib
+
+    pos = ("total", "reserved", "used", "free").index(attr)
+
     def get(node: Any, g: Any, units: bool) -> str:
         try:
-            value = int(getattr(N.nvmlDeviceGetMemoryInfo(g.handle), attr)) >> 20
+            value = memory_mib(g.handle)[pos]
         except N.NVMLError:
             return "[N/A]"
         return f"{value} MiB" if units else str(value)
@@ -566,6 +586,7 @@ _QUERY_FIELDS: dict[str, tuple[str, Callable[[Any, Any, bool], str]]] = {
     "memory.total": ("memory.total [MiB]", _mem_field("total")),
     "memory.used": ("memory.used [MiB]", _mem_field("used")),
     "memory.free": ("memory.free [MiB]", _mem_field("free")),
+    "memory.reserved": ("memory.reserved [MiB]", _mem_field("reserved")),
 }
 
 

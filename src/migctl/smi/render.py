@@ -24,6 +24,7 @@ class Layout:
     summary_old: bool = False  # the 79-column default table of drivers before 530
     mig_header_new: bool = True  # "MIG devices:" column headers of 560+ ("Shared" centred, "ENC  DEC  OFA  JPG")
     proc_pid_wide: bool = True  # "Processes:" PID column of 570+ (6 wider, process name 6 narrower)
+    banner_plus: bool = False  # the rule under the version banner drawn "+---+" (nvidia-smi 580+), not "|---+"
 
 
 def driver_major(version: str) -> int:
@@ -43,6 +44,11 @@ SUMMARY_OLD_BEFORE = 530
 MIG_HEADER_NEW_FROM = 560
 # "Processes:" header: 8-wide PID column on 550.54.14 and 560.35.03, 14-wide on 570.169 (captures).
 PROC_PID_WIDE_FROM = 570
+# The rule under the version banner: "|---...---|" up to nvidia-smi 575.64.05, "+---...---+" from 580.65.05 on
+# (public tables idx:47444754202 and idx:39347859127; 580.82.07, 580.105.08, 580.126.09 and 580.159.03 likewise;
+# our own H200 capture on 580.159.04). The nvidia-smi binary decides (a 575.57.08 nvidia-smi on a 580.82.07 driver
+# drew "|", idx:13052082563); migctl answers for the driver's own nvidia-smi.
+BANNER_PLUS_FROM = 580
 
 
 def layout_for(driver_version: str) -> Layout:
@@ -54,6 +60,7 @@ def layout_for(driver_version: str) -> Layout:
         summary_old=major < SUMMARY_OLD_BEFORE,
         mig_header_new=major >= MIG_HEADER_NEW_FROM,
         proc_pid_wide=major >= PROC_PID_WIDE_FROM,
+        banner_plus=major >= BANNER_PLUS_FROM,
     )
 
 
@@ -296,7 +303,7 @@ class GpuSummary:
     mig_mode: str  # "Enabled" / "Disabled" / "N/A"
 
 
-def summary_header(driver: str, cuda: str, wide: bool, old: bool = False) -> list[str]:
+def summary_header(driver: str, cuda: str, wide: bool, old: bool = False, plus: bool = False) -> list[str]:
     """The version banner and column headers of the default table (``old``: the 79-column one before 530)."""
     if old:
         return [
@@ -323,6 +330,8 @@ def summary_header(driver: str, cuda: str, wide: bool, old: bool = False) -> lis
         h2 = "| Fan  Temp   Perf          Pwr:Usage/Cap |         Memory-Usage | GPU-Util  Compute M. |"
         h3 = "|                                         |                      |               MIG M. |"
         eq = "|=========================================+======================+======================|"
+    if plus:
+        mid = "+" + mid[1:-1] + "+"
     return [_rule(width), banner.ljust(width - 1)[: width - 1] + "|", mid, h1, h2, h3, eq]
 
 
@@ -520,10 +529,11 @@ def processes_table(rows: Sequence[ProcessRow], wide: bool, old: bool = False, w
     out = [_rule(width), _boxed("Processes:", width), h1, h2, _rule(width, "=")]
     if not rows:
         out.append(_boxed(" No running processes found", width))
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r.gpu, r.pid)):  # by PID within a GPU, as the 580.159.04 table was
         gi = "N/A" if r.gi is None else str(r.gi)
         ci = "N/A" if r.ci is None else str(r.ci)
-        head = f"|{r.gpu:5d}   {gi:>3}  {ci:>3}  {r.pid:>{pid_w}}  {r.kind:>6}   "
+        # Type right-aligned under the header's "Type" ("C", "G", "M+C": a real 580.159.04 table with MPS clients)
+        head = f"|{r.gpu:5d}   {gi:>3}  {ci:>3}  {r.pid:>{pid_w}}  {r.kind:>5}   "
         mem = "N/A" if r.used_mib is None else f"{r.used_mib}MiB"
         room = width - len(head) - len(mem) - 3
         name = r.name if len(r.name) <= room else "..." + r.name[-(room - 3):]

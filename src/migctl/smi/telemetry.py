@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import pynvml as N
 
+from migctl.device.api import memory_mib
 from migctl.smi import render as R
 
 T = TypeVar("T")
@@ -39,7 +40,7 @@ def gpu_summary(g: Any) -> R.GpuSummary:
     cap = _try(lambda: N.nvmlDeviceGetEnforcedPowerLimit(h))
     pm = _try(lambda: N.nvmlDeviceGetPersistenceMode(h))
     disp = _try(lambda: N.nvmlDeviceGetDisplayActive(h))
-    mem = _try(lambda: N.nvmlDeviceGetMemoryInfo(h))
+    mem = _try(lambda: memory_mib(h))  # (total, reserved, used, free) MiB
     util = _try(lambda: N.nvmlDeviceGetUtilizationRates(h))
     cmode = _try(lambda: N.nvmlDeviceGetComputeMode(h))
     mig = _try(g.mig_mode)
@@ -60,8 +61,8 @@ def gpu_summary(g: Any) -> R.GpuSummary:
         perf="P?" if perf is None else f"P{int(perf)}",
         power="N/A" if power is None else f"{round(int(power) / 1000)}W",
         power_cap="N/A" if cap is None else f"{round(int(cap) / 1000)}W",
-        mem_used_mib=None if mem is None else int(mem.used) >> 20,
-        mem_total_mib=None if mem is None else int(mem.total) >> 20,
+        mem_used_mib=None if mem is None else mem[2],
+        mem_total_mib=None if mem is None else mem[0],
         util="N/A" if util is None else f"{int(util.gpu)}%",
         compute_mode="N/A" if cmode is None else _COMPUTE_MODES.get(int(cmode), "Unknown"),
         mig_mode="N/A" if mig is None else ("Enabled" if mig[0] == 1 else "Disabled"),
