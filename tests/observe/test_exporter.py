@@ -460,3 +460,15 @@ def test_a_gpu_used_whole_shows_who_uses_it(tmp_path: Path, monkeypatch: pytest.
         kill_left([run])
         stop_daemons_under(short)
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_an_idle_h200_reports_the_drivers_reserve_as_dcgm_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real idle H200 (driver 580.159.04, MIG off): NVML v2 said 0 B used, 644939776 B reserved, 150109880320 B
+    free, and nvidia-smi printed 0 / 616 / 143156 MiB. The exporter counted the reserve as used (615) before."""
+    h200 = make_env(tmp_path, monkeypatch, "1xH200@580.159.04", mig=False)
+    out = scrape(h200)
+    assert sample(out, "DCGM_FI_DEV_FB_USED", gpu="0") == 0, out
+    assert sample(out, "DCGM_FI_DEV_FB_FREE", gpu="0") == 143156
+    assert sample(out, "DCGM_FI_DEV_FB_RESERVED", gpu="0") == 616
+    q = h200.migctl("smi", "--query-gpu=memory.used,memory.free,memory.reserved", "--format=csv,noheader")
+    assert q.returncode == 0 and q.stdout.strip() == "0 MiB, 143156 MiB, 616 MiB", q.stdout + q.stderr

@@ -97,6 +97,7 @@ class MigCollector(Collector):
         ml = self._labels(DCGM_MIG_LABELS)
         fb_used = GaugeMetricFamily("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", labels=ml)
         fb_free = GaugeMetricFamily("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", labels=ml)
+        fb_res = GaugeMetricFamily("DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB).", labels=ml)
         temp = GaugeMetricFamily("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", labels=gl)
         power = GaugeMetricFamily("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", labels=gl)
         gr = GaugeMetricFamily("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "Ratio of time the graphics engine is active.",
@@ -131,7 +132,9 @@ class MigCollector(Collector):
             base = [str(g.index), g.uuid, g.bus_id, f"nvidia{g.index}", model, snap.hostname]
             if g.mem_used_mib is not None and g.mem_total_mib is not None:
                 fb_used.add_metric([*base, "", ""], g.mem_used_mib)
-                fb_free.add_metric([*base, "", ""], g.mem_total_mib - g.mem_used_mib)
+                free = g.mem_free_mib if g.mem_free_mib is not None else g.mem_total_mib - g.mem_used_mib
+                fb_free.add_metric([*base, "", ""], free)
+                fb_res.add_metric([*base, "", ""], g.mem_reserved_mib)
             if g.temperature_c is not None:
                 temp.add_metric(base, g.temperature_c)
             if g.power_w is not None:
@@ -175,7 +178,7 @@ class MigCollector(Collector):
                     ids = [*o, str(gi.gi_id), str(ci.ci_id), ci.uuid]
                     busy.add_metric(ids, 1 if ci.busy else 0)
                     nproc.add_metric(ids, len(ci.pids))
-        yield from (fb_used, fb_free, temp, power, gr, info, busy, nproc, mode, mem_sl, cmp_sl, largest,
+        yield from (fb_used, fb_free, fb_res, temp, power, gr, info, busy, nproc, mode, mem_sl, cmp_sl, largest,
                     largest_info, gis, whole)
 
     # ------------------------------------------------------------------ migctl state

@@ -92,6 +92,8 @@ class GpuMap:
     bus_id: str = ""
     mem_used_mib: int | None = None
     mem_total_mib: int | None = None
+    mem_reserved_mib: int = 0  # what the driver reserves (NVML v2 memory info); used + free + reserved = total
+    mem_free_mib: int | None = None
     temperature_c: int | None = None
     power_w: float | None = None
     title: str = ""  # e.g. "before" / "after"

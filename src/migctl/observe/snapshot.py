@@ -153,13 +153,14 @@ class Observer:
         seen: set[tuple[str, int]] = set()
         for g in self.node.gpus():
             mode = _try(g.mig_mode)
-            mem = _try(g.memory)
+            mem = _try(g.memory_mib)  # (total, reserved, used, free) MiB
             temp = _try(N.nvmlDeviceGetTemperature, g.handle, N.NVML_TEMPERATURE_GPU)
             power = _try(N.nvmlDeviceGetPowerUsage, g.handle)
             gm = GpuMap(index=g.index, name=g.name, model=g.model, driver=driver, uuid=g.uuid, bus_id=g.bus_id,
                         mig_current=None if mode is None else mode[0] == 1,
                         mig_pending=None if mode is None else mode[1] == 1,
-                        mem_used_mib=None if mem is None else mem[0], mem_total_mib=None if mem is None else mem[1],
+                        mem_used_mib=None if mem is None else mem[2], mem_total_mib=None if mem is None else mem[0],
+                        mem_reserved_mib=0 if mem is None else mem[1], mem_free_mib=None if mem is None else mem[3],
                         temperature_c=None if temp is None else int(temp),
                         power_w=None if power is None else int(power) / 1000.0)
             gprocs = _try(g.processes) or []
