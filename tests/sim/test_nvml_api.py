@@ -139,3 +139,23 @@ def test_fault_injection_fails_the_kth_mutation():
     N.nvmlDeviceCreateGpuInstance(h, 19)
     assert N.nvmlDeviceGetGpuInstanceRemainingCapacity(h, 19) == 5
     sim.uninstall()
+
+
+def test_entry_points_a_real_580_library_exports(h):
+    """scripts/gpu-probe on a real H200 (driver 580.159.04) found three exported functions the simulator lacked:
+    the architecture, the pre-R470 placements call and the whole-GPU GPM sample (docs/real-gpu.md)."""
+    assert N.nvmlDeviceGetArchitecture(h) == N.NVML_DEVICE_ARCH_HOPPER
+    v1 = N._nvmlGetFunctionPointer("nvmlDeviceGetGpuInstancePossiblePlacements")
+    count = ctypes.c_uint(0)
+    assert v1(h, 15, None, ctypes.byref(count)) == N.NVML_SUCCESS and count.value == 4
+    arr = (N.c_nvmlGpuInstancePlacement_t * 4)()
+    assert v1(h, 15, arr, ctypes.byref(count)) == N.NVML_SUCCESS
+    assert [(arr[i].start, arr[i].size) for i in range(4)] == [(0, 2), (2, 2), (4, 2), (6, 2)]
+    sample = N.nvmlGpmSampleAlloc()
+    try:
+        with pytest.raises(N.NVMLError_NotSupported):  # MIG on: per-GI samples only (UNCONFIRMED)
+            N.nvmlGpmSampleGet(h, sample)
+        N.nvmlDeviceSetMigMode(h, N.NVML_DEVICE_MIG_DISABLE)
+        N.nvmlGpmSampleGet(h, sample)
+    finally:
+        N.nvmlGpmSampleFree(sample)

@@ -565,6 +565,20 @@ class FakeNvmlLib(GpmMixin):
         cobj.value = len(pls)
         return S.SUCCESS
 
+    def _nvmlDeviceGetGpuInstancePossiblePlacements(self, handle: Any, pid: Any, arr: Any, count: Any) -> int:
+        """The pre-R470 form, still exported by 580.159.04 (scripts/gpu-probe); answered as ``_v2`` (UNCONFIRMED)."""
+        return self._nvmlDeviceGetGpuInstancePossiblePlacements_v2(handle, pid, arr, count)
+
+    def _nvmlDeviceGetArchitecture(self, handle: Any, ref: Any) -> int:
+        """NVML_DEVICE_ARCH_* of the catalog's architecture (pynvml's constants)."""
+        st = self.store.load()
+        gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)
+        if rc:
+            return rc
+        arch = {"Ampere": 7, "Ada": 8, "Hopper": 9, "Blackwell": 10}.get(gpu.catalog.architecture, 0xFFFFFFFF)
+        _obj(ref).value = arch
+        return S.SUCCESS
+
     def _nvmlDeviceGetGpuInstancePossiblePlacements_v2(self, handle: Any, pid: Any, arr: Any, count: Any) -> int:
         st = self.store.load()
         gpu, _, _, rc = self._resolve(st, handle, _KIND_GPU)

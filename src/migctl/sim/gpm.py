@@ -101,6 +101,25 @@ class GpmMixin:
         slot["key"] = (gpu.index, gid)
         return S.SUCCESS
 
+    def _nvmlGpmSampleGet(self, handle: Any, sample: Any) -> int:
+        """A whole-GPU sample (all of its live clients). Exported by a real 580.159.04 library (scripts/gpu-probe);
+        with MIG enabled: Not Supported (UNCONFIRMED, the stricter choice: per-GI samples are what MIG offers)."""
+        from migctl.sim.usage import process_usage
+
+        slot = self._gpm().get(_ptr_addr(sample))
+        if slot is None:
+            return S.ERROR_INVALID_ARGUMENT
+        gpu, rc = self._gpm_gpu(handle)
+        if rc:
+            return int(rc)
+        if gpu.catalog.architecture not in GPM_ARCHITECTURES or gpu.mig_current == 1:
+            return S.ERROR_NOT_SUPPORTED
+        procs = [p for p in gpu.processes if self.alive(p.pid, p.start_time)]
+        slot["t"] = time.monotonic()
+        slot["cpu"] = sum(process_usage(p.pid, p.start_time).cpu_s for p in procs)
+        slot["key"] = (gpu.index, None)
+        return S.SUCCESS
+
     def _nvmlGpmMetricsGet(self, ref: Any) -> int:
         from migctl.sim.fakelib import _obj
 
