@@ -98,6 +98,14 @@ def test_non_root_caller_gets_no_permission(node_factory):
     assert len(gpu.gpu_instances()) == 1
 
 
+def test_non_root_caller_reads_placements_with_mig_off(node_factory):
+    """A real 580.159.04 driver answered user nobody's placements query with MIG off (docs/real-gpu.md)."""
+    node = node_factory("1xH200@580.159.04;caller=user")
+    count = ctypes.c_uint(0)
+    N.nvmlDeviceGetGpuInstancePossiblePlacements(node.gpu(0).handle, 19, None, ctypes.byref(count))
+    assert count.value == 7
+
+
 # ------------------------------------------------------------------------------------------ pass-through VM
 def test_passthrough_vm_mode_change_needs_vm_reboot(node_factory):
     node = node_factory("1xA100-80GB;vm=passthrough")

@@ -585,8 +585,10 @@ class FakeNvmlLib(GpmMixin):
         if rc:
             return rc
         d = self._driver(st)
-        if not d.root:
-            return S.ERROR_NO_PERMISSION  # nvml.h lists NO_PERMISSION; which callers get it: UNCONFIRMED (strict)
+        # nvml.h lists NO_PERMISSION. A non-root caller (user nobody) got SUCCESS from 580.159.04 with MIG off
+        # (scripts/gpu-probe on an H200, docs/real-gpu.md); with MIG on who gets it is UNCONFIRMED: refused (strict)
+        if not d.root and gpu.mig_current == 1:
+            return S.ERROR_NO_PERMISSION
         p = d.profile_by_id(gpu, int(_val(pid)))
         if p is None:
             return S.ERROR_INVALID_ARGUMENT
