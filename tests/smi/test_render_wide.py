@@ -137,3 +137,25 @@ def test_default_table_on_current_driver_is_wide() -> None:
         assert "| MIG devices:" + " " * 76 + "|" in lines
     finally:
         sim.uninstall()
+
+
+def test_processes_table_marks_mps_clients_and_sorts_by_pid(client) -> None:
+    """A real 580.159.04 table with two MPS clients (docs/real-gpu.md): the clients' Type is ``M+C``, the MPS
+    server's ``C``, right-aligned under "Type"; rows in PID order (NVML listed the server first)."""
+    node_sim = sim.install("1xH200@580.159.04", state_path=None)
+    try:
+        a, server, b = sorted((client(), client(), client()), key=lambda p: p.pid)
+        assert node_sim.add_client(0, server.pid, name="nvidia-cuda-mps-server") == 0
+        assert node_sim.add_client(0, b.pid, mps=True) == 0
+        assert node_sim.add_client(0, a.pid, mps=True) == 0
+        node = open_node("1xH200@580.159.04")
+        out = io.StringIO()
+        assert run_smi(node, [], out, clock=lambda: "Thu Jan  1 00:00:00 2026") == 0
+        rows = [x for x in out.getvalue().splitlines() if "N/A  N/A" in x]
+        assert [int(x.split()[4]) for x in rows] == [a.pid, server.pid, b.pid]
+        [header] = [x for x in out.getvalue().splitlines() if "PID   Type" in x]
+        end = header.index("Type") + 4  # as in the real table: Type's last letter above the kind's last letter
+        assert [x[end - 4:end] for x in rows] == [" M+C", "   C", " M+C"], rows
+        assert {len(x) for x in rows} == {91}
+    finally:
+        sim.uninstall()

@@ -83,6 +83,7 @@ class ProcessInfo:
     used_mib: int
     gi_id: int | None
     ci_id: int | None
+    mps: bool = False  # an MPS client (also in NVML's MPS process list; nvidia-smi's Type "M+C")
 
 
 def _name(raw: Any) -> str:
@@ -329,6 +330,12 @@ def _procs(handle: Any) -> list[ProcessInfo]:
         raw = N.nvmlDeviceGetComputeRunningProcesses_v3(handle)
     except N.NVMLError_FunctionNotFound:
         raw = N.nvmlDeviceGetComputeRunningProcesses_v2(handle)
+    mps: set[int] = set()
+    if raw:
+        try:  # the MPS clients among them (R510+; an older driver or a refusal: none marked)
+            mps = {int(p.pid) for p in N.nvmlDeviceGetMPSComputeRunningProcesses_v3(handle)}
+        except N.NVMLError:
+            pass
     for p in raw:
         gi = getattr(p, "gpuInstanceId", 0xFFFFFFFF)
         ci = getattr(p, "computeInstanceId", 0xFFFFFFFF)
@@ -338,6 +345,7 @@ def _procs(handle: Any) -> list[ProcessInfo]:
                 used_mib=int(p.usedGpuMemory or 0) >> 20,
                 gi_id=None if gi == 0xFFFFFFFF else int(gi),
                 ci_id=None if ci == 0xFFFFFFFF else int(ci),
+                mps=int(p.pid) in mps,
             )
         )
     return out

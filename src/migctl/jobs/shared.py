@@ -102,10 +102,12 @@ def check_request(node: Any, req: Request, sharing: Sharing, leases: LeaseManage
                     "or a GPU without MIG")
 
 
-def _register(node: Any, dev: Device, pid: int, name: str) -> None:
+def _register(node: Any, dev: Device, pid: int, name: str, mps: bool = False) -> None:
+    """On the simulator, record the client (there is no CUDA to make a context); ``mps``: it connects through the
+    device's MPS server, so NVML's MPS process list names it too, as a real driver's does."""
     sim = getattr(node, "sim", None)
     if sim is not None:
-        rc = sim.add_client(dev.gpu, pid, dev.gi, dev.ci, name=name[:64])
+        rc = sim.add_client(dev.gpu, pid, dev.gi, dev.ci, name=name[:64], mps=mps)
         if rc:
             raise JobsError(f"could not register PID {pid} as a client of {dev.uuid} (NVML error {rc})")
 
@@ -238,7 +240,7 @@ def _admit(node: Any, mps: MpsManager, d: Device, sharing: Sharing, spawn: Spawn
             raise
         return None
     try:
-        _register(node, d, proc.pid, name)
+        _register(node, d, proc.pid, name, mps=sh is not None)
     except BaseException:
         open_gate(gate, go=False)
         proc.wait()

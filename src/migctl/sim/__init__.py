@@ -110,8 +110,9 @@ class SimNode:
             return d.remove_holder(gpu, name)
 
     def add_client(self, gpu_index: int, pid: int, gi: int | None = None, ci: int | None = None,
-                   used_mib: int = 0, name: str = "") -> int:
-        """Record ``pid`` as a client of a GPU or of MIG device (gi, ci) until it exits."""
+                   used_mib: int = 0, name: str = "", mps: bool = False) -> int:
+        """Record ``pid`` as a client of a GPU or of MIG device (gi, ci) until it exits; ``mps``: an MPS client
+        (NVML's MPS process list names it too)."""
         import psutil
 
         from migctl.sim.state import ERROR_INVALID_ARGUMENT, ERROR_NOT_FOUND, Driver
@@ -131,7 +132,7 @@ class SimNode:
 
             visible = time.time() + st.client_delay if st.client_delay > 0 else 0.0
             return d.add_process(gpu, SimProcess(pid=pid, gi=gi, ci=ci, used_mib=used_mib, start_time=start, name=name,
-                                                 pidns=_own_pidns(), visible_after=visible))
+                                                 pidns=_own_pidns(), visible_after=visible, mps=mps))
 
     def remove_client(self, gpu_index: int, pid: int) -> int:
         from migctl.sim.state import ERROR_INVALID_ARGUMENT, Driver

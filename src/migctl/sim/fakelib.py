@@ -98,6 +98,7 @@ FIRST_DRIVER: dict[str, tuple[int, ...]] = {
     "nvmlGpuInstanceGetComputeInstanceProfileInfoV": (510, 39, 1),  # NVML 11.6
     "nvmlDeviceGetComputeRunningProcesses_v3": (510, 39, 1),  # NVML 11.6
     "nvmlDeviceGetGraphicsRunningProcesses_v3": (510, 39, 1),  # NVML 11.6
+    "nvmlDeviceGetMPSComputeRunningProcesses_v3": (510, 39, 1),  # NVML 11.6 (with the other _v3 process lists)
     "nvmlDeviceGetMemoryInfo_v2": (515, 43, 4),  # NVML 11.7
     "nvmlGpuInstanceCreateComputeInstanceWithPlacement": (525, 60, 13),  # NVML 12.0
     "nvmlGpuInstanceGetComputeInstancePossiblePlacements": (525, 60, 13),  # NVML 12.0
@@ -875,6 +876,14 @@ class FakeNvmlLib(GpmMixin):
 
     # ---------------------------------------------------------------- processes
     def _nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any, arr: Any) -> int:
+        return self._running(handle, count, arr, mps_only=False)
+
+    def _nvmlDeviceGetMPSComputeRunningProcesses_v3(self, handle: Any, count: Any, arr: Any) -> int:
+        """The MPS clients among the compute processes (nvml.h: "information about any running processes ... using
+        MPS"); the MPS server is not one of them."""
+        return self._running(handle, count, arr, mps_only=True)
+
+    def _running(self, handle: Any, count: Any, arr: Any, mps_only: bool) -> int:
         st = self.store.load()
         gpu, gi, ci, rc = self._any_device(st, handle)
         if rc:
@@ -885,6 +894,8 @@ class FakeNvmlLib(GpmMixin):
             # has appropriate privileges" (nvml.h); per-MIG-device handles still answer
             return S.ERROR_NO_PERMISSION
         procs = d.busy(gpu, gi.id, ci.id) if gi is not None else d.live_processes(gpu)
+        if mps_only:
+            procs = [p for p in procs if p.mps]
         cobj = _obj(count)
         if not procs:
             cobj.value = 0

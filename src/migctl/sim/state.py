@@ -121,6 +121,9 @@ class SimProcess:
     # i.e. after its first CUDA call (nvml.h: "processes which have active context"). Until this time
     # (epoch seconds) the client is not listed and does not hold its instance.
     visible_after: float = 0.0
+    # An MPS client: listed by nvmlDeviceGetMPSComputeRunningProcesses as well as the compute list (nvidia-smi's
+    # "M+C"; the MPS server itself is only in the compute list, "C": a real 580.159.04 table, docs/real-gpu.md)
+    mps: bool = False
 
 
 @dataclass

@@ -502,7 +502,7 @@ class ProcessRow:
     gi: int | None
     ci: int | None
     pid: int
-    kind: str  # "C" / "G"
+    kind: str  # "C", "G", or "M+C" for an MPS client
     name: str
     used_mib: int | None
 

@@ -108,7 +108,8 @@ def process_rows(g: Any) -> list[R.ProcessRow]:
     """Compute processes on the GPU (and its MIG devices) for the "Processes:" table."""
     procs = _try(g.processes) or []
     return [
-        R.ProcessRow(gpu=g.index, gi=p.gi_id, ci=p.ci_id, pid=p.pid, kind="C", name=_process_name(p.pid),
+        R.ProcessRow(gpu=g.index, gi=p.gi_id, ci=p.ci_id, pid=p.pid, kind="M+C" if p.mps else "C",
+                     name=_process_name(p.pid),
                      used_mib=p.used_mib if p.used_mib else None)
         for p in procs
     ]
