@@ -157,7 +157,7 @@ def test_mig_disabled_and_bad_arguments(fresh) -> None:
 
 
 @pytest.mark.parametrize("argv", [["-q"], ["-q", "-i", "0"], ["-x", "-q"], ["topo", "-m"], ["dmon", "-c", "1"],
-                                  ["--query-compute-apps=pid", "--format=csv"], ["-pl", "300"]])
+                                  ["--query-accounted-apps=pid", "--format=csv"], ["-pl", "300"]])
 def test_real_nvidia_smi_options_outside_the_mig_subset_say_so(fresh, argv: list[str]) -> None:
     """A script's `nvidia-smi -q` is valid nvidia-smi: it used to get the bad-syntax line, as if mistyped.
     Now one line names it as not implemented here and what is (exit 3, nvidia-smi's "not available")."""
@@ -234,3 +234,21 @@ def test_changing_commands_wait_for_the_node_lock(fresh, tmp_path, monkeypatch) 
                 smi(node, *words)
         assert smi(node, "mig", "-lgi")[0] == 0
     assert len(node.gpu(0).gpu_instances()) == 1
+
+
+def test_query_compute_apps_as_a_real_580_run_printed(fresh, client) -> None:
+    """A real 580.159.04 run: ``--query-compute-apps=pid,process_name,used_memory --format=csv`` printed the header
+    ``pid, process_name, used_gpu_memory [MiB]`` and one row per process in NVML's order; with no process, only
+    the header (docs/real-gpu.md)."""
+    node = fresh("1xH200@580.159.04")
+    q = "--query-compute-apps=pid,process_name,used_memory"
+    assert smi(node, q, "--format=csv") == (0, ["pid, process_name, used_gpu_memory [MiB]"])
+    server, a = client(), client()
+    assert node.sim.add_client(0, server.pid, used_mib=66, name="nvidia-cuda-mps-server") == 0
+    assert node.sim.add_client(0, a.pid, used_mib=548, mps=True) == 0
+    code, lines = smi(node, q, "--format=csv,noheader,nounits")
+    assert code == 0 and [x.split(", ")[0::2] for x in lines] == [[str(server.pid), "66"], [str(a.pid), "548"]], lines
+    code, lines = smi(node, "--query-compute-apps=gpu_uuid,used_gpu_memory", "--format=csv")
+    assert lines[0] == "gpu_uuid, used_gpu_memory [MiB]" and lines[1] == f"{node.gpu(0).uuid}, 66 MiB"
+    assert smi(node, "--query-compute-apps=nope", "--format=csv") == (2, ['Field "nope" is not a valid field to query.'])
+    assert smi(node, q) == (2, ["Missing --format option. Please run 'nvidia-smi -h' for help."])

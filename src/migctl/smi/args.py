@@ -37,7 +37,7 @@ class SmiNotImplemented(SmiUsageError):
 NOT_IMPLEMENTED = frozenset({
     "-q", "--query", "-x", "--xml-format", "--dtd", "-d", "--display", "-l", "--loop", "-lms", "--loop-ms",
     "-u", "--unit", "-B", "--list-excluded-gpus", "-f", "--filename", "--query-supported-clocks",
-    "--query-compute-apps", "--query-accounted-apps", "--query-retired-pages", "--query-remapped-rows",
+    "--query-accounted-apps", "--query-retired-pages", "--query-remapped-rows",
     "-e", "--ecc-config", "-p", "--reset-ecc-errors", "-c", "--compute-mode", "-lgc", "--lock-gpu-clocks",
     "-rgc", "--reset-gpu-clocks", "-lmc", "--lock-memory-clocks", "-rmc", "--reset-memory-clocks", "-ac",
     "--applications-clocks", "-rac", "--reset-applications-clocks", "-pl", "--power-limit", "-cc",
@@ -49,7 +49,8 @@ NOT_IMPLEMENTED = frozenset({
 def not_implemented(word: str) -> SmiNotImplemented:
     return SmiNotImplemented(
         f"migctl smi: nvidia-smi {word} is not implemented here; supported: -L, -i, -mig, -pm, -r, "
-        "--query-gpu with --format=csv, the default table, and the mig subcommand (docs/smi.md)")
+        "--query-gpu and --query-compute-apps with --format=csv, the default table, and the mig subcommand "
+        "(docs/smi.md)")
 
 
 @dataclass
@@ -61,7 +62,7 @@ class SmiArgs:
     action: str | None = None  # see ACTIONS below; None = the default summary table
     mig_mode: int | None = None  # ``-mig 0|1``
     persistence: int | None = None  # ``-pm 0|1`` (also ENABLED / DISABLED)
-    query_fields: list[str] = field(default_factory=list)  # ``--query-gpu=a,b``
+    query_fields: list[str] = field(default_factory=list)  # ``--query-gpu=a,b`` / ``--query-compute-apps=a,b``
     csv_format: list[str] = field(default_factory=list)  # ``--format=csv,noheader,nounits``
     profiles: list[str] = field(default_factory=list)  # ``-cgi`` / ``-cci`` values, as typed
     default_ci: bool = False  # ``-C`` with ``-cgi``
@@ -81,6 +82,7 @@ _TOP_LEVEL: dict[str, tuple[str, bool]] = {
     "-r": ("reset", False),
     "--gpu-reset": ("reset", False),
     "--query-gpu": ("query", True),
+    "--query-compute-apps": ("query-apps", True),
 }
 
 # ``nvidia-smi mig`` options: name -> action
@@ -203,7 +205,7 @@ def parse(argv: list[str]) -> SmiArgs:
                 if value not in ("0", "1", "ENABLED", "DISABLED"):
                     raise SmiUsageError(INVALID_COMBINATION)
                 args.persistence = 1 if value in ("1", "ENABLED") else 0
-            elif action == "query":
+            elif action in ("query", "query-apps"):
                 args.query_fields = split_list(words.value(inline))
         elif not args.mig_subcommand and name == "--format":
             args.csv_format = [t.lower() for t in split_list(words.value(inline))]
@@ -229,7 +231,7 @@ def parse(argv: list[str]) -> SmiArgs:
             raise SmiUsageError(INVALID_COMBINATION)
     if args.help:
         return args
-    if args.action == "query" and not args.csv_format:
+    if args.action in ("query", "query-apps") and not args.csv_format:
         raise SmiUsageError("Missing --format option. Please run 'nvidia-smi -h' for help.")
     if args.csv_format and args.csv_format[0] != "csv":
         raise SmiUsageError(INVALID_COMBINATION)

@@ -71,6 +71,7 @@ class Smi:
             "persistence": self.persistence,
             "reset": self.reset,
             "query": self.query,
+            "query-apps": self.query_apps,
             "lgip": self.lgip,
             "lgipp": self.lgipp,
             "lgi": self.lgi,
@@ -259,6 +260,32 @@ class Smi:
             self.say(", ".join(_QUERY_FIELDS[f][0] if units else f for f in args.query_fields))
         for g in gpus:
             self.say(", ".join(_QUERY_FIELDS[f][1](self.node, g, units) for f in args.query_fields))
+        return 0
+
+    def query_apps(self, args: SmiArgs, gpus: list[Any]) -> int:
+        """``--query-compute-apps``: one row per compute process, in NVML's order (a real 580.159.04 run listed
+        the MPS server before its two clients, as NVML did); only the header when there are none."""
+        from migctl.smi.telemetry import process_name
+
+        header = "noheader" not in args.csv_format
+        units = "nounits" not in args.csv_format
+        for f in args.query_fields:
+            if f not in _APP_FIELDS:
+                self.say(f'Field "{f}" is not a valid field to query.')
+                return 2
+        if header:
+            self.say(", ".join(_APP_FIELDS[f] + (" [MiB]" if units and f in _APP_MIB else "") for f in args.query_fields))
+        for g in gpus:
+            try:
+                procs = g.processes()
+            except N.NVMLError:
+                continue
+            for p in procs:
+                values = {"pid": str(p.pid), "process_name": process_name(p.pid), "gpu_uuid": g.uuid,
+                          "gpu_name": g.name, "gpu_bus_id": g.bus_id,
+                          "used_memory": f"{p.used_mib} MiB" if units else str(p.used_mib)}
+                values["used_gpu_memory"] = values["used_memory"]
+                self.say(", ".join(values[f] for f in args.query_fields))
         return 0
 
     # ---------------------------------------------------------------- mig -lgip / -lgipp
@@ -590,6 +617,14 @@ _QUERY_FIELDS: dict[str, tuple[str, Callable[[Any, Any, bool], str]]] = {
 }
 
 
+# --query-compute-apps fields -> header. "used_memory" is headed "used_gpu_memory [MiB]" (a real 580.159.04
+# run); the other headers repeat the field name (UNCONFIRMED).
+_APP_FIELDS = {"pid": "pid", "process_name": "process_name", "used_memory": "used_gpu_memory",
+               "used_gpu_memory": "used_gpu_memory", "gpu_uuid": "gpu_uuid", "gpu_name": "gpu_name",
+               "gpu_bus_id": "gpu_bus_id"}
+_APP_MIB = {"used_memory", "used_gpu_memory"}
+
+
 USAGE = """\
 migctl smi: nvidia-smi compatibility mode (a subset of nvidia-smi's options).
 
@@ -598,6 +633,7 @@ migctl smi: nvidia-smi compatibility mode (a subset of nvidia-smi's options).
     migctl smi [-i ID] -mig 0|1                 disable/enable MIG mode
     migctl smi [-i ID] --gpu-reset              reset GPUs (applies a pending MIG mode)
     migctl smi [-i ID] --query-gpu=F,... --format=csv[,noheader][,nounits]
+    migctl smi [-i ID] --query-compute-apps=F,... --format=csv[,noheader][,nounits]
     migctl smi mig [-i ID] -lgip | -lgipp       GPU instance profiles / placements
     migctl smi mig [-i ID] -lgi [-gi IDS]       GPU instances
     migctl smi mig [-i ID] -lcip | -lcipp [-gi IDS]   compute instance profiles / placements

@@ -94,7 +94,7 @@ def mig_device_rows(g: Any) -> list[R.MigDeviceRow]:
     return rows
 
 
-def _process_name(pid: int) -> str:
+def process_name(pid: int) -> str:
     try:
         import psutil
 
@@ -109,7 +109,7 @@ def process_rows(g: Any) -> list[R.ProcessRow]:
     procs = _try(g.processes) or []
     return [
         R.ProcessRow(gpu=g.index, gi=p.gi_id, ci=p.ci_id, pid=p.pid, kind="M+C" if p.mps else "C",
-                     name=_process_name(p.pid),
+                     name=process_name(p.pid),
                      used_mib=p.used_mib if p.used_mib else None)
         for p in procs
     ]
