@@ -80,8 +80,8 @@ class GpmMixin:
             return S.ERROR_INVALID_ARGUMENT
         return S.SUCCESS
 
-    def _nvmlGpmMigSampleGet(self, handle: Any, gi_id: Any, sample: Any) -> int:
-        from migctl.sim.fakelib import _val
+    def _gpm_sample(self, handle: Any, sample: Any, gi_id: int | None) -> int:
+        """Fill ``sample`` for one GPU instance (``gi_id``, MIG on) or for the whole GPU (None, MIG off)."""
         from migctl.sim.usage import process_usage
 
         slot = self._gpm().get(_ptr_addr(sample))
@@ -90,35 +90,25 @@ class GpmMixin:
         gpu, rc = self._gpm_gpu(handle)
         if rc:
             return int(rc)
-        if gpu.catalog.architecture not in GPM_ARCHITECTURES or gpu.mig_current != 1:
+        if gpu.catalog.architecture not in GPM_ARCHITECTURES or (gpu.mig_current == 1) != (gi_id is not None):
             return S.ERROR_NOT_SUPPORTED
-        gid = int(_val(gi_id))
-        if not any(g.id == gid for g in gpu.gis):
+        if gi_id is not None and not any(g.id == gi_id for g in gpu.gis):
             return S.ERROR_NOT_FOUND
-        procs = [p for p in gpu.processes if p.gi == gid and self.alive(p.pid, p.start_time)]
+        procs = [p for p in gpu.processes if (gi_id is None or p.gi == gi_id) and self.alive(p.pid, p.start_time)]
         slot["t"] = time.monotonic()
         slot["cpu"] = sum(process_usage(p.pid, p.start_time).cpu_s for p in procs)
-        slot["key"] = (gpu.index, gid)
+        slot["key"] = (gpu.index, gi_id)
         return S.SUCCESS
+
+    def _nvmlGpmMigSampleGet(self, handle: Any, gi_id: Any, sample: Any) -> int:
+        from migctl.sim.fakelib import _val
+
+        return self._gpm_sample(handle, sample, int(_val(gi_id)))
 
     def _nvmlGpmSampleGet(self, handle: Any, sample: Any) -> int:
         """A whole-GPU sample (all of its live clients). Exported by a real 580.159.04 library (scripts/gpu-probe);
         with MIG enabled: Not Supported (UNCONFIRMED, the stricter choice: per-GI samples are what MIG offers)."""
-        from migctl.sim.usage import process_usage
-
-        slot = self._gpm().get(_ptr_addr(sample))
-        if slot is None:
-            return S.ERROR_INVALID_ARGUMENT
-        gpu, rc = self._gpm_gpu(handle)
-        if rc:
-            return int(rc)
-        if gpu.catalog.architecture not in GPM_ARCHITECTURES or gpu.mig_current == 1:
-            return S.ERROR_NOT_SUPPORTED
-        procs = [p for p in gpu.processes if self.alive(p.pid, p.start_time)]
-        slot["t"] = time.monotonic()
-        slot["cpu"] = sum(process_usage(p.pid, p.start_time).cpu_s for p in procs)
-        slot["key"] = (gpu.index, None)
-        return S.SUCCESS
+        return self._gpm_sample(handle, sample, None)
 
     def _nvmlGpmMetricsGet(self, ref: Any) -> int:
         from migctl.sim.fakelib import _obj

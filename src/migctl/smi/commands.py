@@ -249,13 +249,19 @@ class Smi:
         return 0
 
     # ---------------------------------------------------------------- --query-gpu
-    def query(self, args: SmiArgs, gpus: list[Any]) -> int:
-        header = "noheader" not in args.csv_format
-        units = "nounits" not in args.csv_format
+    def _csv_options(self, args: SmiArgs, valid: Any) -> tuple[bool, bool] | None:
+        """(header, units) of ``--format=csv,...``; None (after nvidia-smi's line) when a field is not valid."""
         for f in args.query_fields:
-            if f not in _QUERY_FIELDS:
+            if f not in valid:
                 self.say(f'Field "{f}" is not a valid field to query.')
-                return 2
+                return None
+        return "noheader" not in args.csv_format, "nounits" not in args.csv_format
+
+    def query(self, args: SmiArgs, gpus: list[Any]) -> int:
+        opts = self._csv_options(args, _QUERY_FIELDS)
+        if opts is None:
+            return 2
+        header, units = opts
         if header:
             self.say(", ".join(_QUERY_FIELDS[f][0] if units else f for f in args.query_fields))
         for g in gpus:
@@ -267,12 +273,10 @@ class Smi:
         the MPS server before its two clients, as NVML did); only the header when there are none."""
         from migctl.smi.telemetry import process_name
 
-        header = "noheader" not in args.csv_format
-        units = "nounits" not in args.csv_format
-        for f in args.query_fields:
-            if f not in _APP_FIELDS:
-                self.say(f'Field "{f}" is not a valid field to query.')
-                return 2
+        opts = self._csv_options(args, _APP_FIELDS)
+        if opts is None:
+            return 2
+        header, units = opts
         if header:
             self.say(", ".join(_APP_FIELDS[f] + (" [MiB]" if units and f in _APP_MIB else "") for f in args.query_fields))
         for g in gpus:
