@@ -319,8 +319,9 @@ def memory_mib(handle: Any) -> tuple[int, int, int, int]:
     except (N.NVMLError_FunctionNotFound, N.NVMLError_ArgumentVersionMismatch, N.NVMLError_NotSupported):
         m = N.nvmlDeviceGetMemoryInfo(handle)
         raw = (int(m.total), 0, int(m.used), int(m.free))
+    total, reserved, used, free = raw
     mib = 1 << 20
-    return raw[0] // mib, *(-(-v // mib) for v in raw[1:])  # type: ignore[return-value]
+    return total // mib, -(-reserved // mib), -(-used // mib), -(-free // mib)
 
 
 def _procs(handle: Any) -> list[ProcessInfo]:
