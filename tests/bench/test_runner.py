@@ -284,3 +284,17 @@ def test_a_running_bench_is_not_recovered_under_its_feet(h100, tmp_path):
         p.send_signal(signal.SIGINT)
         p.communicate(timeout=60)
     assert h100.layout() == {"mig": True, "gis": []}
+
+
+def test_whole_only_on_a_gpu_with_mig_off_changes_nothing(tmp_path, monkeypatch):
+    """scripts/real-gpu-check runs ``bench -p whole`` on a real GPU whose MIG mode may not change: with MIG already
+    off, the bench makes no mutating NVML call at all (the simulator counts them)."""
+    from tests.bench.conftest import make_sim
+
+    off = make_sim(tmp_path, monkeypatch, "1xH200", mig=False)
+    node = off.node()
+    ops = node.sim.op_count()
+    cmd = [sys.executable, "-c", "import json; print(json.dumps({'throughput': 2, 'latency_ms': 1, 'unit': 'x/s'}))"]
+    res = run_bench(node, Settings(command=cmd, profiles=["whole"], repeat=1, warmup=1))
+    assert [(r.target, r.status, r.throughput) for r in res.runs if not r.warmup] == [("whole", "ok", 2)]
+    assert node.sim.op_count() == ops and node.gpu(0).mig_mode() == (0, 0)
