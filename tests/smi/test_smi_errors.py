@@ -252,3 +252,6 @@ def test_query_compute_apps_as_a_real_580_run_printed(fresh, client) -> None:
     assert lines[0] == "gpu_uuid, used_gpu_memory [MiB]" and lines[1] == f"{node.gpu(0).uuid}, 66 MiB"
     assert smi(node, "--query-compute-apps=nope", "--format=csv") == (2, ['Field "nope" is not a valid field to query.'])
     assert smi(node, q) == (2, ["Missing --format option. Please run 'nvidia-smi -h' for help."])
+    invalid = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."
+    assert smi(node, "--query-compute-apps=", "--format=csv") == (2, [invalid])  # no field: not an empty table
+    assert smi(node, "--query-gpu=,", "--format=csv") == (2, [invalid])

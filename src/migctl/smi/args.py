@@ -231,6 +231,8 @@ def parse(argv: list[str]) -> SmiArgs:
             raise SmiUsageError(INVALID_COMBINATION)
     if args.help:
         return args
+    if args.action in ("query", "query-apps") and not args.query_fields:
+        raise SmiUsageError(INVALID_COMBINATION)  # ``--query-gpu=`` names no field (nvidia-smi's answer UNCONFIRMED)
     if args.action in ("query", "query-apps") and not args.csv_format:
         raise SmiUsageError("Missing --format option. Please run 'nvidia-smi -h' for help.")
     if args.csv_format and args.csv_format[0] != "csv":
