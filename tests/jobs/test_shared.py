@@ -686,3 +686,27 @@ def test_a_device_its_last_shared_client_left_is_idle_from_then(shared: Any) -> 
     [(since,)] = conn.execute("SELECT since FROM idle_since WHERE uuid=?", (uuid,)).fetchall()
     conn.close()
     assert ended - 1.0 <= since <= ended, (since, ended)
+
+
+def test_a_whole_gpus_mps_shares_split_what_cuda_can_allocate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real H200 (driver 580.159.04): NVML's total 143771 MiB, of which the driver reserves 615 MiB; PyTorch saw
+    150109880320 B (143156 MiB). Two half shares were given 71885M each, more than the GPU can hold together;
+    now they split the usable 143155 MiB (the reserve rounded up, as nvidia-smi shows it)."""
+    import shutil
+    import tempfile
+
+    from simenv import make_sim, stop_daemons_under
+
+    h200 = make_sim(tmp_path, monkeypatch, "1xH200@580.159.04", mig=False)
+    short = tempfile.mkdtemp(prefix="mig")
+    h200.env["MIGCTL_STATE_DIR"] = short
+    try:
+        assert h200.node().gpu(0).usable_memory_mib() == 143155
+        r = h200.migctl("run", "--isolation", "soft", "--share", "2", "--", "sh", "-c",
+                        "echo $CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
+        assert r.returncode == 0 and r.stdout.strip() == "0=71577M", r.stdout + r.stderr
+        big = h200.migctl("run", "--no-wait", "--isolation", "soft", "--mps-mem", "143500MiB", "--", "true")
+        assert big.returncode == 2 and "no device fits >= 143500 MiB" in big.stderr, big.stderr  # (143771 before)
+    finally:
+        stop_daemons_under(short)
+        shutil.rmtree(short, ignore_errors=True)

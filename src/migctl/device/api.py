@@ -583,6 +583,13 @@ class Gpu:
         """(total, reserved, used, free) MiB (:func:`memory_mib`)."""
         return memory_mib(self.handle)
 
+    def usable_memory_mib(self) -> int:
+        """What CUDA can allocate on the whole GPU: the total less the driver's reserve. On a real H200 (driver
+        580.159.04) PyTorch's ``total_memory`` was 150109880320 B, NVML's total less its 644939776 B reserve
+        (docs/real-gpu.md); MPS memory shares of a whole GPU are cut from this, not from the total."""
+        total, reserved, _, _ = memory_mib(self.handle)
+        return total - reserved
+
     def persistence_mode(self) -> bool | None:
         try:
             return bool(N.nvmlDeviceGetPersistenceMode(self.handle))

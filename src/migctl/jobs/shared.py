@@ -61,10 +61,10 @@ def _devices(node: Any, req: Request) -> list[Device]:
                     continue
                 out.append(Device(d.uuid, g.index, d.gi_id, d.ci_id, d.memory_mib, d.profile_name))
         elif not g.mig_capable() or g.mig_mode()[0] == 0:
-            total = g.memory()[1]
-            if req.profile or (req.mem_mib and total < req.mem_mib):
+            usable = g.usable_memory_mib()  # (the driver's reserve is not CUDA's to allocate)
+            if req.profile or (req.mem_mib and usable < req.mem_mib):
                 continue
-            out.append(Device(g.uuid, g.index, None, None, total, "whole GPU"))
+            out.append(Device(g.uuid, g.index, None, None, usable, "whole GPU"))
     return out
 
 
@@ -72,7 +72,7 @@ def find_device(node: Any, uuid: str) -> Device | None:
     """The MIG device or whole GPU with this UUID (None when it is gone)."""
     for g in node.gpus():
         if g.uuid == uuid:
-            return Device(g.uuid, g.index, None, None, g.memory()[1], "whole GPU")
+            return Device(g.uuid, g.index, None, None, g.usable_memory_mib(), "whole GPU")
         if g.mig_capable() and g.mig_mode()[0] == 1:
             for d in g.mig_devices():
                 if d.uuid == uuid:
