@@ -60,11 +60,6 @@ def _select(ctx: typer.Context, spec: str | None) -> list[Any]:
     return node(ctx).select(spec)
 
 
-def _mig_state(gpu: Any) -> tuple[int | None, int | None]:
-    """(current, pending) MIG mode, (None, None) when the GPU is not MIG capable."""
-    return gpu.mig_state()
-
-
 def _gpu_label(gpu: Any) -> str:
     return f"GPU {gpu.index} ({gpu.bus_id})"
 
@@ -82,18 +77,18 @@ def _require_mig_enabled(gpus: list[Any]) -> None:
     """Bad input unless every selected GPU has MIG mode enabled now."""
     bad = []
     for g in gpus:
-        cur, pending = _mig_state(g)
+        cur, pending = g.mig_state()
         if cur != 1:
             why = "not MIG capable" if cur is None else "MIG mode disabled" + (", enable pending" if pending == 1 else "")
             bad.append(f"GPU {g.index} ({why})")
     if bad:
-        enabled = [str(g.index) for g in gpus[0].node.gpus() if _mig_state(g)[0] == 1] if gpus else []
+        enabled = [str(g.index) for g in gpus[0].node.gpus() if g.mig_state()[0] == 1] if gpus else []
         hint = f"MIG-enabled GPUs: {','.join(enabled)} (select with -i)" if enabled else "enable it with `migctl mode enable`"
         fail(f"MIG mode is not enabled on {', '.join(bad)}; {hint}", EXIT_INPUT)
 
 
 def _mig_enabled(gpus: list[Any]) -> list[Any]:
-    return [g for g in gpus if _mig_state(g)[0] == 1]
+    return [g for g in gpus if g.mig_state()[0] == 1]
 
 
 def _procs(gpu: Any) -> list[Any]:
@@ -179,7 +174,7 @@ def gpus_cmd(
         return
     rows = []
     for g in n.select(gpu):
-        cur, pending = _mig_state(g)
+        cur, pending = g.mig_state()
         devs = []
         for d in g.mig_devices() if cur == 1 else []:
             used = _used_mib(d)
@@ -260,7 +255,7 @@ def profiles_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = Fals
     N = _nvml()
     result = []
     for g in _select(ctx, gpu):
-        cur, _ = _mig_state(g)
+        cur, _ = g.mig_state()
         entry: dict[str, Any] = {"index": g.index, "name": g.name, "mig_capable": cur is not None,
                                  "mig_enabled": cur == 1, "profiles": []}
         if cur is not None:
@@ -315,7 +310,7 @@ def placements_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = Fa
     """Possible placements of every GI profile (nvidia-smi mig -lgipp) and which are free now."""
     result = []
     for g in _select(ctx, gpu):
-        cur, _ = _mig_state(g)
+        cur, _ = g.mig_state()
         if cur is None:
             result.append({"index": g.index, "name": g.name, "mig_capable": False, "mig_enabled": False,
                            "memory_slices": None, "occupied": [], "profiles": []})
@@ -402,7 +397,7 @@ def _set_modes(N: Any, gpus: list[Any], states: dict[int, tuple[int | None, int 
                 else:
                     msg = (f"MIG mode {verb} is pending on {_gpu_label(g)} ({reason}); `migctl reset -i {g.index}` "
                            "or a reboot applies it")
-        now_cur, now_pending = _mig_state(g)
+        now_cur, now_pending = g.mig_state()
         rows.append({**row, "result": result, "mig_current": now_cur == 1, "mig_pending": now_pending == 1,
                      "pids": pids, "reason": reason})
         if not as_json:
@@ -427,7 +422,7 @@ def mode_cmd(
     if action is not None and action.lower() not in ("enable", "disable", "1", "0", "on", "off"):
         fail(f"unknown mode action {action!r}; valid: enable, disable (or omit it to show the mode)", EXIT_INPUT)
     gpus = _select(ctx, gpu)
-    states = {g.index: _mig_state(g) for g in gpus}
+    states = {g.index: g.mig_state() for g in gpus}
     if action is None:
         rows = [{"index": g.index, "bus_id": g.bus_id, "mig_capable": states[g.index][0] is not None,
                  "mig_current": None if states[g.index][0] is None else states[g.index][0] == 1,
@@ -446,7 +441,7 @@ def mode_cmd(
     verb = "enable" if want else "disable"
     unsupported = [g for g in gpus if states[g.index][0] is None]
     if unsupported and (gpu is not None or len(unsupported) == len(gpus)):
-        capable = [str(g.index) for g in gpus[0].node.gpus() if _mig_state(g)[0] is not None]
+        capable = [str(g.index) for g in gpus[0].node.gpus() if g.mig_state()[0] is not None]
         fail(f"{', '.join(f'GPU {g.index} ({g.name})' for g in unsupported)} does not support MIG; "
              f"MIG-capable GPUs: {','.join(capable) or 'none'}", EXIT_INPUT)
     with node_locked(node(ctx), f"migctl mode {verb}", lock_timeout):
@@ -477,7 +472,7 @@ def reset_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False, 
         if busy:
             fail(f"cannot reset: {'; '.join(busy)}; stop them first (nothing was reset)", EXIT_BUSY)
         # one reset for every selected GPU, by bus id, with NVML shut down meanwhile (Node.reset_gpus, as mig-parted)
-        n_gis = {g.index: len(_gi_list(g)) if _mig_state(g)[0] == 1 else 0 for g in gpus}
+        n_gis = {g.index: len(_gi_list(g)) if g.mig_state()[0] == 1 else 0 for g in gpus}
         indices = [g.index for g in gpus]
         from migctl.device import DeviceError
 
@@ -495,7 +490,7 @@ def reset_cmd(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False, 
     rows = []
     for i in indices:
         g = node(ctx).gpu(i)  # handles were dropped by the reset: re-read
-        cur, _ = _mig_state(g)
+        cur, _ = g.mig_state()
         rows.append({"index": g.index, "bus_id": g.bus_id, "mig_current": None if cur is None else cur == 1,
                      "gpu_instances_removed": n_gis[i]})
         if not as_json:
@@ -724,7 +719,7 @@ def gi_list(ctx: typer.Context, gpu: GpuSel = None, as_json: JsonOpt = False) ->
     rows = []
     disabled = []
     for g in _select(ctx, gpu):
-        if _mig_state(g)[0] != 1:
+        if g.mig_state()[0] != 1:
             disabled.append(str(g.index))
             continue
         rows.extend(_gi_json(g, x) for x in _gi_list(g))
