@@ -401,6 +401,26 @@ def test_gang_reserve_after_ignores_the_gangs_own_limit() -> None:
         Policy(gang_reserve_after_s=-1.0)
 
 
+def test_reserve_cap_bounds_the_wait_for_a_reservation_whatever_the_limit() -> None:
+    """With reserve_slowdown=1 and reserve_cap_s a job is starving once it has waited reserve_after_s and
+    the shorter of its own limit and the cap: a 7g job with a limit of days behind a stream of 1g jobs gets
+    its reservation at the cap, not days later, and starts by it; a short job keeps its own limit."""
+    jobs = starving_trace()
+    jobs[1] = (1.0, 200000.0, "7g.80gb")
+    pol = Policy(placement="migctl", reserve_after_s=120.0, reserve_slowdown=1.0, reserve_cap_s=1000.0)
+    sch, waits = simulate([A100], jobs, pol)
+    (job, res), *_ = [(j, r) for j, r in sch.reservation_log if j.id == 1]
+    assert res.made == pytest.approx(1001.0, abs=10.0)
+    assert waits[1] <= (res.made - job.submit) + res.way_limit
+    assert sch.stats["busy_destroyed"] == 0
+    sch = Scheduler([A100], pol)
+    long, short = Job(1, req(A100, "7g.80gb"), 0.0, 200000.0), Job(2, req(A100, "7g.80gb"), 0.0, 500.0)
+    assert [sch.starving_from(j) for j in (long, short)] == [1000.0, 500.0]
+    assert Scheduler([A100], Policy()).starving_from(long) is None  # no reservations
+    with pytest.raises(ValueError, match="reserve_cap_s"):
+        Policy(reserve_cap_s=-1.0)
+
+
 def test_start_orders_within_a_priority() -> None:
     """Two waiting 7g jobs and one GPU: "fifo" starts the older (long) one, "sjf" the shorter one, and "hrrn"
     the one with the higher response ratio (wait + limit) / limit, so a long job ages past a short newcomer."""

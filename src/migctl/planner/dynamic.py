@@ -52,6 +52,8 @@ class Policy:
     reserve_after_s: float | None = None
     max_reservations: int = 1
     reserve_slowdown: float | None = None  # also require a wait of at least this many times the job's own limit
+    reserve_cap_s: float | None = None  # with reserve_slowdown: a job is starving once it has waited this long,
+    # whatever its own limit (a job with a limit of days would otherwise wait days for its reservation)
     gang_reserve_after_s: float | None = None  # a gang (count > 1) is starving once it has waited this long,
     # whatever its limit (None: the test of other jobs); only with reserve_after_s set
     static: bool = False
@@ -74,6 +76,8 @@ class Policy:
             raise ValueError(f"order '{self.order}' is not one of {', '.join(ORDERS)}")
         if self.gang_reserve_after_s is not None and not self.gang_reserve_after_s >= 0:
             raise ValueError(f"gang_reserve_after_s must be a number of seconds >= 0, not {self.gang_reserve_after_s}")
+        if self.reserve_cap_s is not None and not self.reserve_cap_s >= 0:
+            raise ValueError(f"reserve_cap_s must be a number of seconds >= 0, not {self.reserve_cap_s}")
         if self.backfill_slack is not None and not self.backfill_slack >= 0:
             raise ValueError(f"backfill_slack must be a number >= 0 (a multiple of the reserved job's limit), "
                              f"not {self.backfill_slack}")
@@ -623,16 +627,23 @@ class Scheduler:
         return 0.0
 
     def _starving(self, job: Job, now: float) -> bool:
-        """Whether ``job`` has waited long enough for a reservation (``reserve_after_s`` and, with
-        ``reserve_slowdown``, that many times its own limit; a gang, with ``gang_reserve_after_s``, that long)."""
+        """Whether ``job`` has waited long enough for a reservation (:meth:`starving_from`)."""
+        due = self.starving_from(job)
+        return due is not None and now >= due
+
+    def starving_from(self, job: Job) -> float | None:
+        """When ``job`` becomes *starving* (may get a reservation); None without reservations. It has then
+        waited ``reserve_after_s`` and, with ``reserve_slowdown``, that many times its own limit or, with
+        ``reserve_cap_s``, that long whatever its limit; a gang, with ``gang_reserve_after_s``, that long."""
         p = self.policy
         if p.reserve_after_s is None:
-            return False
+            return None
         if job.count > 1 and p.gang_reserve_after_s is not None:
-            return now - job.submit >= p.gang_reserve_after_s
-        if now - job.submit < p.reserve_after_s:
-            return False
-        return p.reserve_slowdown is None or now - job.submit >= p.reserve_slowdown * job.limit
+            return job.submit + p.gang_reserve_after_s
+        wait = 0.0 if p.reserve_slowdown is None else p.reserve_slowdown * job.limit
+        if p.reserve_cap_s is not None:
+            wait = min(wait, p.reserve_cap_s)
+        return job.submit + max(p.reserve_after_s, wait)
 
     # ------------------------------------------------------------------------------------- measures
 
