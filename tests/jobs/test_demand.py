@@ -278,11 +278,12 @@ def test_bad_churn_flags_are_one_line(a30: SimEnv) -> None:
         assert rc == 2 and err.count("\n") == 1 and "migctl: error:" in err, (args, err)
 
 
-@pytest.mark.parametrize("order", ["fifo", "sjf-request"])
-def test_worker_start_order(a30: SimEnv, order: str) -> None:
+@pytest.mark.parametrize("order", ["fifo", "sjf-request", None])
+def test_worker_start_order(a30: SimEnv, order: str | None) -> None:
     """Three jobs for the whole A30 (4g.24gb), one at a time: without a limit, then limited to 1 h, then to
-    60 s. "fifo" starts them in that order; "sjf-request" the shortest limit first (no limit last), as the
-    planner's order of that name does; a 1g.6gb job keeps its place (another request)."""
+    60 s. "fifo" starts them in that order; "sjf-request", the default (None: no --order), the shortest limit
+    first (no limit last), as the planner's order of that name does; a 1g.6gb job keeps its place (another
+    request)."""
     from migctl.jobs.demand import start_order
     from migctl.jobs.queue import JobQueue
 
@@ -290,7 +291,7 @@ def test_worker_start_order(a30: SimEnv, order: str) -> None:
     whole = Request(profile="4g.24gb")
     ids = [q.submit(["sleep", "0.3"], whole), q.submit(["sleep", "0.3"], whole, time_limit=3600),
            q.submit(["sleep", "0.3"], whole, time_limit=60)]
-    r = a30.migctl("worker", "--until-idle", "--order", order, timeout=120)
+    r = a30.migctl("worker", "--until-idle", *(("--order", order) if order else ()), timeout=120)
     assert r.returncode == 0, r.stderr
     jobs = _jobs(a30)
     started = sorted(ids, key=lambda j: jobs[j]["started"])
@@ -324,7 +325,8 @@ def test_a_later_job_does_not_overtake_when_a_device_frees_mid_pass(a30: SimEnv,
         first = Request(profile="2g.12gb")
     ids = [q.submit(["sleep", "60"], first), q.submit(["true"], whole, time_limit=3600),
            q.submit(["true"], whole, time_limit=60)]
-    policy = WorkerPolicy(churn=Churn(hysteresis_s=0), reserve_after=None) if path == "reshaping" else None
+    policy = (WorkerPolicy(churn=Churn(hysteresis_s=0), reserve_after=None, order="fifo") if path == "reshaping"
+              else None)  # (arrival order: with "sjf-request", the default, job 3 comes first by right)
     log: list[str] = []
     w = Worker(q, policy=policy, log=log.append)
     w.step()

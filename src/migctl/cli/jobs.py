@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:
         profile: Optional[str] = typer.Option(None, "--profile", "-p", help="MIG profile, e.g. 1g.10gb."),
         mem: Optional[str] = typer.Option(None, "--mem", "-m", help="Minimum memory, e.g. 12GiB."),
         gpu: Optional[str] = typer.Option(None, "-i", "--gpu", "-g", help="Only these GPU indices."),
-        priority: int = typer.Option(0, "--priority", callback=int_range(-MAX_PRIORITY, MAX_PRIORITY, "--priority"), help="Higher starts first; FIFO within a priority."),
+        priority: int = typer.Option(0, "--priority", callback=int_range(-MAX_PRIORITY, MAX_PRIORITY, "--priority"), help="Higher starts first; arrival order within a priority (the worker lets the shortest --time-limit go first among jobs asking for the same thing)."),
         name: str = typer.Option("", "--name", help="A label for the job."),
         ephemeral: bool = typer.Option(False, "--ephemeral/--keep", help="Destroy an instance created for it afterwards."),
         isolation: str = typer.Option("hard", "--isolation", help="hard: a MIG device of its own; soft: an MPS client; none: time-sliced."),
@@ -350,9 +350,10 @@ def register(app: typer.Typer) -> None:
         hysteresis: float = typer.Option(5.0, "--hysteresis", callback=seconds, help="Spare instances idle for less than SECONDS when reshaping."),
         reserve_after: str = typer.Option("300", "--reserve-after", help="Reserve space for the oldest job queued longer than SECONDS (off: never); later jobs backfill only where they end before it."),
         limit_grace: float = typer.Option(10.0, "--limit-grace", callback=seconds, help="Seconds between SIGTERM and SIGKILL for a job past its --time-limit."),
-        order: str = typer.Option("fifo", "--order", callback=_order, help="Start order within a priority: fifo (arrival) or sjf-request (the shortest --time-limit first among jobs that ask for the same thing)."),
+        order: str = typer.Option("sjf-request", "--order", callback=_order, help="Start order within a priority: sjf-request (arrival order between requests, the shortest --time-limit first among jobs that ask for the same thing; no limit counts as longest) or fifo (arrival)."),
     ) -> None:
-        """Start queued jobs as MIG devices free up (priority, then FIFO), reshaping idle instances and
+        """Start queued jobs as MIG devices free up (priority, then arrival; the shortest time limit first among
+        jobs asking for the same thing), reshaping idle instances and
         reserving space for starving jobs (docs/dynamic.md). One worker per node."""
         import signal
         import threading

@@ -48,7 +48,8 @@ class WorkerPolicy:
     churn: Churn = field(default_factory=lambda: Churn(hysteresis_s=DEFAULT_WORKER_HYSTERESIS_S))
     reserve_after: float | None = DEFAULT_RESERVE_AFTER_S
     limit_grace: float = DEFAULT_GRACE_S
-    order: str = "fifo"  # start order within a priority: "fifo" or "sjf-request" (:func:`start_order`)
+    order: str = "sjf-request"  # start order within a priority: "fifo" or "sjf-request" (:func:`start_order`;
+    # jobs without a time limit count as longest, so without limits the two are the same)
 
 
 ORDERS = ("fifo", "sjf-request")
