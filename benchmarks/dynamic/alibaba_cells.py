@@ -27,13 +27,14 @@ sys.path.insert(0, str(HERE))
 import run  # noqa: E402
 from variants import BASELINES, checks_line, generated, run_and_write, simulated, worse_rows  # noqa: E402
 
-R = run.RESHAPING
-SJF = dataclasses.replace(R, order="sjf-request")
+R0 = run.PREVIOUS_POLICY  # the default before 2026-12-04: arrival order, no cap on the starving test
+SJF = dataclasses.replace(R0, order="sjf-request")
 METHODS = {
-    "migctl reshaping (fifo, 1 reservation)": R,
-    "no reservations": dataclasses.replace(R, reserve_after_s=None),
+    "migctl reshaping (sjf within a request, cap 4 h)": run.RESHAPING,
+    "previous default (fifo, no cap, 1 reservation)": R0,
+    "no reservations": dataclasses.replace(R0, reserve_after_s=None),
     "order sjf within a request": SJF,
-    "gangs starving after 24 h": dataclasses.replace(R, gang_reserve_after_s=24 * 3600.0),
+    "gangs starving after 24 h": dataclasses.replace(R0, gang_reserve_after_s=24 * 3600.0),
     "sjf within a request, gangs starving after 12 h": dataclasses.replace(SJF, gang_reserve_after_s=12 * 3600.0),
     "sjf within a request, gangs starving after 24 h": dataclasses.replace(SJF, gang_reserve_after_s=24 * 3600.0),
     "sjf within a request, gangs starving after 36 h": dataclasses.replace(SJF, gang_reserve_after_s=36 * 3600.0),
@@ -62,7 +63,10 @@ def markdown(res: dict) -> str:
         "",
         "Each cell names the target metrics on which the method is worse than the best of first-fit, best-fit, "
         "best-fit in the driver's order and FGD in that cell (as variants.md); `ok` = none worse. Methods: "
-        "migctl reshaping with results.md's settings and the start order or starvation test named (sjf within a "
+        "migctl reshaping with results.md's settings (start order sjf within a request; a job is starving once "
+        "it has waited 1 h and its own limit, or 4 h whatever its limit), then its previous default (arrival "
+        "order, starving after max(1 h, its limit), no cap) and variants of that previous default with the "
+        "start order or starvation test named (sjf within a "
         "request = arrival order between jobs that ask for different things, shortest limit first among jobs "
         "that ask for the same; gangs starving after T = a gang gets a reservation once it has waited T, "
         "whatever its own limit, instead of max(1 h, its limit)).",

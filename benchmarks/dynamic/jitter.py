@@ -30,6 +30,7 @@ from variants import BASELINES, checks_line, generated, run_and_write, simulated
 METHODS = {
     "migctl reshaping": run.RESHAPING,
     "migctl reshaping + MPS sharing": dataclasses.replace(run.RESHAPING, share=True),
+    "previous default (fifo, no cap)": run.PREVIOUS_POLICY,
 }
 JITTER_S = 1.0
 REPLICAS = [(seed,) for seed in range(10)]  # 0: the trace as it is

@@ -46,7 +46,9 @@ MAPPING = ("num_gpu == 1: compute slices = ceil(7 x gpu_milli / 1000) -> 1g.10gb
            "5..7 -> 7g.80gb; num_gpu = k >= 2: a gang of k 7g.80gb (whole GPUs) started together; "
            "num_gpu == 0 skipped. Run time = deletion_time - creation_time (the pod's lifetime in the trace).")
 RESERVE_AFTER_S = 3600.0
-RESERVE_SLOWDOWN = 1.0  # a job is starving once it has waited reserve_after_s and its own time limit
+RESERVE_SLOWDOWN = 1.0  # a job is starving once it has waited reserve_after_s and its own time limit ...
+RESERVE_CAP_S = 4 * 3600.0  # ... or this long, whatever its limit (a pod with a limit of days waits no days for it)
+ORDER = "sjf-request"  # arrival order between requests, the shortest limit first among jobs asking for the same
 LOAD = 0.95
 HYSTERESIS_S = 60.0
 MAX_RECONFIG_PER_MIN = 30.0
@@ -58,11 +60,13 @@ ALL_BALANCED = {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1}
 RESHAPING = Policy(placement="migctl", keep_idle=True, reshape=True, hysteresis_s=HYSTERESIS_S,
                    hysteresis_blocks=False, reshape_reserved=True, reshape_gangs=True,
                    max_reconfig_per_min=MAX_RECONFIG_PER_MIN, reserve_after_s=RESERVE_AFTER_S,
-                   reserve_slowdown=RESERVE_SLOWDOWN)
+                   reserve_slowdown=RESERVE_SLOWDOWN, reserve_cap_s=RESERVE_CAP_S, order=ORDER)
 
 
 NO_RES = "migctl reshaping, no reservations (ablation)"
 NO_LIFE = "migctl online, no time limits (ablation)"
+PREVIOUS = "migctl reshaping, arrival order, no cap (ablation)"
+PREVIOUS_POLICY = dataclasses.replace(RESHAPING, order="fifo", reserve_cap_s=None)  # the settings before 2026-12-04
 
 
 def method_policies() -> dict[str, Policy]:
@@ -77,6 +81,7 @@ def method_policies() -> dict[str, Policy]:
         "migctl reshaping": RESHAPING,
         "migctl reshaping + MPS sharing": dataclasses.replace(RESHAPING, share=True),
         NO_RES: dataclasses.replace(RESHAPING, reserve_after_s=None),
+        PREVIOUS: PREVIOUS_POLICY,
         NO_LIFE: Policy(placement="migctl"),
     }
 
@@ -309,11 +314,10 @@ def _next_tick(sch: Scheduler, now: float, policy: Policy) -> float | None:
         for k, o in sch.owner.items():
             if o is None and k in sch.idle_since and sch.idle_since[k] + policy.hysteresis_s > now:
                 cands.append(sch.idle_since[k] + policy.hysteresis_s)
-    if policy.reserve_after_s is not None:
-        for j in sch.waiting:
-            due = j.submit + max(policy.reserve_after_s, (policy.reserve_slowdown or 0.0) * j.limit)
-            if due > now:
-                cands.append(due)
+    for j in sch.waiting:
+        due = sch.starving_from(j)
+        if due is not None and due > now:
+            cands.append(due)
     for r in sch.all_reservations():
         if r.at > now:
             cands.append(r.at)
@@ -457,8 +461,11 @@ def markdown(res: dict) -> str:
         "every unit has room; idle instances younger than "
         f"{pol['hysteresis_s']:g} s are destroyed only when no older ones make room (never a reason to wait); "
         f"at most {pol['max_reconfig_per_min']:g} reshaping destroys per minute; "
+        f"waiting jobs start in arrival order between requests, the shortest time limit first among jobs that "
+        f"ask for the same thing (start order `{pol['order']}`); "
         f"a job is starving once it has waited {pol['reserve_after_s']:g} s and "
-        f"{pol['reserve_slowdown']:g} x its own time limit; the oldest starving job gets a reservation, "
+        f"{pol['reserve_slowdown']:g} x its own time limit or {_h(pol['reserve_cap_s'])} whatever its limit; "
+        f"the oldest starving job gets a reservation, "
         f"{pol['max_reservations']} at a time, conservative backfill around it), "
         "**migctl reshaping + MPS sharing** (the same, and jobs that ask for a fraction of a GPU run as MPS "
         "clients: they join a shared instance whose clients' shares add up to at most 100% of its threads, "
@@ -466,18 +473,21 @@ def markdown(res: dict) -> str:
         "else the job's own profile; a shared instance is busy while it has a client). Only the Alibaba trace "
         "has fractional jobs (num_gpu == 1, gpu_milli < 1000: share = gpu_milli / 1000); on the other families "
         "no job asks for a fraction and the sharing row equals reshaping. Every method: all waiting jobs that "
-        "fit start, in arrival order (a reserved job first).",
+        "fit start, in arrival order (a reserved job first; the migctl reshaping rows in their start order). "
+        f"Ablations (not candidates): reshaping with reservations off; reshaping in arrival order without the "
+        f"cap (the settings before 2026-12-04, row `{PREVIOUS}`); migctl online without time limits.",
         "",
         "What the scheduler knows: each job's time limit, which reservations trust (conservative backfill), "
         "is its run time (a Slurm user's limit that is exact; a limit above the run time only delays reserved "
         "starts less tightly). Arrivals, sizes and run times of future jobs are never used.",
         "",
         "Starvation: a job is starving once it has waited reserve_after_s and reserve_slowdown x its own "
-        "limit; the oldest starving job gets a reservation (one at a time). Documented bound, checked below for "
+        "limit or reserve_cap_s whatever its limit; the oldest starving job gets a reservation (one at a "
+        "time). Documented bound, checked below for "
         "every job that got a reservation: it starts by its reserved time, so it waits at most (reservation "
         "made - submit) + the longest limit among the jobs in the way then; (made - submit) is at least "
-        "max(reserve_after_s, reserve_slowdown x limit) and longer while older starving jobs hold the "
-        "reservation. Where demand exceeds capacity for long (the end of the Alibaba trace, up to about 135% of "
+        "max(reserve_after_s, min(reserve_slowdown x limit, reserve_cap_s)) and longer while older starving "
+        "jobs hold the reservation. Where demand exceeds capacity for long (the end of the Alibaba trace, up to about 135% of "
         "capacity) the queue of starving jobs grows, no scheduler can bound waits, and the bound holds from the "
         "reservation on; Alibaba's pods run up to 145 days, so a long pod in the way makes the bound large "
         "(the `max bound` column).",
@@ -549,16 +559,18 @@ def markdown(res: dict) -> str:
                   f"{', '.join(better) or 'none'}. Worse on a target metric: {', '.join(short) or 'none'}.", ""]
     lines += ["## Where the median wait goes: reservations", "",
               "Median wait per kind of job (fractional = a task asking for part of a GPU; gang = a multi-GPU "
-              "task) for the baseline with the lowest median, migctl reshaping, and migctl reshaping with "
-              "reservations off (an ablation: the same scheduler, nothing else changed). Reservations serve "
+              "task) for the baseline with the lowest median, migctl reshaping, and two ablations: the same "
+              "scheduler in arrival order without the cap on the starving test (the settings before "
+              "2026-12-04), and with reservations off. Reservations serve "
               "starving jobs first; the capacity they take is capacity the short jobs behind them would have "
-              "used, so the median moves while the p95 and the longest wait fall.", "",
+              "used, so the median moves while the p95 and the longest wait fall; serving the shortest limit "
+              "first among jobs that ask for the same thing takes the median back.", "",
               "| family | method | wait p50 | wait p95 | wait max | allocation | p50 per kind (jobs) |",
               "|---|---|---|---|---|---|---|"]
     for fam, fr in res["families"].items():
         base = {n: r for n, r in fr["methods"].items() if not n.startswith("migctl") and r["never_started"] == 0}
         best = min(base, key=lambda n: (base[n]["wait_p50_s"], n))
-        for name in (best, "migctl reshaping", NO_RES):
+        for name in (best, "migctl reshaping", PREVIOUS, NO_RES):
             r = fr["methods"].get(name)
             if r is None:
                 continue
@@ -568,12 +580,17 @@ def markdown(res: dict) -> str:
     lines.append("")
     rob = res.get("robustness") or {}
     if rob:
+        passed = sum(not any(vd == "worse" for k, _v, _b, _n, vd in compare({"methods": m}, "migctl reshaping")
+                             if k in {t[0] for t in TARGET}) for m in rob.values())
         lines += ["## Other seeds of the generated families", "",
                   "The same comparison for migctl reshaping on other draws of the ParvaGPU and synthetic families "
                   "(the same generator, other seeds), against the best of first-fit, best-fit, best-fit in the driver's "
                   "order and FGD per metric. "
-                  "No bound computed here. [variants.md](variants.md) (`benchmarks/dynamic/variants.py`) replays "
-                  "23 variants of the scheduler's settings (start order, starving threshold, reservations at a "
+                  "No bound computed here. These draws were not used to choose the settings (the start order and "
+                  f"the starving cap were chosen on the three families above); the settings pass {passed} of {len(rob)}. "
+                  "[variants.md](variants.md) (`benchmarks/dynamic/variants.py`) replays "
+                  "variants of the scheduler's settings and of its previous default (start order, starving threshold "
+                  "and cap, reservations at a "
                   "time, relaxed backfill, placement rule, keeping idle instances) on these draws and the three families against the same baselines.", "",
                   "| family | allocation (best baseline) | wait p50 (best baseline) | wait p95 (best baseline) "
                   "| wait max (best baseline) | target metrics |", "|---|---|---|---|---|---|"]

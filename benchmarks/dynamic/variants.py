@@ -4,7 +4,7 @@ Run: ``nice -n 10 python benchmarks/dynamic/variants.py`` (about 14 min on 2 cor
 and variants.md next to this file. Same simulator and traces as run.py (the three families with their
 seeds, and the other draws of run.py's robustness section); no upper bound is computed here.
 
-Each variant changes one or two of migctl reshaping's settings (start order, when a job is starving, how many
+Each variant changes one or two of migctl reshaping's settings, or of its previous default (start order, when a job is starving, how many
 reservations at a time, relaxed backfill, the placement rule with or without time limits, keeping idle
 instances). For each draw and variant the table names every target metric
 (allocation, wait p50, wait p95) that is worse than the best of first-fit, best-fit, best-fit in the driver's
@@ -32,33 +32,45 @@ import run  # noqa: E402
 from migctl.planner.dynamic import Policy  # noqa: E402
 
 R = run.RESHAPING
+R0 = run.PREVIOUS_POLICY  # the default before 2026-12-04: arrival order, no cap on the starving test
 BASELINES = {"first-fit": Policy(placement="first"), "best-fit": Policy(placement="best"),
              "best-fit, driver order": Policy(placement="driver"), "FGD": Policy(placement="fgd")}
+H = 3600.0
 VARIANTS = {
-    "migctl reshaping (fifo, 1 reservation)": R,
-    "no reservations": dataclasses.replace(R, reserve_after_s=None),
-    "starving after 2 h": dataclasses.replace(R, reserve_after_s=7200.0),
-    "starving after 4 h": dataclasses.replace(R, reserve_after_s=14400.0),
-    "starving at 2 x own limit": dataclasses.replace(R, reserve_slowdown=2.0),
-    "starving at 3 x own limit": dataclasses.replace(R, reserve_slowdown=3.0),
-    "2 reservations": dataclasses.replace(R, max_reservations=2),
-    "3 reservations": dataclasses.replace(R, max_reservations=3),
-    "order hrrn": dataclasses.replace(R, order="hrrn"),
-    "order hrrn, 2 reservations": dataclasses.replace(R, order="hrrn", max_reservations=2),
-    "order sjf": dataclasses.replace(R, order="sjf"),
-    "order sjf within a request": dataclasses.replace(R, order="sjf-request"),
-    "placement first-fit": dataclasses.replace(R, placement="first"),
-    "placement best-fit": dataclasses.replace(R, placement="best"),
-    "placement FGD": dataclasses.replace(R, placement="fgd"),
-    "placement best-fit, driver order": dataclasses.replace(R, placement="driver"),
-    "order hrrn, placement best-fit": dataclasses.replace(R, order="hrrn", placement="best"),
-    "relaxed backfill, 0.25 x limit": dataclasses.replace(R, backfill_slack=0.25),
-    "relaxed backfill, 0.5 x limit": dataclasses.replace(R, backfill_slack=0.5),
-    "relaxed backfill, 1 x limit": dataclasses.replace(R, backfill_slack=1.0),
-    "idle instances destroyed at once": dataclasses.replace(R, keep_idle=False),
-    "idle destroyed at once, placement best-fit": dataclasses.replace(R, keep_idle=False, placement="best"),
-    "lifetime-aware placement": dataclasses.replace(R, lifetime=True),
-    "idle destroyed at once, lifetime-aware placement": dataclasses.replace(R, keep_idle=False, lifetime=True),
+    "migctl reshaping (sjf within a request, cap 4 h)": R,
+    "cap 3 h": dataclasses.replace(R, reserve_cap_s=3 * H),
+    "cap 5 h": dataclasses.replace(R, reserve_cap_s=5 * H),
+    "cap 6 h": dataclasses.replace(R, reserve_cap_s=6 * H),
+    "cap 8 h": dataclasses.replace(R, reserve_cap_s=8 * H),
+    "no cap": dataclasses.replace(R, reserve_cap_s=None),
+    "arrival order (fifo), cap 4 h": dataclasses.replace(R, order="fifo"),
+    "cap 4 h, 2 reservations": dataclasses.replace(R, max_reservations=2),
+    "cap 4 h, no reservations": dataclasses.replace(R, reserve_after_s=None),
+    # the previous default and the variants of it searched before 2026-12-04
+    "previous default (fifo, no cap, 1 reservation)": R0,
+    "no reservations": dataclasses.replace(R0, reserve_after_s=None),
+    "starving after 2 h": dataclasses.replace(R0, reserve_after_s=7200.0),
+    "starving after 4 h": dataclasses.replace(R0, reserve_after_s=14400.0),
+    "starving at 2 x own limit": dataclasses.replace(R0, reserve_slowdown=2.0),
+    "starving at 3 x own limit": dataclasses.replace(R0, reserve_slowdown=3.0),
+    "2 reservations": dataclasses.replace(R0, max_reservations=2),
+    "3 reservations": dataclasses.replace(R0, max_reservations=3),
+    "order hrrn": dataclasses.replace(R0, order="hrrn"),
+    "order hrrn, 2 reservations": dataclasses.replace(R0, order="hrrn", max_reservations=2),
+    "order sjf": dataclasses.replace(R0, order="sjf"),
+    "order sjf within a request": dataclasses.replace(R0, order="sjf-request"),
+    "placement first-fit": dataclasses.replace(R0, placement="first"),
+    "placement best-fit": dataclasses.replace(R0, placement="best"),
+    "placement FGD": dataclasses.replace(R0, placement="fgd"),
+    "placement best-fit, driver order": dataclasses.replace(R0, placement="driver"),
+    "order hrrn, placement best-fit": dataclasses.replace(R0, order="hrrn", placement="best"),
+    "relaxed backfill, 0.25 x limit": dataclasses.replace(R0, backfill_slack=0.25),
+    "relaxed backfill, 0.5 x limit": dataclasses.replace(R0, backfill_slack=0.5),
+    "relaxed backfill, 1 x limit": dataclasses.replace(R0, backfill_slack=1.0),
+    "idle instances destroyed at once": dataclasses.replace(R0, keep_idle=False),
+    "idle destroyed at once, placement best-fit": dataclasses.replace(R0, keep_idle=False, placement="best"),
+    "lifetime-aware placement": dataclasses.replace(R0, lifetime=True),
+    "idle destroyed at once, lifetime-aware placement": dataclasses.replace(R0, keep_idle=False, lifetime=True),
 }
 DRAWS: list[tuple[str, int | None]] = [("alibaba", None), ("parvagpu", None), ("synthetic", None)] + [
     (fam, seed) for fam, seeds in run.ROBUST_SEEDS.items() for seed in seeds]
@@ -166,7 +178,10 @@ def markdown(res: dict) -> str:
         "Each cell names the target metrics on which the variant is worse than the best of first-fit, best-fit, "
         "best-fit in the driver's placement order and FGD on that draw (allocation in percentage points, waits as extra time); `ok` = none worse. "
         "Every variant keeps migctl reshaping's other settings (keep idle instances, reshape idle ones only, "
-        "hysteresis, churn cap) unless its name says otherwise. fifo = arrival order; hrrn = highest (wait + "
+        "hysteresis, churn cap) unless its name says otherwise: the rows above the previous default change "
+        "the default (start order sjf within a request; a job is starving once it has waited 1 h and its own "
+        "limit, or the cap, 4 h, whatever its limit); the previous default (arrival order, no cap) and the rows "
+        "below it change that previous default, as the search before 2026-12-04 did. fifo = arrival order; hrrn = highest (wait + "
         "limit) / limit first; sjf = shortest limit first; sjf within a request = arrival order between jobs that "
         "ask for different things, shortest limit first among jobs that ask for the same (interchangeable for the "
         "fleet); with every order the reservation goes to the oldest "
