@@ -1,6 +1,6 @@
 """Scheduler variants against the greedy baselines: the search behind "migctl reshaping"'s settings.
 
-Run: ``nice -n 10 python benchmarks/dynamic/variants.py`` (about 14 min on 2 cores). Writes variants.json
+Run: ``nice -n 10 python benchmarks/dynamic/variants.py`` (about 10 min on 2 cores). Writes variants.json
 and variants.md next to this file. Same simulator and traces as run.py (the three families with their
 seeds, and the other draws of run.py's robustness section); no upper bound is computed here.
 
