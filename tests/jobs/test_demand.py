@@ -455,6 +455,33 @@ def test_reservation_is_kept_shown_and_respected(a30: SimEnv) -> None:
             holder.wait()
 
 
+def test_the_reservation_goes_to_the_oldest_starving_job_whatever_the_order(a30: SimEnv) -> None:
+    """Two jobs for the whole A30, the older with a 1 h limit, the newer with 60 s, both past --reserve-after
+    while a process holds a 1g.6gb: with the default start order (sjf-request) the newer is tried first, but
+    the reservation goes to the older, as the planner's scheduler does and as a waiting ``run`` is told
+    (``reservations.older_job``); with the start order's first job it went to the newer."""
+    from migctl.jobs import reservations
+    from migctl.jobs.demand import WorkerPolicy
+    from migctl.jobs.queue import JobQueue, Worker
+    from migctl.jobs.reshape import Churn
+
+    holder, _ = _busy_1g_at_0(a30)
+    try:
+        older = _queue(a30, "4g.24gb", "true", limit=3600)
+        newer = _queue(a30, "4g.24gb", "true", limit=60)
+        policy = WorkerPolicy(churn=Churn(hysteresis_s=0), reserve_after=0.0)
+        assert policy.order == "sjf-request"
+        q = JobQueue(a30.node())
+        w = Worker(q, policy=policy)
+        w.step()
+        jobs = _jobs(a30)
+        assert jobs[older]["reservation"] is not None and jobs[newer]["reservation"] is None, jobs
+        assert reservations.older_job(q.conn, q.key, time.time() + 1, time.time()) == older
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_worker_reshapes_for_a_queued_mps_job(a30: SimEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shared job (``submit --isolation soft``) that fits nowhere gets a device by reshaping too."""
     import shutil

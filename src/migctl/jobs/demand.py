@@ -3,8 +3,8 @@
 After each pass of :meth:`migctl.jobs.queue.Worker.start_ready` (reuse and creation in free space, in
 priority-then-age order with backfill), :meth:`Demand.after_pass`:
 
-1. **reservations** (``reserve_after`` set): the first queued job (queue order) that has waited longer
-   than ``reserve_after`` gets the placement where it can start earliest reserved
+1. **reservations** (``reserve_after`` set): the oldest queued job (priority, then arrival, whatever the
+   start order) that has waited longer than ``reserve_after`` gets the placement where it can start earliest reserved
    (:func:`migctl.jobs.reservations.plan`), one reservation per node at a time, kept in the jobs database,
    unless a waiting ``migctl run`` that comes first has waited its own ``--reserve-after`` (a run counts as
    priority 0: one that began waiting before a priority-0 job was queued, any run before a job below 0, none
@@ -218,7 +218,10 @@ class Demand:
         held = reservations.load(self.conn, self.key, live=True)
         now = time.time()
         if not held:
-            row = next((r for r in queued if now - float(r["created"]) >= (self.policy.reserve_after or 0.0)), None)
+            # the oldest starving job (priority, then arrival), whatever the start order: as the planner's
+            # scheduler does and as a waiting run is told (reservations.older_job)
+            row = min((r for r in queued if now - float(r["created"]) >= (self.policy.reserve_after or 0.0)),
+                      key=lambda r: (-int(r["priority"]), int(r["id"])), default=None)
             if row is None:
                 return 0
             if reservations.run_first(self.conn, self.key, int(row["priority"]), float(row["created"]), now):
