@@ -144,7 +144,7 @@ def test_mps_on_a_gpu_without_mig(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     node = open_node()
     gpu = node.gpu(1)
     assert gpu.name == "NVIDIA L4" and not gpu.mig_capable()
-    total = gpu.memory()[1]
+    total = gpu.memory_mib()[0]
     assert total == PLAIN_GPUS["L4"].memory_mib == 23034
     m = MpsManager(node, root=short_root)
     p, s = _sleeper()

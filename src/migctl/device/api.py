@@ -574,11 +574,6 @@ class Gpu:
         except N.NVMLError_NoPermission:
             return [p for d in self.mig_devices() for p in d.processes()]
 
-    def memory(self) -> tuple[int, int]:
-        """(used MiB, total MiB), used as nvidia-smi shows it (without the driver's reserve: :func:`memory_mib`)."""
-        total, _, used, _ = memory_mib(self.handle)
-        return used, total
-
     def memory_mib(self) -> tuple[int, int, int, int]:
         """(total, reserved, used, free) MiB (:func:`memory_mib`)."""
         return memory_mib(self.handle)
